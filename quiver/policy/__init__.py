@@ -1,0 +1,20 @@
+"""Policy: pools, egress sources, providers, throttles, retry schedule, DKIM keys, routes."""
+
+from quiver.policy.load import PolicyError, build_policy, load_policy, parse_policy
+from quiver.policy.model import (
+    Delivery,
+    DkimKey,
+    Intake,
+    Policy,
+    Pool,
+    ProxyNode,
+    ProxyTier,
+    Retry,
+    Source,
+    Throttle,
+)
+
+__all__ = [
+    "Delivery", "DkimKey", "Intake", "Policy", "PolicyError", "Pool", "ProxyNode", "ProxyTier",
+    "Retry", "Source", "Throttle", "build_policy", "load_policy", "parse_policy",
+]

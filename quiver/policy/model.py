@@ -1,0 +1,163 @@
+"""The typed, validated policy the engine runs on. Built only by `quiver.policy.load`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from quiver.units import Rate
+
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+ThrottleScope = Literal["provider", "domain", "mx", "any"]
+
+# SQS keeps a message at most 14 days; a retry horizon beyond that would lose mail.
+SQS_MAX_RETENTION_S = 14 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyNode:
+    """An HAProxy egress node. It owns the local addresses of the sources placed on it."""
+
+    name: str
+    az: str
+    # Primary address of the node: health endpoint and stats live here.
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTier:
+    nodes: dict[str, ProxyNode] = field(default_factory=dict)
+    protocol: Literal[1, 2] = 2
+    # Each source's frontend listens on (source.local_ip, frontend_port) on its node.
+    frontend_port: int = 2500
+    health_port: int = 8500
+    # Destination ports the proxies forward to. Anything else is an open relay.
+    allowed_ports: tuple[int, ...] = (25,)
+    # Destination networks allowed although private/loopback: empty in production
+    # (a PROXY header naming 10.0.0.1 would reach the VPC); tests allow loopback.
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One egress identity: the public IP a receiving MX sees, and how to leave from it."""
+
+    name: str
+    ip: str
+    ehlo: str
+    az: str
+    # The address connections leave from: on a proxy node, the secondary private IP
+    # that the Elastic IP `ip` maps to; for direct egress, the local address to bind.
+    local_ip: str | None = None
+    # The proxy node that owns local_ip; None means connect directly from this host.
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str
+    # (source name, weight) in declaration order; weights are positive integers.
+    sources: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    domain: str
+    selector: str
+    algorithm: DkimAlgorithm
+    key_file: str | None = None
+    key_secret: str | None = None
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """A limit for traffic from sources matching `source` to destinations matching `match`.
+
+    Precedence (most specific wins, per limit): an exact source beats a source
+    pattern beats "*"; then scope mx > domain > provider > any; then a literal
+    pattern beats a wildcard, longer beats shorter; then file order.
+    """
+
+    source: str
+    scope: ThrottleScope
+    pattern: str
+    max_connections: int | None = None
+    max_messages_per_connection: int | None = None
+    max_rate: Rate | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    first: float = 300.0
+    factor: float = 2.0
+    cap: float = 4 * 3600.0
+    # Fraction of each delay drawn at random, so a burst deferred together does not
+    # come back together and hit the same destination as one wave.
+    jitter: float = 0.2
+    max_age: float = 3 * 86400.0
+    # A (source, site) whose connection failed or said 421 is left alone this long.
+    site_backoff: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt `attempt + 1`, unjittered (attempt is 1-based)."""
+        return float(min(self.cap, self.first * self.factor ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    ehlo: str = "localhost"
+    # SMTP port of receiving MXes. 25 in production; test rigs point it elsewhere.
+    port: int = 25
+    verify_tls: bool = True
+    # Networks a resolved MX address may be in although they are private/loopback.
+    # Empty in production: connecting to 10.x or 169.254.169.254 would let a hostile
+    # MX record aim the sender at internal services.
+    allow_networks: tuple[str, ...] = ()
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    # Static routes: domain → "host[:port]", skipping MX lookup (smarthosts, test rigs).
+    routes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    receivers: int = 4
+    max_inflight_messages: int = 2000
+    max_inflight_bytes: int = 256 * 1024**2
+    # How long a received message stays invisible; extended while it is worked on.
+    visibility_timeout: float = 300.0
+    # Time allowed, after SIGTERM, to finish open transactions (Fargate's stop
+    # timeout is 30 s; the rest is for making messages visible and flushing events).
+    drain_deadline: float = 25.0
+    # Bodies above this go to S3 as raw_s3 when a client enqueues (SQS caps at 256 KiB).
+    spill_threshold: int = 200 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    default_pool: str
+    sources: dict[str, Source]
+    pools: dict[str, Pool]
+    proxy: ProxyTier = field(default_factory=ProxyTier)
+    providers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    throttles: tuple[Throttle, ...] = ()
+    dkim: tuple[DkimKey, ...] = ()
+    retry: Retry = field(default_factory=Retry)
+    delivery: Delivery = field(default_factory=Delivery)
+    intake: Intake = field(default_factory=Intake)
+    warnings: tuple[str, ...] = ()
+
+    def frontend(self, source: Source) -> tuple[str, int] | None:
+        """Where a sender connects to leave from `source`; None for direct egress."""
+        if source.node is None or source.local_ip is None:
+            return None
+        return source.local_ip, self.proxy.frontend_port
+
+    def dkim_for(self, domain: str) -> DkimKey | None:
+        domain = domain.lower()
+        for key in self.dkim:
+            if key.domain == domain:
+                return key
+        return None

@@ -1,0 +1,100 @@
+"""Deployment settings: where the queues, buckets and table are.
+
+Read once, at the edge (CLI, Lambda handler), from environment variables that the
+CDK app sets on the task definition and functions. Nothing deeper reads the
+environment. Endpoints (AWS_ENDPOINT_URL, AWS_REGION, ...) stay with boto3's own
+standard variables so the same code runs against AWS and the local stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from quiver.names import resource_names
+
+# The environment variables the CDK app sets; names are part of the deploy contract.
+ENV_OUTBOUND_QUEUE_URL = "QUIVER_OUTBOUND_QUEUE_URL"
+ENV_OUTBOUND_DLQ_URL = "QUIVER_OUTBOUND_DLQ_URL"
+ENV_EVENTS_QUEUE_URL = "QUIVER_EVENTS_QUEUE_URL"
+ENV_SPILL_BUCKET = "QUIVER_SPILL_BUCKET"
+ENV_EVENTS_BUCKET = "QUIVER_EVENTS_BUCKET"
+ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
+ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    outbound_queue_url: str
+    outbound_dlq_url: str
+    events_queue_url: str
+    spill_bucket: str
+    events_bucket: str
+    suppression_table: str
+    policy_parameter: str
+    region: str
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def deployment_from_env(env: Mapping[str, str]) -> Deployment:
+    """Build settings from the environment, naming every missing variable at once."""
+    required = (
+        ENV_OUTBOUND_QUEUE_URL,
+        ENV_OUTBOUND_DLQ_URL,
+        ENV_EVENTS_QUEUE_URL,
+        ENV_SPILL_BUCKET,
+        ENV_EVENTS_BUCKET,
+    )
+    missing = [name for name in required if not env.get(name)]
+    if missing:
+        raise SettingsError(
+            "missing environment variables: " + ", ".join(missing)
+            + " (the CDK app sets them on the task; `quiver local` prints them)"
+        )
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return Deployment(
+        outbound_queue_url=env[ENV_OUTBOUND_QUEUE_URL],
+        outbound_dlq_url=env[ENV_OUTBOUND_DLQ_URL],
+        events_queue_url=env[ENV_EVENTS_QUEUE_URL],
+        spill_bucket=env[ENV_SPILL_BUCKET],
+        events_bucket=env[ENV_EVENTS_BUCKET],
+        suppression_table=env.get(ENV_SUPPRESSION_TABLE, ""),
+        policy_parameter=env.get(ENV_POLICY_PARAMETER, ""),
+        region=region,
+    )
+
+
+def local_deployment(*, endpoint: str, account: str, region: str) -> Deployment:
+    """Settings for the embedded local stack (moto's server at `endpoint`)."""
+    names = resource_names(account=account, region=region)
+
+    def queue_url(name: str) -> str:
+        return f"{endpoint}/{account}/{name}"
+
+    return Deployment(
+        outbound_queue_url=queue_url(names.outbound_queue),
+        outbound_dlq_url=queue_url(names.outbound_dlq),
+        events_queue_url=queue_url(names.events_queue),
+        spill_bucket=names.spill_bucket,
+        events_bucket=names.events_bucket,
+        suppression_table=names.suppression_table,
+        policy_parameter=names.policy_parameter,
+        region=region,
+    )
+
+
+def deployment_env(deployment: Deployment) -> dict[str, str]:
+    """The inverse of deployment_from_env: what to export for a child process."""
+    return {
+        ENV_OUTBOUND_QUEUE_URL: deployment.outbound_queue_url,
+        ENV_OUTBOUND_DLQ_URL: deployment.outbound_dlq_url,
+        ENV_EVENTS_QUEUE_URL: deployment.events_queue_url,
+        ENV_SPILL_BUCKET: deployment.spill_bucket,
+        ENV_EVENTS_BUCKET: deployment.events_bucket,
+        ENV_SUPPRESSION_TABLE: deployment.suppression_table,
+        ENV_POLICY_PARAMETER: deployment.policy_parameter,
+        "AWS_REGION": deployment.region,
+    }

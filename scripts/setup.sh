@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything Quiver needs on a fresh Debian/Ubuntu machine (Python >= 3.11):
+# system packages (as root), a virtualenv in .venv with the package and its extras,
+# and the CDK CLI (npm) when infrastructure checks are wanted.
+#   scripts/setup.sh            runtime + dev tools
+#   QUIVER_WITH_CDK=1 scripts/setup.sh   also the CDK CLI (node_modules/.bin/cdk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(haproxy dnsmasq-base postfix)
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && ! command -v npm >/dev/null 2>&1; then
+  apt_packages+=(nodejs npm)
+fi
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing system packages: ${missing[*]}"
+    # Postfix is only used as a benchmark peer and for smtp-sink: keep the package from
+    # configuring a system mailer that would listen on port 25.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "!! missing system packages: ${missing[*]} (run this script as root to install them);" >&2
+    echo "   continuing: tests that need them will be skipped" >&2
+  fi
+fi
+
+py=${PYTHON:-python3}
+"$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "!! Python >= 3.11 is required (found $("$py" --version))" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$py" -m venv .venv
+fi
+stamp=.venv/.quiver-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev,cdk]'
+  touch "$stamp"
+fi
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && [ ! -x node_modules/.bin/cdk ]; then
+  echo "==> installing the CDK CLI (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "==> setup done"

@@ -104,6 +104,12 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -494,7 +500,7 @@ def _retry(c: _Checker, t: dict[str, Any]) -> Retry:
 def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     c.keys(
         t,
-        {"ehlo", "port", "verify_tls", "allow_networks", "connect_timeout",
+        {"ehlo", "port", "verify_tls", "tls_ca_file", "allow_networks", "connect_timeout",
          "command_timeout", "routes"},
         "delivery",
     )
@@ -514,6 +520,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
         ehlo=c.get(t, "ehlo", "delivery", _hostname, d.ehlo),
         port=port,
         verify_tls=c.get(t, "verify_tls", "delivery", _boolean, d.verify_tls),
+        tls_ca_file=c.get(t, "tls_ca_file", "delivery", _text, d.tls_ca_file),
         allow_networks=_networks(c, t, "delivery"),
         connect_timeout=c.get(t, "connect_timeout", "delivery", parse_duration, d.connect_timeout),
         command_timeout=c.get(t, "command_timeout", "delivery", parse_duration, d.command_timeout),

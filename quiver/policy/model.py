@@ -110,7 +110,11 @@ class Delivery:
     ehlo: str = "localhost"
     # SMTP port of receiving MXes. 25 in production; test rigs point it elsewhere.
     port: int = 25
+    # With verification on, a certificate that does not match the MX name defers
+    # the message (never a silent plaintext fallback); off means opportunistic TLS.
     verify_tls: bool = True
+    # Extra CA bundle for verification (local stacks and private test MXes).
+    tls_ca_file: str | None = None
     # Networks a resolved MX address may be in although they are private/loopback.
     # Empty in production: connecting to 10.x or 169.254.169.254 would let a hostile
     # MX record aim the sender at internal services.

@@ -1,0 +1,174 @@
+"""`quiver` command line: sender, enqueue, local stack, demo, config check, proxy render."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _nameservers(spec: str | None) -> list[tuple[str, int]] | None:
+    if not spec:
+        return None
+    out = []
+    for item in spec.split(","):
+        host, _, port = item.strip().partition(":")
+        out.append((host, int(port or 53)))
+    return out
+
+
+def cmd_sender(args: argparse.Namespace) -> int:
+    import boto3
+
+    from quiver.dkim import DkimError
+    from quiver.policy import PolicyError
+    from quiver.policy.source import read_policy
+    from quiver.sender.app import build_sender, serve
+    from quiver.settings import SettingsError, deployment_from_env
+
+    logging.basicConfig(
+        level=os.environ.get("QUIVER_LOG_LEVEL", "INFO"),
+        format='{"level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}',
+    )
+    session = boto3.session.Session()
+    try:
+        deployment = deployment_from_env(os.environ)
+        policy, policy_dir = read_policy(args.config, ssm=lambda: session.client("ssm"))
+        for warning in policy.warnings:
+            logging.getLogger("quiver").warning("policy: %s", warning)
+        sender = build_sender(
+            policy=policy, policy_dir=policy_dir, deployment=deployment, session=session,
+            nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
+        )
+    except (PolicyError, SettingsError, DkimError) as exc:
+        print(f"quiver sender: {exc}", file=sys.stderr)
+        return 2
+    _run(serve(sender))
+    return 0
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from quiver.client import OutboundMessage, QuiverClient
+    from quiver.envelope import EnvelopeError
+    from quiver.settings import SettingsError, deployment_from_env
+
+    try:
+        deployment = deployment_from_env(os.environ)
+    except SettingsError as exc:
+        print(f"quiver enqueue: {exc}", file=sys.stderr)
+        return 2
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"quiver enqueue: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    message_id = args.id or f"cli-{os.getpid()}-{int.from_bytes(os.urandom(6), 'big'):x}"
+    client = QuiverClient.from_settings(deployment)
+    try:
+        sqs_id = client.enqueue(OutboundMessage(
+            id=message_id, sender=args.sender, to=args.to, raw=raw, pool=args.pool,
+            tenant=args.tenant, campaign=args.campaign,
+        ))
+    except EnvelopeError as exc:
+        print(f"quiver enqueue: invalid message: {exc}", file=sys.stderr)
+        return 2
+    print(f"enqueued {message_id} (SQS message {sqs_id})")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from quiver.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    for warning in policy.warnings:
+        print(f"warning: {warning}")
+    print(
+        f"{args.file}: ok ({len(policy.sources)} sources, {len(policy.pools)} pools, "
+        f"{len(policy.throttles)} throttles, {len(policy.dkim)} DKIM keys)"
+    )
+    return 0
+
+
+def cmd_proxy_render(args: argparse.Namespace) -> int:
+    from proxy_tier.cli import render_command
+
+    return render_command(args.config, args.node, sys.stdout)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from quiver.localstack.run import run_local
+
+    return run_local(root=Path(args.dir))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from quiver.localstack.demo import run_demo
+
+    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quiver", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sender", help="deliver messages from the outbound queue")
+    s.add_argument("--config", required=True, help="policy file, or ssm:<parameter name>")
+    s.add_argument("--nameserver", help="DNS server(s) host:port[,host:port] (default: system)")
+    s.set_defaults(func=cmd_sender)
+
+    e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
+    e.add_argument("--from", dest="sender", required=True)
+    e.add_argument("--to", action="append", required=True)
+    e.add_argument("--pool")
+    e.add_argument("--tenant")
+    e.add_argument("--campaign")
+    e.add_argument("--id", help="message id (default: generated)")
+    e.add_argument("file")
+    e.set_defaults(func=cmd_enqueue)
+
+    c = sub.add_parser("config", help="policy tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a policy file; list every problem")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    x = sub.add_parser("proxy", help="HAProxy egress tier tools")
+    xsub = x.add_subparsers(dest="proxy_command", required=True)
+    render = xsub.add_parser("render", help="print a node's haproxy.cfg")
+    render.add_argument("--node", required=True)
+    render.add_argument("--config", default="policy/quiver.toml")
+    render.set_defaults(func=cmd_proxy_render)
+
+    local = sub.add_parser("local", help="start the embedded local stack and keep it up")
+    local.add_argument("--dir", default=".quiver/local")
+    local.set_defaults(func=cmd_local)
+
+    demo = sub.add_parser("demo", help="run N sample messages through the local stack")
+    demo.add_argument("--messages", type=int, default=1000)
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--dir", default=".quiver/demo")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,139 @@
+"""Client for services that enqueue rendered messages.
+
+    client = QuiverClient.from_settings(deployment)
+    client.enqueue(OutboundMessage(id="order-42", sender="noreply@shop.example",
+                                   to=["ann@example.com"], raw=rendered_bytes))
+
+Every message is validated against contract v1 before it leaves the process, so
+a bad message is an exception here rather than a `rejected` event later. Bodies
+above the spill threshold (default 200 KiB; SQS caps a message at 256 KiB) go to
+the spill bucket and travel as `raw_s3`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from quiver import envelope as envelope_mod
+
+DEFAULT_SPILL_THRESHOLD = 200 * 1024
+_SQS_BATCH = 10
+_SQS_BATCH_BYTES = 250 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    id: str
+    sender: str
+    to: Sequence[str]
+    raw: bytes
+    pool: str | None = None
+    tenant: str | None = None
+    campaign: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    expires: str | None = None  # RFC 3339
+
+
+@dataclass(slots=True)
+class BatchResult:
+    accepted: dict[str, str] = field(default_factory=dict)  # caller id → SQS message id
+    failed: dict[str, str] = field(default_factory=dict)  # caller id → reason
+
+
+class QuiverClient:
+    def __init__(
+        self,
+        *,
+        sqs: Any,
+        s3: Any,
+        queue_url: str,
+        spill_bucket: str,
+        spill_threshold: int = DEFAULT_SPILL_THRESHOLD,
+    ) -> None:
+        self._sqs = sqs
+        self._s3 = s3
+        self.queue_url = queue_url
+        self.spill_bucket = spill_bucket
+        self.spill_threshold = spill_threshold
+
+    @classmethod
+    def from_settings(cls, deployment: Any, *, session: Any = None) -> QuiverClient:
+        import boto3
+
+        session = session or boto3.session.Session(region_name=deployment.region)
+        return cls(
+            sqs=session.client("sqs"),
+            s3=session.client("s3"),
+            queue_url=deployment.outbound_queue_url,
+            spill_bucket=deployment.spill_bucket,
+        )
+
+    def build(self, message: OutboundMessage) -> str:
+        """Validate and encode one message (spilling its body if large); the SQS body."""
+        data: dict[str, Any] = {"v": 1, "id": message.id, "from": message.sender,
+                                "to": list(message.to)}
+        for key in ("pool", "tenant", "campaign", "expires"):
+            if (value := getattr(message, key)) is not None:
+                data[key] = value
+        if message.meta:
+            data["meta"] = message.meta
+        spill = len(message.raw) > self.spill_threshold
+        if spill:
+            # Validate every other field before uploading anything: an invalid
+            # message must not leave an orphaned body in the bucket.
+            data["raw_s3"] = f"s3://{self.spill_bucket}/pending"
+        else:
+            data["raw"] = base64.b64encode(message.raw).decode("ascii")
+        env = envelope_mod.from_dict(data, allow_reserved=False)
+        if spill:
+            env = replace(env, raw_s3=self._spill(message), raw=None)
+        return envelope_mod.encode(env)
+
+    def _spill(self, message: OutboundMessage) -> str:
+        digest = hashlib.sha256(message.raw).hexdigest()[:16]
+        key = time.strftime("spill/%Y/%m/%d/", time.gmtime()) + f"{message.id}-{digest}.eml"
+        self._s3.put_object(Bucket=self.spill_bucket, Key=key, Body=message.raw)
+        return f"s3://{self.spill_bucket}/{key}"
+
+    def enqueue(self, message: OutboundMessage) -> str:
+        """Enqueue one message; returns the SQS message id. Raises EnvelopeError if invalid."""
+        body = self.build(message)
+        response = self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+        return str(response["MessageId"])
+
+    def enqueue_batch(self, messages: Sequence[OutboundMessage]) -> BatchResult:
+        """Enqueue many with SendMessageBatch; invalid or refused messages are reported."""
+        result = BatchResult()
+        entries: list[tuple[str, str]] = []
+        for message in messages:
+            try:
+                entries.append((message.id, self.build(message)))
+            except envelope_mod.EnvelopeError as exc:
+                result.failed[message.id] = str(exc)
+        batch: list[tuple[str, str]] = []
+        size = 0
+        for entry in entries:
+            n = len(entry[1].encode())
+            if batch and (len(batch) == _SQS_BATCH or size + n > _SQS_BATCH_BYTES):
+                self._send_batch(batch, result)
+                batch, size = [], 0
+            batch.append(entry)
+            size += n
+        if batch:
+            self._send_batch(batch, result)
+        return result
+
+    def _send_batch(self, batch: list[tuple[str, str]], result: BatchResult) -> None:
+        response = self._sqs.send_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)],
+        )
+        for ok in response.get("Successful", []):
+            result.accepted[batch[int(ok["Id"])][0]] = ok["MessageId"]
+        for bad in response.get("Failed", []):
+            result.failed[batch[int(bad["Id"])][0]] = f"{bad.get('Code')}: {bad.get('Message')}"

@@ -1,0 +1,262 @@
+"""The outbound queue message, contract v1 (see ARCHITECTURE.md).
+
+`decode` is the only way a queue body becomes an `Envelope`; every refusal is an
+`EnvelopeError` naming the field and the rule broken, so a `rejected` event can
+carry a reason the sending service can act on. Keys beginning with `_` are
+quiver's own bookkeeping for re-enqueued messages; callers never set them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from quiver.addresses import AddressError, normalize_address
+
+VERSION = 1
+MAX_RECIPIENTS = 100
+MAX_ID = 128
+MAX_META_BYTES = 4096
+MAX_LABEL = 128  # pool, tenant, campaign
+# SQS refuses bodies above 256 KiB; a raw body near that is already a client bug.
+MAX_BODY_BYTES = 256 * 1024
+
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9._:@/+-]{1,128}$")
+_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.{1,1024})$")
+_CALLER_KEYS = frozenset(
+    {"v", "id", "from", "to", "raw", "raw_s3", "pool", "tenant", "campaign", "meta", "expires"}
+)
+# Bookkeeping written by quiver when it re-enqueues a deferred message.
+_RESERVED_KEYS = frozenset({"_attempt", "_not_before", "_queued_at"})
+
+
+class EnvelopeError(ValueError):
+    """A queue message that breaks contract v1: `field` and `rule` say how."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    raw: bytes | None = None
+    raw_s3: str | None = None
+    pool: str | None = None
+    tenant: str | None = None
+    campaign: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    expires: datetime | None = None
+    # Bookkeeping: attempts made so far, earliest time of the next one, and when the
+    # message was first accepted (epoch seconds), which bounds its retry age.
+    attempt: int = 0
+    not_before: float | None = None
+    queued_at: float | None = None
+
+    def retry(
+        self, *, recipients: tuple[str, ...], attempt: int, not_before: float, queued_at: float
+    ) -> Envelope:
+        """The envelope to re-enqueue for the still-pending `recipients`."""
+        return replace(
+            self, recipients=recipients, attempt=attempt, not_before=not_before,
+            queued_at=queued_at,
+        )
+
+
+def decode(body: str | bytes) -> Envelope:
+    """Parse and validate an SQS body; raises EnvelopeError on any contract breach."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EnvelopeError("body", "not UTF-8") from None
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise EnvelopeError("body", f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("body", "expected a JSON object")
+    return from_dict(data, allow_reserved=True)
+
+
+def from_dict(data: dict[str, Any], *, allow_reserved: bool) -> Envelope:
+    unknown = sorted(
+        k for k in data if k not in _CALLER_KEYS and not (allow_reserved and k in _RESERVED_KEYS)
+    )
+    if unknown:
+        rule = "reserved for quiver's bookkeeping" if unknown[0].startswith("_") else "unknown key"
+        allowed = ", ".join(sorted(_CALLER_KEYS))
+        key = unknown[0]
+        # The key is caller data: quote it unless it is plain, so the error stays one line.
+        name = key if key.isidentifier() or key.isalnum() else json.dumps(key)
+        raise EnvelopeError(name, f"{rule} (allowed: {allowed})")
+    v = data.get("v")
+    if v is None:
+        raise EnvelopeError("v", "required")
+    if type(v) is not int or v != VERSION:
+        raise EnvelopeError("v", f"unsupported version {v!r} (this build reads {VERSION})")
+    message_id = data.get("id")
+    if not isinstance(message_id, str) or not _ID.match(message_id):
+        raise EnvelopeError("id", "required: 1-128 characters of [A-Za-z0-9._:@-]")
+    sender = _address(data.get("from"), "from")
+    recipients = _recipients(data.get("to"))
+    raw, raw_s3 = _body(data)
+    return Envelope(
+        id=message_id,
+        sender=sender,
+        recipients=recipients,
+        raw=raw,
+        raw_s3=raw_s3,
+        pool=_label(data, "pool"),
+        tenant=_label(data, "tenant"),
+        campaign=_label(data, "campaign"),
+        meta=_meta(data.get("meta")),
+        expires=_expires(data.get("expires")),
+        attempt=_non_negative_int(data, "_attempt", 0),
+        not_before=_epoch(data, "_not_before"),
+        queued_at=_epoch(data, "_queued_at"),
+    )
+
+
+def encode(envelope: Envelope) -> str:
+    """The SQS body for `envelope` (bookkeeping keys only when set)."""
+    data: dict[str, Any] = {
+        "v": VERSION,
+        "id": envelope.id,
+        "from": envelope.sender,
+        "to": list(envelope.recipients),
+    }
+    if envelope.raw is not None:
+        data["raw"] = base64.b64encode(envelope.raw).decode("ascii")
+    if envelope.raw_s3 is not None:
+        data["raw_s3"] = envelope.raw_s3
+    for key in ("pool", "tenant", "campaign"):
+        if (value := getattr(envelope, key)) is not None:
+            data[key] = value
+    if envelope.meta:
+        data["meta"] = envelope.meta
+    if envelope.expires is not None:
+        data["expires"] = envelope.expires.isoformat().replace("+00:00", "Z")
+    if envelope.attempt:
+        data["_attempt"] = envelope.attempt
+    if envelope.not_before is not None:
+        data["_not_before"] = round(envelope.not_before, 3)
+    if envelope.queued_at is not None:
+        data["_queued_at"] = round(envelope.queued_at, 3)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _address(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise EnvelopeError(name, "required: an address string")
+    try:
+        return normalize_address(value)
+    except AddressError as exc:
+        raise EnvelopeError(name, f"invalid address: {exc}") from None
+
+
+def _recipients(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_RECIPIENTS:
+        raise EnvelopeError("to", f"required: a list of 1-{MAX_RECIPIENTS} addresses")
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        address = _address(item, f"to[{i}]")
+        key = address.lower()
+        if key in seen:
+            # Two copies would mean two final events for one recipient.
+            raise EnvelopeError(f"to[{i}]", f"duplicate recipient {address!r}")
+        seen.add(key)
+        out.append(address)
+    return tuple(out)
+
+
+def _body(data: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    has_raw, has_s3 = "raw" in data, "raw_s3" in data
+    if has_raw == has_s3:
+        raise EnvelopeError("raw", "exactly one of raw or raw_s3 is required")
+    if has_raw:
+        value = data["raw"]
+        if not isinstance(value, str) or not value:
+            raise EnvelopeError("raw", "expected non-empty base64 text")
+        if len(value) > MAX_BODY_BYTES * 4 // 3 + 4:
+            raise EnvelopeError("raw", f"larger than {MAX_BODY_BYTES} bytes; use raw_s3")
+        try:
+            return base64.b64decode(value, validate=True), None
+        except (binascii.Error, ValueError):
+            raise EnvelopeError("raw", "not valid base64") from None
+    value = data["raw_s3"]
+    if not isinstance(value, str) or not _S3_URI.match(value) or any(ord(c) < 32 for c in value):
+        raise EnvelopeError("raw_s3", "expected s3://bucket/key")
+    return None, value
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    match = _S3_URI.match(uri)
+    if not match:
+        raise EnvelopeError("raw_s3", "expected s3://bucket/key")
+    return match.group(1), match.group(2)
+
+
+def _label(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _LABEL_RE.match(value):
+        raise EnvelopeError(name, "expected 1-128 characters of [A-Za-z0-9._:@/+-]")
+    return value
+
+
+def _meta(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EnvelopeError("meta", "expected a flat JSON object")
+    for key, item in value.items():
+        if item is not None and not isinstance(item, str | int | float | bool):
+            raise EnvelopeError(f"meta.{key}", "values must be strings, numbers, booleans or null")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_META_BYTES:
+        raise EnvelopeError("meta", f"{size} bytes encoded; at most {MAX_META_BYTES}")
+    return value
+
+
+def _expires(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EnvelopeError("expires", "expected an RFC 3339 time string")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise EnvelopeError("expires", f"not an RFC 3339 time: {value!r}") from None
+    if when.tzinfo is None or "T" not in value.upper():
+        raise EnvelopeError("expires", "needs a date, a time and a UTC offset (e.g. ...T12:00:00Z)")
+    return when.astimezone(UTC)
+
+
+def _non_negative_int(data: dict[str, Any], name: str, default: int) -> int:
+    value = data.get(name, default)
+    if type(value) is not int or value < 0:
+        raise EnvelopeError(name, "expected a non-negative integer")
+    return value
+
+
+def _epoch(data: dict[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise EnvelopeError(name, "expected epoch seconds")
+    return float(value)

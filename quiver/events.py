@@ -1,0 +1,178 @@
+"""Event records, contract v1, and the batch format on the events queue.
+
+Producers never send one SQS request per event: records are packed into batches
+(gzip'd JSON lines, base64 in the SQS body) that the export Lambda unpacks into S3
+objects. Each batch carries a producer-chosen id, so re-sending a batch, or the
+Lambda running twice on it, writes the same S3 keys and never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from quiver.envelope import Envelope
+
+VERSION = 1
+EventType = Literal[
+    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "complaint"
+]
+EVENT_TYPES: tuple[str, ...] = (
+    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "complaint",
+)
+# One final event per recipient of an accepted message (ARCHITECTURE.md).
+FINAL_EVENTS = frozenset({"delivered", "bounced", "expired", "suppressed", "rejected"})
+# SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
+MAX_BATCH_BODY = 240 * 1024
+MAX_BATCH_RECORDS = 5000
+BATCH_FORMAT = "quiver-events-v1"
+
+Record = dict[str, Any]
+
+
+class EventBatchError(ValueError):
+    """An events-queue message that is not a v1 batch."""
+
+
+def rfc3339_ms(epoch: float) -> str:
+    """UTC RFC 3339 with milliseconds, e.g. 2026-11-26T10:00:00.123Z."""
+    dt = datetime.fromtimestamp(epoch, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def make_event(
+    event: EventType,
+    *,
+    envelope: Envelope,
+    rcpt: str,
+    attempt: int,
+    pool: str | None,
+    at: float | None = None,
+    **fields: Any,
+) -> Record:
+    """A v1 record with the common fields filled from the envelope; `fields` adds the rest."""
+    record: Record = {
+        "v": VERSION,
+        "event": event,
+        "at": rfc3339_ms(time.time() if at is None else at),
+        "id": envelope.id,
+        "rcpt": rcpt,
+        "from": envelope.sender,
+        "tenant": envelope.tenant,
+        "campaign": envelope.campaign,
+        "pool": pool,
+        "meta": envelope.meta,
+        "attempt": attempt,
+    }
+    record.update(fields)
+    return record
+
+
+def rejected_event(*, message_id: str, reason: str, at: float | None = None) -> Record:
+    """A `rejected` record for a queue message that could not be decoded.
+
+    The envelope is unknown, so only the reason and what little is known are set;
+    `id` is the SQS message id when the body did not yield one.
+    """
+    return {
+        "v": VERSION,
+        "event": "rejected",
+        "at": rfc3339_ms(time.time() if at is None else at),
+        "id": message_id,
+        "rcpt": None,
+        "from": None,
+        "tenant": None,
+        "campaign": None,
+        "pool": None,
+        "meta": {},
+        "attempt": 0,
+        "response": None,
+        "reason": reason,
+    }
+
+
+def pack_batches(records: Iterable[Record]) -> Iterator[tuple[str, str]]:
+    """Pack records into (batch_id, sqs_body) pairs, each body under MAX_BATCH_BODY."""
+    lines: list[bytes] = []
+    size = 0
+    for record in records:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        # Compressed size is unknown until compressed; bound the raw size by a
+        # conservative ratio, then check the real body and split if it is still big.
+        if lines and (size + len(line) > MAX_BATCH_BODY * 3 or len(lines) >= MAX_BATCH_RECORDS):
+            yield from _encode_split(lines)
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line)
+    if lines:
+        yield from _encode_split(lines)
+
+
+def _encode_split(lines: list[bytes]) -> Iterator[tuple[str, str]]:
+    batch_id = uuid.uuid4().hex
+    payload = base64.b64encode(gzip.compress(b"".join(lines), compresslevel=5)).decode("ascii")
+    body = json.dumps(
+        {"format": BATCH_FORMAT, "batch": batch_id, "count": len(lines), "gz": payload},
+        separators=(",", ":"),
+    )
+    if len(body) <= MAX_BATCH_BODY or len(lines) == 1:
+        yield batch_id, body
+        return
+    half = len(lines) // 2
+    yield from _encode_split(lines[:half])
+    yield from _encode_split(lines[half:])
+
+
+def unpack_batch(body: str) -> tuple[str, list[Record]]:
+    """(batch_id, records) from an events-queue body; EventBatchError if it is not one."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise EventBatchError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != BATCH_FORMAT:
+        raise EventBatchError(f"not a {BATCH_FORMAT} batch")
+    batch_id, payload = data.get("batch"), data.get("gz")
+    if not isinstance(batch_id, str) or not batch_id.isalnum() or not isinstance(payload, str):
+        raise EventBatchError("batch id or payload missing")
+    try:
+        text = gzip.decompress(base64.b64decode(payload, validate=True)).decode("utf-8")
+    except (binascii.Error, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise EventBatchError(f"payload is not base64 gzip'd UTF-8: {exc}") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EventBatchError(f"record {n} is not JSON: {exc}") from None
+        validate_record(record, where=f"record {n}")
+        records.append(record)
+    return batch_id, records
+
+
+_REQUIRED = ("v", "event", "at", "id", "rcpt", "from", "tenant", "campaign", "pool", "meta",
+             "attempt")
+
+
+def validate_record(record: Any, *, where: str = "record") -> None:
+    """Raise EventBatchError unless `record` has the v1 common fields."""
+    if not isinstance(record, dict):
+        raise EventBatchError(f"{where}: expected an object")
+    missing = [k for k in _REQUIRED if k not in record]
+    if missing:
+        raise EventBatchError(f"{where}: missing {', '.join(missing)}")
+    if record["v"] != VERSION or record["event"] not in EVENT_TYPES:
+        raise EventBatchError(f"{where}: not a v1 event ({record['v']!r}, {record['event']!r})")
+    at = record["at"]
+    if not isinstance(at, str) or not at.endswith("Z"):
+        raise EventBatchError(f"{where}: 'at' must be RFC 3339 UTC")
+    try:
+        datetime.fromisoformat(at[:-1] + "+00:00")
+    except ValueError:
+        raise EventBatchError(f"{where}: 'at' must be RFC 3339 UTC") from None

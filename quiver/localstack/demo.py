@@ -1,0 +1,173 @@
+"""`quiver demo`: N sample messages through the local stack, then a summary.
+
+Exit status 0 only if every recipient of every message reached a final event and
+every object in the events bucket parses as v1 events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from quiver.client import QuiverClient
+from quiver.events import validate_record
+from quiver.export import read_object
+from quiver.localstack.export_pump import ExportPump, Tally
+from quiver.localstack.progress import Progress
+from quiver.localstack.samples import plan
+from quiver.localstack.stack import LocalStack
+
+COLUMNS = ("delivered", "deferred", "bounced", "expired", "rejected")
+ENQUEUE_CHUNK = 100
+
+
+def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
+    if messages < 1:
+        print("quiver demo: --messages must be at least 1")
+        return 2
+    stack = LocalStack(root)
+    print_ = _printer(as_json)
+    print_(f"starting the local stack in {root} ...")
+    with stack.start():
+        assert stack.deployment is not None and stack.dns is not None
+        tally = Tally()
+        pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally)
+        pump.start()
+        sender = stack.start_sender()
+        valid, malformed = plan(messages)
+        expected = sum(len(m.to) for m in valid) + len(malformed)
+        client = QuiverClient(
+            sqs=stack.client("sqs"), s3=stack.client("s3"),
+            queue_url=stack.deployment.outbound_queue_url,
+            spill_bucket=stack.deployment.spill_bucket,
+        )
+        started = time.monotonic()
+        bar = Progress("enqueue ", len(valid))
+        refused = 0
+        for i in range(0, len(valid), ENQUEUE_CHUNK):
+            result = client.enqueue_batch(valid[i:i + ENQUEUE_CHUNK])
+            refused += len(result.failed)
+            bar.update(i + ENQUEUE_CHUNK)
+        bar.finish(len(valid))
+        sqs = stack.client("sqs")
+        for body in malformed:
+            sqs.send_message(QueueUrl=stack.deployment.outbound_queue_url, MessageBody=body)
+
+        bar = Progress("deliver ", expected)
+        timeout = 90 + messages / 20
+        first_pass: float | None = None
+        while time.monotonic() - started < timeout:
+            finals = tally.finals
+            if first_pass is None and _first_attempts(tally) >= expected:
+                first_pass = time.monotonic() - started
+            rate = finals / max(1e-6, time.monotonic() - started)
+            bar.update(finals, f"final  {rate:.0f}/s")
+            if finals >= expected or sender.poll() is not None:
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        bar.finish(tally.finals, f"final in {elapsed:.1f}s")
+        sender_exit = stack.stop_sender(sender)
+        while pump.drain_once(wait_seconds=0):
+            pass
+        pump.stop()
+        objects, bad_objects = _check_bucket(stack)
+        assert stack.mx is not None
+        by_source_ip = Counter(str(r["peer_ip"]) for r in stack.mx.received())
+
+    summary = _summary(
+        tally=tally, messages=messages, expected=expected, first_pass=first_pass or elapsed,
+        elapsed=elapsed, objects=objects, bad_objects=bad_objects, refused=refused,
+        bucket=stack.deployment.events_bucket, sender_exit=sender_exit,
+        by_source_ip=dict(sorted(by_source_ip.items())), dns=stack.dns.kind,
+    )
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _print_table(summary, root)
+    ok = summary["final"] == expected and not bad_objects and sender_exit == 0
+    return 0 if ok else 1
+
+
+def _printer(quiet: bool) -> Any:
+    import sys
+
+    def print_(text: str) -> None:
+        print(text, file=sys.stderr if quiet else sys.stdout)
+
+    return print_
+
+
+def _first_attempts(tally: Tally) -> int:
+    """Records of first attempts: every recipient has one once the first pass is done."""
+    with tally.lock:
+        return tally.first_attempts
+
+
+def _check_bucket(stack: LocalStack) -> tuple[int, list[str]]:
+    """Every object under events/ must parse as v1 records."""
+    assert stack.deployment is not None
+    s3 = stack.client("s3")
+    bucket = stack.deployment.events_bucket
+    objects, bad = 0, []
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix="events/"):
+        for item in page.get("Contents", []):
+            objects += 1
+            data = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            try:
+                for record in read_object(data):
+                    validate_record(record)
+            except Exception as exc:
+                bad.append(f"{item['Key']}: {exc}")
+    return objects, bad
+
+
+def _summary(*, tally: Tally, messages: int, expected: int, first_pass: float, elapsed: float,
+             objects: int, bad_objects: list[str], refused: int, bucket: str,
+             sender_exit: int, by_source_ip: dict[str, int], dns: str) -> dict[str, Any]:
+    by_domain: dict[str, dict[str, int]] = {}
+    totals: Counter[str] = Counter()
+    for (event, domain), n in tally.counts.items():
+        by_domain.setdefault(domain, dict.fromkeys(COLUMNS, 0))[event] = n
+        totals[event] += n
+    return {
+        "messages": messages,
+        "recipients": expected,
+        "final": tally.finals,
+        **{c: totals[c] for c in COLUMNS},
+        "msgs_per_s": round(messages / max(first_pass, 1e-6), 1),
+        "first_pass_s": round(first_pass, 2),
+        "elapsed_s": round(elapsed, 2),
+        "event_objects": objects,
+        "invalid_event_objects": bad_objects,
+        "events_bucket": f"s3://{bucket}/events/",
+        "refused_by_client": refused,
+        "sender_exit": sender_exit,
+        "by_domain": dict(sorted(by_domain.items())),
+        "by_source_ip": by_source_ip,
+        "dns": dns,
+    }
+
+
+def _print_table(s: dict[str, Any], root: Path) -> None:
+    header = f"{'domain':<18}" + "".join(f"{c:>11}" for c in COLUMNS)
+    print()
+    print(header)
+    print("-" * len(header))
+    for domain, counts in s["by_domain"].items():
+        print(f"{domain:<18}" + "".join(f"{counts[c]:>11}" for c in COLUMNS))
+    print("-" * len(header))
+    print(f"{'total':<18}" + "".join(f"{s[c]:>11}" for c in COLUMNS))
+    print()
+    print(f"messages {s['messages']}, recipients {s['recipients']}, final {s['final']}")
+    print(f"first pass {s['first_pass_s']} s ({s['msgs_per_s']} msg/s); "
+          f"all final after {s['elapsed_s']} s (retries and expiry included)")
+    print(f"deliveries by egress IP: {s['by_source_ip']}")
+    print(f"event files: {s['event_objects']} objects in {s['events_bucket']} "
+          f"(local moto server; logs in {root / 'logs'})")
+    if s["invalid_event_objects"]:
+        print(f"INVALID event objects: {s['invalid_event_objects'][:5]}")

@@ -1,0 +1,143 @@
+"""Runs the event-export Lambda handler in-process on SQS-shaped events.
+
+What AWS's event source mapping does: long-poll the events queue, hand the
+handler a batch in the Lambda SQS event shape, delete the records it did not
+report as failed. The pump also tallies records so the demo can show progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
+from quiver.settings import ENV_EVENTS_BUCKET, Deployment
+
+log = logging.getLogger("quiver.local")
+
+
+@dataclass
+class LambdaContext:
+    """The attributes Powertools reads from a Lambda context."""
+
+    function_name: str = "quiver-event-export"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quiver-event-export"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = "local"
+    log_group_name: str = "/aws/lambda/quiver-event-export"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass
+class Tally:
+    """Counts of exported records by (event type, recipient domain)."""
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    finals: int = 0
+    first_attempts: int = 0
+    records: int = 0
+    failed_batches: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, records: list[Record]) -> None:
+        with self.lock:
+            for r in records:
+                rcpt = r.get("rcpt") or ""
+                domain = rcpt.rpartition("@")[2] if rcpt else "(undecodable)"
+                self.counts[(r["event"], domain)] += 1
+                self.records += 1
+                if r["event"] in FINAL_EVENTS:
+                    self.finals += 1
+                if r.get("attempt", 0) <= 1 and r["event"] != "complaint":
+                    # Each recipient has exactly one record of its first attempt
+                    # (or a rejected/expired record at attempt 0).
+                    self.first_attempts += 1
+
+
+def sqs_event(messages: list[dict[str, Any]], *, queue_arn: str, region: str) -> dict[str, Any]:
+    return {"Records": [
+        {
+            "messageId": m["MessageId"],
+            "receiptHandle": m["ReceiptHandle"],
+            "body": m["Body"],
+            "attributes": m.get("Attributes", {}),
+            "messageAttributes": {},
+            "md5OfBody": hashlib.md5(m["Body"].encode(), usedforsecurity=False).hexdigest(),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": queue_arn,
+            "awsRegion": region,
+        }
+        for m in messages
+    ]}
+
+
+class ExportPump:
+    def __init__(self, *, sqs: Any, deployment: Deployment, on_records: Tally) -> None:
+        self._sqs = sqs
+        self._deployment = deployment
+        self._tally = on_records
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="export-pump", daemon=True)
+        self._handler: Callable[[dict[str, Any], Any], Any] | None = None
+
+    def start(self) -> None:
+        # The handler reads its bucket from the environment, as in Lambda.
+        os.environ[ENV_EVENTS_BUCKET] = self._deployment.events_bucket
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+        from functions.event_export.handler import handler
+
+        self._handler = handler
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def drain_once(self, wait_seconds: int = 1) -> int:
+        """One receive + handle + delete round; returns the number of queue messages."""
+        url = self._deployment.events_queue_url
+        response = self._sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=60,
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return 0
+        assert self._handler is not None
+        arn = f"arn:aws:sqs:{self._deployment.region}:123456789012:{url.rsplit('/', 1)[1]}"
+        result = self._handler(
+            sqs_event(messages, queue_arn=arn, region=self._deployment.region), LambdaContext()
+        )
+        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        done = [m for m in messages if m["MessageId"] not in failed]
+        for m in done:
+            try:
+                _, records = unpack_batch(m["Body"])
+            except EventBatchError:
+                continue
+            self._tally.add(records)
+        if failed:
+            self._tally.failed_batches += len(failed)
+        if done:
+            self._sqs.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)
+            ])
+        return len(messages)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain_once()
+            except Exception:
+                log.exception("export pump round failed; retrying")
+                self._stop.wait(1.0)

@@ -1,0 +1,142 @@
+"""moto's server as a child process, with the queues, buckets and table the CDK app creates."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quiver.names import resource_names
+from quiver.settings import Deployment, local_deployment
+
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+# The outbound queue's redrive: a message that fails this often (a crash loop on
+# it, not ordinary deferrals, which re-enqueue) moves to the DLQ.
+MAX_RECEIVE_COUNT = 5
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "quiver-local", "AWS_SECRET_ACCESS_KEY": "quiver-local"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class MotoServer:
+    process: subprocess.Popen[bytes]
+    endpoint: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> MotoServer:
+    port = port or free_port(host)
+    log_path = log_dir / "moto.log"
+    log = log_path.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **FAKE_CREDENTIALS},
+    )
+    endpoint = f"http://{host}:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}; see {log_path}")
+        try:
+            # Loopback http URL built here, never user input.
+            with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=1):  # noqa: S310
+                return MotoServer(process=process, endpoint=endpoint, log_path=log_path)
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"moto server did not answer within 60 s; see {log_path}")
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """Environment for boto3 in a child process to use the local endpoint."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        **FAKE_CREDENTIALS,
+    }
+
+
+def session(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=REGION,
+    )
+
+
+def client(endpoint: str, service: str) -> Any:
+    return session(endpoint).client(service, endpoint_url=endpoint)
+
+
+def create_resources(endpoint: str) -> Deployment:
+    """Create (idempotently) every resource the sender and the export use."""
+    names = resource_names(account=ACCOUNT, region=REGION)
+    sqs = client(endpoint, "sqs")
+    s3 = client(endpoint, "s3")
+    ddb = client(endpoint, "dynamodb")
+
+    def queue(name: str, attributes: dict[str, str]) -> str:
+        url: str = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        return url
+
+    fourteen_days = str(14 * 86400)
+    dlq_url = queue(names.outbound_dlq, {"MessageRetentionPeriod": fourteen_days})
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    queue(names.outbound_queue, {
+        "MessageRetentionPeriod": str(4 * 86400),
+        "VisibilityTimeout": "300",
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+        ),
+    })
+    events_dlq_url = queue(names.events_dlq, {"MessageRetentionPeriod": fourteen_days})
+    events_dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=events_dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue(names.events_queue, {
+        "VisibilityTimeout": "60",
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": events_dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+        ),
+    })
+    for bucket in (names.spill_bucket, names.events_bucket, names.inbound_bucket):
+        s3.create_bucket(Bucket=bucket)
+    existing = ddb.list_tables()["TableNames"]
+    if names.suppression_table not in existing:
+        ddb.create_table(
+            TableName=names.suppression_table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    return local_deployment(endpoint=endpoint, account=ACCOUNT, region=REGION)

@@ -1,0 +1,241 @@
+"""Start and stop the embedded local stack; write its policy, keys and zone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from quiver.dkim import dns_txt_value, generate_private_key
+from quiver.local.dns import DnsServer, Zone, start_dns
+from quiver.local.mx import MxProcess, spawn_mx
+from quiver.local.tls import issue_cert, make_local_ca
+from quiver.localstack import moto_server
+from quiver.settings import Deployment, deployment_env
+
+MX_HOSTS = ("mx1.quiver.local.test", "mx2.quiver.local.test")
+# Demo destinations: three domains sharing one MX (one site), one with its own MX
+# set, one with no MX (A fallback) and one with a null MX (bounces with 5.1.10).
+MX_DOMAINS = {
+    "alpha.test": ((10, "mx1.quiver.local.test"),),
+    "bravo.test": ((10, "mx1.quiver.local.test"),),
+    "charlie.test": ((10, "mx1.quiver.local.test"),),
+    "delta.test": ((10, "mx2.quiver.local.test"), (20, "mx1.quiver.local.test")),
+}
+A_ONLY_DOMAINS = ("nomx.test",)
+NULL_MX_DOMAINS = ("nullmx.test",)
+# From domains and their DKIM keys: one RSA-2048, one ed25519.
+DKIM_DOMAINS = (
+    ("news.quiver-demo.test", "q1", "rsa-sha256"),
+    ("alerts.quiver-demo.test", "e1", "ed25519-sha256"),
+)
+EGRESS_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+POLICY_TEMPLATE = """\
+# Written by the local stack; regenerated on every start.
+version = 1
+default_pool = "shared"
+
+[delivery]
+ehlo = "quiver.local.test"
+port = {mx_port}
+verify_tls = true
+tls_ca_file = "{ca_file}"
+# The local MX lives on loopback; production allows no private networks.
+allow_networks = ["127.0.0.0/8"]
+connect_timeout = "5s"
+command_timeout = "30s"
+
+[retry]
+# Compressed so the demo sees retries, successes after greylisting and expiry.
+first = "1s"
+factor = 2
+cap = "4s"
+jitter = 0.2
+max_age = "{max_age}"
+site_backoff = "2s"
+
+[intake]
+receivers = 2
+max_inflight_messages = 1000
+visibility_timeout = "60s"
+drain_deadline = "10s"
+
+[sources.local1]
+ip = "127.0.0.2"
+local_ip = "127.0.0.2"
+ehlo = "o1.quiver.local.test"
+
+[sources.local2]
+ip = "127.0.0.3"
+local_ip = "127.0.0.3"
+ehlo = "o2.quiver.local.test"
+
+[sources.local3]
+ip = "127.0.0.4"
+local_ip = "127.0.0.4"
+ehlo = "o3.quiver.local.test"
+
+[pools.shared]
+sources = {{ local1 = 1, local2 = 1 }}
+
+[pools.bulk]
+sources = {{ local3 = 1 }}
+
+[providers]
+quiver-local = ["*.quiver.local.test"]
+
+[[throttles]]
+source = "*"
+max_connections = 20
+{dkim}
+"""
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    max_age: str = "12s"
+    moto: moto_server.MotoServer | None = None
+    dns: DnsServer | None = None
+    mx: MxProcess | None = None
+    deployment: Deployment | None = None
+    policy_path: Path | None = None
+    ca_file: Path | None = None
+    zone: Zone = field(default_factory=Zone)
+    _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        try:
+            self._start(dns_prefer)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, dns_prefer: Literal["dnsmasq", "builtin"]) -> None:
+        self.moto = moto_server.start_moto(log_dir=self.root / "logs")
+        self.deployment = moto_server.create_resources(self.moto.endpoint)
+        ca_cert, _ = make_local_ca(self.root / "ca")
+        self.ca_file = ca_cert
+        cert, key = issue_cert(
+            ca_dir=self.root / "ca", hostnames=[*MX_HOSTS, *A_ONLY_DOMAINS],
+            ips=["127.0.0.1"], dir=self.root / "mx-tls",
+        )
+        mx_store = self.root / "mx"
+        shutil.rmtree(mx_store, ignore_errors=True)
+        self.mx = spawn_mx(
+            port=moto_server.free_port(), store_dir=mx_store, tls_cert=cert, tls_key=key,
+            hostname=MX_HOSTS[0],
+        )
+        dkim_toml = self._keys_and_zone()
+        self.dns = start_dns(self.zone, prefer=dns_prefer)
+        self.policy_path = self.root / "policy.toml"
+        self.policy_path.write_text(POLICY_TEMPLATE.format(
+            mx_port=self.mx.address[1], ca_file=ca_cert, max_age=self.max_age, dkim=dkim_toml,
+        ))
+
+    def _keys_and_zone(self) -> str:
+        zone = self.zone
+        for domain, hosts in MX_DOMAINS.items():
+            for pref, host in hosts:
+                zone.add_mx(domain, host, pref)
+        for host in MX_HOSTS:
+            zone.add_a(host, "127.0.0.1")
+        for domain in A_ONLY_DOMAINS:
+            zone.add_a(domain, "127.0.0.1")
+        for domain in NULL_MX_DOMAINS:
+            zone.add_null_mx(domain)
+        keys_dir = self.root / "keys"
+        keys_dir.mkdir(exist_ok=True)
+        blocks = []
+        for domain, selector, algorithm in DKIM_DOMAINS:
+            path = keys_dir / f"{domain}.{selector}.pem"
+            if not path.exists():
+                path.write_bytes(generate_private_key(algorithm))
+                path.chmod(0o600)
+            zone.add_txt(f"{selector}._domainkey.{domain}", dns_txt_value(path.read_bytes()))
+            zone.add_txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
+            blocks.append(
+                f'\n[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\n'
+                f'algorithm = "{algorithm}"\nkey_file = "keys/{path.name}"\n'
+            )
+        return "".join(blocks)
+
+    @property
+    def nameserver(self) -> str:
+        assert self.dns is not None
+        host, port = self.dns.address
+        return f"{host}:{port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for a sender or client process using this stack."""
+        assert self.moto is not None and self.deployment is not None
+        return {
+            **moto_server.aws_env(self.moto.endpoint),
+            **deployment_env(self.deployment),
+            "QUIVER_NAMESERVERS": self.nameserver,
+        }
+
+    def client(self, service: str) -> Any:
+        assert self.moto is not None
+        return moto_server.client(self.moto.endpoint, service)
+
+    def start_sender(self, *, name: str = "sender", extra: list[str] | None = None
+                     ) -> subprocess.Popen[bytes]:
+        assert self.policy_path is not None
+        log = (self.root / "logs" / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quiver", "sender", "--config", str(self.policy_path),
+             *(extra or [])],
+            env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._senders.append(process)
+        return process
+
+    def stop_sender(self, process: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if process in self._senders:
+            self._senders.remove(process)
+        return process.returncode
+
+    def stop(self) -> None:
+        for process in list(self._senders):
+            self.stop_sender(process)
+        for server in (self.mx, self.dns, self.moto):
+            if server is not None:
+                # Best effort: one server failing to stop must not keep the others up.
+                with contextlib.suppress(Exception):
+                    server.stop()
+        self.mx = self.dns = self.moto = None
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,1 @@
+"""Where a recipient's mail goes: MX resolution, destination safety, egress choice."""

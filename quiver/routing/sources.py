@@ -1,0 +1,53 @@
+"""Egress choice: pool → source by smooth weighted round robin over healthy sources.
+
+Smooth WRR (as nginx does) interleaves sources instead of sending runs of one, so a
+receiving MX sees each pool's IPs mixed evenly at any time scale.
+"""
+
+from __future__ import annotations
+
+from quiver.policy import Policy, Source
+
+
+class NoSourceAvailable(RuntimeError):
+    pass
+
+
+class SourcePicker:
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._current: dict[tuple[str, str], int] = {}
+        self._down: set[str] = set()
+
+    def mark_down(self, source: str) -> None:
+        self._down.add(source)
+
+    def mark_up(self, source: str) -> None:
+        self._down.discard(source)
+
+    def is_up(self, source: str) -> bool:
+        return source not in self._down
+
+    def pool_name(self, requested: str | None) -> str:
+        return requested or self._policy.default_pool
+
+    def pick(self, pool_name: str) -> Source:
+        pool = self._policy.pools.get(pool_name)
+        if pool is None:
+            raise NoSourceAvailable(f"unknown pool {pool_name!r}")
+        candidates = [(s, w) for s, w in pool.sources if s not in self._down]
+        if not candidates:
+            raise NoSourceAvailable(f"every source of pool {pool_name!r} is down")
+        total = 0
+        best: str | None = None
+        best_value = 0
+        for name, weight in candidates:
+            key = (pool_name, name)
+            value = self._current.get(key, 0) + weight
+            self._current[key] = value
+            total += weight
+            if best is None or value > best_value:
+                best, best_value = name, value
+        assert best is not None
+        self._current[(pool_name, best)] -= total
+        return self._policy.sources[best]

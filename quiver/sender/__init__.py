@@ -1,0 +1,1 @@
+"""The sender: SQS intake → DKIM → routing → SMTP → events, with durable completion."""

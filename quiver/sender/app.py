@@ -1,0 +1,87 @@
+"""Wiring: build the sender from a policy, deployment settings and AWS clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from quiver.bounce import default_classifier
+from quiver.dkim import signers_from_policy
+from quiver.policy import Policy
+from quiver.routing.mx import MxResolver
+from quiver.routing.providers import ProviderMatcher
+from quiver.routing.sources import SourcePicker
+from quiver.sender.complete import Completer
+from quiver.sender.engine import Sender
+from quiver.sender.lifecycle import MessageHandler
+from quiver.sender.transport import DirectTransport
+from quiver.settings import Deployment
+from quiver.storage.aws import S3BodyStore, SqsEventSink, SqsQueue
+
+log = logging.getLogger("quiver.sender")
+
+
+def secret_reader(session: Any) -> Any:
+    client = session.client("secretsmanager")
+
+    def read(secret_id: str) -> bytes:
+        value = client.get_secret_value(SecretId=secret_id)
+        text = value.get("SecretString")
+        return text.encode() if text is not None else bytes(value["SecretBinary"])
+
+    return read
+
+
+def build_sender(
+    *,
+    policy: Policy,
+    policy_dir: Path,
+    deployment: Deployment,
+    session: Any,
+    nameservers: list[tuple[str, int]] | None,
+) -> Sender:
+    from botocore.config import Config
+
+    # One connection per concurrent AWS call; the default pool of 10 would queue them.
+    config = Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5})
+    sqs = session.client("sqs", config=config)
+    s3 = session.client("s3", config=config)
+    outbound = SqsQueue(sqs, deployment.outbound_queue_url)
+    completer = Completer(
+        queue=outbound,
+        dlq=SqsQueue(sqs, deployment.outbound_dlq_url),
+        sink=SqsEventSink(SqsQueue(sqs, deployment.events_queue_url)),
+    )
+    resolver = MxResolver(
+        nameservers=nameservers,
+        providers=ProviderMatcher(policy.providers),
+        routes=dict(policy.delivery.routes),
+    )
+    transport = DirectTransport(policy=policy, resolver=resolver, picker=SourcePicker(policy))
+    signers = signers_from_policy(
+        policy.dkim,
+        load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
+        base_dir=policy_dir,
+    )
+    handler = MessageHandler(
+        policy=policy,
+        transport=transport,
+        signers=signers,
+        bodies=S3BodyStore(s3, deployment.spill_bucket),
+        completer=completer,
+        classifier=default_classifier(),
+    )
+    return Sender(intake=policy.intake, queue=outbound, handler=handler, completer=completer)
+
+
+async def serve(sender: Sender) -> None:
+    """Run until SIGTERM or SIGINT, then drain (policy.intake.drain_deadline)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sender running")
+    await sender.run(stop)

@@ -1,0 +1,105 @@
+"""Durable completion: events accepted first, then re-enqueues, then the delete.
+
+A message is deleted from the outbound queue only after the events of its
+recipients were accepted by the events queue and its still-pending recipients
+were re-enqueued (ARCHITECTURE.md, durability). Completions are batched across
+messages so one SQS request carries many: that is where most of the per-message
+AWS cost goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from quiver.events import Record
+from quiver.storage.base import EventSink, Outgoing, Queue, Received, StorageError
+
+log = logging.getLogger("quiver.sender")
+
+
+@dataclass(slots=True)
+class Completion:
+    received: Received
+    records: list[Record] = field(default_factory=list)
+    retry: list[Outgoing] = field(default_factory=list)  # to the outbound queue
+    dead: list[Outgoing] = field(default_factory=list)  # to the DLQ
+    future: asyncio.Future[None] | None = None
+
+
+class Completer:
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        dlq: Queue,
+        sink: EventSink,
+        max_batch: int = 200,
+        max_delay: float = 0.05,
+    ) -> None:
+        self._queue = queue
+        self._dlq = dlq
+        self._sink = sink
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._pending: list[Completion] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="completer")
+
+    async def complete(self, completion: Completion) -> None:
+        """Returns once the completion is durable; raises StorageError if it is not."""
+        if self._closed:
+            raise StorageError("completer is closed")
+        completion.future = asyncio.get_running_loop().create_future()
+        self._pending.append(completion)
+        if len(self._pending) >= self._max_batch:
+            self._wake.set()
+        await completion.future
+
+    async def _run(self) -> None:
+        while not self._closed or self._pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._max_delay)
+            self._wake.clear()
+            if self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[
+                    self._max_batch:
+                ]
+                await self.flush(batch)
+
+    async def flush(self, batch: Sequence[Completion]) -> None:
+        try:
+            records = [r for c in batch for r in c.records]
+            await self._sink.publish(records)
+            dead = [m for c in batch for m in c.dead]
+            if dead:
+                await self._dlq.send(dead)
+            retry = [m for c in batch for m in c.retry]
+            if retry:
+                await self._queue.send(retry)
+            await self._queue.delete([c.received.receipt for c in batch])
+        except StorageError as exc:
+            # Nothing is lost: undeleted messages come back after their visibility
+            # timeout; records already accepted may then be written again.
+            log.warning("completion of %d messages failed: %s", len(batch), exc)
+            for c in batch:
+                if c.future is not None and not c.future.done():
+                    c.future.set_exception(StorageError(str(exc)))
+            return
+        for c in batch:
+            if c.future is not None and not c.future.done():
+                c.future.set_result(None)
+
+    async def close(self) -> None:
+        """Flush what is pending and stop."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task

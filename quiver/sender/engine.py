@@ -1,0 +1,153 @@
+"""Intake and shutdown: long-poll receivers, bounded in-flight work, visibility
+extension, and a SIGTERM drain that leaves nothing invisible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from quiver.policy import Intake
+from quiver.sender.complete import Completer
+from quiver.sender.lifecycle import MessageHandler
+from quiver.storage.base import Queue, Received, StorageError
+
+log = logging.getLogger("quiver.sender")
+
+# Long-poll wait. Shorter than SQS's 20 s maximum so that a stop request is noticed
+# within the drain deadline without abandoning a poll whose messages would then sit
+# invisible for a whole visibility timeout.
+POLL_WAIT = 5
+
+
+@dataclass(slots=True)
+class _Held:
+    received: Received
+    size: int
+    extended_at: float
+
+
+@dataclass(slots=True)
+class SenderStats:
+    received: int = 0
+    completed: int = 0
+    returned: int = 0
+
+
+class Sender:
+    def __init__(
+        self, *, intake: Intake, queue: Queue, handler: MessageHandler, completer: Completer
+    ) -> None:
+        self._intake = intake
+        self._queue = queue
+        self._handler = handler
+        self._completer = completer
+        self._held: dict[str, _Held] = {}
+        self._bytes = 0
+        self._room = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = SenderStats()
+
+    def _has_room(self) -> bool:
+        return (
+            len(self._held) < self._intake.max_inflight_messages
+            and self._bytes < self._intake.max_inflight_bytes
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._completer.start()
+        visibility = int(self._intake.visibility_timeout)
+        receivers = [
+            asyncio.create_task(self._receive_loop(stop, visibility), name=f"receiver-{i}")
+            for i in range(self._intake.receivers)
+        ]
+        heartbeat = asyncio.create_task(self._extend_loop(stop, visibility), name="heartbeat")
+        await stop.wait()
+        log.info("stopping: draining %d messages", len(self._held))
+        deadline = time.monotonic() + self._intake.drain_deadline
+        # Receivers finish their current poll (at most POLL_WAIT) so no message is
+        # left invisible by an abandoned request; what they return is handled too.
+        await asyncio.wait(receivers, timeout=max(0.0, deadline - time.monotonic()))
+        for task in receivers:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        heartbeat.cancel()
+        unfinished = [h.received.receipt for h in self._held.values()]
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2.0)
+        await self._completer.close()
+        if unfinished:
+            # Abandoned: visible again at once, for another task to deliver.
+            try:
+                await self._queue.change_visibility(unfinished, seconds=0)
+            except StorageError as exc:
+                log.warning("could not release %d messages: %s", len(unfinished), exc)
+        log.info("stopped: %s", self.stats)
+
+    async def _receive_loop(self, stop: asyncio.Event, visibility: int) -> None:
+        while not stop.is_set():
+            async with self._room:
+                await self._room.wait_for(self._has_room)
+            want = min(10, self._intake.max_inflight_messages - len(self._held))
+            try:
+                batch = await self._queue.receive(
+                    max_messages=max(1, want), wait_seconds=POLL_WAIT, visibility=visibility
+                )
+            except StorageError as exc:
+                log.warning("receive failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            now = time.monotonic()
+            for received in batch:
+                self.stats.received += 1
+                size = len(received.body)
+                self._held[received.receipt] = _Held(received, size, now)
+                self._bytes += size
+                task = asyncio.create_task(self._work(received))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, received: Received) -> None:
+        try:
+            done = await self._handler.handle(received)
+        except Exception:
+            # A bug must not kill the sender; the message returns after its timeout
+            # and, if it keeps failing, SQS moves it to the DLQ (maxReceiveCount).
+            log.exception("unexpected error on message %s", received.message_id)
+            done = False
+        held = self._held.pop(received.receipt, None)
+        if held is not None:
+            self._bytes -= held.size
+        if done:
+            self.stats.completed += 1
+        else:
+            self.stats.returned += 1
+        async with self._room:
+            self._room.notify_all()
+
+    async def _extend_loop(self, stop: asyncio.Event, visibility: int) -> None:
+        """Extend held messages at half their visibility so none lapses mid-delivery."""
+        period = max(1.0, visibility / 4)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            now = time.monotonic()
+            due = [h for h in self._held.values() if now - h.extended_at >= visibility / 2]
+            if not due:
+                continue
+            try:
+                await self._queue.change_visibility(
+                    [h.received.receipt for h in due], seconds=visibility
+                )
+            except StorageError as exc:
+                log.warning("visibility extension failed: %s", exc)
+                continue
+            for h in due:
+                h.extended_at = now

@@ -1,0 +1,231 @@
+"""One outbound message from receipt to durable completion.
+
+decode → (postpone if not yet due) → expire? → fetch body → DKIM-sign →
+deliver per domain → one event per recipient → re-enqueue the pending ones →
+complete (events accepted, re-enqueues sent, then delete).
+Bad input becomes a `rejected` event and the original goes to the DLQ untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from quiver import envelope as envelope_mod
+from quiver.addresses import domain_of
+from quiver.bounce import Classifier
+from quiver.dkim import DkimError, SignerSet
+from quiver.envelope import Envelope, EnvelopeError
+from quiver.events import EventType, Record, make_event, rejected_event, rfc3339_ms
+from quiver.message import from_domain
+from quiver.policy import Policy
+from quiver.sender.complete import Completer, Completion
+from quiver.sender.outcome import Attempt
+from quiver.sender.transport import Transport
+from quiver.storage.base import BodyStore, MissingObject, Outgoing, Received, StorageError
+
+log = logging.getLogger("quiver.sender")
+
+# SQS DelaySeconds maximum; longer waits hop through the queue in steps.
+MAX_DELAY = 900
+# A message whose body could not be fetched is retried this soon (transient S3).
+BODY_RETRY_VISIBILITY = 30
+
+
+class MessageHandler:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        transport: Transport,
+        signers: SignerSet,
+        bodies: BodyStore,
+        completer: Completer,
+        classifier: Classifier,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._policy = policy
+        self._transport = transport
+        self._signers = signers
+        self._bodies = bodies
+        self._completer = completer
+        self._classifier = classifier
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    async def handle(self, received: Received) -> bool:
+        """Process one message; True if it completed (deleted), False if it will return."""
+        try:
+            completion = await self._process(received)
+        except StorageError as exc:
+            log.warning("message %s left for redelivery: %s", received.message_id, exc)
+            return False
+        if completion is None:
+            return False
+        try:
+            await self._completer.complete(completion)
+        except StorageError:
+            return False
+        return True
+
+    async def _process(self, received: Received) -> Completion | None:
+        now = self._clock()
+        try:
+            env = envelope_mod.decode(received.body)
+            self._check_pool(env)
+        except EnvelopeError as exc:
+            return self._reject(received, str(exc))
+        queued_at = env.queued_at or received.sent_at or now
+        if env.not_before is not None and env.not_before > now + 1:
+            return self._postpone(received, env)
+        if self._expired(env, queued_at, now):
+            return self._expire(received, env, now)
+
+        try:
+            raw = env.raw if env.raw is not None else await self._bodies.get(env.raw_s3 or "")
+        except MissingObject as exc:
+            return self._reject(received, f"raw_s3: {exc}", env)
+        try:
+            message = self._sign(raw)
+        except DkimError as exc:
+            return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
+
+        pool = env.pool or self._policy.default_pool
+        by_domain: dict[str, list[str]] = defaultdict(list)
+        for rcpt in env.recipients:
+            by_domain[domain_of(rcpt)].append(rcpt)
+        results = await asyncio.gather(*(
+            self._transport.deliver(
+                pool=pool, domain=domain, sender=env.sender, recipients=rcpts, message=message
+            )
+            for domain, rcpts in by_domain.items()
+        ))
+        attempts = [a for batch in results for a in batch]
+        return self._outcomes(received, env, attempts, pool=pool, queued_at=queued_at)
+
+    def _check_pool(self, env: Envelope) -> None:
+        if env.pool is not None and env.pool not in self._policy.pools:
+            known = ", ".join(sorted(self._policy.pools))
+            raise EnvelopeError("pool", f"unknown pool {env.pool!r} (known: {known})")
+
+    def _sign(self, raw: bytes) -> bytes:
+        domain = from_domain(raw)
+        signer = self._signers.for_domain(domain) if domain else None
+        if signer is None:
+            return raw
+        return signer.sign(raw) + raw
+
+    def _outcomes(
+        self,
+        received: Received,
+        env: Envelope,
+        attempts: Sequence[Attempt],
+        *,
+        pool: str,
+        queued_at: float,
+    ) -> Completion:
+        now = self._clock()
+        attempt_no = env.attempt + 1
+        records: list[Record] = []
+        pending: list[str] = []
+        counted = False
+        next_at = now + self._retry_delay(attempt_no)
+        deadline = self._deadline(env, queued_at)
+        queued_ms = max(0, int((now - queued_at) * 1000))
+        for a in attempts:
+            fields = a.delivery_fields()
+            fields["queued_ms"] = queued_ms
+            if a.reply.positive:
+                kind: EventType = "delivered"
+            elif a.reply.permanent:
+                kind = "bounced"
+                fields["bounce"] = self._classifier.classify(
+                    code=a.reply.code, enhanced=a.reply.enhanced, text=a.reply.text
+                ).as_event()
+            elif next_at > deadline:
+                kind = "expired"
+            else:
+                kind = "deferred"
+                counted = counted or a.counts
+                pending.append(a.rcpt)
+                fields["next_attempt_at"] = rfc3339_ms(next_at)
+            records.append(make_event(
+                kind, envelope=env, rcpt=a.rcpt, attempt=attempt_no, pool=pool, at=now, **fields
+            ))
+        completion = Completion(received=received, records=records)
+        if pending:
+            retry = env.retry(
+                recipients=tuple(pending),
+                attempt=attempt_no if counted else env.attempt,
+                not_before=next_at,
+                queued_at=queued_at,
+            )
+            completion.retry.append(Outgoing(
+                body=envelope_mod.encode(retry), delay_seconds=_delay(next_at - now)
+            ))
+        return completion
+
+    def _retry_delay(self, attempt: int) -> float:
+        retry = self._policy.retry
+        base = retry.delay(attempt)
+        return base * (1 - retry.jitter * self._rng.random())
+
+    def _deadline(self, env: Envelope, queued_at: float) -> float:
+        deadline = queued_at + self._policy.retry.max_age
+        if env.expires is not None:
+            deadline = min(deadline, env.expires.timestamp())
+        return deadline
+
+    def _expired(self, env: Envelope, queued_at: float, now: float) -> bool:
+        return now >= self._deadline(env, queued_at)
+
+    def _expire(self, received: Received, env: Envelope, now: float) -> Completion:
+        pool = env.pool or self._policy.default_pool
+        reason = "expires passed" if env.expires and now >= env.expires.timestamp() else (
+            "max_age reached"
+        )
+        records = [
+            make_event(
+                "expired", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
+                response={"code": 451, "enhanced": "4.4.7", "text": f"not delivered: {reason}"},
+            )
+            for r in env.recipients
+        ]
+        return Completion(received=received, records=records)
+
+    def _postpone(self, received: Received, env: Envelope) -> Completion:
+        """Not due yet: send it back with the remaining delay (hops of at most 15 min)."""
+        assert env.not_before is not None
+        wait = env.not_before - self._clock()
+        return Completion(
+            received=received,
+            retry=[Outgoing(body=received.body, delay_seconds=_delay(wait))],
+        )
+
+    def _reject(self, received: Received, reason: str, env: Envelope | None = None) -> Completion:
+        now = self._clock()
+        if env is None:
+            records = [rejected_event(message_id=received.message_id, reason=reason, at=now)]
+        else:
+            pool = env.pool or self._policy.default_pool
+            records = [
+                make_event("rejected", envelope=env, rcpt=r, attempt=env.attempt, pool=pool,
+                           at=now, response=None, reason=reason)
+                for r in env.recipients
+            ]
+        log.warning("message %s rejected: %s", received.message_id, reason)
+        dead = Outgoing(
+            body=received.body,
+            attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
+        )
+        return Completion(received=received, records=records, dead=[dead])
+
+
+def _delay(seconds: float) -> int:
+    return max(0, min(MAX_DELAY, math.ceil(seconds)))

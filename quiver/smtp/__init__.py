@@ -1,0 +1,1 @@
+"""The SMTP wire client: PROXY header, STARTTLS with name checks, per-recipient replies."""

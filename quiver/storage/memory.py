@@ -1,0 +1,119 @@
+"""In-memory storage for unit tests: same interfaces, SQS-like visibility semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from quiver.envelope import parse_s3_uri
+from quiver.events import Record
+from quiver.storage.base import MissingObject, Outgoing, Received, StorageError
+
+
+@dataclass
+class _Message:
+    message_id: str
+    body: str
+    visible_at: float
+    sent_at: float
+    attributes: dict[str, str]
+    receipt: str = ""
+    receive_count: int = 0
+
+
+class MemoryQueue:
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self._messages: dict[str, _Message] = {}
+        self._ids = itertools.count(1)
+        self._receipts = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def bodies(self) -> list[str]:
+        return [m.body for m in self._messages.values()]
+
+    def attributes(self) -> list[dict[str, str]]:
+        return [m.attributes for m in self._messages.values()]
+
+    def in_flight(self) -> int:
+        now = time.monotonic()
+        return sum(1 for m in self._messages.values() if m.visible_at > now)
+
+    async def receive(
+        self, *, max_messages: int, wait_seconds: int, visibility: int
+    ) -> list[Received]:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            now = time.monotonic()
+            out: list[Received] = []
+            for m in self._messages.values():
+                if len(out) >= max_messages:
+                    break
+                if m.visible_at <= now:
+                    m.visible_at = now + visibility
+                    m.receive_count += 1
+                    m.receipt = f"{m.message_id}#{next(self._receipts)}"
+                    out.append(Received(
+                        body=m.body, receipt=m.receipt, message_id=m.message_id,
+                        receive_count=m.receive_count, sent_at=m.sent_at,
+                    ))
+            if out or now >= deadline:
+                return out
+            await asyncio.sleep(min(0.02, deadline - now))
+
+    def _by_receipt(self, receipt: str) -> _Message:
+        message_id = receipt.partition("#")[0]
+        m = self._messages.get(message_id)
+        if m is None or m.receipt != receipt:
+            raise StorageError(f"receipt handle {receipt!r} is not current")
+        return m
+
+    async def delete(self, receipts: Sequence[str]) -> None:
+        for r in receipts:
+            self._messages.pop(self._by_receipt(r).message_id)
+
+    async def change_visibility(self, receipts: Sequence[str], *, seconds: int) -> None:
+        for r in receipts:
+            self._by_receipt(r).visible_at = time.monotonic() + seconds
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        for m in messages:
+            message_id = f"{self.name}-{next(self._ids)}"
+            self._messages[message_id] = _Message(
+                message_id=message_id, body=m.body,
+                visible_at=time.monotonic() + m.delay_seconds, sent_at=time.time(),
+                attributes=dict(m.attributes),
+            )
+
+
+class MemoryEventSink:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.fail_next = 0  # tests set this to make the next publishes fail
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise StorageError("events sink unavailable (test)")
+        self.records.extend(records)
+
+
+class MemoryBodyStore:
+    def __init__(self, bucket: str = "memory") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, key: str, data: bytes) -> str:
+        self.objects[key] = data
+        return f"s3://{self.bucket}/{key}"
+
+    async def get(self, uri: str) -> bytes:
+        bucket, key = parse_s3_uri(uri)
+        if bucket != self.bucket or key not in self.objects:
+            raise MissingObject(f"{uri}: no such object")
+        return self.objects[key]

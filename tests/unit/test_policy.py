@@ -1,0 +1,144 @@
+"""Policy validation: every problem listed with its path; the repo's policy is valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quiver.policy import PolicyError, load_policy, parse_policy
+from quiver.units import parse_duration, parse_rate, parse_size
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = """
+default_pool = "p"
+[sources.s1]
+ip = "192.0.2.1"
+ehlo = "o1.example.com"
+[pools.p]
+sources = ["s1"]
+"""
+
+
+def test_repo_policy_is_valid() -> None:
+    policy = load_policy(ROOT / "policy" / "quiver.toml")
+    assert policy.default_pool in policy.pools
+    assert policy.warnings == ()
+    for source in policy.sources.values():
+        assert source.node in policy.proxy.nodes and source.local_ip
+
+
+def test_defaults() -> None:
+    p = parse_policy(MINIMAL)
+    assert p.retry.first == 300 and p.retry.cap == 4 * 3600 and p.retry.max_age == 3 * 86400
+    assert [p.retry.delay(n) for n in (1, 2, 3, 7, 8)] == [300, 600, 1200, 14400, 14400]
+    assert p.intake.drain_deadline == 25 and p.delivery.port == 25
+    assert p.frontend(p.sources["s1"]) is None
+
+
+def test_every_problem_is_listed_with_its_path() -> None:
+    broken = """
+version = 1
+default_pool = "missing"
+typo = 1
+[sources.s1]
+ip = "300.1.1.1"
+[sources.s2]
+ip = "192.0.2.2"
+ehlo = "o2.example.com"
+node = "nowhere"
+[pools.p]
+sources = { s1 = 0, s9 = 1 }
+[[throttles]]
+provider = "gmail"
+max_rate = "fast"
+[[dkim]]
+domain = "example.com"
+selector = "s"
+algorithm = "rsa-md5"
+[retry]
+max_age = "20d"
+[intake]
+visibility_timeout = "13h"
+"""
+    with pytest.raises(PolicyError) as info:
+        parse_policy(broken, origin="test.toml")
+    problems = info.value.problems
+    expected = [
+        "typo: unknown key",
+        "sources.s1.ip: expected an IP address",
+        "sources.s1.ehlo: required",
+        "sources.s2.node: unknown proxy node 'nowhere'",
+        "pools.p.sources.s1: weight: expected a positive integer",
+        "pools.p.sources.s9: unknown source",
+        "default_pool: unknown pool 'missing'",
+        "throttles[0].provider: unknown provider 'gmail'",
+        "throttles[0].max_rate: expected a rate",
+        "dkim[0].algorithm: expected rsa-sha256 or ed25519-sha256",
+        "dkim[0]: set exactly one of key_file",
+        "retry.max_age: must be at most 13d",
+        "intake.visibility_timeout: must be between 30s and 12h",
+    ]
+    for fragment in expected:
+        assert any(fragment in p for p in problems), (fragment, problems)
+    assert str(info.value).startswith("test.toml: ")
+
+
+def test_pool_in_one_az_is_a_warning() -> None:
+    text = MINIMAL + '[sources.s2]\nip = "192.0.2.2"\nehlo = "o2.example.com"\n'
+    text = text.replace('sources = ["s1"]', 'sources = ["s1", "s2"]')
+    assert any("all sources are in AZ" in w for w in parse_policy(text).warnings)
+
+
+def test_duplicate_ips_are_refused() -> None:
+    text = MINIMAL + '[sources.s2]\nip = "192.0.2.1"\nehlo = "o2.example.com"\n'
+    with pytest.raises(PolicyError, match="already used by source 's1'"):
+        parse_policy(text)
+
+
+def test_not_toml() -> None:
+    with pytest.raises(PolicyError, match="not valid TOML"):
+        parse_policy("[[[")
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=200))
+def test_arbitrary_text_gives_policy_error_not_crash(text: str) -> None:
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        assert exc.problems
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("25s", 25), ("5m", 300),
+                                                ("4h", 14400), ("3d", 259200), (7, 7.0)])
+def test_durations(text, seconds) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_units_refuse_garbage() -> None:
+    for bad in ("5 parsecs", "-1s", True, None):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert parse_size("200KiB") == 204800 and parse_size("1MB") == 10**6
+    assert parse_rate("300/s").per_second == 300 and str(parse_rate("5000/m")) == "5000/m"
+    with pytest.raises(ValueError):
+        parse_rate("0/s")
+
+
+def test_config_check_cli(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "quiver", "config", "check",
+                         str(ROOT / "policy" / "quiver.toml")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok (5 sources, 2 pools" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('default_pool = "x"\n[sources.a]\nip = "nope"\n')
+    result = subprocess.run([sys.executable, "-m", "quiver", "config", "check", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "sources.a.ip: expected an IP address" in result.stderr
+    assert "pools: define at least one pool" in result.stderr

@@ -22,6 +22,7 @@ class ResourceNames:
     events_bucket: str
     inbound_bucket: str
     suppression_table: str
+    senders_table: str
     policy_parameter: str
 
 
@@ -37,5 +38,6 @@ def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -
         events_bucket=f"{prefix}-events-{suffix}",
         inbound_bucket=f"{prefix}-inbound-{suffix}",
         suppression_table=f"{prefix}-suppression",
+        senders_table=f"{prefix}-senders",
         policy_parameter=f"/{prefix}/policy",
     )

@@ -20,6 +20,7 @@ ENV_EVENTS_QUEUE_URL = "QUIVER_EVENTS_QUEUE_URL"
 ENV_SPILL_BUCKET = "QUIVER_SPILL_BUCKET"
 ENV_EVENTS_BUCKET = "QUIVER_EVENTS_BUCKET"
 ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
+ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 
 
@@ -33,6 +34,8 @@ class Deployment:
     suppression_table: str
     policy_parameter: str
     region: str
+    # Heartbeats of live sender tasks; empty: this task assumes it is alone.
+    senders_table: str = ""
 
 
 class SettingsError(ValueError):
@@ -64,6 +67,7 @@ def deployment_from_env(env: Mapping[str, str]) -> Deployment:
         suppression_table=env.get(ENV_SUPPRESSION_TABLE, ""),
         policy_parameter=env.get(ENV_POLICY_PARAMETER, ""),
         region=region,
+        senders_table=env.get(ENV_SENDERS_TABLE, ""),
     )
 
 
@@ -83,6 +87,7 @@ def local_deployment(*, endpoint: str, account: str, region: str) -> Deployment:
         suppression_table=names.suppression_table,
         policy_parameter=names.policy_parameter,
         region=region,
+        senders_table=names.senders_table,
     )
 
 
@@ -96,5 +101,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_EVENTS_BUCKET: deployment.events_bucket,
         ENV_SUPPRESSION_TABLE: deployment.suppression_table,
         ENV_POLICY_PARAMETER: deployment.policy_parameter,
+        ENV_SENDERS_TABLE: deployment.senders_table,
         "AWS_REGION": deployment.region,
     }

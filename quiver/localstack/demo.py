@@ -34,7 +34,8 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
     with stack.start():
         assert stack.deployment is not None and stack.dns is not None
         tally = Tally()
-        pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally)
+        pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,
+                           environ=stack.env())
         pump.start()
         sender = stack.start_sender()
         valid, malformed = plan(messages)
@@ -50,7 +51,7 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         for i in range(0, len(valid), ENQUEUE_CHUNK):
             result = client.enqueue_batch(valid[i:i + ENQUEUE_CHUNK])
             refused += len(result.failed)
-            bar.update(i + ENQUEUE_CHUNK)
+            bar.update(min(len(valid), i + ENQUEUE_CHUNK))
         bar.finish(len(valid))
         sqs = stack.client("sqs")
         for body in malformed:
@@ -77,12 +78,13 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         objects, bad_objects = _check_bucket(stack)
         assert stack.mx is not None
         by_source_ip = Counter(str(r["peer_ip"]) for r in stack.mx.received())
+        dns_kind = stack.dns.kind
 
     summary = _summary(
         tally=tally, messages=messages, expected=expected, first_pass=first_pass or elapsed,
         elapsed=elapsed, objects=objects, bad_objects=bad_objects, refused=refused,
         bucket=stack.deployment.events_bucket, sender_exit=sender_exit,
-        by_source_ip=dict(sorted(by_source_ip.items())), dns=stack.dns.kind,
+        by_source_ip=dict(sorted(by_source_ip.items())), dns=dns_kind,
     )
     if as_json:
         print(json.dumps(summary, sort_keys=True))

@@ -82,7 +82,10 @@ def sqs_event(messages: list[dict[str, Any]], *, queue_arn: str, region: str) ->
 
 
 class ExportPump:
-    def __init__(self, *, sqs: Any, deployment: Deployment, on_records: Tally) -> None:
+    def __init__(
+        self, *, sqs: Any, deployment: Deployment, on_records: Tally, environ: dict[str, str]
+    ) -> None:
+        self._environ = environ
         self._sqs = sqs
         self._deployment = deployment
         self._tally = on_records
@@ -91,7 +94,9 @@ class ExportPump:
         self._handler: Callable[[dict[str, Any], Any], Any] | None = None
 
     def start(self) -> None:
-        # The handler reads its bucket from the environment, as in Lambda.
+        # The handler reads its settings and AWS endpoint from the environment, as in
+        # Lambda; this process is the local stack's, so setting them here is safe.
+        os.environ.update(self._environ)
         os.environ[ENV_EVENTS_BUCKET] = self._deployment.events_bucket
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
         from functions.event_export.handler import handler

@@ -130,13 +130,14 @@ def create_resources(endpoint: str) -> Deployment:
     for bucket in (names.spill_bucket, names.events_bucket, names.inbound_bucket):
         s3.create_bucket(Bucket=bucket)
     existing = ddb.list_tables()["TableNames"]
-    if names.suppression_table not in existing:
-        ddb.create_table(
-            TableName=names.suppression_table,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                       {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                  {"AttributeName": "sk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    for table in (names.suppression_table, names.senders_table):
+        if table not in existing:
+            ddb.create_table(
+                TableName=table,
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                           {"AttributeName": "sk", "KeyType": "RANGE"}],
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                      {"AttributeName": "sk", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
     return local_deployment(endpoint=endpoint, account=ACCOUNT, region=REGION)

@@ -19,7 +19,8 @@ def run_local(*, root: Path) -> int:
     with LocalStack(root, max_age="1h").start() as stack:
         assert stack.deployment is not None and stack.moto and stack.mx and stack.dns
         tally = Tally()
-        pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally)
+        pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,
+                           environ=stack.env())
         pump.start()
         sender = stack.start_sender()
         env_file = root / "env.sh"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,12 @@ from quiver.policy import Policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
+from quiver.scheduler.membership import DynamoMembership, Membership
+from quiver.scheduler.scheduler import Scheduler
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
-from quiver.sender.transport import DirectTransport
+from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, SqsQueue
 
@@ -50,7 +54,9 @@ def build_sender(
     sqs = session.client("sqs", config=config)
     s3 = session.client("s3", config=config)
     outbound = SqsQueue(sqs, deployment.outbound_queue_url)
+    metrics = OutcomeMetrics()
     completer = Completer(
+        on_durable=metrics.count,
         queue=outbound,
         dlq=SqsQueue(sqs, deployment.outbound_dlq_url),
         sink=SqsEventSink(SqsQueue(sqs, deployment.events_queue_url)),
@@ -60,7 +66,15 @@ def build_sender(
         providers=ProviderMatcher(policy.providers),
         routes=dict(policy.delivery.routes),
     )
-    transport = DirectTransport(policy=policy, resolver=resolver, picker=SourcePicker(policy))
+    membership: Membership = Membership()
+    if deployment.senders_table:
+        membership = DynamoMembership(
+            client=session.client("dynamodb", config=config), table=deployment.senders_table,
+            task_id=task_id(),
+        )
+    transport = Scheduler(
+        policy=policy, resolver=resolver, picker=SourcePicker(policy), share=membership.share
+    )
     signers = signers_from_policy(
         policy.dkim,
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
@@ -74,7 +88,18 @@ def build_sender(
         completer=completer,
         classifier=default_classifier(),
     )
-    return Sender(intake=policy.intake, queue=outbound, handler=handler, completer=completer)
+    return Sender(
+        intake=policy.intake, queue=outbound, handler=handler, completer=completer,
+        services=[membership.run, metrics.run], on_close=[transport.close],
+    )
+
+
+def task_id() -> str:
+    """This task's identity: the ECS task ARN's id when on ECS, else host and pid."""
+    metadata = os.environ.get("ECS_CONTAINER_METADATA_URI_V4", "")
+    if metadata:
+        return metadata.rstrip("/").rsplit("/", 1)[-1]
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 async def serve(sender: Sender) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from quiver.events import Record
@@ -39,16 +39,26 @@ class Completer:
         sink: EventSink,
         max_batch: int = 200,
         max_delay: float = 0.05,
+        on_durable: Callable[[Sequence[Record]], None] | None = None,
     ) -> None:
+        self._on_durable = on_durable
         self._queue = queue
         self._dlq = dlq
         self._sink = sink
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._pending: list[Completion] = []
+        self._receipts: dict[str, str] = {}  # newest receipt handle by SQS message id
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+
+    def use_receipt(self, message_id: str, receipt: str) -> None:
+        """A newer copy of an in-progress message arrived: delete with its handle."""
+        self._receipts[message_id] = receipt
+
+    def receipt_of(self, received: Received) -> str:
+        return self._receipts.get(received.message_id, received.receipt)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="completer")
@@ -84,7 +94,7 @@ class Completer:
             retry = [m for c in batch for m in c.retry]
             if retry:
                 await self._queue.send(retry)
-            await self._queue.delete([c.received.receipt for c in batch])
+            await self._queue.delete([self.receipt_of(c.received) for c in batch])
         except StorageError as exc:
             # Nothing is lost: undeleted messages come back after their visibility
             # timeout; records already accepted may then be written again.
@@ -93,6 +103,11 @@ class Completer:
                 if c.future is not None and not c.future.done():
                     c.future.set_exception(StorageError(str(exc)))
             return
+        finally:
+            for c in batch:
+                self._receipts.pop(c.received.message_id, None)
+        if self._on_durable is not None:
+            self._on_durable(records)
         for c in batch:
             if c.future is not None and not c.future.done():
                 c.future.set_result(None)

@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from quiver.policy import Intake
 from quiver.sender.complete import Completer
@@ -16,6 +19,11 @@ from quiver.sender.lifecycle import MessageHandler
 from quiver.storage.base import Queue, Received, StorageError
 
 log = logging.getLogger("quiver.sender")
+
+# SQS delivers at least once: the same message can arrive twice while the first copy
+# is still being worked on, or just after it completed. Completed message ids are
+# remembered this many at a time so such a copy is deleted, not delivered again.
+RECENT_COMPLETED = 50_000
 
 # Long-poll wait. Shorter than SQS's 20 s maximum so that a stop request is noticed
 # within the drain deadline without abandoning a poll whose messages would then sit
@@ -35,17 +43,28 @@ class SenderStats:
     received: int = 0
     completed: int = 0
     returned: int = 0
+    duplicates: int = 0
 
 
 class Sender:
     def __init__(
-        self, *, intake: Intake, queue: Queue, handler: MessageHandler, completer: Completer
+        self,
+        *,
+        intake: Intake,
+        queue: Queue,
+        handler: MessageHandler,
+        completer: Completer,
+        services: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+        on_close: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
+        self._services = services
+        self._on_close = on_close
         self._intake = intake
         self._queue = queue
         self._handler = handler
         self._completer = completer
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, _Held] = {}  # by SQS message id
+        self._recent: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
         self._room = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,6 +84,9 @@ class Sender:
             for i in range(self._intake.receivers)
         ]
         heartbeat = asyncio.create_task(self._extend_loop(stop, visibility), name="heartbeat")
+        services: list[asyncio.Task[None]] = [
+            asyncio.create_task(service(stop)) for service in self._services
+        ]
         await stop.wait()
         log.info("stopping: draining %d messages", len(self._held))
         deadline = time.monotonic() + self._intake.drain_deadline
@@ -76,12 +98,16 @@ class Sender:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
         heartbeat.cancel()
-        unfinished = [h.received.receipt for h in self._held.values()]
+        unfinished = [self._completer.receipt_of(h.received) for h in self._held.values()]
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2.0)
+        for close in self._on_close:
+            await close()
         await self._completer.close()
+        if services:
+            await asyncio.wait(services, timeout=5.0)
         if unfinished:
             # Abandoned: visible again at once, for another task to deliver.
             try:
@@ -105,14 +131,31 @@ class Sender:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
             now = time.monotonic()
+            duplicates = []
             for received in batch:
                 self.stats.received += 1
+                held = self._held.get(received.message_id)
+                if held is not None:
+                    # A second copy of a message in progress: only the newest receipt
+                    # handle is sure to delete it, so the completion will use that one.
+                    self._completer.use_receipt(received.message_id, received.receipt)
+                    self.stats.duplicates += 1
+                    continue
+                if received.message_id in self._recent:
+                    duplicates.append(received.receipt)
+                    self.stats.duplicates += 1
+                    continue
                 size = len(received.body)
-                self._held[received.receipt] = _Held(received, size, now)
+                self._held[received.message_id] = _Held(received, size, now)
                 self._bytes += size
                 task = asyncio.create_task(self._work(received))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            if duplicates:
+                try:
+                    await self._queue.delete(duplicates)
+                except StorageError as exc:
+                    log.warning("could not delete %d duplicate copies: %s", len(duplicates), exc)
 
     async def _work(self, received: Received) -> None:
         try:
@@ -122,11 +165,14 @@ class Sender:
             # and, if it keeps failing, SQS moves it to the DLQ (maxReceiveCount).
             log.exception("unexpected error on message %s", received.message_id)
             done = False
-        held = self._held.pop(received.receipt, None)
+        held = self._held.pop(received.message_id, None)
         if held is not None:
             self._bytes -= held.size
         if done:
             self.stats.completed += 1
+            self._recent[received.message_id] = None
+            if len(self._recent) > RECENT_COMPLETED:
+                self._recent.popitem(last=False)
         else:
             self.stats.returned += 1
         async with self._room:
@@ -144,7 +190,7 @@ class Sender:
                 continue
             try:
                 await self._queue.change_visibility(
-                    [h.received.receipt for h in due], seconds=visibility
+                    [self._completer.receipt_of(h.received) for h in due], seconds=visibility
                 )
             except StorageError as exc:
                 log.warning("visibility extension failed: %s", exc)

@@ -24,6 +24,13 @@ from quiver.routing.safety import DestinationGuard
 from quiver.smtp.reply import Reply, local_reply, parse_reply
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    mx_name: str
+    ip: str
+    port: int
+
+
 class SessionError(Exception):
     """The connection failed as a whole; `reply` is what the events carry.
 
@@ -31,17 +38,11 @@ class SessionError(Exception):
     'transaction' (the connection dropped mid-transaction).
     """
 
-    def __init__(self, stage: str, reply: Reply) -> None:
+    def __init__(self, stage: str, reply: Reply, target: Target | None = None) -> None:
         self.stage = stage
         self.reply = reply
+        self.target = target
         super().__init__(f"{stage}: {reply}")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    mx_name: str
-    ip: str
-    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +134,6 @@ class SmtpSession:
         """One transaction; SessionError('transaction') if the connection is lost."""
         result = TransactionResult()
         try:
-            if self.messages_sent:
-                await self._smtp.rset()
             try:
                 await self._smtp.mail(sender)
             except SMTPResponseException as exc:
@@ -170,6 +169,23 @@ class SmtpSession:
             ) from None
         self.messages_sent += 1
         return result
+
+    async def reset(self) -> None:
+        """RSET before reusing the connection; SessionError('reset') if it is gone.
+
+        A failure here is the connection's, not the next message's: a server that
+        closes after N messages (421) usually says so at this point.
+        """
+        try:
+            await self._smtp.rset()
+        except SMTPResponseException as exc:
+            self._smtp.close()
+            raise SessionError("reset", parse_reply(exc.code, exc.message)) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self._smtp.close()
+            raise SessionError(
+                "reset", local_reply(421, "4.4.2", f"connection lost before RSET: {exc}")
+            ) from None
 
     @property
     def is_open(self) -> bool:

@@ -1,0 +1,167 @@
+"""DkimSigner: signs messages for one domain and selector, relaxed/relaxed (RFC 6376, RFC 8463).
+
+The key is parsed once, when the signer is built; `sign` then does only the
+per-message work: split, canonicalise, two SHA-256 hashes and one private-key
+operation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+
+from quiver.dkim.canon import relaxed_body, relaxed_header, relaxed_value, split_message, to_crlf
+from quiver.dkim.errors import DkimError
+from quiver.dkim.keys import Algorithm, PrivateKey, check_algorithm, load_private_key
+
+# The header fields signed when a key names none. A field in the list is signed
+# only if the message has it; listing more costs nothing.
+DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
+    "from", "to", "cc", "subject", "date", "message-id", "reply-to",
+    "mime-version", "content-type", "content-transfer-encoding", "list-unsubscribe",
+    "list-unsubscribe-post", "feedback-id",
+)
+# RFC 5322 2.1.1: lines SHOULD be at most 78 characters, CRLF excluded.
+MAX_LINE = 78
+_FIELD = "DKIM-Signature:"
+# d= and s= are copied into the header: anything outside hostname characters
+# (';', '=', whitespace, CR/LF) would let a setting inject tags or header lines.
+_LABELS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+
+
+class DkimSigner:
+    """Signs with one key for one domain and selector. Build it with `from_pem`."""
+
+    __slots__ = ("_key", "_names", "algorithm", "domain", "headers", "selector")
+
+    domain: str
+    selector: str
+    algorithm: Algorithm
+    headers: tuple[str, ...]
+
+    def __init__(
+        self, *, domain: str, selector: str, algorithm: str, key: PrivateKey,
+        headers: Sequence[str] = DEFAULT_SIGNED_HEADERS,
+    ) -> None:
+        for what, value in (("domain", domain), ("selector", selector)):
+            if not _LABELS.fullmatch(value) or ".." in value:
+                raise DkimError(f"DKIM {what} {value!r} is not a valid DNS name")
+        self.algorithm = check_algorithm(algorithm)
+        if (self.algorithm == "ed25519-sha256") != isinstance(key, ed25519.Ed25519PrivateKey):
+            raise DkimError(f"{self.algorithm} cannot sign with a {type(key).__name__}")
+        names: list[str] = []
+        for name in headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise DkimError(f"not a header field name: {name!r}")
+            if name.lower() not in names:
+                names.append(name.lower())
+        if "from" not in names:
+            raise DkimError("the signed headers must include 'from' (RFC 6376 5.4)")
+        self.domain = domain.lower()
+        self.selector = selector
+        self.headers = tuple(names)
+        self._key = key
+        self._names = tuple(n.encode("ascii") for n in names)
+
+    @classmethod
+    def from_pem(
+        cls, *, domain: str, selector: str, algorithm: str, pem: bytes,
+        headers: Sequence[str] = DEFAULT_SIGNED_HEADERS,
+    ) -> DkimSigner:
+        """A signer for the unencrypted PEM private key `pem`. Raises DkimError if it can't sign."""
+        key = load_private_key(pem, algorithm)
+        return cls(domain=domain, selector=selector, algorithm=algorithm, key=key, headers=headers)
+
+    def __repr__(self) -> str:
+        return f"DkimSigner(d={self.domain}, s={self.selector}, a={self.algorithm})"
+
+    def sign(self, message: bytes, *, timestamp: int | None = None) -> bytes:
+        """The `DKIM-Signature` header field for `message`, CRLF-terminated, to prepend to it.
+
+        `message` is the whole RFC 5322 message; CRLF, LF and lone CR all end a
+        line, as on the wire after normalisation. `timestamp` (t=) defaults to now.
+        Raises DkimError for a message that has no From, more than one From, a NUL
+        byte or a malformed line in its header section.
+        """
+        if timestamp is None:
+            timestamp = int(time.time())
+        elif isinstance(timestamp, bool) or timestamp < 0:
+            raise DkimError(f"timestamp must be seconds since the epoch, got {timestamp!r}")
+        fields, body = split_message(to_crlf(message))
+        found: dict[bytes, list[bytes]] = {name: [] for name in self._names}
+        for name, value in fields:
+            if name in found:
+                found[name].append(value)
+        froms = len(found[b"from"])
+        if froms != 1:
+            raise DkimError(
+                "message has no From header field" if froms == 0 else
+                f"message has {froms} From header fields; RFC 5322 3.6 allows one"
+            )
+        signed_names: list[str] = []
+        hashed: list[bytes] = []
+        for name in self._names:
+            values = found[name]
+            # RFC 6376 5.4.2: the n-th listing of a name signs its n-th instance
+            # counted from the bottom.
+            for value in reversed(values):
+                hashed.append(relaxed_header(name, value))
+            signed_names.extend([name.decode("ascii")] * len(values))
+            if name == b"from":
+                # Over-signing: one listing more than there are From fields. It
+                # stands for an empty field, so a From added in transit breaks
+                # the signature instead of becoming the one a reader sees.
+                signed_names.append("from")
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+        tags = [
+            ["v=1;"], [f"a={self.algorithm};"], ["c=relaxed/relaxed;"], [f"d={self.domain};"],
+            [f"s={self.selector};"], [f"t={timestamp};"],
+            # FWS may follow each ':' of h= (RFC 6376 3.5), so the list folds there.
+            # (From is listed at least twice, so the list has a first and a last name.)
+            [f"h={signed_names[0]}:", *(f"{n}:" for n in signed_names[1:-1]),
+             f"{signed_names[-1]};"],
+            [f"bh={body_hash};"], ["b="],
+        ]
+        lines = _fold(tags)
+        # The signature covers its own header field with b= empty, in relaxed
+        # form and without the final CRLF (RFC 6376 3.7).
+        unsigned = "\r\n".join(lines).encode("ascii")[len(_FIELD):]
+        hashed.append(b"dkim-signature:" + relaxed_value(unsigned))
+        signature = base64.b64encode(self._sign(b"".join(hashed))).decode("ascii")
+        room = max(0, MAX_LINE - len(lines[-1]))
+        lines[-1] += signature[:room]
+        lines.extend(" " + signature[i:i + MAX_LINE - 1]
+                     for i in range(room, len(signature), MAX_LINE - 1))
+        return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+    def _sign(self, data: bytes) -> bytes:
+        key = self._key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            # RFC 8463 3: Ed25519 (PureEdDSA) signs the SHA-256 hash of the data.
+            return key.sign(hashlib.sha256(data).digest())
+        return key.sign(data, _PKCS1, _SHA256)
+
+
+def _fold(tags: list[list[str]]) -> list[str]:
+    """The header field's lines: tags separated by SP, folded before a piece that would pass 78."""
+    lines: list[str] = []
+    line = _FIELD
+    for pieces in tags:
+        for i, piece in enumerate(pieces):
+            text = " " + piece if i == 0 else piece
+            if len(line) + len(text) > MAX_LINE and line.strip():
+                lines.append(line)
+                text = " " + piece
+                line = ""
+            line += text
+    lines.append(line)
+    return lines

@@ -1,0 +1,281 @@
+"""A receiving MX on loopback that keeps what it receives.
+
+The sender speaks real SMTP (STARTTLS included) to this server, so local runs
+and integration tests exercise the production delivery path. Faults are
+scripted by the recipient's local part (see `mx_script.BEHAVIOURS`).
+
+Two ways to run it, with the same behaviour and the same files on disk:
+in-process (`start_mx`, aiosmtpd on its own event loop in a thread) for
+tests, or as a child process (`spawn_mx`, `python -m quiver.local.mx`) so a
+benchmark keeps the receiving side off the sender's CPU.
+
+What is kept on disk (received.jsonl, messages/<n>.eml, stats.json) is
+described in `mx_store`; the SMTP server itself is `mx_server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from quiver.local.mx_server import (
+    DEFAULT_HOSTNAME,
+    DEFAULT_MAX_RCPTS_PER_TXN,
+    DEFAULT_TARPIT_SECONDS,
+    MxConfig,
+    MxEngine,
+)
+from quiver.local.mx_store import read_received, read_stats
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+READY_PREFIX = "ready "
+
+
+class MxServer:
+    """The MX in this process: aiosmtpd on its own event loop in a daemon thread."""
+
+    def __init__(self, config: MxConfig) -> None:
+        self.config = config
+        self._engine = MxEngine(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="quiver-local-mx", daemon=True
+        )
+        self._thread.start()
+        self._stopped = False
+        try:
+            started = asyncio.run_coroutine_threadsafe(self._engine.start(), self._loop)
+            self.address: tuple[str, int] = started.result(timeout=READY_TIMEOUT)
+        except BaseException:
+            self._halt_loop()
+            self._engine.store.close()
+            raise
+
+    def _halt_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=STOP_TIMEOUT)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        asyncio.run_coroutine_threadsafe(self._engine.stop(), self._loop).result(STOP_TIMEOUT)
+        self._halt_loop()
+
+    def received(self) -> list[dict[str, Any]]:
+        return self._engine.store.received()
+
+    def stats(self) -> dict[str, Any]:
+        return self._engine.store.stats()
+
+    def __enter__(self) -> MxServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_mx(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    store_dir: Path,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    offer_starttls: bool = True,
+    hostname: str = DEFAULT_HOSTNAME,
+    tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
+    max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
+) -> MxServer:
+    """Start the MX in this process; it listens when this returns.
+
+    STARTTLS is offered when a cert and key are given, unless offer_starttls is False.
+    Port 0 picks a free port (see `.address`). The listener on 127.0.0.1 accepts
+    connections from any 127.x source address.
+    """
+    return MxServer(MxConfig(
+        store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+        offer_starttls=offer_starttls, hostname=hostname, tarpit_seconds=tarpit_seconds,
+        max_rcpts_per_txn=max_rcpts_per_txn,
+    ))
+
+
+class MxProcess:
+    """The MX as a child process (`python -m quiver.local.mx`)."""
+
+    def __init__(self, process: subprocess.Popen[str], address: tuple[str, int], store_dir: Path):
+        self.process = process
+        self.address = address
+        self.store_dir = store_dir
+
+    def stop(self) -> None:
+        """SIGTERM, wait for the exit (stats.json is written on the way out)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def received(self) -> list[dict[str, Any]]:
+        return read_received(self.store_dir)
+
+    def stats(self) -> dict[str, Any]:
+        """Current statistics: asks a running child for a fresh stats.json (SIGUSR1)."""
+        if self.process.poll() is not None:
+            return read_stats(self.store_dir)
+        try:
+            before = read_stats(self.store_dir).get("snapshot", 0)
+        except (OSError, ValueError):
+            before = 0
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                stats = read_stats(self.store_dir)
+                if stats.get("snapshot", 0) > before:
+                    return stats
+            time.sleep(0.02)
+        raise TimeoutError(f"the MX child did not write {self.store_dir / 'stats.json'}")
+
+    def __enter__(self) -> MxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _command(config: MxConfig) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "quiver.local.mx",
+        "--listen", f"{config.host}:{config.port}",
+        "--store", str(config.store_dir),
+        "--hostname", config.hostname,
+        "--tarpit-seconds", str(config.tarpit_seconds),
+        "--max-rcpts-per-txn", str(config.max_rcpts_per_txn),
+    ]
+    if config.tls_cert is not None and config.tls_key is not None:
+        cmd += ["--tls-cert", str(config.tls_cert), "--tls-key", str(config.tls_key)]
+    if not config.offer_starttls:
+        cmd.append("--no-starttls")
+    return cmd
+
+
+def spawn_mx(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    store_dir: Path,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    offer_starttls: bool = True,
+    hostname: str = DEFAULT_HOSTNAME,
+    tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
+    max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
+) -> MxProcess:
+    """Start the MX as a child process and wait for its ready line; stderr goes to mx.log."""
+    config = MxConfig(
+        store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+        offer_starttls=offer_starttls, hostname=hostname, tarpit_seconds=tarpit_seconds,
+        max_rcpts_per_txn=max_rcpts_per_txn,
+    )
+    store_dir.mkdir(parents=True, exist_ok=True)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
+    )}
+    log_path = store_dir / "mx.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            _command(config), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            text=True, env=env,
+        )
+    assert process.stdout is not None
+    line = ""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if selector.select(timeout=READY_TIMEOUT):
+            line = process.stdout.readline().strip()
+    if not line.startswith(READY_PREFIX):
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=5)
+        raise RuntimeError(
+            f"the local MX did not start (got {line!r}); see {log_path}"
+        )
+    listen_host, _, listen_port = line.removeprefix(READY_PREFIX).rpartition(":")
+    return MxProcess(process, (listen_host, int(listen_port)), store_dir)
+
+
+async def _serve_until_signalled(config: MxConfig) -> int:
+    engine = MxEngine(config)
+    host, port = await engine.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, done.set)
+    loop.add_signal_handler(signal.SIGUSR1, engine.store.write_stats)
+    print(f"{READY_PREFIX}{host}:{port}", flush=True)
+    await done.wait()
+    await engine.stop()
+    return 0
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quiver.local.mx", description="Local receiving MX (keeps what it receives)."
+    )
+    parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 2525),
+                        help="HOST:PORT (port 0 picks a free one; see the ready line)")
+    parser.add_argument("--store", type=Path, required=True, help="directory for what is received")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--no-starttls", action="store_true", help="do not offer STARTTLS")
+    parser.add_argument("--hostname", default=DEFAULT_HOSTNAME)
+    parser.add_argument("--tarpit-seconds", type=float, default=DEFAULT_TARPIT_SECONDS)
+    parser.add_argument("--max-rcpts-per-txn", type=int, default=DEFAULT_MAX_RCPTS_PER_TXN)
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    # aiosmtpd logs every command at INFO; at benchmark rates that is the main cost.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    host, port = args.listen
+    config = MxConfig(
+        store_dir=args.store, host=host, port=port, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, offer_starttls=not args.no_starttls, hostname=args.hostname,
+        tarpit_seconds=args.tarpit_seconds, max_rcpts_per_txn=args.max_rcpts_per_txn,
+    )
+    config.store_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_serve_until_signalled(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

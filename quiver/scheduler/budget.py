@@ -1,0 +1,81 @@
+"""Shared budgets: connection slots and send rates, keyed by throttle limit key.
+
+A budget is shared by every ready queue whose traffic the same throttle rule
+matches (see throttle.py). `share` scales every limit to this task's part of a
+cluster-wide limit (1/live tasks; see membership.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+class ConnectionBudget:
+    """At most `limit` open connections; waiters are woken in order on release."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.peak = 0
+        self._waiters: list[Callable[[], None]] = []
+
+    def try_acquire(self, effective_limit: int) -> bool:
+        if self.open >= effective_limit:
+            return False
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        return True
+
+    def wait(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once a slot is released (the caller retries try_acquire)."""
+        if callback not in self._waiters:
+            self._waiters.append(callback)
+
+    def release(self) -> None:
+        self.open -= 1
+        waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            callback()
+
+
+class RateLimiter:
+    """Paces sends at `per_second` (GCRA: one token at a time, no bursts).
+
+    Pacing rather than bursting is what receiving MXes reward, and it keeps a
+    limit's error bound to one message per task.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self._next = 0.0
+
+    async def acquire(self, share: float = 1.0) -> None:
+        interval = 1.0 / max(1e-9, self.per_second * share)
+        while True:
+            now = time.monotonic()
+            if now >= self._next:
+                self._next = max(self._next, now) + interval
+                return
+            await asyncio.sleep(self._next - now)
+
+
+class Budgets:
+    def __init__(self) -> None:
+        self._connections: dict[tuple[str, ...], ConnectionBudget] = {}
+        self._rates: dict[tuple[str, ...], RateLimiter] = {}
+
+    def connections(self, key: tuple[str, ...], limit: int) -> ConnectionBudget:
+        budget = self._connections.get(key)
+        if budget is None:
+            budget = self._connections[key] = ConnectionBudget(limit)
+        budget.limit = limit  # a policy reload may change it
+        return budget
+
+    def rate(self, key: tuple[str, ...], per_second: float) -> RateLimiter:
+        limiter = self._rates.get(key)
+        if limiter is None:
+            limiter = self._rates[key] = RateLimiter(per_second)
+        limiter.per_second = per_second
+        return limiter

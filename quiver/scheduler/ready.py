@@ -1,0 +1,261 @@
+"""One ready queue per (egress source, site): jobs waiting for a connection, and the
+connections that serve them, reused across messages.
+
+A connection failure, a 421, or a server that closes mid-session backs off the
+whole (source, site) for `backoff` seconds: its queued jobs are deferred without
+counting an attempt against them (the failure was not theirs), and new jobs are
+deferred at once until the backoff ends, so a dead destination costs one connect
+timeout, not one per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from quiver.policy import Source
+from quiver.routing.mx import Route
+from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
+from quiver.scheduler.connector import Connector
+from quiver.scheduler.throttle import Limits
+from quiver.sender.outcome import Attempt
+from quiver.smtp.reply import Reply, local_reply
+from quiver.smtp.session import SessionError, SmtpSession
+
+# A connection with nothing to send for this long is closed: receivers drop idle
+# clients anyway (RFC 5321 4.5.3.2.7 allows 5 min; big providers use far less).
+IDLE_TIMEOUT = 10.0
+# Limits used when no throttle rule sets them.
+DEFAULT_MAX_CONNECTIONS = 10
+DEFAULT_MAX_MESSAGES_PER_CONNECTION = 100
+# A 452 "too many recipients" re-sends the rest in a new transaction this often.
+MAX_RESUBMITS = 10
+
+
+@dataclass(eq=False)
+class Job:
+    sender: str
+    recipients: list[str]
+    message: bytes
+    future: asyncio.Future[list[Attempt]]
+    done: list[Attempt] = field(default_factory=list)
+    resubmits: int = 0
+
+
+class ReadyQueue:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        route: Route,
+        limits: Limits,
+        budgets: Budgets,
+        connector: Connector,
+        backoff: float,
+        share: Callable[[], float] = lambda: 1.0,
+    ) -> None:
+        self.source = source
+        self.route = route
+        self.backoff = backoff
+        self._connector = connector
+        self._share = share
+        self.jobs: deque[Job] = deque()
+        self.active = 0
+        self.idle = 0
+        self.backoff_until = 0.0
+        self.backoff_reply: Reply | None = None
+        self._wakeup = asyncio.Event()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.apply(limits, budgets)
+
+    def apply(self, limits: Limits, budgets: Budgets) -> None:
+        """(Re)bind this queue to its limits; called on creation and policy reload."""
+        conn = limits.max_connections
+        self._conn_limit = (
+            conn.value if conn is not None and isinstance(conn.value, int)
+            else DEFAULT_MAX_CONNECTIONS
+        )
+        key = conn.key if conn else (self.source.name, "default", f"site:{self.route.site}")
+        self._budget: ConnectionBudget = budgets.connections(key, self._conn_limit)
+        self._per_conn = limits.max_messages_per_connection or DEFAULT_MAX_MESSAGES_PER_CONNECTION
+        rate = limits.max_rate
+        self._rate: RateLimiter | None = (
+            budgets.rate(rate.key, rate.value.per_second)
+            if rate is not None and not isinstance(rate.value, int) else None
+        )
+
+    @property
+    def budget(self) -> ConnectionBudget:
+        return self._budget
+
+    def backing_off(self) -> bool:
+        return time.monotonic() < self.backoff_until
+
+    def submit(self, job: Job) -> None:
+        if self.backing_off():
+            assert self.backoff_reply is not None
+            self._finish(job, self._deferrals(job, self.backoff_reply))
+            return
+        self.jobs.append(job)
+        self._wakeup.set()
+        self._maybe_start()
+
+    def _effective_limit(self) -> int:
+        # Never below one connection per task: a queue must be able to make progress.
+        return max(1, int(self._budget.limit * self._share()))
+
+    def _maybe_start(self) -> None:
+        if self._closing or self.backing_off():
+            return
+        while len(self.jobs) > self.idle:
+            if not self._budget.try_acquire(self._effective_limit()):
+                self._budget.wait(self._maybe_start)
+                return
+            self.active += 1
+            self.idle += 1  # counts as ready for a job until it is serving one
+            task = asyncio.create_task(self._worker(), name=f"conn {self.source.name}")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _worker(self) -> None:
+        budget = self._budget
+        try:
+            while self.jobs and not self.backing_off() and not self._closing:
+                try:
+                    session, here = await self._connector.open(self.source, self.route)
+                except SessionError as exc:
+                    template = self._connector.template(self.source, self.route)
+                    if exc.target is not None:
+                        template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
+                    self._connection_failed(exc.reply, template, permanent=exc.reply.permanent)
+                    return
+                try:
+                    await self._serve(session, here)
+                finally:
+                    await session.close()
+        finally:
+            self.active -= 1
+            self.idle -= 1
+            budget.release()
+            if self.jobs and not self._closing:
+                self._maybe_start()
+
+    async def _serve(self, session: SmtpSession, here: Attempt) -> None:
+        sent = 0
+        while sent < self._per_conn:
+            job = await self._next_job()
+            if job is None:
+                return
+            self.idle -= 1
+            try:
+                if sent:
+                    try:
+                        await session.reset()
+                    except SessionError as exc:
+                        # The connection went away between messages: not this job's fault.
+                        self.jobs.appendleft(job)
+                        self._closed_by_server(exc.reply, here)
+                        return
+                if self._rate is not None:
+                    await self._rate.acquire(self._share())
+                try:
+                    result = await session.send(
+                        sender=job.sender, recipients=job.recipients, message=job.message
+                    )
+                except SessionError as exc:
+                    # Lost inside this job's transaction: the attempt counts for it.
+                    self._finish(job, [replace(here, rcpt=r, reply=exc.reply)
+                                       for r in job.recipients])
+                    return
+                sent += 1
+                closing = self._settle(job, result.replies, here)
+                if closing is not None:
+                    self._closed_by_server(closing, here)
+                    return
+            finally:
+                self.idle += 1
+
+    def _settle(self, job: Job, replies: dict[str, Reply], here: Attempt) -> Reply | None:
+        """Record a transaction's replies; re-queue 452'd recipients; report a 421."""
+        again = []
+        closing = None
+        for rcpt in job.recipients:
+            reply = replies[rcpt]
+            if reply.code == 452 and job.resubmits < MAX_RESUBMITS:
+                again.append(rcpt)  # too many recipients: the rest go in a new transaction
+                continue
+            if reply.code == 421:
+                closing = reply
+            job.done.append(replace(here, rcpt=rcpt, reply=reply, counts=reply.code != 421))
+        if again:
+            job.recipients = again
+            job.resubmits += 1
+            self.jobs.appendleft(job)
+        else:
+            self._finish(job, job.done)
+        return closing
+
+    async def _next_job(self) -> Job | None:
+        deadline = time.monotonic() + IDLE_TIMEOUT
+        while not self._closing:
+            while self.jobs:
+                job = self.jobs.popleft()
+                if not job.future.done():  # cancelled by a stopping sender: skip it
+                    return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return None
+
+    def _closed_by_server(self, reply: Reply, here: Attempt) -> None:
+        self._start_backoff(reply)
+        self._drain(reply, here)
+
+    def _connection_failed(self, reply: Reply, template: Attempt, *, permanent: bool) -> None:
+        if permanent:
+            # Refused before connecting (the destination guard): no retry can help.
+            for job in self._take_all():
+                self._finish(job, job.done + [replace(template, rcpt=r, reply=reply)
+                                              for r in job.recipients])
+            return
+        self._start_backoff(reply)
+        self._drain(reply, template)
+
+    def _start_backoff(self, reply: Reply) -> None:
+        self.backoff_until = time.monotonic() + self.backoff
+        self.backoff_reply = local_reply(
+            451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
+        )
+
+    def _drain(self, reply: Reply, template: Attempt) -> None:
+        for job in self._take_all():
+            self._finish(job, self._deferrals(job, reply, template))
+
+    def _take_all(self) -> list[Job]:
+        jobs = list(self.jobs)
+        self.jobs.clear()
+        return jobs
+
+    def _deferrals(self, job: Job, reply: Reply, template: Attempt | None = None) -> list[Attempt]:
+        base = template or self._connector.template(self.source, self.route)
+        return job.done + [replace(base, rcpt=r, reply=reply, counts=False)
+                           for r in job.recipients]
+
+    @staticmethod
+    def _finish(job: Job, attempts: list[Attempt]) -> None:
+        if not job.future.done():
+            job.future.set_result(attempts)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._workers:
+            await asyncio.wait(set(self._workers), timeout=5.0)

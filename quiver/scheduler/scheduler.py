@@ -1,0 +1,79 @@
+"""The scheduler: recipient domain → route → egress source → ready queue → attempts.
+
+It is the sender's `Transport`: the lifecycle hands it one message's recipients
+at one domain and awaits their attempts, while connections stay open across
+messages and throttles hold per (source, destination).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from quiver.policy import Policy, Source
+from quiver.routing.mx import MxResolver, Route, RouteError
+from quiver.routing.sources import NoSourceAvailable, SourcePicker
+from quiver.scheduler.budget import Budgets
+from quiver.scheduler.connector import Connector
+from quiver.scheduler.ready import Job, ReadyQueue
+from quiver.scheduler.throttle import Destination, resolve
+from quiver.sender.outcome import Attempt
+from quiver.smtp.reply import local_reply
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        resolver: MxResolver,
+        picker: SourcePicker,
+        connector: Connector | None = None,
+        share: Callable[[], float] = lambda: 1.0,
+    ) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._picker = picker
+        self._connector = connector or Connector(policy)
+        self._share = share
+        self.budgets = Budgets()
+        self.queues: dict[tuple[str, str], ReadyQueue] = {}
+
+    async def deliver(
+        self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes
+    ) -> list[Attempt]:
+        try:
+            route = await self._resolver.route(domain)
+        except RouteError as exc:
+            reply = local_reply(exc.code, exc.enhanced, exc.text)
+            return [Attempt(rcpt=r, reply=reply) for r in recipients]
+        try:
+            source = self._picker.pick(pool)
+        except NoSourceAvailable as exc:
+            reply = local_reply(451, "4.4.1", str(exc))
+            return [Attempt(rcpt=r, reply=reply, counts=False) for r in recipients]
+        queue = self._queue(source, route, domain)
+        future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
+        queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
+                         future=future))
+        return await future
+
+    def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
+        key = (source.name, route.site)
+        queue = self.queues.get(key)
+        if queue is None:
+            limits = resolve(self._policy.throttles, Destination(
+                source=source.name, site=route.site, domain=domain, provider=route.provider,
+                mx_hosts=tuple(h.name for h in route.hosts),
+            ))
+            queue = self.queues[key] = ReadyQueue(
+                source=source, route=route, limits=limits, budgets=self.budgets,
+                connector=self._connector, backoff=self._policy.retry.site_backoff,
+                share=self._share,
+            )
+        else:
+            queue.route = route  # the MX set's addresses may have changed (TTL)
+        return queue
+
+    async def close(self) -> None:
+        await asyncio.gather(*(q.close() for q in self.queues.values()))

@@ -1,0 +1,58 @@
+"""Outcome counts as CloudWatch EMF metrics (Powertools), per pool and provider.
+
+Counted when events become durable (the completer's flush), so a metric never
+counts an outcome that a crash could still undo. Flushed to stdout every
+`interval` seconds and at shutdown; on ECS the awslogs driver ships stdout to
+CloudWatch Logs, which extracts the metrics. Namespace `Quiver`, metric names
+= event types, dimensions `pool` and `provider` (`none` when unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import TextIO
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from quiver.events import Record
+
+NAMESPACE = "Quiver"
+FLUSH_INTERVAL = 10.0
+
+
+class OutcomeMetrics:
+    def __init__(self, *, out: TextIO | None = None, interval: float = FLUSH_INTERVAL) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._out = out
+        self.interval = interval
+
+    def count(self, records: Sequence[Record]) -> None:
+        for r in records:
+            self._counts[(r["event"], r.get("pool") or "none", r.get("provider") or "none")] += 1
+
+    def flush(self) -> int:
+        """Emit one EMF document per (event, pool, provider); returns how many."""
+        counts, self._counts = self._counts, Counter()
+        out = self._out or sys.stdout
+        for (event, pool, provider), n in sorted(counts.items()):
+            buffer = io.StringIO()
+            # single_metric prints its EMF blob; capture it so it goes where we say.
+            with contextlib.redirect_stdout(buffer), single_metric(
+                name=event, unit=MetricUnit.Count, value=n, namespace=NAMESPACE,
+            ) as metric:
+                metric.add_dimension(name="pool", value=pool)
+                metric.add_dimension(name="provider", value=provider)
+            out.write(buffer.getvalue())
+        out.flush()
+        return len(counts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+            self.flush()

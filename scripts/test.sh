@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up everything (system packages as root, .venv, the CDK CLI) and run the checks:
+# ruff, mypy --strict on quiver/, then every test (unit, integration on real local
+# servers, CDK synth + cfn-lint). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUIVER_WITH_CDK=1 bash scripts/setup.sh
+echo "==> ruff"
+.venv/bin/ruff check quiver functions proxy_tier cdk app.py tests bench
+echo "==> mypy --strict quiver/"
+.venv/bin/mypy quiver
+echo "==> pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"

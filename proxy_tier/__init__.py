@@ -1,0 +1,1 @@
+"""The HAProxy egress tier: config rendering from the policy, node bootstrap, health probes."""

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -190,13 +191,20 @@ class LocalStack:
         assert self.moto is not None
         return moto_server.client(self.moto.endpoint, service)
 
-    def start_sender(self, *, name: str = "sender", extra: list[str] | None = None
-                     ) -> subprocess.Popen[bytes]:
+    def policy_variant(self, name: str, edit: Callable[[str], str]) -> Path:
+        """A copy of the stack's policy with `edit` applied (tests vary throttles this way)."""
+        assert self.policy_path is not None
+        path = self.root / f"policy-{name}.toml"
+        path.write_text(edit(self.policy_path.read_text()))
+        return path
+
+    def start_sender(self, *, name: str = "sender", config: Path | None = None,
+                     extra: list[str] | None = None) -> subprocess.Popen[bytes]:
         assert self.policy_path is not None
         log = (self.root / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "quiver", "sender", "--config", str(self.policy_path),
-             *(extra or [])],
+            [sys.executable, "-m", "quiver", "sender", "--config",
+             str(config or self.policy_path), *(extra or [])],
             env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )

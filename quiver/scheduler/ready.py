@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from quiver.policy import Source
@@ -34,6 +34,14 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_MAX_MESSAGES_PER_CONNECTION = 100
 # A 452 "too many recipients" re-sends the rest in a new transaction this often.
 MAX_RESUBMITS = 10
+
+
+class Reroute(Exception):
+    """The job's source cannot be used (its proxy is down): choose another source."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(str(reply))
 
 
 @dataclass(eq=False)
@@ -57,7 +65,11 @@ class ReadyQueue:
         connector: Connector,
         backoff: float,
         share: Callable[[], float] = lambda: 1.0,
+        proxy_check: Callable[[str], Awaitable[bool]] | None = None,
+        proxy_down: Callable[[str, str], None] | None = None,
     ) -> None:
+        self._proxy_check = proxy_check
+        self._proxy_down = proxy_down
         self.source = source
         self.route = route
         self.backoff = backoff
@@ -129,10 +141,7 @@ class ReadyQueue:
                 try:
                     session, here = await self._connector.open(self.source, self.route)
                 except SessionError as exc:
-                    template = self._connector.template(self.source, self.route)
-                    if exc.target is not None:
-                        template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
-                    self._connection_failed(exc.reply, template, permanent=exc.reply.permanent)
+                    await self._open_failed(exc)
                     return
                 try:
                     await self._serve(session, here)
@@ -218,6 +227,45 @@ class ReadyQueue:
     def _closed_by_server(self, reply: Reply, here: Attempt) -> None:
         self._start_backoff(reply)
         self._drain(reply, here)
+
+    async def _open_failed(self, exc: SessionError) -> None:
+        """Attribute a failed connection to the proxy or to the destination.
+
+        Through a proxy, a refused TCP connect means the proxy is unreachable; a
+        connection closed before the banner means the proxy could not reach the
+        MX, or the proxy itself is failing: its health endpoint decides which.
+        A proxy failure suspends the source and sends the jobs to other sources;
+        a destination failure backs off this (source, site).
+        """
+        template = self._connector.template(self.source, self.route)
+        if exc.target is not None:
+            template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
+        node = self.source.node
+        reply = exc.reply
+        if node is not None and exc.stage in ("connect", "banner"):
+            proxy_ok = exc.stage == "banner" and (
+                self._proxy_check is None or await self._proxy_check(node))
+            if not proxy_ok:
+                why = f"proxy {node} unreachable or unhealthy: {reply.text}"
+                if self._proxy_down is not None:
+                    self._proxy_down(node, why)
+                self._reroute_all(local_reply(451, "4.4.1", why))
+                return
+            reply = local_reply(
+                reply.code, reply.enhanced or "4.4.2",
+                f"destination {template.mx} closed the connection before its banner "
+                f"(proxy {node} is healthy): {reply.text}",
+            )
+        self._connection_failed(reply, template, permanent=exc.reply.permanent)
+
+    def _reroute_all(self, reply: Reply) -> None:
+        for job in self._take_all():
+            if job.done:
+                # Part of it was already attempted on this source: report what happened
+                # and defer the rest (not counted) rather than splitting the job.
+                self._finish(job, self._deferrals(job, reply))
+            elif not job.future.done():
+                job.future.set_exception(Reroute(reply))
 
     def _connection_failed(self, reply: Reply, template: Attempt, *, permanent: bool) -> None:
         if permanent:

@@ -15,10 +15,14 @@ from quiver.routing.mx import MxResolver, Route, RouteError
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.connector import Connector
-from quiver.scheduler.ready import Job, ReadyQueue
+from quiver.scheduler.health import ProxyHealth
+from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
 from quiver.sender.outcome import Attempt
 from quiver.smtp.reply import local_reply
+
+# A job whose source's proxy died is offered to this many sources before deferring.
+MAX_REROUTES = 4
 
 
 class Scheduler:
@@ -30,7 +34,9 @@ class Scheduler:
         picker: SourcePicker,
         connector: Connector | None = None,
         share: Callable[[], float] = lambda: 1.0,
+        health: ProxyHealth | None = None,
     ) -> None:
+        self.health = health
         self._policy = policy
         self._resolver = resolver
         self._picker = picker
@@ -47,16 +53,24 @@ class Scheduler:
         except RouteError as exc:
             reply = local_reply(exc.code, exc.enhanced, exc.text)
             return [Attempt(rcpt=r, reply=reply) for r in recipients]
-        try:
-            source = self._picker.pick(pool)
-        except NoSourceAvailable as exc:
-            reply = local_reply(451, "4.4.1", str(exc))
-            return [Attempt(rcpt=r, reply=reply, counts=False) for r in recipients]
-        queue = self._queue(source, route, domain)
-        future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
-        queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
-                         future=future))
-        return await future
+        last: Reroute | None = None
+        for _ in range(MAX_REROUTES):
+            try:
+                source = self._picker.pick(pool)
+            except NoSourceAvailable as exc:
+                text = str(exc) if last is None else f"{exc}; last: {last.reply.text}"
+                reply = local_reply(451, "4.4.1", text)
+                return [Attempt(rcpt=r, reply=reply, counts=False) for r in recipients]
+            queue = self._queue(source, route, domain)
+            future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
+            queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
+                             future=future))
+            try:
+                return await future
+            except Reroute as exc:
+                last = exc  # the source's proxy is down: the pool's next source
+        assert last is not None
+        return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
 
     def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
         key = (source.name, route.site)
@@ -70,10 +84,16 @@ class Scheduler:
                 source=source, route=route, limits=limits, budgets=self.budgets,
                 connector=self._connector, backoff=self._policy.retry.site_backoff,
                 share=self._share,
+                proxy_check=self.health.check if self.health else None,
+                proxy_down=self._proxy_down,
             )
         else:
             queue.route = route  # the MX set's addresses may have changed (TTL)
         return queue
+
+    def _proxy_down(self, node: str, why: str) -> None:
+        if self.health is not None:
+            self.health.mark(node, False, why)
 
     async def close(self) -> None:
         await asyncio.gather(*(q.close() for q in self.queues.values()))

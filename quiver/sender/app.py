@@ -16,6 +16,7 @@ from quiver.policy import Policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
+from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.membership import DynamoMembership, Membership
 from quiver.scheduler.scheduler import Scheduler
 from quiver.sender.complete import Completer
@@ -72,8 +73,10 @@ def build_sender(
             client=session.client("dynamodb", config=config), table=deployment.senders_table,
             task_id=task_id(),
         )
+    picker = SourcePicker(policy)
+    health = ProxyHealth(policy=policy, picker=picker)
     transport = Scheduler(
-        policy=policy, resolver=resolver, picker=SourcePicker(policy), share=membership.share
+        policy=policy, resolver=resolver, picker=picker, share=membership.share, health=health,
     )
     signers = signers_from_policy(
         policy.dkim,
@@ -90,7 +93,7 @@ def build_sender(
     )
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
-        services=[membership.run, metrics.run], on_close=[transport.close],
+        services=[membership.run, metrics.run, health.run], on_close=[transport.close],
     )
 
 

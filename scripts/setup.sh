@@ -45,8 +45,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev,cdk]'
   touch "$stamp"
 fi
-if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && [ ! -x node_modules/.bin/cdk ]; then
-  echo "==> installing the CDK CLI (npm ci)"
+# npm keeps node_modules/.package-lock.json: a newer package-lock.json (a CLI bump)
+# means the installed CLI is stale.
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && { [ ! -x node_modules/.bin/cdk ] \
+    || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
+  echo "==> installing the CDK CLI (npm ci, pinned by package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "==> setup done"

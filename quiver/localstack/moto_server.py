@@ -21,7 +21,7 @@ ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
 # The outbound queue's redrive: a message that fails this often (a crash loop on
 # it, not ordinary deferrals, which re-enqueue) moves to the DLQ.
-MAX_RECEIVE_COUNT = 5
+MAX_RECEIVE_COUNT = 10
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "quiver-local", "AWS_SECRET_ACCESS_KEY": "quiver-local"}
 
 

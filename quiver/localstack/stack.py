@@ -223,6 +223,10 @@ class LocalStack:
             self._senders.remove(process)
         return process.returncode
 
+    @property
+    def senders(self) -> list[subprocess.Popen[bytes]]:
+        return list(self._senders)
+
     def stop(self) -> None:
         for process in list(self._senders):
             self.stop_sender(process)

@@ -532,7 +532,7 @@ def _intake(c: _Checker, t: dict[str, Any]) -> Intake:
     c.keys(
         t,
         {"receivers", "max_inflight_messages", "max_inflight_bytes", "visibility_timeout",
-         "drain_deadline", "spill_threshold"},
+         "drain_deadline", "spill_threshold", "heartbeat"},
         "intake",
     )
     d = Intake()
@@ -549,6 +549,7 @@ def _intake(c: _Checker, t: dict[str, Any]) -> Intake:
         ),
         drain_deadline=c.get(t, "drain_deadline", "intake", parse_duration, d.drain_deadline),
         spill_threshold=c.get(t, "spill_threshold", "intake", parse_size, d.spill_threshold),
+        heartbeat=c.get(t, "heartbeat", "intake", parse_duration, d.heartbeat),
     )
     if not 30 <= intake.visibility_timeout <= 12 * 3600:
         c.error("intake.visibility_timeout", "must be between 30s and 12h (SQS limits)")

@@ -137,6 +137,9 @@ class Intake:
     drain_deadline: float = 25.0
     # Bodies above this go to S3 as raw_s3 when a client enqueues (SQS caps at 256 KiB).
     spill_threshold: int = 200 * 1024
+    # Membership heartbeat: how soon other tasks learn that one joined, which bounds
+    # how long a cluster-wide limit can be exceeded by one task's share.
+    heartbeat: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

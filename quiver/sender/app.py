@@ -71,7 +71,7 @@ def build_sender(
     if deployment.senders_table:
         membership = DynamoMembership(
             client=session.client("dynamodb", config=config), table=deployment.senders_table,
-            task_id=task_id(),
+            task_id=task_id(), interval=policy.intake.heartbeat, stale=3 * policy.intake.heartbeat,
         )
     picker = SourcePicker(policy)
     health = ProxyHealth(policy=policy, picker=picker)

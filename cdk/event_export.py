@@ -1,0 +1,102 @@
+"""The event-export Lambda: batches from the events queue to gzip'd JSONL in S3.
+
+It reads the events queue through an SQS event source and reports partial batch
+failures, so one bad record is retried (and, after the queue's maxReceiveCount,
+dead-lettered) without redoing the whole batch. It can write only under `events/`
+in the events bucket.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.aws_lambda_event_sources import SqsEventSource
+from constructs import Construct
+
+from cdk.buckets import EVENTS_PREFIX
+from cdk.lambda_code import handler_path
+from quiver.settings import ENV_EVENTS_BUCKET
+
+EXPORT_TIMEOUT = Duration.seconds(60)
+# Waiting up to this long for a fuller batch means fewer, larger S3 objects.
+BATCHING_WINDOW = Duration.seconds(30)
+BATCH_SIZE = 100
+METRICS_NAMESPACE = "Quiver"
+# The official public Powertools for AWS Lambda (Python) v3 layer, published by AWS
+# in every commercial region under this account. Bump the version deliberately.
+POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+POWERTOOLS_LAYER_VERSION = 27
+RUNTIME = lambda_.Runtime.PYTHON_3_12
+ARCHITECTURE = lambda_.Architecture.ARM_64
+
+
+def events_queue_visibility_timeout() -> Duration:
+    """AWS's rule for a queue feeding Lambda: 6x the function timeout plus the window.
+
+    A shorter visibility would let a batch that is still being written reappear and be
+    exported twice; retries by Lambda's poller also need the headroom.
+    """
+    return Duration.seconds(6 * EXPORT_TIMEOUT.to_seconds() + BATCHING_WINDOW.to_seconds())
+
+
+def powertools_layer_arn(version: int = POWERTOOLS_LAYER_VERSION) -> str:
+    return (
+        f"arn:aws:lambda:{Aws.REGION}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+        f"AWSLambdaPowertoolsPythonV3-python312-arm64:{version}"
+    )
+
+
+class EventExport(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        code_dir: Path,
+        events_queue: sqs.IQueue,
+        events_bucket: s3.IBucket,
+        powertools_layer_version: int = POWERTOOLS_LAYER_VERSION,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.function = lambda_.Function(
+            self, "Function",
+            description="Quiver event export: events queue -> s3://<events bucket>/events/",
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            handler=handler_path("event_export"),
+            code=lambda_.Code.from_asset(str(code_dir)),
+            layers=[
+                lambda_.LayerVersion.from_layer_version_arn(
+                    self, "Powertools", powertools_layer_arn(powertools_layer_version),
+                ),
+            ],
+            timeout=EXPORT_TIMEOUT,
+            memory_size=512,
+            log_group=log_group,
+            environment={
+                ENV_EVENTS_BUCKET: events_bucket.bucket_name,
+                "POWERTOOLS_SERVICE_NAME": "event-export",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            },
+        )
+        self.function.add_event_source(SqsEventSource(
+            events_queue,
+            batch_size=BATCH_SIZE,
+            max_batching_window=BATCHING_WINDOW,
+            report_batch_item_failures=True,
+        ))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            sid="WriteEventObjects",
+            actions=["s3:PutObject"],
+            resources=[events_bucket.arn_for_objects(f"{EVENTS_PREFIX}*")],
+        ))

@@ -1,0 +1,273 @@
+"""Dashboard and alarms; every alarm notifies one SNS topic.
+
+Delivery metrics come from the sender's embedded metric format (EMF) log lines:
+namespace `Quiver`, metrics delivered/deferred/bounced/expired/rejected, with the
+dimensions `pool` and `provider`. The bounce-rate alarms watch each (pool, provider)
+pair that the policy names: a provider blocking one pool is the signal that matters,
+and an alarm's math may reference at most 10 metrics, which rules out summing them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdk.logical_ids import logical_id_part
+from quiver.policy import Policy
+
+NAMESPACE = "Quiver"
+OUTCOMES = ("delivered", "deferred", "bounced", "expired", "rejected")
+# Bounce rate is judged only over this many attempts per window: three bounces out
+# of five messages is noise, not a block.
+BOUNCE_RATE_MIN_VOLUME = 100
+BOUNCE_RATE_PERIOD = Duration.minutes(15)
+# Outbound mail this old means senders are down, throttled or too few.
+OLDEST_OUTBOUND_AGE = Duration.minutes(30)
+OLDEST_EVENT_AGE = Duration.minutes(15)
+
+
+class Observability(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        policy: Policy,
+        outbound_queue: sqs.IQueue,
+        outbound_dlq: sqs.IQueue,
+        events_queue: sqs.IQueue,
+        events_dlq: sqs.IQueue,
+        export_function: lambda_.IFunction,
+        sender_service: ecs.FargateService,
+        proxy_instances: Mapping[str, ec2.CfnInstance],
+        dashboard_name: str,
+        alarm_email: str | None = None,
+        oldest_outbound_age: Duration = OLDEST_OUTBOUND_AGE,
+        oldest_event_age: Duration = OLDEST_EVENT_AGE,
+        bounce_rate_threshold: float = 0.05,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.topic = sns.Topic(self, "AlarmTopic", display_name="Quiver alarms")
+        if alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        action = cw_actions.SnsAction(self.topic)
+        self.alarms: list[cw.IAlarm] = []
+
+        def page(alarm: cw.Alarm | cw.CompositeAlarm) -> None:
+            """Notify the topic when `alarm` fires and when it recovers."""
+            alarm.add_alarm_action(action)
+            alarm.add_ok_action(action)
+            self.alarms.append(alarm)
+
+        five_minutes = Duration.minutes(5)
+        for alarm_id, dlq, what in (
+            ("OutboundDlqNotEmpty", outbound_dlq, "outbound messages were dead-lettered"),
+            ("EventsDlqNotEmpty", events_dlq, "event batches failed export"),
+        ):
+            page(dlq.metric_approximate_number_of_messages_visible(
+                period=five_minutes, statistic="Maximum",
+            ).create_alarm(
+                self, alarm_id,
+                alarm_description=f"{what}: inspect the DLQ, fix, then redrive",
+                threshold=1, evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ))
+        for alarm_id, queue, age, what in (
+            ("OutboundOldestMessage", outbound_queue, oldest_outbound_age,
+             "mail is waiting: senders are down, throttled or too few"),
+            ("EventsOldestMessage", events_queue, oldest_event_age,
+             "event export is stalled"),
+        ):
+            page(queue.metric_approximate_age_of_oldest_message(
+                period=Duration.minutes(1), statistic="Maximum",
+            ).create_alarm(
+                self, alarm_id,
+                alarm_description=f"{what} (oldest message older than {age.to_human_string()})",
+                threshold=age.to_seconds(), evaluation_periods=5, datapoints_to_alarm=5,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ))
+        page(export_function.metric_errors(
+            period=five_minutes, statistic="Sum",
+        ).create_alarm(
+            self, "ExportErrors",
+            alarm_description="the event-export Lambda fails whole invocations",
+            threshold=1, evaluation_periods=3, datapoints_to_alarm=3,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+        ))
+        running_tasks = cw.Metric(
+            namespace="ECS/ContainerInsights", metric_name="RunningTaskCount",
+            dimensions_map={
+                "ClusterName": sender_service.cluster.cluster_name,
+                "ServiceName": sender_service.service_name,
+            },
+            period=Duration.minutes(1), statistic="Minimum",
+        )
+        page(running_tasks.create_alarm(
+            self, "SendersNotRunning",
+            alarm_description="no sender task is running: nothing is being delivered",
+            threshold=1, evaluation_periods=3, datapoints_to_alarm=3,
+            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.BREACHING,
+        ))
+        node_alarms: list[cw.Alarm] = []
+        for name, instance in sorted(proxy_instances.items()):
+            alarm_id = f"ProxyNode{logical_id_part(name)}Unhealthy"
+            node_alarm = cw.Metric(
+                namespace="AWS/EC2", metric_name="StatusCheckFailed",
+                dimensions_map={"InstanceId": instance.ref},
+                period=Duration.minutes(1), statistic="Maximum",
+            ).create_alarm(
+                self, alarm_id,
+                alarm_description=f"egress node {name} fails its status checks; its sources "
+                "cannot send (the pools' other sources carry on)",
+                threshold=1, evaluation_periods=2, datapoints_to_alarm=2,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                # No data means a stopped or terminated node: that is unhealthy too.
+                treat_missing_data=cw.TreatMissingData.BREACHING,
+            )
+            page(node_alarm)
+            node_alarms.append(node_alarm)
+        bounce_alarms = self._bounce_alarms(policy, bounce_rate_threshold)
+        if bounce_alarms:
+            page(cw.CompositeAlarm(
+                self, "BounceRateHigh",
+                alarm_description=(
+                    f"bounce rate above {bounce_rate_threshold:.0%} for a (pool, provider) "
+                    "pair: check the pool's reputation and the bounce events"
+                ),
+                alarm_rule=cw.AlarmRule.any_of(*bounce_alarms),
+            ))
+        self.dashboard = self._dashboard(
+            dashboard_name=dashboard_name,
+            queues=(
+                ("outbound", outbound_queue, outbound_dlq), ("events", events_queue, events_dlq),
+            ),
+            export_function=export_function,
+            running_tasks=running_tasks,
+            sender_service=sender_service,
+            proxy_instances=proxy_instances,
+        )
+
+    def _bounce_alarms(self, policy: Policy, threshold: float) -> list[cw.Alarm]:
+        alarms: list[cw.Alarm] = []
+        for pool in sorted(policy.pools):
+            for provider in sorted(policy.providers):
+                def outcome(name: str, pool: str = pool, provider: str = provider) -> cw.Metric:
+                    return cw.Metric(
+                        namespace=NAMESPACE, metric_name=name,
+                        dimensions_map={"pool": pool, "provider": provider},
+                        period=BOUNCE_RATE_PERIOD, statistic="Sum",
+                    )
+
+                rate = cw.MathExpression(
+                    expression=f"IF((d + b) >= {BOUNCE_RATE_MIN_VOLUME}, b / (d + b), 0)",
+                    using_metrics={"d": outcome("delivered"), "b": outcome("bounced")},
+                    label=f"bounce rate {pool}/{provider}",
+                    period=BOUNCE_RATE_PERIOD,
+                )
+                alarm_id = f"BounceRate{logical_id_part(pool)}{logical_id_part(provider)}"
+                alarms.append(rate.create_alarm(
+                    self, alarm_id,
+                    alarm_description=f"bounce rate of pool {pool} at {provider}",
+                    threshold=threshold, evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ))
+        return alarms
+
+    def _dashboard(
+        self,
+        *,
+        dashboard_name: str,
+        queues: tuple[tuple[str, sqs.IQueue, sqs.IQueue], ...],
+        export_function: lambda_.IFunction,
+        running_tasks: cw.Metric,
+        sender_service: ecs.FargateService,
+        proxy_instances: Mapping[str, ec2.CfnInstance],
+    ) -> cw.Dashboard:
+        dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=dashboard_name)
+        minute = Duration.minutes(1)
+        dashboard.add_widgets(cw.AlarmStatusWidget(
+            title="Alarms", alarms=self.alarms, width=24, height=4,
+        ))
+        for label, queue, dlq in queues:
+            dashboard.add_widgets(
+                cw.GraphWidget(
+                    title=f"{label} queue depth", width=8,
+                    left=[
+                        queue.metric_approximate_number_of_messages_visible(period=minute),
+                        queue.metric_approximate_number_of_messages_not_visible(period=minute),
+                    ],
+                ),
+                cw.GraphWidget(
+                    title=f"{label} oldest message (s)", width=8,
+                    left=[queue.metric_approximate_age_of_oldest_message(
+                        period=minute, statistic="Maximum")],
+                ),
+                cw.GraphWidget(
+                    title=f"{label} DLQ depth", width=8,
+                    left=[dlq.metric_approximate_number_of_messages_visible(
+                        period=minute, statistic="Maximum")],
+                ),
+            )
+        outcome_widgets = [
+            cw.GraphWidget(
+                title=f"{outcome} per pool and provider", width=8,
+                left=[cw.MathExpression(
+                    expression=(
+                        f"SEARCH('{{{NAMESPACE},pool,provider}} MetricName=\"{outcome}\"', "
+                        "'Sum', 300)"
+                    ),
+                    label="",
+                    period=Duration.minutes(5),
+                )],
+            )
+            for outcome in OUTCOMES
+        ]
+        dashboard.add_widgets(*outcome_widgets[:3])
+        dashboard.add_widgets(
+            *outcome_widgets[3:],
+            cw.GraphWidget(
+                title="senders", width=8,
+                left=[running_tasks.with_(statistic="Average")],
+                right=[sender_service.metric_cpu_utilization(period=minute)],
+            ),
+        )
+        dashboard.add_widgets(
+            cw.GraphWidget(
+                title="event export Lambda", width=12,
+                left=[export_function.metric_invocations(period=minute),
+                      export_function.metric_errors(period=minute),
+                      export_function.metric_throttles(period=minute)],
+                right=[export_function.metric_duration(period=minute, statistic="p99")],
+            ),
+            cw.GraphWidget(
+                title="egress nodes: status check failed / network out", width=12,
+                left=[
+                    cw.Metric(namespace="AWS/EC2", metric_name="StatusCheckFailed",
+                              dimensions_map={"InstanceId": instance.ref},
+                              label=name, period=minute, statistic="Maximum")
+                    for name, instance in sorted(proxy_instances.items())
+                ],
+                right=[
+                    cw.Metric(namespace="AWS/EC2", metric_name="NetworkOut",
+                              dimensions_map={"InstanceId": instance.ref},
+                              label=name, period=minute, statistic="Sum")
+                    for name, instance in sorted(proxy_instances.items())
+                ],
+            ),
+        )
+        return dashboard

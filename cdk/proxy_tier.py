@@ -1,0 +1,282 @@
+"""The HAProxy egress tier: one EC2 node per policy node, owning its sources' addresses.
+
+Each node has one network interface with the node's primary private IP (health
+endpoint) and one secondary private IP per source placed on it; each secondary IP
+is associated with that source's Elastic IP. The interface is a resource of its
+own so the addresses and associations are independent of the instance. Those
+addresses sit in an explicit subnet CIDR reservation so AWS never hands them to
+another interface before the node claims them.
+
+Reachability: the frontends and the health port accept only the senders' security
+group. Egress is the destination ports the policy allows (25) to anywhere, plus
+HTTPS to the VPC's interface endpoints (Session Manager) and to S3 through its
+gateway endpoint (the Amazon Linux package repositories are S3 buckets).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+from aws_cdk import Acknowledgment, CfnOutput, Fn, Validations
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from cdk.logical_ids import logical_id_part
+from cdk.network import Network
+from quiver.policy import Policy, ProxyNode
+
+DEFAULT_INSTANCE_TYPE = "c7g.large"
+# Graviton families carry a `g` after the generation digit (c7g, m7gd, c6gn).
+_ARM_FAMILY = re.compile(r"^[a-z]+\d+g")
+# Resolved by EC2 when an instance launches, not by CloudFormation on each deploy:
+# a newer AMI must never replace a node (and its fixed addresses) behind your back.
+AL2023_IMAGE = {
+    "arm64": "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+    "x86_64": "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+}
+ROOT_VOLUME_GIB = 16
+# EC2's limit on user data, before base64.
+USER_DATA_LIMIT = 16 * 1024
+# Template linters expect `ami-...` in ImageId; `resolve:ssm:<public parameter>` is
+# an EC2 RunInstances feature they do not model.
+_IMAGE_ID_RULE = "E1152"
+_IMAGE_ID_REASON = (
+    "ImageId is 'resolve:ssm:<AL2023 public parameter>', resolved by EC2 at launch "
+    "so that a new AMI never replaces a node holding fixed addresses"
+)
+
+
+def reservation_cidr(addresses: list[str]) -> str:
+    """The smallest CIDR block that holds every address."""
+    ips = [ipaddress.ip_address(a) for a in addresses]
+    network = ipaddress.ip_network(f"{min(ips)}/32")
+    while max(ips) not in network:
+        network = network.supernet()
+    return str(network)
+
+
+def every_boot(script: str) -> str:
+    """MIME user data that runs `script` (the bootstrap, verbatim) at every boot.
+
+    cloud-init re-reads user data at each boot but runs its scripts once per
+    instance. A policy change that alters a node's config changes its user data,
+    which CloudFormation applies by stopping and starting the instance: without
+    this the node would come back with its old config. `scripts-user, always` is the
+    cloud-config AWS documents for it; the bootstrap is idempotent, so every boot
+    is safe (an unchanged config changes nothing).
+    """
+    boundary = "==QUIVER-EGRESS=="
+    user_data = (
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\n'
+        "MIME-Version: 1.0\n"
+        "\n"
+        f"--{boundary}\n"
+        'Content-Type: text/cloud-config; charset="us-ascii"\n'
+        "\n"
+        "cloud_final_modules:\n"
+        "- [scripts-user, always]\n"
+        "\n"
+        f"--{boundary}\n"
+        'Content-Type: text/x-shellscript; charset="us-ascii"\n'
+        "\n"
+        f"{script}"
+        f"\n--{boundary}--\n"
+    )
+    size = len(user_data.encode())
+    if boundary in script or size > USER_DATA_LIMIT:
+        raise ValueError(
+            f"user data is {size} bytes (EC2 allows {USER_DATA_LIMIT}) or contains the MIME "
+            "boundary: place fewer sources on this node"
+        )
+    return user_data
+
+
+def image_for(instance_type: str) -> str:
+    return AL2023_IMAGE["arm64" if _ARM_FAMILY.match(instance_type) else "x86_64"]
+
+
+class ProxyNodes(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        policy: Policy,
+        network: Network,
+        elastic_ips: Mapping[str, ec2.CfnEIP],
+        sender_security_group: ec2.ISecurityGroup,
+        user_data: Mapping[str, str],
+        instance_type: str = DEFAULT_INSTANCE_TYPE,
+        image_id: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        proxy = policy.proxy
+        subnets = network.proxy_subnets
+        self._check_addresses(policy, subnets)
+        self.security_group = ec2.SecurityGroup(
+            self, "SecurityGroup",
+            vpc=network.vpc,
+            description="Quiver egress proxies: frontends and health from senders only",
+            allow_all_outbound=False,
+        )
+        for port, what in ((proxy.frontend_port, "frontends"), (proxy.health_port, "health")):
+            self.security_group.connections.allow_from(
+                sender_security_group, ec2.Port.tcp(port), f"senders to the proxy {what}",
+            )
+        for port in proxy.allowed_ports:
+            self.security_group.add_egress_rule(
+                ec2.Peer.any_ipv4(), ec2.Port.tcp(port), f"SMTP to receiving MXes (port {port})",
+            )
+        self.security_group.connections.allow_to(
+            network.endpoint_security_group, ec2.Port.tcp(443), "Session Manager endpoints",
+        )
+        self.security_group.add_egress_rule(
+            network.s3_prefix_list, ec2.Port.tcp(443), "Amazon Linux repositories (S3)",
+        )
+        self.role = iam.Role(
+            self, "Role",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="Quiver egress node: Session Manager access for operators, nothing else",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore"),
+            ],
+        )
+        profile = iam.CfnInstanceProfile(self, "InstanceProfile", roles=[self.role.role_name])
+        if image_id is None:
+            Validations.of(self).acknowledge(Acknowledgment(
+                id=f"CloudFormation-Validate::{_IMAGE_ID_RULE}", reason=_IMAGE_ID_REASON,
+            ))
+        self.instances: dict[str, ec2.CfnInstance] = {}
+        self.interfaces: dict[str, ec2.CfnNetworkInterface] = {}
+        previous: ec2.CfnInstance | None = None
+        for name, node in sorted(proxy.nodes.items()):
+            instance = self._node(
+                name=name, node=node, policy=policy, subnet=subnets[node.az],
+                elastic_ips=elastic_ips, user_data=user_data[name],
+                instance_type=instance_type, image_id=image_id or image_for(instance_type),
+                profile=profile,
+            )
+            # One node at a time: an update that restarts nodes (new user data, new
+            # instance type) never takes every sending address down at once.
+            if previous is not None:
+                instance.add_resource_dependency(previous)
+            previous = instance
+
+    def _node(
+        self,
+        *,
+        name: str,
+        node: ProxyNode,
+        policy: Policy,
+        subnet: ec2.ISubnet,
+        elastic_ips: Mapping[str, ec2.CfnEIP],
+        user_data: str,
+        instance_type: str,
+        image_id: str,
+        profile: iam.CfnInstanceProfile,
+    ) -> ec2.CfnInstance:
+        part = logical_id_part(name)
+        sources = sorted(
+            (s for s in policy.sources.values() if s.node == name), key=lambda s: s.name,
+        )
+        addresses = [node.address] + [s.local_ip for s in sources if s.local_ip]
+        reservation = ec2.CfnSubnetCidrReservation(
+            self, f"{part}AddressReservation",
+            subnet_id=subnet.subnet_id,
+            cidr=reservation_cidr(addresses),
+            reservation_type="explicit",
+            description=f"Fixed addresses of Quiver egress node {name}",
+        )
+        interface = ec2.CfnNetworkInterface(
+            self, f"{part}Interface",
+            subnet_id=subnet.subnet_id,
+            description=f"Quiver egress node {name}: primary + one address per source",
+            group_set=[self.security_group.security_group_id],
+            private_ip_addresses=[
+                ec2.CfnNetworkInterface.PrivateIpAddressSpecificationProperty(
+                    private_ip_address=node.address, primary=True,
+                ),
+                *(
+                    ec2.CfnNetworkInterface.PrivateIpAddressSpecificationProperty(
+                        private_ip_address=s.local_ip, primary=False,
+                    )
+                    for s in sources if s.local_ip
+                ),
+            ],
+            tags=[{"key": "Name", "value": f"quiver-{name}"}],
+        )
+        interface.add_resource_dependency(reservation)
+        for source in sources:
+            ec2.CfnEIPAssociation(
+                self, f"{part}{logical_id_part(source.name)}Association",
+                allocation_id=elastic_ips[source.name].attr_allocation_id,
+                network_interface_id=interface.ref,
+                private_ip_address=source.local_ip,
+            )
+        instance = ec2.CfnInstance(
+            self, f"{part}Instance",
+            image_id=image_id,
+            instance_type=instance_type,
+            iam_instance_profile=profile.ref,
+            network_interfaces=[ec2.CfnInstance.NetworkInterfaceProperty(
+                device_index="0", network_interface_id=interface.ref,
+            )],
+            metadata_options=ec2.CfnInstance.MetadataOptionsProperty(
+                http_tokens="required",
+                http_endpoint="enabled",
+                http_put_response_hop_limit=1,
+            ),
+            block_device_mappings=[ec2.CfnInstance.BlockDeviceMappingProperty(
+                device_name="/dev/xvda",
+                ebs=ec2.CfnInstance.EbsProperty(
+                    volume_type="gp3", volume_size=ROOT_VOLUME_GIB,
+                    encrypted=True, delete_on_termination=True,
+                ),
+            )],
+            # One-minute metrics: the status-check alarm reacts in minutes, not tens.
+            monitoring=True,
+            user_data=Fn.base64(every_boot(user_data)),
+            tags=[
+                {"key": "Name", "value": f"quiver-{name}"},
+                {"key": "quiver:node", "value": name},
+            ],
+        )
+        if image_id.startswith("resolve:ssm:"):
+            instance.add_metadata("cfn-lint", {"config": {
+                "ignore_checks": [_IMAGE_ID_RULE],
+                "ignore_reasons": {_IMAGE_ID_RULE: _IMAGE_ID_REASON},
+            }})
+        self.instances[name] = instance
+        self.interfaces[name] = interface
+        CfnOutput(self, f"{part}InstanceId", value=instance.ref,
+                  description=f"Egress node {name}: `aws ssm start-session --target <id>`")
+        return instance
+
+    @staticmethod
+    def _check_addresses(policy: Policy, subnets: Mapping[str, ec2.ISubnet]) -> None:
+        problems: list[str] = []
+        for name, node in sorted(policy.proxy.nodes.items()):
+            subnet = subnets.get(node.az)
+            if subnet is None:
+                problems.append(f"proxy.nodes.{name}.az: the VPC has no subnet in {node.az}")
+                continue
+            cidr = ipaddress.ip_network(subnet.ipv4_cidr_block)
+            placed = [(f"proxy.nodes.{name}.address", node.address)] + [
+                (f"sources.{s.name}.local_ip", s.local_ip)
+                for s in policy.sources.values() if s.node == name and s.local_ip
+            ]
+            for path, address in placed:
+                ip = ipaddress.ip_address(address)
+                # AWS keeps the first four addresses and the last one of every subnet.
+                offset = int(ip) - int(cidr.network_address)
+                if ip not in cidr:
+                    problems.append(f"{path}: {address} is outside {node.az}'s subnet {cidr}")
+                elif offset < 4 or ip == cidr.broadcast_address:
+                    problems.append(f"{path}: {address} is reserved by AWS in subnet {cidr}")
+        if problems:
+            raise ValueError(
+                "policy addresses do not fit the VPC's proxy subnets:\n  " + "\n  ".join(problems)
+            )

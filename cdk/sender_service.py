@@ -1,0 +1,314 @@
+"""The sender: an ECS Fargate service reading the outbound queue.
+
+Rollouts keep full capacity (new tasks start before old ones stop) and roll back
+by themselves when new tasks do not stay up. A stopping task gets SIGTERM, stops
+receiving, drains within the policy's drain deadline and makes every unfinished
+message visible again; ECS waits `stopTimeout` (drain deadline + 5 s) before SIGKILL.
+Capacity follows the backlog per task and the age of the oldest message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from cdk.deploy_checks import stop_timeout_seconds
+from cdk.network import Network
+from quiver import settings
+from quiver.policy import Policy
+
+CONTAINER_NAME = "sender"
+# Scale out fast when the oldest message waits this long: mail is getting late.
+OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
+
+
+class SenderService(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        policy: Policy,
+        network: Network,
+        image_directory: Path,
+        outbound_queue: sqs.IQueue,
+        outbound_dlq: sqs.IQueue,
+        events_queue: sqs.IQueue,
+        spill_bucket: s3.IBucket,
+        events_bucket: s3.IBucket,
+        suppression_table: dynamodb.ITable,
+        senders_table: dynamodb.ITable,
+        policy_parameter: ssm.IStringParameter,
+        dkim_secret_prefix: str,
+        cpu: int = 1024,
+        memory_mib: int = 2048,
+        min_tasks: int = 2,
+        max_tasks: int = 20,
+        backlog_per_task: int | None = None,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if min_tasks < 2:
+            raise ValueError("min_tasks must be at least 2: one task per AZ survives an AZ loss")
+        self.stop_timeout = Duration.seconds(stop_timeout_seconds(policy))
+        self.security_group = ec2.SecurityGroup(
+            self, "SecurityGroup",
+            vpc=network.vpc,
+            description="Quiver senders: only to the proxy tier and AWS endpoints",
+            allow_all_outbound=False,
+        )
+        # AWS APIs only through the VPC's endpoints; the proxy tier adds its own ports.
+        https = ec2.Port.tcp(443)
+        self.security_group.connections.allow_to(
+            network.endpoint_security_group, https, "AWS APIs through interface endpoints",
+        )
+        for prefix_list, what in ((network.s3_prefix_list, "S3"),
+                                  (network.dynamodb_prefix_list, "DynamoDB")):
+            self.security_group.add_egress_rule(
+                prefix_list, https, f"{what} through its gateway endpoint",
+            )
+        self.cluster = ecs.Cluster(
+            self, "Cluster",
+            vpc=network.vpc,
+            # Container Insights provides RunningTaskCount, the denominator of backlog per task.
+            container_insights_v2=ecs.ContainerInsights.ENABLED,
+        )
+        task = ecs.FargateTaskDefinition(
+            self, "Task",
+            cpu=cpu,
+            memory_limit_mib=memory_mib,
+            runtime_platform=ecs.RuntimePlatform(
+                cpu_architecture=ecs.CpuArchitecture.X86_64,
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+            ),
+        )
+        self.task_role = task.task_role
+        log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY,
+        )
+        environment = {
+            settings.ENV_OUTBOUND_QUEUE_URL: outbound_queue.queue_url,
+            settings.ENV_OUTBOUND_DLQ_URL: outbound_dlq.queue_url,
+            settings.ENV_EVENTS_QUEUE_URL: events_queue.queue_url,
+            settings.ENV_SPILL_BUCKET: spill_bucket.bucket_name,
+            settings.ENV_EVENTS_BUCKET: events_bucket.bucket_name,
+            settings.ENV_SUPPRESSION_TABLE: suppression_table.table_name,
+            settings.ENV_SENDERS_TABLE: senders_table.table_name,
+            settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
+            "AWS_REGION": Aws.REGION,
+        }
+        container = task.add_container(
+            CONTAINER_NAME,
+            container_name=CONTAINER_NAME,
+            image=ecs.ContainerImage.from_asset(
+                str(image_directory),
+                file="Dockerfile",
+                # Built by `cdk deploy` for Fargate's X86_64, whatever the deploying machine.
+                platform=ecr_assets.Platform.LINUX_AMD64,
+            ),
+            command=["sender", "--config", f"ssm:{policy_parameter.parameter_name}"],
+            environment=environment,
+            essential=True,
+            stop_timeout=self.stop_timeout,
+            readonly_root_filesystem=True,
+            ulimits=[ecs.Ulimit(name=ecs.UlimitName.NOFILE, soft_limit=65536, hard_limit=65536)],
+            # Non-blocking: a slow log service must not stall delivery. The price is
+            # that lines (and EMF metrics) beyond a full buffer are dropped.
+            logging=ecs.LogDrivers.aws_logs(
+                stream_prefix=CONTAINER_NAME,
+                log_group=log_group,
+                mode=ecs.AwsLogDriverMode.NON_BLOCKING,
+                max_buffer_size=Size.mebibytes(25),
+            ),
+        )
+        # The root filesystem is read-only; the task's own scratch volume is its /tmp.
+        task.add_volume(name="tmp")
+        container.add_mount_points(ecs.MountPoint(
+            container_path="/tmp", source_volume="tmp", read_only=False,  # noqa: S108
+        ))
+        self._grant(
+            queues=(outbound_queue, outbound_dlq, events_queue),
+            spill_bucket=spill_bucket,
+            tables=(suppression_table, senders_table),
+            policy_parameter=policy_parameter,
+            dkim_secret_prefix=dkim_secret_prefix,
+        )
+        self.service = ecs.FargateService(
+            self, "Service",
+            cluster=self.cluster,
+            task_definition=task,
+            security_groups=[self.security_group],
+            vpc_subnets=network.sender_subnets,
+            assign_public_ip=False,
+            min_healthy_percent=100,
+            max_healthy_percent=200,
+            circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
+            availability_zone_rebalancing=ecs.AvailabilityZoneRebalancing.ENABLED,
+            propagate_tags=ecs.PropagatedTagSource.SERVICE,
+        )
+        self._autoscale(
+            outbound_queue=outbound_queue,
+            min_tasks=min_tasks,
+            max_tasks=max_tasks,
+            backlog_per_task=backlog_per_task or policy.intake.max_inflight_messages,
+        )
+
+    def _grant(
+        self,
+        *,
+        queues: tuple[sqs.IQueue, sqs.IQueue, sqs.IQueue],
+        spill_bucket: s3.IBucket,
+        tables: tuple[dynamodb.ITable, dynamodb.ITable],
+        policy_parameter: ssm.IStringParameter,
+        dkim_secret_prefix: str,
+    ) -> None:
+        outbound, outbound_dlq, events = queues
+        suppression, senders = tables
+        statements = [
+            iam.PolicyStatement(
+                sid="ConsumeAndRequeueOutbound",
+                actions=["sqs:ReceiveMessage", "sqs:DeleteMessage",
+                         "sqs:ChangeMessageVisibility", "sqs:SendMessage"],
+                resources=[outbound.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="DeadLetterBadInputAndSendEvents",
+                actions=["sqs:SendMessage"],
+                resources=[outbound_dlq.queue_arn, events.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="SpilledBodies",
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[spill_bucket.arn_for_objects("*")],
+            ),
+            iam.PolicyStatement(
+                sid="SuppressionList",
+                actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query",
+                         "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                resources=[suppression.table_arn],
+            ),
+            iam.PolicyStatement(
+                sid="SenderHeartbeats",
+                actions=["dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"],
+                resources=[senders.table_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ReadPolicy",
+                actions=["ssm:GetParameter"],
+                resources=[policy_parameter.parameter_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ReadDkimKeys",
+                actions=["secretsmanager:GetSecretValue"],
+                # Secret ARNs end in `-<6 random characters>`, hence the trailing `*`.
+                resources=[Stack.of(self).format_arn(
+                    service="secretsmanager",
+                    resource="secret",
+                    resource_name=f"{dkim_secret_prefix}*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )],
+            ),
+        ]
+        for statement in statements:
+            self.task_role.add_to_principal_policy(statement)
+
+    def _autoscale(
+        self,
+        *,
+        outbound_queue: sqs.IQueue,
+        min_tasks: int,
+        max_tasks: int,
+        backlog_per_task: int,
+    ) -> None:
+        target = appscaling.ScalableTarget(
+            self, "Scaling",
+            service_namespace=appscaling.ServiceNamespace.ECS,
+            resource_id=f"service/{self.cluster.cluster_name}/{self.service.service_name}",
+            scalable_dimension="ecs:service:DesiredCount",
+            min_capacity=min_tasks,
+            max_capacity=max_tasks,
+            # The service-linked role Application Auto Scaling uses for ECS anyway.
+            role=iam.Role.from_role_arn(
+                self, "ScalingRole",
+                Stack.of(self).format_arn(
+                    service="iam", region="",
+                    resource="role",
+                    resource_name="aws-service-role/ecs.application-autoscaling.amazonaws.com/"
+                    "AWSServiceRoleForApplicationAutoScaling_ECSService",
+                ),
+            ),
+        )
+        query = appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty
+        stat = appscaling.CfnScalingPolicy.TargetTrackingMetricStatProperty
+        metric = appscaling.CfnScalingPolicy.TargetTrackingMetricProperty
+        dim = appscaling.CfnScalingPolicy.TargetTrackingMetricDimensionProperty
+        # Backlog per task = visible messages / running tasks. Target tracking holds it
+        # near the number of messages one task keeps in flight.
+        appscaling.CfnScalingPolicy(
+            self, "BacklogPerTask",
+            policy_name="quiver-sender-backlog-per-task",
+            policy_type="TargetTrackingScaling",
+            scaling_target_id=target.scalable_target_id,
+            target_tracking_scaling_policy_configuration=(
+                appscaling.CfnScalingPolicy.TargetTrackingScalingPolicyConfigurationProperty(
+                    target_value=float(backlog_per_task),
+                    scale_out_cooldown=60,
+                    scale_in_cooldown=300,
+                    customized_metric_specification=(
+                        appscaling.CfnScalingPolicy.CustomizedMetricSpecificationProperty(
+                            metrics=[
+                                query(id="visible", return_data=False, metric_stat=stat(
+                                    stat="Sum",
+                                    metric=metric(
+                                        namespace="AWS/SQS",
+                                        metric_name="ApproximateNumberOfMessagesVisible",
+                                        dimensions=[dim(name="QueueName",
+                                                        value=outbound_queue.queue_name)],
+                                    ),
+                                )),
+                                query(id="tasks", return_data=False, metric_stat=stat(
+                                    stat="Average",
+                                    metric=metric(
+                                        namespace="ECS/ContainerInsights",
+                                        metric_name="RunningTaskCount",
+                                        dimensions=[
+                                            dim(name="ClusterName",
+                                                value=self.cluster.cluster_name),
+                                            dim(name="ServiceName",
+                                                value=self.service.service_name),
+                                        ],
+                                    ),
+                                )),
+                                query(id="backlog", expression="visible / tasks",
+                                      label="Outbound backlog per task", return_data=True),
+                            ],
+                        )
+                    ),
+                )
+            ),
+        )
+        target.scale_on_metric(
+            "OldestMessageAge",
+            metric=outbound_queue.metric_approximate_age_of_oldest_message(
+                period=Duration.minutes(1), statistic="Maximum",
+            ),
+            scaling_steps=[
+                appscaling.ScalingInterval(upper=OLDEST_MESSAGE_STEPS[0][0], change=0),
+                *(appscaling.ScalingInterval(lower=age, change=tasks)
+                  for age, tasks in OLDEST_MESSAGE_STEPS),
+            ],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            cooldown=Duration.minutes(3),
+        )

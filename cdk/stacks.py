@@ -1,0 +1,221 @@
+"""The two stacks and how their constructs are wired.
+
+`StatefulStack` holds what must outlive any deployment: queues, buckets, the
+tables and the sending addresses. It has termination protection and
+every resource in it is retained. `ServiceStack` holds everything that can be
+rebuilt from the repo and references the stateful resources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import App, Aws, Duration, Environment, Stack, Stage
+from constructs import Construct
+
+from cdk.buckets import Buckets
+from cdk.deploy_checks import Placement, check_deployable
+from cdk.egress_addresses import EgressAddresses
+from cdk.event_analytics import EventAnalytics
+from cdk.event_export import EventExport, events_queue_visibility_timeout
+from cdk.lambda_code import assemble_function_code
+from cdk.logical_ids import logical_id_part
+from cdk.network import Network
+from cdk.observability import Observability
+from cdk.policy_parameter import PolicyParameter
+from cdk.proxy_tier import ProxyNodes
+from cdk.queues import Queues
+from cdk.sender_service import SenderService
+from cdk.tables import Tables
+from proxy_tier.bootstrap import render_user_data
+from quiver.names import DEFAULT_PREFIX, ResourceNames, resource_names
+from quiver.policy import Policy, parse_policy
+
+DEFAULT_VPC_CIDR = "10.60.0.0/16"
+# Outbound messages outlive the policy's retry horizon by a day, so a backlog never
+# loses mail to SQS retention before the sender can record it as expired.
+RETENTION_MARGIN = Duration.days(1)
+MAX_OUTBOUND_RETENTION = Duration.days(13)
+
+
+def outbound_retention(policy: Policy) -> Duration:
+    seconds = policy.retry.max_age + RETENTION_MARGIN.to_seconds()
+    return Duration.seconds(min(int(seconds), int(MAX_OUTBOUND_RETENTION.to_seconds())))
+
+
+class StatefulStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env: Environment,
+        names: ResourceNames,
+        policy: Policy,
+        public_ipv4_pool: str | None = None,
+    ) -> None:
+        super().__init__(
+            scope, construct_id, env=env, termination_protection=True,
+            description="Quiver stateful resources: queues, buckets, tables, sending addresses "
+            "(all retained)",
+        )
+        self.queues = Queues(
+            self, "Queues",
+            names=names,
+            outbound_retention=outbound_retention(policy),
+            outbound_visibility_timeout=Duration.seconds(int(policy.intake.visibility_timeout)),
+            events_visibility_timeout=events_queue_visibility_timeout(),
+        )
+        self.buckets = Buckets(self, "Buckets", names=names)
+        self.tables = Tables(self, "Tables", names=names)
+        self.addresses = EgressAddresses(
+            self, "EgressAddresses", policy=policy, public_ipv4_pool=public_ipv4_pool,
+        )
+
+
+class ServiceStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env: Environment,
+        names: ResourceNames,
+        prefix: str,
+        policy: Policy,
+        policy_text: str,
+        policy_origin: str,
+        placement: Placement,
+        stateful: StatefulStack,
+        repo_root: Path,
+        vpc_cidr: str,
+        alarm_email: str | None,
+    ) -> None:
+        super().__init__(
+            scope, construct_id, env=env,
+            description="Quiver service: network, senders, egress proxies, event export, "
+            "analytics, dashboard and alarms",
+        )
+        queues, buckets = stateful.queues, stateful.buckets
+        dkim_secret_prefix = f"{prefix}/dkim/"
+        network = Network(
+            self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
+        )
+        policy_parameter = PolicyParameter(
+            self, "Policy",
+            parameter_name=names.policy_parameter,
+            policy_text=policy_text,
+            origin=policy_origin,
+        )
+        senders = SenderService(
+            self, "Senders",
+            policy=policy,
+            network=network,
+            image_directory=repo_root,
+            outbound_queue=queues.outbound,
+            outbound_dlq=queues.outbound_dlq,
+            events_queue=queues.events,
+            spill_bucket=buckets.spill,
+            events_bucket=buckets.events,
+            suppression_table=stateful.tables.suppression,
+            senders_table=stateful.tables.senders,
+            policy_parameter=policy_parameter.parameter,
+            dkim_secret_prefix=dkim_secret_prefix,
+        )
+        proxies = ProxyNodes(
+            self, "Proxies",
+            policy=policy,
+            network=network,
+            elastic_ips=stateful.addresses.by_source,
+            sender_security_group=senders.security_group,
+            user_data={name: render_user_data(policy, name) for name in policy.proxy.nodes},
+        )
+        export = EventExport(
+            self, "EventExport",
+            code_dir=assemble_function_code(
+                repo_root=repo_root, function="event_export", outdir=_assembly_dir(self),
+            ),
+            events_queue=queues.events,
+            events_bucket=buckets.events,
+        )
+        self.analytics = EventAnalytics(
+            self, "EventAnalytics",
+            events_bucket=buckets.events,
+            results_bucket=buckets.athena_results,
+            database_name=f"{prefix.replace('-', '_')}_events",
+            workgroup_name=prefix,
+        )
+        # Inbound mail (bounces and complaints) is wired here once it exists: an
+        # InboundMail construct taking `buckets.inbound` (SES receipt rules store the
+        # raw mail there), `queues.events` and `stateful.tables.suppression`, with the
+        # bounce and FBL Lambdas packaged like EventExport. Its alarms join
+        # Observability below.
+        self.observability = Observability(
+            self, "Observability",
+            policy=policy,
+            outbound_queue=queues.outbound,
+            outbound_dlq=queues.outbound_dlq,
+            events_queue=queues.events,
+            events_dlq=queues.events_dlq,
+            export_function=export.function,
+            sender_service=senders.service,
+            proxy_instances=proxies.instances,
+            dashboard_name=prefix,
+            alarm_email=alarm_email,
+        )
+        self.network = network
+        self.senders = senders
+        self.proxies = proxies
+        self.export = export
+        self.policy_parameter = policy_parameter
+
+
+def _assembly_dir(scope: Construct) -> Path:
+    """The cloud assembly directory (cdk.out) this scope is synthesized into."""
+    stage = Stage.of(scope)
+    if stage is None:
+        raise ValueError(f"{scope.node.path} is not inside an App or Stage")
+    return Path(stage.outdir)
+
+
+@dataclass(frozen=True, slots=True)
+class QuiverStacks:
+    stateful: StatefulStack
+    service: ServiceStack
+    policy: Policy
+    placement: Placement
+
+
+def add_quiver_stacks(
+    app: App,
+    *,
+    policy_path: Path,
+    repo_root: Path,
+    prefix: str = DEFAULT_PREFIX,
+    vpc_cidr: str = DEFAULT_VPC_CIDR,
+    public_ipv4_pool: str | None = None,
+    alarm_email: str | None = None,
+) -> QuiverStacks:
+    """Validate the policy and add both stacks; raises PolicyError or DeploymentError."""
+    origin = str(policy_path)
+    policy_text = policy_path.read_text(encoding="utf-8")
+    policy = parse_policy(policy_text, origin=origin)
+    placement = check_deployable(policy, dkim_secret_prefix=f"{prefix}/dkim/", origin=origin)
+    # Account-agnostic (the deploying credentials decide it), but pinned to the region
+    # the policy's AZs are in: no lookups, so synth needs no AWS account.
+    env = Environment(region=placement.region)
+    names = resource_names(account=Aws.ACCOUNT_ID, region=Aws.REGION, prefix=prefix)
+    stack_prefix = logical_id_part(prefix)
+    stateful = StatefulStack(
+        app, f"{stack_prefix}Stateful",
+        env=env, names=names, policy=policy, public_ipv4_pool=public_ipv4_pool,
+    )
+    service = ServiceStack(
+        app, f"{stack_prefix}Service",
+        env=env, names=names, prefix=prefix, policy=policy, policy_text=policy_text,
+        policy_origin=origin, placement=placement, stateful=stateful, repo_root=repo_root,
+        vpc_cidr=vpc_cidr, alarm_email=alarm_email,
+    )
+    service.add_stack_dependency(stateful)
+    return QuiverStacks(stateful=stateful, service=service, policy=policy, placement=placement)

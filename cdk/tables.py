@@ -1,0 +1,66 @@
+"""The DynamoDB tables: the suppression list and the live-sender heartbeats.
+
+Both use the key schema of the local stack (quiver/localstack/moto_server.py), so
+the same store code runs against either: partition key `pk` (S), sort key `sk` (S),
+and DynamoDB TTL on `expires_at` (epoch seconds).
+
+Suppression items: pk = "tenant:<tenant>" ("tenant:*" for an entry that applies to
+every tenant: a hard bounce or complaint suppresses everywhere by default), sk =
+"address:<lower-cased address>", plus `reason`, `source` (bounce, complaint,
+manual), `created_at` and, for entries that lapse (soft bounces), `expires_at`.
+A recipient is checked with one BatchGetItem of its tenant's key and the "*" key.
+
+Sender items (quiver.scheduler.membership): pk = "senders", sk = the ECS task id,
+`heartbeat`, `expires_at`. Every task counts the live tasks to take its share of
+each throttle.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from constructs import Construct
+
+from cdk.logical_ids import pin_logical_id
+from quiver.names import ResourceNames
+
+PARTITION_KEY = "pk"
+SORT_KEY = "sk"
+TTL_ATTRIBUTE = "expires_at"
+
+LOGICAL_IDS = {"suppression": "SuppressionTable", "senders": "SendersTable"}
+
+
+class Tables(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, names: ResourceNames) -> None:
+        super().__init__(scope, construct_id)
+        # The list of who must never be mailed again: backed up, hard to delete.
+        self.suppression = self._table(
+            "SuppressionTable", names.suppression_table, point_in_time_recovery=True,
+        )
+        # Heartbeats only: every item expires within the hour; nothing to restore.
+        self.senders = self._table(
+            "SendersTable", names.senders_table, point_in_time_recovery=False,
+        )
+        for attr, logical_id in LOGICAL_IDS.items():
+            pin_logical_id(getattr(self, attr), logical_id)
+
+    def _table(
+        self, construct_id: str, name: str, *, point_in_time_recovery: bool
+    ) -> dynamodb.Table:
+        return dynamodb.Table(
+            self, construct_id,
+            table_name=name,
+            partition_key=dynamodb.Attribute(
+                name=PARTITION_KEY, type=dynamodb.AttributeType.STRING,
+            ),
+            sort_key=dynamodb.Attribute(name=SORT_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=point_in_time_recovery,
+            ),
+            time_to_live_attribute=TTL_ATTRIBUTE,
+            deletion_protection=point_in_time_recovery,
+            removal_policy=RemovalPolicy.RETAIN,
+        )

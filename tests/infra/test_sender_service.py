@@ -1,0 +1,159 @@
+"""The sender service: rollout safety, stop timeout, scaling, environment, network, IAM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from infra_helpers import build, only, output_source, ref_target, render, resources
+
+from cdk.deploy_checks import DeploymentError
+from quiver import settings
+from quiver.policy import Policy
+
+pytestmark = pytest.mark.infra
+
+
+def container(service: dict[str, Any]) -> dict[str, Any]:
+    _, task = only(service, "AWS::ECS::TaskDefinition")
+    (definition,) = task["ContainerDefinitions"]
+    return definition
+
+
+def test_stop_timeout_is_drain_deadline_plus_five_seconds(
+    service: dict[str, Any], policy: Policy
+) -> None:
+    assert policy.intake.drain_deadline == 25
+    assert container(service)["StopTimeout"] == 30
+
+
+def test_stop_timeout_follows_the_policy(
+    policy_variant: Callable[..., Path], tmp_path: Path
+) -> None:
+    from aws_cdk.assertions import Template
+
+    path = policy_variant(('drain_deadline = "25s"', 'drain_deadline = "55s"'))
+    template = Template.from_stack(build(path, tmp_path / "out").service).to_json()
+    assert container(template)["StopTimeout"] == 60
+
+
+def test_a_drain_deadline_beyond_fargate_limits_fails_synth(
+    policy_variant: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = policy_variant(('drain_deadline = "25s"', 'drain_deadline = "2m"'))
+    with pytest.raises(DeploymentError, match="the stop timeout would be 125s"):
+        build(path, tmp_path / "out")
+
+
+def test_rollouts_keep_capacity_and_roll_back(service: dict[str, Any]) -> None:
+    _, props = only(service, "AWS::ECS::Service")
+    deployment = props["DeploymentConfiguration"]
+    assert deployment["MinimumHealthyPercent"] == 100
+    assert deployment["MaximumPercent"] == 200
+    assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+    assert props["LaunchType"] == "FARGATE"
+
+
+def test_tasks_run_in_three_azs_without_public_addresses(service: dict[str, Any]) -> None:
+    _, props = only(service, "AWS::ECS::Service")
+    network = props["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    azs = {service["Resources"][ref_target(s)]["Properties"]["AvailabilityZone"]
+           for s in network["Subnets"]}
+    assert len(azs) == 3
+    _, target = only(service, "AWS::ApplicationAutoScaling::ScalableTarget")
+    assert target["MinCapacity"] >= 2
+    assert props["AvailabilityZoneRebalancing"] == "ENABLED"
+
+
+def test_container_runs_the_sender_with_the_deployed_policy(service: dict[str, Any]) -> None:
+    definition = container(service)
+    (parameter,) = resources(service, "AWS::SSM::Parameter")
+    assert definition["Command"][:2] == ["sender", "--config"]
+    assert render(definition["Command"][2]) == f"ssm:${{{parameter}}}"
+    assert definition["ReadonlyRootFilesystem"] is True
+    assert definition["LogConfiguration"]["LogDriver"] == "awslogs"
+    (log_group,) = [
+        r for r in resources(service, "AWS::Logs::LogGroup")
+        if r == ref_target(definition["LogConfiguration"]["Options"]["awslogs-group"])
+    ]
+    assert service["Resources"][log_group]["Properties"]["RetentionInDays"] == 30
+
+
+def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict[str, Any]) -> None:
+    names = {value for key, value in vars(settings).items() if key.startswith("ENV_")}
+    environment = {e["Name"]: e["Value"] for e in container(service)["Environment"]}
+    assert names <= set(environment)
+    resolved = {
+        name: output_source(stateful, value) if "Fn::GetStackOutput" in value else value
+        for name, value in environment.items() if isinstance(value, dict)
+    }
+    assert resolved[settings.ENV_OUTBOUND_QUEUE_URL] == {"Ref": "OutboundQueue"}
+    assert resolved[settings.ENV_OUTBOUND_DLQ_URL] == {"Ref": "OutboundDeadLetterQueue"}
+    assert resolved[settings.ENV_EVENTS_QUEUE_URL] == {"Ref": "EventsQueue"}
+    assert resolved[settings.ENV_SPILL_BUCKET] == {"Ref": "SpillBucket"}
+    assert resolved[settings.ENV_EVENTS_BUCKET] == {"Ref": "EventsBucket"}
+    assert resolved[settings.ENV_SUPPRESSION_TABLE] == {"Ref": "SuppressionTable"}
+    assert resolved[settings.ENV_SENDERS_TABLE] == {"Ref": "SendersTable"}
+
+
+def test_scales_on_backlog_per_task_and_oldest_message(
+    service: dict[str, Any], stateful: dict[str, Any], policy: Policy
+) -> None:
+    by_type = {
+        r["Properties"]["PolicyType"]: (k, r["Properties"])
+        for k, r in resources(service, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
+    }
+    _, target_tracking = by_type["TargetTrackingScaling"]
+    tracking = target_tracking["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == policy.intake.max_inflight_messages
+    metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["backlog"]["Expression"] == "visible / tasks"
+    visible = metrics["visible"]["MetricStat"]["Metric"]
+    assert visible["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    (queue,) = visible["Dimensions"]
+    assert output_source(stateful, queue["Value"]) == {
+        "Fn::GetAtt": ["OutboundQueue", "QueueName"]
+    }
+    assert metrics["tasks"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
+    step_id, step = by_type["StepScaling"]
+    adjustments = step["StepScalingPolicyConfiguration"]["StepAdjustments"]
+    assert [a["ScalingAdjustment"] for a in adjustments] == [2, 4]
+    (trigger,) = [
+        a["Properties"] for a in resources(service, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("AlarmActions") == [{"Ref": step_id}]
+    ]
+    assert trigger["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert trigger["Threshold"] == 300
+
+
+def test_sender_egress_is_proxies_and_aws_endpoints_only(
+    service: dict[str, Any], policy: Policy
+) -> None:
+    (group,) = [k for k, r in resources(service, "AWS::EC2::SecurityGroup").items()
+                if r["Properties"]["GroupDescription"].startswith("Quiver senders")]
+    assert "SecurityGroupEgress" not in service["Resources"][group]["Properties"]
+    egress = [r["Properties"] for r in resources(service, "AWS::EC2::SecurityGroupEgress").values()
+              if ref_target(r["Properties"]["GroupId"]) == group]
+    ports = sorted(r["FromPort"] for r in egress)
+    assert ports == sorted([443, 443, 443, policy.proxy.frontend_port, policy.proxy.health_port])
+    for rule in egress:
+        assert "CidrIp" not in rule and "CidrIpv6" not in rule
+
+
+def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None:
+    manifest = json.loads((synth.outdir / "QuiverService.assets.json").read_text())
+    (image,) = manifest["dockerImages"].values()
+    source = image["source"]
+    assert source["dockerFile"] == "Dockerfile"
+    assert source["platform"] == "linux/amd64"
+    context = synth.outdir / source["directory"]
+    staged = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
+    # The .dockerignore allow-list: the build context is the package, nothing else.
+    assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py"} <= staged
+    assert all(p.split("/")[0] in {"Dockerfile", ".dockerignore", "pyproject.toml",
+                                   "README.md", "quiver"} for p in staged), sorted(staged)
+    assert not [p for p in staged if "__pycache__" in p]

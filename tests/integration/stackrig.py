@@ -1,0 +1,90 @@
+"""The embedded local stack as tests drive it: export pump, sender processes, event reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from quiver.export import read_object
+from quiver.localstack.export_pump import ExportPump, Tally
+from quiver.localstack.stack import LocalStack
+
+
+class Running:
+    """The local stack with its export pump and a sender process."""
+
+    def __init__(self, stack: LocalStack, pump: ExportPump, tally: Tally, *,
+                 start_sender: bool = True) -> None:
+        self.stack = stack
+        self.pump = pump
+        self.tally = tally
+        self.sender = stack.start_sender() if start_sender else None
+
+    @property
+    def deployment(self):
+        assert self.stack.deployment is not None
+        return self.stack.deployment
+
+    def events(self) -> list[dict]:
+        s3 = self.stack.client("s3")
+        out: list[dict] = []
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.deployment.events_bucket, Prefix="events/"):
+            for item in page.get("Contents", []):
+                body = s3.get_object(Bucket=self.deployment.events_bucket, Key=item["Key"])
+                out.extend(read_object(body["Body"].read()))
+        return out
+
+    def events_for(self, ids: set[str], *, finals: int, timeout: float) -> list[dict]:
+        """Wait until `finals` final events exist for messages in `ids`; return their events."""
+        from quiver.events import FINAL_EVENTS
+
+        deadline = time.monotonic() + timeout
+        while True:
+            events = [e for e in self.events() if e["id"] in ids]
+            done = sum(1 for e in events if e["event"] in FINAL_EVENTS)
+            if done >= finals or time.monotonic() > deadline:
+                return events
+            for process in self.stack.senders:
+                assert process.poll() is None, f"sender exited with {process.returncode}"
+            time.sleep(0.5)
+
+    def dlq_bodies(self) -> list[str]:
+        sqs = self.stack.client("sqs")
+        out = []
+        while True:
+            got = sqs.receive_message(QueueUrl=self.deployment.outbound_dlq_url,
+                                      MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                      VisibilityTimeout=600)
+            messages = got.get("Messages", [])
+            if not messages:
+                return out
+            out.extend(m["Body"] for m in messages)
+
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(visible, in flight) on the outbound queue."""
+        attrs = self.stack.client("sqs").get_queue_attributes(
+            QueueUrl=self.deployment.outbound_queue_url,
+            AttributeNames=["ApproximateNumberOfMessages",
+                            "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return (int(attrs["ApproximateNumberOfMessages"]),
+                int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+@contextmanager
+def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True
+                  ) -> Iterator[Running]:
+    stack = LocalStack(root, max_age=max_age).start()
+    assert stack.deployment is not None
+    tally = Tally()
+    pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,
+                      environ=stack.env())
+    pump.start()
+    try:
+        yield Running(stack, pump, tally, start_sender=start_sender)
+    finally:
+        pump.stop()
+        stack.stop()

@@ -48,6 +48,8 @@ def test_installs_the_package_from_the_repo() -> None:
     copies = [args for keyword, args in instructions() if keyword == "COPY"]
     assert "pyproject.toml README.md ./" in copies
     assert "quiver ./quiver" in copies
+    # The sender imports proxy_tier.health to probe the egress nodes.
+    assert "proxy_tier ./proxy_tier" in copies
     assert any("pip install" in args and " ." in args for k, args in instructions() if k == "RUN")
 
 
@@ -55,4 +57,4 @@ def test_dockerignore_is_an_allow_list() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!quiver/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!quiver/", "!proxy_tier/"} <= set(lines)

@@ -153,7 +153,9 @@ def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None
     context = synth.outdir / source["directory"]
     staged = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
     # The .dockerignore allow-list: the build context is the package, nothing else.
-    assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py"} <= staged
-    assert all(p.split("/")[0] in {"Dockerfile", ".dockerignore", "pyproject.toml",
-                                   "README.md", "quiver"} for p in staged), sorted(staged)
+    assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py",
+            "proxy_tier/health.py"} <= staged
+    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver",
+               "proxy_tier"}
+    assert all(p.split("/")[0] in allowed for p in staged), sorted(staged)
     assert not [p for p in staged if "__pycache__" in p]

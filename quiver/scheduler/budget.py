@@ -41,10 +41,11 @@ class ConnectionBudget:
 
 
 class RateLimiter:
-    """Paces sends at `per_second` (GCRA: one token at a time, no bursts).
+    """Paces sends at `per_second` (GCRA).
 
-    Pacing rather than bursting is what receiving MXes reward, and it keeps a
-    limit's error bound to one message per task.
+    Pacing rather than bursting is what receiving MXes reward. A send that wakes
+    late may catch up by at most one interval, so timer lateness does not lower
+    the rate, and no window of T seconds carries more than rate*T + 1 sends.
     """
 
     def __init__(self, per_second: float) -> None:
@@ -56,7 +57,7 @@ class RateLimiter:
         while True:
             now = time.monotonic()
             if now >= self._next:
-                self._next = max(self._next, now) + interval
+                self._next = max(self._next, now - interval) + interval
                 return
             await asyncio.sleep(self._next - now)
 

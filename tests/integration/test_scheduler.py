@@ -4,7 +4,6 @@ right attempt count; throttles hold; connections are reused; SIGTERM drains clea
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -225,8 +224,7 @@ def test_sigterm_drains_within_the_deadline_and_leaves_nothing_invisible(
         time.sleep(0.2)
     assert stack.queue_counts()[1] >= 20, "sender did not pick up messages"
     started = time.monotonic()
-    sender.send_signal(signal.SIGTERM)
-    code = sender.wait(timeout=60)
+    code = stack.stack.stop_sender(sender, timeout=60)  # SIGTERM, then wait
     took = time.monotonic() - started
     print(f"SIGTERM to exit: {took:.1f} s (drain deadline 10 s)")
     assert code == 0

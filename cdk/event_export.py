@@ -3,7 +3,8 @@
 It reads the events queue through an SQS event source and reports partial batch
 failures, so one bad record is retried (and, after the queue's maxReceiveCount,
 dead-lettered) without redoing the whole batch. It can write only under `events/`
-in the events bucket.
+in the events bucket, and read and write only the claims in the finals table that
+make final events exactly-once (cdk/tables.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -21,7 +23,7 @@ from constructs import Construct
 
 from cdk.buckets import EVENTS_PREFIX
 from cdk.lambda_code import handler_path
-from quiver.settings import ENV_EVENTS_BUCKET
+from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
 
 EXPORT_TIMEOUT = Duration.seconds(60)
 # Waiting up to this long for a fuller batch means fewer, larger S3 objects.
@@ -61,6 +63,7 @@ class EventExport(Construct):
         code_dir: Path,
         events_queue: sqs.IQueue,
         events_bucket: s3.IBucket,
+        finals_table: dynamodb.ITable,
         powertools_layer_version: int = POWERTOOLS_LAYER_VERSION,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
@@ -85,6 +88,7 @@ class EventExport(Construct):
             log_group=log_group,
             environment={
                 ENV_EVENTS_BUCKET: events_bucket.bucket_name,
+                ENV_FINALS_TABLE: finals_table.table_name,
                 "POWERTOOLS_SERVICE_NAME": "event-export",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
@@ -99,4 +103,11 @@ class EventExport(Construct):
             sid="WriteEventObjects",
             actions=["s3:PutObject"],
             resources=[events_bucket.arn_for_objects(f"{EVENTS_PREFIX}*")],
+        ))
+        # Claims are read in batches and written in batches, never one by one and
+        # never updated or deleted (TTL removes them).
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            sid="ClaimFinalEvents",
+            actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
+            resources=[finals_table.table_arn],
         ))

@@ -50,6 +50,7 @@ class SenderService(Construct):
         events_bucket: s3.IBucket,
         suppression_table: dynamodb.ITable,
         senders_table: dynamodb.ITable,
+        finals_table: dynamodb.ITable,
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
         cpu: int = 1024,
@@ -106,6 +107,7 @@ class SenderService(Construct):
             settings.ENV_EVENTS_BUCKET: events_bucket.bucket_name,
             settings.ENV_SUPPRESSION_TABLE: suppression_table.table_name,
             settings.ENV_SENDERS_TABLE: senders_table.table_name,
+            settings.ENV_FINALS_TABLE: finals_table.table_name,
             settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
             "AWS_REGION": Aws.REGION,
         }
@@ -141,7 +143,7 @@ class SenderService(Construct):
         self._grant(
             queues=(outbound_queue, outbound_dlq, events_queue),
             spill_bucket=spill_bucket,
-            tables=(suppression_table, senders_table),
+            tables=(suppression_table, senders_table, finals_table),
             policy_parameter=policy_parameter,
             dkim_secret_prefix=dkim_secret_prefix,
         )
@@ -170,12 +172,12 @@ class SenderService(Construct):
         *,
         queues: tuple[sqs.IQueue, sqs.IQueue, sqs.IQueue],
         spill_bucket: s3.IBucket,
-        tables: tuple[dynamodb.ITable, dynamodb.ITable],
+        tables: tuple[dynamodb.ITable, dynamodb.ITable, dynamodb.ITable],
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
     ) -> None:
         outbound, outbound_dlq, events = queues
-        suppression, senders = tables
+        suppression, senders, finals = tables
         statements = [
             iam.PolicyStatement(
                 sid="ConsumeAndRequeueOutbound",
@@ -203,6 +205,13 @@ class SenderService(Construct):
                 sid="SenderHeartbeats",
                 actions=["dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"],
                 resources=[senders.table_arn],
+            ),
+            # Read-only: the export Lambda writes the claims; a redelivered message's
+            # recipients that already have a final event are skipped.
+            iam.PolicyStatement(
+                sid="FinalEventsOfRedeliveredMessages",
+                actions=["dynamodb:Query"],
+                resources=[finals.table_arn],
             ),
             iam.PolicyStatement(
                 sid="ReadPolicy",

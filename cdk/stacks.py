@@ -120,6 +120,7 @@ class ServiceStack(Stack):
             events_bucket=buckets.events,
             suppression_table=stateful.tables.suppression,
             senders_table=stateful.tables.senders,
+            finals_table=stateful.tables.finals,
             policy_parameter=policy_parameter.parameter,
             dkim_secret_prefix=dkim_secret_prefix,
         )
@@ -138,6 +139,7 @@ class ServiceStack(Stack):
             ),
             events_queue=queues.events,
             events_bucket=buckets.events,
+            finals_table=stateful.tables.finals,
         )
         self.analytics = EventAnalytics(
             self, "EventAnalytics",

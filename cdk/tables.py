@@ -1,6 +1,6 @@
-"""The DynamoDB tables: the suppression list and the live-sender heartbeats.
+"""The DynamoDB tables: the suppression list, live-sender heartbeats, final-event claims.
 
-Both use the key schema of the local stack (quiver/localstack/moto_server.py), so
+All use the key schema of the local stack (quiver/localstack/moto_server.py), so
 the same store code runs against either: partition key `pk` (S), sort key `sk` (S),
 and DynamoDB TTL on `expires_at` (epoch seconds).
 
@@ -13,6 +13,17 @@ A recipient is checked with one BatchGetItem of its tenant's key and the "*" key
 Sender items (quiver.scheduler.membership): pk = "senders", sk = the ECS task id,
 `heartbeat`, `expires_at`. Every task counts the live tasks to take its share of
 each throttle.
+
+Final-event items (quiver.finals): pk = "final#<message id>", sk = "<recipient>",
+`batch` (the event batch id that claimed it), `event`, `at`, and `expires_at` 15
+days after the event. They make final events (delivered, bounced, expired,
+suppressed, rejected) exactly-once: a sender that crashes between publishing its
+events and deleting the message gets the message back and produces a second final
+event for the same recipients. The export Lambda claims each final event here
+(BatchGetItem, then BatchWriteItem of the unclaimed ones) and drops copies another
+batch has claimed; the sender Queries a redelivered message's pk and skips the
+recipients already final. The 15 days exceed SQS's 14-day maximum retention, so a
+claim outlives every redelivery of its message.
 """
 
 from __future__ import annotations
@@ -28,7 +39,9 @@ PARTITION_KEY = "pk"
 SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
 
-LOGICAL_IDS = {"suppression": "SuppressionTable", "senders": "SendersTable"}
+LOGICAL_IDS = {
+    "suppression": "SuppressionTable", "senders": "SendersTable", "finals": "FinalsTable",
+}
 
 
 class Tables(Construct):
@@ -41,6 +54,12 @@ class Tables(Construct):
         # Heartbeats only: every item expires within the hour; nothing to restore.
         self.senders = self._table(
             "SendersTable", names.senders_table, point_in_time_recovery=False,
+        )
+        # Dedup claims only: every item expires within 15 days, and losing them costs
+        # at most a duplicate final event for a message redelivered meanwhile. At one
+        # item per final event the table is large, and backups would bill for all of it.
+        self.finals = self._table(
+            "FinalsTable", names.finals_table, point_in_time_recovery=False,
         )
         for attr, logical_id in LOGICAL_IDS.items():
             pin_logical_id(getattr(self, attr), logical_id)

@@ -23,6 +23,7 @@ class ResourceNames:
     inbound_bucket: str
     suppression_table: str
     senders_table: str
+    finals_table: str
     policy_parameter: str
 
 
@@ -39,5 +40,6 @@ def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -
         inbound_bucket=f"{prefix}-inbound-{suffix}",
         suppression_table=f"{prefix}-suppression",
         senders_table=f"{prefix}-senders",
+        finals_table=f"{prefix}-finals",
         policy_parameter=f"/{prefix}/policy",
     )

@@ -21,6 +21,7 @@ ENV_SPILL_BUCKET = "QUIVER_SPILL_BUCKET"
 ENV_EVENTS_BUCKET = "QUIVER_EVENTS_BUCKET"
 ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
+ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 
 
@@ -36,6 +37,9 @@ class Deployment:
     region: str
     # Heartbeats of live sender tasks; empty: this task assumes it is alone.
     senders_table: str = ""
+    # Final events already exported, per (message id, recipient); empty: final
+    # events are at-least-once across sender crashes instead of exactly-once.
+    finals_table: str = ""
 
 
 class SettingsError(ValueError):
@@ -68,6 +72,7 @@ def deployment_from_env(env: Mapping[str, str]) -> Deployment:
         policy_parameter=env.get(ENV_POLICY_PARAMETER, ""),
         region=region,
         senders_table=env.get(ENV_SENDERS_TABLE, ""),
+        finals_table=env.get(ENV_FINALS_TABLE, ""),
     )
 
 
@@ -88,6 +93,7 @@ def local_deployment(*, endpoint: str, account: str, region: str) -> Deployment:
         policy_parameter=names.policy_parameter,
         region=region,
         senders_table=names.senders_table,
+        finals_table=names.finals_table,
     )
 
 
@@ -102,5 +108,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_SUPPRESSION_TABLE: deployment.suppression_table,
         ENV_POLICY_PARAMETER: deployment.policy_parameter,
         ENV_SENDERS_TABLE: deployment.senders_table,
+        ENV_FINALS_TABLE: deployment.finals_table,
         "AWS_REGION": deployment.region,
     }

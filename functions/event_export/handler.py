@@ -23,11 +23,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from quiver.events import unpack_batch
 from quiver.export import write_batch
-from quiver.settings import ENV_EVENTS_BUCKET
+from quiver.finals import FinalsTable
+from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
 
 logger = Logger(service="quiver-event-export")
 processor = BatchProcessor(event_type=EventType.SQS)
 _s3: Any = None
+_finals: FinalsTable | None = None
 
 
 def _client() -> Any:
@@ -37,8 +39,24 @@ def _client() -> Any:
     return _s3
 
 
+def _finals_table() -> FinalsTable | None:
+    global _finals
+    table = os.environ.get(ENV_FINALS_TABLE)
+    if table and (_finals is None or _finals.table != table):
+        _finals = FinalsTable(boto3.client("dynamodb"), table)
+    return _finals if table else None
+
+
 def export_record(record: SQSRecord) -> list[str]:
     batch_id, records = unpack_batch(record.body)
+    finals = _finals_table()
+    if finals is not None:
+        # Final events are exactly-once: a copy from a re-delivered message is dropped.
+        kept = finals.claim(batch_id, records)
+        if len(kept) != len(records):
+            logger.info("dropped duplicate final events",
+                        extra={"batch": batch_id, "dropped": len(records) - len(kept)})
+        records = kept
     keys = write_batch(
         _client(), bucket=os.environ[ENV_EVENTS_BUCKET], batch_id=batch_id, records=records
     )

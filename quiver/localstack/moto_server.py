@@ -130,7 +130,7 @@ def create_resources(endpoint: str) -> Deployment:
     for bucket in (names.spill_bucket, names.events_bucket, names.inbound_bucket):
         s3.create_bucket(Bucket=bucket)
     existing = ddb.list_tables()["TableNames"]
-    for table in (names.suppression_table, names.senders_table):
+    for table in (names.suppression_table, names.senders_table, names.finals_table):
         if table not in existing:
             ddb.create_table(
                 TableName=table,

@@ -150,6 +150,10 @@ class ReadyQueue:
         finally:
             self.active -= 1
             self.idle -= 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Shutting down: hand the slot back without starting anything new.
+                self._closing = True
             budget.release()
             if self.jobs and not self._closing:
                 self._maybe_start()

@@ -10,8 +10,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from quiver.bounce import default_classifier
 from quiver.dkim import signers_from_policy
+from quiver.finals import FinalsTable
 from quiver.policy import Policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
@@ -24,7 +27,8 @@ from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import Deployment
-from quiver.storage.aws import S3BodyStore, SqsEventSink, SqsQueue
+from quiver.storage.aws import S3BodyStore, SqsEventSink, SqsQueue, aws_executor
+from quiver.storage.base import StorageError
 
 log = logging.getLogger("quiver.sender")
 
@@ -83,7 +87,19 @@ def build_sender(
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
         base_dir=policy_dir,
     )
+    finalized = None
+    if deployment.finals_table:
+        finals = FinalsTable(session.client("dynamodb", config=config), deployment.finals_table)
+
+        async def finalized(message_id: str) -> set[str]:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(aws_executor(), finals.finalized, message_id)
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageError(f"finals lookup: {exc}") from exc
+
     handler = MessageHandler(
+        finalized=finalized,
         policy=policy,
         transport=transport,
         signers=signers,

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from quiver.policy import Intake
@@ -146,7 +146,7 @@ class Sender:
                     self.stats.duplicates += 1
                     continue
                 size = len(received.body)
-                self._held[received.message_id] = _Held(received, size, now)
+                self._held[received.message_id] = _Held(replace(received, body=""), size, now)
                 self._bytes += size
                 task = asyncio.create_task(self._work(received))
                 self._tasks.add(task)
@@ -158,19 +158,24 @@ class Sender:
                     log.warning("could not delete %d duplicate copies: %s", len(duplicates), exc)
 
     async def _work(self, received: Received) -> None:
+        message_id = received.message_id
+        # The handler owns the message from here; keeping `received` in this frame
+        # would keep its SQS body alive for the whole delivery.
+        work = self._handler.handle(received)
+        del received
         try:
-            done = await self._handler.handle(received)
+            done = await work
         except Exception:
             # A bug must not kill the sender; the message returns after its timeout
             # and, if it keeps failing, SQS moves it to the DLQ (maxReceiveCount).
-            log.exception("unexpected error on message %s", received.message_id)
+            log.exception("unexpected error on message %s", message_id)
             done = False
-        held = self._held.pop(received.message_id, None)
+        held = self._held.pop(message_id, None)
         if held is not None:
             self._bytes -= held.size
         if done:
             self.stats.completed += 1
-            self._recent[received.message_id] = None
+            self._recent[message_id] = None
             if len(self._recent) > RECENT_COMPLETED:
                 self._recent.popitem(last=False)
         else:

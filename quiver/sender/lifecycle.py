@@ -14,7 +14,8 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
@@ -37,6 +38,15 @@ MAX_DELAY = 900
 BODY_RETRY_VISIBILITY = 30
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    env: Envelope  # without its inline body
+    message: bytes  # DKIM-Signature + body, as it goes on the wire
+    signature_length: int
+    inline: bool  # the body came inline (raw), not from S3 (raw_s3)
+    queued_at: float
+
+
 class MessageHandler:
     def __init__(
         self,
@@ -49,7 +59,9 @@ class MessageHandler:
         classifier: Classifier,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        finalized: Callable[[str], Awaitable[set[str]]] | None = None,
     ) -> None:
+        self._finalized = finalized
         self._policy = policy
         self._transport = transport
         self._signers = signers
@@ -60,11 +72,23 @@ class MessageHandler:
         self._rng = rng or random.Random()
 
     async def handle(self, received: Received) -> bool:
-        """Process one message; True if it completed (deleted), False if it will return."""
+        """Process one message; True if it completed (deleted), False if it will return.
+
+        The caller must not keep its own reference to `received`: once the message
+        is decoded and signed, only the signed bytes and a body-less receipt are
+        held while it waits for delivery (the SQS body would be a third copy).
+        """
+        message_id = received.message_id
         try:
-            completion = await self._process(received)
+            prepared = await self._prepare(received)
+            if isinstance(prepared, _Prepared):
+                receipt = replace(received, body="")
+                del received
+                completion: Completion | None = await self._deliver(receipt, prepared)
+            else:
+                completion = prepared
         except StorageError as exc:
-            log.warning("message %s left for redelivery: %s", received.message_id, exc)
+            log.warning("message %s left for redelivery: %s", message_id, exc)
             return False
         if completion is None:
             return False
@@ -74,7 +98,8 @@ class MessageHandler:
             return False
         return True
 
-    async def _process(self, received: Received) -> Completion | None:
+    async def _prepare(self, received: Received) -> Completion | _Prepared:
+        """Decode, check, fetch and sign: a Completion if the message ends here."""
         now = self._clock()
         try:
             env = envelope_mod.decode(received.body)
@@ -84,6 +109,15 @@ class MessageHandler:
         queued_at = env.queued_at or received.sent_at or now
         if env.not_before is not None and env.not_before > now + 1:
             return self._postpone(received, env)
+        if received.receive_count > 1 and self._finalized is not None:
+            # Delivered before? A sender may have crashed after recording the outcome
+            # and before deleting the message: skip recipients that are already final.
+            done = await self._finalized(env.id)
+            if done:
+                pending = tuple(r for r in env.recipients if r not in done)
+                if not pending:
+                    return Completion(received=received)
+                env = replace(env, recipients=pending)
         if self._expired(env, queued_at, now):
             return self._expire(received, env, now)
 
@@ -92,10 +126,17 @@ class MessageHandler:
         except MissingObject as exc:
             return self._reject(received, f"raw_s3: {exc}", env)
         try:
-            message = self._sign(raw)
+            signature = self._sign(raw)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
+        # The signed copy is what travels; the envelope keeps no second copy (a retry
+        # recovers the unsigned body from it, and is signed afresh on its attempt).
+        return _Prepared(env=replace(env, raw=None), message=signature + raw,
+                         signature_length=len(signature), inline=env.raw is not None,
+                         queued_at=queued_at)
 
+    async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
+        env, message = prepared.env, prepared.message
         pool = env.pool or self._policy.default_pool
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in env.recipients:
@@ -107,7 +148,10 @@ class MessageHandler:
             for domain, rcpts in by_domain.items()
         ))
         attempts = [a for batch in results for a in batch]
-        return self._outcomes(received, env, attempts, pool=pool, queued_at=queued_at)
+        if prepared.inline and any(not a.reply.positive and not a.reply.permanent
+                                   for a in attempts):
+            env = replace(env, raw=message[prepared.signature_length:])
+        return self._outcomes(received, env, attempts, pool=pool, queued_at=prepared.queued_at)
 
     def _check_pool(self, env: Envelope) -> None:
         if env.pool is not None and env.pool not in self._policy.pools:
@@ -115,11 +159,12 @@ class MessageHandler:
             raise EnvelopeError("pool", f"unknown pool {env.pool!r} (known: {known})")
 
     def _sign(self, raw: bytes) -> bytes:
+        """The DKIM-Signature header field for `raw` (empty if its domain has no key)."""
         domain = from_domain(raw)
         signer = self._signers.for_domain(domain) if domain else None
         if signer is None:
-            return raw
-        return signer.sign(raw) + raw
+            return b""
+        return signer.sign(raw)
 
     def _outcomes(
         self,

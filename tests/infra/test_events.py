@@ -14,6 +14,7 @@ from infra_helpers import only, output_source, ref_target, render, resources
 from cdk.event_analytics import COLUMNS
 from quiver.events import EVENT_TYPES
 from quiver.export import object_key
+from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
 
 pytestmark = pytest.mark.infra
 
@@ -50,7 +51,17 @@ def test_export_function_runtime_layer_and_settings(service: dict[str, Any]) -> 
     assert render(layer).startswith(
         "arn:aws:lambda:${AWS::Region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python312-arm64:"
     )
-    assert set(function["Environment"]["Variables"]) >= {"QUIVER_EVENTS_BUCKET"}
+    variables = function["Environment"]["Variables"]
+    assert set(variables) >= {ENV_EVENTS_BUCKET, ENV_FINALS_TABLE}
+
+
+def test_export_claims_final_events_in_the_finals_table(
+    service: dict[str, Any], stateful: dict[str, Any]
+) -> None:
+    _, function = export_function(service)
+    variables = function["Environment"]["Variables"]
+    assert output_source(stateful, variables[ENV_FINALS_TABLE]) == {"Ref": "FinalsTable"}
+    assert output_source(stateful, variables[ENV_EVENTS_BUCKET]) == {"Ref": "EventsBucket"}
 
 
 def test_export_reads_the_events_queue_with_partial_batch_failures(

@@ -102,6 +102,9 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:Query"],
             ["{'Fn::GetAtt': ['SendersTable', 'Arn']}"],
         ),
+        "FinalEventsOfRedeliveredMessages": (
+            ["dynamodb:Query"], ["{'Fn::GetAtt': ['FinalsTable', 'Arn']}"],
+        ),
         "ReadPolicy": (
             ["ssm:GetParameter"],
             [f"arn:aws:ssm:us-east-1:${{AWS::AccountId}}:parameter${{{parameter}}}"],
@@ -124,7 +127,7 @@ def test_sender_execution_role_only_pulls_its_image_and_writes_its_logs(
     ])
 
 
-def test_export_function_writes_only_event_objects(
+def test_export_function_writes_only_event_objects_and_final_event_claims(
     service: dict[str, Any], stateful: dict[str, Any]
 ) -> None:
     functions = {
@@ -140,8 +143,16 @@ def test_export_function_writes_only_event_objects(
     bucket, suffix = statement["Resource"]["Fn::Join"][1]
     assert output_source(stateful, bucket) == {"Fn::GetAtt": ["EventsBucket", "Arn"]}
     assert suffix == "/events/*"
+    dynamodb = [s for s in role_statements(service, role)
+                if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
+    (claims,) = dynamodb
+    # Batched reads and puts of claims only: no Query, Scan, Update or Delete.
+    assert sorted(as_list(claims["Action"])) == ["dynamodb:BatchGetItem",
+                                                  "dynamodb:BatchWriteItem"]
+    (table,) = as_list(claims["Resource"])
+    assert output_source(stateful, table) == {"Fn::GetAtt": ["FinalsTable", "Arn"]}
     others = {a for s in role_statements(service, role) for a in as_list(s["Action"])} - {
-        "s3:PutObject"}
+        "s3:PutObject", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"}
     # The SQS event source's own permissions, on the events queue only.
     assert others == {"sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
                       "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"}

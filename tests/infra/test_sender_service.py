@@ -98,6 +98,7 @@ def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict
     assert resolved[settings.ENV_EVENTS_BUCKET] == {"Ref": "EventsBucket"}
     assert resolved[settings.ENV_SUPPRESSION_TABLE] == {"Ref": "SuppressionTable"}
     assert resolved[settings.ENV_SENDERS_TABLE] == {"Ref": "SendersTable"}
+    assert resolved[settings.ENV_FINALS_TABLE] == {"Ref": "FinalsTable"}
 
 
 def test_scales_on_backlog_per_task_and_oldest_message(

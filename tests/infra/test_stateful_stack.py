@@ -1,4 +1,4 @@
-"""The stateful stack: queues, buckets, table and sending addresses, retained and pinned."""
+"""The stateful stack: queues, buckets, tables and sending addresses, retained and pinned."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from infra_helpers import ref_target, render, resources
 
+from quiver.finals import TTL_SECONDS as FINALS_TTL_SECONDS
 from quiver.names import resource_names
 from quiver.policy import Policy
 
@@ -18,7 +19,7 @@ STATEFUL_TYPES = ("AWS::SQS::Queue", "AWS::S3::Bucket", "AWS::DynamoDB::Table", 
 PINNED = {
     "OutboundQueue", "OutboundDeadLetterQueue", "EventsQueue", "EventsDeadLetterQueue",
     "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket",
-    "SuppressionTable", "SendersTable",
+    "SuppressionTable", "SendersTable", "FinalsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }
 
@@ -73,6 +74,7 @@ def test_names_match_the_local_stack(stateful: dict[str, Any]) -> None:
     assert render(props["InboundBucket"]["BucketName"]) == names.inbound_bucket
     assert props["SuppressionTable"]["TableName"] == names.suppression_table
     assert props["SendersTable"]["TableName"] == names.senders_table
+    assert props["FinalsTable"]["TableName"] == names.finals_table
 
 
 def test_queues_are_encrypted_and_refuse_plain_http(stateful: dict[str, Any]) -> None:
@@ -146,8 +148,10 @@ def test_events_are_kept(stateful: dict[str, Any]) -> None:
 
 
 def test_tables_use_the_local_stack_key_schema(stateful: dict[str, Any]) -> None:
-    for logical_id in ("SuppressionTable", "SendersTable"):
-        props = stateful["Resources"][logical_id]["Properties"]
+    tables = resources(stateful, "AWS::DynamoDB::Table")
+    assert set(tables) == {"SuppressionTable", "SendersTable", "FinalsTable"}
+    for logical_id, table in tables.items():
+        props = table["Properties"]
         assert props["KeySchema"] == [
             {"AttributeName": "pk", "KeyType": "HASH"},
             {"AttributeName": "sk", "KeyType": "RANGE"},
@@ -161,3 +165,18 @@ def test_suppression_list_is_backed_up_and_protected(stateful: dict[str, Any]) -
     props = stateful["Resources"]["SuppressionTable"]["Properties"]
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert props["DeletionProtectionEnabled"] is True
+
+
+def test_final_event_claims_outlive_every_redelivery(stateful: dict[str, Any]) -> None:
+    # A claim that expired while its message could still come back would let the
+    # redelivered copy's final event through a second time.
+    queues = resources(stateful, "AWS::SQS::Queue").values()
+    assert max(q["Properties"]["MessageRetentionPeriod"] for q in queues) < FINALS_TTL_SECONDS
+    assert FINALS_TTL_SECONDS == 15 * 86400
+
+
+def test_final_event_claims_are_not_backed_up(stateful: dict[str, Any]) -> None:
+    # Claims expire within 15 days; losing them costs duplicate events, never mail,
+    # and at one item per final event, backups would bill for a very large table.
+    props = stateful["Resources"]["FinalsTable"]["Properties"]
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is False

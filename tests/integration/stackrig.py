@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from quiver.client import OutboundMessage, QuiverClient
 from quiver.export import read_object
 from quiver.localstack.export_pump import ExportPump, Tally
+from quiver.localstack.samples import render
 from quiver.localstack.stack import LocalStack
 
 
@@ -88,3 +90,20 @@ def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True
     finally:
         pump.stop()
         stack.stop()
+
+
+def message(i: int, to: list[str], *, prefix: str, pool: str | None = None) -> OutboundMessage:
+    mid = f"{prefix}-{i:05d}"
+    return OutboundMessage(
+        id=mid, sender="bounces@news.quiver-demo.test", to=to, pool=pool,
+        raw=render(message_id=mid, from_addr="hello@news.quiver-demo.test", to=to,
+                   subject=f"{prefix} {i}"))
+
+
+def enqueue(running: Running, messages: list[OutboundMessage]) -> None:
+    client = QuiverClient(sqs=running.stack.client("sqs"), s3=running.stack.client("s3"),
+                          queue_url=running.deployment.outbound_queue_url,
+                          spill_bucket=running.deployment.spill_bucket)
+    for start in range(0, len(messages), 100):
+        result = client.enqueue_batch(messages[start:start + 100])
+        assert not result.failed, result.failed

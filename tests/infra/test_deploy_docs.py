@@ -1,4 +1,4 @@
-"""docs/deploy.md stays true to the app: stacks, settings, DNS and the Athena query."""
+"""The README's deploy section stays true to the app: stacks, settings, DNS and Athena."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
 
-DOC = ROOT / "docs" / "deploy.md"
+DOC = ROOT / "README.md"
 SQL_WORDS = {
     "select", "from", "where", "and", "or", "not", "as", "group", "by", "order", "desc", "asc",
     "count", "sum", "avg", "min", "max", "limit", "between", "in", "is", "null", "having",

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Literal, cast
@@ -36,6 +35,7 @@ import dns.rrset
 from dns.rdatatype import RdataType
 
 from quiver.local.dns_zone import Mx, Zone
+from quiver.local.loop_thread import LoopThread
 
 # RFC 1035 4.2.1: a UDP answer without EDNS is at most 512 bytes.
 CLASSIC_UDP_SIZE = 512
@@ -210,19 +210,14 @@ class BuiltinDnsServer:
         self.answers = Answers(zone)
         udp, tcp = _bind_pair(host, port)
         self.address: tuple[str, int] = (host, udp.getsockname()[1])
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="quiver-local-dns", daemon=True
-        )
-        self._thread.start()
+        self._thread = LoopThread("quiver-local-dns")
+        self._loop = self._thread.loop
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._stopped = False
         try:
-            asyncio.run_coroutine_threadsafe(self._start(udp, tcp), self._loop).result(
-                START_TIMEOUT
-            )
+            self._thread.run(self._start(udp, tcp), timeout=START_TIMEOUT)
         except BaseException:
             udp.close()
             tcp.close()
@@ -273,17 +268,14 @@ class BuiltinDnsServer:
                 await asyncio.sleep(0.01)
 
     def _halt(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=STOP_TIMEOUT)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._thread.halt(timeout=STOP_TIMEOUT)
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         with contextlib.suppress(TimeoutError):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(STOP_TIMEOUT)
+            self._thread.run(self._shutdown(), timeout=STOP_TIMEOUT)
         self._halt()
 
     def __enter__(self) -> BuiltinDnsServer:

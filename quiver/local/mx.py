@@ -24,11 +24,11 @@ import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from quiver.local.loop_thread import LoopThread
 from quiver.local.mx_server import (
     DEFAULT_HOSTNAME,
     DEFAULT_MAX_RCPTS_PER_TXN,
@@ -49,32 +49,22 @@ class MxServer:
     def __init__(self, config: MxConfig) -> None:
         self.config = config
         self._engine = MxEngine(config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="quiver-local-mx", daemon=True
-        )
-        self._thread.start()
+        self._thread = LoopThread("quiver-local-mx")
         self._stopped = False
         try:
-            started = asyncio.run_coroutine_threadsafe(self._engine.start(), self._loop)
-            self.address: tuple[str, int] = started.result(timeout=READY_TIMEOUT)
+            self.address: tuple[str, int] = self._thread.run(
+                self._engine.start(), timeout=READY_TIMEOUT)
         except BaseException:
-            self._halt_loop()
+            self._thread.halt(timeout=STOP_TIMEOUT)
             self._engine.store.close()
             raise
-
-    def _halt_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=STOP_TIMEOUT)
-        if not self._thread.is_alive():
-            self._loop.close()
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        asyncio.run_coroutine_threadsafe(self._engine.stop(), self._loop).result(STOP_TIMEOUT)
-        self._halt_loop()
+        self._thread.run(self._engine.stop(), timeout=STOP_TIMEOUT)
+        self._thread.halt(timeout=STOP_TIMEOUT)
 
     def received(self) -> list[dict[str, Any]]:
         return self._engine.store.received()

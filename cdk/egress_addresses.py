@@ -3,8 +3,9 @@
 An address's reputation with receiving providers takes weeks of warm-up to build,
 so the addresses live in the stateful stack, are retained when it is deleted, and
 are only associated (by the proxy tier) with the secondary private IP of their
-node. Addresses you already own are adopted with `cdk import` (see "The sending addresses" in README.md),
-or, for a BYOIP range, allocated at exactly the policy's `ip` from `public_ipv4_pool`.
+node. Addresses you already own are adopted with `cdk import` (see "The sending
+addresses" in README.md), or, for a BYOIP range, allocated at exactly the policy's
+`ip` from `public_ipv4_pool`.
 """
 
 from __future__ import annotations

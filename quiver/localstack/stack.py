@@ -69,27 +69,7 @@ max_inflight_messages = 1000
 visibility_timeout = "60s"
 drain_deadline = "10s"
 
-[sources.local1]
-ip = "127.0.0.2"
-local_ip = "127.0.0.2"
-ehlo = "o1.quiver.local.test"
-
-[sources.local2]
-ip = "127.0.0.3"
-local_ip = "127.0.0.3"
-ehlo = "o2.quiver.local.test"
-
-[sources.local3]
-ip = "127.0.0.4"
-local_ip = "127.0.0.4"
-ehlo = "o3.quiver.local.test"
-
-[pools.shared]
-sources = {{ local1 = 1, local2 = 1 }}
-
-[pools.bulk]
-sources = {{ local3 = 1 }}
-
+{egress}
 [providers]
 quiver-local = ["*.quiver.local.test"]
 

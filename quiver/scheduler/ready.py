@@ -310,4 +310,6 @@ class ReadyQueue:
         self._closing = True
         self._wakeup.set()
         if self._workers:
-            await asyncio.wait(set(self._workers), timeout=5.0)
+            # Past the drain deadline already: QUIT politely, but briefly (the task's
+            # stop timeout leaves 5 s after the deadline for all of the shutdown).
+            await asyncio.wait(set(self._workers), timeout=2.0)

@@ -107,7 +107,7 @@ class Sender:
             await close()
         await self._completer.close()
         if services:
-            await asyncio.wait(services, timeout=5.0)
+            await asyncio.wait(services, timeout=2.0)
         if unfinished:
             # Abandoned: visible again at once, for another task to deliver.
             try:

@@ -166,14 +166,8 @@ class ReadyQueue:
                 return
             self.idle -= 1
             try:
-                if sent:
-                    try:
-                        await session.reset()
-                    except SessionError as exc:
-                        # The connection went away between messages: not this job's fault.
-                        self.jobs.appendleft(job)
-                        self._closed_by_server(exc.reply, here)
-                        return
+                # No RSET between messages: a transaction that got its DATA reply (or
+                # was reset after every RCPT failed) leaves the session clean.
                 if self._rate is not None:
                     await self._rate.acquire(self._share())
                 try:
@@ -181,6 +175,11 @@ class ReadyQueue:
                         sender=job.sender, recipients=job.recipients, message=job.message
                     )
                 except SessionError as exc:
+                    if exc.stage == "reused":
+                        # The server closed the idle connection: reconnect and resend;
+                        # nothing was attempted, and no backoff for a routine close.
+                        self.jobs.appendleft(job)
+                        return
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [replace(here, rcpt=r, reply=exc.reply)
                                        for r in job.recipients])

@@ -139,6 +139,15 @@ class SmtpSession:
             except SMTPResponseException as exc:
                 reply = parse_reply(exc.code, exc.message)
                 return TransactionResult({r: reply for r in recipients})
+            except (SMTPServerDisconnected, OSError) as exc:
+                if not self.messages_sent:
+                    raise
+                # A reused connection the server had already closed (idle timeout):
+                # nothing of this message was sent, so it is not its failure.
+                self._smtp.close()
+                raise SessionError(
+                    "reused", local_reply(421, "4.4.2", f"connection closed while idle: {exc}")
+                ) from None
             accepted = []
             for rcpt in recipients:
                 try:
@@ -169,23 +178,6 @@ class SmtpSession:
             ) from None
         self.messages_sent += 1
         return result
-
-    async def reset(self) -> None:
-        """RSET before reusing the connection; SessionError('reset') if it is gone.
-
-        A failure here is the connection's, not the next message's: a server that
-        closes after N messages (421) usually says so at this point.
-        """
-        try:
-            await self._smtp.rset()
-        except SMTPResponseException as exc:
-            self._smtp.close()
-            raise SessionError("reset", parse_reply(exc.code, exc.message)) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            self._smtp.close()
-            raise SessionError(
-                "reset", local_reply(421, "4.4.2", f"connection lost before RSET: {exc}")
-            ) from None
 
     @property
     def is_open(self) -> bool:

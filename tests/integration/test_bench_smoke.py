@@ -1,0 +1,95 @@
+"""The end-to-end benchmark runs, prints one JSON line with sane figures, and cleans up.
+
+Asserts nothing about speed: the figures only have to be present and plausible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
+KEYS = ("sender_cpu_us_per_msg", "quiver_msgs_per_s", "postfix_msgs_per_s", "ratio_vs_postfix",
+        "latency_p50_ms", "latency_p99_ms", "peak_rss_mb", "moto_cpu_share",
+        "postfix_cpu_us_per_msg", "per_run", "runs")
+MESSAGES = 200
+LATENCY_MESSAGES = 10
+
+
+def installed(name: str) -> bool:
+    return bool(shutil.which(name) or shutil.which(name, path="/usr/sbin"))
+
+
+def shm_is_tmpfs() -> bool:
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    return any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts)
+
+
+def mentions(pid: str, text: bytes) -> bool:
+    """Whether a live process's command line or environment names `text`."""
+    for part in ("cmdline", "environ"):
+        try:
+            if text in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not installed("smtp-sink"), reason="smtp-sink is not installed (postfix)")
+def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
+    queues_before = set(Path("/dev/shm").glob("quiver-bench-postfix-*"))
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--messages", str(MESSAGES), "--runs", "1",
+         "--latency-messages", str(LATENCY_MESSAGES), "--latency-rate", "20", "--json"],
+        capture_output=True, text=True, timeout=280, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout[-2000:]
+    data = json.loads(lines[0])
+    for key in KEYS:
+        assert key in data, key
+
+    # Every message reached the sink, and the sender accounted for each of them.
+    assert data["runs"] == 1 and data["complete_runs"]["quiver"] == 1
+    stats = data["sender_stats"]
+    assert stats["completed"] >= MESSAGES + LATENCY_MESSAGES
+    assert stats["returned"] == 0
+    assert data["sender_exit"] == 0
+    assert data["latency_delivered"] == LATENCY_MESSAGES
+
+    assert data["sender_cpu_us_per_msg"] > 0
+    assert data["quiver_msgs_per_s"] > 0
+    assert 0 < data["moto_cpu_share"] < 1
+    assert 0 < data["latency_p50_ms"] <= data["latency_p99_ms"]
+    assert 10 < data["peak_rss_mb"] < 4096
+    assert data["settings"]["verify_tls"] is False
+
+    if data["postfix_skipped"] is None:
+        assert data["complete_runs"]["postfix"] == 1
+        assert data["postfix_msgs_per_s"] > 0 and data["postfix_cpu_us_per_msg"] > 0
+        assert data["ratio_vs_postfix"] == pytest.approx(
+            data["quiver_msgs_per_s"] / data["postfix_msgs_per_s"], rel=0.01)
+        # Postfix's queue is on tmpfs (its fastest setting) wherever /dev/shm is one.
+        assert data["postfix_queue"] == ("tmpfs" if shm_is_tmpfs() else "disk")
+    else:
+        assert os.geteuid() != 0 or not installed("postfix"), data["postfix_skipped"]
+        assert data["ratio_vs_postfix"] is None
+
+    # Nothing left behind: the work directory is gone and no process still uses it.
+    work = data["work_dir"]
+    assert work and not Path(work).exists()
+    leftovers = [pid for pid in os.listdir("/proc")
+                 if pid.isdigit() and mentions(pid, work.encode())]
+    assert leftovers == []
+    # Postfix's queue on tmpfs is removed too.
+    assert set(Path("/dev/shm").glob("quiver-bench-postfix-*")) <= queues_before

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from quiver.local.children import child_process_options
 from quiver.local.dns_builtin import wait_until_answering
 from quiver.local.dns_zone import DEFAULT_TTL, Mx, Zone
 
@@ -134,6 +135,7 @@ class DnsmasqServer:
                 self.process = subprocess.Popen(
                     self._command(binary, records, host, chosen),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    **child_process_options(),
                 )
             self.address: tuple[str, int] = (host, chosen)
             if wait_until_answering(self.address, timeout=START_TIMEOUT,

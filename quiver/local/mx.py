@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quiver.local.children import child_process_options
 from quiver.local.loop_thread import LoopThread
 from quiver.local.mx_server import (
     DEFAULT_HOSTNAME,
@@ -199,7 +200,7 @@ def spawn_mx(
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             _command(config), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-            text=True, env=env,
+            text=True, env=env, **child_process_options(),
         )
     assert process.stdout is not None
     line = ""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quiver.local.children import child_process_options
 from quiver.names import resource_names
 from quiver.settings import Deployment, local_deployment
 
@@ -55,7 +56,7 @@ def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Moto
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **FAKE_CREDENTIALS},
+        env={**os.environ, **FAKE_CREDENTIALS}, **child_process_options(),
     )
     endpoint = f"http://{host}:{port}"
     deadline = time.monotonic() + 60

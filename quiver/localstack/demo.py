@@ -33,6 +33,7 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
     print_(f"starting the local stack in {root} ...")
     with stack.start():
         assert stack.deployment is not None and stack.dns is not None
+        print_(f"egress {stack.describe_egress()}")
         tally = Tally()
         pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,
                            environ=stack.env())
@@ -79,12 +80,13 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         assert stack.mx is not None
         by_source_ip = Counter(str(r["peer_ip"]) for r in stack.mx.received())
         dns_kind = stack.dns.kind
+        egress = stack.egress_mode
 
     summary = _summary(
         tally=tally, messages=messages, expected=expected, first_pass=first_pass or elapsed,
         elapsed=elapsed, objects=objects, bad_objects=bad_objects, refused=refused,
         bucket=stack.deployment.events_bucket, sender_exit=sender_exit,
-        by_source_ip=dict(sorted(by_source_ip.items())), dns=dns_kind,
+        by_source_ip=dict(sorted(by_source_ip.items())), dns=dns_kind, egress=egress,
     )
     if as_json:
         print(json.dumps(summary, sort_keys=True))
@@ -130,7 +132,8 @@ def _check_bucket(stack: LocalStack) -> tuple[int, list[str]]:
 
 def _summary(*, tally: Tally, messages: int, expected: int, first_pass: float, elapsed: float,
              objects: int, bad_objects: list[str], refused: int, bucket: str,
-             sender_exit: int, by_source_ip: dict[str, int], dns: str) -> dict[str, Any]:
+             sender_exit: int, by_source_ip: dict[str, int], dns: str,
+             egress: str) -> dict[str, Any]:
     by_domain: dict[str, dict[str, int]] = {}
     totals: Counter[str] = Counter()
     for (event, domain), n in tally.counts.items():
@@ -152,6 +155,7 @@ def _summary(*, tally: Tally, messages: int, expected: int, first_pass: float, e
         "by_domain": dict(sorted(by_domain.items())),
         "by_source_ip": by_source_ip,
         "dns": dns,
+        "egress": egress,
     }
 
 
@@ -168,7 +172,7 @@ def _print_table(s: dict[str, Any], root: Path) -> None:
     print(f"messages {s['messages']}, recipients {s['recipients']}, final {s['final']}")
     print(f"first pass {s['first_pass_s']} s ({s['msgs_per_s']} msg/s); "
           f"all final after {s['elapsed_s']} s (retries and expiry included)")
-    print(f"deliveries by egress IP: {s['by_source_ip']}")
+    print(f"deliveries by egress IP ({s['egress']}): {s['by_source_ip']}")
     print(f"event files: {s['event_objects']} objects in {s['events_bucket']} "
           f"(local moto server; logs in {root / 'logs'})")
     if s["invalid_event_objects"]:

@@ -99,9 +99,13 @@ class ExportPump:
         os.environ.update(self._environ)
         os.environ[ENV_EVENTS_BUCKET] = self._deployment.events_bucket
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-        from functions.event_export.handler import handler
+        from functions.event_export import handler as export
 
-        self._handler = handler
+        # The handler caches its AWS clients per process, as Lambda would; a second
+        # local stack in the same process has another endpoint, so start afresh.
+        export._s3 = None
+        export._finals = None
+        self._handler = export.handler
         self._thread.start()
 
     def stop(self) -> None:

@@ -21,13 +21,15 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy_tier.render import HEALTH_URI, render_haproxy_config
+from quiver.local.children import child_process_options
 from quiver.policy import Policy
 
 # `LocalStack(haproxy=None)` uses HAProxy when it is installed, unless this is 0.
@@ -95,19 +97,21 @@ class EgressNode:
         if self.running:
             return
         with self.log_path.open("ab") as log:
-            # Its own session: a Ctrl-C meant for `quiver local` does not cut the node
-            # down before the stack stops it in order.
+            # As every local server: a session of its own (a Ctrl-C meant for `quiver
+            # local` does not cut the node down before the stack stops it in order),
+            # and it goes when its parent dies.
             self.process = subprocess.Popen(
                 [self.binary, "-db", "-f", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                **child_process_options(),
             )
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"haproxy for egress node {self.name} exited with "
-                    f"{self.process.returncode}; see {self.log_path}"
+                    f"{self.process.returncode}; see {self.log_path} (or set "
+                    f"{ENV_SWITCH}=0 to send without HAProxy)"
                 )
             if time.monotonic() > deadline:
                 self.stop()
@@ -188,3 +192,25 @@ def stop_nodes(nodes: Mapping[str, EgressNode]) -> None:
     for node in nodes.values():
         with contextlib.suppress(Exception):
             node.stop()
+
+
+def free_port_on(addresses: Sequence[str], *, avoid: Collection[int] = (), tries: int = 50) -> int:
+    """A TCP port free on every one of `addresses` right now (the caller binds it soon)."""
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
+            first.bind((addresses[0], 0))
+            port: int = first.getsockname()[1]
+            if port in avoid:
+                continue
+            if all(_can_bind(address, port) for address in addresses[1:]):
+                return port
+    raise RuntimeError(f"no TCP port free on all of {', '.join(addresses)} after {tries} tries")
+
+
+def _can_bind(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+        return True

@@ -35,6 +35,7 @@ Quiver local stack is up.
   events bucket       s3://{stack.deployment.events_bucket}/events/
   DNS ({stack.dns.kind:<8})      {stack.nameserver}   (zones: {', '.join(MX_DOMAINS)}, ...)
   receiving MX        {stack.mx.address[0]}:{stack.mx.address[1]}   (keeps mail in {root / 'mx'})
+  egress              {stack.describe_egress()}
   policy              {stack.policy_path}
   sender log          {root / 'logs' / 'sender.log'}
 

@@ -19,6 +19,14 @@ from quiver.local.dns import DnsServer, Zone, start_dns
 from quiver.local.mx import MxProcess, spawn_mx
 from quiver.local.tls import issue_cert, make_local_ca
 from quiver.localstack import moto_server
+from quiver.localstack.haproxy import (
+    EgressNode,
+    choose_haproxy,
+    free_port_on,
+    start_nodes,
+    stop_nodes,
+)
+from quiver.policy import load_policy
 from quiver.settings import Deployment, deployment_env
 
 MX_HOSTS = ("mx1.quiver.local.test", "mx2.quiver.local.test")
@@ -38,6 +46,17 @@ DKIM_DOMAINS = (
     ("alerts.quiver-demo.test", "e1", "ed25519-sha256"),
 )
 EGRESS_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+EGRESS_SOURCES = ("local1", "local2", "local3")
+# HAProxy mode: two egress nodes stand for two AZs. Their primary addresses carry
+# only the health endpoint, apart from the sources' addresses, as on a real node.
+PROXY_NODES = (("n1", "local-a", "127.0.0.10"), ("n2", "local-b", "127.0.0.11"))
+# Pool `shared` (local1, local2) spans both nodes, as a production pool must to
+# keep sending when one AZ goes away; `bulk` (local3) lives on n1 alone.
+SOURCE_NODES = {"local1": "n1", "local2": "n2", "local3": "n1"}
+# The policy's egress part (proxy, sources, pools) sits between these lines, so a
+# policy variant can swap it whole (`with_egress`).
+EGRESS_BEGIN = "# egress: begin"
+EGRESS_END = "# egress: end"
 
 POLICY_TEMPLATE = """\
 # Written by the local stack; regenerated on every start.
@@ -80,10 +99,69 @@ max_connections = 20
 """
 
 
+@dataclass(frozen=True)
+class ProxyPorts:
+    """Where the local egress nodes listen and what they may connect to."""
+
+    frontend: int
+    health: int
+    allowed: tuple[int, ...]
+
+
+def egress_toml(proxy: ProxyPorts | None) -> str:
+    """The policy's egress part: sources and pools, and with `proxy` the HAProxy tier.
+
+    Without `proxy` each source binds its address directly. With it, each source
+    lives on a node (its frontend is (local_ip, proxy.frontend)); `ip` stays equal
+    to `local_ip`, because on loopback the address the MX sees is the one the node
+    leaves from, as a public Elastic IP maps to its private address in production.
+    """
+    lines = [EGRESS_BEGIN]
+    if proxy is not None:
+        ports = ", ".join(str(p) for p in proxy.allowed)
+        lines += [
+            "[proxy]",
+            "# Real HAProxy on loopback, one process per node, configs rendered by",
+            "# proxy_tier.render as in production. Only the local stack may allow",
+            "# loopback destinations: the MX listens on 127.0.0.1.",
+            "protocol = 2",
+            f"frontend_port = {proxy.frontend}",
+            f"health_port = {proxy.health}",
+            f"allowed_ports = [{ports}]",
+            'allow_networks = ["127.0.0.0/8"]',
+            "",
+        ]
+        for node, az, address in PROXY_NODES:
+            lines += [f"[proxy.nodes.{node}]", f'az = "{az}"', f'address = "{address}"', ""]
+    for n, (name, ip) in enumerate(zip(EGRESS_SOURCES, EGRESS_IPS, strict=True), start=1):
+        lines += [f"[sources.{name}]", f'ip = "{ip}"', f'local_ip = "{ip}"']
+        if proxy is not None:
+            lines.append(f'node = "{SOURCE_NODES[name]}"')
+        lines += [f'ehlo = "o{n}.quiver.local.test"', ""]
+    lines += [
+        "[pools.shared]",
+        "sources = { local1 = 1, local2 = 1 }",
+        "",
+        "[pools.bulk]",
+        "sources = { local3 = 1 }",
+        EGRESS_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def with_egress(text: str, egress: str) -> str:
+    """`text` (a local stack policy) with its egress part replaced by `egress`."""
+    start, end = text.index(EGRESS_BEGIN), text.index(EGRESS_END) + len(EGRESS_END)
+    return text[:start] + egress.rstrip("\n") + text[end:]
+
+
 @dataclass
 class LocalStack:
     root: Path
     max_age: str = "12s"
+    # Egress through real HAProxy nodes: None uses them when haproxy is installed
+    # (unless QUIVER_LOCAL_HAPROXY=0), True insists, False binds each source directly.
+    haproxy: bool | None = None
     moto: moto_server.MotoServer | None = None
     dns: DnsServer | None = None
     mx: MxProcess | None = None
@@ -91,6 +169,7 @@ class LocalStack:
     policy_path: Path | None = None
     ca_file: Path | None = None
     zone: Zone = field(default_factory=Zone)
+    proxy_nodes: dict[str, EgressNode] = field(default_factory=dict)
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -120,10 +199,42 @@ class LocalStack:
         )
         dkim_toml = self._keys_and_zone()
         self.dns = start_dns(self.zone, prefer=dns_prefer)
+        mx_port = self.mx.address[1]
+        binary = choose_haproxy(self.haproxy, os.environ)
+        proxy = None
+        if binary is not None:
+            frontend = free_port_on(EGRESS_IPS, avoid=[mx_port])
+            health = free_port_on([a for _, _, a in PROXY_NODES], avoid=[mx_port, frontend])
+            proxy = ProxyPorts(frontend=frontend, health=health, allowed=(mx_port,))
         self.policy_path = self.root / "policy.toml"
         self.policy_path.write_text(POLICY_TEMPLATE.format(
-            mx_port=self.mx.address[1], ca_file=ca_cert, max_age=self.max_age, dkim=dkim_toml,
+            mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age, dkim=dkim_toml,
+            egress=egress_toml(proxy),
         ))
+        if binary is not None:
+            # The same policy object the sender will load decides what each node serves.
+            self.proxy_nodes = start_nodes(
+                load_policy(self.policy_path), binary=binary, run_dir=self.root / "haproxy",
+                log_dir=self.root / "logs",
+            )
+
+    @property
+    def egress_mode(self) -> Literal["haproxy", "direct"]:
+        return "haproxy" if self.proxy_nodes else "direct"
+
+    def describe_egress(self) -> str:
+        """One line for people: how mail leaves the local stack."""
+        if not self.proxy_nodes:
+            return f"direct: sources bind {', '.join(EGRESS_IPS)}"
+        by_node: dict[str, list[str]] = {}
+        for name, ip in zip(EGRESS_SOURCES, EGRESS_IPS, strict=True):
+            by_node.setdefault(SOURCE_NODES[name], []).append(ip)
+        nodes = "; ".join(
+            f"{node} ({az}, health {address}:{self.proxy_nodes[node].health[1]}) "
+            f"sends from {', '.join(by_node.get(node, []))}"
+            for node, az, address in PROXY_NODES
+        )
+        return f"haproxy: {nodes}"
 
     def _keys_and_zone(self) -> str:
         zone = self.zone
@@ -210,6 +321,8 @@ class LocalStack:
     def stop(self) -> None:
         for process in list(self._senders):
             self.stop_sender(process)
+        stop_nodes(self.proxy_nodes)
+        self.proxy_nodes = {}
         for server in (self.mx, self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.

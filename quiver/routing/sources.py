@@ -17,13 +17,13 @@ class SourcePicker:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._current: dict[tuple[str, str], int] = {}
-        self._down: set[str] = set()
+        self._down: dict[str, str] = {}  # source → why it is down
 
-    def mark_down(self, source: str) -> None:
-        self._down.add(source)
+    def mark_down(self, source: str, why: str = "") -> None:
+        self._down[source] = why
 
     def mark_up(self, source: str) -> None:
-        self._down.discard(source)
+        self._down.pop(source, None)
 
     def is_up(self, source: str) -> bool:
         return source not in self._down
@@ -37,7 +37,9 @@ class SourcePicker:
             raise NoSourceAvailable(f"unknown pool {pool_name!r}")
         candidates = [(s, w) for s, w in pool.sources if s not in self._down]
         if not candidates:
-            raise NoSourceAvailable(f"every source of pool {pool_name!r} is down")
+            reasons = sorted({self._down[s] for s, _ in pool.sources if self._down.get(s)})
+            detail = f" ({'; '.join(reasons)})" if reasons else ""
+            raise NoSourceAvailable(f"every source of pool {pool_name!r} is down{detail}")
         total = 0
         best: str | None = None
         best_value = 0

@@ -45,7 +45,10 @@ class ProxyHealth:
             self.down.add(node)
             log.warning("proxy %s is down (%s); its sources are skipped", node, why)
         for source in self._sources_of(node):
-            (self._picker.mark_up if healthy else self._picker.mark_down)(source)
+            if healthy:
+                self._picker.mark_up(source)
+            else:
+                self._picker.mark_down(source, f"proxy {node} is down: {why}")
 
     async def check(self, node: str) -> bool:
         """Probe one node now and record the result."""

@@ -133,6 +133,11 @@ class SmtpSession:
     ) -> TransactionResult:
         """One transaction; SessionError('transaction') if the connection is lost."""
         result = TransactionResult()
+        if not self._smtp.is_connected:
+            # Closed while idle (the server's timeout, or its proxy died): nothing of
+            # this message was sent, so it is not its attempt.
+            raise SessionError(
+                "reused", local_reply(421, "4.4.2", "connection closed while idle"))
         try:
             try:
                 await self._smtp.mail(sender)

@@ -122,8 +122,16 @@ class SqsQueue:
         await self._retrying(self._client.send_message_batch, entries)
 
     async def _batch(self, fn: Callable[..., Any], entries: list[dict[str, Any]]) -> None:
+        # Every chunk is tried: one stale receipt handle must not leave the messages
+        # of the next chunks undeleted or invisible.
+        errors = []
         for start in range(0, len(entries), SQS_BATCH):
-            await self._retrying(fn, entries[start:start + SQS_BATCH])
+            try:
+                await self._retrying(fn, entries[start:start + SQS_BATCH])
+            except StorageError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise StorageError("; ".join(errors))
 
     async def _retrying(self, fn: Callable[..., Any], entries: list[dict[str, Any]]) -> None:
         pending = entries

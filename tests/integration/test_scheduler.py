@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def fast_retry(text: str) -> str:
-    """Deterministic, compressed retry schedule: attempts at ~0, 1, 3, 5 s; max age 6 s.
+    """Deterministic, compressed retry schedule: delays of 1 s then 2 s (SQS delays are whole
+    seconds, rounded up), so attempts come at about 0, 2, 5 and 7 s within max age 8 s.
     delta.test gets one connection at a time, so a connection carries several messages."""
     return (text.replace('jitter = 0.2', 'jitter = 0')
                 .replace('cap = "4s"', 'cap = "2s"')
@@ -50,7 +51,7 @@ def mx_times(running: Running, peer: str) -> list[float]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    with running_stack(tmp_path_factory.mktemp("sched"), max_age="6s",
+    with running_stack(tmp_path_factory.mktemp("sched"), max_age="8s",
                        start_sender=False) as running:
         yield running
 

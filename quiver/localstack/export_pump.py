@@ -12,14 +12,17 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
-from quiver.settings import ENV_EVENTS_BUCKET, Deployment
+from quiver.finals import FinalsTable
+from quiver.localstack import moto_server
+from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE, Deployment
 
 log = logging.getLogger("quiver.local")
+# The export handler's clients and settings are per process: one invocation at a time.
+_HANDLER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -91,22 +94,43 @@ class ExportPump:
         self._tally = on_records
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="export-pump", daemon=True)
-        self._handler: Callable[[dict[str, Any], Any], Any] | None = None
+        self._export: Any = None
+        self._clients: tuple[Any, FinalsTable | None] | None = None
 
     def start(self) -> None:
-        # The handler reads its settings and AWS endpoint from the environment, as in
-        # Lambda; this process is the local stack's, so setting them here is safe.
-        os.environ.update(self._environ)
-        os.environ[ENV_EVENTS_BUCKET] = self._deployment.events_bucket
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
         from functions.event_export import handler as export
 
-        # The handler caches its AWS clients per process, as Lambda would; a second
-        # local stack in the same process has another endpoint, so start afresh.
-        export._s3 = None
-        export._finals = None
-        self._handler = export.handler
+        endpoint = self._environ["AWS_ENDPOINT_URL"]
+        finals = (FinalsTable(moto_server.client(endpoint, "dynamodb"),
+                              self._deployment.finals_table)
+                  if self._deployment.finals_table else None)
+        self._clients = (moto_server.client(endpoint, "s3"), finals)
+        self._export = export
         self._thread.start()
+
+    def _invoke(self, event: dict[str, Any]) -> Any:
+        """Run the Lambda handler with this stack's clients and settings.
+
+        The handler keeps its clients and reads its settings per process, as in
+        Lambda; several local stacks can share a process (tests), so each call
+        installs this stack's, under a lock, and puts the environment back.
+        """
+        assert self._clients is not None
+        settings = {ENV_EVENTS_BUCKET: self._deployment.events_bucket,
+                    ENV_FINALS_TABLE: self._deployment.finals_table}
+        with _HANDLER_LOCK:
+            saved = {k: os.environ.get(k) for k in settings}
+            os.environ.update({k: v for k, v in settings.items() if v})
+            self._export._s3, self._export._finals = self._clients
+            try:
+                return self._export.handler(event, LambdaContext())
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,11 +146,8 @@ class ExportPump:
         messages = response.get("Messages", [])
         if not messages:
             return 0
-        assert self._handler is not None
         arn = f"arn:aws:sqs:{self._deployment.region}:123456789012:{url.rsplit('/', 1)[1]}"
-        result = self._handler(
-            sqs_event(messages, queue_arn=arn, region=self._deployment.region), LambdaContext()
-        )
+        result = self._invoke(sqs_event(messages, queue_arn=arn, region=self._deployment.region))
         failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         done = [m for m in messages if m["MessageId"] not in failed]
         for m in done:

@@ -19,6 +19,7 @@ from quiver.storage.base import (
     MAX_MESSAGE_BYTES,
     MissingObject,
     Outgoing,
+    Queue,
     Received,
     StorageError,
 )
@@ -153,7 +154,7 @@ class SqsQueue:
 class SqsEventSink:
     """Publishes event records as gzip'd batches on the events queue."""
 
-    def __init__(self, queue: SqsQueue) -> None:
+    def __init__(self, queue: Queue) -> None:
         self._queue = queue
 
     async def publish(self, records: Sequence[Record]) -> None:

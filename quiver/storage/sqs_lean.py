@@ -22,7 +22,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -697,16 +697,30 @@ class LeanSqsQueue:
         return parse_received(body)
 
     async def delete(self, receipts: Sequence[str]) -> None:
-        for start in range(0, len(receipts), SQS_BATCH):
-            await self._retrying(
-                "DeleteMessageBatch", delete_entries(receipts[start:start + SQS_BATCH]))
+        await self._every_chunk("DeleteMessageBatch", delete_entries, receipts)
 
     async def change_visibility(self, receipts: Sequence[str], *, seconds: int) -> None:
+        await self._every_chunk(
+            "ChangeMessageVisibilityBatch",
+            lambda chunk: visibility_entries(chunk, seconds=seconds), receipts,
+        )
+
+    async def _every_chunk(
+        self,
+        action: str,
+        entries: Callable[[Sequence[str]], list[dict[str, Any]]],
+        receipts: Sequence[str],
+    ) -> None:
+        # Every chunk is tried: one stale receipt handle must not leave the messages
+        # of the next chunks undeleted or invisible.
+        errors = []
         for start in range(0, len(receipts), SQS_BATCH):
-            await self._retrying(
-                "ChangeMessageVisibilityBatch",
-                visibility_entries(receipts[start:start + SQS_BATCH], seconds=seconds),
-            )
+            try:
+                await self._retrying(action, entries(receipts[start:start + SQS_BATCH]))
+            except StorageError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise StorageError("; ".join(errors))
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
         for chunk in chunk_messages(messages):

@@ -48,12 +48,22 @@ async def _call(fn: Callable[..., T], **kwargs: Any) -> T:
         raise StorageError(f"{getattr(fn, '__name__', 'call')}: {exc}") from exc
 
 
-def _chunks(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def chunk_messages(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
+    """Split into SendMessageBatch requests: ≤ 10 entries and ≤ SQS_BATCH_BYTES each.
+
+    Attribute names and values count towards SQS's size limit, so they count here.
+    """
     chunks: list[list[Outgoing]] = []
     current: list[Outgoing] = []
     size = 0
     for message in messages:
-        n = len(message.body.encode())
+        n = _size(message.body) + sum(
+            _size(k) + _size(v) + 6 for k, v in message.attributes.items()
+        )
         if current and (len(current) == SQS_BATCH or size + n > SQS_BATCH_BYTES):
             chunks.append(current)
             current, size = [], 0
@@ -106,7 +116,7 @@ class SqsQueue:
         )
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
-        for chunk in _chunks(messages):
+        for chunk in chunk_messages(messages):
             entries = []
             for i, m in enumerate(chunk):
                 entry: dict[str, Any] = {"Id": str(i), "MessageBody": m.body}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from quiver.storage.aws import SQS_BATCH, SQS_BATCH_BYTES
+from quiver.storage.aws import SQS_BATCH, chunk_messages
 from quiver.storage.base import Outgoing, Received, StorageError
 from quiver.storage.sigv4 import SigV4Signer, amz_date
 
@@ -241,32 +241,6 @@ def send_entries(chunk: Sequence[Outgoing]) -> list[dict[str, Any]]:
             }
         entries.append(entry)
     return entries
-
-
-def _size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def chunk_messages(messages: Sequence[Outgoing]) -> list[list[Outgoing]]:
-    """Split into SendMessageBatch requests: ≤ 10 entries and ≤ SQS_BATCH_BYTES each.
-
-    Attribute names and values count towards SQS's size limit, so they count here.
-    """
-    chunks: list[list[Outgoing]] = []
-    current: list[Outgoing] = []
-    size = 0
-    for message in messages:
-        n = _size(message.body) + sum(
-            _size(k) + _size(v) + 6 for k, v in message.attributes.items()
-        )
-        if current and (len(current) == SQS_BATCH or size + n > SQS_BATCH_BYTES):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(message)
-        size += n
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 # ---------------------------------------------------------------------------

@@ -20,13 +20,12 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiver.storage.aws import SQS_BATCH_BYTES
+from quiver.storage.aws import SQS_BATCH_BYTES, chunk_messages
 from quiver.storage.base import Outgoing, Received, StorageError
 from quiver.storage.sigv4 import SigV4Signer, amz_date
 from quiver.storage.sqs_lean import (
     LeanSqsClient,
     _parse_head,
-    chunk_messages,
     delete_entries,
     lean_queue,
     parse_batch_failures,

@@ -14,7 +14,7 @@ class SignerSet:
     """Picks the signer for a message's From domain (exact match, case-insensitive).
 
     A subdomain does not fall back to its parent's key: which domains are signed
-    is the policy's decision, and `Policy.dkim_for` matches exactly too.
+    is the policy's decision.
     """
 
     __slots__ = ("_by_domain",)

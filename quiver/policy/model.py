@@ -161,10 +161,3 @@ class Policy:
         if source.node is None or source.local_ip is None:
             return None
         return source.local_ip, self.proxy.frontend_port
-
-    def dkim_for(self, domain: str) -> DkimKey | None:
-        domain = domain.lower()
-        for key in self.dkim:
-            if key.domain == domain:
-                return key
-        return None

@@ -25,12 +25,6 @@ class SourcePicker:
     def mark_up(self, source: str) -> None:
         self._down.pop(source, None)
 
-    def is_up(self, source: str) -> bool:
-        return source not in self._down
-
-    def pool_name(self, requested: str | None) -> str:
-        return requested or self._policy.default_pool
-
     def pick(self, pool_name: str) -> Source:
         pool = self._policy.pools.get(pool_name)
         if pool is None:

@@ -27,13 +27,16 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from quiver.localstack.moto_server import FAKE_CREDENTIALS, MotoServer, free_port
+from quiver.localstack.moto_server import (
+    FAKE_CREDENTIALS,
+    MotoServer,
+    free_port,
+    wait_for_moto,
+)
 
 ENV_CALLS = "QUIVER_BENCH_MOTO_CALLS"
 ENV_LEAN = "QUIVER_BENCH_MOTO_LEAN"
@@ -123,18 +126,8 @@ def start(*, log_dir: Path, lean: bool, host: str = "127.0.0.1"
     )
     log.close()
     endpoint = f"http://{host}:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=1):
-                return MotoServer(process=process, endpoint=endpoint, log_path=log_path), calls
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    process.kill()
-    process.wait(timeout=5)
-    raise RuntimeError(f"moto server did not answer within 60 s; see {log_path}")
+    wait_for_moto(process, endpoint=endpoint, log_path=log_path)
+    return MotoServer(process=process, endpoint=endpoint, log_path=log_path), calls
 
 
 if __name__ == "__main__":

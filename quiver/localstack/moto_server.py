@@ -58,7 +58,14 @@ def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Moto
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, **FAKE_CREDENTIALS}, **child_process_options(),
     )
+    log.close()
     endpoint = f"http://{host}:{port}"
+    wait_for_moto(process, endpoint=endpoint, log_path=log_path)
+    return MotoServer(process=process, endpoint=endpoint, log_path=log_path)
+
+
+def wait_for_moto(process: subprocess.Popen[bytes], *, endpoint: str, log_path: Path) -> None:
+    """Wait until moto's server answers; RuntimeError (and the process killed) if not."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -66,10 +73,11 @@ def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Moto
         try:
             # Loopback http URL built here, never user input.
             with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=1):  # noqa: S310
-                return MotoServer(process=process, endpoint=endpoint, log_path=log_path)
+                return
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
     process.kill()
+    process.wait(timeout=5)
     raise RuntimeError(f"moto server did not answer within 60 s; see {log_path}")
 
 

@@ -18,7 +18,8 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 
 from quiver.dkim import DEFAULT_SIGNED_HEADERS, DkimSigner, dns_txt_value, generate_private_key
-from quiver.dkim.canon import relaxed_body, relaxed_header, split_message, to_crlf
+from quiver.dkim.canon import relaxed_body, relaxed_header, split_message
+from quiver.message import to_crlf
 
 RUNS = 7
 # Each run lasts about this long (bounded by MAX_PER_RUN messages), so the whole

@@ -72,7 +72,7 @@ ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AWS API calls (boto3/botocore/urllib3 on the thread pool)",
      ("botocore/", "boto3/", "urllib3/", "concurrent/futures/", "http/client.py",
       "stdlib/http/", "stdlib/concurrent/")),
-    ("SMTP client (aiosmtplib, quiver.smtp, quiver.scheduler)",
+    ("SMTP client (quiver.smtp, quiver.scheduler)",
      ("aiosmtplib/", "quiver/smtp/", "quiver/scheduler/")),
     ("envelope, events, completion, storage",
      ("quiver/envelope.py", "quiver/events.py", "quiver/sender/complete.py",

@@ -15,7 +15,6 @@ import re
 from quiver.dkim.errors import DkimError
 
 CRLF = b"\r\n"
-_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 # RFC 5322 ftext: printable ASCII except ':'. "Name :" (obsolete syntax) is
 # refused rather than signed, since verifiers disagree on how to read it.
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
@@ -24,16 +23,6 @@ _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 _QUOTE = 40
 
 Field = tuple[bytes, bytes]
-
-
-def to_crlf(message: bytes) -> bytes:
-    """`message` with every line end (CRLF, LF, lone CR) written as CRLF."""
-    cr = message.count(b"\r")
-    if cr == 0:
-        return message.replace(b"\n", CRLF)
-    if cr == message.count(b"\n") == message.count(CRLF):
-        return message
-    return _LINE_END.sub(CRLF, message)
 
 
 def split_message(message: bytes) -> tuple[list[Field], bytes]:

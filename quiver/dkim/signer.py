@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 
-from quiver.dkim.canon import relaxed_body, relaxed_header, relaxed_value, split_message, to_crlf
+from quiver.dkim.canon import relaxed_body, relaxed_header, relaxed_value, split_message
 from quiver.dkim.errors import DkimError
 from quiver.dkim.keys import Algorithm, PrivateKey, check_algorithm, load_private_key
+from quiver.message import to_crlf
 
 # The header fields signed when a key names none. A field in the list is signed
 # only if the message has it; listing more costs nothing.

@@ -88,20 +88,23 @@ def start_mx(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     offer_starttls: bool = True,
+    offer_pipelining: bool = True,
     hostname: str = DEFAULT_HOSTNAME,
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
 ) -> MxServer:
     """Start the MX in this process; it listens when this returns.
 
-    STARTTLS is offered when a cert and key are given, unless offer_starttls is False.
+    STARTTLS is offered when a cert and key are given, unless offer_starttls is False;
+    PIPELINING unless offer_pipelining is False (aiosmtpd serves pipelined commands
+    either way; the flag only changes what EHLO says, so clients take either path).
     Port 0 picks a free port (see `.address`). The listener on 127.0.0.1 accepts
     connections from any 127.x source address.
     """
     return MxServer(MxConfig(
         store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-        offer_starttls=offer_starttls, hostname=hostname, tarpit_seconds=tarpit_seconds,
-        max_rcpts_per_txn=max_rcpts_per_txn,
+        offer_starttls=offer_starttls, offer_pipelining=offer_pipelining, hostname=hostname,
+        tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
     ))
 
 
@@ -170,6 +173,8 @@ def _command(config: MxConfig) -> list[str]:
         cmd += ["--tls-cert", str(config.tls_cert), "--tls-key", str(config.tls_key)]
     if not config.offer_starttls:
         cmd.append("--no-starttls")
+    if not config.offer_pipelining:
+        cmd.append("--no-pipelining")
     return cmd
 
 
@@ -181,6 +186,7 @@ def spawn_mx(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     offer_starttls: bool = True,
+    offer_pipelining: bool = True,
     hostname: str = DEFAULT_HOSTNAME,
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
@@ -188,8 +194,8 @@ def spawn_mx(
     """Start the MX as a child process and wait for its ready line; stderr goes to mx.log."""
     config = MxConfig(
         store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-        offer_starttls=offer_starttls, hostname=hostname, tarpit_seconds=tarpit_seconds,
-        max_rcpts_per_txn=max_rcpts_per_txn,
+        offer_starttls=offer_starttls, offer_pipelining=offer_pipelining, hostname=hostname,
+        tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
     )
     store_dir.mkdir(parents=True, exist_ok=True)
     package_root = str(Path(__file__).resolve().parents[2])
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--no-starttls", action="store_true", help="do not offer STARTTLS")
+    parser.add_argument("--no-pipelining", action="store_true", help="do not offer PIPELINING")
     parser.add_argument("--hostname", default=DEFAULT_HOSTNAME)
     parser.add_argument("--tarpit-seconds", type=float, default=DEFAULT_TARPIT_SECONDS)
     parser.add_argument("--max-rcpts-per-txn", type=int, default=DEFAULT_MAX_RCPTS_PER_TXN)
@@ -261,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.listen
     config = MxConfig(
         store_dir=args.store, host=host, port=port, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, offer_starttls=not args.no_starttls, hostname=args.hostname,
+        tls_key=args.tls_key, offer_starttls=not args.no_starttls,
+        offer_pipelining=not args.no_pipelining, hostname=args.hostname,
         tarpit_seconds=args.tarpit_seconds, max_rcpts_per_txn=args.max_rcpts_per_txn,
     )
     config.store_dir.mkdir(parents=True, exist_ok=True)

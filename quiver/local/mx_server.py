@@ -44,6 +44,7 @@ class MxConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     offer_starttls: bool = True
+    offer_pipelining: bool = True
     hostname: str = DEFAULT_HOSTNAME
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN
@@ -76,6 +77,21 @@ class _Hooks:
         self.store = store
         self.greylisted: set[str] = set()
         self.live: set[_Connection] = set()
+
+    async def handle_EHLO(
+        self,
+        server: _Connection,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.config.offer_pipelining and len(responses) > 1:
+            # aiosmtpd reads pipelined commands line by line anyway; saying so lets
+            # clients send MAIL, RCPT and DATA in one write (RFC 2920).
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self,

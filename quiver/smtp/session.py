@@ -1,27 +1,38 @@
-"""One SMTP connection to a receiving MX, direct or through an HAProxy egress node.
+"""One SMTP session with a receiving MX, direct or through an HAProxy egress node.
 
-Safety lives here so no caller can skip it: the exact IP about to be connected is
-checked against the destination guard; through a proxy the PROXY header is the
-first thing written; STARTTLS always verifies against the MX host name when
-verification is on (aiosmtplib's automatic STARTTLS is disabled because with a
-pre-connected socket it has no name to check against). aiosmtplib normalises
-line endings and dot-stuffs the message in its framing code.
+Safety lives here and below (`framing`, `wire`) so no caller can skip it: the
+exact IP about to be connected is checked against the destination guard; through
+a proxy the PROXY header is the first thing written; STARTTLS always verifies
+against the MX host name when verification is on, and a failed handshake never
+falls back to plaintext on that connection.
+
+A transaction is one write and one wait when the server offers PIPELINING
+(RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
+Without it each command waits for its reply, as RFC 5321 requires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiosmtplib
-from aiosmtplib import SMTPResponseException, SMTPServerDisconnected
-
 from quiver import proxy_protocol
 from quiver.routing.safety import DestinationGuard
+from quiver.smtp import framing
+from quiver.smtp.reader import RawReply
 from quiver.smtp.reply import Reply, local_reply, parse_reply
+from quiver.smtp.wire import Disconnected, ReplyTimeout, SmtpWire, WireError
+
+# QUIT is a courtesy: the session is over either way, so its wait is short.
+QUIT_TIMEOUT = 2.0
+_RSET = b"RSET\r\n"
+_DATA = b"DATA\r\n"
+_QUIT = b"QUIT\r\n"
+_STARTTLS = b"STARTTLS\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +45,9 @@ class Target:
 class SessionError(Exception):
     """The connection failed as a whole; `reply` is what the events carry.
 
-    `stage` says where: 'connect' (TCP or proxy), 'banner', 'ehlo', 'tls', or
-    'transaction' (the connection dropped mid-transaction).
+    `stage` says where: 'connect' (TCP or proxy), 'banner', 'ehlo', 'tls',
+    'transaction' (the connection dropped mid-transaction), or 'reused' (a reused
+    connection turned out closed before this transaction sent anything).
     """
 
     def __init__(self, stage: str, reply: Reply, target: Target | None = None) -> None:
@@ -62,12 +74,32 @@ class TransactionResult:
     replies: dict[str, Reply] = field(default_factory=dict)
 
 
+class _ClosedWhileIdle(Exception):
+    pass
+
+
+def _positive(reply: RawReply) -> bool:
+    return 200 <= reply[0] < 300
+
+
+def _reply(raw: RawReply) -> Reply:
+    return parse_reply(raw[0], raw[1])
+
+
 class SmtpSession:
-    def __init__(self, smtp: aiosmtplib.SMTP, *, target: Target, tls_version: str | None) -> None:
-        self._smtp = smtp
+    def __init__(
+        self, wire: SmtpWire, *, target: Target, ehlo: str, command_timeout: float
+    ) -> None:
+        self._wire = wire
+        self._ehlo_name = ehlo
+        self._timeout = command_timeout
         self.target = target
-        self.tls_version = tls_version
+        self.tls_version: str | None = None
+        self.extensions: frozenset[str] = frozenset()
         self.messages_sent = 0
+        # A transaction was opened (MAIL accepted) and not completed: the next one
+        # starts with RSET.
+        self._needs_rset = False
 
     @classmethod
     async def open(
@@ -85,116 +117,232 @@ class SmtpSession:
                 "connect", local_reply(550, "5.4.4", f"refusing to connect to {why}")
             )
         sock = await _connect(target, egress, connect_timeout)
-        smtp = aiosmtplib.SMTP(
-            sock=sock, local_hostname=egress.ehlo, timeout=command_timeout, start_tls=False,
-        )
+        loop = asyncio.get_running_loop()
+        wire = SmtpWire(loop)
         try:
-            await smtp.connect(timeout=connect_timeout)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            sock.close()
-            raise SessionError("banner", parse_reply(exc.code, exc.message)) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await loop.create_connection(lambda: wire, sock=sock)
+        except OSError as exc:
             sock.close()
             raise SessionError(
-                "banner", local_reply(421, "4.4.2", f"no banner from {target.mx_name}: {exc}")
+                "connect", local_reply(421, "4.4.1", f"connect to {target.ip}: {exc}")
             ) from None
-        session = cls(smtp, target=target, tls_version=None)
-        await session._hello(tls_context)
+        session = cls(wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
+        try:
+            await session._greet(tls_context, connect_timeout)
+        except BaseException:
+            wire.abort()
+            raise
         return session
 
-    async def _hello(self, tls_context: ssl.SSLContext | None) -> None:
+    @property
+    def pipelining(self) -> bool:
+        return "PIPELINING" in self.extensions
+
+    @property
+    def is_open(self) -> bool:
+        return self._wire.usable
+
+    async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float) -> None:
         try:
-            await self._smtp.ehlo()
-        except SMTPResponseException as exc:
-            self._smtp.close()
-            raise SessionError("ehlo", parse_reply(exc.code, exc.message)) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            self._smtp.close()
-            raise SessionError("ehlo", local_reply(421, "4.4.2", f"EHLO failed: {exc}")) from None
-        if tls_context is None or not self._smtp.supports_extension("starttls"):
+            (banner,) = await self._wire.exchange(None, replies=1, timeout=connect_timeout)
+        except WireError as exc:
+            raise SessionError("banner", local_reply(
+                421, "4.4.2", f"no banner from {self.target.mx_name}: {exc}")) from None
+        if banner[0] != 220:
+            raise SessionError("banner", _reply(banner))
+        await self._hello()
+        if tls_context is None or "STARTTLS" not in self.extensions:
             return
         try:
-            await self._smtp.starttls(
-                server_hostname=self.target.mx_name, tls_context=tls_context
-            )
-        except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError) as exc:
-            self._smtp.close()
-            # A failed handshake never falls back to plaintext on this connection:
-            # the recipients are deferred and the site backs off.
-            raise SessionError(
-                "tls", local_reply(421, "4.7.5", f"STARTTLS with {self.target.mx_name}: {exc}")
-            ) from None
-        transport = self._smtp.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport else None
-        self.tls_version = ssl_object.version() if ssl_object is not None else None
+            (answer,) = await self._wire.exchange(_STARTTLS, replies=1, timeout=self._timeout)
+            if answer[0] != 220:
+                raise SessionError("tls", local_reply(
+                    421, "4.7.5", f"STARTTLS with {self.target.mx_name}: refused: "
+                    f"{answer[0]} {answer[1]}"))
+            self.tls_version = await self._wire.start_tls(
+                tls_context, server_hostname=self.target.mx_name, timeout=self._timeout)
+        except (WireError, ssl.SSLError, OSError, TimeoutError) as exc:
+            # The recipients are deferred and the site backs off; never plaintext here.
+            raise SessionError("tls", local_reply(
+                421, "4.7.5", f"STARTTLS with {self.target.mx_name}: {exc}")) from None
+        # RFC 3207 4.2: what the server said before TLS is forgotten; ask again.
+        self.extensions = frozenset()
+        await self._hello()
+
+    async def _hello(self) -> None:
+        try:
+            (reply,) = await self._wire.exchange(
+                framing.ehlo(self._ehlo_name), replies=1, timeout=self._timeout)
+            if 500 <= reply[0] < 600 and reply[0] != 554:
+                # EHLO not understood (RFC 5321 4.1.4): plain HELO, no extensions.
+                (reply,) = await self._wire.exchange(
+                    framing.ehlo(self._ehlo_name, verb="HELO"), replies=1,
+                    timeout=self._timeout)
+                if _positive(reply):
+                    return
+        except WireError as exc:
+            raise SessionError("ehlo", local_reply(421, "4.4.2", f"EHLO failed: {exc}")) from None
+        if not _positive(reply):
+            raise SessionError("ehlo", _reply(reply))
+        lines = reply[1].split("\n")[1:]
+        self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
 
     async def send(
         self, *, sender: str, recipients: Sequence[str], message: bytes
     ) -> TransactionResult:
-        """One transaction; SessionError('transaction') if the connection is lost."""
-        result = TransactionResult()
-        if not self._smtp.is_connected:
+        """One transaction; SessionError('transaction') if the connection is lost in it,
+        SessionError('reused') if it was found closed before anything was sent."""
+        if not self._wire.usable:
             # Closed while idle (the server's timeout, or its proxy died): nothing of
             # this message was sent, so it is not its attempt.
-            raise SessionError(
-                "reused", local_reply(421, "4.4.2", "connection closed while idle"))
+            raise SessionError("reused", self._idle_close_reply())
+        commands = framing.envelope(sender, recipients)
         try:
-            try:
-                await self._smtp.mail(sender)
-            except SMTPResponseException as exc:
-                reply = parse_reply(exc.code, exc.message)
-                return TransactionResult({r: reply for r in recipients})
-            except (SMTPServerDisconnected, OSError) as exc:
-                if not self.messages_sent:
-                    raise
-                # A reused connection the server had already closed (idle timeout):
-                # nothing of this message was sent, so it is not its failure.
-                self._smtp.close()
-                raise SessionError(
-                    "reused", local_reply(421, "4.4.2", f"connection closed while idle: {exc}")
-                ) from None
-            accepted = []
-            for rcpt in recipients:
-                try:
-                    await self._smtp.rcpt(rcpt)
-                    accepted.append(rcpt)
-                except SMTPResponseException as exc:
-                    # A recipient refused at RCPT does not stop the others.
-                    result.replies[rcpt] = parse_reply(exc.code, exc.message)
-            if accepted:
-                try:
-                    response = await self._smtp.data(message)
-                    reply = parse_reply(response.code, response.message)
-                except SMTPResponseException as exc:
-                    reply = parse_reply(exc.code, exc.message)
-                for rcpt in accepted:
-                    result.replies[rcpt] = reply
-            else:
-                await self._smtp.rset()
-        except SMTPServerDisconnected as exc:
-            self._smtp.close()
+            if self.pipelining:
+                return await self._pipelined(commands, recipients, message)
+            return await self._lockstep(commands, recipients, message)
+        except _ClosedWhileIdle:
+            self._wire.abort()
+            raise SessionError("reused", self._idle_close_reply()) from None
+        except WireError as exc:
+            self._wire.abort()
+            kind = "timed out" if isinstance(exc, ReplyTimeout) else "connection lost"
             raise SessionError(
-                "transaction", local_reply(451, "4.4.2", f"connection lost: {exc}")
-            ) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            self._smtp.close()
-            raise SessionError(
-                "transaction", local_reply(451, "4.4.2", f"transaction failed: {exc}")
-            ) from None
-        self.messages_sent += 1
+                "transaction", local_reply(451, "4.4.2", f"{kind}: {exc}")) from None
+
+    async def _first(self, data: bytes | list[bytes], replies: int) -> list[RawReply]:
+        """The transaction's first exchange. On a reused connection, a close before any
+        reply means the server had dropped it while idle: nothing was delivered."""
+        try:
+            return await self._wire.exchange(data, replies=replies, timeout=self._timeout)
+        except Disconnected as exc:
+            if not exc.replies and self.messages_sent:
+                raise _ClosedWhileIdle from None
+            raise
+
+    async def _pipelined(
+        self, commands: list[bytes], recipients: Sequence[str], message: bytes
+    ) -> TransactionResult:
+        rset = self._needs_rset
+        group = [_RSET, *commands, _DATA] if rset else [*commands, _DATA]
+        try:
+            replies = await self._first(group, len(group))
+        except WireError as exc:
+            # The server refused the transaction, then closed (a 421 typically): that
+            # refusal, not the close, is what each recipient got.
+            got = exc.replies
+            if rset and got and got[0][0] != 421:
+                got = got[1:]  # past RSET's reply, to MAIL's
+            if not got or _positive(got[0]):
+                raise
+            return self._all(recipients, got[0])
+        if rset:
+            if replies[0][0] == 421:
+                return self._all(recipients, replies[0])
+            replies = replies[1:]
+        self._needs_rset = False
+        mail, data = replies[0], replies[-1]
+        if not _positive(mail):
+            # No transaction was opened: RCPT and DATA failed as "bad sequence".
+            if data[0] == 354:
+                await self._empty_data()
+            return self._all(recipients, mail)
+        result, accepted = self._rcpt_results(recipients, replies[1:-1])
+        if accepted and data[0] == 354:
+            return await self._finish(result, accepted, message)
+        if data[0] == 354:
+            # RFC 2920 3.1: DATA accepted although every RCPT failed: end it empty.
+            await self._empty_data()
+        else:
+            self._needs_rset = True
+            refused = _reply(data)
+            for rcpt in accepted:
+                result.replies[rcpt] = refused
         return result
 
-    @property
-    def is_open(self) -> bool:
-        return self._smtp.is_connected
+    async def _lockstep(
+        self, commands: list[bytes], recipients: Sequence[str], message: bytes
+    ) -> TransactionResult:
+        wire, timeout = self._wire, self._timeout
+        if self._needs_rset:
+            (reply,) = await self._first(_RSET, 1)
+            if reply[0] == 421:
+                return self._all(recipients, reply)
+            self._needs_rset = False
+            (mail,) = await wire.exchange(commands[0], replies=1, timeout=timeout)
+        else:
+            (mail,) = await self._first(commands[0], 1)
+        if not _positive(mail):
+            return self._all(recipients, mail)
+        self._needs_rset = True
+        rcpt_replies = []
+        for command in commands[1:]:
+            (reply,) = await wire.exchange(command, replies=1, timeout=timeout)
+            rcpt_replies.append(reply)
+            if reply[0] == 421:
+                break  # the server is closing: the rest cannot be tried here
+        result, accepted = self._rcpt_results(recipients, rcpt_replies)
+        for rcpt in recipients[len(rcpt_replies):]:
+            result.replies[rcpt] = _reply(rcpt_replies[-1])
+        if not accepted:
+            return result
+        (data,) = await wire.exchange(_DATA, replies=1, timeout=timeout)
+        if data[0] != 354:
+            refused = _reply(data)
+            for rcpt in accepted:
+                result.replies[rcpt] = refused
+            return result
+        return await self._finish(result, accepted, message)
+
+    async def _finish(
+        self, result: TransactionResult, accepted: list[str], message: bytes
+    ) -> TransactionResult:
+        (final,) = await self._wire.exchange(
+            framing.data_payload(message), replies=1, timeout=self._timeout)
+        # After the reply to the end of data the server has reset the transaction,
+        # whatever the reply said.
+        self._needs_rset = False
+        self.messages_sent += 1
+        reply = _reply(final)
+        for rcpt in accepted:
+            result.replies[rcpt] = reply
+        return result
+
+    async def _empty_data(self) -> None:
+        await self._wire.exchange(framing.END_OF_DATA, replies=1, timeout=self._timeout)
+
+    @staticmethod
+    def _rcpt_results(
+        recipients: Sequence[str], replies: Sequence[RawReply]
+    ) -> tuple[TransactionResult, list[str]]:
+        result = TransactionResult()
+        accepted = []
+        for rcpt, reply in zip(recipients, replies, strict=False):
+            if _positive(reply):
+                accepted.append(rcpt)
+            else:
+                # A recipient refused at RCPT does not stop the others.
+                result.replies[rcpt] = _reply(reply)
+        return result, accepted
+
+    @staticmethod
+    def _all(recipients: Sequence[str], raw: RawReply) -> TransactionResult:
+        reply = _reply(raw)
+        return TransactionResult({r: reply for r in recipients})
+
+    def _idle_close_reply(self) -> Reply:
+        said = self._wire.unsolicited
+        text = "connection closed while idle"
+        if said is not None:
+            text += f" ({said[0]} {said[1][:200]})"
+        return local_reply(421, "4.4.2", text)
 
     async def close(self) -> None:
-        if not self._smtp.is_connected:
-            return
-        try:
-            await asyncio.wait_for(self._smtp.quit(), timeout=5.0)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            self._smtp.close()
+        wire = self._wire
+        if wire.usable:
+            with contextlib.suppress(WireError):
+                await wire.exchange(_QUIT, replies=1, timeout=QUIT_TIMEOUT)
+        wire.close()
 
 
 async def _connect(target: Target, egress: Egress, timeout: float) -> socket.socket:

@@ -1,6 +1,7 @@
-"""The wire client: STARTTLS verifies the MX name on the pre-connected socket Quiver always
-uses (aiosmtplib with `sock=` and no hostname would skip it), and the destination guard
-refuses private addresses before any connection is made."""
+"""The SMTP session against the local MX: STARTTLS verifies the MX name on the
+pre-connected socket Quiver always uses (a client handed a connected socket and no host
+name could skip that check), and the destination guard refuses private addresses before
+any connection is made."""
 
 from __future__ import annotations
 

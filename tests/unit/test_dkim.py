@@ -25,7 +25,8 @@ from quiver.dkim import (
     generate_private_key,
     signers_from_policy,
 )
-from quiver.dkim.canon import relaxed_body, relaxed_header, split_message, to_crlf
+from quiver.dkim.canon import relaxed_body, relaxed_header, split_message
+from quiver.message import to_crlf
 from quiver.policy import DkimKey
 
 T = 1_700_000_000

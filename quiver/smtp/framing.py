@@ -1,0 +1,71 @@
+"""What goes on the wire: command lines and the DATA payload.
+
+Safety at the lowest layer: every command argument is checked here, whatever
+validated it before, so no caller can put CR, LF, NUL, a space or an angle
+bracket into a command line (SMTP command injection); the message body is
+written with CRLF line ends and dot-stuffed (RFC 5321 4.5.2) here and nowhere
+else, so a bare LF or a line holding a single dot can never end the DATA early
+(SMTP smuggling).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from quiver.message import to_crlf
+
+# Printable ASCII without space and without the path's own brackets. Addresses
+# are ASCII (domains as A-labels; SMTPUTF8 is not offered) by the time they get here.
+_UNSAFE_ARG = re.compile(r"[^\x21-\x3b\x3d\x3f-\x7e]")
+# EHLO's argument is a domain or an address literal: no '<>' concern, no space.
+_UNSAFE_NAME = re.compile(r"[^\x21-\x7e]")
+END_OF_DATA = b".\r\n"
+
+
+class UnsafeArgument(ValueError):
+    """A command argument that would break out of its command line."""
+
+
+def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if pattern.search(value):
+        raise UnsafeArgument(f"{what} {value[:80]!r} has a character not allowed on the wire")
+    return value
+
+
+def ehlo(name: str, *, verb: str = "EHLO") -> bytes:
+    if not name:
+        raise UnsafeArgument(f"{verb} needs a name")
+    return f"{verb} {_checked(name, _UNSAFE_NAME, verb)}\r\n".encode("ascii")
+
+
+def envelope(sender: str, recipients: Sequence[str]) -> list[bytes]:
+    """MAIL FROM and one RCPT TO per recipient, each a complete command line.
+
+    An empty sender is the null reverse-path (`MAIL FROM:<>`) of a bounce.
+    """
+    lines = [f"MAIL FROM:<{_checked(sender, _UNSAFE_ARG, 'sender')}>\r\n".encode("ascii")]
+    for rcpt in recipients:
+        if not rcpt:
+            raise UnsafeArgument("empty recipient")
+        lines.append(f"RCPT TO:<{_checked(rcpt, _UNSAFE_ARG, 'recipient')}>\r\n".encode("ascii"))
+    return lines
+
+
+def data_payload(message: bytes) -> bytes:
+    """The message as it follows DATA's 354: CRLF line ends, dot-stuffed, ending CRLF . CRLF.
+
+    The checks are whole-buffer scans (count, find, replace): a message with no
+    line starting with '.' and already in CRLF form costs a few passes at memchr
+    speed and one copy (for the terminator).
+    """
+    body = to_crlf(message)
+    if body.startswith(b"."):
+        body = b"." + body
+    if b"\n." in body:
+        # After to_crlf every LF follows a CR, so this is every line that starts with '.'.
+        body = body.replace(b"\n.", b"\n..")
+    if not body.endswith(b"\r\n"):
+        # The terminator must start a line of its own.
+        body += b"\r\n"
+    return body + END_OF_DATA

@@ -1,0 +1,103 @@
+"""Command lines and the DATA payload: injection refused, line ends normalised, dots stuffed.
+
+Each attack class has a named test (SMTP command injection, SMTP smuggling with bare
+line ends, an early end-of-data), and the payload is checked against the receiver's view
+for arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quiver.message import to_crlf
+from quiver.smtp.framing import UnsafeArgument, data_payload, ehlo, envelope
+
+
+def unstuff(payload: bytes) -> bytes:
+    """What a receiver stores: the lines before the terminator, one leading dot removed."""
+    assert payload.endswith(b"\r\n.\r\n") or payload == b".\r\n"
+    end = payload.find(b"\r\n.\r\n")
+    assert end == len(payload) - 5 or payload == b".\r\n", "an earlier end-of-data"
+    lines = payload[: end + 2].split(b"\r\n")[:-1] if end >= 0 else []
+    return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
+def test_envelope_lines() -> None:
+    assert envelope("a@b.test", ["c@d.test", "e@f.test"]) == [
+        b"MAIL FROM:<a@b.test>\r\n", b"RCPT TO:<c@d.test>\r\n", b"RCPT TO:<e@f.test>\r\n"]
+    assert envelope("", ["c@d.test"])[0] == b"MAIL FROM:<>\r\n"  # a bounce's null path
+
+
+@pytest.mark.parametrize("bad", [
+    "a@b.test\r\nRCPT TO:<x@evil.test>", "a@b.test\nDATA", "a@b.test\rQUIT", "a\x00@b.test",
+    "a b@c.test", "a@b.test> SIZE=1", "<a@b.test", "ä@b.test", "a@b.test\t", "a@b\x7f.test",
+])
+def test_command_injection_is_refused_in_every_argument(bad: str) -> None:
+    with pytest.raises(UnsafeArgument):
+        envelope(bad, ["ok@d.test"])
+    with pytest.raises(UnsafeArgument):
+        envelope("ok@b.test", ["ok@d.test", bad])
+
+
+def test_ehlo_name_is_checked() -> None:
+    assert ehlo("o1.mail.test") == b"EHLO o1.mail.test\r\n"
+    assert ehlo("o1.mail.test", verb="HELO") == b"HELO o1.mail.test\r\n"
+    for bad in ("", "a b", "a\r\nMAIL FROM:<x@y>", "é.test"):
+        with pytest.raises(UnsafeArgument):
+            ehlo(bad)
+
+
+def test_empty_recipient_is_refused() -> None:
+    with pytest.raises(UnsafeArgument):
+        envelope("a@b.test", [""])
+
+
+def test_payload_of_a_plain_message() -> None:
+    assert data_payload(b"Subject: x\r\n\r\nhello\r\n") == b"Subject: x\r\n\r\nhello\r\n.\r\n"
+
+
+def test_leading_dots_are_stuffed() -> None:
+    payload = data_payload(b".starts\r\nmid\r\n.\r\n..two\r\nend")
+    assert payload == b"..starts\r\nmid\r\n..\r\n...two\r\nend\r\n.\r\n"
+
+
+@pytest.mark.parametrize("smuggled", [
+    b"a\n.\nMAIL FROM:<x@evil.test>\n",  # bare LF around the dot
+    b"a\r\n.\nMAIL FROM:<x@evil.test>\r\n",
+    b"a\n.\r\nMAIL FROM:<x@evil.test>\r\n",
+    b"a\r.\rMAIL FROM:<x@evil.test>\r",  # bare CR
+    b"a\r\n.\r\nMAIL FROM:<x@evil.test>\r\n",  # a plain early terminator
+])
+def test_smuggling_an_end_of_data_is_impossible(smuggled: bytes) -> None:
+    payload = data_payload(smuggled)
+    # The only CRLF . CRLF is the terminator; the receiver sees the injected line as text.
+    assert payload.count(b"\r\n.\r\n") == 1 and payload.endswith(b"\r\n.\r\n")
+    assert b"\r\nMAIL FROM:<x@evil.test>\r\n" in unstuff(payload)
+    assert b"\r" not in payload.replace(b"\r\n", b"") and b"\n" not in payload.replace(
+        b"\r\n", b"")
+
+
+def test_unterminated_last_line_gets_its_crlf() -> None:
+    assert data_payload(b"Subject: x\r\n\r\nno newline") == (
+        b"Subject: x\r\n\r\nno newline\r\n.\r\n")
+    assert data_payload(b"") == b"\r\n.\r\n"
+
+
+@pytest.mark.parametrize("length", range(990, 1002))
+def test_long_lines_travel_intact(length: int) -> None:
+    # RFC 5321 caps lines at 998 octets, but re-wrapping would break the DKIM body hash:
+    # lines go as they are, and the receiver decides.
+    line = b"x" * length
+    payload = data_payload(b"Subject: x\r\n\r\n" + line + b"\r\n")
+    assert unstuff(payload) == b"Subject: x\r\n\r\n" + line + b"\r\n"
+
+
+@given(st.binary(max_size=400))
+def test_the_receiver_gets_the_crlf_form_of_any_message(message: bytes) -> None:
+    payload = data_payload(message)
+    expected = to_crlf(message)
+    if not expected.endswith(b"\r\n"):
+        expected += b"\r\n"
+    assert unstuff(payload) == expected

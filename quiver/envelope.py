@@ -34,6 +34,7 @@ _CALLER_KEYS = frozenset(
 )
 # Bookkeeping written by quiver when it re-enqueues a deferred message.
 _RESERVED_KEYS = frozenset({"_attempt", "_not_before", "_queued_at"})
+_ALL_KEYS = _CALLER_KEYS | _RESERVED_KEYS
 
 
 class EnvelopeError(ValueError):
@@ -90,9 +91,8 @@ def decode(body: str | bytes) -> Envelope:
 
 
 def from_dict(data: dict[str, Any], *, allow_reserved: bool) -> Envelope:
-    unknown = sorted(
-        k for k in data if k not in _CALLER_KEYS and not (allow_reserved and k in _RESERVED_KEYS)
-    )
+    allowed_keys = _ALL_KEYS if allow_reserved else _CALLER_KEYS
+    unknown = [] if data.keys() <= allowed_keys else sorted(data.keys() - allowed_keys)
     if unknown:
         rule = "reserved for quiver's bookkeeping" if unknown[0].startswith("_") else "unknown key"
         allowed = ", ".join(sorted(_CALLER_KEYS))
@@ -192,7 +192,8 @@ def _body(data: dict[str, Any]) -> tuple[bytes | None, str | None]:
         if len(value) > MAX_BODY_BYTES * 4 // 3 + 4:
             raise EnvelopeError("raw", f"larger than {MAX_BODY_BYTES} bytes; use raw_s3")
         try:
-            return base64.b64decode(value, validate=True), None
+            # strict_mode: only the alphabet, correct padding, nothing after it.
+            return binascii.a2b_base64(value, strict_mode=True), None
         except (binascii.Error, ValueError):
             raise EnvelopeError("raw", "not valid base64") from None
     value = data["raw_s3"]

@@ -35,16 +35,29 @@ MAX_BATCH_RECORDS = 5000
 BATCH_FORMAT = "quiver-events-v1"
 
 Record = dict[str, Any]
+# One encoder for every line: json.dumps with options builds a new one per call.
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class EventBatchError(ValueError):
     """An events-queue message that is not a v1 batch."""
 
 
+# Every event carries a timestamp; formatting a datetime costs more than the rest of
+# the line, so the text up to the second is kept for the second it names.
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def rfc3339_ms(epoch: float) -> str:
     """UTC RFC 3339 with milliseconds, e.g. 2026-11-26T10:00:00.123Z."""
-    dt = datetime.fromtimestamp(epoch, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    global _second_cache
+    ms = int(epoch * 1000)
+    second, millis = divmod(ms, 1000)
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache = (second, prefix)
+    return f"{prefix}{millis:03d}Z"
 
 
 def make_event(
@@ -102,8 +115,9 @@ def pack_batches(records: Iterable[Record]) -> Iterator[tuple[str, str]]:
     """Pack records into (batch_id, sqs_body) pairs, each body under MAX_BATCH_BODY."""
     lines: list[bytes] = []
     size = 0
+    encode = _LINE_ENCODER.encode
     for record in records:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        line = encode(record).encode() + b"\n"
         # Compressed size is unknown until compressed; bound the raw size by a
         # conservative ratio, then check the real body and split if it is still big.
         if lines and (size + len(line) > MAX_BATCH_BODY * 3 or len(lines) >= MAX_BATCH_RECORDS):

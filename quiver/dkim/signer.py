@@ -12,6 +12,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
@@ -35,14 +36,30 @@ _FIELD = "DKIM-Signature:"
 # (';', '=', whitespace, CR/LF) would let a setting inject tags or header lines.
 _LABELS = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+# Placeholders for t= and bh= in a cached layout: never in a tag (d= and s= are
+# hostname characters, header names are printable), the same length as the value.
+_T_MARK_CHAR = "\x01"
+_BH_MARK_TEXT = "\x02" * 44  # base64 of a SHA-256 digest
+_BH_MARK = _BH_MARK_TEXT.encode("ascii")
+# Layouts kept per signer: one per distinct set of header-field counts; real
+# templates give a handful, and the bound keeps hostile variety from growing it.
+MAX_LAYOUTS = 64
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
+
+
+class _Layout(NamedTuple):
+    head: str  # the field up to "b=", folded, with the t= and bh= marks
+    relaxed: bytes  # its relaxed form as it enters the header hash
+    room: int  # characters of the signature that fit on the last line
+    t_mark: bytes
 
 
 class DkimSigner:
     """Signs with one key for one domain and selector. Build it with `from_pem`."""
 
-    __slots__ = ("_key", "_names", "algorithm", "domain", "headers", "selector")
+    __slots__ = ("_key", "_layouts", "_names", "_wanted", "algorithm", "domain", "headers",
+                 "selector")
 
     domain: str
     selector: str
@@ -72,6 +89,8 @@ class DkimSigner:
         self.headers = tuple(names)
         self._key = key
         self._names = tuple(n.encode("ascii") for n in names)
+        self._wanted = frozenset(self._names)
+        self._layouts: dict[tuple[tuple[int, ...], int], _Layout] = {}
 
     @classmethod
     def from_pem(
@@ -98,51 +117,80 @@ class DkimSigner:
         elif isinstance(timestamp, bool) or timestamp < 0:
             raise DkimError(f"timestamp must be seconds since the epoch, got {timestamp!r}")
         fields, body = split_message(to_crlf(message))
-        found: dict[bytes, list[bytes]] = {name: [] for name in self._names}
+        wanted = self._wanted
+        found: dict[bytes, list[bytes]] = {}
         for name, value in fields:
-            if name in found:
-                found[name].append(value)
-        froms = len(found[b"from"])
+            if name in wanted:
+                if name in found:
+                    found[name].append(value)
+                else:
+                    found[name] = [value]
+        froms = len(found.get(b"from", ()))
         if froms != 1:
             raise DkimError(
                 "message has no From header field" if froms == 0 else
                 f"message has {froms} From header fields; RFC 5322 3.6 allows one"
             )
-        signed_names: list[str] = []
         hashed: list[bytes] = []
         for name in self._names:
-            values = found[name]
             # RFC 6376 5.4.2: the n-th listing of a name signs its n-th instance
             # counted from the bottom.
-            for value in reversed(values):
+            for value in reversed(found.get(name, ())):
                 hashed.append(relaxed_header(name, value))
-            signed_names.extend([name.decode("ascii")] * len(values))
+        stamp = str(timestamp)
+        layout = self._layout(tuple(len(found.get(n, ())) for n in self._names), len(stamp))
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+        # The signature covers its own header field with b= empty, in relaxed form
+        # and without the final CRLF (RFC 6376 3.7).
+        hashed.append(layout.relaxed.replace(layout.t_mark, stamp.encode("ascii"))
+                      .replace(_BH_MARK, body_hash.encode("ascii")))
+        signature = base64.b64encode(self._sign(b"".join(hashed))).decode("ascii")
+        room = layout.room
+        tail = "".join(f"\r\n {signature[i:i + MAX_LINE - 1]}"
+                       for i in range(room, len(signature), MAX_LINE - 1))
+        head = layout.head.replace(layout.t_mark.decode("ascii"), stamp).replace(
+            _BH_MARK_TEXT, body_hash)
+        return f"{head}{signature[:room]}{tail}\r\n".encode("ascii")
+
+    def _layout(self, counts: tuple[int, ...], stamp_length: int) -> _Layout:
+        """The folded header field for a message whose signed fields occur `counts`
+        times each, with placeholders of the right length for t= and bh=.
+
+        Folding depends only on the lengths of the tags, and t= and bh= have fixed
+        lengths (bh= is always 44 characters), so one layout serves every message
+        with the same header fields: built once, then two replaces per message.
+        """
+        key = (counts, stamp_length)
+        layout = self._layouts.get(key)
+        if layout is not None:
+            return layout
+        signed_names: list[str] = []
+        for name, count in zip(self._names, counts, strict=True):
+            signed_names.extend([name.decode("ascii")] * count)
             if name == b"from":
                 # Over-signing: one listing more than there are From fields. It
                 # stands for an empty field, so a From added in transit breaks
                 # the signature instead of becoming the one a reader sees.
                 signed_names.append("from")
-        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+        t_mark = _T_MARK_CHAR * stamp_length
         tags = [
             ["v=1;"], [f"a={self.algorithm};"], ["c=relaxed/relaxed;"], [f"d={self.domain};"],
-            [f"s={self.selector};"], [f"t={timestamp};"],
+            [f"s={self.selector};"], [f"t={t_mark};"],
             # FWS may follow each ':' of h= (RFC 6376 3.5), so the list folds there.
             # (From is listed at least twice, so the list has a first and a last name.)
             [f"h={signed_names[0]}:", *(f"{n}:" for n in signed_names[1:-1]),
              f"{signed_names[-1]};"],
-            [f"bh={body_hash};"], ["b="],
+            [f"bh={_BH_MARK_TEXT};"], ["b="],
         ]
         lines = _fold(tags)
-        # The signature covers its own header field with b= empty, in relaxed
-        # form and without the final CRLF (RFC 6376 3.7).
-        unsigned = "\r\n".join(lines).encode("ascii")[len(_FIELD):]
-        hashed.append(b"dkim-signature:" + relaxed_value(unsigned))
-        signature = base64.b64encode(self._sign(b"".join(hashed))).decode("ascii")
-        room = max(0, MAX_LINE - len(lines[-1]))
-        lines[-1] += signature[:room]
-        lines.extend(" " + signature[i:i + MAX_LINE - 1]
-                     for i in range(room, len(signature), MAX_LINE - 1))
-        return ("\r\n".join(lines) + "\r\n").encode("ascii")
+        head = "\r\n".join(lines)
+        # The marks are not whitespace, so the relaxed form keeps them in place.
+        relaxed = b"dkim-signature:" + relaxed_value(head.encode("ascii")[len(_FIELD):])
+        layout = _Layout(head=head, relaxed=relaxed, room=max(0, MAX_LINE - len(lines[-1])),
+                         t_mark=t_mark.encode("ascii"))
+        if len(self._layouts) < MAX_LAYOUTS:
+            self._layouts[key] = layout
+        return layout
 
     def _sign(self, data: bytes) -> bytes:
         key = self._key

@@ -8,8 +8,7 @@ from dataclasses import replace
 from quiver.policy import Policy, Source
 from quiver.routing.mx import Route
 from quiver.routing.safety import DestinationGuard
-from quiver.sender.outcome import Attempt
-from quiver.smtp.reply import local_reply
+from quiver.sender.outcome import Path
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 
 # Connection-level failures try this many MX addresses before the attempt fails.
@@ -42,14 +41,12 @@ class Connector:
             proxy_version=self._policy.proxy.protocol,
         )
 
-    def template(self, source: Source, route: Route) -> Attempt:
+    def template(self, source: Source, route: Route) -> Path:
         """The event fields every attempt through this (source, site) shares."""
-        return Attempt(
-            rcpt="", reply=local_reply(451, "4.4.0", "not attempted"), source=source.name,
-            source_ip=source.ip, proxy=source.node, site=route.site, provider=route.provider,
-        )
+        return Path(source=source.name, source_ip=source.ip, proxy=source.node,
+                    site=route.site, provider=route.provider)
 
-    async def open(self, source: Source, route: Route) -> tuple[SmtpSession, Attempt]:
+    async def open(self, source: Source, route: Route) -> tuple[SmtpSession, Path]:
         """A session to the first MX address that answers; SessionError from the last try."""
         template = self.template(source, route)
         last: SessionError | None = None

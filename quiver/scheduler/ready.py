@@ -22,7 +22,7 @@ from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Limits
-from quiver.sender.outcome import Attempt
+from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
 from quiver.smtp.session import SessionError, SmtpSession
 
@@ -158,7 +158,7 @@ class ReadyQueue:
             if self.jobs and not self._closing:
                 self._maybe_start()
 
-    async def _serve(self, session: SmtpSession, here: Attempt) -> None:
+    async def _serve(self, session: SmtpSession, here: Path) -> None:
         sent = 0
         while sent < self._per_conn:
             job = await self._next_job()
@@ -181,8 +181,7 @@ class ReadyQueue:
                         self.jobs.appendleft(job)
                         return
                     # Lost inside this job's transaction: the attempt counts for it.
-                    self._finish(job, [replace(here, rcpt=r, reply=exc.reply)
-                                       for r in job.recipients])
+                    self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
                     return
                 sent += 1
                 closing = self._settle(job, result.replies, here)
@@ -192,7 +191,7 @@ class ReadyQueue:
             finally:
                 self.idle += 1
 
-    def _settle(self, job: Job, replies: dict[str, Reply], here: Attempt) -> Reply | None:
+    def _settle(self, job: Job, replies: dict[str, Reply], here: Path) -> Reply | None:
         """Record a transaction's replies; re-queue 452'd recipients; report a 421."""
         again = []
         closing = None
@@ -203,7 +202,7 @@ class ReadyQueue:
                 continue
             if reply.code == 421:
                 closing = reply
-            job.done.append(replace(here, rcpt=rcpt, reply=reply, counts=reply.code != 421))
+            job.done.append(Attempt(rcpt, reply, here, reply.code != 421))
         if again:
             job.recipients = again
             job.resubmits += 1
@@ -223,11 +222,13 @@ class ReadyQueue:
             if remaining <= 0:
                 return None
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: no task per wait on this per-message path.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
         return None
 
-    def _closed_by_server(self, reply: Reply, here: Attempt) -> None:
+    def _closed_by_server(self, reply: Reply, here: Path) -> None:
         self._start_backoff(reply)
         self._drain(reply, here)
 
@@ -270,11 +271,11 @@ class ReadyQueue:
             elif not job.future.done():
                 job.future.set_exception(Reroute(reply))
 
-    def _connection_failed(self, reply: Reply, template: Attempt, *, permanent: bool) -> None:
+    def _connection_failed(self, reply: Reply, template: Path, *, permanent: bool) -> None:
         if permanent:
             # Refused before connecting (the destination guard): no retry can help.
             for job in self._take_all():
-                self._finish(job, job.done + [replace(template, rcpt=r, reply=reply)
+                self._finish(job, job.done + [Attempt(r, reply, template)
                                               for r in job.recipients])
             return
         self._start_backoff(reply)
@@ -286,7 +287,7 @@ class ReadyQueue:
             451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
         )
 
-    def _drain(self, reply: Reply, template: Attempt) -> None:
+    def _drain(self, reply: Reply, template: Path) -> None:
         for job in self._take_all():
             self._finish(job, self._deferrals(job, reply, template))
 
@@ -295,10 +296,9 @@ class ReadyQueue:
         self.jobs.clear()
         return jobs
 
-    def _deferrals(self, job: Job, reply: Reply, template: Attempt | None = None) -> list[Attempt]:
+    def _deferrals(self, job: Job, reply: Reply, template: Path | None = None) -> list[Attempt]:
         base = template or self._connector.template(self.source, self.route)
-        return job.done + [replace(base, rcpt=r, reply=reply, counts=False)
-                           for r in job.recipients]
+        return job.done + [Attempt(r, reply, base, False) for r in job.recipients]
 
     @staticmethod
     def _finish(job: Job, attempts: list[Attempt]) -> None:

@@ -76,7 +76,8 @@ class Completer:
     async def _run(self) -> None:
         while not self._closed or self._pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._max_delay)
+                async with asyncio.timeout(self._max_delay):
+                    await self._wake.wait()
             self._wake.clear()
             if self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[

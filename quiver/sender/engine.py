@@ -66,7 +66,9 @@ class Sender:
         self._held: dict[str, _Held] = {}  # by SQS message id
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
-        self._room = asyncio.Condition()
+        # Set while there is room for more messages; receivers wait on it when full.
+        self._room = asyncio.Event()
+        self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = SenderStats()
 
@@ -118,8 +120,9 @@ class Sender:
 
     async def _receive_loop(self, stop: asyncio.Event, visibility: int) -> None:
         while not stop.is_set():
-            async with self._room:
-                await self._room.wait_for(self._has_room)
+            while not self._has_room():
+                self._room.clear()
+                await self._room.wait()
             want = min(10, self._intake.max_inflight_messages - len(self._held))
             try:
                 batch = await self._queue.receive(
@@ -180,8 +183,8 @@ class Sender:
                 self._recent.popitem(last=False)
         else:
             self.stats.returned += 1
-        async with self._room:
-            self._room.notify_all()
+        if self._has_room():
+            self._room.set()
 
     async def _extend_loop(self, stop: asyncio.Event, visibility: int) -> None:
         """Extend held messages at half their visibility so none lapses mid-delivery."""

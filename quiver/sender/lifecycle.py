@@ -141,13 +141,17 @@ class MessageHandler:
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in env.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
-        results = await asyncio.gather(*(
+        deliveries = [
             self._transport.deliver(
                 pool=pool, domain=domain, sender=env.sender, recipients=rcpts, message=message
             )
             for domain, rcpts in by_domain.items()
-        ))
-        attempts = [a for batch in results for a in batch]
+        ]
+        if len(deliveries) == 1:
+            # The common case: one domain. Awaited directly, it costs no task of its own.
+            attempts = await deliveries[0]
+        else:
+            attempts = [a for batch in await asyncio.gather(*deliveries) for a in batch]
         if prepared.inline and any(not a.reply.positive and not a.reply.permanent
                                    for a in attempts):
             env = replace(env, raw=message[prepared.signature_length:])

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quiver.smtp.reply import Reply
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    rcpt: str
-    reply: Reply
+class Path:
+    """Where an attempt went: the egress and the MX. One per connection, shared by
+    every recipient it carries, so an attempt costs a reference, not a copy."""
+
     source: str | None = None
     source_ip: str | None = None
     proxy: str | None = None
@@ -20,19 +21,30 @@ class Attempt:
     site: str | None = None
     provider: str | None = None
     tls: str | None = None
+    # The event fields above, built once.
+    fields: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fields", {
+            "source": self.source, "source_ip": self.source_ip, "proxy": self.proxy,
+            "mx": self.mx, "mx_ip": self.mx_ip, "site": self.site,
+            "provider": self.provider, "tls": self.tls,
+        })
+
+
+NOWHERE = Path()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    rcpt: str
+    reply: Reply
+    path: Path = NOWHERE
     # False when the failure was not the recipient's (connection-level): the
     # attempt is not counted against the message.
     counts: bool = True
 
     def delivery_fields(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "source_ip": self.source_ip,
-            "proxy": self.proxy,
-            "mx": self.mx,
-            "mx_ip": self.mx_ip,
-            "site": self.site,
-            "provider": self.provider,
-            "response": self.reply.as_event(),
-            "tls": self.tls,
-        }
+        fields = self.path.fields.copy()
+        fields["response"] = self.reply.as_event()
+        return fields

@@ -16,7 +16,7 @@ from quiver.envelope import decode
 from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MessageHandler
-from quiver.sender.outcome import Attempt
+from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import parse_reply
 from quiver.storage.base import Outgoing
 from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue
@@ -34,6 +34,8 @@ sources = ["s1"]
 first = "5m"
 max_age = "1h"
 """)
+PATH = Path(source="s1", source_ip="192.0.2.1", mx="mx.example.org", mx_ip="192.0.2.9",
+            site="mx.example.org", provider=None, tls="TLSv1.3")
 MESSAGE = b"From: News <news@example.com>\r\nTo: x@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
@@ -51,9 +53,7 @@ class ScriptedTransport:
             kind = r.split("@")[0].split("-")[0]
             reply = {"ok": (250, "2.0.0 ok"), "temp": (451, "4.3.0 try later"),
                      "perm": (550, "5.1.1 user unknown"), "conn": (421, "4.4.1 no route")}[kind]
-            out.append(Attempt(rcpt=r, reply=parse_reply(*reply), source="s1",
-                               source_ip="192.0.2.1", mx="mx.example.org", mx_ip="192.0.2.9",
-                               site="mx.example.org", provider=None, tls="TLSv1.3",
+            out.append(Attempt(rcpt=r, reply=parse_reply(*reply), path=PATH,
                                counts=kind != "conn"))
         return out
 

@@ -1,20 +1,25 @@
-"""moto's server for the end-to-end benchmark: SQS calls counted, two costs optionally cut.
+"""moto's server for the end-to-end benchmark: SQS calls counted, its hot spots optionally cut.
 
 moto stands in for SQS, whose CPU in production is not on the sender's machine.
 On this benchmark's two cores, plain moto spends several milliseconds of CPU per
-message, mostly in two places that grow with the number of messages in a queue
-(in flight included):
+message, mostly in work that grows with the number of messages in a queue (in
+flight included), or that it repeats on every request:
 
-- every "now" it takes goes through `datetime.utcnow() - datetime(1970)`, about
-  2 µs, and it takes two per message per visibility check, for every message in
-  the queue, on every receive and every attribute read;
-- every message it returns from ReceiveMessage first checks the retention period
-  by computing *all* the queue's attributes (three full scans of the queue).
+- every "now" goes through `datetime.utcnow() - datetime(1970)`, and a scan of
+  the queue takes two per message;
+- each returned message first checks the retention period by computing *all*
+  the queue's attributes (three full scans), and each sent one computes them
+  too, to read an attribute standard queues do not have;
+- a delete or visibility change finds its receipt handle by scanning the queue;
+- each returned message is deep-copied; each body is hashed again per read;
+- per request, the dispatcher looks the backend up among every service's URL
+  patterns (listing moto's directory), and werkzeug logs a line.
 
-`lean` keeps the answers identical: the same instant from `time.time()`, and the
-retention period read from the queue itself. Either way every SQS call is
-appended to a log as `Action queue-name entries`, so the benchmark can say how
-many calls of each kind a message costs.
+`lean` removes these without changing any answer moto gives: each patch in
+`make_lean` says why. Standard queues take the lean paths; FIFO queues keep
+moto's own send and receive. Either way every SQS call is appended to a log as
+`Action queue-name entries`, so the benchmark can say how many calls of each
+kind a message costs.
 
 Run as a script it applies the patches and starts moto's server with the same
 arguments as `python -m moto.server`; `start()` does that as a child process.
@@ -22,6 +27,7 @@ arguments as `python -m moto.server`; `start()` does that as a child process.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -43,17 +49,32 @@ ENV_LEAN = "QUIVER_BENCH_MOTO_LEAN"
 
 
 def make_lean() -> None:
+    """Every patch below gives the same answers as moto as shipped (see each comment);
+    standard queues take the lean paths, FIFO queues moto's own code where it differs."""
     import moto.sqs.models as models
 
+    _lean_clock(models)
+    _lean_queue_scans(models)
+    _lean_body_md5(models)
+    _lean_send(models)
+    _lean_receive(models)
+    _lean_receipts(models)
+    _lean_server()
+
+
+def _lean_clock(models: Any) -> None:
     original_time = models.unix_time
     original_millis = models.unix_time_millis
 
+    # The same instant as moto's `datetime.utcnow() - datetime(1970)`, without the datetimes.
     def unix_time(dt: Any = None) -> float:
         return time.time() if dt is None else float(original_time(dt))
 
     def unix_time_millis(dt: Any = None) -> float:
         return time.time() * 1000.0 if dt is None else float(original_millis(dt))
 
+    # moto reads MessageRetentionPeriod through get_queue_attributes, which computes every
+    # attribute (three scans of the queue); the queue holds the same integer.
     def retained(self: Any, queue_name: str, message: Any) -> bool:
         queue = self.get_queue(queue_name)
         return bool(int(queue.message_retention_period) + message.sent_timestamp / 1000
@@ -62,6 +83,274 @@ def make_lean() -> None:
     models.unix_time = unix_time
     models.unix_time_millis = unix_time_millis
     models.SQSBackend.is_message_valid_based_on_retention_period = retained
+
+
+def _lean_queue_scans(models: Any) -> None:
+    # `Message.visible` and `.delayed` each take "now"; a scan of the queue took two per
+    # message. One instant per scan: the list moto would have built had the scan been
+    # instantaneous (a visibility or delay that ends mid-scan is a µs race either way).
+    def messages(self: Any) -> list[Any]:
+        now = models.unix_time_millis()
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    # Long polls wait for "is any message receivable"; moto built the whole list to
+    # test it for emptiness. any() gives the same truth value and stops at the first.
+    def wait_for_messages(self: Any, timeout: int) -> None:
+        def ready() -> bool:
+            now = models.unix_time_millis()
+            return any(now > m.visible_at and not now < m.delayed_until
+                       for m in self._messages)
+
+        with self._messages_lock:
+            self._messages_lock.wait_for(ready, timeout=timeout)
+
+    models.Queue.messages = property(messages)
+    models.Queue.wait_for_messages = wait_for_messages
+
+
+def _lean_body_md5(models: Any) -> None:
+    # moto hashes the body again on every read of MD5OfBody. The digest is kept beside
+    # the very body object it was computed from, and recomputed if the body is replaced.
+    # (Attributes starting with "_" are hidden from moto's /moto-api/data.json.)
+    original_md5 = models.Message.body_md5.fget
+
+    def body_md5(self: Any) -> str:
+        cached = self.__dict__.get("_lean_body_md5")
+        if cached is not None and cached[0] is self.body:
+            return str(cached[1])
+        digest = original_md5(self)
+        self._lean_body_md5 = (self.body, digest)
+        return str(digest)
+
+    models.Message.body_md5 = property(body_md5)
+
+
+def _lean_send(models: Any) -> None:
+    original = models.SQSBackend.send_message
+
+    # moto's send_message computes `queue.attributes` (three scans of the queue) only
+    # to read ContentBasedDeduplication, which a standard queue's attributes do not even
+    # contain (it is a FIFO attribute), so the test is always false there. Standard
+    # queues run moto's steps minus that test; FIFO queues run moto's own code.
+    def send_message(self: Any, queue_name: str, message_body: str,
+                     message_attributes: dict[str, Any] | None = None,
+                     delay_seconds: int | None = None, deduplication_id: str | None = None,
+                     group_id: str | None = None,
+                     system_attributes: dict[str, Any] | None = None,
+                     validate_group_id: bool = True) -> Any:
+        queue = self.get_queue(queue_name)
+        if queue.fifo_queue:
+            return original(self, queue_name, message_body, message_attributes,
+                            delay_seconds, deduplication_id, group_id, system_attributes,
+                            validate_group_id)
+        self._validate_message(queue, message_body=message_body,
+                               delay_seconds=int(delay_seconds or 0),
+                               deduplication_id=deduplication_id, group_id=group_id,
+                               validate_group_id=validate_group_id)
+        delay = int(delay_seconds) if delay_seconds is not None else queue.delay_seconds
+        message = models.Message(str(models.random.uuid4()), message_body, system_attributes)
+        if deduplication_id is not None:
+            message.deduplication_id = deduplication_id
+            message.sequence_number = "".join(
+                models.random.choice(models.string.digits) for _ in range(20))
+        if group_id is not None:
+            message.group_id = group_id
+        if message_attributes:
+            message.message_attributes = message_attributes
+        if delay > models.MAXIMUM_MESSAGE_DELAY:
+            raise models.InvalidParameterValue(
+                f"Value {delay} for parameter DelaySeconds is invalid. "
+                "Reason: DelaySeconds must be >= 0 and <= 900.")
+        message.mark_sent(delay_seconds=delay)
+        queue.add_message(message)
+        return message
+
+    models.SQSBackend.send_message = send_message
+
+
+def _lean_receive(models: Any) -> None:
+    original = models.SQSBackend.receive_message
+
+    # What moto's deepcopy gave the response: a Message of its own, fields as they are now,
+    # so later receives (or attribute filtering) cannot change what this one answers. The
+    # scalar fields are copied by a shallow copy; the containers are copied explicitly.
+    def snapshot(message: Any) -> Any:
+        clone = copy.copy(message)
+        clone.message_attributes = copy.deepcopy(message.message_attributes)
+        clone.system_attributes = copy.deepcopy(message.system_attributes)
+        clone._old_receipt_handles = list(message._old_receipt_handles)
+        return clone
+
+    # moto's receive_message, step for step, for standard queues, minus what only FIFO
+    # queues read (the pending message groups, rebuilt with a deepcopy on every call and
+    # every timed-out message), with `snapshot` for deepcopy and the one-instant scan.
+    def receive_message(self: Any, queue_name: str, count: int, wait_seconds_timeout: int,
+                        visibility_timeout: int,
+                        message_attribute_names: list[str] | None = None) -> list[Any]:
+        queue = self.get_queue(queue_name)
+        if queue.fifo_queue:
+            return original(self, queue_name, count, wait_seconds_timeout,
+                            visibility_timeout, message_attribute_names)
+        if message_attribute_names is None:
+            message_attribute_names = []
+        result: list[Any] = []
+        previous_result_count = 0
+        polling_end = models.unix_time() + wait_seconds_timeout
+        while True:
+            if result or (wait_seconds_timeout and models.unix_time() > polling_end):
+                break
+            messages_to_dlq = []
+            for message in queue.messages:
+                if not message.visible:
+                    continue
+                if message in queue.pending_messages:
+                    # Visible again while pending: the consumer timed out.
+                    queue.pending_messages.remove(message)
+                if (queue.dead_letter_queue is not None and queue.redrive_policy
+                        and message.approximate_receive_count
+                        >= queue.redrive_policy["maxReceiveCount"]):
+                    messages_to_dlq.append(message)
+                    continue
+                queue.pending_messages.add(message)
+                message.mark_received(visibility_timeout=visibility_timeout)
+                message_copy = snapshot(message)
+                models._filter_message_attributes(message_copy, message_attribute_names)
+                if not self.is_message_valid_based_on_retention_period(queue_name, message):
+                    break
+                result.append(message_copy)
+                if len(result) >= count:
+                    break
+            for message in messages_to_dlq:
+                queue._messages.remove(message)
+                queue.dead_letter_queue.add_message(message)
+            if previous_result_count == len(result):
+                if wait_seconds_timeout == 0:
+                    break
+                queue.wait_for_messages(1)
+                continue
+            previous_result_count = len(result)
+        return result
+
+    models.SQSBackend.receive_message = receive_message
+
+
+def _lean_receipts(models: Any) -> None:
+    # moto finds the message a receipt handle names by scanning the queue and building
+    # each message's list of handles (twice per delete). Every handle a message ever has
+    # is made by mark_received, so an index of them finds the same message; the message
+    # still has to be in *this* queue's list, exactly as moto's scan requires (a message
+    # moved to the DLQ answers to its old handles there, and only there).
+    by_handle: dict[str, Any] = {}
+    original_mark_received = models.Message.mark_received
+    original_delete = models.Queue.delete_message
+    original_visibility = models.SQSBackend.change_message_visibility
+
+    def mark_received(self: Any, visibility_timeout: int | None = None) -> None:
+        original_mark_received(self, visibility_timeout)
+        by_handle[self.receipt_handle] = self
+
+    def delete_message(self: Any, receipt_handle: str) -> None:
+        if not isinstance(receipt_handle, str):
+            return original_delete(self, receipt_handle)  # never from a client; moto's way
+        if receipt_handle in self.deleted_messages:
+            return  # deleted already: succeeds again, as in moto
+        message = by_handle.get(receipt_handle)
+        # moto rebuilds the list without the message; a copy minus it is the same list
+        # (no other message has this handle). Under the queue's lock, so a message
+        # appended meanwhile is not lost (moto's unlocked rebuild could lose it).
+        with self._messages_lock:
+            remaining = list(self._messages)
+            try:
+                remaining.remove(message)  # by identity: Message has no __eq__
+            except ValueError:
+                raise models.ReceiptHandleIsInvalid() from None
+            self._messages = remaining
+        self.pending_messages.discard(message)
+        handles = message.all_receipt_handles
+        self.deleted_messages.update(handles)
+        # Its handles now answer from deleted_messages; the index need not keep them.
+        for handle in handles:
+            by_handle.pop(handle, None)
+
+    def change_message_visibility(self: Any, queue_name: str, receipt_handle: str,
+                                  visibility_timeout: int) -> None:
+        if not isinstance(receipt_handle, str):
+            return original_visibility(self, queue_name, receipt_handle, visibility_timeout)
+        queue = self.get_queue(queue_name)
+        message = by_handle.get(receipt_handle)
+        if message is None or message not in queue._messages:
+            raise models.ReceiptHandleIsInvalid
+        # From here on moto's code, unchanged.
+        visibility_timeout_msec = int(visibility_timeout) * 1000
+        given_visibility_timeout = models.unix_time_millis() + visibility_timeout_msec
+        if given_visibility_timeout - message.sent_timestamp > 43200 * 1000:
+            raise models.InvalidParameterValue(
+                f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. "
+                "Reason: Total VisibilityTimeout for the message is beyond the limit "
+                "[43200 seconds]")
+        message.change_visibility(visibility_timeout)
+        if message.visible and message in queue.pending_messages:
+            queue.pending_messages.remove(message)
+        return None
+
+    models.Message.mark_received = mark_received
+    models.Queue.delete_message = delete_message
+    models.SQSBackend.change_message_visibility = change_message_visibility
+
+
+def _lean_server() -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler
+
+    original = DomainDispatcherApplication.get_backend_for_host
+
+    # Which backend serves a host: moto lists its package directory (an isdir per
+    # module) and tries every service's URL patterns, per request. Both are fixed for
+    # the life of the server, so the answer for a host is too. A miss (None) is not
+    # kept: moto prints a hint for it each time.
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        cache = self.__dict__.setdefault("_lean_backends", {})
+        backend = cache.get(host)
+        if backend is None:
+            backend = original(self, host)
+            if backend is not None:
+                cache[host] = backend
+        return backend
+
+    # werkzeug writes a line to stderr per request; nothing reads it in lean mode.
+    def log_request(self: Any, code: Any = "-", size: Any = "-") -> None:
+        return None
+
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
+    MotoRequestHandler.log_request = log_request
+
+    import moto.core.responses as responses
+
+    # Per request moto lists the response class's functions (inspect.getmembers) to see
+    # whether the action is one. No class gains or loses functions while the server
+    # runs (the patches here are made before it starts), so the list is kept per class.
+    original_names = responses.method_names_from_class
+    names: dict[Any, list[str]] = {}
+
+    def method_names_from_class(clazz: Any) -> list[str]:
+        found = names.get(clazz)
+        if found is None:
+            found = names[clazz] = original_names(clazz)
+        return found
+
+    responses.method_names_from_class = method_names_from_class
+
+    # Per response moto runs a regex over the whole body (50 KB for ten messages) to put
+    # the request id into an XML <RequestId> element. The lookbehind can only match after
+    # that literal tag, so a body without it comes back unchanged; moto's own code still
+    # does the rest (the status and request id headers).
+    original_enrich = responses.BaseResponse._enrich_response
+
+    def enrich_response(headers: dict[str, str], body: Any) -> tuple[dict[str, str], Any]:
+        if isinstance(body, str) and "<RequestId>" not in body:
+            return original_enrich(headers, "")[0], body
+        return original_enrich(headers, body)  # type: ignore[no-any-return]
+
+    responses.BaseResponse._enrich_response = staticmethod(enrich_response)
 
 
 def count_calls(path: Path) -> None:

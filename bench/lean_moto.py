@@ -59,7 +59,10 @@ def make_lean() -> None:
     _lean_send(models)
     _lean_receive(models)
     _lean_receipts(models)
+    _lean_receipt_handles(models)
     _lean_server()
+    _lean_json_results()
+    _keep_alive()
 
 
 def _lean_clock(models: Any) -> None:
@@ -234,6 +237,23 @@ def _lean_receive(models: Any) -> None:
     models.SQSBackend.receive_message = receive_message
 
 
+def _lean_receipt_handles(models: Any) -> None:
+    """A receipt handle is 185 random lowercase letters; moto draws them with 185
+    calls to random.choice (about a tenth of its CPU per received message). One call
+    of random.choices draws the same kind of string from the same generator: handles
+    stay uniformly random and as long, only the order of draws differs."""
+    import string
+
+    from moto.moto_api._internal import mock_random
+
+    letters = string.ascii_lowercase
+
+    def generate_receipt_handle() -> str:
+        return "".join(mock_random.choices(letters, k=185))
+
+    models.generate_receipt_handle = generate_receipt_handle
+
+
 def _lean_receipts(models: Any) -> None:
     # moto finds the message a receipt handle names by scanning the queue and building
     # each message's list of handles (twice per delete). Every handle a message ever has
@@ -351,6 +371,110 @@ def _lean_server() -> None:
         return original_enrich(headers, body)  # type: ignore[no-any-return]
 
     responses.BaseResponse._enrich_response = staticmethod(enrich_response)
+
+
+# The calls the sender and the feeder make per message. Their results are built by
+# moto's SQS responses as plain dicts of strings, booleans and lists of those.
+_JSON_FAST_ACTIONS = frozenset(
+    {"ReceiveMessage", "DeleteMessageBatch", "SendMessageBatch", "ChangeMessageVisibilityBatch"})
+
+
+def _plain_json(value: Any) -> bool:
+    """Strings, booleans, non-empty lists and dicts of them: values the JSON protocol's
+    serializer writes as json.dumps would (no timestamps, blobs, numbers or empties,
+    which it may format or drop)."""
+    if isinstance(value, str | bool):
+        return True
+    if isinstance(value, dict):
+        return bool(value) and all(_plain_json(v) for v in value.values())
+    if isinstance(value, list):
+        return bool(value) and all(_plain_json(v) for v in value)
+    return False
+
+
+def _lean_json_results() -> None:
+    """moto serializes every answer through botocore's output shapes, a fifth of its
+    CPU per message. For the four calls above, over the JSON protocol, with a result
+    made only of strings, booleans and non-empty containers (MessageAttributes, whose
+    binary values the serializer base64-encodes, are not), that serializer's output is
+    json.dumps of the result: the body is written that way. Status and headers still
+    come from moto's serializer (run on an empty result). Anything else, moto's path.
+    """
+    import json
+
+    from moto.core import responses
+    from moto.sqs.responses import SQSResponse
+
+    original = responses.BaseResponse.serialized
+
+    def plain(result: Any) -> bool:
+        if not isinstance(result, dict):
+            return False
+        for key, value in result.items():
+            if key == "Failed" and value == []:
+                continue  # written as an empty list by both
+            if not _plain_json(value):
+                return False
+            if isinstance(value, list) and any(
+                    isinstance(m, dict) and "MessageAttributes" in m for m in value):
+                return False
+        return True
+
+    def serialized(self: Any, action_result: Any) -> Any:
+        if (isinstance(self, SQSResponse) and type(action_result) is responses.ActionResult
+                and self._get_action() in _JSON_FAST_ACTIONS
+                and self.headers.get("Content-Type", "") == "application/x-amz-json-1.0"
+                and plain(action_result.result)):
+            status, headers, _ = original(self, responses.ActionResult({}))
+            return status, headers, json.dumps(action_result.result)
+        return original(self, action_result)
+
+    responses.BaseResponse.serialized = serialized
+
+
+def _keep_alive() -> None:
+    """HTTP/1.1 keep-alive, which werkzeug's development server turns off.
+
+    werkzeug sends `Connection: close` on every response because http.server cannot
+    tell where an unread request body ends. Without keep-alive every SQS call costs a
+    TCP connection on both sides and a new server thread, a cost real SQS does not
+    impose (it keeps connections open). Here the body is read in full (by its
+    Content-Length) before the application sees it, so the next request line is
+    always where the server looks for it; only then is the connection kept. Requests
+    without a Content-Length (chunked) keep the close. Answers are unchanged.
+    """
+    import io
+
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    original_run = MotoRequestHandler.run_wsgi
+    original_header = MotoRequestHandler.send_header
+
+    def run_wsgi(self: Any) -> None:
+        length = self.headers.get("Content-Length", "")
+        self._lean_keep = (length.isascii() and length.isdigit()
+                           and "Transfer-Encoding" not in self.headers)
+        if not self._lean_keep:
+            original_run(self)
+            return
+        real = self.rfile
+        self.rfile = io.BufferedReader(io.BytesIO(real.read(int(length))))  # type: ignore[arg-type]
+        try:
+            original_run(self)
+        finally:
+            self.rfile = real
+
+    def send_header(self: Any, keyword: str, value: str) -> None:
+        if (getattr(self, "_lean_keep", False) and keyword.lower() == "connection"
+                and value.lower() == "close"):
+            return
+        original_header(self, keyword, value)
+
+    MotoRequestHandler.run_wsgi = run_wsgi
+    MotoRequestHandler.send_header = send_header
+    # The head and the body of a response are separate writes: on a kept connection,
+    # Nagle would hold the body until the client's delayed ACK (40 ms) of the head.
+    MotoRequestHandler.disable_nagle_algorithm = True
 
 
 def count_calls(path: Path) -> None:

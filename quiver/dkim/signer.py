@@ -48,6 +48,14 @@ _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
 
 
+class Unsigned(NamedTuple):
+    """A prepared signature: the bytes the private key signs, and where it goes."""
+
+    data: bytes
+    head: str  # the header field up to and including "b="
+    room: int  # characters of the signature that fit on head's last line
+
+
 class _Layout(NamedTuple):
     head: str  # the field up to "b=", folded, with the t= and bh= marks
     relaxed: bytes  # its relaxed form as it enters the header hash
@@ -112,6 +120,15 @@ class DkimSigner:
         Raises DkimError for a message that has no From, more than one From, a NUL
         byte or a malformed line in its header section.
         """
+        unsigned = self.prepare(message, timestamp=timestamp)
+        return self.finish(unsigned, self.key_sign(unsigned.data))
+
+    def prepare(self, message: bytes, *, timestamp: int | None = None) -> Unsigned:
+        """Everything before the private-key operation: canonical forms and hashes.
+
+        `sign` is `finish(prepare(m), key_sign(prepare(m).data))`; the three steps are
+        apart so that `key_sign`, the only costly one, can run on another thread.
+        """
         if timestamp is None:
             timestamp = int(time.time())
         elif isinstance(timestamp, bool) or timestamp < 0:
@@ -144,13 +161,26 @@ class DkimSigner:
         # and without the final CRLF (RFC 6376 3.7).
         hashed.append(layout.relaxed.replace(layout.t_mark, stamp.encode("ascii"))
                       .replace(_BH_MARK, body_hash.encode("ascii")))
-        signature = base64.b64encode(self._sign(b"".join(hashed))).decode("ascii")
-        room = layout.room
-        tail = "".join(f"\r\n {signature[i:i + MAX_LINE - 1]}"
-                       for i in range(room, len(signature), MAX_LINE - 1))
         head = layout.head.replace(layout.t_mark.decode("ascii"), stamp).replace(
             _BH_MARK_TEXT, body_hash)
-        return f"{head}{signature[:room]}{tail}\r\n".encode("ascii")
+        return Unsigned(data=b"".join(hashed), head=head, room=layout.room)
+
+    def key_sign(self, data: bytes) -> bytes:
+        """The private-key operation over the prepared data (RSA releases the GIL in it)."""
+        key = self._key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            # RFC 8463 3: Ed25519 (PureEdDSA) signs the SHA-256 hash of the data.
+            return key.sign(hashlib.sha256(data).digest())
+        return key.sign(data, _PKCS1, _SHA256)
+
+    @staticmethod
+    def finish(unsigned: Unsigned, signature: bytes) -> bytes:
+        """The header field: the prepared head with the signature folded onto it."""
+        text = base64.b64encode(signature).decode("ascii")
+        room = unsigned.room
+        tail = "".join(f"\r\n {text[i:i + MAX_LINE - 1]}"
+                       for i in range(room, len(text), MAX_LINE - 1))
+        return f"{unsigned.head}{text[:room]}{tail}\r\n".encode("ascii")
 
     def _layout(self, counts: tuple[int, ...], stamp_length: int) -> _Layout:
         """The folded header field for a message whose signed fields occur `counts`
@@ -191,13 +221,6 @@ class DkimSigner:
         if len(self._layouts) < MAX_LAYOUTS:
             self._layouts[key] = layout
         return layout
-
-    def _sign(self, data: bytes) -> bytes:
-        key = self._key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            # RFC 8463 3: Ed25519 (PureEdDSA) signs the SHA-256 hash of the data.
-            return key.sign(hashlib.sha256(data).digest())
-        return key.sign(data, _PKCS1, _SHA256)
 
 
 def _fold(tags: list[list[str]]) -> list[str]:

@@ -29,6 +29,9 @@ from quiver.policy.model import (
 from quiver.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
+# More signing threads than this only contend for the GIL (and for cores a task
+# does not have).
+MAX_THREADS = 16
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOSTNAME = re.compile(
@@ -501,7 +504,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     c.keys(
         t,
         {"ehlo", "port", "verify_tls", "tls_ca_file", "allow_networks", "connect_timeout",
-         "command_timeout", "routes"},
+         "command_timeout", "routes", "signing_threads"},
         "delivery",
     )
     d = Delivery()
@@ -525,7 +528,15 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
         connect_timeout=c.get(t, "connect_timeout", "delivery", parse_duration, d.connect_timeout),
         command_timeout=c.get(t, "command_timeout", "delivery", parse_duration, d.command_timeout),
         routes=tuple(routes),
+        signing_threads=c.get(t, "signing_threads", "delivery", _thread_count,
+                              d.signing_threads),
     )
+
+
+def _thread_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+        raise ValueError(f"expected a whole number 0-{MAX_THREADS}, got {value!r}")
+    return value
 
 
 def _intake(c: _Checker, t: dict[str, Any]) -> Intake:

@@ -123,6 +123,10 @@ class Delivery:
     command_timeout: float = 300.0
     # Static routes: domain → "host[:port]", skipping MX lookup (smarthosts, test rigs).
     routes: tuple[tuple[str, str], ...] = ()
+    # Threads for DKIM private-key operations, beside the event loop (the RSA code
+    # releases the GIL). One lets a 2-vCPU task sign on its second core; more help
+    # only with more vCPUs. 0 signs on the event loop thread, stalling its I/O.
+    signing_threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)

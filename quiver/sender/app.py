@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from quiver.bounce import default_classifier
 from quiver.dkim import signers_from_policy
+from quiver.dkim.pool import SigningPool
 from quiver.finals import FinalsTable
 from quiver.policy import Policy
 from quiver.routing.mx import MxResolver
@@ -103,7 +104,10 @@ def build_sender(
             except (BotoCoreError, ClientError) as exc:
                 raise StorageError(f"finals lookup: {exc}") from exc
 
+    threads = policy.delivery.signing_threads
+    signing = SigningPool(threads) if threads else None
     handler = MessageHandler(
+        signing=signing,
         finalized=finalized,
         policy=policy,
         transport=transport,
@@ -115,7 +119,7 @@ def build_sender(
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=[membership.run, metrics.run, health.run],
-        on_close=[transport.close, sqs.close],
+        on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
     )
 
 

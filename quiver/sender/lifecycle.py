@@ -21,6 +21,7 @@ from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
 from quiver.bounce import Classifier
 from quiver.dkim import DkimError, SignerSet
+from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError
 from quiver.events import EventType, Record, make_event, rejected_event, rfc3339_ms
 from quiver.message import from_domain
@@ -60,7 +61,10 @@ class MessageHandler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         finalized: Callable[[str], Awaitable[set[str]]] | None = None,
+        signing: SigningPool | None = None,
     ) -> None:
+        # None: private-key operations on the event loop thread (tests, tools).
+        self._signing = signing
         self._finalized = finalized
         self._policy = policy
         self._transport = transport
@@ -126,7 +130,7 @@ class MessageHandler:
         except MissingObject as exc:
             return self._reject(received, f"raw_s3: {exc}", env)
         try:
-            signature = self._sign(raw)
+            signature = await self._sign(raw)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
         # The signed copy is what travels; the envelope keeps no second copy (a retry
@@ -162,13 +166,17 @@ class MessageHandler:
             known = ", ".join(sorted(self._policy.pools))
             raise EnvelopeError("pool", f"unknown pool {env.pool!r} (known: {known})")
 
-    def _sign(self, raw: bytes) -> bytes:
+    async def _sign(self, raw: bytes) -> bytes:
         """The DKIM-Signature header field for `raw` (empty if its domain has no key)."""
         domain = from_domain(raw)
         signer = self._signers.for_domain(domain) if domain else None
         if signer is None:
             return b""
-        return signer.sign(raw)
+        unsigned = signer.prepare(raw)
+        if self._signing is None:
+            return signer.finish(unsigned, signer.key_sign(unsigned.data))
+        signature = await self._signing.run(signer.key_sign, unsigned.data)
+        return signer.finish(unsigned, signature)
 
     def _outcomes(
         self,

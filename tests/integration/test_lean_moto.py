@@ -291,3 +291,92 @@ def test_lean_moto_answers_every_call_as_plain_moto(
                            for server, _ in servers.values())
     assert '"POST / HTTP/1.1" 200' in plain_log
     assert '"POST / HTTP/1.1"' not in lean_log
+
+
+def test_lean_moto_keeps_connections_alive_plain_moto_closes_them(
+        servers: dict[str, tuple[moto_server.MotoServer, lean_moto.CallLog]]) -> None:
+    """Three calls on one HTTP/1.1 connection: plain moto answers the first and closes;
+    lean moto answers all three on the same connection, each body intact."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    body = json.dumps({"QueueNamePrefix": "t-"})
+    headers = {"Content-Type": "application/x-amz-json-1.0",
+               "X-Amz-Target": "AmazonSQS.ListQueues",
+               "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/"
+                                "aws4_request, SignedHeaders=host, Signature=0"}
+    for kind, (server, _) in servers.items():
+        parts = urlsplit(server.endpoint)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        answers = []
+        try:
+            for _ in range(3):
+                conn.request("POST", "/", body=body, headers=headers)
+                response = conn.getresponse()
+                answers.append((response.status, response.getheader("Connection"),
+                                json.loads(response.read())))
+                if response.will_close:
+                    break
+        finally:
+            conn.close()
+        if kind == "plain":
+            assert len(answers) == 1 and answers[0][1] == "close"
+        else:
+            assert len(answers) == 3 and all(a[1] is None for a in answers)
+            assert all(a[0] == 200 and a[2] == answers[0][2] for a in answers)
+
+
+def test_raw_answers_to_the_hot_calls_are_the_same_json(
+        servers: dict[str, tuple[moto_server.MotoServer, lean_moto.CallLog]]) -> None:
+    """The four calls lean moto answers with json.dumps give the JSON moto's serializer
+    gives (random values masked), read raw as the sender's lean client reads them."""
+    import asyncio
+    import os
+
+    import botocore.session
+
+    from quiver.storage.base import Outgoing
+    from quiver.storage.sqs_lean import (
+        LeanSqsClient,
+        delete_entries,
+        receive_payload,
+        send_entries,
+        visibility_entries,
+    )
+
+    os.environ.update(moto_server.FAKE_CREDENTIALS)
+    random_value = re.compile(r'"(MessageId|ReceiptHandle|SentTimestamp|SenderId)": ?"[^"]*"')
+
+    async def answers(endpoint: str) -> list[Any]:
+        client = LeanSqsClient(region="us-east-1",
+                               credentials=botocore.session.Session().get_credentials())
+        sqs = moto_server.client(endpoint, "sqs")
+        url = sqs.create_queue(QueueName="t-raw")["QueueUrl"]
+        out = []
+
+        async def call(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+            body = await client.call(url=url, action=action, payload=payload)
+            out.append(json.loads(random_value.sub(r'"\1":"x"', body.decode())))
+            return json.loads(body)
+
+        await call("SendMessageBatch", {"QueueUrl": url, "Entries": send_entries(
+            [Outgoing(body=f"raw {i}") for i in range(3)])})
+        got = await call("ReceiveMessage", receive_payload(url, max_messages=10,
+                                                           wait_seconds=1, visibility=30))
+        handles = [m["ReceiptHandle"] for m in got["Messages"]]
+        await call("ChangeMessageVisibilityBatch", {"QueueUrl": url, "Entries":
+                                                    visibility_entries(handles, seconds=0)})
+        again = await call("ReceiveMessage", receive_payload(url, max_messages=10,
+                                                             wait_seconds=1, visibility=30))
+        fresh = [m["ReceiptHandle"] for m in again["Messages"]]
+        await call("DeleteMessageBatch", {"QueueUrl": url, "Entries": delete_entries(
+            [*fresh, "not-a-handle"])})
+        await call("ReceiveMessage", receive_payload(url, max_messages=10, wait_seconds=0,
+                                                     visibility=30))
+        await client.close()
+        return out
+
+    plain, lean = (asyncio.run(answers(server.endpoint)) for server, _ in servers.values())
+    assert lean == plain
+    assert len(plain[1]["Messages"]) == 3 and plain[-1] == {}
+    assert [f["Id"] for f in plain[-2]["Failed"]] == ["3"]

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import random
+import re
 from collections.abc import Sequence
 
 import pytest
@@ -194,6 +195,27 @@ async def test_message_is_dkim_signed_for_its_from_domain() -> None:
     await rig.run_one(body(["ok@a.example"]))
     sent = rig.transport.calls[0][2]
     assert sent.startswith(b"DKIM-Signature:") and sent.endswith(MESSAGE)
+
+
+async def test_signing_on_the_pool_gives_the_same_signature() -> None:
+    from quiver.dkim.pool import SigningPool
+
+    pem = generate_private_key("rsa-sha256")
+    signer = DkimSigner.from_pem(domain="example.com", selector="s", algorithm="rsa-sha256",
+                                 pem=pem, headers=["from", "to", "subject"])
+    inline, pooled = Rig(SignerSet([signer])), Rig(SignerSet([signer]))
+    pool = SigningPool(1)
+    pooled.handler._signing = pool
+    try:
+        for rig in (inline, pooled):
+            await rig.run_one(body(["ok@a.example"]))
+    finally:
+        pool.close()
+    signed = [rig.transport.calls[0][2] for rig in (inline, pooled)]
+    # t= may differ by a second between the two; the rest of the head is the same bytes.
+    inline_head, pooled_head = (re.sub(rb"t=\d+;", b"", m).split(b"b=")[0] for m in signed)
+    assert inline_head == pooled_head
+    assert all(m.startswith(b"DKIM-Signature:") and m.endswith(MESSAGE) for m in signed)
 
 
 async def test_many_messages_complete_in_shared_batches() -> None:

@@ -38,6 +38,13 @@ def test_defaults() -> None:
     assert [p.retry.delay(n) for n in (1, 2, 3, 7, 8)] == [300, 600, 1200, 14400, 14400]
     assert p.intake.drain_deadline == 25 and p.delivery.port == 25
     assert p.frontend(p.sources["s1"]) is None
+    assert p.delivery.signing_threads == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "17", "true", '"2"', "1.5"])
+def test_signing_threads_must_be_a_small_whole_number(value: str) -> None:
+    with pytest.raises(PolicyError, match=r"delivery\.signing_threads"):
+        parse_policy(MINIMAL + f"\n[delivery]\nsigning_threads = {value}\n")
 
 
 def test_every_problem_is_listed_with_its_path() -> None:

@@ -444,11 +444,38 @@ def _keep_alive() -> None:
     without a Content-Length (chunked) keep the close. Answers are unchanged.
     """
     import io
+    import selectors
+    import types
 
+    import werkzeug.serving
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
     original_run = MotoRequestHandler.run_wsgi
     original_header = MotoRequestHandler.send_header
+    read_ahead = threading.local()
+
+    class NothingToDrain:
+        """After answering, werkzeug drains what is left of the request from the socket:
+        an epoll set made, waited on for 10 ms and closed, per request. A request read
+        in full beforehand has nothing left, and on a kept connection what the socket
+        holds is the next request: for those this stands in, and finds nothing."""
+
+        def register(self, *args: Any) -> None:
+            return None
+
+        def select(self, timeout: float | None = None) -> list[Any]:
+            return []
+
+        def close(self) -> None:
+            return None
+
+    def default_selector() -> Any:
+        if getattr(read_ahead, "active", False):
+            return NothingToDrain()
+        return selectors.DefaultSelector()
+
+    werkzeug.serving.selectors = types.SimpleNamespace(  # type: ignore[assignment]
+        DefaultSelector=default_selector, EVENT_READ=selectors.EVENT_READ)
 
     def run_wsgi(self: Any) -> None:
         length = self.headers.get("Content-Length", "")
@@ -459,9 +486,11 @@ def _keep_alive() -> None:
             return
         real = self.rfile
         self.rfile = io.BufferedReader(io.BytesIO(real.read(int(length))))  # type: ignore[arg-type]
+        read_ahead.active = True
         try:
             original_run(self)
         finally:
+            read_ahead.active = False
             self.rfile = real
 
     def send_header(self: Any, keyword: str, value: str) -> None:

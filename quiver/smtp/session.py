@@ -159,8 +159,9 @@ class SmtpSession:
                 raise SessionError("tls", local_reply(
                     421, "4.7.5", f"STARTTLS with {self.target.mx_name}: refused: "
                     f"{answer[0]} {answer[1]}"))
+            # The handshake belongs to setting up the connection: the connect timeout.
             self.tls_version = await self._wire.start_tls(
-                tls_context, server_hostname=self.target.mx_name, timeout=self._timeout)
+                tls_context, server_hostname=self.target.mx_name, timeout=connect_timeout)
         except (WireError, ssl.SSLError, OSError, TimeoutError) as exc:
             # The recipients are deferred and the site backs off; never plaintext here.
             raise SessionError("tls", local_reply(
@@ -228,14 +229,17 @@ class SmtpSession:
         try:
             replies = await self._first(group, len(group))
         except WireError as exc:
-            # The server refused the transaction, then closed (a 421 typically): that
-            # refusal, not the close, is what each recipient got.
+            # The server answered part of the group, then closed: what it said before
+            # closing is what the recipients got.
             got = exc.replies
             if rset and got and got[0][0] != 421:
                 got = got[1:]  # past RSET's reply, to MAIL's
-            if not got or _positive(got[0]):
+            if got and not _positive(got[0]):
+                return self._all(recipients, got[0])
+            closing = next((r for r in got[1:] if r[0] == 421), None)
+            if closing is None:
                 raise
-            return self._all(recipients, got[0])
+            return self._closing(recipients, got[1:], closing)
         if rset:
             if replies[0][0] == 421:
                 return self._all(recipients, replies[0])
@@ -247,6 +251,9 @@ class SmtpSession:
             if data[0] == 354:
                 await self._empty_data()
             return self._all(recipients, mail)
+        closing = next((r for r in replies[1:-1] if r[0] == 421), None)
+        if closing is not None:
+            return self._closing(recipients, replies[1:-1], closing)
         result, accepted = self._rcpt_results(recipients, replies[1:-1])
         if accepted and data[0] == 354:
             return await self._finish(result, accepted, message)
@@ -275,15 +282,13 @@ class SmtpSession:
         if not _positive(mail):
             return self._all(recipients, mail)
         self._needs_rset = True
-        rcpt_replies = []
+        rcpt_replies: list[RawReply] = []
         for command in commands[1:]:
             (reply,) = await wire.exchange(command, replies=1, timeout=timeout)
-            rcpt_replies.append(reply)
             if reply[0] == 421:
-                break  # the server is closing: the rest cannot be tried here
+                return self._closing(recipients, rcpt_replies, reply)
+            rcpt_replies.append(reply)
         result, accepted = self._rcpt_results(recipients, rcpt_replies)
-        for rcpt in recipients[len(rcpt_replies):]:
-            result.replies[rcpt] = _reply(rcpt_replies[-1])
         if not accepted:
             return result
         (data,) = await wire.exchange(_DATA, replies=1, timeout=timeout)
@@ -324,6 +329,20 @@ class SmtpSession:
                 # A recipient refused at RCPT does not stop the others.
                 result.replies[rcpt] = _reply(reply)
         return result, accepted
+
+    @staticmethod
+    def _closing(
+        recipients: Sequence[str], rcpt_replies: Sequence[RawReply], closing: RawReply
+    ) -> TransactionResult:
+        """The server said 421 in the middle of the RCPTs: the transaction cannot
+        finish. A recipient refused before that keeps its refusal; every other one,
+        accepted or never asked about, gets the 421 (not its failure: the server's)."""
+        reply = _reply(closing)
+        result = TransactionResult({r: reply for r in recipients})
+        for rcpt, raw in zip(recipients, rcpt_replies, strict=False):
+            if not _positive(raw) and raw[0] != 421:
+                result.replies[rcpt] = _reply(raw)
+        return result
 
     @staticmethod
     def _all(recipients: Sequence[str], raw: RawReply) -> TransactionResult:

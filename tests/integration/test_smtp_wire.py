@@ -316,3 +316,24 @@ async def test_a_refusing_banner_is_reported_at_the_banner_stage() -> None:
             await open_session(server)
     assert info.value.stage == "banner" and info.value.reply.code == 554
     assert info.value.reply.text == "no mail from you"
+
+
+@pytest.mark.parametrize("ehlo", [EHLO_PIPELINING, EHLO_PLAIN], ids=["pipelined", "lockstep"])
+async def test_a_421_among_the_rcpts_defers_the_rest_and_keeps_earlier_refusals(
+        ehlo: bytes) -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer, ehlo=ehlo)
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"550 5.1.1 no such user\r\n"):
+            await server.line(reader)
+            writer.write(reply)
+            await writer.drain()
+        await server.line(reader)
+        writer.write(b"421 4.3.2 shutting down\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        replies = await send(session, "a@d.test", "gone@d.test", "b@d.test", "c@d.test")
+    assert replies == {"a@d.test": (421, "shutting down"), "gone@d.test": (550, "no such user"),
+                       "b@d.test": (421, "shutting down"), "c@d.test": (421, "shutting down")}

@@ -64,7 +64,7 @@ from rig import (
 )
 
 from quiver.client import OutboundMessage, QuiverClient
-from quiver.dkim import dns_txt_value, generate_private_key
+from quiver.dkim import DkimSigner, dns_txt_value, generate_private_key
 from quiver.envelope import EnvelopeError
 from quiver.events import EventBatchError, unpack_batch
 from quiver.local.dns import DnsServer, Zone, start_dns
@@ -194,6 +194,8 @@ class Outcome:
     postfix_queue: str | None = None
     latency: Latency | None = None
     peak_rss_mb: float | None = None
+    # One RSA-2048 signature with the run's key, timed in this process after each run.
+    rsa_sign_us: list[float] = field(default_factory=list)
     sender_stats: dict[str, int] = field(default_factory=dict)
     sender_exit: int | None = None
     profile: pyspy.Profile | None = None
@@ -305,6 +307,7 @@ class Bench:
         self.exits.callback(self.moto.stop)
         self.deployment = moto_server.create_resources(self.moto.endpoint)
         pem = generate_private_key("rsa-sha256")
+        self.pem = pem
         keys = self.root / "keys"
         keys.mkdir(exist_ok=True)
         (keys / f"{SELECTOR}.pem").write_bytes(pem)
@@ -604,6 +607,7 @@ class Bench:
                 break
             self.outcome.quiver.append(run)
             self.postfix_run(i)
+            self.outcome.rsa_sign_us.append(rsa_sign_us(self.pem))
         self._stop_sender()
         if self.s.profile and self.outcome.profile_note is None:
             if self.spy_out.exists():
@@ -611,6 +615,18 @@ class Bench:
             else:
                 self.outcome.profile_note = f"py-spy wrote no profile; see {self.log_path}"
         return self.outcome
+
+
+def rsa_sign_us(pem: bytes, count: int = 200) -> float:
+    """CPU µs of one RSA-2048 signature (PKCS#1 v1.5, SHA-256) with `pem`, on this machine
+    now: the floor under the sender's CPU per message, which signs each message once."""
+    signer = DkimSigner.from_pem(domain=FROM_DOMAIN, selector=SELECTOR,
+                                 algorithm="rsa-sha256", pem=pem)
+    data = b"x" * 400  # about what a relaxed header block hashes
+    start = time.process_time()
+    for _ in range(count):
+        signer.key_sign(data)
+    return (time.process_time() - start) / count * 1e6
 
 
 # -- report ------------------------------------------------------------------
@@ -649,6 +665,9 @@ def summary(o: Outcome) -> dict[str, Any]:
         "runs": len(o.quiver),
         "complete_runs": {"quiver": len(q), "postfix": len(p)},
         "sender_cpu_us_per_msg": _r(sender_us),
+        "rsa_sign_us": _r(_median(o.rsa_sign_us)),
+        "sender_cpu_us_per_msg_without_rsa": _r(sender_us - _median(o.rsa_sign_us))
+        if sender_us and o.rsa_sign_us else None,
         "quiver_msgs_per_s": _r(quiver_rate),
         "postfix_msgs_per_s": _r(postfix_rate),
         "ratio_vs_postfix": _r(quiver_rate / postfix_rate, 3)
@@ -779,6 +798,8 @@ def table(data: dict[str, Any], out: Any) -> None:
     w(f"  {'postfix, queue on ' + queue + ' (all procs)':34} "
       f"{f(data['postfix_msgs_per_s']):>9} {f(data['postfix_cpu_us_per_msg']):>12}\n")
     w(f"  {'ratio quiver / postfix':34} {f(data['ratio_vs_postfix'], '{:.2f}'):>9}\n")
+    w(f"  RSA-2048 signature alone, timed in this run: {f(data['rsa_sign_us'])} µs "
+      f"(sender without it: {f(data['sender_cpu_us_per_msg_without_rsa'])} µs/msg)\n")
     w(f"  messages per CPU-second of the contender alone: quiver sender "
       f"{f(data['sender_msgs_per_cpu_s'])}, postfix {f(data['postfix_msgs_per_cpu_s'])}\n\n")
     w("  CPU µs per message beside the contenders:\n")

@@ -45,6 +45,21 @@ def stop_timeout_seconds(policy: Policy) -> int:
     return int(-(-policy.intake.drain_deadline // 1)) + STOP_MARGIN_S
 
 
+# Fargate task sizes, in vCPUs (each with its own memory range).
+FARGATE_VCPUS = (1, 2, 4, 8, 16)
+MEMORY_MIB_PER_VCPU = 2048
+
+
+def task_vcpus(policy: Policy) -> int:
+    """vCPUs for a sender task: one for the event loop, one per DKIM signing thread
+    (`delivery.signing_threads`), rounded up to a Fargate size."""
+    wanted = 1 + policy.delivery.signing_threads
+    for size in FARGATE_VCPUS:
+        if size >= wanted:
+            return size
+    return FARGATE_VCPUS[-1]
+
+
 def check_deployable(
     policy: Policy, *, dkim_secret_prefix: str, origin: str = "policy"
 ) -> Placement:

@@ -4,7 +4,8 @@ Rollouts keep full capacity (new tasks start before old ones stop) and roll back
 by themselves when new tasks do not stay up. A stopping task gets SIGTERM, stops
 receiving, drains within the policy's drain deadline and makes every unfinished
 message visible again; ECS waits `stopTimeout` (drain deadline + 5 s) before SIGKILL.
-Capacity follows the backlog per task and the age of the oldest message.
+Capacity follows the backlog per task and the age of the oldest message. A task has
+one vCPU for its event loop and one per DKIM signing thread of the policy.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from cdk.deploy_checks import stop_timeout_seconds
+from cdk.deploy_checks import MEMORY_MIB_PER_VCPU, stop_timeout_seconds, task_vcpus
 from cdk.network import Network
 from quiver import settings
 from quiver.policy import Policy
@@ -53,8 +54,8 @@ class SenderService(Construct):
         finals_table: dynamodb.ITable,
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
-        cpu: int = 1024,
-        memory_mib: int = 2048,
+        cpu: int | None = None,
+        memory_mib: int | None = None,
         min_tasks: int = 2,
         max_tasks: int = 20,
         backlog_per_task: int | None = None,
@@ -64,6 +65,10 @@ class SenderService(Construct):
         if min_tasks < 2:
             raise ValueError("min_tasks must be at least 2: one task per AZ survives an AZ loss")
         self.stop_timeout = Duration.seconds(stop_timeout_seconds(policy))
+        # One vCPU for the event loop and one per signing thread, unless given.
+        vcpus = task_vcpus(policy)
+        cpu = cpu or 1024 * vcpus
+        memory_mib = memory_mib or MEMORY_MIB_PER_VCPU * vcpus
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup",
             vpc=network.vpc,

@@ -40,6 +40,21 @@ def test_stop_timeout_follows_the_policy(
     assert container(template)["StopTimeout"] == 60
 
 
+def test_a_task_has_a_vcpu_for_the_loop_and_one_per_signing_thread(
+    service: dict[str, Any], policy: Policy, policy_variant: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    from aws_cdk.assertions import Template
+
+    _, task = only(service, "AWS::ECS::TaskDefinition")
+    assert policy.delivery.signing_threads == 1
+    assert (task["Cpu"], task["Memory"]) == ("2048", "4096")
+    path = policy_variant(("signing_threads = 1", "signing_threads = 2"))
+    template = Template.from_stack(build(path, tmp_path / "out").service).to_json()
+    _, task = only(template, "AWS::ECS::TaskDefinition")
+    assert (task["Cpu"], task["Memory"]) == ("4096", "8192")  # 3 rounded up to a Fargate size
+
+
 def test_a_drain_deadline_beyond_fargate_limits_fails_synth(
     policy_variant: Callable[..., Path], tmp_path: Path
 ) -> None:

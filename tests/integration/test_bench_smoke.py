@@ -68,6 +68,7 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
     assert data["latency_delivered"] == LATENCY_MESSAGES
 
     assert data["sender_cpu_us_per_msg"] > 0
+    assert data["rsa_sign_us"] > 0 and data["sender_cpu_us_per_msg_without_rsa"] is not None
     assert data["quiver_msgs_per_s"] > 0
     assert 0 < data["moto_cpu_share"] < 1
     assert 0 < data["latency_p50_ms"] <= data["latency_p99_ms"]
@@ -93,3 +94,18 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
     assert leftovers == []
     # Postfix's queue on tmpfs is removed too.
     assert set(Path("/dev/shm").glob("quiver-bench-postfix-*")) <= queues_before
+
+
+@pytest.mark.skipif(not installed("smtp-sink"), reason="smtp-sink is not installed (postfix)")
+@pytest.mark.parametrize("threads", [0, 1])
+def test_sender_cpu_bench_prints_its_figures(threads: int) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "sender_cpu.py"), "--messages", "300", "--runs",
+         "1", "--signing-threads", str(threads), "--json"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["signing_threads"] == threads and data["runs"] == 1
+    assert data["sender_cpu_us_per_msg"] > 0 and data["rsa_sign_us"] > 0
+    assert data["msgs_per_s"] > 0 and data["event_batches_sent"] > 0

@@ -67,6 +67,16 @@ class Scripted:
         writer.write(ehlo)
         await writer.drain()
 
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                     final: bytes = b"250 queued\r\n") -> None:
+        """One pipelined one-recipient transaction: MAIL, RCPT, DATA; the body; `final`."""
+        for _ in range(3):
+            await self.line(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await self.body(reader)
+        writer.write(final)
+        await writer.drain()
+
     async def body(self, reader: asyncio.StreamReader) -> bytes:
         data = await reader.readuntil(b"\r\n.\r\n")
         self.seen.append(data)
@@ -150,12 +160,7 @@ async def test_replies_sent_one_byte_at_a_time() -> None:
 async def test_an_unsolicited_421_while_idle_makes_the_next_send_a_reuse_not_an_attempt() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        await server.body(reader)
-        writer.write(b"250 queued\r\n")
-        await writer.drain()
+        await server.accept(reader, writer)
         await asyncio.sleep(0.1)
         writer.write(b"421 4.4.2 mx.test idle timeout\r\n")
         await writer.drain()
@@ -217,12 +222,7 @@ async def test_silence_times_out_within_the_command_timeout() -> None:
 async def test_more_replies_than_commands_retires_the_connection() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        await server.body(reader)
-        writer.write(b"250 queued\r\n250 and again\r\n")
-        await writer.drain()
+        await server.accept(reader, writer, final=b"250 queued\r\n250 and again\r\n")
         await asyncio.sleep(0.5)
 
     async with Scripted(script) as server:

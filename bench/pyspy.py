@@ -40,7 +40,7 @@ def command(exe: str, *, out: Path) -> list[str]:
 
 
 def short_path(path: str) -> str:
-    """site-packages/aiosmtplib/protocol.py → aiosmtplib/protocol.py; stdlib → stdlib/x.py."""
+    """site-packages/botocore/client.py → botocore/client.py; stdlib → stdlib/x.py."""
     if "site-packages/" in path:
         return path.rsplit("site-packages/", 1)[1]
     if "/quiver/" in path:
@@ -73,7 +73,7 @@ ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("botocore/", "boto3/", "urllib3/", "concurrent/futures/", "http/client.py",
       "stdlib/http/", "stdlib/concurrent/")),
     ("SMTP client (quiver.smtp, quiver.scheduler)",
-     ("aiosmtplib/", "quiver/smtp/", "quiver/scheduler/")),
+     ("quiver/smtp/", "quiver/scheduler/")),
     ("envelope, events, completion, storage",
      ("quiver/envelope.py", "quiver/events.py", "quiver/sender/complete.py",
       "quiver/storage/", "quiver/message.py", "quiver/addresses.py")),

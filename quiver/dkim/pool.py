@@ -32,6 +32,7 @@ class SigningPool:
         # Finished operations per event loop, not yet handed over. A loop with an entry
         # here has a wake-up scheduled; one is scheduled when its list is started.
         self._done: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
+        self._closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"dkim-sign-{n}", daemon=True)
             for n in range(threads)
@@ -41,6 +42,9 @@ class SigningPool:
 
     async def run(self, operation: Callable[[bytes], bytes], data: bytes) -> bytes:
         """`operation(data)` on a worker thread."""
+        if self._closed:
+            # Nothing would ever answer: the threads are gone or going.
+            raise RuntimeError("the signing pool is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._jobs.put((operation, data, future, loop))
@@ -80,6 +84,7 @@ class SigningPool:
 
     def close(self) -> None:
         """Stop the threads once the queued operations are done (does not wait)."""
+        self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
 

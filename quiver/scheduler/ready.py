@@ -1,11 +1,13 @@
 """One ready queue per (egress source, site): jobs waiting for a connection, and the
 connections that serve them, reused across messages.
 
-A connection failure, a 421, or a server that closes mid-session backs off the
-whole (source, site) for `backoff` seconds: its queued jobs are deferred without
-counting an attempt against them (the failure was not theirs), and new jobs are
-deferred at once until the backoff ends, so a dead destination costs one connect
-timeout, not one per message.
+A connection failure, a 421, or a server that closes a connection before its
+first transaction backs off the whole (source, site) for `backoff` seconds: its
+queued jobs are deferred without counting an attempt against them (the failure
+was not theirs), and new jobs are deferred at once until the backoff ends, so a
+dead destination costs one connect timeout, not one per message. A connection
+lost inside a transaction is that transaction's attempt; the next job opens a
+new connection.
 """
 
 from __future__ import annotations
@@ -180,6 +182,12 @@ class ReadyQueue:
                         # nothing was attempted, and no backoff for a routine close.
                         self.jobs.appendleft(job)
                         return
+                    if exc.stage == "closed":
+                        # Closed before its first transaction: the server's failure.
+                        # Back off rather than reconnect at once (and again, and again).
+                        self.jobs.appendleft(job)
+                        self._closed_by_server(exc.reply, here)
+                        return
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
                     return
@@ -260,7 +268,10 @@ class ReadyQueue:
                 f"destination {template.mx} closed the connection before its banner "
                 f"(proxy {node} is healthy): {reply.text}",
             )
-        self._connection_failed(reply, template, permanent=exc.reply.permanent)
+        # Only the destination guard's refusal is permanent; a server refusing its
+        # greeting or EHLO may take mail later, or another of its MXes may.
+        self._connection_failed(reply, template,
+                                permanent=exc.stage == "connect" and exc.reply.permanent)
 
     def _reroute_all(self, reply: Reply) -> None:
         for job in self._take_all():

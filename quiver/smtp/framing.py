@@ -39,17 +39,20 @@ def ehlo(name: str, *, verb: str = "EHLO") -> bytes:
     return f"{verb} {_checked(name, _UNSAFE_NAME, verb)}\r\n".encode("ascii")
 
 
-def envelope(sender: str, recipients: Sequence[str]) -> list[bytes]:
-    """MAIL FROM and one RCPT TO per recipient, each a complete command line.
+def mail(sender: str) -> bytes:
+    """The MAIL FROM line; an empty sender is a bounce's null reverse-path (`<>`)."""
+    return f"MAIL FROM:<{_checked(sender, _UNSAFE_ARG, 'sender')}>\r\n".encode("ascii")
 
-    An empty sender is the null reverse-path (`MAIL FROM:<>`) of a bounce.
-    """
-    lines = [f"MAIL FROM:<{_checked(sender, _UNSAFE_ARG, 'sender')}>\r\n".encode("ascii")]
-    for rcpt in recipients:
-        if not rcpt:
-            raise UnsafeArgument("empty recipient")
-        lines.append(f"RCPT TO:<{_checked(rcpt, _UNSAFE_ARG, 'recipient')}>\r\n".encode("ascii"))
-    return lines
+
+def rcpt(recipient: str) -> bytes:
+    if not recipient:
+        raise UnsafeArgument("empty recipient")
+    return f"RCPT TO:<{_checked(recipient, _UNSAFE_ARG, 'recipient')}>\r\n".encode("ascii")
+
+
+def envelope(sender: str, recipients: Sequence[str]) -> list[bytes]:
+    """MAIL FROM and one RCPT TO per recipient, each a complete command line."""
+    return [mail(sender), *(rcpt(r) for r in recipients)]
 
 
 def data_payload(message: bytes) -> bytes:

@@ -21,7 +21,15 @@ _QUOTE = 60
 
 
 class ReplyError(Exception):
-    """The server sent something that is not an SMTP reply."""
+    """The server sent something that is not an SMTP reply.
+
+    `replies` are the complete replies of the same read that came before it: they
+    were said, and a reply to the end of data among them means the message was taken.
+    """
+
+    def __init__(self, text: str, replies: list[RawReply] | None = None) -> None:
+        super().__init__(text)
+        self.replies = replies or []
 
 
 class ReplyReader:
@@ -44,24 +52,28 @@ class ReplyReader:
             data = self._partial + data
             self._partial = b""
         out: list[RawReply] = []
-        start = 0
-        end = data.find(b"\n")
-        while end >= 0:
-            line = data[start:end]
-            start = end + 1
-            end = data.find(b"\n", start)
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > MAX_LINE:
-                raise ReplyError(f"reply line longer than {MAX_LINE} octets")
-            reply = self._line(line)
-            if reply is not None:
-                out.append(reply)
-        if start < len(data):
-            rest = data[start:]
-            if len(rest) > MAX_LINE + 1:  # + its CR
-                raise ReplyError(f"reply line longer than {MAX_LINE} octets")
-            self._partial = rest
+        try:
+            start = 0
+            end = data.find(b"\n")
+            while end >= 0:
+                line = data[start:end]
+                start = end + 1
+                end = data.find(b"\n", start)
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > MAX_LINE:
+                    raise ReplyError(f"reply line longer than {MAX_LINE} octets")
+                reply = self._line(line)
+                if reply is not None:
+                    out.append(reply)
+            if start < len(data):
+                rest = data[start:]
+                if len(rest) > MAX_LINE + 1:  # + its CR
+                    raise ReplyError(f"reply line longer than {MAX_LINE} octets")
+                self._partial = rest
+        except ReplyError as exc:
+            exc.replies = out
+            raise
         return out
 
     def _line(self, line: bytes) -> RawReply | None:

@@ -21,7 +21,8 @@ class Reply:
 
     @property
     def positive(self) -> bool:
-        return 200 <= self.code < 400
+        # 2xx only: a 3xx (354) asks for more and never means a message was taken.
+        return 200 <= self.code < 300
 
     @property
     def transient(self) -> bool:

@@ -1,28 +1,31 @@
 """One SMTP session with a receiving MX, direct or through an HAProxy egress node.
 
-Safety lives here and below (`framing`, `wire`) so no caller can skip it: the
-exact IP about to be connected is checked against the destination guard; through
-a proxy the PROXY header is the first thing written; STARTTLS always verifies
-against the MX host name when verification is on, and a failed handshake never
-falls back to plaintext on that connection.
+Safety lives here and below (`framing`, `wire`, `connect`) so no caller can skip
+it: the exact IP about to be connected is checked against the destination guard;
+through a proxy the PROXY header is the first thing written; STARTTLS always
+verifies against the MX host name when verification is on, and a failed
+handshake never falls back to plaintext on that connection.
 
 A transaction is one write and one wait when the server offers PIPELINING
 (RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
 Without it each command waits for its reply, as RFC 5321 requires.
+
+Every reply is read by its class: a reply of a class the command cannot have
+(a 354 to RCPT, a 250 to DATA) is not believed, becomes a local 451 and retires
+the connection, so nothing the server did not really accept is ever "delivered".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from quiver import proxy_protocol
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp import framing
+from quiver.smtp.connect import ConnectFailed, open_socket
 from quiver.smtp.reader import RawReply
 from quiver.smtp.reply import Reply, local_reply, parse_reply
 from quiver.smtp.wire import Disconnected, ReplyTimeout, SmtpWire, WireError
@@ -45,9 +48,12 @@ class Target:
 class SessionError(Exception):
     """The connection failed as a whole; `reply` is what the events carry.
 
-    `stage` says where: 'connect' (TCP or proxy), 'banner', 'ehlo', 'tls',
-    'transaction' (the connection dropped mid-transaction), or 'reused' (a reused
-    connection turned out closed before this transaction sent anything).
+    `stage` says where: 'connect' (TCP or proxy), 'banner' (no greeting came),
+    'greeting' (the server refused in its greeting), 'ehlo', 'tls',
+    'transaction' (the connection dropped inside a transaction: its attempt),
+    'reused' (a connection that had carried transactions was found closed before
+    this one sent anything) or 'closed' (a new connection closed by the server
+    before its first transaction: the server's failure, not the message's).
     """
 
     def __init__(self, stage: str, reply: Reply, target: Target | None = None) -> None:
@@ -78,6 +84,10 @@ class _ClosedWhileIdle(Exception):
     pass
 
 
+class _ClosedBeforeFirst(Exception):
+    pass
+
+
 def _positive(reply: RawReply) -> bool:
     return 200 <= reply[0] < 300
 
@@ -97,6 +107,8 @@ class SmtpSession:
         self.tls_version: str | None = None
         self.extensions: frozenset[str] = frozenset()
         self.messages_sent = 0
+        # Transactions started on this connection (their first group written).
+        self.transactions = 0
         # A transaction was opened (MAIL accepted) and not completed: the next one
         # starts with RSET.
         self._needs_rset = False
@@ -116,7 +128,13 @@ class SmtpSession:
             raise SessionError(
                 "connect", local_reply(550, "5.4.4", f"refusing to connect to {why}")
             )
-        sock = await _connect(target, egress, connect_timeout)
+        try:
+            sock = await open_socket(
+                ip=target.ip, port=target.port, local_ip=egress.local_ip,
+                frontend=egress.frontend, proxy_version=egress.proxy_version,
+                timeout=connect_timeout)
+        except ConnectFailed as exc:
+            raise SessionError("connect", exc.reply) from None
         loop = asyncio.get_running_loop()
         wire = SmtpWire(loop)
         try:
@@ -129,6 +147,10 @@ class SmtpSession:
         session = cls(wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
         try:
             await session._greet(tls_context, connect_timeout)
+            if not wire.usable:
+                # Greeted, then closed (a 421 right behind the EHLO reply): a connection
+                # failure, so the site backs off instead of reconnecting at once.
+                raise SessionError("ehlo", session._closed_reply("closed right after EHLO"))
         except BaseException:
             wire.abort()
             raise
@@ -149,7 +171,8 @@ class SmtpSession:
             raise SessionError("banner", local_reply(
                 421, "4.4.2", f"no banner from {self.target.mx_name}: {exc}")) from None
         if banner[0] != 220:
-            raise SessionError("banner", _reply(banner))
+            # The destination itself answered (unlike 'banner': nothing came).
+            raise SessionError("greeting", self._refusal(banner, "the greeting"))
         await self._hello()
         if tls_context is None or "STARTTLS" not in self.extensions:
             return
@@ -184,7 +207,7 @@ class SmtpSession:
         except WireError as exc:
             raise SessionError("ehlo", local_reply(421, "4.4.2", f"EHLO failed: {exc}")) from None
         if not _positive(reply):
-            raise SessionError("ehlo", _reply(reply))
+            raise SessionError("ehlo", self._refusal(reply, "EHLO"))
         lines = reply[1].split("\n")[1:]
         self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
 
@@ -192,33 +215,65 @@ class SmtpSession:
         self, *, sender: str, recipients: Sequence[str], message: bytes
     ) -> TransactionResult:
         """One transaction; SessionError('transaction') if the connection is lost in it,
-        SessionError('reused') if it was found closed before anything was sent."""
+        'reused' or 'closed' if it was found closed before anything was sent."""
         if not self._wire.usable:
             # Closed while idle (the server's timeout, or its proxy died): nothing of
             # this message was sent, so it is not its attempt.
-            raise SessionError("reused", self._idle_close_reply())
-        commands = framing.envelope(sender, recipients)
+            if self.transactions:
+                raise SessionError("reused", self._closed_reply("connection closed while idle"))
+            raise SessionError("closed", self._closed_reply("closed before the first MAIL"))
+        result = TransactionResult()
+        try:
+            mail = framing.mail(sender)
+        except framing.UnsafeArgument as exc:
+            refused = local_reply(553, "5.1.7", f"not sent: {exc}")
+            return TransactionResult({r: refused for r in recipients})
+        safe: list[str] = []
+        commands = [mail]
+        for rcpt in recipients:
+            try:
+                commands.append(framing.rcpt(rcpt))
+                safe.append(rcpt)
+            except framing.UnsafeArgument as exc:
+                result.replies[rcpt] = local_reply(553, "5.1.3", f"not sent: {exc}")
+        if not safe:
+            return result
         try:
             if self.pipelining:
-                return await self._pipelined(commands, recipients, message)
-            return await self._lockstep(commands, recipients, message)
+                sent = await self._pipelined(commands, safe, message)
+            else:
+                sent = await self._lockstep(commands, safe, message)
         except _ClosedWhileIdle:
             self._wire.abort()
-            raise SessionError("reused", self._idle_close_reply()) from None
+            raise SessionError(
+                "reused", self._closed_reply("connection closed while idle")) from None
+        except _ClosedBeforeFirst:
+            self._wire.abort()
+            raise SessionError(
+                "closed", self._closed_reply("closed before answering MAIL")) from None
         except WireError as exc:
             self._wire.abort()
             kind = "timed out" if isinstance(exc, ReplyTimeout) else "connection lost"
             raise SessionError(
                 "transaction", local_reply(451, "4.4.2", f"{kind}: {exc}")) from None
+        if any(r.code == 421 for r in sent.replies.values()):
+            # The server is closing (and may still be reading DATA): nothing more here.
+            self._wire.abort()
+        result.replies.update(sent.replies)
+        return result
 
     async def _first(self, data: bytes | list[bytes], replies: int) -> list[RawReply]:
-        """The transaction's first exchange. On a reused connection, a close before any
-        reply means the server had dropped it while idle: nothing was delivered."""
+        """The transaction's first exchange. A close before any reply to it delivered
+        nothing (no body is sent before a 354): on a connection that carried
+        transactions before, the server dropped it while idle; on a new one, the
+        server closed it before taking any mail. Neither is this message's attempt."""
+        earlier = self.transactions
+        self.transactions += 1
         try:
             return await self._wire.exchange(data, replies=replies, timeout=self._timeout)
         except Disconnected as exc:
-            if not exc.replies and self.messages_sent:
-                raise _ClosedWhileIdle from None
+            if not exc.replies:
+                raise (_ClosedWhileIdle if earlier else _ClosedBeforeFirst) from None
             raise
 
     async def _pipelined(
@@ -235,26 +290,29 @@ class SmtpSession:
             if rset and got and got[0][0] != 421:
                 got = got[1:]  # past RSET's reply, to MAIL's
             if got and not _positive(got[0]):
-                return self._all(recipients, got[0])
+                return self._all(recipients, self._refusal(got[0], "MAIL"))
             closing = next((r for r in got[1:] if r[0] == 421), None)
             if closing is None:
                 raise
             return self._closing(recipients, got[1:], closing)
         if rset:
             if replies[0][0] == 421:
-                return self._all(recipients, replies[0])
+                return self._all(recipients, _reply(replies[0]))
             replies = replies[1:]
         self._needs_rset = False
         mail, data = replies[0], replies[-1]
         if not _positive(mail):
             # No transaction was opened: RCPT and DATA failed as "bad sequence".
-            if data[0] == 354:
+            refused = self._refusal(mail, "MAIL")
+            if data[0] == 354 and self._wire.usable:
                 await self._empty_data()
-            return self._all(recipients, mail)
+            return self._all(recipients, refused)
         closing = next((r for r in replies[1:-1] if r[0] == 421), None)
         if closing is not None:
             return self._closing(recipients, replies[1:-1], closing)
         result, accepted = self._rcpt_results(recipients, replies[1:-1])
+        if not self._wire.usable:
+            return self._out_of_step(result, accepted)
         if accepted and data[0] == 354:
             return await self._finish(result, accepted, message)
         if data[0] == 354:
@@ -262,7 +320,7 @@ class SmtpSession:
             await self._empty_data()
         else:
             self._needs_rset = True
-            refused = _reply(data)
+            refused = self._refusal(data, "DATA")
             for rcpt in accepted:
                 result.replies[rcpt] = refused
         return result
@@ -274,13 +332,13 @@ class SmtpSession:
         if self._needs_rset:
             (reply,) = await self._first(_RSET, 1)
             if reply[0] == 421:
-                return self._all(recipients, reply)
+                return self._all(recipients, _reply(reply))
             self._needs_rset = False
             (mail,) = await wire.exchange(commands[0], replies=1, timeout=timeout)
         else:
             (mail,) = await self._first(commands[0], 1)
         if not _positive(mail):
-            return self._all(recipients, mail)
+            return self._all(recipients, self._refusal(mail, "MAIL"))
         self._needs_rset = True
         rcpt_replies: list[RawReply] = []
         for command in commands[1:]:
@@ -288,12 +346,17 @@ class SmtpSession:
             if reply[0] == 421:
                 return self._closing(recipients, rcpt_replies, reply)
             rcpt_replies.append(reply)
+            if not 200 <= reply[0] < 300 and not 400 <= reply[0] < 600:
+                break  # out of step: _rcpt_results retires the connection
         result, accepted = self._rcpt_results(recipients, rcpt_replies)
+        if not self._wire.usable:
+            unasked = recipients[len(rcpt_replies):]
+            return self._out_of_step(result, [*accepted, *unasked])
         if not accepted:
             return result
         (data,) = await wire.exchange(_DATA, replies=1, timeout=timeout)
         if data[0] != 354:
-            refused = _reply(data)
+            refused = self._refusal(data, "DATA")
             for rcpt in accepted:
                 result.replies[rcpt] = refused
             return result
@@ -308,7 +371,7 @@ class SmtpSession:
         # whatever the reply said.
         self._needs_rset = False
         self.messages_sent += 1
-        reply = _reply(final)
+        reply = _reply(final) if _positive(final) else self._refusal(final, "the message")
         for rcpt in accepted:
             result.replies[rcpt] = reply
         return result
@@ -316,9 +379,16 @@ class SmtpSession:
     async def _empty_data(self) -> None:
         await self._wire.exchange(framing.END_OF_DATA, replies=1, timeout=self._timeout)
 
-    @staticmethod
+    def _refusal(self, raw: RawReply, what: str) -> Reply:
+        """A 4xx or 5xx reply as it is; any other where no acceptance was possible is
+        not believed: a local 451, and the connection is retired."""
+        if 400 <= raw[0] < 600:
+            return _reply(raw)
+        self._wire.abort()
+        return local_reply(451, "4.5.0", f"unexpected reply to {what}: {raw[0]} {raw[1][:200]}")
+
     def _rcpt_results(
-        recipients: Sequence[str], replies: Sequence[RawReply]
+        self, recipients: Sequence[str], replies: Sequence[RawReply]
     ) -> tuple[TransactionResult, list[str]]:
         result = TransactionResult()
         accepted = []
@@ -327,8 +397,18 @@ class SmtpSession:
                 accepted.append(rcpt)
             else:
                 # A recipient refused at RCPT does not stop the others.
-                result.replies[rcpt] = _reply(reply)
+                result.replies[rcpt] = self._refusal(reply, "RCPT")
         return result, accepted
+
+    @staticmethod
+    def _out_of_step(result: TransactionResult, pending: Sequence[str]) -> TransactionResult:
+        """A reply of the wrong class retired the connection mid-transaction: the
+        recipients it had not refused are deferred, not sent on a connection whose
+        replies can no longer be paired with its commands."""
+        reply = local_reply(451, "4.5.0", "not sent: the server's replies were out of step")
+        for rcpt in pending:
+            result.replies[rcpt] = reply
+        return result
 
     @staticmethod
     def _closing(
@@ -340,55 +420,25 @@ class SmtpSession:
         reply = _reply(closing)
         result = TransactionResult({r: reply for r in recipients})
         for rcpt, raw in zip(recipients, rcpt_replies, strict=False):
-            if not _positive(raw) and raw[0] != 421:
+            if 400 <= raw[0] < 600 and raw[0] != 421:
                 result.replies[rcpt] = _reply(raw)
         return result
 
     @staticmethod
-    def _all(recipients: Sequence[str], raw: RawReply) -> TransactionResult:
-        reply = _reply(raw)
+    def _all(recipients: Sequence[str], reply: Reply) -> TransactionResult:
         return TransactionResult({r: reply for r in recipients})
 
-    def _idle_close_reply(self) -> Reply:
+    def _closed_reply(self, text: str) -> Reply:
         said = self._wire.unsolicited
-        text = "connection closed while idle"
         if said is not None:
             text += f" ({said[0]} {said[1][:200]})"
         return local_reply(421, "4.4.2", text)
 
     async def close(self) -> None:
         wire = self._wire
-        if wire.usable:
+        if wire.busy:
+            wire.abort()  # replies still owed to an unfinished exchange: no QUIT after it
+        elif wire.usable:
             with contextlib.suppress(WireError):
                 await wire.exchange(_QUIT, replies=1, timeout=QUIT_TIMEOUT)
         wire.close()
-
-
-async def _connect(target: Target, egress: Egress, timeout: float) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        if egress.frontend is not None:
-            peer = egress.frontend
-        else:
-            peer = (target.ip, target.port)
-            if egress.local_ip:
-                sock.bind((egress.local_ip, 0))
-        await asyncio.wait_for(loop.sock_connect(sock, peer), timeout)
-        if egress.frontend is not None:
-            # The header names the destination; the proxy connects onward from its
-            # source IP. It must precede any byte of SMTP.
-            local = sock.getsockname()
-            header = proxy_protocol.encode(
-                egress.proxy_version, src=(local[0], local[1]), dst=(target.ip, target.port)
-            )
-            await asyncio.wait_for(loop.sock_sendall(sock, header), timeout)
-    except (OSError, TimeoutError) as exc:
-        sock.close()
-        where = f"proxy {peer[0]}:{peer[1]}" if egress.frontend else f"{target.ip}:{target.port}"
-        text = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise SessionError(
-            "connect", local_reply(421, "4.4.1", f"connect to {where}: {text}")
-        ) from None
-    return sock

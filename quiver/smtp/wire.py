@@ -69,18 +69,27 @@ class SmtpWire(asyncio.Protocol):
         try:
             replies = self._reader.feed(data)
         except ReplyError as exc:
+            # What the server said before the garbage still counts (a 250 to the end
+            # of data means the message was taken); then the connection is done.
+            self._take(exc.replies)
             self._break(BadReply(str(exc)))
             return
+        self._take(replies)
+
+    def _take(self, replies: list[RawReply]) -> None:
         if not replies:
             return
         if self._want == 0:
-            self.unsolicited = replies[0]
-            code, text = replies[0]
-            self._break(Disconnected(f"unsolicited reply: {code} {text[:200]}"))
+            self._unsolicited(replies[0])
             return
         self._replies.extend(replies)
         if self._waiter is not None:
             self._settle()
+
+    def _unsolicited(self, reply: RawReply) -> None:
+        self.unsolicited = self.unsolicited or reply
+        code, text = reply
+        self._break(Disconnected(f"unsolicited reply: {code} {text[:200]}"))
 
     def _settle(self) -> None:
         if len(self._replies) < self._want:
@@ -91,7 +100,7 @@ class SmtpWire(asyncio.Protocol):
             # More replies than commands: the server is out of step. Hand over what
             # was asked for, then refuse to go on with this connection.
             self._resolve(got[: self._want])
-            self._break(BadReply(f"{extra} more replies than commands sent"))
+            self._unsolicited(got[len(got) - extra])
         else:
             self._resolve(got)
 
@@ -118,21 +127,29 @@ class SmtpWire(asyncio.Protocol):
         if self._waiter is not None:
             raise RuntimeError("an exchange is already in progress on this connection")
         waiter = self._loop.create_future()
+        if data is None:
+            # Reading without writing is for the banner, which may have arrived already
+            # (even if the server closed right after sending it).
+            if replies != self._want:
+                raise RuntimeError("nothing was sent that these replies could answer")
+            if len(self._replies) >= self._want:
+                self._waiter = waiter
+                self._settle()
+                return waiter
+        if data is not None and self._broken is None and not self._reader.idle:
+            # Part of a reply nobody asked for: the server is out of step.
+            self._break(BadReply("the server sent a partial reply before this command"))
         if self._broken is not None or self.transport is None or self.transport.is_closing():
             why = self._broken or Disconnected("connection closed")
             waiter.set_exception(type(why)(str(why)))
             return waiter
-        if data is None:
-            # Reading without writing is for the banner, which may have arrived already.
-            if replies != self._want:
-                raise RuntimeError("nothing was sent that these replies could answer")
-        else:
+        if data is not None:
             self._want = replies
         self._waiter = waiter
         self._timeout = timeout
-        if len(self._replies) >= self._want:
-            self._settle()
-            return waiter
+        # A waiter cancelled (its task cancelled) leaves the replies unpaired: retire
+        # the connection rather than let the next command read this one's replies.
+        waiter.add_done_callback(self._waiter_done)
         self._timer = self._loop.call_later(timeout, self._timed_out)
         if data:
             if isinstance(data, bytes):
@@ -145,6 +162,8 @@ class SmtpWire(asyncio.Protocol):
         self, context: ssl.SSLContext, *, server_hostname: str, timeout: float
     ) -> str | None:
         """Upgrade after a 220 to STARTTLS; the negotiated protocol version."""
+        if self._broken is not None:
+            raise type(self._broken)(str(self._broken))
         if not self._reader.idle:
             # Bytes after the 220 came in the clear: a command-injection attempt
             # (or a broken server). Never carry them over the handshake.
@@ -161,6 +180,11 @@ class SmtpWire(asyncio.Protocol):
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
         return ssl_object.version() if ssl_object is not None else None
+
+    @property
+    def busy(self) -> bool:
+        """An exchange is waiting for replies."""
+        return self._waiter is not None
 
     def close(self) -> None:
         if self.transport is not None:
@@ -183,6 +207,12 @@ class SmtpWire(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(replies)
 
+    def _waiter_done(self, waiter: asyncio.Future[list[RawReply]]) -> None:
+        if waiter.cancelled():
+            if self._waiter is waiter:
+                self._waiter = None
+            self._break(Disconnected("an exchange was cancelled"))
+
     def _timed_out(self) -> None:
         self._timer = None
         self._break(ReplyTimeout(f"no reply within {self._timeout:g} s"))
@@ -197,7 +227,7 @@ class SmtpWire(asyncio.Protocol):
             self._timer = None
         if waiter is not None and not waiter.done():
             waiter.set_exception(type(error)(str(error), self._replies))
-        self._replies = []
+            self._replies = []
         if first and self.transport is not None and not self.transport.is_closing():
             # A connection whose replies can no longer be trusted is not reused:
             # abort rather than close, so nothing more is sent on it.

@@ -314,7 +314,7 @@ async def test_a_refusing_banner_is_reported_at_the_banner_stage() -> None:
     async with Scripted(script) as server:
         with pytest.raises(SessionError) as info:
             await open_session(server)
-    assert info.value.stage == "banner" and info.value.reply.code == 554
+    assert info.value.stage == "greeting" and info.value.reply.code == 554
     assert info.value.reply.text == "no mail from you"
 
 
@@ -337,3 +337,168 @@ async def test_a_421_among_the_rcpts_defers_the_rest_and_keeps_earlier_refusals(
         replies = await send(session, "a@d.test", "gone@d.test", "b@d.test", "c@d.test")
     assert replies == {"a@d.test": (421, "shutting down"), "gone@d.test": (550, "no such user"),
                        "b@d.test": (421, "shutting down"), "c@d.test": (421, "shutting down")}
+
+
+async def test_a_421_right_behind_the_ehlo_reply_fails_the_connection_not_a_message() -> None:
+    async def script(reader, writer):
+        writer.write(b"220 mx.test ESMTP\r\n")
+        await server.line(reader)
+        writer.write(b"250-mx.test\r\n250 PIPELINING\r\n421 4.7.0 too busy\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with Scripted(script) as server:
+        with pytest.raises(SessionError) as info:
+            await open_session(server)
+    assert info.value.stage == "ehlo" and info.value.reply.code == 421
+    assert "too busy" in info.value.reply.text
+
+
+async def test_a_close_before_the_first_transaction_is_the_servers_failure() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        await asyncio.sleep(0.2)
+        with pytest.raises(SessionError) as info:
+            await send(session)
+    # Not 'reused' (nothing was ever sent here) and not 'transaction' (not its attempt).
+    assert info.value.stage == "closed" and info.value.reply.code == 421
+
+
+async def test_an_idle_close_after_a_refused_transaction_is_still_not_an_attempt() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        for _ in range(3):
+            await server.line(reader)
+        writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n")
+        await writer.drain()
+        await server.line(reader)  # the next group arrives; the server has timed out
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session))["u@d.test"][0] == 550
+        with pytest.raises(SessionError) as info:
+            await send(session)
+    assert info.value.stage == "reused"
+
+
+async def test_a_reply_followed_by_garbage_in_the_same_read_still_counts() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        # A stray empty line right behind the 250: the message was taken all the same.
+        await server.accept(reader, writer, final=b"250 2.0.0 queued as ABC\r\n\r\n")
+        await asyncio.sleep(0.3)
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session))["u@d.test"] == (250, "queued as ABC")
+        await asyncio.sleep(0.05)
+        assert not session.is_open  # but the connection is not trusted again
+
+
+@pytest.mark.parametrize(("replies", "what"), [
+    (b"354 go\r\n250 ok\r\n354 go\r\n", "MAIL"),
+    (b"250 ok\r\n354 go\r\n354 go\r\n", "RCPT"),
+    (b"250 ok\r\n250 ok\r\n250 ok\r\n", "DATA"),
+    (b"250 ok\r\n250 ok\r\n354 go\r\n", "the message"),
+])
+async def test_a_reply_of_the_wrong_class_is_never_taken_for_a_delivery(
+        replies: bytes, what: str) -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        for _ in range(3):
+            await server.line(reader)
+        writer.write(replies)
+        await writer.drain()
+        if what == "the message":
+            await server.body(reader)
+            writer.write(b"354 more please\r\n")
+            await writer.drain()
+        await asyncio.sleep(0.3)
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        code, text = (await send(session))["u@d.test"]
+        assert not session.is_open
+    assert code == 451 and text.startswith(f"unexpected reply to {what}")
+
+
+async def test_a_send_cancelled_mid_exchange_retires_the_connection() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        await server.line(reader)
+        await asyncio.sleep(2)  # never answers
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        task = asyncio.create_task(send(session))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not session.is_open
+        await session.close()  # no QUIT into an unfinished exchange, no error
+
+
+@pytest.mark.parametrize("close", ["421 with the EHLO reply", "close after EHLO"])
+async def test_a_server_that_closes_after_ehlo_gets_a_backoff_not_a_reconnect_storm(
+        close: str) -> None:
+    """Through the scheduler: the job is deferred without counting an attempt, and the
+    (source, site) backs off after a few connections instead of reconnecting forever."""
+    from quiver.policy import parse_policy
+    from quiver.routing.mx import MxResolver
+    from quiver.routing.sources import SourcePicker
+    from quiver.scheduler.scheduler import Scheduler
+
+    connections = 0
+
+    async def script(reader, writer):
+        nonlocal connections
+        connections += 1
+        writer.write(b"220 mx.test ESMTP\r\n")
+        await server.line(reader)
+        if close.startswith("421"):
+            writer.write(b"250-mx.test\r\n250 PIPELINING\r\n421 4.7.0 too busy\r\n")
+        else:
+            writer.write(EHLO_PIPELINING)
+        await writer.drain()
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        policy = parse_policy(f"""
+default_pool = "p"
+[delivery]
+port = {server.port}
+verify_tls = false
+allow_networks = ["127.0.0.0/8"]
+routes = {{ "d.test" = "127.0.0.1" }}
+[retry]
+site_backoff = "30s"
+[sources.a]
+ip = "127.0.0.2"
+local_ip = "127.0.0.2"
+ehlo = "a.quiver.test"
+[pools.p]
+sources = ["a"]
+""")
+        scheduler = Scheduler(policy=policy, picker=SourcePicker(policy),
+                              resolver=MxResolver(routes=dict(policy.delivery.routes)))
+        try:
+            attempts = await asyncio.wait_for(scheduler.deliver(
+                pool="p", domain="d.test", sender="a@news.test", recipients=["u@d.test"],
+                message=MESSAGE), 10)
+            again = await scheduler.deliver(
+                pool="p", domain="d.test", sender="a@news.test", recipients=["v@d.test"],
+                message=MESSAGE)
+        finally:
+            await scheduler.close()
+    (attempt,) = attempts
+    assert attempt.reply.code in (421, 451) and not attempt.counts
+    assert connections <= 3
+    # Backing off: the next message is deferred at once, with no new connection.
+    assert again[0].reply.code == 451 and "backing off" in again[0].reply.text
+    assert connections <= 3

@@ -81,3 +81,11 @@ async def test_a_cancelled_wait_does_not_break_the_pool() -> None:
 def test_zero_threads_is_refused() -> None:
     with pytest.raises(ValueError):
         SigningPool(0)
+
+
+async def test_a_closed_pool_refuses_new_work_instead_of_hanging() -> None:
+    pool = SigningPool(1)
+    assert await pool.run(lambda d: d, b"before") == b"before"
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.run(lambda d: d, b"after")

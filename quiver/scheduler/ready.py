@@ -85,6 +85,8 @@ class ReadyQueue:
         self._wakeup = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
+        # New connections in a row closed by the server before their first transaction.
+        self._closed_streak = 0
         self.apply(limits, budgets)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
@@ -183,15 +185,21 @@ class ReadyQueue:
                         self.jobs.appendleft(job)
                         return
                     if exc.stage == "closed":
-                        # Closed before its first transaction: the server's failure.
-                        # Back off rather than reconnect at once (and again, and again).
+                        # Closed before its first transaction: not this job's failure.
+                        # Reconnect once (a proxy that died is found and routed around
+                        # then); twice in a row is the server's doing: back off rather
+                        # than reconnect again and again.
                         self.jobs.appendleft(job)
-                        self._closed_by_server(exc.reply, here)
+                        self._closed_streak += 1
+                        if self._closed_streak > 1:
+                            self._closed_streak = 0
+                            self._closed_by_server(exc.reply, here)
                         return
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
                     return
                 sent += 1
+                self._closed_streak = 0
                 closing = self._settle(job, result.replies, here)
                 if closing is not None:
                     self._closed_by_server(closing, here)

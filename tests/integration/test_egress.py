@@ -493,9 +493,9 @@ def test_mail_with_no_source_left_waits_for_the_proxy_and_names_it(stack: Runnin
 async def test_connection_through_a_proxy_that_died_before_carrying_mail_is_no_ones_attempt(
         stack: Running) -> None:
     """A connection opened through e2 that carried no message yet, and then lost its proxy:
-    the next message must not have an attempt counted against it (stage "reused", so the
-    ready queue reconnects, finds the proxy dead and reroutes), exactly as when the
-    connection had already carried a message."""
+    the next message must not have an attempt counted against it (stage "closed", so the
+    ready queue reconnects, finds the proxy dead and reroutes), as when the connection
+    had already carried a message ("reused")."""
     assert stack.stack.mx is not None
     with egress_nodes(stack, "unused", edits=[]) as egress:
         policy = load_policy(egress.config)
@@ -520,4 +520,6 @@ async def test_connection_through_a_proxy_that_died_before_carrying_mail_is_no_o
                                    message=b"Subject: x\r\n\r\nx\r\n")
         finally:
             await session.close()
-    assert failed.value.stage == "reused", failed.value
+    # Not "transaction" (no attempt counted); the ready queue reconnects once on a
+    # "closed", finds the proxy dead and reroutes, as on a "reused".
+    assert failed.value.stage == "closed", failed.value

@@ -112,6 +112,9 @@ class SmtpSession:
         # A transaction was opened (MAIL accepted) and not completed: the next one
         # starts with RSET.
         self._needs_rset = False
+        # A reply of a class its command cannot have was seen: the connection is retired
+        # and nothing more is sent on it.
+        self._unbelieved = False
 
     @classmethod
     async def open(
@@ -304,14 +307,14 @@ class SmtpSession:
         if not _positive(mail):
             # No transaction was opened: RCPT and DATA failed as "bad sequence".
             refused = self._refusal(mail, "MAIL")
-            if data[0] == 354 and self._wire.usable:
+            if data[0] == 354 and not self._unbelieved:
                 await self._empty_data()
             return self._all(recipients, refused)
         closing = next((r for r in replies[1:-1] if r[0] == 421), None)
         if closing is not None:
             return self._closing(recipients, replies[1:-1], closing)
         result, accepted = self._rcpt_results(recipients, replies[1:-1])
-        if not self._wire.usable:
+        if self._unbelieved:
             return self._out_of_step(result, accepted)
         if accepted and data[0] == 354:
             return await self._finish(result, accepted, message)
@@ -349,7 +352,7 @@ class SmtpSession:
             if not 200 <= reply[0] < 300 and not 400 <= reply[0] < 600:
                 break  # out of step: _rcpt_results retires the connection
         result, accepted = self._rcpt_results(recipients, rcpt_replies)
-        if not self._wire.usable:
+        if self._unbelieved:
             unasked = recipients[len(rcpt_replies):]
             return self._out_of_step(result, [*accepted, *unasked])
         if not accepted:
@@ -384,6 +387,7 @@ class SmtpSession:
         not believed: a local 451, and the connection is retired."""
         if 400 <= raw[0] < 600:
             return _reply(raw)
+        self._unbelieved = True
         self._wire.abort()
         return local_reply(451, "4.5.0", f"unexpected reply to {what}: {raw[0]} {raw[1][:200]}")
 

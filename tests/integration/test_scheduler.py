@@ -159,9 +159,19 @@ def test_max_connections_is_never_exceeded(stack: Running) -> None:
 
 
 def rate_in_window(times: list[float], seconds: float = 5.0) -> int:
-    """Deliveries in the busiest window of `seconds` after the first second of sending."""
-    start = times[0] + 1.0
-    return sum(1 for t in times if start <= t < start + seconds)
+    """Deliveries in the busiest window of `seconds` after the first second of sending.
+
+    The busiest, not the first: a throttle promises an upper bound in every window, and
+    a stall elsewhere in the rig (moto's server pausing on its growing heap, say) must
+    not read as the limiter under-sending when another window shows it pacing.
+    """
+    ordered = sorted(t for t in times if t >= times[0] + 1.0)
+    best, end = 0, 0
+    for begin, t in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < t + seconds:
+            end += 1
+        best = max(best, end - begin)
+    return best
 
 
 def test_max_rate_holds_within_ten_percent(stack: Running) -> None:

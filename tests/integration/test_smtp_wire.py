@@ -502,3 +502,18 @@ sources = ["a"]
     # Backing off: the next message is deferred at once, with no new connection.
     assert again[0].reply.code == 451 and "backing off" in again[0].reply.text
     assert connections <= 3
+
+
+async def test_a_421_to_data_then_a_close_is_the_servers_421_for_the_accepted() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        for _ in range(3):
+            await server.line(reader)
+        writer.write(b"250 ok\r\n250 ok\r\n421 4.7.0 closing connection\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        # Not "out of step" (451, counted): every reply had its proper class.
+        assert await send(session) == {"u@d.test": (421, "closing connection")}

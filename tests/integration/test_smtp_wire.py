@@ -67,12 +67,18 @@ class Scripted:
         writer.write(ehlo)
         await writer.drain()
 
+    async def group(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    replies: bytes) -> None:
+        """A pipelined one-recipient group read (MAIL, RCPT, DATA), `replies` written."""
+        for _ in range(3):
+            await self.line(reader)
+        writer.write(replies)
+        await writer.drain()
+
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                      final: bytes = b"250 queued\r\n") -> None:
         """One pipelined one-recipient transaction: MAIL, RCPT, DATA; the body; `final`."""
-        for _ in range(3):
-            await self.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await self.group(reader, writer, b"250 ok\r\n250 ok\r\n354 go\r\n")
         await self.body(reader)
         writer.write(final)
         await writer.drain()
@@ -251,9 +257,7 @@ async def test_data_injected_after_the_starttls_reply_is_never_read_as_tls() -> 
 async def test_after_a_refused_data_the_next_transaction_starts_with_rset() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n554 5.3.4 not now\r\n")
+        await server.group(reader, writer, b"250 ok\r\n250 ok\r\n554 5.3.4 not now\r\n")
         group = [await server.line(reader) for _ in range(4)]
         assert group[0] == b"RSET\r\n" and group[1].startswith(b"MAIL FROM")
         writer.write(b"250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n")
@@ -269,10 +273,7 @@ async def test_after_a_refused_data_the_next_transaction_starts_with_rset() -> N
 async def test_a_close_in_the_middle_of_the_body_is_this_transactions_failure() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        await writer.drain()
+        await server.group(reader, writer, b"250 ok\r\n250 ok\r\n354 go\r\n")
         await reader.read(5)
         writer.transport.abort()
 
@@ -371,10 +372,8 @@ async def test_a_close_before_the_first_transaction_is_the_servers_failure() -> 
 async def test_an_idle_close_after_a_refused_transaction_is_still_not_an_attempt() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n")
-        await writer.drain()
+        await server.group(reader, writer, b"250 ok\r\n550 5.1.1 no such user\r\n"
+                                           b"554 5.5.1 no valid recipients\r\n")
         await server.line(reader)  # the next group arrives; the server has timed out
         writer.transport.abort()
 
@@ -507,10 +506,7 @@ sources = ["a"]
 async def test_a_421_to_data_then_a_close_is_the_servers_421_for_the_accepted() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
-        for _ in range(3):
-            await server.line(reader)
-        writer.write(b"250 ok\r\n250 ok\r\n421 4.7.0 closing connection\r\n")
-        await writer.drain()
+        await server.group(reader, writer, b"250 ok\r\n250 ok\r\n421 4.7.0 closing connection\r\n")
         writer.transport.abort()
 
     async with Scripted(script) as server:

@@ -172,9 +172,9 @@ class MessageHandler:
         signer = self._signers.for_domain(domain) if domain else None
         if signer is None:
             return b""
-        unsigned = signer.prepare(raw)
         if self._signing is None:
-            return signer.finish(unsigned, signer.key_sign(unsigned.data))
+            return signer.sign(raw)
+        unsigned = signer.prepare(raw)
         signature = await self._signing.run(signer.key_sign, unsigned.data)
         return signer.finish(unsigned, signature)
 

@@ -11,7 +11,6 @@ else, so a bare LF or a line holding a single dot can never end the DATA early
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from quiver.message import to_crlf
 
@@ -48,11 +47,6 @@ def rcpt(recipient: str) -> bytes:
     if not recipient:
         raise UnsafeArgument("empty recipient")
     return f"RCPT TO:<{_checked(recipient, _UNSAFE_ARG, 'recipient')}>\r\n".encode("ascii")
-
-
-def envelope(sender: str, recipients: Sequence[str]) -> list[bytes]:
-    """MAIL FROM and one RCPT TO per recipient, each a complete command line."""
-    return [mail(sender), *(rcpt(r) for r in recipients)]
 
 
 def data_payload(message: bytes) -> bytes:

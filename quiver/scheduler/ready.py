@@ -1,6 +1,11 @@
 """One ready queue per (egress source, site): jobs waiting for a connection, and the
 connections that serve them, reused across messages.
 
+Over PIPELINING, when jobs are waiting, a connection writes the next job's MAIL,
+RCPT and DATA behind the current body (one round trip per message); that job
+is the connection's next transaction, and its own send reads what the server
+said to it (or finds the connection gone and queues it again, unattempted).
+
 A connection failure, a 421, or a server that closes a connection before its
 first transaction backs off the whole (source, site) for `backoff` seconds: its
 queued jobs are deferred without counting an attempt against them (the failure
@@ -164,21 +169,34 @@ class ReadyQueue:
 
     async def _serve(self, session: SmtpSession, here: Path) -> None:
         sent = 0
+        # The job whose MAIL, RCPT and DATA went out behind the last body (its rate
+        # token already taken): it is this connection's next transaction, whatever else
+        # is queued, because the server holds its envelope.
+        ahead: Job | None = None
         while sent < self._per_conn:
-            job = await self._next_job()
+            job = ahead if ahead is not None else await self._next_job()
             if job is None:
                 return
+            paid, ahead = job is ahead, None
             self.idle -= 1
             try:
+                if paid and job.future.done():
+                    # Cancelled (a stopping sender) with its envelope at the server: no
+                    # body follows; closing the connection leaves nothing delivered.
+                    return
                 # No RSET between messages: a transaction that got its DATA reply (or
                 # was reset after every RCPT failed) leaves the session clean.
-                if self._rate is not None:
+                if self._rate is not None and not paid:
                     await self._rate.acquire(self._share())
+                then = self._take_next(session, sent)
                 try:
                     result = await session.send(
-                        sender=job.sender, recipients=job.recipients, message=job.message
+                        sender=job.sender, recipients=job.recipients, message=job.message,
+                        then=None if then is None else (then.sender, then.recipients),
                     )
                 except SessionError as exc:
+                    if then is not None:
+                        self.jobs.appendleft(then)  # not sent (or lost unanswered): queued again
                     if exc.stage == "reused":
                         # The server closed the idle connection: reconnect and resend;
                         # nothing was attempted, and no backoff for a routine close.
@@ -202,10 +220,31 @@ class ReadyQueue:
                 self._closed_streak = 0
                 closing = self._settle(job, result.replies, here)
                 if closing is not None:
+                    if then is not None:
+                        self.jobs.appendleft(then)  # drained below, unattempted
                     self._closed_by_server(closing, here)
                     return
+                ahead = then
             finally:
                 self.idle += 1
+
+    def _take_next(self, session: SmtpSession, sent: int) -> Job | None:
+        """The queued job to pipeline behind this message's body, if one is ready now.
+
+        Only over PIPELINING, within max_messages_per_connection, when more jobs wait
+        than connections wait for jobs (an idle connection would start one sooner),
+        and with its rate token in hand (taken now, never waited for: the body must
+        not wait).
+        """
+        if not session.pipelining or sent + 2 > self._per_conn or self._closing:
+            return None
+        jobs = self.jobs
+        while jobs and jobs[0].future.done():
+            jobs.popleft()  # cancelled by a stopping sender
+        if len(jobs) <= self.idle or (
+                self._rate is not None and not self._rate.try_acquire(self._share())):
+            return None
+        return jobs.popleft()
 
     def _settle(self, job: Job, replies: dict[str, Reply], here: Path) -> Reply | None:
         """Record a transaction's replies; re-queue 452'd recipients; report a 421."""

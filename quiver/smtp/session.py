@@ -8,7 +8,11 @@ handshake never falls back to plaintext on that connection.
 
 A transaction is one write and one wait when the server offers PIPELINING
 (RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
-Without it each command waits for its reply, as RFC 5321 requires.
+When the caller already has the connection's next message (`then=`), that
+message's MAIL, RCPT and DATA follow this body in the same write (RFC 2920 3.1
+lets message content open a group), so a connection carries one round trip
+per message instead of two. Without PIPELINING each command waits for its
+reply, as RFC 5321 requires.
 
 Every reply is read by its class: a reply of a class the command cannot have
 (a 354 to RCPT, a 250 to DATA) is not believed, becomes a local 451 and retires
@@ -80,6 +84,17 @@ class TransactionResult:
     replies: dict[str, Reply] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The next transaction's group, written behind the previous body, and its replies."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    replies: list[RawReply]
+    # The connection failed after answering part of the group (`error.replies`).
+    error: WireError | None = None
+
+
 class _ClosedWhileIdle(Exception):
     pass
 
@@ -115,6 +130,8 @@ class SmtpSession:
         # A reply of a class its command cannot have was seen: the connection is retired
         # and nothing more is sent on it.
         self._unbelieved = False
+        # The next transaction's commands went out behind the last body; its replies.
+        self._ahead: _Ahead | None = None
 
     @classmethod
     async def open(
@@ -215,11 +232,23 @@ class SmtpSession:
         self.extensions = frozenset(line.split(" ", 1)[0].upper() for line in lines if line)
 
     async def send(
-        self, *, sender: str, recipients: Sequence[str], message: bytes
+        self, *, sender: str, recipients: Sequence[str], message: bytes,
+        then: tuple[str, Sequence[str]] | None = None,
     ) -> TransactionResult:
         """One transaction; SessionError('transaction') if the connection is lost in it,
-        'reused' or 'closed' if it was found closed before anything was sent."""
-        if not self._wire.usable:
+        'reused' or 'closed' if it was found closed before anything was sent.
+
+        `then` is the (sender, recipients) of the message the caller sends next on
+        this connection: its commands may go out behind this body, and the next
+        `send` must then be for exactly that envelope.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.sender, ahead.recipients) != (sender, tuple(recipients)):
+            # The server holds another envelope (maybe awaiting its body): unusable.
+            self._wire.abort()
+            raise SessionError("reused", local_reply(
+                451, "4.3.0", "not sent: the connection's pipelined transaction was abandoned"))
+        if not self._wire.usable and (ahead is None or ahead.error is None):
             # Closed while idle (the server's timeout, or its proxy died): nothing of
             # this message was sent, so it is not its attempt.
             if self.transactions:
@@ -243,7 +272,7 @@ class SmtpSession:
             return result
         try:
             if self.pipelining:
-                sent = await self._pipelined(commands, safe, message)
+                sent = await self._pipelined(commands, safe, message, ahead, then)
             else:
                 sent = await self._lockstep(commands, safe, message)
         except _ClosedWhileIdle:
@@ -280,12 +309,18 @@ class SmtpSession:
             raise
 
     async def _pipelined(
-        self, commands: list[bytes], recipients: Sequence[str], message: bytes
+        self, commands: list[bytes], recipients: Sequence[str], message: bytes,
+        ahead: _Ahead | None, then: tuple[str, Sequence[str]] | None,
     ) -> TransactionResult:
-        rset = self._needs_rset
+        rset = self._needs_rset and ahead is None
         group = [_RSET, *commands, _DATA] if rset else [*commands, _DATA]
         try:
-            replies = await self._first(group, len(group))
+            if ahead is None:
+                replies = await self._first(group, len(group))
+            elif ahead.error is not None:
+                raise ahead.error  # read as if it failed now: same outcome
+            else:
+                replies = ahead.replies  # written behind the previous body, answered
         except WireError as exc:
             # The server answered part of the group, then closed: what it said before
             # closing is what the recipients got.
@@ -317,7 +352,7 @@ class SmtpSession:
         if self._unbelieved:
             return self._out_of_step(result, accepted)
         if accepted and data[0] == 354:
-            return await self._finish(result, accepted, message)
+            return await self._finish(result, accepted, message, then)
         if data[0] == 354:
             # RFC 2920 3.1: DATA accepted although every RCPT failed: end it empty.
             await self._empty_data()
@@ -366,18 +401,54 @@ class SmtpSession:
         return await self._finish(result, accepted, message)
 
     async def _finish(
-        self, result: TransactionResult, accepted: list[str], message: bytes
+        self, result: TransactionResult, accepted: list[str], message: bytes,
+        then: tuple[str, Sequence[str]] | None = None,
     ) -> TransactionResult:
-        (final,) = await self._wire.exchange(
-            framing.data_payload(message), replies=1, timeout=self._timeout)
+        payload = framing.data_payload(message)
+        group = self._next_group(then)
+        if group is None:
+            (final,) = await self._wire.exchange(payload, replies=1, timeout=self._timeout)
+        else:
+            assert then is not None
+            self.transactions += 1
+            try:
+                got = await self._wire.exchange(
+                    [payload, *group], replies=1 + len(group), timeout=self._timeout)
+            except WireError as exc:
+                if not exc.replies:
+                    raise  # no reply to this end of data: the attempt is this message's
+                # This message was answered. The next one's send reads what the server
+                # said to its group before the connection failed (a 421 to its MAIL
+                # backs the site off); with nothing said it finds the connection
+                # closed and is queued again.
+                got, rest = exc.replies[:1], exc.replies[1:]
+                if rest:
+                    self._ahead = _Ahead(then[0], tuple(then[1]), [],
+                                         type(exc)(str(exc), rest))
+            else:
+                self._ahead = _Ahead(then[0], tuple(then[1]), got[1:])
+            final = got[0]
         # After the reply to the end of data the server has reset the transaction,
         # whatever the reply said.
         self._needs_rset = False
         self.messages_sent += 1
         reply = _reply(final) if _positive(final) else self._refusal(final, "the message")
+        if self._unbelieved or final[0] == 421:
+            self._ahead = None  # replies no longer pair with commands, or it is closing
         for rcpt in accepted:
             result.replies[rcpt] = reply
         return result
+
+    @staticmethod
+    def _next_group(then: tuple[str, Sequence[str]] | None) -> list[bytes] | None:
+        """MAIL, RCPTs and DATA for the next message, or None if it is not pipelined
+        behind this body (nothing next, or an argument its own send will refuse)."""
+        if then is None or not then[1]:
+            return None
+        try:
+            return [framing.mail(then[0]), *(framing.rcpt(r) for r in then[1]), _DATA]
+        except framing.UnsafeArgument:
+            return None
 
     async def _empty_data(self) -> None:
         await self._wire.exchange(framing.END_OF_DATA, replies=1, timeout=self._timeout)
@@ -440,8 +511,11 @@ class SmtpSession:
 
     async def close(self) -> None:
         wire = self._wire
-        if wire.busy:
-            wire.abort()  # replies still owed to an unfinished exchange: no QUIT after it
+        if wire.busy or self._ahead is not None:
+            # Replies still owed, or the server may be awaiting a pipelined body (a
+            # QUIT would be read as message text): abort; nothing unfinished is kept.
+            self._ahead = None
+            wire.abort()
         elif wire.usable:
             with contextlib.suppress(WireError):
                 await wire.exchange(_QUIT, replies=1, timeout=QUIT_TIMEOUT)

@@ -12,7 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from quiver.policy import parse_policy
+from quiver.routing.mx import MxResolver
 from quiver.routing.safety import DestinationGuard
+from quiver.routing.sources import SourcePicker
+from quiver.scheduler.scheduler import Scheduler
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 
 pytestmark = pytest.mark.integration
@@ -95,6 +99,27 @@ async def open_session(server: Scripted, *, timeout: float = 5.0,
         target=Target(mx_name="mx.test", ip="127.0.0.1", port=server.port),
         egress=Egress(ehlo="o1.quiver.test"), guard=DestinationGuard(["127.0.0.0/8"]),
         tls_context=tls, connect_timeout=5, command_timeout=timeout)
+
+
+def scripted_scheduler(server: Scripted, extra: str = "") -> Scheduler:
+    """A scheduler with one source whose only route, for d.test, is `server`."""
+    policy = parse_policy(f"""
+default_pool = "p"
+[delivery]
+port = {server.port}
+verify_tls = false
+allow_networks = ["127.0.0.0/8"]
+routes = {{ "d.test" = "127.0.0.1" }}
+[sources.a]
+ip = "127.0.0.2"
+local_ip = "127.0.0.2"
+ehlo = "a.quiver.test"
+[pools.p]
+sources = ["a"]
+{extra}
+""")
+    return Scheduler(policy=policy, picker=SourcePicker(policy),
+                     resolver=MxResolver(routes=dict(policy.delivery.routes)))
 
 
 async def send(session: SmtpSession, *rcpts: str) -> dict[str, tuple[int, str]]:
@@ -448,11 +473,6 @@ async def test_a_server_that_closes_after_ehlo_gets_a_backoff_not_a_reconnect_st
         close: str) -> None:
     """Through the scheduler: the job is deferred without counting an attempt, and the
     (source, site) backs off after a few connections instead of reconnecting forever."""
-    from quiver.policy import parse_policy
-    from quiver.routing.mx import MxResolver
-    from quiver.routing.sources import SourcePicker
-    from quiver.scheduler.scheduler import Scheduler
-
     connections = 0
 
     async def script(reader, writer):
@@ -468,24 +488,7 @@ async def test_a_server_that_closes_after_ehlo_gets_a_backoff_not_a_reconnect_st
         writer.transport.abort()
 
     async with Scripted(script) as server:
-        policy = parse_policy(f"""
-default_pool = "p"
-[delivery]
-port = {server.port}
-verify_tls = false
-allow_networks = ["127.0.0.0/8"]
-routes = {{ "d.test" = "127.0.0.1" }}
-[retry]
-site_backoff = "30s"
-[sources.a]
-ip = "127.0.0.2"
-local_ip = "127.0.0.2"
-ehlo = "a.quiver.test"
-[pools.p]
-sources = ["a"]
-""")
-        scheduler = Scheduler(policy=policy, picker=SourcePicker(policy),
-                              resolver=MxResolver(routes=dict(policy.delivery.routes)))
+        scheduler = scripted_scheduler(server, '[retry]\nsite_backoff = "30s"')
         try:
             attempts = await asyncio.wait_for(scheduler.deliver(
                 pool="p", domain="d.test", sender="a@news.test", recipients=["u@d.test"],

@@ -106,3 +106,28 @@ def test_the_receiver_gets_the_crlf_form_of_any_message(message: bytes) -> None:
     if not expected.endswith(b"\r\n"):
         expected += b"\r\n"
     assert unstuff(payload) == expected
+
+
+def _crlf_reference(message: bytes) -> bytes:
+    # Line by line: CRLF, then a lone CR or a bare LF, each ends one line.
+    out, i = bytearray(), 0
+    while i < len(message):
+        if message[i:i + 2] == b"\r\n":
+            out += b"\r\n"
+            i += 2
+        elif message[i] in b"\r\n":
+            out += b"\r\n"
+            i += 1
+        else:
+            out.append(message[i])
+            i += 1
+    return bytes(out)
+
+
+@given(st.lists(st.sampled_from([b"a", b" ", b".", b"\r", b"\n", b"\r\n", b"\n\r", b"\0"]),
+                max_size=60).map(b"".join))
+def test_line_ends_are_normalised_as_a_line_by_line_reading_would(message: bytes) -> None:
+    assert to_crlf(message) == _crlf_reference(message)
+    # Already normal: the very same object back (the hot path copies nothing).
+    normal = _crlf_reference(message)
+    assert to_crlf(normal) is normal or b"\r" not in normal

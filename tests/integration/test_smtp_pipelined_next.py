@@ -1,0 +1,200 @@
+"""The next message's MAIL, RCPT and DATA written behind the current body (RFC 2920 3.1),
+against scripted servers on loopback: the bytes on the wire, and what each message gets
+when the server fails between the two transactions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_smtp_wire import MESSAGE, Scripted, open_session, scripted_scheduler
+
+from quiver.scheduler.budget import RateLimiter
+from quiver.smtp.session import SessionError, SmtpSession
+
+pytestmark = pytest.mark.integration
+
+FIRST = ("a@news.test", ["u1@d.test"])
+SECOND = ("a@news.test", ["u2@d.test"])
+GROUP_OK = b"250 ok\r\n250 ok\r\n354 go\r\n"
+
+
+async def first_then_next(server: Scripted, reader, writer, replies: bytes) -> None:
+    """Greet, take the first transaction's body, read the next envelope pipelined
+    behind it, and write `replies` (the first's final reply, then the next's)."""
+    await server.greet(reader, writer)
+    await server.accept(reader, writer, final=b"")
+    for _ in range(3):
+        await server.line(reader)
+    writer.write(replies)
+    await writer.drain()
+
+
+async def send(session: SmtpSession, envelope: tuple[str, list[str]],
+               then: tuple[str, list[str]] | None = None) -> dict[str, tuple[int, str]]:
+    result = await session.send(sender=envelope[0], recipients=envelope[1], message=MESSAGE,
+                                then=then)
+    return {r: (reply.code, reply.text) for r, reply in result.replies.items()}
+
+
+async def test_the_next_envelope_travels_with_the_body_and_is_answered_with_it() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        await server.group(reader, writer, GROUP_OK)
+        await server.body(reader)
+        # Readable before the body was answered: written in the same go as the body.
+        lines = [await asyncio.wait_for(server.line(reader), 2) for _ in range(3)]
+        assert lines == [b"MAIL FROM:<a@news.test>\r\n", b"RCPT TO:<u2@d.test>\r\n",
+                         b"DATA\r\n"]
+        writer.write(b"250 first queued\r\n" + GROUP_OK)
+        await server.body(reader)
+        writer.write(b"250 second queued\r\n")
+        assert await server.line(reader) == b"QUIT\r\n"
+        writer.write(b"221 bye\r\n")
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert await send(session, FIRST, then=SECOND) == {"u1@d.test": (250, "first queued")}
+        assert await send(session, SECOND) == {"u2@d.test": (250, "second queued")}
+        assert session.transactions == 2 and session.messages_sent == 2
+        await session.close()
+
+
+async def test_a_421_to_the_pipelined_mail_is_the_next_messages_reply() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer,
+                              b"250 first queued\r\n421 4.7.0 enough for now\r\n")
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session, FIRST, then=SECOND))["u1@d.test"][0] == 250
+        # The close is the server's: the second message gets its 421, not a local error.
+        assert await send(session, SECOND) == {"u2@d.test": (421, "enough for now")}
+
+
+async def test_a_close_right_after_answering_the_body_leaves_the_next_unattempted() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n")
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session, FIRST, then=SECOND))["u1@d.test"][0] == 250
+        with pytest.raises(SessionError) as info:
+            await send(session, SECOND)
+    assert info.value.stage == "reused"  # nothing of it was accepted: queued again, no attempt
+
+
+async def test_a_close_before_the_body_is_answered_is_that_messages_attempt() -> None:
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        await server.group(reader, writer, GROUP_OK)
+        await server.body(reader)
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        with pytest.raises(SessionError) as info:
+            await send(session, FIRST, then=SECOND)
+    assert info.value.stage == "transaction"
+    assert info.value.reply.code == 451
+
+
+async def test_a_refused_message_does_not_stop_the_one_pipelined_behind_it() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"554 5.7.1 content refused\r\n" + GROUP_OK)
+        await server.body(reader)
+        writer.write(b"250 second queued\r\n")
+        await writer.drain()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert await send(session, FIRST, then=SECOND) == {"u1@d.test": (554, "content refused")}
+        assert await send(session, SECOND) == {"u2@d.test": (250, "second queued")}
+
+
+async def test_closing_with_a_pipelined_envelope_open_aborts_instead_of_quitting() -> None:
+    closed = asyncio.Event()
+
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n" + GROUP_OK)
+        # Awaiting the second body: a QUIT now would be read as message text.
+        assert await reader.read() == b""
+        closed.set()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        await send(session, FIRST, then=SECOND)
+        await session.close()
+        await asyncio.wait_for(closed.wait(), 5)
+    assert b"QUIT\r\n" not in server.seen
+
+
+async def test_a_send_for_another_envelope_than_the_pipelined_one_is_refused() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n" + GROUP_OK)
+        await reader.read()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        await send(session, FIRST, then=SECOND)
+        with pytest.raises(SessionError) as info:
+            await send(session, ("a@news.test", ["other@d.test"]))
+        assert not session.is_open
+    assert info.value.stage == "reused"
+
+
+async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message() -> None:
+    """One connection, ten queued messages: every envelope after the first arrives
+    behind the previous body, and every message is delivered once."""
+    count = 10
+    behind_body = 0
+
+    async def script(reader, writer):
+        nonlocal behind_body
+        await server.greet(reader, writer)
+        await server.group(reader, writer, GROUP_OK)
+        for n in range(count):
+            await server.body(reader)
+            # Was the next MAIL already sent with the body? Peek without waiting long.
+            try:
+                line = await asyncio.wait_for(server.line(reader), 0.3)
+            except TimeoutError:
+                line = b""
+            if line.startswith(b"MAIL"):
+                behind_body += 1
+                await server.line(reader)
+                await server.line(reader)
+                writer.write(f"250 queued {n}\r\n".encode() + GROUP_OK)
+                continue
+            writer.write(f"250 queued {n}\r\n".encode())
+            await writer.drain()
+            if n + 1 < count:
+                if not line:
+                    line = await server.line(reader)
+                assert line.startswith(b"MAIL")
+                await server.line(reader)
+                await server.line(reader)
+                writer.write(GROUP_OK)
+        assert await server.line(reader) == b"QUIT\r\n"
+        writer.write(b"221 bye\r\n")
+
+    async with Scripted(script) as server:
+        scheduler = scripted_scheduler(server, "[[throttles]]\nsource = \"*\"\nmax_connections = 1")
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(
+                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
+                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
+                for n in range(count))), 20)
+        finally:
+            await scheduler.close()
+    codes = [a.reply.code for attempts in results for a in attempts]
+    assert codes == [250] * count
+    assert sorted(int(a.reply.text.split()[-1]) for r in results for a in r) == list(range(count))
+    # The first message went alone (nothing was queued behind it yet); the rest pipelined.
+    assert behind_body == count - 1
+
+
+def test_a_rate_limiter_gives_a_token_now_or_says_no_without_waiting() -> None:
+    limiter = RateLimiter(per_second=2)
+    # The first, and one more: a send that wakes late may catch up by one interval.
+    assert limiter.try_acquire() and limiter.try_acquire()
+    assert not limiter.try_acquire()  # the next one is half a second away

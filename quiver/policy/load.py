@@ -504,7 +504,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     c.keys(
         t,
         {"ehlo", "port", "verify_tls", "tls_ca_file", "allow_networks", "connect_timeout",
-         "command_timeout", "routes", "signing_threads"},
+         "command_timeout", "routes", "signing_threads", "pipeline_next"},
         "delivery",
     )
     d = Delivery()
@@ -530,6 +530,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
         routes=tuple(routes),
         signing_threads=c.get(t, "signing_threads", "delivery", _thread_count,
                               d.signing_threads),
+        pipeline_next=c.get(t, "pipeline_next", "delivery", _boolean, d.pipeline_next),
     )
 
 

@@ -72,10 +72,12 @@ class ReadyQueue:
         connector: Connector,
         backoff: float,
         share: Callable[[], float] = lambda: 1.0,
+        pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
     ) -> None:
         self._proxy_check = proxy_check
+        self._pipeline_next = pipeline_next
         self._proxy_down = proxy_down
         self.source = source
         self.route = route
@@ -236,7 +238,8 @@ class ReadyQueue:
         and with its rate token in hand (taken now, never waited for: the body must
         not wait).
         """
-        if not session.pipelining or sent + 2 > self._per_conn or self._closing:
+        if (not self._pipeline_next or not session.pipelining or sent + 2 > self._per_conn
+                or self._closing):
             return None
         jobs = self.jobs
         while jobs and jobs[0].future.done():

@@ -83,7 +83,7 @@ class Scheduler:
             queue = self.queues[key] = ReadyQueue(
                 source=source, route=route, limits=limits, budgets=self.budgets,
                 connector=self._connector, backoff=self._policy.retry.site_backoff,
-                share=self._share,
+                share=self._share, pipeline_next=self._policy.delivery.pipeline_next,
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
             )

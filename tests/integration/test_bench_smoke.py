@@ -109,3 +109,18 @@ def test_sender_cpu_bench_prints_its_figures(threads: int) -> None:
     assert data["signing_threads"] == threads and data["runs"] == 1
     assert data["sender_cpu_us_per_msg"] > 0 and data["rsa_sign_us"] > 0
     assert data["msgs_per_s"] > 0 and data["event_batches_sent"] > 0
+
+
+def test_round_trips_bench_counts_one_round_trip_per_message_with_pipeline_next() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "round_trips.py"), "--rtt", "5", "--messages", "30",
+         "--connections", "1", "--runs", "1", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    # Counted by the MX, not timed: the first envelope goes alone, every later one
+    # behind the body before it; one at a time, each message takes two.
+    assert data["round_trips_per_msg_pipeline_next_off"] == 2.0
+    assert data["round_trips_per_msg_pipeline_next_on"] <= 1.1
+    assert data["msgs_per_s_pipeline_next_on"] > 0 and data["ratio_on_vs_off"] > 0

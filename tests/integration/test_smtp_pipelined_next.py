@@ -142,9 +142,12 @@ async def test_a_send_for_another_envelope_than_the_pipelined_one_is_refused() -
     assert info.value.stage == "reused"
 
 
-async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message() -> None:
+@pytest.mark.parametrize("pipeline_next", [True, False], ids=["on", "off"])
+async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message(
+        pipeline_next: bool) -> None:
     """One connection, ten queued messages: every envelope after the first arrives
-    behind the previous body, and every message is delivered once."""
+    behind the previous body (none does with delivery.pipeline_next off), and every
+    message is delivered once."""
     count = 10
     behind_body = 0
 
@@ -178,7 +181,9 @@ async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message()
         writer.write(b"221 bye\r\n")
 
     async with Scripted(script) as server:
-        scheduler = scripted_scheduler(server, "[[throttles]]\nsource = \"*\"\nmax_connections = 1")
+        scheduler = scripted_scheduler(
+            server, "[[throttles]]\nsource = \"*\"\nmax_connections = 1",
+            delivery=f"pipeline_next = {str(pipeline_next).lower()}")
         try:
             results = await asyncio.wait_for(asyncio.gather(*(
                 scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
@@ -190,7 +195,7 @@ async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message()
     assert codes == [250] * count
     assert sorted(int(a.reply.text.split()[-1]) for r in results for a in r) == list(range(count))
     # The first message went alone (nothing was queued behind it yet); the rest pipelined.
-    assert behind_body == count - 1
+    assert behind_body == (count - 1 if pipeline_next else 0)
 
 
 def test_a_rate_limiter_gives_a_token_now_or_says_no_without_waiting() -> None:

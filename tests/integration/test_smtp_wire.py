@@ -101,11 +101,12 @@ async def open_session(server: Scripted, *, timeout: float = 5.0,
         tls_context=tls, connect_timeout=5, command_timeout=timeout)
 
 
-def scripted_scheduler(server: Scripted, extra: str = "") -> Scheduler:
+def scripted_scheduler(server: Scripted, extra: str = "", *, delivery: str = "") -> Scheduler:
     """A scheduler with one source whose only route, for d.test, is `server`."""
     policy = parse_policy(f"""
 default_pool = "p"
 [delivery]
+{delivery}
 port = {server.port}
 verify_tls = false
 allow_networks = ["127.0.0.0/8"]

@@ -39,12 +39,21 @@ def test_defaults() -> None:
     assert p.intake.drain_deadline == 25 and p.delivery.port == 25
     assert p.frontend(p.sources["s1"]) is None
     assert p.delivery.signing_threads == 1
+    assert p.delivery.pipeline_next is True
 
 
 @pytest.mark.parametrize("value", ["-1", "17", "true", '"2"', "1.5"])
 def test_signing_threads_must_be_a_small_whole_number(value: str) -> None:
     with pytest.raises(PolicyError, match=r"delivery\.signing_threads"):
         parse_policy(MINIMAL + f"\n[delivery]\nsigning_threads = {value}\n")
+
+
+@pytest.mark.parametrize("value", ["1", '"no"', "0"])
+def test_pipeline_next_is_true_or_false(value: str) -> None:
+    with pytest.raises(PolicyError, match=r"delivery\.pipeline_next"):
+        parse_policy(MINIMAL + f"\n[delivery]\npipeline_next = {value}\n")
+    off = parse_policy(MINIMAL + "\n[delivery]\npipeline_next = false\n")
+    assert off.delivery.pipeline_next is False
 
 
 def test_every_problem_is_listed_with_its_path() -> None:

@@ -2,8 +2,10 @@
 
 The text deployed is exactly the repo file, validated here at synth: a policy that
 `quiver.policy` refuses never reaches a parameter. Senders read the parameter by
-name (`quiver sender --config ssm:/quiver/policy`); a new version published by
-`cdk deploy` is picked up by running senders without a restart.
+name (`quiver sender --config ssm:/quiver/policy`) and poll it; a new version
+published by `cdk deploy` has its throttles, retry schedule and
+`delivery.pipeline_next` applied by running senders without a restart (other
+sections at the next restart).
 """
 
 from __future__ import annotations

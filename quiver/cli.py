@@ -26,7 +26,8 @@ def cmd_sender(args: argparse.Namespace) -> int:
 
     from quiver.dkim import DkimError
     from quiver.policy import PolicyError
-    from quiver.policy.source import read_policy
+    from quiver.policy.reload import PolicySource
+    from quiver.policy.source import read_policy, read_policy_text
     from quiver.sender.app import build_sender, serve
     from quiver.settings import SettingsError, deployment_from_env
 
@@ -37,18 +38,36 @@ def cmd_sender(args: argparse.Namespace) -> int:
     session = boto3.session.Session()
     try:
         deployment = deployment_from_env(os.environ)
-        policy, policy_dir = read_policy(args.config, ssm=lambda: session.client("ssm"))
+        ssm_client = _once(lambda: session.client("ssm"))
+        policy, policy_dir, text = read_policy(args.config, ssm=ssm_client)
         for warning in policy.warnings:
             logging.getLogger("quiver").warning("policy: %s", warning)
+        source = PolicySource(
+            origin=args.config, text=text, interval=args.policy_poll,
+            read=lambda: read_policy_text(args.config, ssm=ssm_client),
+        )
         sender = build_sender(
             policy=policy, policy_dir=policy_dir, deployment=deployment, session=session,
             nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
+            policy_source=source,
         )
     except (PolicyError, SettingsError, DkimError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
         return 2
     _run(serve(sender))
     return 0
+
+
+def _once(make: Any) -> Any:
+    """`make()` on the first call, the same object after (one SSM client per process)."""
+    made: list[Any] = []
+
+    def get() -> Any:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 def _run(coro: Any) -> None:
@@ -131,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sender", help="deliver messages from the outbound queue")
     s.add_argument("--config", required=True, help="policy file, or ssm:<parameter name>")
     s.add_argument("--nameserver", help="DNS server(s) host:port[,host:port] (default: system)")
+    s.add_argument("--policy-poll", type=float, default=30.0, metavar="SECONDS",
+                   help="re-read the policy this often; throttles and retry apply live "
+                        "(default 30; 0: never)")
     s.set_defaults(func=cmd_sender)
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")

@@ -12,8 +12,18 @@ from quiver.policy.model import Policy
 SSM_PREFIX = "ssm:"
 
 
-def read_policy(spec: str, *, ssm: Callable[[], Any] | None = None) -> tuple[Policy, Path]:
-    """The policy and the directory relative paths in it (key files) resolve against."""
+def read_policy(
+    spec: str, *, ssm: Callable[[], Any] | None = None
+) -> tuple[Policy, Path, str]:
+    """The policy, the directory relative paths in it (key files) resolve against, and
+    the text it was parsed from (a reload compares against it)."""
+    text = read_policy_text(spec, ssm=ssm)
+    base = Path.cwd() if spec.startswith(SSM_PREFIX) else Path(spec).resolve().parent
+    return parse_policy(text, origin=spec), base, text
+
+
+def read_policy_text(spec: str, *, ssm: Callable[[], Any] | None = None) -> str:
+    """The policy's TOML text, from the file or the SSM parameter `spec` names."""
     if spec.startswith(SSM_PREFIX):
         name = spec[len(SSM_PREFIX):]
         if ssm is None:
@@ -22,12 +32,10 @@ def read_policy(spec: str, *, ssm: Callable[[], Any] | None = None) -> tuple[Pol
             response = ssm().get_parameter(Name=name, WithDecryption=True)
         except Exception as exc:
             raise PolicyError([f"cannot read SSM parameter {name}: {exc}"], spec) from None
-        return parse_policy(response["Parameter"]["Value"], origin=spec), Path.cwd()
-    path = Path(spec)
+        return str(response["Parameter"]["Value"])
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(spec).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([f"cannot read: {exc.strerror}"], spec) from None
     except UnicodeDecodeError:
         raise PolicyError(["not UTF-8 text"], spec) from None
-    return parse_policy(text, origin=spec), path.resolve().parent

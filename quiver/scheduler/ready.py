@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,10 +29,12 @@ from quiver.policy import Source
 from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
-from quiver.scheduler.throttle import Limits
+from quiver.scheduler.throttle import Destination, Limits
 from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
 from quiver.smtp.session import SessionError, SmtpSession
+
+log = logging.getLogger("quiver.scheduler")
 
 # A connection with nothing to send for this long is closed: receivers drop idle
 # clients anyway (RFC 5321 4.5.3.2.7 allows 5 min; big providers use far less).
@@ -73,11 +76,16 @@ class ReadyQueue:
         backoff: float,
         share: Callable[[], float] = lambda: 1.0,
         pipeline_next: bool = True,
+        destination: Destination | None = None,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
     ) -> None:
         self._proxy_check = proxy_check
-        self._pipeline_next = pipeline_next
+        self.pipeline_next = pipeline_next
+        # What throttle rules are matched against (kept for a policy reload).
+        self.destination = destination or Destination(
+            source=source.name, site=route.site, domain="", provider=route.provider,
+            mx_hosts=tuple(h.name for h in route.hosts))
         self._proxy_down = proxy_down
         self.source = source
         self.route = route
@@ -111,6 +119,10 @@ class ReadyQueue:
             budgets.rate(rate.key, rate.value.per_second)
             if rate is not None and not isinstance(rate.value, int) else None
         )
+        # Idle connections re-check their limit (a lower one closes some of them);
+        # queued jobs get the connections a higher one allows.
+        self._wakeup.set()
+        self._maybe_start()
 
     @property
     def budget(self) -> ConnectionBudget:
@@ -155,7 +167,7 @@ class ReadyQueue:
                     await self._open_failed(exc)
                     return
                 try:
-                    await self._serve(session, here)
+                    await self._serve(session, here, budget)
                 finally:
                     await session.close()
         finally:
@@ -167,16 +179,23 @@ class ReadyQueue:
                 self._closing = True
             budget.release()
             if self.jobs and not self._closing:
-                self._maybe_start()
+                if self.backing_off():
+                    # Put back after another connection's failure drained the queue (a
+                    # job this one held, pipelined or about to resend): deferred the
+                    # same way, so none waits for a worker the backoff will not start.
+                    self._drain_backing_off()
+                else:
+                    self._maybe_start()
 
-    async def _serve(self, session: SmtpSession, here: Path) -> None:
+    async def _serve(self, session: SmtpSession, here: Path, budget: ConnectionBudget) -> None:
         sent = 0
         # The job whose MAIL, RCPT and DATA went out behind the last body (its rate
         # token already taken): it is this connection's next transaction, whatever else
         # is queued, because the server holds its envelope.
         ahead: Job | None = None
-        while sent < self._per_conn:
-            job = ahead if ahead is not None else await self._next_job()
+        # A held `ahead` is served even if a reload lowered max_messages_per_connection.
+        while sent < self._per_conn or ahead is not None:
+            job = ahead if ahead is not None else await self._next_job(budget)
             if job is None:
                 return
             paid, ahead = job is ahead, None
@@ -197,6 +216,7 @@ class ReadyQueue:
                         then=None if then is None else (then.sender, then.recipients),
                     )
                 except SessionError as exc:
+                    self._check_pipelining(session)
                     if then is not None:
                         self.jobs.appendleft(then)  # not sent (or lost unanswered): queued again
                     if exc.stage == "reused":
@@ -220,6 +240,7 @@ class ReadyQueue:
                     return
                 sent += 1
                 self._closed_streak = 0
+                self._check_pipelining(session)
                 closing = self._settle(job, result.replies, here)
                 if closing is not None:
                     if then is not None:
@@ -230,6 +251,19 @@ class ReadyQueue:
             finally:
                 self.idle += 1
 
+    def _check_pipelining(self, session: SmtpSession) -> None:
+        """A server that mishandled commands pipelined behind the end of data gets no
+        more of them from this queue (its jobs were queued again, unattempted)."""
+        if session.pipeline_next_failed is not None and self.pipeline_next:
+            self.pipeline_next = False
+            log.warning("%s → %s: pipelining behind the end of data off: %s",
+                        self.source.name, self.route.site, session.pipeline_next_failed)
+
+    def _over_limit(self, budget: ConnectionBudget) -> bool:
+        """This connection is one too many: its slot's budget was replaced by a reload
+        (the throttle rule that matches changed), or holds more than the limit now."""
+        return budget is not self._budget or budget.open > self._effective_limit()
+
     def _take_next(self, session: SmtpSession, sent: int) -> Job | None:
         """The queued job to pipeline behind this message's body, if one is ready now.
 
@@ -238,8 +272,8 @@ class ReadyQueue:
         and with its rate token in hand (taken now, never waited for: the body must
         not wait).
         """
-        if (not self._pipeline_next or not session.pipelining or sent + 2 > self._per_conn
-                or self._closing):
+        if (not self.pipeline_next or not session.pipelining or sent + 2 > self._per_conn
+                or self._closing or not session.is_open):
             return None
         jobs = self.jobs
         while jobs and jobs[0].future.done():
@@ -269,9 +303,11 @@ class ReadyQueue:
             self._finish(job, job.done)
         return closing
 
-    async def _next_job(self) -> Job | None:
+    async def _next_job(self, budget: ConnectionBudget) -> Job | None:
+        """The next job for this connection; None to close it (idle, closing, or one
+        connection too many after a policy reload lowered the limit)."""
         deadline = time.monotonic() + IDLE_TIMEOUT
-        while not self._closing:
+        while not self._closing and not self._over_limit(budget):
             while self.jobs:
                 job = self.jobs.popleft()
                 if not job.future.done():  # cancelled by a stopping sender: skip it
@@ -347,6 +383,11 @@ class ReadyQueue:
         self.backoff_reply = local_reply(
             451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
         )
+
+    def _drain_backing_off(self) -> None:
+        assert self.backoff_reply is not None
+        for job in self._take_all():
+            self._finish(job, self._deferrals(job, self.backoff_reply))
 
     def _drain(self, reply: Reply, template: Path) -> None:
         for job in self._take_all():

@@ -72,16 +72,28 @@ class Scheduler:
         assert last is not None
         return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
 
+    def apply_policy(self, policy: Policy) -> None:
+        """Policy reload: every ready queue rebinds to its limits under the new throttles;
+        new retry backoff and pipelining apply from each queue's next decision."""
+        self._policy = policy
+        for queue in self.queues.values():
+            queue.backoff = policy.retry.site_backoff
+            queue.pipeline_next = policy.delivery.pipeline_next
+            queue.apply(resolve(policy.throttles, queue.destination), self.budgets)
+
     def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
         key = (source.name, route.site)
         queue = self.queues.get(key)
         if queue is None:
-            limits = resolve(self._policy.throttles, Destination(
+            # The first domain seen at a site stands for it when throttles name domains.
+            destination = Destination(
                 source=source.name, site=route.site, domain=domain, provider=route.provider,
                 mx_hosts=tuple(h.name for h in route.hosts),
-            ))
+            )
+            limits = resolve(self._policy.throttles, destination)
             queue = self.queues[key] = ReadyQueue(
                 source=source, route=route, limits=limits, budgets=self.budgets,
+                destination=destination,
                 connector=self._connector, backoff=self._policy.retry.site_backoff,
                 share=self._share, pipeline_next=self._policy.delivery.pipeline_next,
                 proxy_check=self.health.check if self.health else None,

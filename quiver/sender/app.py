@@ -17,6 +17,7 @@ from quiver.dkim import signers_from_policy
 from quiver.dkim.pool import SigningPool
 from quiver.finals import FinalsTable
 from quiver.policy import Policy
+from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
@@ -53,6 +54,7 @@ def build_sender(
     deployment: Deployment,
     session: Any,
     nameservers: list[tuple[str, int]] | None,
+    policy_source: PolicySource | None = None,
 ) -> Sender:
     from botocore.config import Config
 
@@ -116,9 +118,21 @@ def build_sender(
         completer=completer,
         classifier=default_classifier(),
     )
+    services = [membership.run, metrics.run, health.run]
+    if policy_source is not None and policy_source.interval > 0:
+
+        def apply(new: Policy) -> None:
+            transport.apply_policy(new)
+            handler.apply_policy(new)
+
+        watcher = PolicyWatcher(
+            origin=policy_source.origin, current=policy, read=policy_source.read, apply=apply,
+            interval=policy_source.interval, initial_text=policy_source.text,
+        )
+        services.append(watcher.run)
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
-        services=[membership.run, metrics.run, health.run],
+        services=services,
         on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
     )
 

@@ -75,6 +75,10 @@ class MessageHandler:
         self._clock = clock
         self._rng = rng or random.Random()
 
+    def apply_policy(self, policy: Policy) -> None:
+        """Policy reload: retry schedule and max_age from the next outcome on."""
+        self._policy = policy
+
     async def handle(self, received: Received) -> bool:
         """Process one message; True if it completed (deleted), False if it will return.
 

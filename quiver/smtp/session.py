@@ -107,6 +107,15 @@ def _positive(reply: RawReply) -> bool:
     return 200 <= reply[0] < 300
 
 
+def _out_of_sequence(replies: Sequence[RawReply]) -> bool:
+    """503 to MAIL, or to a later command of a group whose MAIL was accepted (after a
+    refused MAIL, a 503 to RCPT is only its consequence)."""
+    if not replies:
+        return False
+    first = replies[0][0]
+    return first == 503 or (200 <= first < 300 and any(r[0] == 503 for r in replies[1:]))
+
+
 def _reply(raw: RawReply) -> Reply:
     return parse_reply(raw[0], raw[1])
 
@@ -132,6 +141,9 @@ class SmtpSession:
         self._unbelieved = False
         # The next transaction's commands went out behind the last body; its replies.
         self._ahead: _Ahead | None = None
+        # Why the server is taken not to handle commands behind the end of data (no
+        # reply to them, or "bad sequence" replies); the caller stops sending them.
+        self.pipeline_next_failed: str | None = None
 
     @classmethod
     async def open(
@@ -248,6 +260,14 @@ class SmtpSession:
             self._wire.abort()
             raise SessionError("reused", local_reply(
                 451, "4.3.0", "not sent: the connection's pipelined transaction was abandoned"))
+        if ahead is not None and _out_of_sequence(
+                ahead.error.replies if ahead.error else ahead.replies):
+            # "Bad sequence" to commands that were in sequence: the server lost what
+            # followed the end of data. Its 5xx would bounce mail it never judged.
+            self.pipeline_next_failed = "503 to commands pipelined behind the end of data"
+            self._wire.abort()
+            raise SessionError("reused", local_reply(
+                451, "4.5.0", "not sent: the server mishandled pipelined commands"))
         if not self._wire.usable and (ahead is None or ahead.error is None):
             # Closed while idle (the server's timeout, or its proxy died): nothing of
             # this message was sent, so it is not its attempt.
@@ -422,6 +442,9 @@ class SmtpSession:
                 # backs the site off); with nothing said it finds the connection
                 # closed and is queued again.
                 got, rest = exc.replies[:1], exc.replies[1:]
+                if not rest and isinstance(exc, ReplyTimeout):
+                    self.pipeline_next_failed = (
+                        f"no reply to commands pipelined behind the end of data: {exc}")
                 if rest:
                     self._ahead = _Ahead(then[0], tuple(then[1]), [],
                                          type(exc)(str(exc), rest))

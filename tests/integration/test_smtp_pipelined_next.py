@@ -203,3 +203,136 @@ def test_a_rate_limiter_gives_a_token_now_or_says_no_without_waiting() -> None:
     # The first, and one more: a send that wakes late may catch up by one interval.
     assert limiter.try_acquire() and limiter.try_acquire()
     assert not limiter.try_acquire()  # the next one is half a second away
+
+
+async def test_503s_to_a_pipelined_group_are_not_bounces_and_stop_the_pipelining() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n" + (
+            b"503 5.5.1 bad sequence of commands\r\n" * 3))
+        await reader.read()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session, FIRST, then=SECOND))["u1@d.test"][0] == 250
+        with pytest.raises(SessionError) as info:
+            await send(session, SECOND)
+    # Queued again, unattempted; the caller is told to stop pipelining behind the dot.
+    assert info.value.stage == "reused" and info.value.reply.code == 451
+    assert session.pipeline_next_failed is not None and "503" in session.pipeline_next_failed
+
+
+async def test_a_refused_pipelined_mail_and_its_503s_are_the_mails_refusal() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n"
+                              b"550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n"
+                              b"503 5.5.1 need RCPT\r\n")
+        await reader.read()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        await send(session, FIRST, then=SECOND)
+        assert await send(session, SECOND) == {"u2@d.test": (550, "sender refused")}
+    assert session.pipeline_next_failed is None
+
+
+async def test_a_server_silent_after_the_dot_gets_no_more_pipelined_commands() -> None:
+    """It answers the body, then never the commands behind it: after one command
+    timeout the queued message is sent again on a new connection (unattempted), and
+    that (source, site) no longer pipelines behind the end of data."""
+    connections = 0
+    behind_body_later = 0
+
+    async def script(reader, writer):
+        nonlocal connections, behind_body_later
+        connections += 1
+        await server.greet(reader, writer)
+        while True:
+            for _ in range(3):
+                if not (await server.line(reader)).strip():
+                    return
+            writer.write(GROUP_OK)
+            await writer.drain()
+            await server.body(reader)
+            try:
+                line = await asyncio.wait_for(server.line(reader), 0.2)
+            except TimeoutError:
+                line = b""
+            writer.write(b"250 queued\r\n")
+            await writer.drain()
+            if connections == 1 and line.startswith(b"MAIL"):
+                await reader.read()  # the rest of the group: never answered
+                return
+            if line.startswith(b"MAIL"):
+                behind_body_later += 1
+            if line.startswith(b"QUIT"):
+                writer.write(b"221 bye\r\n")
+                return
+            if line:
+                server.seen.append(line)  # the next MAIL, read already: answer below
+                writer.write(b"250 ok\r\n")
+                await server.line(reader)
+                await server.line(reader)
+                writer.write(b"250 ok\r\n354 go\r\n")
+                await writer.drain()
+                await server.body(reader)
+                writer.write(b"250 queued\r\n")
+                await writer.drain()
+
+    async with Scripted(script) as server:
+        scheduler = scripted_scheduler(
+            server, '[[throttles]]\nsource = "*"\nmax_connections = 1',
+            delivery='command_timeout = "1s"')
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(
+                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
+                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
+                for n in range(4))), 20)
+            (queue,) = scheduler.queues.values()
+            assert queue.pipeline_next is False
+        finally:
+            await scheduler.close()
+    assert [a.reply.code for r in results for a in r] == [250] * 4
+    assert all(a.counts for r in results for a in r)  # one attempt each, none lost
+    assert connections == 2 and behind_body_later == 0
+
+
+async def test_a_pipelined_job_put_back_during_another_connections_backoff_is_answered() -> None:
+    """Connection A carries J1 with J2's envelope behind it; meanwhile connection B fails
+    (backoff, and a drain of the queue, which does not hold J2). A's server answers J1
+    and closes: J2 is deferred at once, unattempted, instead of waiting for a worker."""
+    arrivals = 0
+    j2_sent = asyncio.Event()
+
+    async def script(reader, writer):
+        nonlocal arrivals
+        arrivals += 1
+        if arrivals > 1:  # B: closes before its banner once J2 is pipelined on A
+            await j2_sent.wait()
+            writer.transport.abort()
+            return
+        await server.greet(reader, writer)
+        await server.group(reader, writer, GROUP_OK)
+        await server.body(reader)
+        for _ in range(3):
+            await server.line(reader)
+        j2_sent.set()
+        await asyncio.sleep(0.3)
+        writer.write(b"250 first queued\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    async with Scripted(script) as server:
+        scheduler = scripted_scheduler(
+            server, '[retry]\nsite_backoff = "30s"\n'
+                    '[[throttles]]\nsource = "*"\nmax_connections = 2')
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(
+                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
+                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
+                for n in (1, 2, 3))), 5)
+        finally:
+            await scheduler.close()
+    first, second, third = (attempts[0] for attempts in results)
+    assert first.reply.code == 250
+    for later in (second, third):
+        assert later.reply.code in (421, 451) and not later.counts

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from quiver.policy import parse_policy
+from quiver.policy import Policy, parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.safety import DestinationGuard
 from quiver.routing.sources import SourcePicker
@@ -103,11 +103,21 @@ async def open_session(server: Scripted, *, timeout: float = 5.0,
 
 def scripted_scheduler(server: Scripted, extra: str = "", *, delivery: str = "") -> Scheduler:
     """A scheduler with one source whose only route, for d.test, is `server`."""
-    policy = parse_policy(f"""
+    policy = scripted_policy(server, extra, delivery=delivery)
+    return Scheduler(policy=policy, picker=SourcePicker(policy),
+                     resolver=MxResolver(routes=dict(policy.delivery.routes)))
+
+
+def scripted_policy(server: Scripted, extra: str = "", *, delivery: str = "") -> Policy:
+    return parse_policy(scripted_policy_text(server.port, extra, delivery=delivery))
+
+
+def scripted_policy_text(port: int, extra: str = "", *, delivery: str = "") -> str:
+    return f"""
 default_pool = "p"
 [delivery]
 {delivery}
-port = {server.port}
+port = {port}
 verify_tls = false
 allow_networks = ["127.0.0.0/8"]
 routes = {{ "d.test" = "127.0.0.1" }}
@@ -118,9 +128,7 @@ ehlo = "a.quiver.test"
 [pools.p]
 sources = ["a"]
 {extra}
-""")
-    return Scheduler(policy=policy, picker=SourcePicker(policy),
-                     resolver=MxResolver(routes=dict(policy.delivery.routes)))
+"""
 
 
 async def send(session: SmtpSession, *rcpts: str) -> dict[str, tuple[int, str]]:

@@ -1,0 +1,147 @@
+"""Policy changes while mail is in flight: poll the policy's source, apply what can change live.
+
+Live: `throttles`, `retry` and `delivery.pipeline_next`. Ready queues rebind to
+their new limits (open connections above a lowered `max_connections` finish their
+current message and close as they go idle; a new `max_rate` paces the next send),
+and new retry rules apply to every outcome from then on. Everything else (sources,
+pools, DKIM keys, intake, the rest of `delivery`, providers, the proxy tier)
+shapes objects built at start, so a change there is reported as needing a
+restart and not applied; a rolling deploy does that without losing mail.
+
+A policy that fails validation changes nothing: every problem is logged with its
+path, once per distinct text, and the running policy stays in force. A source that
+cannot be read (SSM throttling, a file being replaced) is retried at the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+from quiver.policy.load import PolicyError, parse_policy
+from quiver.policy.model import Policy
+
+log = logging.getLogger("quiver.policy")
+
+DEFAULT_INTERVAL = 30.0
+_LIVE = frozenset({"throttles", "retry"})
+_IGNORED = frozenset({"warnings"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """Where the running policy came from, to poll for changes (`interval` 0: never)."""
+
+    origin: str
+    read: Callable[[], str]
+    text: str
+    interval: float = DEFAULT_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a new policy text did: `applied` live, `restart` left for a restart."""
+
+    applied: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
+    """`current` with the live parts of `new`; and which parts differed, by kind."""
+    applied: list[str] = []
+    restart: list[str] = []
+    for f in fields(Policy):
+        name = f.name
+        if name in _IGNORED or getattr(current, name) == getattr(new, name):
+            continue
+        if name in _LIVE:
+            applied.append(name)
+        elif name == "delivery":
+            if current.delivery.pipeline_next != new.delivery.pipeline_next:
+                applied.append("delivery.pipeline_next")
+            if replace(current.delivery, pipeline_next=new.delivery.pipeline_next) != new.delivery:
+                restart.append("delivery")
+        else:
+            restart.append(name)
+    merged = replace(
+        current, throttles=new.throttles, retry=new.retry,
+        delivery=replace(current.delivery, pipeline_next=new.delivery.pipeline_next),
+    )
+    return merged, Change(applied=tuple(applied), restart=tuple(restart))
+
+
+class PolicyWatcher:
+    """Polls `read` (the policy text) every `interval` s; hands live changes to `apply`."""
+
+    def __init__(
+        self,
+        *,
+        origin: str,
+        current: Policy,
+        read: Callable[[], str],
+        apply: Callable[[Policy], None],
+        interval: float = DEFAULT_INTERVAL,
+        initial_text: str | None = None,
+    ) -> None:
+        self.origin = origin
+        self.current = current
+        self.interval = interval
+        self._read = read
+        self._apply = apply
+        # Digests of the last text seen and of the last text refused: an unchanged
+        # source is not parsed again, and a refused one is not logged at every poll.
+        self._seen = _digest(initial_text) if initial_text is not None else None
+        self._refused: str | None = None
+        self.reloads = 0
+        self.failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await stop.wait()
+            if not stop.is_set():
+                await self.check()
+
+    async def check(self) -> Change | None:
+        """Read once and apply what changed; None if the text is as before (or unreadable)."""
+        try:
+            # Reading may be a blocking SSM call: off the event loop.
+            text = await asyncio.to_thread(self._read)
+        except PolicyError as exc:
+            log.warning("policy %s not re-read (kept as it is): %s", self.origin, exc)
+            return None
+        digest = _digest(text)
+        if digest == self._seen:
+            return None
+        try:
+            new = parse_policy(text, origin=self.origin)
+        except PolicyError as exc:
+            if digest != self._refused:
+                self._refused = digest
+                self.failures += 1
+                log.error("policy %s refused, the running policy stays in force: %s",
+                          self.origin, "; ".join(exc.problems))
+            return Change(errors=tuple(exc.problems))
+        self._seen, self._refused = digest, None
+        merged, change = merge_live(self.current, new)
+        if change.applied:
+            self._apply(merged)
+            self.current = merged
+            self.reloads += 1
+            log.info("policy %s reloaded: %s applied", self.origin, ", ".join(change.applied))
+        if change.restart:
+            log.warning("policy %s: %s changed; takes effect at the next restart",
+                        self.origin, ", ".join(change.restart))
+        for warning in new.warnings:
+            log.warning("policy: %s", warning)
+        return change
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

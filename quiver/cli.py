@@ -23,6 +23,7 @@ def _nameservers(spec: str | None) -> list[tuple[str, int]] | None:
 
 def cmd_sender(args: argparse.Namespace) -> int:
     import boto3
+    from botocore.config import Config
 
     from quiver.dkim import DkimError
     from quiver.policy import PolicyError
@@ -38,7 +39,9 @@ def cmd_sender(args: argparse.Namespace) -> int:
     session = boto3.session.Session()
     try:
         deployment = deployment_from_env(os.environ)
-        ssm_client = _once(lambda: session.client("ssm"))
+        # Short timeouts: a poll that hangs must not hold the process past its stop.
+        ssm_config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+        ssm_client = _once(lambda: session.client("ssm", config=ssm_config))
         policy, policy_dir, text = read_policy(args.config, ssm=ssm_client)
         for warning in policy.warnings:
             logging.getLogger("quiver").warning("policy: %s", warning)

@@ -29,6 +29,8 @@ log = logging.getLogger("quiver.policy")
 
 DEFAULT_INTERVAL = 30.0
 _LIVE = frozenset({"throttles", "retry"})
+# What throttle rules are matched against: while these differ, throttles wait too.
+_MATCHED = frozenset({"sources", "providers"})
 _IGNORED = frozenset({"warnings"})
 
 
@@ -61,6 +63,10 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
             continue
         if name in _LIVE:
             applied.append(name)
+        elif name in _MATCHED:
+            # Throttles name sources and providers: new rules over the running ones
+            # could match nothing (a renamed source left unthrottled). Both wait.
+            restart.append(name)
         elif name == "delivery":
             if current.delivery.pipeline_next != new.delivery.pipeline_next:
                 applied.append("delivery.pipeline_next")
@@ -68,8 +74,12 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
                 restart.append("delivery")
         else:
             restart.append(name)
+    if "throttles" in applied and any(n in restart for n in _MATCHED):
+        applied.remove("throttles")
+        restart.append("throttles")
     merged = replace(
-        current, throttles=new.throttles, retry=new.retry,
+        current, retry=new.retry,
+        throttles=new.throttles if "throttles" in applied else current.throttles,
         delivery=replace(current.delivery, pipeline_next=new.delivery.pipeline_next),
     )
     return merged, Change(applied=tuple(applied), restart=tuple(restart))
@@ -106,7 +116,11 @@ class PolicyWatcher:
                 async with asyncio.timeout(self.interval):
                     await stop.wait()
             if not stop.is_set():
-                await self.check()
+                try:
+                    await self.check()
+                except Exception as exc:  # a reload must never end the watching
+                    log.error("policy %s: reload failed, the running policy stays: %s",
+                              self.origin, _one_line(repr(exc)))
 
     async def check(self) -> Change | None:
         """Read once and apply what changed; None if the text is as before (or unreadable)."""
@@ -114,7 +128,8 @@ class PolicyWatcher:
             # Reading may be a blocking SSM call: off the event loop.
             text = await asyncio.to_thread(self._read)
         except PolicyError as exc:
-            log.warning("policy %s not re-read (kept as it is): %s", self.origin, exc)
+            log.warning("policy %s not re-read (kept as it is): %s", self.origin,
+                        _one_line("; ".join(exc.problems)))
             return None
         digest = _digest(text)
         if digest == self._seen:
@@ -126,21 +141,27 @@ class PolicyWatcher:
                 self._refused = digest
                 self.failures += 1
                 log.error("policy %s refused, the running policy stays in force: %s",
-                          self.origin, "; ".join(exc.problems))
+                          self.origin, _one_line("; ".join(exc.problems)))
             return Change(errors=tuple(exc.problems))
-        self._seen, self._refused = digest, None
         merged, change = merge_live(self.current, new)
         if change.applied:
-            self._apply(merged)
+            self._apply(merged)  # raises: not marked seen, so the next poll tries again
             self.current = merged
             self.reloads += 1
             log.info("policy %s reloaded: %s applied", self.origin, ", ".join(change.applied))
+        self._seen, self._refused = digest, None
         if change.restart:
             log.warning("policy %s: %s changed; takes effect at the next restart",
                         self.origin, ", ".join(change.restart))
         for warning in new.warnings:
-            log.warning("policy: %s", warning)
+            log.warning("policy: %s", _one_line(warning))
         return change
+
+
+def _one_line(text: str) -> str:
+    # The sender logs one JSON object per line with the message unescaped: no line
+    # breaks, and no double quotes, which would end its string early.
+    return " ".join(text.split()).replace('"', "'")
 
 
 def _digest(text: str) -> str:

@@ -19,6 +19,8 @@ class ConnectionBudget:
         self.limit = limit
         self.open = 0
         self.peak = 0
+        # Connections counted in `open` that decided to close (a lowered limit).
+        self.retiring = 0
         self._waiters: list[Callable[[], None]] = []
 
     def try_acquire(self, effective_limit: int) -> bool:
@@ -35,6 +37,9 @@ class ConnectionBudget:
 
     def release(self) -> None:
         self.open -= 1
+        self.wake()
+
+    def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
@@ -51,6 +56,12 @@ class RateLimiter:
     def __init__(self, per_second: float) -> None:
         self.per_second = per_second
         self._next = 0.0
+
+    def repace(self, per_second: float) -> None:
+        """A new rate (policy reload): a higher one is not held to the old interval."""
+        if per_second > self.per_second:
+            self._next = min(self._next, time.monotonic())
+        self.per_second = per_second
 
     async def acquire(self, share: float = 1.0) -> None:
         while True:
@@ -84,5 +95,6 @@ class Budgets:
         limiter = self._rates.get(key)
         if limiter is None:
             limiter = self._rates[key] = RateLimiter(per_second)
-        limiter.per_second = per_second
+        if per_second != limiter.per_second:
+            limiter.repace(per_second)
         return limiter

@@ -64,6 +64,17 @@ class Job:
     resubmits: int = 0
 
 
+class _Slot:
+    """One connection's place in a budget; moved, not re-acquired, when a reload
+    rebinds the queue to another budget."""
+
+    __slots__ = ("budget", "retiring")
+
+    def __init__(self, budget: ConnectionBudget) -> None:
+        self.budget = budget
+        self.retiring = False
+
+
 class ReadyQueue:
     def __init__(
         self,
@@ -82,6 +93,9 @@ class ReadyQueue:
     ) -> None:
         self._proxy_check = proxy_check
         self.pipeline_next = pipeline_next
+        # The server mishandled commands behind the end of data: off for this queue,
+        # whatever a policy reload says.
+        self.pipelining_broken = False
         # What throttle rules are matched against (kept for a policy reload).
         self.destination = destination or Destination(
             source=source.name, site=route.site, domain="", provider=route.provider,
@@ -102,10 +116,30 @@ class ReadyQueue:
         self._closing = False
         # New connections in a row closed by the server before their first transaction.
         self._closed_streak = 0
-        self.apply(limits, budgets)
+        self._slots: set[_Slot] = set()
+        self._bind(limits, budgets)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
-        """(Re)bind this queue to its limits; called on creation and policy reload."""
+        """Policy reload: rebind to the new limits. This queue's open connections move
+        to the new budget if the matching rule changed (so they count there, and the
+        limit is not doubled); idle ones re-check their limit, queued jobs get the
+        connections a higher one allows."""
+        old = self._budget
+        self._bind(limits, budgets)
+        new = self._budget
+        if new is not old:
+            for slot in self._slots:
+                old.open -= 1
+                new.open += 1
+                if slot.retiring:
+                    old.retiring -= 1
+                    new.retiring += 1
+                slot.budget = new
+            old.wake()
+        self._wakeup.set()
+        self._maybe_start()
+
+    def _bind(self, limits: Limits, budgets: Budgets) -> None:
         conn = limits.max_connections
         self._conn_limit = (
             conn.value if conn is not None and isinstance(conn.value, int)
@@ -119,10 +153,6 @@ class ReadyQueue:
             budgets.rate(rate.key, rate.value.per_second)
             if rate is not None and not isinstance(rate.value, int) else None
         )
-        # Idle connections re-check their limit (a lower one closes some of them);
-        # queued jobs get the connections a higher one allows.
-        self._wakeup.set()
-        self._maybe_start()
 
     @property
     def budget(self) -> ConnectionBudget:
@@ -153,21 +183,23 @@ class ReadyQueue:
                 return
             self.active += 1
             self.idle += 1  # counts as ready for a job until it is serving one
-            task = asyncio.create_task(self._worker(), name=f"conn {self.source.name}")
+            slot = _Slot(self._budget)
+            self._slots.add(slot)
+            task = asyncio.create_task(self._worker(slot), name=f"conn {self.source.name}")
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
 
-    async def _worker(self) -> None:
-        budget = self._budget
+    async def _worker(self, slot: _Slot) -> None:
         try:
-            while self.jobs and not self.backing_off() and not self._closing:
+            while (self.jobs and not self.backing_off() and not self._closing
+                   and not self._over_limit(slot)):
                 try:
                     session, here = await self._connector.open(self.source, self.route)
                 except SessionError as exc:
                     await self._open_failed(exc)
                     return
                 try:
-                    await self._serve(session, here, budget)
+                    await self._serve(session, here, slot)
                 finally:
                     await session.close()
         finally:
@@ -177,7 +209,10 @@ class ReadyQueue:
             if task is not None and task.cancelling():
                 # Shutting down: hand the slot back without starting anything new.
                 self._closing = True
-            budget.release()
+            self._slots.discard(slot)
+            if slot.retiring:
+                slot.budget.retiring -= 1
+            slot.budget.release()
             if self.jobs and not self._closing:
                 if self.backing_off():
                     # Put back after another connection's failure drained the queue (a
@@ -187,7 +222,7 @@ class ReadyQueue:
                 else:
                     self._maybe_start()
 
-    async def _serve(self, session: SmtpSession, here: Path, budget: ConnectionBudget) -> None:
+    async def _serve(self, session: SmtpSession, here: Path, slot: _Slot) -> None:
         sent = 0
         # The job whose MAIL, RCPT and DATA went out behind the last body (its rate
         # token already taken): it is this connection's next transaction, whatever else
@@ -195,7 +230,7 @@ class ReadyQueue:
         ahead: Job | None = None
         # A held `ahead` is served even if a reload lowered max_messages_per_connection.
         while sent < self._per_conn or ahead is not None:
-            job = ahead if ahead is not None else await self._next_job(budget)
+            job = ahead if ahead is not None else await self._next_job(slot)
             if job is None:
                 return
             paid, ahead = job is ahead, None
@@ -209,7 +244,7 @@ class ReadyQueue:
                 # was reset after every RCPT failed) leaves the session clean.
                 if self._rate is not None and not paid:
                     await self._rate.acquire(self._share())
-                then = self._take_next(session, sent)
+                then = self._take_next(session, sent, slot)
                 try:
                     result = await session.send(
                         sender=job.sender, recipients=job.recipients, message=job.message,
@@ -254,17 +289,24 @@ class ReadyQueue:
     def _check_pipelining(self, session: SmtpSession) -> None:
         """A server that mishandled commands pipelined behind the end of data gets no
         more of them from this queue (its jobs were queued again, unattempted)."""
-        if session.pipeline_next_failed is not None and self.pipeline_next:
-            self.pipeline_next = False
+        if session.pipeline_next_failed is not None and not self.pipelining_broken:
+            self.pipelining_broken = True
             log.warning("%s → %s: pipelining behind the end of data off: %s",
                         self.source.name, self.route.site, session.pipeline_next_failed)
 
-    def _over_limit(self, budget: ConnectionBudget) -> bool:
-        """This connection is one too many: its slot's budget was replaced by a reload
-        (the throttle rule that matches changed), or holds more than the limit now."""
-        return budget is not self._budget or budget.open > self._effective_limit()
+    def _over_limit(self, slot: _Slot) -> bool:
+        """This connection is one too many (counting out those already closing); if so
+        it is marked closing, so the next one to ask is not closed as well."""
+        if slot.retiring:
+            return True
+        budget = slot.budget
+        if budget.open - budget.retiring > self._effective_limit():
+            slot.retiring = True
+            budget.retiring += 1
+            return True
+        return False
 
-    def _take_next(self, session: SmtpSession, sent: int) -> Job | None:
+    def _take_next(self, session: SmtpSession, sent: int, slot: _Slot) -> Job | None:
         """The queued job to pipeline behind this message's body, if one is ready now.
 
         Only over PIPELINING, within max_messages_per_connection, when more jobs wait
@@ -272,8 +314,9 @@ class ReadyQueue:
         and with its rate token in hand (taken now, never waited for: the body must
         not wait).
         """
-        if (not self.pipeline_next or not session.pipelining or sent + 2 > self._per_conn
-                or self._closing or not session.is_open):
+        if (not self.pipeline_next or self.pipelining_broken or not session.pipelining
+                or sent + 2 > self._per_conn
+                or self._closing or not session.is_open or self._over_limit(slot)):
             return None
         jobs = self.jobs
         while jobs and jobs[0].future.done():
@@ -303,11 +346,11 @@ class ReadyQueue:
             self._finish(job, job.done)
         return closing
 
-    async def _next_job(self, budget: ConnectionBudget) -> Job | None:
+    async def _next_job(self, slot: _Slot) -> Job | None:
         """The next job for this connection; None to close it (idle, closing, or one
         connection too many after a policy reload lowered the limit)."""
         deadline = time.monotonic() + IDLE_TIMEOUT
-        while not self._closing and not self._over_limit(budget):
+        while not self._closing and not self._over_limit(slot):
             while self.jobs:
                 job = self.jobs.popleft()
                 if not job.future.done():  # cancelled by a stopping sender: skip it

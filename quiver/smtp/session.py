@@ -108,12 +108,16 @@ def _positive(reply: RawReply) -> bool:
 
 
 def _out_of_sequence(replies: Sequence[RawReply]) -> bool:
-    """503 to MAIL, or to a later command of a group whose MAIL was accepted (after a
-    refused MAIL, a 503 to RCPT is only its consequence)."""
+    """503 to MAIL, or to an RCPT after an accepted MAIL. (After a refused MAIL a 503
+    to RCPT is its consequence, and so is a 503 to DATA after every RCPT failed; the
+    group ends with DATA, so the last reply is DATA's when all arrived.)"""
     if not replies:
         return False
     first = replies[0][0]
-    return first == 503 or (200 <= first < 300 and any(r[0] == 503 for r in replies[1:]))
+    if first == 503:
+        return True
+    rcpts = replies[1:-1] if len(replies) > 2 else replies[1:]
+    return 200 <= first < 300 and any(r[0] == 503 for r in rcpts)
 
 
 def _reply(raw: RawReply) -> Reply:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_smtp_wire import MESSAGE, Scripted, open_session, scripted_scheduler
+from test_smtp_wire import MESSAGE, Scripted, open_session, scripted_policy, scripted_scheduler
 
 from quiver.scheduler.budget import RateLimiter
 from quiver.smtp.session import SessionError, SmtpSession
@@ -288,7 +288,11 @@ async def test_a_server_silent_after_the_dot_gets_no_more_pipelined_commands() -
                                   recipients=[f"u{n}@d.test"], message=MESSAGE)
                 for n in range(4))), 20)
             (queue,) = scheduler.queues.values()
-            assert queue.pipeline_next is False
+            assert queue.pipelining_broken
+            # A policy reload does not turn it back on for this server.
+            scheduler.apply_policy(scripted_policy(server, '[[throttles]]\nsource = "*"\n'
+                                                           'max_connections = 1'))
+            assert queue.pipelining_broken and queue.pipeline_next
         finally:
             await scheduler.close()
     assert [a.reply.code for r in results for a in r] == [250] * 4
@@ -336,3 +340,17 @@ async def test_a_pipelined_job_put_back_during_another_connections_backoff_is_an
     assert first.reply.code == 250
     for later in (second, third):
         assert later.reply.code in (421, 451) and not later.counts
+
+
+async def test_a_503_to_data_after_every_rcpt_was_refused_is_in_sequence() -> None:
+    async def script(reader, writer):
+        await first_then_next(server, reader, writer, b"250 first queued\r\n250 ok\r\n"
+                              b"550 5.1.1 no such user\r\n"
+                              b"503 5.5.1 valid RCPT command must precede DATA\r\n")
+        await reader.read()
+
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        await send(session, FIRST, then=SECOND)
+        assert await send(session, SECOND) == {"u2@d.test": (550, "no such user")}
+    assert session.pipeline_next_failed is None

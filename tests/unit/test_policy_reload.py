@@ -45,6 +45,17 @@ def test_throttles_retry_and_pipelining_apply_live() -> None:
     assert merged.sources == current.sources
 
 
+def test_throttles_wait_for_a_restart_when_the_sources_they_name_change() -> None:
+    current = parse_policy(BASE)
+    new = parse_policy(BASE.replace("[sources.a]", "[sources.b]").replace(
+        'sources = ["a"]', 'sources = ["b"]').replace("max_connections = 3",
+                                                       "max_connections = 1"))
+    merged, change = merge_live(current, new)
+    assert "throttles" in change.restart and "sources" in change.restart
+    assert "throttles" not in change.applied
+    assert merged.throttles == current.throttles
+
+
 def test_other_sections_are_left_for_a_restart() -> None:
     current = parse_policy(BASE)
     new = parse_policy(variant('ip = "192.0.2.10"', 'ip = "192.0.2.11"').replace(
@@ -135,3 +146,40 @@ async def test_the_watcher_polls_until_stopped() -> None:
     stop.set()
     await asyncio.wait_for(task, 2)
     assert len(applied) == 1 and source.reads >= 1
+
+
+async def test_every_log_line_is_one_line_without_double_quotes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    source, applied = Source(BASE), []
+    w = watcher(source, applied)
+    source.unreadable = True
+    with caplog.at_level(logging.WARNING, logger="quiver.policy"):
+        await w.check()
+        source.unreadable = False
+        source.text = 'default_pool = "unterminated'  # a TOML error quoting a '"'
+        await w.check()
+    assert len(caplog.records) == 2
+    for record in caplog.records:
+        assert "\n" not in record.getMessage() and '"' not in record.getMessage()
+
+
+async def test_a_failing_apply_is_logged_and_tried_again() -> None:
+    source, calls = Source(BASE), []
+
+    def apply(policy: Policy) -> None:
+        calls.append(policy)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    w = PolicyWatcher(origin="x", current=parse_policy(BASE), read=source.read, apply=apply,
+                      interval=0.02, initial_text=BASE)
+    source.text = BASE.replace("max_connections = 3", "max_connections = 2")
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    for _ in range(200):
+        if w.reloads:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert len(calls) == 2 and w.reloads == 1  # the watcher kept going, and retried

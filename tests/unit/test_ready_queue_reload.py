@@ -1,0 +1,196 @@
+"""A ready queue rebinding to new limits under load (policy reload, cluster share), with a
+fake connector: every job is answered, connections stay within the limit, and a lowered
+limit closes only the extra connections, without a reconnect storm."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quiver.policy import Source
+from quiver.routing.mx import MxHost, Route
+from quiver.scheduler.budget import Budgets
+from quiver.scheduler.ready import Job, ReadyQueue
+from quiver.scheduler.throttle import Limit, Limits
+from quiver.sender.outcome import Path
+from quiver.smtp.reply import Reply
+
+SOURCE = Source(name="a", ip="192.0.2.1", ehlo="a.test", az="az1")
+ROUTE = Route(domain="d.test", hosts=(MxHost("mx.d.test", 10, ("192.0.2.9",)),),
+              site="mx.d.test", provider=None)
+DONE_WITHIN = 60.0  # a bound on a stuck queue, not a speed: these finish in about a second
+
+
+def limits(connections: int, rule: int = 0) -> Limits:
+    return Limits(max_connections=Limit(connections, ("a", f"rule{rule}", "site:mx.d.test")),
+                  max_messages_per_connection=None, max_rate=None)
+
+
+class _Result:
+    def __init__(self, recipients: list[str]) -> None:
+        self.replies = {r: Reply(250, "2.0.0", "ok") for r in recipients}
+
+
+class FakeMx:
+    """Counts connections open, opened, closed, and the most sending at once."""
+
+    def __init__(self, *, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
+        self.opened = self.open = self.closed = self.delivered = 0
+        self.busy = self.peak_busy = self.peak_open = 0
+
+    async def open_session(self, source: Source, route: Route) -> tuple[_Session, Path]:
+        await asyncio.sleep(0.001)
+        self.opened += 1
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        return _Session(self), Path(source=source.name)
+
+    def template(self, source: Source, route: Route) -> Path:
+        return Path(source=source.name)
+
+
+class _Session:
+    def __init__(self, mx: FakeMx) -> None:
+        self.mx = mx
+        self.pipelining = mx.pipelining
+        self.is_open = True
+        self.pipeline_next_failed = None
+
+    async def send(self, *, sender: str, recipients: list[str], message: bytes,
+                   then: object = None) -> _Result:
+        self.mx.busy += 1
+        self.mx.peak_busy = max(self.mx.peak_busy, self.mx.busy)
+        try:
+            await asyncio.sleep(0.005)
+        finally:
+            self.mx.busy -= 1
+        self.mx.delivered += 1
+        return _Result(recipients)
+
+    async def close(self) -> None:
+        await asyncio.sleep(0.003)  # QUIT's round trip: the slot is released after it
+        self.mx.open -= 1
+        self.mx.closed += 1
+
+
+class _Connector:
+    def __init__(self, mx: FakeMx) -> None:
+        self.open = mx.open_session
+        self.template = mx.template
+
+
+def make_queue(mx: FakeMx, budgets: Budgets, connections: int,
+               share: list[float] | None = None) -> ReadyQueue:
+    shares = share if share is not None else [1.0]
+    return ReadyQueue(source=SOURCE, route=ROUTE, limits=limits(connections), budgets=budgets,
+                      connector=_Connector(mx), backoff=5.0,  # type: ignore[arg-type]
+                      share=lambda: shares[0])
+
+
+def submit(queue: ReadyQueue, count: int) -> list[Job]:
+    loop = asyncio.get_running_loop()
+    jobs = [Job(sender="s@x.test", recipients=[f"r{i}@d.test"], message=b"m",
+                future=loop.create_future()) for i in range(count)]
+    for job in jobs:
+        queue.submit(job)
+    return jobs
+
+
+async def answered(jobs: list[Job]) -> list[int]:
+    results = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), DONE_WITHIN)
+    return [a.reply.code for attempts in results for a in attempts]
+
+
+async def until(predicate: object, limit: float = 5.0) -> None:
+    for _ in range(int(limit / 0.01)):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_lowered_limit_with_a_backlog_keeps_delivering_within_it() -> None:
+    mx, budgets = FakeMx(), Budgets()
+    queue = make_queue(mx, budgets, 4)
+    jobs = submit(queue, 200)
+    await until(lambda: mx.delivered >= 20)
+    queue.apply(limits(2), budgets)
+    await until(lambda: mx.open <= 2)
+    mx.peak_open, opened = mx.open, mx.opened
+    assert await answered(jobs) == [250] * 200
+    assert mx.peak_open <= 2
+    assert mx.opened - opened <= 2  # no reconnect storm
+    assert queue.budget.open == mx.open
+    await queue.close()
+
+
+async def test_a_task_joining_the_cluster_halves_the_connections_and_keeps_delivering() -> None:
+    mx, budgets, share = FakeMx(), Budgets(), [1.0]
+    queue = make_queue(mx, budgets, 4, share)
+    jobs = submit(queue, 200)
+    await until(lambda: mx.delivered >= 20)
+    share[0] = 0.5  # membership: a second sender task is live; no reload at all
+    await until(lambda: mx.open <= 2)
+    mx.peak_open, opened = mx.open, mx.opened
+    assert await answered(jobs) == [250] * 200
+    assert mx.peak_open <= 2 and mx.opened - opened <= 2
+    await queue.close()
+
+
+async def test_a_lowered_limit_closes_only_the_extra_idle_connections() -> None:
+    mx, budgets = FakeMx(), Budgets()
+    queue = make_queue(mx, budgets, 4)
+    assert await answered(submit(queue, 8)) == [250] * 8
+    assert mx.open == 4
+    queue.apply(limits(2), budgets)
+    await until(lambda: mx.closed >= 2)
+    await asyncio.sleep(0.05)
+    assert mx.open == 2 and mx.closed == 2
+    await queue.close()
+
+
+async def test_pipelining_connections_above_a_lowered_limit_close_after_their_message() -> None:
+    mx, budgets = FakeMx(pipelining=True), Budgets()
+    queue = make_queue(mx, budgets, 4)
+    jobs = submit(queue, 300)
+    await until(lambda: mx.delivered >= 20)
+    queue.apply(limits(1), budgets)
+    await until(lambda: mx.open <= 1)
+    mx.peak_busy = mx.busy
+    assert await answered(jobs) == [250] * 300
+    assert mx.peak_busy <= 1
+    await queue.close()
+
+
+async def test_a_budget_replaced_before_the_worker_runs_is_released_where_taken() -> None:
+    mx, budgets = FakeMx(), Budgets()
+    queue = make_queue(mx, budgets, 4)
+    old = queue.budget
+    jobs = submit(queue, 1)  # takes a slot of `old`; the worker task has not run yet
+    queue.apply(limits(4, rule=1), budgets)  # the matching rule renumbered: a new budget
+    new = queue.budget
+    assert new is not old
+    assert await answered(jobs) == [250]
+    await queue.close()
+    await asyncio.sleep(0.05)
+    assert (old.open, new.open) == (0, 0)
+
+
+async def test_a_renumbered_rule_with_a_backlog_keeps_to_the_same_limit() -> None:
+    mx, budgets = FakeMx(), Budgets()
+    queue = make_queue(mx, budgets, 4)
+    jobs = submit(queue, 300)
+    await until(lambda: mx.delivered >= 20)
+    opened = mx.opened
+    mx.peak_open = mx.open
+    queue.apply(limits(4, rule=1), budgets)  # a rule inserted above: same limit, new key
+    assert await answered(jobs) == [250] * 300
+    assert mx.peak_open <= 4 and mx.opened - opened == 0  # the connections moved over
+    await queue.close()
+
+
+def test_a_raised_max_rate_applies_to_the_next_send() -> None:
+    budgets = Budgets()
+    limiter = budgets.rate(("a", "rule0", "site:s"), 1 / 3600)  # "1/h"
+    assert limiter.try_acquire() and limiter.try_acquire()  # the second books the next hour
+    budgets.rate(("a", "rule0", "site:s"), 100.0)  # reloaded as "100/s"
+    assert limiter.try_acquire()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -41,7 +42,8 @@ def cmd_sender(args: argparse.Namespace) -> int:
         deployment = deployment_from_env(os.environ)
         # Short timeouts: a poll that hangs must not hold the process past its stop.
         ssm_config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
-        ssm_client = _once(lambda: session.client("ssm", config=ssm_config))
+        # One SSM client per process, made on first use.
+        ssm_client = functools.cache(lambda: session.client("ssm", config=ssm_config))
         policy, policy_dir, text = read_policy(args.config, ssm=ssm_client)
         for warning in policy.warnings:
             logging.getLogger("quiver").warning("policy: %s", warning)
@@ -59,18 +61,6 @@ def cmd_sender(args: argparse.Namespace) -> int:
         return 2
     _run(serve(sender))
     return 0
-
-
-def _once(make: Any) -> Any:
-    """`make()` on the first call, the same object after (one SSM client per process)."""
-    made: list[Any] = []
-
-    def get() -> Any:
-        if not made:
-            made.append(make())
-        return made[0]
-
-    return get
 
 
 def _run(coro: Any) -> None:

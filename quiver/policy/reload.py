@@ -30,7 +30,7 @@ log = logging.getLogger("quiver.policy")
 DEFAULT_INTERVAL = 30.0
 _LIVE = frozenset({"throttles", "retry"})
 # What throttle rules are matched against: while these differ, throttles wait too.
-_MATCHED = frozenset({"sources", "providers"})
+_MATCHED = ("sources", "providers")
 _IGNORED = frozenset({"warnings"})
 
 
@@ -55,28 +55,24 @@ class Change:
 
 def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
     """`current` with the live parts of `new`; and which parts differed, by kind."""
+    # Throttles name sources and providers: new rules over the running ones could
+    # match nothing (a renamed source left unthrottled), so they wait with them.
+    matched_changed = any(getattr(current, n) != getattr(new, n) for n in _MATCHED)
     applied: list[str] = []
     restart: list[str] = []
     for f in fields(Policy):
         name = f.name
         if name in _IGNORED or getattr(current, name) == getattr(new, name):
             continue
-        if name in _LIVE:
-            applied.append(name)
-        elif name in _MATCHED:
-            # Throttles name sources and providers: new rules over the running ones
-            # could match nothing (a renamed source left unthrottled). Both wait.
-            restart.append(name)
-        elif name == "delivery":
+        if name == "delivery":
             if current.delivery.pipeline_next != new.delivery.pipeline_next:
                 applied.append("delivery.pipeline_next")
             if replace(current.delivery, pipeline_next=new.delivery.pipeline_next) != new.delivery:
                 restart.append("delivery")
+        elif name in _LIVE and not (name == "throttles" and matched_changed):
+            applied.append(name)
         else:
             restart.append(name)
-    if "throttles" in applied and any(n in restart for n in _MATCHED):
-        applied.remove("throttles")
-        restart.append("throttles")
     merged = replace(
         current, retry=new.retry,
         throttles=new.throttles if "throttles" in applied else current.throttles,
@@ -86,26 +82,19 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
 
 
 class PolicyWatcher:
-    """Polls `read` (the policy text) every `interval` s; hands live changes to `apply`."""
+    """Reads `source` every `source.interval` s; hands live changes to `apply`."""
 
     def __init__(
-        self,
-        *,
-        origin: str,
-        current: Policy,
-        read: Callable[[], str],
-        apply: Callable[[Policy], None],
-        interval: float = DEFAULT_INTERVAL,
-        initial_text: str | None = None,
+        self, source: PolicySource, *, current: Policy, apply: Callable[[Policy], None]
     ) -> None:
-        self.origin = origin
+        self.origin = source.origin
         self.current = current
-        self.interval = interval
-        self._read = read
+        self.interval = source.interval
+        self._read = source.read
         self._apply = apply
         # Digests of the last text seen and of the last text refused: an unchanged
         # source is not parsed again, and a refused one is not logged at every poll.
-        self._seen = _digest(initial_text) if initial_text is not None else None
+        self._seen: str | None = _digest(source.text)
         self._refused: str | None = None
         self.reloads = 0
         self.failures = 0

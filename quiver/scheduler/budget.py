@@ -95,6 +95,5 @@ class Budgets:
         limiter = self._rates.get(key)
         if limiter is None:
             limiter = self._rates[key] = RateLimiter(per_second)
-        if per_second != limiter.per_second:
-            limiter.repace(per_second)
+        limiter.repace(per_second)  # a policy reload may change it
         return limiter

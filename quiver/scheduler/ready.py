@@ -86,8 +86,8 @@ class ReadyQueue:
         connector: Connector,
         backoff: float,
         share: Callable[[], float] = lambda: 1.0,
+        destination: Destination,
         pipeline_next: bool = True,
-        destination: Destination | None = None,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -97,9 +97,7 @@ class ReadyQueue:
         # whatever a policy reload says.
         self.pipelining_broken = False
         # What throttle rules are matched against (kept for a policy reload).
-        self.destination = destination or Destination(
-            source=source.name, site=route.site, domain="", provider=route.provider,
-            mx_hosts=tuple(h.name for h in route.hosts))
+        self.destination = destination
         self._proxy_down = proxy_down
         self.source = source
         self.route = route
@@ -218,7 +216,8 @@ class ReadyQueue:
                     # Put back after another connection's failure drained the queue (a
                     # job this one held, pipelined or about to resend): deferred the
                     # same way, so none waits for a worker the backoff will not start.
-                    self._drain_backing_off()
+                    assert self.backoff_reply is not None
+                    self._drain(self.backoff_reply)
                 else:
                     self._maybe_start()
 
@@ -251,7 +250,6 @@ class ReadyQueue:
                         then=None if then is None else (then.sender, then.recipients),
                     )
                 except SessionError as exc:
-                    self._check_pipelining(session)
                     if then is not None:
                         self.jobs.appendleft(then)  # not sent (or lost unanswered): queued again
                     if exc.stage == "reused":
@@ -273,9 +271,10 @@ class ReadyQueue:
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
                     return
+                finally:
+                    self._check_pipelining(session)
                 sent += 1
                 self._closed_streak = 0
-                self._check_pipelining(session)
                 closing = self._settle(job, result.replies, here)
                 if closing is not None:
                     if then is not None:
@@ -427,12 +426,7 @@ class ReadyQueue:
             451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
         )
 
-    def _drain_backing_off(self) -> None:
-        assert self.backoff_reply is not None
-        for job in self._take_all():
-            self._finish(job, self._deferrals(job, self.backoff_reply))
-
-    def _drain(self, reply: Reply, template: Path) -> None:
+    def _drain(self, reply: Reply, template: Path | None = None) -> None:
         for job in self._take_all():
             self._finish(job, self._deferrals(job, reply, template))
 

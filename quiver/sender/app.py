@@ -125,11 +125,7 @@ def build_sender(
             transport.apply_policy(new)
             handler.apply_policy(new)
 
-        watcher = PolicyWatcher(
-            origin=policy_source.origin, current=policy, read=policy_source.read, apply=apply,
-            interval=policy_source.interval, initial_text=policy_source.text,
-        )
-        services.append(watcher.run)
+        services.append(PolicyWatcher(policy_source, current=policy, apply=apply).run)
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,

@@ -107,6 +107,27 @@ def _positive(reply: RawReply) -> bool:
     return 200 <= reply[0] < 300
 
 
+def _envelope(
+    sender: str, recipients: Sequence[str]
+) -> tuple[list[bytes], list[str], dict[str, Reply]]:
+    """MAIL and the RCPTs that can be sent, those recipients, and a local 553 for each
+    recipient refused here (all of them if the sender's address is unsafe)."""
+    try:
+        commands = [framing.mail(sender)]
+    except framing.UnsafeArgument as exc:
+        refused = local_reply(553, "5.1.7", f"not sent: {exc}")
+        return [], [], {r: refused for r in recipients}
+    safe: list[str] = []
+    refusals: dict[str, Reply] = {}
+    for rcpt in recipients:
+        try:
+            commands.append(framing.rcpt(rcpt))
+            safe.append(rcpt)
+        except framing.UnsafeArgument as exc:
+            refusals[rcpt] = local_reply(553, "5.1.3", f"not sent: {exc}")
+    return commands, safe, refusals
+
+
 def _out_of_sequence(replies: Sequence[RawReply]) -> bool:
     """503 to MAIL, or to an RCPT after an accepted MAIL. (After a refused MAIL a 503
     to RCPT is its consequence, and so is a 503 to DATA after every RCPT failed; the
@@ -278,20 +299,13 @@ class SmtpSession:
             if self.transactions:
                 raise SessionError("reused", self._closed_reply("connection closed while idle"))
             raise SessionError("closed", self._closed_reply("closed before the first MAIL"))
-        result = TransactionResult()
-        try:
-            mail = framing.mail(sender)
-        except framing.UnsafeArgument as exc:
-            refused = local_reply(553, "5.1.7", f"not sent: {exc}")
-            return TransactionResult({r: refused for r in recipients})
-        safe: list[str] = []
-        commands = [mail]
-        for rcpt in recipients:
-            try:
-                commands.append(framing.rcpt(rcpt))
-                safe.append(rcpt)
-            except framing.UnsafeArgument as exc:
-                result.replies[rcpt] = local_reply(553, "5.1.3", f"not sent: {exc}")
+        commands: list[bytes] = []
+        if ahead is not None:
+            # Framed (every argument safe) and written behind the last body already.
+            safe, result = list(recipients), TransactionResult()
+        else:
+            commands, safe, refusals = _envelope(sender, recipients)
+            result = TransactionResult(refusals)
         if not safe:
             return result
         try:
@@ -470,12 +484,10 @@ class SmtpSession:
     def _next_group(then: tuple[str, Sequence[str]] | None) -> list[bytes] | None:
         """MAIL, RCPTs and DATA for the next message, or None if it is not pipelined
         behind this body (nothing next, or an argument its own send will refuse)."""
-        if then is None or not then[1]:
+        if then is None:
             return None
-        try:
-            return [framing.mail(then[0]), *(framing.rcpt(r) for r in then[1]), _DATA]
-        except framing.UnsafeArgument:
-            return None
+        commands, safe, refusals = _envelope(*then)
+        return None if refusals or not safe else [*commands, _DATA]
 
     async def _empty_data(self) -> None:
         await self._wire.exchange(framing.END_OF_DATA, replies=1, timeout=self._timeout)

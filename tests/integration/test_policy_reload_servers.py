@@ -8,10 +8,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_smtp_wire import MESSAGE, Scripted, scripted_policy, scripted_policy_text
+from test_smtp_wire import Scripted, deliver_each, scripted_policy, scripted_policy_text
 
 from quiver.localstack.moto_server import client, start_moto
-from quiver.policy.reload import PolicyWatcher
+from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.policy.source import read_policy_text
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
@@ -59,10 +59,8 @@ class Counting:
 
 
 async def deliver(scheduler: Scheduler, count: int, prefix: str) -> list[int]:
-    results = await asyncio.wait_for(asyncio.gather(*(
-        scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
-                          recipients=[f"{prefix}{n}@d.test"], message=MESSAGE)
-        for n in range(count))), 30)
+    results = await deliver_each(scheduler, [f"{prefix}{n}@d.test" for n in range(count)],
+                                 timeout=30)
     return [a.reply.code for attempts in results for a in attempts]
 
 
@@ -107,9 +105,9 @@ async def test_a_new_ssm_parameter_version_reaches_the_running_scheduler(
             scheduler = Scheduler(policy=first, picker=SourcePicker(first),
                                   resolver=MxResolver(routes=dict(first.delivery.routes)))
             watcher = PolicyWatcher(
-                origin=f"ssm:{name}", current=first, apply=scheduler.apply_policy,
-                read=lambda: read_policy_text(f"ssm:{name}", ssm=lambda: ssm),
-                initial_text=template, interval=0.05)
+                PolicySource(origin=f"ssm:{name}", text=template, interval=0.05,
+                             read=lambda: read_policy_text(f"ssm:{name}", ssm=lambda: ssm)),
+                current=first, apply=scheduler.apply_policy)
             try:
                 assert await deliver(scheduler, 3, "a") == [250] * 3
                 (queue,) = scheduler.queues.values()

@@ -7,7 +7,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_smtp_wire import MESSAGE, Scripted, open_session, scripted_policy, scripted_scheduler
+from test_smtp_wire import (
+    MESSAGE,
+    Scripted,
+    deliver_each,
+    open_session,
+    scripted_policy,
+    scripted_scheduler,
+)
 
 from quiver.scheduler.budget import RateLimiter
 from quiver.smtp.session import SessionError, SmtpSession
@@ -185,10 +192,8 @@ async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message(
             server, "[[throttles]]\nsource = \"*\"\nmax_connections = 1",
             delivery=f"pipeline_next = {str(pipeline_next).lower()}")
         try:
-            results = await asyncio.wait_for(asyncio.gather(*(
-                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
-                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
-                for n in range(count))), 20)
+            results = await deliver_each(
+                scheduler, [f"u{n}@d.test" for n in range(count)], timeout=20)
         finally:
             await scheduler.close()
     codes = [a.reply.code for attempts in results for a in attempts]
@@ -283,10 +288,8 @@ async def test_a_server_silent_after_the_dot_gets_no_more_pipelined_commands() -
             server, '[[throttles]]\nsource = "*"\nmax_connections = 1',
             delivery='command_timeout = "1s"')
         try:
-            results = await asyncio.wait_for(asyncio.gather(*(
-                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
-                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
-                for n in range(4))), 20)
+            results = await deliver_each(
+                scheduler, [f"u{n}@d.test" for n in range(4)], timeout=20)
             (queue,) = scheduler.queues.values()
             assert queue.pipelining_broken
             # A policy reload does not turn it back on for this server.
@@ -330,10 +333,8 @@ async def test_a_pipelined_job_put_back_during_another_connections_backoff_is_an
             server, '[retry]\nsite_backoff = "30s"\n'
                     '[[throttles]]\nsource = "*"\nmax_connections = 2')
         try:
-            results = await asyncio.wait_for(asyncio.gather(*(
-                scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
-                                  recipients=[f"u{n}@d.test"], message=MESSAGE)
-                for n in (1, 2, 3))), 5)
+            results = await deliver_each(
+                scheduler, [f"u{n}@d.test" for n in (1, 2, 3)], timeout=5)
         finally:
             await scheduler.close()
     first, second, third = (attempts[0] for attempts in results)

@@ -17,6 +17,7 @@ from quiver.routing.mx import MxResolver
 from quiver.routing.safety import DestinationGuard
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
+from quiver.sender.outcome import Attempt
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 
 pytestmark = pytest.mark.integration
@@ -106,6 +107,15 @@ def scripted_scheduler(server: Scripted, extra: str = "", *, delivery: str = "")
     policy = scripted_policy(server, extra, delivery=delivery)
     return Scheduler(policy=policy, picker=SourcePicker(policy),
                      resolver=MxResolver(routes=dict(policy.delivery.routes)))
+
+
+async def deliver_each(scheduler: Scheduler, recipients: list[str], *,
+                       timeout: float) -> list[list[Attempt]]:
+    """One message per recipient at d.test, all at once; each one's attempts, in order."""
+    return list(await asyncio.wait_for(asyncio.gather(*(
+        scheduler.deliver(pool="p", domain="d.test", sender="a@news.test",
+                          recipients=[rcpt], message=MESSAGE)
+        for rcpt in recipients)), timeout))
 
 
 def scripted_policy(server: Scripted, extra: str = "", *, delivery: str = "") -> Policy:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from quiver.policy import Policy, PolicyError, parse_policy
-from quiver.policy.reload import PolicyWatcher, merge_live
+from quiver.policy.reload import PolicySource, PolicyWatcher, merge_live
 
 BASE = """
 default_pool = "p"
@@ -82,9 +82,9 @@ class Source:
 
 
 def watcher(source: Source, applied: list[Policy]) -> PolicyWatcher:
-    return PolicyWatcher(origin="ssm:/quiver/policy", current=parse_policy(BASE),
-                         read=source.read, apply=applied.append, interval=0.05,
-                         initial_text=BASE)
+    return PolicyWatcher(
+        PolicySource(origin="ssm:/quiver/policy", read=source.read, text=BASE, interval=0.05),
+        current=parse_policy(BASE), apply=applied.append)
 
 
 async def test_an_unchanged_text_is_not_applied_again() -> None:
@@ -171,8 +171,8 @@ async def test_a_failing_apply_is_logged_and_tried_again() -> None:
         if len(calls) == 1:
             raise RuntimeError("boom")
 
-    w = PolicyWatcher(origin="x", current=parse_policy(BASE), read=source.read, apply=apply,
-                      interval=0.02, initial_text=BASE)
+    w = PolicyWatcher(PolicySource(origin="x", read=source.read, text=BASE, interval=0.02),
+                      current=parse_policy(BASE), apply=apply)
     source.text = BASE.replace("max_connections = 3", "max_connections = 2")
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))

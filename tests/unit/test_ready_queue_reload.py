@@ -10,13 +10,15 @@ from quiver.policy import Source
 from quiver.routing.mx import MxHost, Route
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.ready import Job, ReadyQueue
-from quiver.scheduler.throttle import Limit, Limits
+from quiver.scheduler.throttle import Destination, Limit, Limits
 from quiver.sender.outcome import Path
 from quiver.smtp.reply import Reply
 
 SOURCE = Source(name="a", ip="192.0.2.1", ehlo="a.test", az="az1")
 ROUTE = Route(domain="d.test", hosts=(MxHost("mx.d.test", 10, ("192.0.2.9",)),),
               site="mx.d.test", provider=None)
+DESTINATION = Destination(source="a", site=ROUTE.site, domain="d.test", provider=None,
+                          mx_hosts=("mx.d.test",))
 DONE_WITHIN = 60.0  # a bound on a stuck queue, not a speed: these finish in about a second
 
 
@@ -84,7 +86,7 @@ def make_queue(mx: FakeMx, budgets: Budgets, connections: int,
     shares = share if share is not None else [1.0]
     return ReadyQueue(source=SOURCE, route=ROUTE, limits=limits(connections), budgets=budgets,
                       connector=_Connector(mx), backoff=5.0,  # type: ignore[arg-type]
-                      share=lambda: shares[0])
+                      share=lambda: shares[0], destination=DESTINATION)
 
 
 def submit(queue: ReadyQueue, count: int) -> list[Job]:

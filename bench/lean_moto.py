@@ -37,6 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from quiver.localstack.moto_main import patch_clock
 from quiver.localstack.moto_server import (
     FAKE_CREDENTIALS,
     MotoServer,
@@ -66,15 +67,10 @@ def make_lean() -> None:
 
 
 def _lean_clock(models: Any) -> None:
-    original_time = models.unix_time
-    original_millis = models.unix_time_millis
-
-    # The same instant as moto's `datetime.utcnow() - datetime(1970)`, without the datetimes.
-    def unix_time(dt: Any = None) -> float:
-        return time.time() if dt is None else float(original_time(dt))
-
-    def unix_time_millis(dt: Any = None) -> float:
-        return time.time() * 1000.0 if dt is None else float(original_millis(dt))
+    # The same instant as moto's `datetime.utcnow() - datetime(1970)`, without the
+    # datetimes (the local stack's moto has this one too).
+    if not patch_clock():
+        raise RuntimeError("this moto has no moto.sqs.models.unix_time_millis to patch")
 
     # moto reads MessageRetentionPeriod through get_queue_attributes, which computes every
     # attribute (three scans of the queue); the queue holds the same integer.
@@ -83,8 +79,6 @@ def _lean_clock(models: Any) -> None:
         return bool(int(queue.message_retention_period) + message.sent_timestamp / 1000
                     > time.time())
 
-    models.unix_time = unix_time
-    models.unix_time_millis = unix_time_millis
     models.SQSBackend.is_message_valid_based_on_retention_period = retained
 
 

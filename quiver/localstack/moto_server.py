@@ -54,7 +54,7 @@ def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Moto
     log_path = log_dir / "moto.log"
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [sys.executable, "-m", "quiver.localstack.moto_main", "-H", host, "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, **FAKE_CREDENTIALS}, **child_process_options(),
     )

@@ -129,6 +129,7 @@ def build_sender(
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
+        on_start=[membership.join],
         on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
     )
 

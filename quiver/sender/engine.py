@@ -55,9 +55,11 @@ class Sender:
         handler: MessageHandler,
         completer: Completer,
         services: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
+        on_start: Sequence[Callable[[], Awaitable[None]]] = (),
         on_close: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self._services = services
+        self._on_start = on_start
         self._on_close = on_close
         self._intake = intake
         self._queue = queue
@@ -80,6 +82,8 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._completer.start()
+        for start in self._on_start:
+            await start()  # before the first receive
         visibility = int(self._intake.visibility_timeout)
         receivers = [
             asyncio.create_task(self._receive_loop(stop, visibility), name=f"receiver-{i}")

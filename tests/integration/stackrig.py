@@ -22,6 +22,7 @@ class Running:
         self.stack = stack
         self.pump = pump
         self.tally = tally
+        self._exported: dict[str, list[dict]] = {}  # by S3 key
         self.sender = stack.start_sender() if start_sender else None
 
     @property
@@ -30,13 +31,24 @@ class Running:
         return self.stack.deployment
 
     def events(self) -> list[dict]:
+        """Every exported event record so far, in object-key order.
+
+        Export objects are written once under new keys, so each is read once: reading
+        them all on every poll loaded moto, the server the sender under test depends on,
+        with work growing with every object exported.
+        """
         s3 = self.stack.client("s3")
+        bucket = self.deployment.events_bucket
         out: list[dict] = []
         paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.deployment.events_bucket, Prefix="events/"):
+        for page in paginator.paginate(Bucket=bucket, Prefix="events/"):
             for item in page.get("Contents", []):
-                body = s3.get_object(Bucket=self.deployment.events_bucket, Key=item["Key"])
-                out.extend(read_object(body["Body"].read()))
+                key = item["Key"]
+                records = self._exported.get(key)
+                if records is None:
+                    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                    records = self._exported[key] = read_object(body)
+                out.extend(records)
         return out
 
     def events_for(self, ids: set[str], *, finals: int, timeout: float) -> list[dict]:
@@ -107,3 +119,4 @@ def enqueue(running: Running, messages: list[OutboundMessage]) -> None:
     for start in range(0, len(messages), 100):
         result = client.enqueue_batch(messages[start:start + 100])
         assert not result.failed, result.failed
+

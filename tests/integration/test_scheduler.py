@@ -27,8 +27,13 @@ def fast_retry(text: str) -> str:
 
 
 def with_solo_source(text: str, *, ip: str, throttle: str) -> str:
-    """Add a pool with one source on its own IP, so the MX's per-peer stats are this test's."""
+    """Add a pool with one source on its own IP, so the MX's per-peer stats are this test's.
+
+    Its messages may wait for a throttle longer than this module's short max_age.
+    """
     name = "solo" + ip.rsplit(".", 1)[1]
+    assert 'max_age = "8s"' in text
+    text = text.replace('max_age = "8s"', 'max_age = "120s"')
     return text + f"""
 [sources.{name}]
 ip = "{ip}"

@@ -40,8 +40,10 @@ def main() -> None:
     from moto import server
 
     if not patch_clock():
-        print("moto_main: moto.sqs.models has no unix_time_millis; running unpatched",
-              file=sys.stderr)
+        # Unpatched, every test that queues a few hundred messages would be paced by
+        # the emulator again, and nothing would say so.
+        sys.exit("moto_main: this moto has no moto.sqs.models.unix_time/unix_time_millis "
+                 "to patch; pin a moto version that has them (see pyproject.toml)")
     server.main(sys.argv[1:])
 
 

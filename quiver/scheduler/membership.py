@@ -7,7 +7,9 @@ most the limit (each task is still allowed one connection per budget when the
 limit is below N). When a task joins, the others learn of it within one
 interval, so for at most `interval` seconds the cluster can exceed a limit by
 one task's share (limit/N). A task counts the live tasks once before its intake
-starts (`join`), so it never sends at a whole limit while it is one of N.
+starts (`join`), so it does not send at a whole limit while it is one of N;
+if the table does not answer within one interval it starts anyway, at the last
+known share (1/1 for a new task) until an answer comes.
 When a task dies, its share goes unused for at most `stale` seconds: the limit
 is under-used, never exceeded.
 """
@@ -36,7 +38,7 @@ class Membership:
     def share(self) -> float:
         return 1.0 / self.tasks
 
-    async def join(self) -> None:
+    async def join(self, stop: asyncio.Event) -> None:
         """Learn this task's share before it sends anything."""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -54,6 +56,7 @@ class DynamoMembership(Membership):
         self.task_id = task_id
         self.interval = interval
         self.stale = stale
+        self._beating: asyncio.Task[None] | None = None
 
     def beat(self) -> int:
         """Write this task's heartbeat and count the live tasks (synchronous)."""
@@ -77,15 +80,27 @@ class DynamoMembership(Membership):
         self._client.delete_item(TableName=self._table, Key={
             "pk": {"S": PARTITION}, "sk": {"S": self.task_id}})
 
-    async def join(self) -> None:
+    async def join(self, stop: asyncio.Event) -> None:
         # Without this a new task would enforce whole limits (1/1) until its first
-        # heartbeat, on top of the shares of the tasks already running. Bounded: an
-        # unreachable table must not hold a starting task for the client's retries.
+        # heartbeat, on top of the shares of the tasks already running. Bounded by one
+        # interval (an unreachable table must not hold a starting task for the client's
+        # retries) and by `stop`; a beat that answers later still sets the share.
+        beat = self._start_beat()
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait_for(self._beat(), timeout=self.interval)
-        except TimeoutError:
-            log.warning("membership: no heartbeat within %g s; starting with a share of 1/%d",
-                        self.interval, self.tasks)
+            await asyncio.wait({beat, stopped}, timeout=self.interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not beat.done() and not stop.is_set():
+            log.warning("membership: no heartbeat answer within %g s; a share of 1/%d "
+                        "until one comes", self.interval, self.tasks)
+
+    def _start_beat(self) -> asyncio.Task[None]:
+        """The heartbeat in progress, or a new one: one call at a time to a slow table."""
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.create_task(self._beat(), name="membership heartbeat")
+        return self._beating
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,6 +121,10 @@ class DynamoMembership(Membership):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
             if not stop.is_set():
-                await self._beat()
+                await self._start_beat()
+        if self._beating is not None and not self._beating.done():
+            # A heartbeat written after `leave` would list this task for `stale` seconds
+            # more (its share unused, never exceeded): give it a moment to land first.
+            await asyncio.wait({self._beating}, timeout=2.0)
         with contextlib.suppress(Exception):
             await asyncio.get_running_loop().run_in_executor(aws_executor(), self.leave)

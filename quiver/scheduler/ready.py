@@ -68,11 +68,16 @@ class _Slot:
     """One connection's place in a budget; moved, not re-acquired, when a reload
     rebinds the queue to another budget."""
 
-    __slots__ = ("budget", "retiring")
+    __slots__ = ("budget", "closed_streak", "retiring")
 
     def __init__(self, budget: ConnectionBudget) -> None:
         self.budget = budget
         self.retiring = False
+        # This worker's new connections in a row closed before their first
+        # transaction. Per worker: when a proxy dies, every connection it carried that
+        # had not been used yet is found closed once, and that is not the server
+        # refusing mail; the same worker's reconnect meeting it again is.
+        self.closed_streak = 0
 
 
 class ReadyQueue:
@@ -112,8 +117,6 @@ class ReadyQueue:
         self._wakeup = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
-        # New connections in a row closed by the server before their first transaction.
-        self._closed_streak = 0
         self._slots: set[_Slot] = set()
         self._bind(limits, budgets)
 
@@ -263,9 +266,9 @@ class ReadyQueue:
                         # then); twice in a row is the server's doing: back off rather
                         # than reconnect again and again.
                         self.jobs.appendleft(job)
-                        self._closed_streak += 1
-                        if self._closed_streak > 1:
-                            self._closed_streak = 0
+                        slot.closed_streak += 1
+                        if slot.closed_streak > 1:
+                            slot.closed_streak = 0
                             self._closed_by_server(exc.reply, here)
                         return
                     # Lost inside this job's transaction: the attempt counts for it.
@@ -274,7 +277,7 @@ class ReadyQueue:
                 finally:
                     self._check_pipelining(session)
                 sent += 1
-                self._closed_streak = 0
+                slot.closed_streak = 0
                 closing = self._settle(job, result.replies, here)
                 if closing is not None:
                     if then is not None:

@@ -55,7 +55,7 @@ class Sender:
         handler: MessageHandler,
         completer: Completer,
         services: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
-        on_start: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_start: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
         on_close: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self._services = services
@@ -81,9 +81,9 @@ class Sender:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._completer.start()
         for start in self._on_start:
-            await start()  # before the first receive
+            await start(stop)  # before the first receive; each returns early on stop
+        self._completer.start()
         visibility = int(self._intake.visibility_timeout)
         receivers = [
             asyncio.create_task(self._receive_loop(stop, visibility), name=f"receiver-{i}")

@@ -33,9 +33,10 @@ class Running:
     def events(self) -> list[dict]:
         """Every exported event record so far, in object-key order.
 
-        Export objects are written once under new keys, so each is read once: reading
-        them all on every poll loaded moto, the server the sender under test depends on,
-        with work growing with every object exported.
+        An export object's key names its batch and a re-export writes the same bytes, so
+        a key's content never changes and each is read once: reading them all on every
+        poll loaded moto, the server the sender under test depends on, with work growing
+        with every object exported.
         """
         s3 = self.stack.client("s3")
         bucket = self.deployment.events_bucket
@@ -119,4 +120,3 @@ def enqueue(running: Running, messages: list[OutboundMessage]) -> None:
     for start in range(0, len(messages), 100):
         result = client.enqueue_batch(messages[start:start + 100])
         assert not result.failed, result.failed
-

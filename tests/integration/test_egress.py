@@ -208,6 +208,10 @@ def at(record: dict[str, Any]) -> float:
     return datetime.fromisoformat(record["at"]).timestamp()
 
 
+def interleave(a: list[OutboundMessage], b: list[OutboundMessage]) -> list[OutboundMessage]:
+    return [m for pair in zip(a, b, strict=True) for m in pair]
+
+
 def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str,
                interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
@@ -323,13 +327,19 @@ def test_losing_an_az_loses_no_mail_and_its_sources_return_after_restart(
         # Mid-run: e2 goes away with transactions in flight through it (the MX holds
         # tarpit-* messages 2 s before it answers their DATA), connections open through
         # it, and more mail arriving while the sender finds out.
-        slow = batch("tarpit-za", "pa", 12) + batch("tarpit-zb", "pb", 12)
-        first = batch("za", "pa", 150) + batch("zb", "pb", 150)
-        rest = batch("za", "pa", 250, start=150) + batch("zb", "pb", 250, start=150)
+        # Both pools' mail interleaved in the queue, so both are in flight at the stop.
+        slow = interleave(batch("tarpit-za", "pa", 12), batch("tarpit-zb", "pb", 12))
+        first = interleave(batch("za", "pa", 150), batch("zb", "pb", 150))
+        rest = interleave(batch("za", "pa", 250, start=150), batch("zb", "pb", 250, start=150))
         during = slow + first + rest
         enqueue(stack, slow + first)
-        wait_until(lambda: len(mx_records(stack, ("za", "zb"))) >= 50, timeout=60,
-                   what="the first deliveries")
+        every_ip = pool_ips("pa") | pool_ips("pb")
+
+        def warmed() -> bool:
+            records = mx_records(stack, ("za", "zb"))
+            return len(records) >= 50 and {r["peer_ip"] for r in records} == every_ip
+
+        wait_until(warmed, timeout=60, what="the first deliveries, from every source")
         egress.nodes["e2"].stop()
         stopped = time.time()
         enqueue(stack, rest)

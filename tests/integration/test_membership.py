@@ -1,13 +1,14 @@
 """Cluster membership against moto's DynamoDB server: a task knows its share before
 it sends (join), others learn of it at their next heartbeat, a stopped task leaves,
-and a table that never answers does not hold a starting task."""
+and a table that never answers does not hold a starting task, nor a stop."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
-from collections.abc import Iterator
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from botocore.config import Config
 
 from quiver.localstack.moto_server import MotoServer, client, create_resources, session, start_moto
 from quiver.scheduler.membership import DynamoMembership
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,13 @@ def member(ddb: Any, table: str, task: str) -> DynamoMembership:
     return DynamoMembership(client=ddb, table=table, task_id=task, interval=0.3, stale=0.9)
 
 
+async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
 def test_join_counts_the_tasks_already_live_and_others_learn_at_their_next_beat(
         moto: tuple[MotoServer, str]) -> None:
     server, table = moto
@@ -39,19 +49,17 @@ def test_join_counts_the_tasks_already_live_and_others_learn_at_their_next_beat(
 
     async def scenario() -> None:
         a, b = member(ddb, table, "task-a"), member(ddb, table, "task-b")
-        await a.join()
-        assert a.share() == 1.0
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        await a.join(stop_a)
+        assert a.share() == 1.0
         run_a = asyncio.create_task(a.run(stop_a))
-        await b.join()
+        await b.join(stop_b)
         assert b.share() == 0.5  # before b's first send, not after its first interval
         run_b = asyncio.create_task(b.run(stop_b))
-        await asyncio.sleep(0.7)
-        assert a.share() == 0.5
+        await until(lambda: a.share() == 0.5)
         stop_b.set()
         await run_b  # leaves the table
-        await asyncio.sleep(0.7)
-        assert a.share() == 1.0
+        await until(lambda: a.share() == 1.0)
         stop_a.set()
         await run_a
 
@@ -60,23 +68,44 @@ def test_join_counts_the_tasks_already_live_and_others_learn_at_their_next_beat(
     assert not [i for i in items if i["sk"]["S"] in ("task-a", "task-b")]
 
 
-def test_a_table_that_never_answers_does_not_hold_the_start(tmp_path: Path) -> None:
-    # A listening socket that never accepts: connects succeed, no reply ever comes.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        ddb = session(endpoint).client(
-            "dynamodb", endpoint_url=endpoint,
-            config=Config(read_timeout=30, retries={"max_attempts": 1}))
-        mine = DynamoMembership(client=ddb, table="senders", task_id="t", interval=0.5)
+def silent_table(listener: socket.socket) -> DynamoMembership:
+    """Membership against a listening socket that never accepts: connects succeed,
+    no reply ever comes."""
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    ddb = session(endpoint).client("dynamodb", endpoint_url=endpoint,
+                                   config=Config(read_timeout=30, retries={"max_attempts": 1}))
+    return DynamoMembership(client=ddb, table="senders", task_id="t", interval=0.5)
+
+
+def test_a_table_that_never_answers_does_not_hold_the_start(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as listener:
+        mine = silent_table(listener)
 
         async def scenario() -> float:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await mine.join()
-            return loop.time() - started
+            started = time.monotonic()
+            await mine.join(asyncio.Event())
+            return time.monotonic() - started
+
+        with caplog.at_level(logging.WARNING, logger="quiver.sender"):
+            took = asyncio.run(scenario())
+    assert took < 5  # bounded by the heartbeat interval, not the client's 30 s timeout
+    assert "no heartbeat answer within 0.5 s; a share of 1/1 until one comes" in caplog.text
+
+
+def test_a_stop_during_join_is_not_held_for_the_interval() -> None:
+    with socket.socket() as listener:
+        mine = silent_table(listener)
+        mine.interval = 30.0
+
+        async def scenario() -> float:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(0.2, stop.set)
+            started = time.monotonic()
+            await mine.join(stop)
+            return time.monotonic() - started
 
         took = asyncio.run(scenario())
-    assert took < 5  # bounded by the heartbeat interval, not the client's 30 s timeout
-    assert mine.share() == 1.0  # the last known share: delivery goes on
+    assert took < 5  # the stop, not the 30 s interval

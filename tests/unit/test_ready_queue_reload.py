@@ -13,6 +13,7 @@ from quiver.scheduler.ready import Job, ReadyQueue
 from quiver.scheduler.throttle import Destination, Limit, Limits
 from quiver.sender.outcome import Path
 from quiver.smtp.reply import Reply
+from quiver.smtp.session import SessionError
 
 SOURCE = Source(name="a", ip="192.0.2.1", ehlo="a.test", az="az1")
 ROUTE = Route(domain="d.test", hosts=(MxHost("mx.d.test", 10, ("192.0.2.9",)),),
@@ -35,8 +36,11 @@ class _Result:
 class FakeMx:
     """Counts connections open, opened, closed, and the most sending at once."""
 
-    def __init__(self, *, pipelining: bool = False) -> None:
+    def __init__(self, *, pipelining: bool = False, closed_unused: int = 0) -> None:
         self.pipelining = pipelining
+        # The first this many sessions are found closed at their first send (as when
+        # the proxy they went through died before they carried a transaction).
+        self.closed_unused = closed_unused
         self.opened = self.open = self.closed = self.delivered = 0
         self.busy = self.peak_busy = self.peak_open = 0
 
@@ -45,21 +49,23 @@ class FakeMx:
         self.opened += 1
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
-        return _Session(self), Path(source=source.name)
+        return _Session(self, closed=self.opened <= self.closed_unused), Path(source=source.name)
 
     def template(self, source: Source, route: Route) -> Path:
         return Path(source=source.name)
 
 
 class _Session:
-    def __init__(self, mx: FakeMx) -> None:
+    def __init__(self, mx: FakeMx, *, closed: bool = False) -> None:
         self.mx = mx
         self.pipelining = mx.pipelining
-        self.is_open = True
+        self.is_open = not closed
         self.pipeline_next_failed = None
 
     async def send(self, *, sender: str, recipients: list[str], message: bytes,
                    then: object = None) -> _Result:
+        if not self.is_open:
+            raise SessionError("closed", Reply(421, "4.4.2", "closed before the first MAIL"))
         self.mx.busy += 1
         self.mx.peak_busy = max(self.mx.peak_busy, self.mx.busy)
         try:

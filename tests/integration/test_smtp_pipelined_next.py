@@ -226,17 +226,24 @@ async def test_503s_to_a_pipelined_group_are_not_bounces_and_stop_the_pipelining
     assert session.pipeline_next_failed is not None and "503" in session.pipeline_next_failed
 
 
-async def test_a_refused_pipelined_mail_and_its_503s_are_the_mails_refusal() -> None:
+@pytest.mark.parametrize(("group_replies", "refusal"), [
+    # A refused MAIL: the 503s to its RCPT and DATA are its consequence.
+    (b"550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n",
+     (550, "sender refused")),
+    # Every RCPT refused: the 503 to DATA is its consequence.
+    (b"250 ok\r\n550 5.1.1 no such user\r\n"
+     b"503 5.5.1 valid RCPT command must precede DATA\r\n", (550, "no such user")),
+], ids=["refused-mail", "every-rcpt-refused"])
+async def test_503s_that_follow_a_refusal_are_in_sequence_and_the_refusal_is_the_reply(
+        group_replies: bytes, refusal: tuple[int, str]) -> None:
     async def script(reader, writer):
-        await first_then_next(server, reader, writer, b"250 first queued\r\n"
-                              b"550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n"
-                              b"503 5.5.1 need RCPT\r\n")
+        await first_then_next(server, reader, writer, b"250 first queued\r\n" + group_replies)
         await reader.read()
 
     async with Scripted(script) as server:
         session = await open_session(server)
         await send(session, FIRST, then=SECOND)
-        assert await send(session, SECOND) == {"u2@d.test": (550, "sender refused")}
+        assert await send(session, SECOND) == {"u2@d.test": refusal}
     assert session.pipeline_next_failed is None
 
 
@@ -341,17 +348,3 @@ async def test_a_pipelined_job_put_back_during_another_connections_backoff_is_an
     assert first.reply.code == 250
     for later in (second, third):
         assert later.reply.code in (421, 451) and not later.counts
-
-
-async def test_a_503_to_data_after_every_rcpt_was_refused_is_in_sequence() -> None:
-    async def script(reader, writer):
-        await first_then_next(server, reader, writer, b"250 first queued\r\n250 ok\r\n"
-                              b"550 5.1.1 no such user\r\n"
-                              b"503 5.5.1 valid RCPT command must precede DATA\r\n")
-        await reader.read()
-
-    async with Scripted(script) as server:
-        session = await open_session(server)
-        await send(session, FIRST, then=SECOND)
-        assert await send(session, SECOND) == {"u2@d.test": (550, "no such user")}
-    assert session.pipeline_next_failed is None

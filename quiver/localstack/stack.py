@@ -61,6 +61,9 @@ EGRESS_END = "# egress: end"
 POLICY_TEMPLATE = """\
 # Written by the local stack; regenerated on every start.
 version = 1
+# Everything here runs on this machine: the MX and the egress nodes listen on
+# loopback, which only a local_only policy may allow (and `cdk synth` refuses one).
+local_only = true
 default_pool = "shared"
 
 [delivery]

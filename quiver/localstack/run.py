@@ -35,9 +35,8 @@ def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
             root, max_age="1h", dns_records=records, dns_origin=str(dns_file),
             policy_fragment=fragment, fragment_origin=str(policy_file),
         )
-        # Before any server starts: a broken file costs nothing to fix.
-        stack.check_additions()
         print(f"starting the local stack in {root} ...", flush=True)
+        # Checks both files before any server starts: a broken one costs nothing to fix.
         stack.start()
     except (RecordsError, PolicyError) as exc:
         print(f"quiver local: {exc}", file=sys.stderr)

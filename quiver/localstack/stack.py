@@ -238,6 +238,8 @@ class LocalStack:
                 zone.add_txt(f"{selector}._domainkey.{domain}", "v=DKIM1; p=")
             add_records(zone, self.dns_records, origin=self.dns_origin)
         if self.policy_fragment is not None:
+            # Stand-in ports and CA path: the real ones exist only once servers run, and
+            # validation does not depend on their values.
             binary = choose_haproxy(self.haproxy, os.environ)
             proxy = None if binary is None else ProxyPorts(frontend=2500, health=8500,
                                                             allowed=(2525,))

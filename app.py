@@ -19,6 +19,7 @@ from aws_cdk import App
 
 from cdk.deploy_checks import DeploymentError
 from cdk.stacks import DEFAULT_VPC_CIDR, add_quiver_stacks
+from proxy_tier.render import RenderError
 from quiver.names import DEFAULT_PREFIX
 from quiver.policy import PolicyError
 
@@ -45,7 +46,7 @@ def main() -> int:
             public_ipv4_pool=context("quiver:public-ipv4-pool"),
             alarm_email=context("quiver:alarm-email"),
         )
-    except (PolicyError, DeploymentError) as exc:
+    except (PolicyError, DeploymentError, RenderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         print("fix the policy (check it with `quiver config check <file>`) and synth again",
               file=sys.stderr)

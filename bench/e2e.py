@@ -90,6 +90,8 @@ FEED_IDLE = 0.02
 POLICY = """\
 # Written by bench/e2e.py for one benchmark run.
 version = 1
+# Loopback MX and proxies: a policy for this machine only.
+local_only = true
 default_pool = "bench"
 
 [delivery]

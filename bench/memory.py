@@ -37,6 +37,7 @@ from quiver.storage.base import Outgoing, Received
 from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue
 
 POLICY = """
+local_only = true
 default_pool = "p"
 [delivery]
 ehlo = "bench.quiver.local.test"

@@ -114,6 +114,7 @@ class DistantMx:
 
 def policy_text(port: int, connections: int, pipeline_next: bool) -> str:
     return f"""
+local_only = true
 default_pool = "p"
 [delivery]
 ehlo = "rtt.quiver.local.test"

@@ -56,6 +56,7 @@ MESSAGE_BYTES = 5000
 WARMUP = 300
 
 POLICY = """
+local_only = true
 default_pool = "p"
 [delivery]
 ehlo = "cpu.quiver.local.test"

@@ -65,6 +65,12 @@ def check_deployable(
 ) -> Placement:
     """Check the deploy-only rules; return the region and AZs the policy implies."""
     problems: list[str] = []
+    if policy.local_only:
+        problems.append(
+            "local_only: this policy is for a stack on one machine (`quiver local`, test "
+            "rigs) and may let senders and proxies reach loopback, private or metadata "
+            "addresses; remove local_only and every such allow_networks entry to deploy it"
+        )
     nodes = policy.proxy.nodes
     if not nodes:
         problems.append(

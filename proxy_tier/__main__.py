@@ -8,7 +8,7 @@ import sys
 from proxy_tier.cli import render_command
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m proxy_tier")
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="print a proxy node's haproxy.cfg")
@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-network", action="append", dest="allow_networks", metavar="NET",
         help="replace proxy.allow_networks (repeatable; test rigs only)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return render_command(
         args.config, args.node, sys.stdout,
         allow_networks=args.allow_networks, user_data=args.user_data,

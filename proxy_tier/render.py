@@ -7,7 +7,7 @@ open relay or a way into the VPC, so every destination is checked before any
 outbound connection is made: its port must be in `proxy.allowed_ports`, and its
 address must not be private, loopback, link-local (the instance metadata
 service), multicast or otherwise special, unless `proxy.allow_networks` lists
-it (test rigs allow loopback that way).
+it, which only a `local_only` policy may do (test rigs allow loopback that way).
 
 Where the check happens matters, and was established against HAProxy 2.6 (the
 integration tests keep it honest): `tcp-request connection` rules run before
@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 
 from quiver.policy import Policy, ProxyNode, Source
+from quiver.routing.safety import forbidden_overlaps
 
 # The sender gives up on a proxied connection after its own connect timeout; one
 # HAProxy attempt plus one retry must fit inside the sender's 30 s default.
@@ -136,13 +137,16 @@ def render_haproxy_config(
     """The haproxy.cfg of proxy node `node`.
 
     allow_networks replaces `policy.proxy.allow_networks` when given (None: the
-    policy's). stats_socket None leaves the admin socket out. run_as sets user
+    policy's); either way, ranges the node blocks are allowed only for a local_only
+    policy. stats_socket None leaves the admin socket out. run_as sets user
     and group after binding; chroot confines the workers. Raises RenderError.
     """
     tier = policy.proxy
     proxy_node = _node(policy, node)
     sources = node_sources(policy, node)
     allowed = _allowed_networks(tier.allow_networks if allow_networks is None else allow_networks)
+    if not policy.local_only:
+        _refuse_special_allows(allowed)
     ports = tier.allowed_ports
     for port, what in ((tier.frontend_port, "frontend_port"), (tier.health_port, "health_port")):
         if port in ports:
@@ -321,6 +325,25 @@ def _allowed_networks(networks: Sequence[str]) -> list[str]:
                 )
         out.append(str(net))
     return out
+
+
+def _refuse_special_allows(networks: Sequence[str]) -> None:
+    """Only a local_only policy may open what the node blocks: for any other, an allow
+    rule over a private, loopback or metadata range would let a PROXY header reach the
+    VPC. Checked against the sender's forbidden table and this file's blocked list."""
+    for raw in networks:
+        net = ipaddress.ip_network(raw)
+        hits = {str(n): why for n, why in forbidden_overlaps(net)}
+        for blocked, why in BLOCKED_NETWORKS:
+            other = ipaddress.ip_network(blocked)
+            if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+                hits.setdefault(str(other), why)
+        if hits:
+            raise RenderError(
+                f"allow_networks: {net} opens destinations the proxy must refuse "
+                f"({'; '.join(f'{n}: {why}' for n, why in hits.items())}); only a policy "
+                "with local_only = true may allow them"
+            )
 
 
 def _token(value: str, what: str) -> str:

@@ -127,7 +127,11 @@ def cmd_proxy_render(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from quiver.localstack.run import run_local
 
-    return run_local(root=Path(args.dir))
+    return run_local(
+        root=Path(args.dir), sender=not args.no_sender,
+        dns_file=Path(args.dns) if args.dns else None,
+        policy_file=Path(args.policy) if args.policy else None,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -149,36 +153,52 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sender)
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
-    e.add_argument("--from", dest="sender", required=True)
-    e.add_argument("--to", action="append", required=True)
-    e.add_argument("--pool")
-    e.add_argument("--tenant")
-    e.add_argument("--campaign")
+    e.add_argument("--from", dest="sender", required=True, metavar="ADDRESS",
+                   help="envelope sender (MAIL FROM)")
+    e.add_argument("--to", action="append", required=True, metavar="ADDRESS",
+                   help="a recipient (RCPT TO); repeat for more")
+    e.add_argument("--pool", help="egress pool (default: the policy's default_pool)")
+    e.add_argument("--tenant", help="tenant name, copied onto every event")
+    e.add_argument("--campaign", help="campaign name, copied onto every event")
     e.add_argument("--id", help="message id (default: generated)")
-    e.add_argument("file")
+    e.add_argument("file", help="the complete RFC 5322 message (.eml)")
     e.set_defaults(func=cmd_enqueue)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a policy file; list every problem")
-    check.add_argument("file")
+    check.add_argument("file", help="the policy TOML file")
     check.set_defaults(func=cmd_config_check)
 
     x = sub.add_parser("proxy", help="HAProxy egress tier tools")
     xsub = x.add_subparsers(dest="proxy_command", required=True)
     render = xsub.add_parser("render", help="print a node's haproxy.cfg")
-    render.add_argument("--node", required=True)
-    render.add_argument("--config", default="policy/quiver.toml")
+    render.add_argument("--node", required=True, help="proxy node name ([proxy.nodes.NAME])")
+    render.add_argument("--config", default="policy/quiver.toml",
+                        help="policy file (default policy/quiver.toml)")
     render.set_defaults(func=cmd_proxy_render)
 
     local = sub.add_parser("local", help="start the embedded local stack and keep it up")
-    local.add_argument("--dir", default=".quiver/local")
+    local.add_argument("--dir", default=".quiver/local",
+                       help="where the stack keeps its files: env.sh, policy.toml, keys, "
+                            "logs, the MX's mail (default .quiver/local)")
+    local.add_argument("--no-sender", action="store_true",
+                       help="start everything but the sender and print the command that "
+                            "runs one, to start, kill and restart by hand")
+    local.add_argument("--dns", metavar="FILE",
+                       help="extra DNS records to serve beside the demo zone (TOML: "
+                            "[[record]] name, type = MX|A|AAAA|TXT, value, preference)")
+    local.add_argument("--policy", metavar="FILE",
+                       help="a policy fragment merged over the generated policy: tables "
+                            "key by key, arrays (throttles, dkim) replaced")
     local.set_defaults(func=cmd_local)
 
     demo = sub.add_parser("demo", help="run N sample messages through the local stack")
-    demo.add_argument("--messages", type=int, default=1000)
+    demo.add_argument("--messages", type=int, default=1000, metavar="N",
+                      help="how many sample messages to enqueue (default 1000)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--dir", default=".quiver/demo")
+    demo.add_argument("--dir", default=".quiver/demo",
+                      help="where the stack keeps its files (default .quiver/demo)")
     demo.set_defaults(func=cmd_demo)
     return p
 

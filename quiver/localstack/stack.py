@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from quiver.dkim import dns_txt_value, generate_private_key
 from quiver.local.dns import DnsServer, Zone, start_dns
+from quiver.local.dns_records import ExtraRecord, add_records, host_names
 from quiver.local.mx import MxProcess, spawn_mx
 from quiver.local.tls import issue_cert, make_local_ca
 from quiver.localstack import moto_server
@@ -26,6 +27,7 @@ from quiver.localstack.haproxy import (
     start_nodes,
     stop_nodes,
 )
+from quiver.localstack.policy_fragment import merged_policy_text
 from quiver.policy import load_policy
 from quiver.settings import Deployment, deployment_env
 
@@ -61,6 +63,9 @@ EGRESS_END = "# egress: end"
 POLICY_TEMPLATE = """\
 # Written by the local stack; regenerated on every start.
 version = 1
+# Everything here runs on this machine: the MX and the egress nodes listen on
+# loopback, which only a local_only policy may allow (and `cdk synth` refuses one).
+local_only = true
 default_pool = "shared"
 
 [delivery]
@@ -155,6 +160,40 @@ def with_egress(text: str, egress: str) -> str:
     return text[:start] + egress.rstrip("\n") + text[end:]
 
 
+def dkim_toml() -> str:
+    """The policy's [[dkim]] tables: the demo From domains' keys, under keys/."""
+    return "".join(
+        f'\n[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\n'
+        f'algorithm = "{algorithm}"\nkey_file = "keys/{domain}.{selector}.pem"\n'
+        for domain, selector, algorithm in DKIM_DOMAINS
+    )
+
+
+def local_policy_text(*, mx_port: int, ca_file: Path | str, max_age: str,
+                      proxy: ProxyPorts | None) -> str:
+    """The generated local stack policy, before any fragment is merged over it."""
+    return POLICY_TEMPLATE.format(
+        mx_port=mx_port, ca_file=ca_file, max_age=max_age, dkim=dkim_toml(),
+        egress=egress_toml(proxy),
+    )
+
+
+def add_demo_records(zone: Zone) -> None:
+    """The demo destinations (MX, A, null MX) and the From domains' SPF; the DKIM keys'
+    TXT records are added once the keys exist."""
+    for domain, hosts in MX_DOMAINS.items():
+        for pref, host in hosts:
+            zone.add_mx(domain, host, pref)
+    for host in MX_HOSTS:
+        zone.add_a(host, "127.0.0.1")
+    for domain in A_ONLY_DOMAINS:
+        zone.add_a(domain, "127.0.0.1")
+    for domain in NULL_MX_DOMAINS:
+        zone.add_null_mx(domain)
+    for domain, _, _ in DKIM_DOMAINS:
+        zone.add_txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
+
+
 @dataclass
 class LocalStack:
     root: Path
@@ -170,9 +209,16 @@ class LocalStack:
     ca_file: Path | None = None
     zone: Zone = field(default_factory=Zone)
     proxy_nodes: dict[str, EgressNode] = field(default_factory=dict)
+    # Served beside the demo zone (`quiver local --dns`); dns_origin names their file.
+    dns_records: tuple[ExtraRecord, ...] = ()
+    dns_origin: str = "records"
+    # Merged over the generated policy (`quiver local --policy`); see policy_fragment.
+    policy_fragment: dict[str, Any] | None = None
+    fragment_origin: str = "the policy fragment"
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
+        self.check_additions()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
         try:
@@ -182,14 +228,37 @@ class LocalStack:
             raise
         return self
 
+    def check_additions(self) -> None:
+        """Refuse extra records that clash with the demo zone, or a policy fragment
+        that does not validate, before any server starts (RecordsError, PolicyError)."""
+        if self.dns_records:
+            zone = Zone()
+            add_demo_records(zone)
+            for domain, selector, _ in DKIM_DOMAINS:
+                zone.add_txt(f"{selector}._domainkey.{domain}", "v=DKIM1; p=")
+            add_records(zone, self.dns_records, origin=self.dns_origin)
+        if self.policy_fragment is not None:
+            # Stand-in ports and CA path: the real ones exist only once servers run, and
+            # validation does not depend on their values.
+            binary = choose_haproxy(self.haproxy, os.environ)
+            proxy = None if binary is None else ProxyPorts(frontend=2500, health=8500,
+                                                            allowed=(2525,))
+            merged_policy_text(
+                local_policy_text(mx_port=2525, ca_file="ca.crt", max_age=self.max_age,
+                                  proxy=proxy),
+                self.policy_fragment, origin=self.fragment_origin,
+            )
+
     def _start(self, dns_prefer: Literal["dnsmasq", "builtin"]) -> None:
         self.moto = moto_server.start_moto(log_dir=self.root / "logs")
         self.deployment = moto_server.create_resources(self.moto.endpoint)
         ca_cert, _ = make_local_ca(self.root / "ca")
         self.ca_file = ca_cert
+        hostnames = [*MX_HOSTS, *A_ONLY_DOMAINS]
+        hostnames += [h for h in host_names(self.dns_records) if h not in hostnames]
         cert, key = issue_cert(
-            ca_dir=self.root / "ca", hostnames=[*MX_HOSTS, *A_ONLY_DOMAINS],
-            ips=["127.0.0.1"], dir=self.root / "mx-tls",
+            ca_dir=self.root / "ca", hostnames=hostnames, ips=["127.0.0.1"],
+            dir=self.root / "mx-tls",
         )
         mx_store = self.root / "mx"
         shutil.rmtree(mx_store, ignore_errors=True)
@@ -197,7 +266,8 @@ class LocalStack:
             port=moto_server.free_port(), store_dir=mx_store, tls_cert=cert, tls_key=key,
             hostname=MX_HOSTS[0],
         )
-        dkim_toml = self._keys_and_zone()
+        self._keys_and_zone()
+        add_records(self.zone, self.dns_records, origin=self.dns_origin)
         self.dns = start_dns(self.zone, prefer=dns_prefer)
         mx_port = self.mx.address[1]
         binary = choose_haproxy(self.haproxy, os.environ)
@@ -207,10 +277,11 @@ class LocalStack:
             health = free_port_on([a for _, _, a in PROXY_NODES], avoid=[mx_port, frontend])
             proxy = ProxyPorts(frontend=frontend, health=health, allowed=(mx_port,))
         self.policy_path = self.root / "policy.toml"
-        self.policy_path.write_text(POLICY_TEMPLATE.format(
-            mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age, dkim=dkim_toml,
-            egress=egress_toml(proxy),
-        ))
+        text = local_policy_text(mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age,
+                                 proxy=proxy)
+        if self.policy_fragment is not None:
+            text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
+        self.policy_path.write_text(text)
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
@@ -236,32 +307,17 @@ class LocalStack:
         )
         return f"haproxy: {nodes}"
 
-    def _keys_and_zone(self) -> str:
-        zone = self.zone
-        for domain, hosts in MX_DOMAINS.items():
-            for pref, host in hosts:
-                zone.add_mx(domain, host, pref)
-        for host in MX_HOSTS:
-            zone.add_a(host, "127.0.0.1")
-        for domain in A_ONLY_DOMAINS:
-            zone.add_a(domain, "127.0.0.1")
-        for domain in NULL_MX_DOMAINS:
-            zone.add_null_mx(domain)
+    def _keys_and_zone(self) -> None:
+        add_demo_records(self.zone)
         keys_dir = self.root / "keys"
         keys_dir.mkdir(exist_ok=True)
-        blocks = []
         for domain, selector, algorithm in DKIM_DOMAINS:
             path = keys_dir / f"{domain}.{selector}.pem"
             if not path.exists():
                 path.write_bytes(generate_private_key(algorithm))
                 path.chmod(0o600)
-            zone.add_txt(f"{selector}._domainkey.{domain}", dns_txt_value(path.read_bytes()))
-            zone.add_txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
-            blocks.append(
-                f'\n[[dkim]]\ndomain = "{domain}"\nselector = "{selector}"\n'
-                f'algorithm = "{algorithm}"\nkey_file = "keys/{path.name}"\n'
-            )
-        return "".join(blocks)
+            self.zone.add_txt(f"{selector}._domainkey.{domain}",
+                              dns_txt_value(path.read_bytes()))
 
     @property
     def nameserver(self) -> str:

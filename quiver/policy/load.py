@@ -26,6 +26,7 @@ from quiver.policy.model import (
     Source,
     Throttle,
 )
+from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake",
+    "local_only",
 }
 
 
@@ -220,6 +222,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     retry = _retry(c, c.table(data, "retry", ""))
     delivery = _delivery(c, c.table(data, "delivery", ""))
     intake = _intake(c, c.table(data, "intake", ""))
+    local_only = _local_only(c, data)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -235,6 +238,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         delivery=delivery,
         intake=intake,
         warnings=tuple(c.warnings),
+        local_only=local_only,
     )
 
 
@@ -568,3 +572,43 @@ def _intake(c: _Checker, t: dict[str, Any]) -> Intake:
     if intake.spill_threshold > 240 * 1024:
         c.error("intake.spill_threshold", "must be at most 240KiB (SQS caps a message at 256 KiB)")
     return intake
+
+
+# The sections whose allow-lists open destinations the sender and proxies refuse.
+_ALLOW_LIST_SECTIONS = ("delivery", "proxy")
+
+
+def _local_only(c: _Checker, data: Mapping[str, Any]) -> bool:
+    """`local_only`, and the rule it guards: outside a local stack, no allow-list may
+    reach a forbidden range (quiver.routing.safety's table), or one hostile MX record
+    (or PROXY header) could aim a deployed sender at the VPC or the metadata service.
+    """
+    local_only = c.get(data, "local_only", "", _boolean, False)
+    if local_only:
+        return True
+    for section in _ALLOW_LIST_SECTIONS:
+        table = data.get(section)
+        nets = table.get("allow_networks") if isinstance(table, dict) else None
+        if not isinstance(nets, list):
+            continue  # absent, or already reported by the section's own checks
+        for i, raw in enumerate(nets):
+            try:
+                overlaps = forbidden_overlaps(_network(raw))
+            except ValueError:
+                continue  # reported as not a network
+            if overlaps:
+                c.error(
+                    f"{section}.allow_networks[{i}]",
+                    f"{raw} opens forbidden destinations: {_describe(overlaps)}; only a "
+                    "policy with local_only = true (a local stack's, which the CDK app "
+                    "refuses to deploy) may allow them",
+                )
+    return False
+
+
+def _describe(ranges: list[tuple[IPNetwork, str]]) -> str:
+    """'private (10.0.0.0/8, 192.168.0.0/16), loopback (127.0.0.0/8)'"""
+    by_class: dict[str, list[str]] = {}
+    for net, why in ranges:
+        by_class.setdefault(why, []).append(str(net))
+    return ", ".join(f"{why} ({', '.join(nets)})" for why, nets in by_class.items())

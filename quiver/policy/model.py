@@ -163,6 +163,12 @@ class Policy:
     delivery: Delivery = field(default_factory=Delivery)
     intake: Intake = field(default_factory=Intake)
     warnings: tuple[str, ...] = ()
+    # A policy for a stack on one machine (`quiver local`, test rigs): only such a
+    # policy may list private, loopback or metadata ranges in `delivery.allow_networks`
+    # or `proxy.allow_networks`, and the CDK app refuses to deploy it. It is a top-level
+    # key because it speaks for the whole file (both allow-lists and the deploy
+    # refusal), not for one section.
+    local_only: bool = False
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -68,3 +68,35 @@ class DestinationGuard:
     def check(self, ip: str) -> None:
         if (why := self.reason(ip)) is not None:
             raise UnsafeDestination(why)
+
+
+# IPv4-mapped IPv6 addresses (::ffff:a.b.c.d): the guard above reads them as IPv4,
+# and so does HAProxy, so an IPv6 network over them opens the IPv4 ranges inside.
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def forbidden_ranges() -> tuple[tuple[IPNetwork, str], ...]:
+    """The forbidden table: (network, what it is), one source for every check."""
+    return _FORBIDDEN
+
+
+def forbidden_overlaps(network: str | IPNetwork) -> list[tuple[IPNetwork, str]]:
+    """The forbidden ranges that `network` shares at least one address with.
+
+    An allow-list entry that overlaps one of them would let the sender (or a proxy)
+    connect into it: `0.0.0.0/0` and `::/0` overlap them all. Raises ValueError
+    for something that is not a network.
+    """
+    net = ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
+    candidates: list[IPNetwork] = [net]
+    if isinstance(net, ipaddress.IPv6Network) and net.overlaps(_IPV4_MAPPED):
+        if net.prefixlen >= _IPV4_MAPPED.prefixlen:
+            low32 = int(net.network_address) & 0xFFFFFFFF
+            candidates.append(ipaddress.IPv4Network((low32, net.prefixlen - 96)))
+        else:
+            candidates.append(ipaddress.IPv4Network("0.0.0.0/0"))
+    return [
+        (forbidden, why)
+        for forbidden, why in _FORBIDDEN
+        if any(c.version == forbidden.version and c.overlaps(forbidden) for c in candidates)
+    ]

@@ -84,6 +84,8 @@ def test_a_broken_policy_fails_synth_with_the_policy_error(tmp_path: Path) -> No
      "proxy.nodes: place nodes in at least 2 AZs"),
     ([('az = "us-east-1c"', 'az = "eu-west-1c"')],
      "proxy.nodes: all nodes must be in one region, found eu-west-1, us-east-1"),
+    ([("version = 1\n", "version = 1\nlocal_only = true\n")],
+     "local_only: this policy is for a stack on one machine"),
 ])
 def test_deploy_only_rules_fail_synth_with_the_key_to_fix(
     policy_variant: Callable[..., Path], tmp_path: Path,
@@ -93,3 +95,28 @@ def test_deploy_only_rules_fail_synth_with_the_key_to_fix(
     with pytest.raises(DeploymentError) as error:
         build(path, tmp_path / "out")
     assert message in str(error.value)
+
+
+def test_synth_refuses_a_local_only_policy(
+    policy_variant: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What `cdk synth` runs: a policy allowing loopback (valid, as local_only) never
+    becomes a template."""
+    path = policy_variant(
+        ("version = 1\n", "version = 1\nlocal_only = true\n"),
+        ("allowed_ports = [25]\n", 'allowed_ports = [25]\nallow_networks = ["127.0.0.0/8"]\n'),
+    )
+    env = {
+        **os.environ,
+        "CDK_CONTEXT_JSON": json.dumps({"quiver:policy": str(path)}),
+        "CDK_OUTDIR": str(tmp_path / "out"),
+    }
+    result = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"{path}: cannot deploy: 1 problem(s)" in result.stderr
+    assert "local_only: this policy is for a stack on one machine" in result.stderr
+    assert "remove local_only and every such allow_networks entry" in result.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()

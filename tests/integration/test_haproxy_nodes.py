@@ -51,6 +51,7 @@ IO_TIMEOUT = 5.0
 
 def policy_text(*, frontend_port: int, health_port: int, sink_port: int) -> str:
     lines = [
+        "local_only = true",
         'default_pool = "all"',
         "[proxy]",
         "protocol = 2",
@@ -523,6 +524,7 @@ def test_family_rules_refuse_what_the_source_cannot_reach(rig):
     frontend_port = free_port("127.0.0.2", avoid=[port])
     health_port = free_port("127.0.0.32", avoid=[frontend_port, port])
     policy = parse_policy("\n".join([
+        "local_only = true",
         'default_pool = "p"',
         "[proxy]",
         f"frontend_port = {frontend_port}",

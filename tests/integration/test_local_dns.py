@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quiver.local.dns import DnsServer, Zone, start_dns
 from quiver.local.dns_dnsmasq import dnsmasq_binary
+from quiver.local.dns_records import add_records, parse_records
+from quiver.localstack.stack import add_demo_records
 
 pytestmark = pytest.mark.integration
 
@@ -144,5 +146,69 @@ def test_builtin_when_asked_says_so_without_a_reason() -> None:
     server = start_dns(make_zone(), prefer="builtin")
     try:
         assert (server.kind, server.fallback_reason) == ("builtin", None)
+    finally:
+        server.stop()
+
+
+EXTRA = """
+[[record]]
+name = "partner.test"
+type = "MX"
+value = "mx.partner.test"
+preference = 5
+
+[[record]]
+name = "partner.test"
+type = "MX"
+value = "mx1.quiver.local.test"
+preference = 20
+
+[[record]]
+name = "mx.partner.test"
+type = "A"
+value = "127.0.0.7"
+
+[[record]]
+name = "mx.partner.test"
+type = "AAAA"
+value = "::1"
+
+[[record]]
+name = "partner.test"
+type = "TXT"
+value = "v=spf1 ip4:127.0.0.7 -all"
+
+[[record]]
+name = "closed.test"
+type = "MX"
+value = "."
+"""
+
+
+@pytest.mark.parametrize("kind", ["builtin", "dnsmasq"])
+async def test_extra_records_are_served_beside_the_demo_zone(kind: str) -> None:
+    if kind == "dnsmasq" and dnsmasq_binary() is None:
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq-base)")
+    zone = Zone()
+    add_demo_records(zone)
+    add_records(zone, parse_records(EXTRA))
+    server = start_dns(zone, prefer=kind)  # type: ignore[arg-type]
+    try:
+        assert server.kind == kind, server.fallback_reason
+        resolver = resolver_for(server)
+        mx = await resolver.resolve("partner.test", "MX")
+        assert sorted((r.preference, r.exchange.to_text()) for r in mx) == [
+            (5, "mx.partner.test."), (20, "mx1.quiver.local.test."),
+        ]
+        assert [r.address for r in await resolver.resolve("mx.partner.test", "A")] == [
+            "127.0.0.7"]
+        assert [r.address for r in await resolver.resolve("mx.partner.test", "AAAA")] == ["::1"]
+        txt = await resolver.resolve("partner.test", "TXT")
+        assert [b"".join(r.strings) for r in txt] == [b"v=spf1 ip4:127.0.0.7 -all"]
+        closed = await resolver.resolve("closed.test", "MX")
+        assert [(r.preference, r.exchange.to_text()) for r in closed] == [(0, ".")]
+        # The demo zone is still there.
+        alpha = await resolver.resolve("alpha.test", "MX")
+        assert [r.exchange.to_text() for r in alpha] == ["mx1.quiver.local.test."]
     finally:
         server.stop()

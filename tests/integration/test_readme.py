@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from local_command import OutputReader, descendants, read_env_file, still_running, wait_until
 from stackrig import Running
 
 from quiver.events import FINAL_EVENTS
 from quiver.localstack.samples import render
+from quiver.policy import load_policy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +80,135 @@ def test_enqueue_snippet_from_the_shell(local_stack: Running, tmp_path: Path) ->
     assert "enqueued readme-shell" in result.stdout
     events = local_stack.events_for({"readme-shell"}, finals=1, timeout=60)
     assert [e["event"] for e in events if e["event"] in FINAL_EVENTS] == ["delivered"]
+
+
+# --- `quiver local` with its knobs, as the README shows them --------------------------
+
+STARTUP_TIMEOUT = 180.0
+DELIVERY_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
+
+
+def local_snippets() -> tuple[str, str, str]:
+    """The README's records file, policy fragment and `quiver local` command line."""
+    (records,) = [b for b in blocks("toml") if b.startswith("# records.toml")]
+    (fragment,) = [b for b in blocks("toml") if b.startswith("# local-policy.toml")]
+    (shell,) = [b for b in blocks("sh") if "quiver local --dir" in b]
+    (command,) = [line for line in shell.splitlines() if line.startswith("quiver local")]
+    return records, fragment, command
+
+
+def venv_env() -> dict[str, str]:
+    """The environment a user has: this venv's `quiver` on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_local_dns_mistake_snippet_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    records, _, _ = local_snippets()
+    (shown,) = [b for b in blocks("") if b.startswith("$ quiver local --dns records.toml")]
+    broken = records.replace('value = "127.0.0.1"', 'value = "127.0.0.300"')
+    assert broken != records
+    (tmp_path / "records.toml").write_text(broken)
+    result = subprocess.run(shown.splitlines()[0][2:].split(), cwd=tmp_path, env=venv_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == shown.split("\n", 1)[1].strip()
+    assert not (tmp_path / ".quiver").exists()  # nothing started, nothing written
+
+
+def received(root: Path, rcpt: str) -> dict | None:
+    """The local MX's record of the message it accepted for `rcpt`, if any."""
+    log = root / "mx" / "received.jsonl"
+    if not log.exists():
+        return None
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if rcpt in record["rcpt_tos"]:
+            return record
+    return None
+
+
+def test_local_without_a_sender_with_records_and_a_policy_fragment(tmp_path: Path) -> None:
+    """`quiver local --no-sender --dns F --policy P` as the README shows it: the printed
+    sender command delivers to a domain that only F defines, through P's pool and with
+    P's EHLO, again after kill -9 and a restart; SIGTERM leaves no process behind."""
+    records, fragment, command = local_snippets()
+    (tmp_path / "records.toml").write_text(records)
+    (tmp_path / "local-policy.toml").write_text(fragment)
+    (tmp_path / "logs").mkdir()
+    env = venv_env()
+    local = subprocess.Popen(command.split(), cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = OutputReader(local)
+    senders: list[subprocess.Popen[bytes]] = []
+    try:
+        output.wait_for(lambda line: line == "Press Ctrl-C to stop.", timeout=STARTUP_TIMEOUT)
+        root = tmp_path / ".quiver" / "local"
+        stack_env = read_env_file(root / "env.sh")
+        policy = load_policy(root / "policy.toml")
+        # The fragment, merged key by key over the generated policy.
+        assert policy.local_only is True
+        assert (policy.retry.max_age, policy.retry.first) == (600, 1)
+        local1 = policy.sources["local1"]
+        assert (local1.ehlo, local1.ip) == ("one.partner-tests.test", "127.0.0.2")
+        assert policy.pools["shared"].sources == (("local1", 1),)
+        assert policy.sources["local2"].ehlo == "o2.quiver.local.test"
+        assert policy.intake.visibility_timeout == 30
+        servers = descendants(local.pid)
+        assert servers, "the stack started no server process"
+
+        line = output.wait_for(lambda text: " sender --config " in text, timeout=1)
+        sender_argv = shlex.split(line)
+        assert sender_argv[0] == "env"
+        assert sender_argv[-4:] == ["--config", str(root / "policy.toml"),
+                                    "--nameserver", stack_env["QUIVER_NAMESERVERS"]]
+
+        def start_sender(n: int) -> subprocess.Popen[bytes]:
+            with (tmp_path / "logs" / f"sender-{n}.log").open("wb") as log:
+                process = subprocess.Popen(sender_argv, cwd=tmp_path, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            senders.append(process)
+            return process
+
+        def enqueue(message_id: str, rcpt: str) -> None:
+            eml = tmp_path / f"{message_id}.eml"
+            eml.write_bytes(render(message_id=message_id, from_addr="hello@news.quiver-demo.test",
+                                   to=[rcpt], subject=message_id))
+            result = subprocess.run(
+                ["bash", "-c", f". {shlex.quote(str(root / 'env.sh'))} && quiver enqueue "
+                 f"--from hello@news.quiver-demo.test --to {rcpt} --id {message_id} {eml}"],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+
+        start_sender(1)
+        enqueue("readme-local-1", "ann@partner.test")
+        first = wait_until(lambda: received(root, "ann@partner.test"),
+                           timeout=DELIVERY_TIMEOUT, what="the MX to receive ann@partner.test")
+
+        senders[0].kill()  # kill -9, then the same command again
+        senders[0].wait(timeout=STOP_TIMEOUT)
+        start_sender(2)
+        enqueue("readme-local-2", "bob@partner.test")
+        # A receive the killed sender left open may be handed the message, which then
+        # comes back after the visibility timeout (as on SQS).
+        second = wait_until(lambda: received(root, "bob@partner.test"),
+                            timeout=policy.intake.visibility_timeout + DELIVERY_TIMEOUT,
+                            what="the MX to receive bob@partner.test after the restart")
+        for record in (first, second):
+            # The fragment's pool and EHLO; verified TLS to mx.partner.test, a name only
+            # the records file has (the local MX's certificate covers it).
+            assert (record["peer_ip"], record["helo"]) == ("127.0.0.2", "one.partner-tests.test")
+            assert record["tls"] and record["tls"].startswith("TLS")
+
+        senders[1].send_signal(signal.SIGTERM)
+        assert senders[1].wait(timeout=STOP_TIMEOUT) == 0
+        local.send_signal(signal.SIGTERM)
+        assert local.wait(timeout=STOP_TIMEOUT) == 0
+        output.join(timeout=STOP_TIMEOUT)
+        assert output.lines[-1] == "local stack stopped", output.text()
+        assert still_running(servers) == set()
+    finally:
+        for process in [*senders, local]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)

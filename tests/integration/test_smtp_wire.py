@@ -124,6 +124,7 @@ def scripted_policy(server: Scripted, extra: str = "", *, delivery: str = "") ->
 
 def scripted_policy_text(port: int, extra: str = "", *, delivery: str = "") -> str:
     return f"""
+local_only = true
 default_pool = "p"
 [delivery]
 {delivery}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from special_networks import overlapping
 
 from proxy_tier import cli
 from proxy_tier.__main__ import main as module_main
@@ -26,6 +27,7 @@ from proxy_tier.render import (
     render_haproxy_config,
 )
 from quiver.policy import Policy, load_policy, parse_policy
+from quiver.routing.safety import forbidden_ranges
 from quiver.units import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +38,20 @@ BLOCKED = [ipaddress.ip_network(net) for net, _ in BLOCKED_NETWORKS]
 @pytest.fixture(scope="module")
 def policy() -> Policy:
     return load_policy(POLICY_FILE)
+
+
+# The production policy marked as a one-machine policy: only such a policy may open
+# loopback or private destinations on the proxies.
+LOCAL_POLICY_TEXT = "local_only = true\n" + POLICY_FILE.read_text()
+PRODUCTION = load_policy(POLICY_FILE)
+LOCAL = parse_policy(LOCAL_POLICY_TEXT)
+
+
+@pytest.fixture
+def local_policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "local.toml"
+    path.write_text(LOCAL_POLICY_TEXT)
+    return path
 
 
 def sections(config: str) -> dict[str, list[str]]:
@@ -148,7 +164,7 @@ def test_allowed_ports_come_from_the_policy(policy):
 
 
 def test_allow_networks_from_the_policy_or_the_caller(policy):
-    text = POLICY_FILE.read_text().replace(
+    text = LOCAL_POLICY_TEXT.replace(
         "allowed_ports = [25]", 'allowed_ports = [25]\nallow_networks = ["127.0.0.0/8"]'
     )
     parsed = sections(render_haproxy_config(parse_policy(text), "egress-a"))
@@ -166,8 +182,40 @@ def test_allow_networks_from_the_policy_or_the_caller(policy):
 
 @pytest.mark.parametrize("network", ["169.254.0.0/16", "0.0.0.0/0", "fd00::/8", "::/0"])
 def test_metadata_service_can_never_be_allowed(policy, network):
-    with pytest.raises(RenderError, match="metadata"):
-        render_haproxy_config(policy, "egress-a", allow_networks=[network])
+    for subject in (policy, parse_policy(LOCAL_POLICY_TEXT)):
+        with pytest.raises(RenderError, match="metadata"):
+            render_haproxy_config(subject, "egress-a", allow_networks=[network])
+
+
+SPECIAL = sorted(
+    {str(net) for net, _ in forbidden_ranges()} | {net for net, _ in BLOCKED_NETWORKS},
+    key=lambda n: (ipaddress.ip_network(n).version, ipaddress.ip_network(n)),
+)
+
+
+def holds_metadata(network: str) -> bool:
+    net = ipaddress.ip_network(network)
+    return any(ipaddress.ip_address(m) in net for m in ("169.254.169.254", "fd00:ec2::254"))
+
+
+@given(overlapping(SPECIAL))
+def test_special_ranges_are_allowed_only_for_a_local_only_policy(case):
+    network, special = case
+    with pytest.raises(RenderError) as refused:
+        render_haproxy_config(PRODUCTION, "egress-a", allow_networks=[network])
+    message = str(refused.value)
+    assert "metadata" in message or (
+        "opens destinations the proxy must refuse" in message and f"{special}:" in message
+    ), message
+    if holds_metadata(network):
+        return  # refused for every policy: test_metadata_service_can_never_be_allowed
+    config = render_haproxy_config(LOCAL, "egress-a", allow_networks=[network])
+    assert f"acl dst_allowed dst {ipaddress.ip_network(network)}" in config
+
+
+def test_a_deployable_policy_may_name_public_networks_which_open_nothing():
+    config = render_haproxy_config(PRODUCTION, "egress-a", allow_networks=["8.8.8.0/24"])
+    assert "acl dst_allowed dst 8.8.8.0/24" in config
 
 
 @pytest.mark.parametrize("networks", [["not-a-net"], "127.0.0.0/8", [None]])
@@ -405,12 +453,22 @@ def test_render_command_user_data(policy):
     assert out.getvalue() == render_user_data(policy, "egress-b")
 
 
-def test_render_command_allow_networks(policy):
+def test_render_command_allow_networks(local_policy_file):
     out = io.StringIO()
-    code = cli.render_command(str(POLICY_FILE), "egress-b", out, allow_networks=["127.0.0.0/8"],
-                              err=io.StringIO())
+    code = cli.render_command(str(local_policy_file), "egress-b", out,
+                              allow_networks=["127.0.0.0/8"], err=io.StringIO())
     assert code == cli.EXIT_OK
     assert "acl dst_allowed dst 127.0.0.0/8" in out.getvalue()
+
+
+def test_render_command_refuses_to_open_loopback_for_a_deployable_policy():
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.render_command(str(POLICY_FILE), "egress-b", out, allow_networks=["127.0.0.0/8"],
+                              err=err)
+    assert code == cli.EXIT_INVALID
+    assert out.getvalue() == ""
+    assert "127.0.0.0/8 opens destinations the proxy must refuse" in err.getvalue()
+    assert "local_only = true" in err.getvalue()
 
 
 def test_render_command_unknown_node():
@@ -447,12 +505,12 @@ def test_render_command_render_error_is_reported(tmp_path):
     assert "health_port 8500" in err.getvalue()
 
 
-def test_module_entry_point(capsys, policy):
-    code = module_main(["render", "--config", str(POLICY_FILE), "--node", "egress-c",
+def test_module_entry_point(capsys, local_policy_file):
+    code = module_main(["render", "--config", str(local_policy_file), "--node", "egress-c",
                         "--allow-network", "127.0.0.0/8"])
     assert code == 0
     assert capsys.readouterr().out == render_haproxy_config(
-        policy, "egress-c", allow_networks=["127.0.0.0/8"]
+        load_policy(local_policy_file), "egress-c", allow_networks=["127.0.0.0/8"]
     )
 
 

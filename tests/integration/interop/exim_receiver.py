@@ -157,8 +157,13 @@ class EximReceiver:
         reason = unavailable_reason()
         if reason is not None:
             raise ReceiverUnavailable(reason)
-        binary = find_binary()
-        assert binary is not None
+        found = find_binary()
+        assert found is not None
+        # Exim re-executes itself (exim_path) for each delivery, by then as its own
+        # user, who may not be able to reach a binary inside a private checkout.
+        binary = self.workdir / "exim4"
+        shutil.copyfile(found, binary)
+        binary.chmod(0o755)
         for name in ("spool", "log", "mail"):
             (self.workdir / name).mkdir()
             shutil.chown(self.workdir / name, user=EXIM_USER, group=EXIM_USER)
@@ -184,7 +189,7 @@ class EximReceiver:
         self._process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
              'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv),
-             binary, "-bdf", "-C", str(config)],
+             str(binary), "-bdf", "-C", str(config)],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         output.close()

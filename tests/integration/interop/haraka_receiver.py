@@ -46,7 +46,6 @@ class Stored:
     copy: Copy
     mail_params: dict[str, str]
     tls: bool
-    pipelining: bool
 
 
 def unavailable_reason() -> str | None:
@@ -117,8 +116,7 @@ class HarakaReceiver:
             copy = Copy(raw=to_crlf(eml.read_bytes()), rcpts=tuple(envelope["rcpt_to"]),
                         source=str(eml))
             params = {str(k).upper(): str(v) for k, v in envelope["mail_params"].items()}
-            out.append(Stored(copy=copy, mail_params=params, tls=bool(envelope["tls"]),
-                              pipelining=bool(envelope["pipelining"])))
+            out.append(Stored(copy=copy, mail_params=params, tls=bool(envelope["tls"])))
         return out
 
     def copies(self) -> list[Copy]:

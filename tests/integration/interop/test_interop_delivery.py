@@ -146,15 +146,14 @@ def run(stack: Running, mx_port: int, postfix: PostfixReceiver, exim: EximReceiv
         copies = stored(postfix, exim, haraka)
     result = Run(msgs=msgs, finals=finals, events=events, copies=copies,
                  nameserver=stack.stack.nameserver)
-    print_summary(result, exim, haraka)
+    print_summary(result, exim)
     return result
 
 
-def print_summary(run: Run, exim: EximReceiver, haraka: HarakaReceiver) -> None:
+def print_summary(run: Run, exim: EximReceiver) -> None:
     """Per receiver: copies, DKIM verified (dkimpy), pipelining, deferred events."""
     exim_accepts = {a.message_id.partition("@")[0]: a for a in exim.accepted()}
     exim_dkim = exim.dkim_verdicts()
-    haraka_pipe = {s.copy.message_id.partition("@")[0]: s.pipelining for s in haraka.stored()}
     for site in SITES:
         ids = {m.id for m in run.msgs[site.name].values()}
         deferred = sum(1 for e in run.events if e["event"] == "deferred" and e["id"] in ids)
@@ -172,9 +171,6 @@ def print_summary(run: Run, exim: EximReceiver, haraka: HarakaReceiver) -> None:
             extra = (f"; Exim's verifier passed {ok}/{len(mine)}, pipelining used on "
                      f"{sum(bool(a.pipelining) for a in mine)}/{len(mine)} (TLS on "
                      f"{sum(a.tls is not None for a in mine)})")
-        if site == HARAKA:
-            pipes = [haraka_pipe.get(run.msg(site, k).id) for k in DELIVERED]
-            extra = f"; Haraka saw pipelining on {sum(bool(p) for p in pipes)}/{len(pipes)}"
         print(f"interop {site.name}: {'; '.join(parts)}{extra}; deferred events: {deferred}")
 
 

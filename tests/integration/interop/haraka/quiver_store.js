@@ -5,8 +5,8 @@
 // accepts them, Haraka answers with its stock "550 I cannot deliver mail for <...>"
 // (as it does for any domain it does not serve).
 // QUEUE: keeps each message as a file the tests read, <uuid>.eml (as received, CRLF
-// line ends), beside <uuid>.json (its envelope, the MAIL FROM parameters, TLS and
-// pipelining as Haraka saw them). The .eml is renamed into place last, so a reader
+// line ends), beside <uuid>.json (its envelope, the MAIL FROM parameters and whether
+// TLS was on). The .eml is renamed into place last, so a reader
 // never sees half a file.
 const fs = require('node:fs')
 const path = require('node:path')
@@ -42,7 +42,6 @@ exports.store = function (next, connection) {
     rcpt_to: txn.rcpt_to.map((r) => r.address),
     mail_params: txn.notes.mail_params || {},
     tls: connection.tls.enabled,
-    pipelining: connection.pipelining,
     remote_ip: connection.remote.ip,
   }
   const out = fs.createWriteStream(`${base}.tmp`)

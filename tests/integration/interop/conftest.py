@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exim_receiver import EximReceiver
-from haraka_receiver import HarakaReceiver
-from interop_rig import (
+from stackrig import Running
+
+from interop.exim_receiver import EximReceiver
+from interop.haraka_receiver import HarakaReceiver
+from interop.interop_rig import (
     EXIM,
     HARAKA,
     POSTFIX,
@@ -26,10 +28,8 @@ from interop_rig import (
     interop_stack,
     resolver_for_exim,
 )
-from postfix_receiver import PostfixReceiver
-from receivers import ReceiverUnavailable, unavailable
-from stackrig import Running
-
+from interop.postfix_receiver import PostfixReceiver
+from interop.receivers import ReceiverUnavailable, unavailable
 from quiver.local.tls import issue_cert
 from quiver.localstack.haproxy import find_haproxy, free_port_on
 

@@ -28,7 +28,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from receivers import (
+from interop.receivers import (
     INTEROP_DIR,
     Copy,
     ReceiverUnavailable,

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from receivers import (
+from interop.receivers import (
     HARAKA_DIR,
     Copy,
     ReceiverUnavailable,

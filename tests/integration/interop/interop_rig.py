@@ -27,9 +27,9 @@ from pathlib import Path
 
 import dkim
 import dns.resolver
-from receivers import Copy, Site
 from stackrig import Running
 
+from interop.receivers import Copy, Site
 from quiver.client import OutboundMessage
 from quiver.events import FINAL_EVENTS
 from quiver.local.dns import DnsServer, Zone, start_dns

@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from receivers import (
+from interop.receivers import (
     Copy,
     ReceiverUnavailable,
     Site,

@@ -19,11 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from exim_receiver import EximReceiver
-from interop_rig import EXIM_CAPPED, copies_of, egress, finals_by_recipient, ordinary, sender
-from receivers import ReceiverUnavailable, unavailable
 from stackrig import Running, enqueue
 
+from interop.exim_receiver import EximReceiver
+from interop.interop_rig import (
+    EXIM_CAPPED,
+    copies_of,
+    egress,
+    finals_by_recipient,
+    ordinary,
+    sender,
+)
+from interop.receivers import ReceiverUnavailable, unavailable
 from quiver.client import OutboundMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]

@@ -26,9 +26,11 @@ from email import message_from_bytes
 from email.message import Message
 
 import pytest
-from exim_receiver import EximReceiver
-from haraka_receiver import HarakaReceiver
-from interop_rig import (
+from stackrig import Running, enqueue
+
+from interop.exim_receiver import EximReceiver
+from interop.haraka_receiver import HarakaReceiver
+from interop.interop_rig import (
     EIGHT_BIT_TEXT,
     EXIM,
     FROM_ED25519,
@@ -49,10 +51,8 @@ from interop_rig import (
     ordinary,
     sender,
 )
-from postfix_receiver import PostfixReceiver
-from receivers import Copy, Site
-from stackrig import Running, enqueue
-
+from interop.postfix_receiver import PostfixReceiver
+from interop.receivers import Copy, Site
 from quiver.client import OutboundMessage
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from exim_receiver import Accepted, EximReceiver
-from haraka_receiver import HarakaReceiver, Stored
-from interop_rig import EXIM, HARAKA, POSTFIX
-from postfix_receiver import PostfixReceiver
-from receivers import Site
 from stackrig import Running
+
+from interop.exim_receiver import Accepted, EximReceiver
+from interop.haraka_receiver import HarakaReceiver, Stored
+from interop.interop_rig import EXIM, HARAKA, POSTFIX
+from interop.postfix_receiver import PostfixReceiver
+from interop.receivers import Site
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 

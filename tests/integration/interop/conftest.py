@@ -4,8 +4,8 @@ Everything here is shared by the suite's modules (package scope): one local stac
 one certificate for every receiver's MX name (from the stack's CA), the port-53
 resolver Exim needs, and one receiver of each kind, started on first use and
 stopped when the suite ends. A receiver that cannot run here fails its tests when
-QUIVER_WITH_INTEROP=1 (scripts/test.sh, after scripts/setup.sh installed them all)
-and skips them with the reason otherwise.
+QUIVER_WITH_INTEROP=1 (scripts/test.sh, after scripts/setup.sh installed them all) or
+in CI, and skips them with the reason otherwise.
 """
 
 from __future__ import annotations

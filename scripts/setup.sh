@@ -4,6 +4,7 @@
 # and the CDK CLI (npm) when infrastructure checks are wanted.
 #   scripts/setup.sh            runtime + dev tools
 #   QUIVER_WITH_CDK=1 scripts/setup.sh   also the CDK CLI (node_modules/.bin/cdk)
+#   QUIVER_WITH_INTEROP=1 scripts/setup.sh   also Exim and Haraka for the interop tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,5 +52,45 @@ if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && { [ ! -x node_modules/.bin/cdk ] \
     || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   echo "==> installing the CDK CLI (npm ci, pinned by package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+# The interop tests' receiving MTAs (QUIVER_WITH_INTEROP=1, as scripts/test.sh sets):
+# Exim is unpacked into .interop/exim, not installed, because Debian's exim4 packages
+# conflict with postfix (its shared libraries conflict with nothing and are installed);
+# Haraka comes from npm, pinned by tests/integration/interop/haraka/package-lock.json.
+if [ "${QUIVER_WITH_INTEROP:-0}" = 1 ]; then
+  exim_dir=.interop/exim
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "!! the interop receivers need root and apt-get; their tests will be skipped" >&2
+  else
+    if [ ! -x "$exim_dir/usr/sbin/exim4" ]; then
+      echo "==> fetching Exim for the interop tests (unpacked into $exim_dir)"
+      exim_libs=$(apt-cache depends exim4-daemon-light \
+        | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}' | sort -u)
+      # shellcheck disable=SC2086  # one package name per word
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        $exim_libs openssl
+      debs=$(mktemp -d)
+      if getent passwd _apt >/dev/null; then chown _apt "$debs"; fi
+      (cd "$debs" && apt-get download -q exim4-daemon-light exim4-base exim4-config)
+      mkdir -p "$exim_dir"
+      for deb in "$debs"/*.deb; do dpkg -x "$deb" "$exim_dir"; done
+      rm -rf "$debs"
+    fi
+    # The Debian build runs as this user; exim4-base's postinst would have made it.
+    if ! getent passwd Debian-exim >/dev/null; then
+      useradd --system --user-group --no-create-home --home-dir /var/spool/exim4 \
+        --shell /usr/sbin/nologin Debian-exim
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+  fi
+  haraka_dir=tests/integration/interop/haraka
+  if command -v npm >/dev/null 2>&1 && { [ ! -x "$haraka_dir/node_modules/.bin/haraka" ] \
+      || [ "$haraka_dir/package-lock.json" -nt "$haraka_dir/node_modules/.package-lock.json" ]; }
+  then
+    echo "==> installing Haraka for the interop tests (npm ci, pinned by its package-lock.json)"
+    (cd "$haraka_dir" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
+  fi
 fi
 echo "==> setup done"

@@ -1,0 +1,1 @@
+"""The interop suite: Quiver's sender against real receiving MTAs (see conftest.py)."""

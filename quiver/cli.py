@@ -149,7 +149,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sender)
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
-    e.add_argument("--from", dest="sender", required=True)
+    e.add_argument("--from", dest="sender", required=True,
+                   help="envelope sender (MAIL FROM); '' for the null reverse-path <> "
+                        "(delivery status notifications and other auto-replies)")
     e.add_argument("--to", action="append", required=True)
     e.add_argument("--pool")
     e.add_argument("--tenant")

@@ -48,6 +48,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("queued_ms", "bigint"),
     ("bounce", "struct<kind:string,category:string,reason:string>"),
     ("feedback_type", "string"),
+    # Why a message was rejected, failed or expired (rejected, failed, expired).
+    ("reason", "string"),
+    # The SQS message id of a rejected or failed message (its DLQ copy's attribute).
+    ("sqs_message_id", "string"),
 )
 PARTITION_KEYS: tuple[tuple[str, str], ...] = (
     ("event", "string"), ("date", "string"), ("hour", "string"),

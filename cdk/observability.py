@@ -1,7 +1,7 @@
 """Dashboard and alarms; every alarm notifies one SNS topic.
 
 Delivery metrics come from the sender's embedded metric format (EMF) log lines:
-namespace `Quiver`, metrics delivered/deferred/bounced/expired/rejected, with the
+namespace `Quiver`, metrics delivered/deferred/bounced/expired/rejected/failed, with the
 dimensions `pool` and `provider`. The bounce-rate alarms watch each (pool, provider)
 pair that the policy names: a provider blocking one pool is the signal that matters,
 and an alarm's math may reference at most 10 metrics, which rules out summing them all.
@@ -26,7 +26,7 @@ from cdk.logical_ids import logical_id_part
 from quiver.policy import Policy
 
 NAMESPACE = "Quiver"
-OUTCOMES = ("delivered", "deferred", "bounced", "expired", "rejected")
+OUTCOMES = ("delivered", "deferred", "bounced", "expired", "rejected", "failed")
 # Bounce rate is judged only over this many attempts per window: three bounces out
 # of five messages is noise, not a block.
 BOUNCE_RATE_MIN_VOLUME = 100
@@ -238,8 +238,8 @@ class Observability(Construct):
             for outcome in OUTCOMES
         ]
         dashboard.add_widgets(*outcome_widgets[:3])
+        dashboard.add_widgets(*outcome_widgets[3:])
         dashboard.add_widgets(
-            *outcome_widgets[3:],
             cw.GraphWidget(
                 title="senders", width=8,
                 left=[running_tasks.with_(statistic="Average")],

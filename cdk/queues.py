@@ -47,6 +47,8 @@ class Queues(Construct):
         events_visibility_timeout: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
+        # The sender reads it too: it gives a message up one receive before this.
+        self.outbound_max_receives = OUTBOUND_MAX_RECEIVES
         if outbound_retention.to_seconds() >= DLQ_RETENTION.to_seconds():
             raise ValueError("outbound retention must be shorter than the DLQ's 14 days")
         self.outbound_dlq = self._queue(
@@ -57,7 +59,7 @@ class Queues(Construct):
             retention=outbound_retention,
             visibility_timeout=outbound_visibility_timeout,
             dead_letter_queue=sqs.DeadLetterQueue(
-                queue=self.outbound_dlq, max_receive_count=OUTBOUND_MAX_RECEIVES,
+                queue=self.outbound_dlq, max_receive_count=self.outbound_max_receives,
             ),
         )
         self.events_dlq = self._queue(

@@ -45,6 +45,7 @@ class SenderService(Construct):
         network: Network,
         image_directory: Path,
         outbound_queue: sqs.IQueue,
+        outbound_max_receives: int,
         outbound_dlq: sqs.IQueue,
         events_queue: sqs.IQueue,
         spill_bucket: s3.IBucket,
@@ -114,6 +115,9 @@ class SenderService(Construct):
             settings.ENV_SENDERS_TABLE: senders_table.table_name,
             settings.ENV_FINALS_TABLE: finals_table.table_name,
             settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
+            # The queue's redrive limit: the sender records `failed` finals one receive
+            # before SQS would move a message to the DLQ without them.
+            settings.ENV_OUTBOUND_MAX_RECEIVES: str(outbound_max_receives),
             "AWS_REGION": Aws.REGION,
         }
         container = task.add_container(

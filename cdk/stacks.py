@@ -114,6 +114,7 @@ class ServiceStack(Stack):
             network=network,
             image_directory=repo_root,
             outbound_queue=queues.outbound,
+            outbound_max_receives=queues.outbound_max_receives,
             outbound_dlq=queues.outbound_dlq,
             events_queue=queues.events,
             spill_bucket=buckets.spill,

@@ -154,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
     e.add_argument("--from", dest="sender", required=True, metavar="ADDRESS",
-                   help="envelope sender (MAIL FROM)")
+                   help="envelope sender (MAIL FROM); '' for the null reverse-path <> "
+                        "(delivery status notifications and other auto-replies)")
     e.add_argument("--to", action="append", required=True, metavar="ADDRESS",
                    help="a recipient (RCPT TO); repeat for more")
     e.add_argument("--pool", help="egress pool (default: the policy's default_pool)")

@@ -4,6 +4,8 @@
 `EnvelopeError` naming the field and the rule broken, so a `rejected` event can
 carry a reason the sending service can act on. Keys beginning with `_` are
 quiver's own bookkeeping for re-enqueued messages; callers never set them.
+`readable` recovers what it can from a body `decode` refused, so the events of a
+rejected message still carry the caller's id and recipients.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ _CALLER_KEYS = frozenset(
     {"v", "id", "from", "to", "raw", "raw_s3", "pool", "tenant", "campaign", "meta", "expires"}
 )
 # Bookkeeping written by quiver when it re-enqueues a deferred message.
-_RESERVED_KEYS = frozenset({"_attempt", "_not_before", "_queued_at"})
+_RESERVED_KEYS = frozenset({"_attempt", "_not_before", "_queued_at", "_last"})
+# A pending recipient's last reply travels with the message (for its `expired` event);
+# its text is bounded like any reply text (quiver.smtp.reply.MAX_TEXT), and recipients
+# that share a reply (one transaction's, usually) share one entry.
+MAX_LAST_TEXT = 512
+_ENHANCED = re.compile(r"^(?:[245]\.\d{1,3}\.\d{1,3})?$")
+_LAST_KEYS = frozenset({"code", "enhanced", "text", "tried", "to"})
+# An invalid recipient string is still shown on its `rejected` event, cut to this.
+MAX_SHOWN_ADDRESS = 512
 _ALL_KEYS = _CALLER_KEYS | _RESERVED_KEYS
 
 
@@ -44,6 +54,24 @@ class EnvelopeError(ValueError):
         self.field = field
         self.rule = rule
         super().__init__(f"{field}: {rule}")
+
+
+@dataclass(frozen=True, slots=True)
+class LastReply:
+    """A pending recipient's last reply (`tried`), or why it was never tried (not `tried`)."""
+
+    code: int
+    enhanced: str  # "" when the reply had no enhanced status code
+    text: str
+    tried: bool
+
+    @classmethod
+    def of(cls, *, code: int, enhanced: str | None, text: str, tried: bool) -> LastReply:
+        return cls(code=code, enhanced=enhanced or "", text=text[:MAX_LAST_TEXT], tried=tried)
+
+    def as_event(self) -> dict[str, Any]:
+        """The event's `response` object."""
+        return {"code": self.code, "enhanced": self.enhanced or None, "text": self.text}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +88,22 @@ class Envelope:
     expires: datetime | None = None
     # Bookkeeping: attempts made so far, earliest time of the next one, and when the
     # message was first accepted (epoch seconds), which bounds its retry age.
+    # Real tries counts per recipient: a re-enqueued message holds only recipients
+    # with the same count (the lifecycle splits them), so one number serves them all.
     attempt: int = 0
     not_before: float | None = None
     queued_at: float | None = None
+    # By recipient: its last reply, or why it was not tried (absent: nothing known).
+    last: dict[str, LastReply] = field(default_factory=dict)
 
     def retry(
-        self, *, recipients: tuple[str, ...], attempt: int, not_before: float, queued_at: float
+        self, *, recipients: tuple[str, ...], attempt: int, not_before: float, queued_at: float,
+        last: dict[str, LastReply],
     ) -> Envelope:
         """The envelope to re-enqueue for the still-pending `recipients`."""
         return replace(
             self, recipients=recipients, attempt=attempt, not_before=not_before,
-            queued_at=queued_at,
+            queued_at=queued_at, last={r: last[r] for r in recipients if r in last},
         )
 
 
@@ -93,6 +126,10 @@ def decode(body: str | bytes) -> Envelope:
 def from_dict(data: dict[str, Any], *, allow_reserved: bool) -> Envelope:
     allowed_keys = _ALL_KEYS if allow_reserved else _CALLER_KEYS
     unknown = [] if data.keys() <= allowed_keys else sorted(data.keys() - allowed_keys)
+    if allow_reserved:
+        # Bookkeeping this version does not know comes from a newer one (a rollout runs
+        # both): read the message without it rather than reject it.
+        unknown = [k for k in unknown if not k.startswith("_")]
     if unknown:
         rule = "reserved for quiver's bookkeeping" if unknown[0].startswith("_") else "unknown key"
         allowed = ", ".join(sorted(_CALLER_KEYS))
@@ -108,7 +145,7 @@ def from_dict(data: dict[str, Any], *, allow_reserved: bool) -> Envelope:
     message_id = data.get("id")
     if not isinstance(message_id, str) or not _ID.match(message_id):
         raise EnvelopeError("id", "required: 1-128 characters of [A-Za-z0-9._:@-]")
-    sender = _address(data.get("from"), "from")
+    sender = _sender(data.get("from"))
     recipients = _recipients(data.get("to"))
     raw, raw_s3 = _body(data)
     return Envelope(
@@ -125,6 +162,7 @@ def from_dict(data: dict[str, Any], *, allow_reserved: bool) -> Envelope:
         attempt=_non_negative_int(data, "_attempt", 0),
         not_before=_epoch(data, "_not_before"),
         queued_at=_epoch(data, "_queued_at"),
+        last=_last(data.get("_last"), recipients),
     )
 
 
@@ -153,7 +191,17 @@ def encode(envelope: Envelope) -> str:
         data["_not_before"] = round(envelope.not_before, 3)
     if envelope.queued_at is not None:
         data["_queued_at"] = round(envelope.queued_at, 3)
+    if envelope.last:
+        data["_last"] = _encode_last(envelope.recipients, envelope.last)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sender(value: Any) -> str:
+    # The null reverse-path (MAIL FROM:<>): for DSNs and other notifications that
+    # must never cause a bounce of their own (RFC 5321 4.5.5).
+    if value == "":
+        return ""
+    return _address(value, "from")
 
 
 def _address(value: Any, name: str) -> str:
@@ -261,3 +309,118 @@ def _epoch(data: dict[str, Any], name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise EnvelopeError(name, "expected epoch seconds")
     return float(value)
+
+
+def _last(value: Any, recipients: tuple[str, ...]) -> dict[str, LastReply]:
+    """`_last`: [{code, enhanced, text, tried, to: [indexes into `to`]}, ...]."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise EnvelopeError("_last", "expected a list")
+    out: dict[str, LastReply] = {}
+    for n, item in enumerate(value):
+        where = f"_last[{n}]"
+        if not isinstance(item, dict) or item.keys() != _LAST_KEYS:
+            raise EnvelopeError(where, f"expected an object with {', '.join(sorted(_LAST_KEYS))}")
+        code, enhanced, text, tried, to = (item[k] for k in ("code", "enhanced", "text",
+                                                              "tried", "to"))
+        if type(code) is not int or not 200 <= code <= 599:
+            raise EnvelopeError(f"{where}.code", "expected a reply code 200-599")
+        if not isinstance(enhanced, str) or not _ENHANCED.match(enhanced):
+            raise EnvelopeError(f"{where}.enhanced", "expected an enhanced status code or ''")
+        if not isinstance(text, str) or len(text) > MAX_LAST_TEXT:
+            raise EnvelopeError(f"{where}.text", f"expected at most {MAX_LAST_TEXT} characters")
+        if type(tried) is not bool:
+            raise EnvelopeError(f"{where}.tried", "expected true or false")
+        if not isinstance(to, list) or not to:
+            raise EnvelopeError(f"{where}.to", "expected a non-empty list of recipient indexes")
+        reply = LastReply(code=code, enhanced=enhanced, text=text, tried=tried)
+        for index in to:
+            if type(index) is not int or not 0 <= index < len(recipients):
+                raise EnvelopeError(f"{where}.to", f"{index!r} is not an index into `to`")
+            if recipients[index] in out:
+                raise EnvelopeError(f"{where}.to", f"recipient {index} appears twice")
+            out[recipients[index]] = reply
+    return out
+
+
+def _encode_last(recipients: tuple[str, ...], last: dict[str, LastReply]) -> list[dict[str, Any]]:
+    # One entry per distinct reply: the recipients of one transaction usually share it.
+    groups: dict[LastReply, list[int]] = {}
+    for index, rcpt in enumerate(recipients):
+        reply = last.get(rcpt)
+        if reply is not None:
+            groups.setdefault(reply, []).append(index)
+    return [
+        {"code": r.code, "enhanced": r.enhanced, "text": r.text[:MAX_LAST_TEXT],
+         "tried": r.tried, "to": to}
+        for r, to in groups.items()
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """What a body that broke the contract still says about itself, for its events.
+
+    `id` is None when the body has no valid caller id; `recipients` holds every
+    string of `to` (valid ones normalized, invalid ones as given, cut to
+    MAX_SHOWN_ADDRESS), so the caller finds the rejection by what it sent.
+    """
+
+    id: str | None = None
+    sender: str | None = None
+    recipients: tuple[str, ...] = ()
+    pool: str | None = None
+    tenant: str | None = None
+    campaign: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+
+def readable(body: str | bytes) -> Readable:
+    """Read each field of a refused body on its own; never raises."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return Readable()
+    if not isinstance(data, dict):
+        return Readable()
+    message_id = data.get("id")
+    return Readable(
+        id=message_id if isinstance(message_id, str) and _ID.match(message_id) else None,
+        sender=_readable(lambda: _sender(data.get("from"))),
+        recipients=_readable_recipients(data.get("to")),
+        pool=_readable(lambda: _label(data, "pool")),
+        tenant=_readable(lambda: _label(data, "tenant")),
+        campaign=_readable(lambda: _label(data, "campaign")),
+        meta=_readable(lambda: _meta(data.get("meta"))) or {},
+        attempt=_readable(lambda: _non_negative_int(data, "_attempt", 0)) or 0,
+    )
+
+
+def _readable(read: Any) -> Any:
+    try:
+        return read()
+    except (EnvelopeError, RecursionError, TypeError, ValueError):
+        return None
+
+
+def _readable_recipients(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in value:
+        if not isinstance(item, str) or not item:
+            continue
+        try:
+            address = normalize_address(item)
+        except AddressError:
+            address = item[:MAX_SHOWN_ADDRESS]
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            out.append(address)
+        if len(out) == MAX_RECIPIENTS:
+            break  # at most as many events as a valid message could have recipients
+    return tuple(out)

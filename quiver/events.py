@@ -18,17 +18,22 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from quiver.envelope import Envelope
+from quiver.envelope import Envelope, Readable
 
 VERSION = 1
 EventType = Literal[
-    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "complaint"
+    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
+    "complaint",
 ]
 EVENT_TYPES: tuple[str, ...] = (
-    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "complaint",
+    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
+    "complaint",
 )
-# One final event per recipient of an accepted message (ARCHITECTURE.md).
-FINAL_EVENTS = frozenset({"delivered", "bounced", "expired", "suppressed", "rejected"})
+# One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:
+# given up outside SMTP (a message that kept coming back to the queue unfinished).
+FINAL_EVENTS = frozenset(
+    {"delivered", "bounced", "expired", "suppressed", "rejected", "failed"}
+)
 # SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
 MAX_BATCH_BODY = 240 * 1024
 MAX_BATCH_RECORDS = 5000
@@ -88,27 +93,37 @@ def make_event(
     return record
 
 
-def rejected_event(*, message_id: str, reason: str, at: float | None = None) -> Record:
-    """A `rejected` record for a queue message that could not be decoded.
+def rejected_events(
+    readable: Readable, *, sqs_message_id: str, reason: str, at: float | None = None
+) -> list[Record]:
+    """`rejected` records for a queue message that broke the contract: one per recipient
+    that could be read from its body (one with `rcpt` null if none could).
 
-    The envelope is unknown, so only the reason and what little is known are set;
-    `id` is the SQS message id when the body did not yield one.
+    Each field the body still says validly is kept (the caller's id, recipients,
+    tenant, campaign...), so the caller finds the rejection by what it sent; `id`
+    falls back to the SQS message id only when the body has no valid id.
     """
-    return {
-        "v": VERSION,
-        "event": "rejected",
-        "at": rfc3339_ms(time.time() if at is None else at),
-        "id": message_id,
-        "rcpt": None,
-        "from": None,
-        "tenant": None,
-        "campaign": None,
-        "pool": None,
-        "meta": {},
-        "attempt": 0,
-        "response": None,
-        "reason": reason,
-    }
+    stamp = rfc3339_ms(time.time() if at is None else at)
+    recipients: tuple[str | None, ...] = readable.recipients or (None,)
+    return [
+        {
+            "v": VERSION,
+            "event": "rejected",
+            "at": stamp,
+            "id": readable.id if readable.id is not None else sqs_message_id,
+            "rcpt": rcpt,
+            "from": readable.sender,
+            "tenant": readable.tenant,
+            "campaign": readable.campaign,
+            "pool": readable.pool,
+            "meta": readable.meta,
+            "attempt": readable.attempt,
+            "response": None,
+            "reason": reason,
+            "sqs_message_id": sqs_message_id,
+        }
+        for rcpt in recipients
+    ]
 
 
 def pack_batches(records: Iterable[Record]) -> Iterator[tuple[str, str]]:

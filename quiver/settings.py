@@ -23,6 +23,11 @@ ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
+# The outbound queue's redrive maxReceiveCount, set by the CDK app from the value it
+# gives the queue, so the sender gives a message up (`failed`) before SQS moves it.
+ENV_OUTBOUND_MAX_RECEIVES = "QUIVER_OUTBOUND_MAX_RECEIVES"
+# Below this there is no receive left to deliver on before giving up (max - 1).
+MIN_OUTBOUND_MAX_RECEIVES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,9 @@ class Deployment:
     # Final events already exported, per (message id, recipient); empty: final
     # events are at-least-once across sender crashes instead of exactly-once.
     finals_table: str = ""
+    # The outbound queue's maxReceiveCount; 0: unknown, and a message SQS moves to
+    # the DLQ after repeated crashes gets no `failed` events.
+    outbound_max_receives: int = 0
 
 
 class SettingsError(ValueError):
@@ -62,6 +70,7 @@ def deployment_from_env(env: Mapping[str, str]) -> Deployment:
             + " (the CDK app sets them on the task; `quiver local` prints them)"
         )
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    max_receives = _max_receives(env.get(ENV_OUTBOUND_MAX_RECEIVES, ""))
     return Deployment(
         outbound_queue_url=env[ENV_OUTBOUND_QUEUE_URL],
         outbound_dlq_url=env[ENV_OUTBOUND_DLQ_URL],
@@ -73,10 +82,24 @@ def deployment_from_env(env: Mapping[str, str]) -> Deployment:
         region=region,
         senders_table=env.get(ENV_SENDERS_TABLE, ""),
         finals_table=env.get(ENV_FINALS_TABLE, ""),
+        outbound_max_receives=max_receives,
     )
 
 
-def local_deployment(*, endpoint: str, account: str, region: str) -> Deployment:
+def _max_receives(text: str) -> int:
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < MIN_OUTBOUND_MAX_RECEIVES:
+        raise SettingsError(
+            f"{ENV_OUTBOUND_MAX_RECEIVES}: expected the outbound queue's maxReceiveCount, "
+            f"an integer of at least {MIN_OUTBOUND_MAX_RECEIVES}, got {text!r}"
+        )
+    return int(text)
+
+
+def local_deployment(
+    *, endpoint: str, account: str, region: str, outbound_max_receives: int = 0
+) -> Deployment:
     """Settings for the embedded local stack (moto's server at `endpoint`)."""
     names = resource_names(account=account, region=region)
 
@@ -94,6 +117,7 @@ def local_deployment(*, endpoint: str, account: str, region: str) -> Deployment:
         region=region,
         senders_table=names.senders_table,
         finals_table=names.finals_table,
+        outbound_max_receives=outbound_max_receives,
     )
 
 
@@ -109,5 +133,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_POLICY_PARAMETER: deployment.policy_parameter,
         ENV_SENDERS_TABLE: deployment.senders_table,
         ENV_FINALS_TABLE: deployment.finals_table,
+        ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
         "AWS_REGION": deployment.region,
     }

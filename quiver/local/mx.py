@@ -92,6 +92,7 @@ def start_mx(
     hostname: str = DEFAULT_HOSTNAME,
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
+    busy_every: int = 0,
 ) -> MxServer:
     """Start the MX in this process; it listens when this returns.
 
@@ -99,12 +100,14 @@ def start_mx(
     PIPELINING unless offer_pipelining is False (aiosmtpd serves pipelined commands
     either way; the flag only changes what EHLO says, so clients take either path).
     Port 0 picks a free port (see `.address`). The listener on 127.0.0.1 accepts
-    connections from any 127.x source address.
+    connections from any 127.x source address. `busy_every` > 0 greets only every
+    n-th connection and turns the others away with a 421.
     """
     return MxServer(MxConfig(
         store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
         offer_starttls=offer_starttls, offer_pipelining=offer_pipelining, hostname=hostname,
         tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
+        busy_every=busy_every,
     ))
 
 

@@ -38,6 +38,8 @@ ACCEPT = Behaviour("", Action.ACCEPT)
 # Longest matching prefix wins, so `permfail-data` is not read as `permfail`.
 BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("tempfail", Action.REFUSE_RCPT, "451 4.3.0 temporary failure, try again later"),
+    # A 421 to its RCPT, every time: the server is "closing" on this recipient alone.
+    Behaviour("busy421", Action.REFUSE_RCPT, "421 4.7.0 too busy for this recipient"),
     Behaviour("permfail", Action.REFUSE_RCPT, "550 5.1.1 user unknown"),
     Behaviour("permfail-data", Action.REFUSE_DATA, "550 5.1.1 user unknown"),
     Behaviour("greylist", Action.GREYLIST, "451 4.7.1 greylisted, try again later"),

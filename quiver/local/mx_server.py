@@ -29,6 +29,8 @@ DEFAULT_MAX_RCPTS_PER_TXN = 100
 DATA_SIZE_LIMIT = 32 * 1024 * 1024
 # A disconnect-in-data waits this long for the first body line before dropping anyway.
 DISCONNECT_READ_TIMEOUT = 30.0
+# What a busy server says instead of its greeting (RFC 5321 3.8: 421 and close).
+BUSY_BANNER = "421 4.7.0 too busy, try again later"
 # Many senders may connect at once in benchmarks; the default backlog of 100 would
 # turn a burst into SYN retries that look like server slowness.
 LISTEN_BACKLOG = 1024
@@ -48,6 +50,9 @@ class MxConfig:
     hostname: str = DEFAULT_HOSTNAME
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN
+    # A busy server: only every n-th connection is greeted, the others get BUSY_BANNER
+    # and are closed (0: greet all). In-process servers only (`start_mx`).
+    busy_every: int = 0
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.offer_starttls or self.tls_cert is None:
@@ -77,6 +82,13 @@ class _Hooks:
         self.store = store
         self.greylisted: set[str] = set()
         self.live: set[_Connection] = set()
+        self.connections = 0
+
+    def refuse_connection(self) -> bool:
+        """Whether a busy server turns this new connection away (see MxConfig.busy_every)."""
+        self.connections += 1
+        every = self.config.busy_every
+        return every > 0 and self.connections % every != 0
 
     async def handle_EHLO(
         self,
@@ -206,6 +218,14 @@ class _Connection(SMTP):
             self.hooks.live.discard(self)
             self.hooks.store.connection_closed(self.peer_ip)
         super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.hooks.refuse_connection():
+            await super().push(BUSY_BANNER)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
 
     def tls_version(self) -> str | None:
         if self.transport is None:

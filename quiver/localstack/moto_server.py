@@ -105,8 +105,12 @@ def client(endpoint: str, service: str) -> Any:
     return session(endpoint).client(service, endpoint_url=endpoint)
 
 
-def create_resources(endpoint: str) -> Deployment:
-    """Create (idempotently) every resource the sender and the export use."""
+def create_resources(endpoint: str, *, max_receive_count: int = MAX_RECEIVE_COUNT) -> Deployment:
+    """Create (idempotently) every resource the sender and the export use.
+
+    `max_receive_count` is the outbound queue's redrive limit; the deployment carries it
+    to the sender as the CDK app does (a test lowers it to reach the limit quickly).
+    """
     names = resource_names(account=ACCOUNT, region=REGION)
     sqs = client(endpoint, "sqs")
     s3 = client(endpoint, "s3")
@@ -124,7 +128,7 @@ def create_resources(endpoint: str) -> Deployment:
         "MessageRetentionPeriod": str(4 * 86400),
         "VisibilityTimeout": "300",
         "RedrivePolicy": json.dumps(
-            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
         ),
     })
     events_dlq_url = queue(names.events_dlq, {"MessageRetentionPeriod": fourteen_days})
@@ -149,4 +153,5 @@ def create_resources(endpoint: str) -> Deployment:
                                       {"AttributeName": "sk", "AttributeType": "S"}],
                 BillingMode="PAY_PER_REQUEST",
             )
-    return local_deployment(endpoint=endpoint, account=ACCOUNT, region=REGION)
+    return local_deployment(endpoint=endpoint, account=ACCOUNT, region=REGION,
+                            outbound_max_receives=max_receive_count)

@@ -198,6 +198,8 @@ def add_demo_records(zone: Zone) -> None:
 class LocalStack:
     root: Path
     max_age: str = "12s"
+    # The outbound queue's redrive limit (maxReceiveCount), as the CDK app sets it.
+    max_receives: int = moto_server.MAX_RECEIVE_COUNT
     # Egress through real HAProxy nodes: None uses them when haproxy is installed
     # (unless QUIVER_LOCAL_HAPROXY=0), True insists, False binds each source directly.
     haproxy: bool | None = None
@@ -251,7 +253,8 @@ class LocalStack:
 
     def _start(self, dns_prefer: Literal["dnsmasq", "builtin"]) -> None:
         self.moto = moto_server.start_moto(log_dir=self.root / "logs")
-        self.deployment = moto_server.create_resources(self.moto.endpoint)
+        self.deployment = moto_server.create_resources(
+            self.moto.endpoint, max_receive_count=self.max_receives)
         ca_cert, _ = make_local_ca(self.root / "ca")
         self.ca_file = ca_cert
         hostnames = [*MX_HOSTS, *A_ONLY_DOMAINS]

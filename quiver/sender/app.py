@@ -28,7 +28,7 @@ from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
-from quiver.settings import Deployment
+from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, aws_executor
 from quiver.storage.base import StorageError
 from quiver.storage.sqs_lean import LeanSqsClient
@@ -117,7 +117,12 @@ def build_sender(
         bodies=S3BodyStore(s3, deployment.spill_bucket),
         completer=completer,
         classifier=default_classifier(),
+        max_receives=deployment.outbound_max_receives,
     )
+    if not deployment.outbound_max_receives:
+        log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
+                    "keeps failing reaches the DLQ without `failed` events",
+                    ENV_OUTBOUND_MAX_RECEIVES)
     services = [membership.run, metrics.run, health.run]
     if policy_source is not None and policy_source.interval > 0:
 

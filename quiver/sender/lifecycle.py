@@ -1,20 +1,31 @@
 """One outbound message from receipt to durable completion.
 
-decode → (postpone if not yet due) → expire? → fetch body → DKIM-sign →
-deliver per domain → one event per recipient → re-enqueue the pending ones →
+decode → (postpone if not yet due) → give up? → expire? → fetch body → DKIM-sign →
+deliver per domain → at most one event per recipient → re-enqueue the pending ones →
 complete (events accepted, re-enqueues sent, then delete).
-Bad input becomes a `rejected` event and the original goes to the DLQ untouched.
+Bad input becomes a `rejected` event per recipient it names, and the original goes
+to the DLQ untouched. A message that keeps coming back unfinished (a crash or hang
+on it each time) is given up one receive before the queue's maxReceiveCount: a
+`failed` event per recipient, and its body to the DLQ for a redrive.
+
+Attempts are counted per recipient: a recipient's count grows by one per real try
+at its destination (`Attempt.counts`), and its retries follow the retry schedule
+for that count. A recipient that was not tried (its site backing off, its
+connection drained by another's failure) keeps its count, gets no `deferred`
+event, and waits the schedule's delay for its count again. Pending recipients are
+re-enqueued in one message per attempt count, each with its own next-attempt time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from quiver import envelope as envelope_mod
@@ -22,13 +33,14 @@ from quiver.addresses import domain_of
 from quiver.bounce import Classifier
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
-from quiver.envelope import Envelope, EnvelopeError
-from quiver.events import EventType, Record, make_event, rejected_event, rfc3339_ms
+from quiver.envelope import Envelope, EnvelopeError, LastReply
+from quiver.events import EventType, Record, make_event, rejected_events, rfc3339_ms
 from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.sender.complete import Completer, Completion
 from quiver.sender.outcome import Attempt
 from quiver.sender.transport import Transport
+from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
 from quiver.storage.base import BodyStore, MissingObject, Outgoing, Received, StorageError
 
 log = logging.getLogger("quiver.sender")
@@ -37,6 +49,9 @@ log = logging.getLogger("quiver.sender")
 MAX_DELAY = 900
 # A message whose body could not be fetched is retried this soon (transient S3).
 BODY_RETRY_VISIBILITY = 30
+# SQS refuses a larger message body; a re-enqueue that would exceed it (an inline
+# body near the limit plus bookkeeping) moves its body to the spill bucket.
+MAX_SQS_BODY = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +77,13 @@ class MessageHandler:
         rng: random.Random | None = None,
         finalized: Callable[[str], Awaitable[set[str]]] | None = None,
         signing: SigningPool | None = None,
+        max_receives: int = 0,
     ) -> None:
+        # The outbound queue's maxReceiveCount (deployment settings); 0: not known, and
+        # a message that keeps failing reaches the DLQ without `failed` events.
+        if max_receives and max_receives < MIN_OUTBOUND_MAX_RECEIVES:
+            raise ValueError(f"max_receives must be 0 or at least {MIN_OUTBOUND_MAX_RECEIVES}")
+        self._max_receives = max_receives
         # None: private-key operations on the event loop thread (tests, tools).
         self._signing = signing
         self._finalized = finalized
@@ -111,12 +132,17 @@ class MessageHandler:
         now = self._clock()
         try:
             env = envelope_mod.decode(received.body)
-            self._check_pool(env)
         except EnvelopeError as exc:
             return self._reject(received, str(exc))
+        try:
+            self._check_pool(env)
+        except EnvelopeError as exc:
+            return self._reject(received, str(exc), env)
         queued_at = env.queued_at or received.sent_at or now
         if env.not_before is not None and env.not_before > now + 1:
             return self._postpone(received, env)
+        if self._max_receives and received.receive_count >= self._max_receives - 1:
+            return await self._give_up(received, env, now)
         if received.receive_count > 1 and self._finalized is not None:
             # Delivered before? A sender may have crashed after recording the outcome
             # and before deleting the message: skip recipients that are already final.
@@ -127,7 +153,7 @@ class MessageHandler:
                     return Completion(received=received)
                 env = replace(env, recipients=pending)
         if self._expired(env, queued_at, now):
-            return self._expire(received, env, now)
+            return self._expire(received, env, queued_at, now)
 
         try:
             raw = env.raw if env.raw is not None else await self._bodies.get(env.raw_s3 or "")
@@ -163,7 +189,8 @@ class MessageHandler:
         if prepared.inline and any(not a.reply.positive and not a.reply.permanent
                                    for a in attempts):
             env = replace(env, raw=message[prepared.signature_length:])
-        return self._outcomes(received, env, attempts, pool=pool, queued_at=prepared.queued_at)
+        return await self._outcomes(received, env, attempts, pool=pool,
+                                    queued_at=prepared.queued_at)
 
     def _check_pool(self, env: Envelope) -> None:
         if env.pool is not None and env.pool not in self._policy.pools:
@@ -182,7 +209,7 @@ class MessageHandler:
         signature = await self._signing.run(signer.key_sign, unsigned.data)
         return signer.finish(unsigned, signature)
 
-    def _outcomes(
+    async def _outcomes(
         self,
         received: Received,
         env: Envelope,
@@ -192,45 +219,64 @@ class MessageHandler:
         queued_at: float,
     ) -> Completion:
         now = self._clock()
-        attempt_no = env.attempt + 1
-        records: list[Record] = []
-        pending: list[str] = []
-        counted = False
-        next_at = now + self._retry_delay(attempt_no)
         deadline = self._deadline(env, queued_at)
         queued_ms = max(0, int((now - queued_at) * 1000))
-        for a in attempts:
+        records: list[Record] = []
+        # Pending recipients by their attempt count, and each count's next attempt time.
+        pending: dict[int, list[str]] = defaultdict(list)
+        next_at: dict[int, float] = {}
+        last = dict(env.last)
+        for a in _one_per_recipient(attempts):
+            tried = a.counts or a.reply.positive
+            count = env.attempt + 1 if tried else env.attempt
             fields = a.delivery_fields()
             fields["queued_ms"] = queued_ms
+            kind: EventType | None
             if a.reply.positive:
-                kind: EventType = "delivered"
+                kind = "delivered"
             elif a.reply.permanent:
                 kind = "bounced"
                 fields["bounce"] = self._classifier.classify(
                     code=a.reply.code, enhanced=a.reply.enhanced, text=a.reply.text
                 ).as_event()
-            elif next_at > deadline:
-                kind = "expired"
             else:
-                kind = "deferred"
-                counted = counted or a.counts
-                pending.append(a.rcpt)
-                fields["next_attempt_at"] = rfc3339_ms(next_at)
-            records.append(make_event(
-                kind, envelope=env, rcpt=a.rcpt, attempt=attempt_no, pool=pool, at=now, **fields
-            ))
+                last[a.rcpt] = _remember(last.get(a.rcpt), a, tried=tried)
+                when = next_at.get(count)
+                if when is None:
+                    # One draw per count: a recipient not tried this time waits the delay
+                    # its count calls for again, so its retries are spaced all the same.
+                    when = next_at[count] = now + self._retry_delay(max(1, count))
+                if when > deadline:
+                    kind = "expired"
+                    fields["response"] = _final_response(last[a.rcpt], unknown=None)
+                    fields["reason"] = self._expiry_reason(env, at=when, upcoming=True)
+                else:
+                    # An untried recipient gets no event: nothing happened to it.
+                    kind = "deferred" if tried else None
+                    fields["next_attempt_at"] = rfc3339_ms(when)
+                    pending[count].append(a.rcpt)
+            if kind is not None:
+                records.append(make_event(
+                    kind, envelope=env, rcpt=a.rcpt, attempt=count, pool=pool, at=now, **fields
+                ))
         completion = Completion(received=received, records=records)
-        if pending:
-            retry = env.retry(
-                recipients=tuple(pending),
-                attempt=attempt_no if counted else env.attempt,
-                not_before=next_at,
-                queued_at=queued_at,
-            )
+        for count, rcpts in pending.items():
+            retry = env.retry(recipients=tuple(rcpts), attempt=count, not_before=next_at[count],
+                              queued_at=queued_at, last=last)
             completion.retry.append(Outgoing(
-                body=envelope_mod.encode(retry), delay_seconds=_delay(next_at - now)
+                body=await self._encode_bounded(retry), delay_seconds=_delay(next_at[count] - now)
             ))
         return completion
+
+    async def _encode_bounded(self, env: Envelope) -> str:
+        """The SQS body for a re-enqueue; its inline body moves to S3 if it would not fit."""
+        body = envelope_mod.encode(env)
+        if env.raw is None or len(body.encode()) <= MAX_SQS_BODY:
+            return body
+        digest = hashlib.sha256(env.raw).hexdigest()[:16]
+        # Named by content, so a completion retried after a crash rewrites one object.
+        uri = await self._bodies.put(f"retry/{env.id}-{digest}.eml", env.raw)
+        return envelope_mod.encode(replace(env, raw=None, raw_s3=uri))
 
     def _retry_delay(self, attempt: int) -> float:
         retry = self._policy.retry
@@ -246,19 +292,68 @@ class MessageHandler:
     def _expired(self, env: Envelope, queued_at: float, now: float) -> bool:
         return now >= self._deadline(env, queued_at)
 
-    def _expire(self, received: Received, env: Envelope, now: float) -> Completion:
+    def _expiry_reason(self, env: Envelope, *, at: float, upcoming: bool) -> str:
+        """Why a recipient expires: its deadline has passed at `at` (the next attempt's
+        time when `upcoming`: it would come too late)."""
+        which = ("its expires time" if env.expires is not None
+                 and at >= env.expires.timestamp() else "max_age")
+        return f"the next attempt would be past {which}" if upcoming else f"{which} passed"
+
+    def _expire(self, received: Received, env: Envelope, queued_at: float,
+                now: float) -> Completion:
+        """Past its deadline on receipt: each recipient's last reply, or why it had none."""
         pool = env.pool or self._policy.default_pool
-        reason = "expires passed" if env.expires and now >= env.expires.timestamp() else (
-            "max_age reached"
-        )
+        reason = self._expiry_reason(env, at=now, upcoming=False)
+        queued_ms = max(0, int((now - queued_at) * 1000))
         records = [
             make_event(
                 "expired", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
-                response={"code": 451, "enhanced": "4.4.7", "text": f"not delivered: {reason}"},
+                response=_final_response(env.last.get(r), unknown=reason), reason=reason,
+                queued_ms=queued_ms,
             )
             for r in env.recipients
         ]
         return Completion(received=received, records=records)
+
+    async def _give_up(self, received: Received, env: Envelope, now: float) -> Completion:
+        """Received once short of the queue's maxReceiveCount without ever completing
+        (each earlier receive crashed, hung or was abandoned): a `failed` event for each
+        recipient not yet final, and the message (those recipients, its body and its
+        bookkeeping) to the DLQ for a redrive. If this completion is lost too, the last
+        receive does the same again; the export keeps one final event per recipient."""
+        pending = env.recipients
+        if self._finalized is not None:
+            try:
+                done = await self._finalized(env.id)
+            except StorageError as exc:
+                # The export's claims still drop a second final event.
+                log.warning("message %s: finals lookup failed (%s); failing every recipient",
+                            received.message_id, exc)
+                done = set()
+            pending = tuple(r for r in pending if r not in done)
+        if not pending:
+            return Completion(received=received)
+        pool = env.pool or self._policy.default_pool
+        reason = (f"received {received.receive_count} times without completing (a crash or "
+                  f"hang each time; the queue's maxReceiveCount is {self._max_receives}): "
+                  "given up, message kept in the outbound DLQ")
+        records = [
+            make_event(
+                "failed", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
+                response=_final_response(env.last.get(r), unknown=None),
+                reason=reason, sqs_message_id=received.message_id,
+            )
+            for r in pending
+        ]
+        log.warning("message %s (%s) given up: %s", received.message_id, env.id, reason)
+        kept = replace(env, recipients=pending,
+                       last={r: v for r, v in env.last.items() if r in pending})
+        body = envelope_mod.encode(kept)
+        if len(body.encode()) > MAX_SQS_BODY:
+            body = received.body  # as it came, then: it fitted once
+        dead = Outgoing(body=body, attributes={"quiver-reason": reason[:256],
+                                               "quiver-message-id": received.message_id})
+        return Completion(received=received, records=records, dead=[dead])
 
     def _postpone(self, received: Received, env: Envelope) -> Completion:
         """Not due yet: send it back with the remaining delay (hops of at most 15 min)."""
@@ -272,12 +367,16 @@ class MessageHandler:
     def _reject(self, received: Received, reason: str, env: Envelope | None = None) -> Completion:
         now = self._clock()
         if env is None:
-            records = [rejected_event(message_id=received.message_id, reason=reason, at=now)]
+            # Whatever the body still says validly (the caller's id, recipients, tenant,
+            # campaign) goes on the events, so the caller can find them.
+            records = rejected_events(envelope_mod.readable(received.body),
+                                      sqs_message_id=received.message_id, reason=reason, at=now)
         else:
             pool = env.pool or self._policy.default_pool
             records = [
                 make_event("rejected", envelope=env, rcpt=r, attempt=env.attempt, pool=pool,
-                           at=now, response=None, reason=reason)
+                           at=now, response=None, reason=reason,
+                           sqs_message_id=received.message_id)
                 for r in env.recipients
             ]
         log.warning("message %s rejected: %s", received.message_id, reason)
@@ -286,6 +385,35 @@ class MessageHandler:
             attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
         )
         return Completion(received=received, records=records, dead=[dead])
+
+
+def _one_per_recipient(attempts: Iterable[Attempt]) -> list[Attempt]:
+    """One attempt per recipient (the last reported), so each gets at most one event."""
+    return list({a.rcpt: a for a in attempts}.values())
+
+
+def _remember(previous: LastReply | None, attempt: Attempt, *, tried: bool) -> LastReply:
+    """What a deferred recipient carries forward: its own reply if it was tried; if not,
+    why not, unless it already has a reply of its own (which stays its last one)."""
+    if not tried and previous is not None and previous.tried:
+        return previous
+    reply = attempt.reply
+    return LastReply.of(code=reply.code, enhanced=reply.enhanced, text=reply.text, tried=tried)
+
+
+def _final_response(last: LastReply | None, *, unknown: str | None) -> dict[str, object] | None:
+    """An `expired`/`failed` event's response: the recipient's own last reply, or a
+    "never attempted" one saying why (the reason it was not tried, else `unknown`;
+    None if that is None too)."""
+    if last is not None and last.tried:
+        return last.as_event()
+    if last is not None:
+        why = f"{last.code} {last.enhanced + ' ' if last.enhanced else ''}{last.text}"
+    elif unknown is not None:
+        why = unknown
+    else:
+        return None
+    return {"code": 451, "enhanced": "4.4.7", "text": f"never attempted: {why}"}
 
 
 def _delay(seconds: float) -> int:

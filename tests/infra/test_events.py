@@ -164,7 +164,7 @@ def test_columns_follow_the_v1_record(service: dict[str, Any]) -> None:
     assert names == {
         "v", "at", "id", "rcpt", "from", "tenant", "campaign", "pool", "meta", "attempt",
         "source", "source_ip", "proxy", "mx", "mx_ip", "site", "provider", "response", "tls",
-        "next_attempt_at", "queued_ms", "bounce", "feedback_type",
+        "next_attempt_at", "queued_ms", "bounce", "feedback_type", "reason", "sqs_message_id",
     }
 
 

@@ -88,7 +88,7 @@ def test_every_alarm_pages_except_those_the_composite_rolls_up(service: dict[str
 def test_dashboard_shows_queues_outcomes_lambda_and_dlqs(service: dict[str, Any]) -> None:
     _, dashboard = only(service, "AWS::CloudWatch::Dashboard")
     body = json.dumps(dashboard["DashboardBody"])
-    for outcome in ("delivered", "deferred", "bounced", "expired", "rejected"):
+    for outcome in ("delivered", "deferred", "bounced", "expired", "rejected", "failed"):
         assert f"SEARCH('{{Quiver,pool,provider}} MetricName=\\\\\\\"{outcome}\\\\\\\"'" in body
     for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage",
                    "Errors", "StatusCheckFailed", "RunningTaskCount"):

@@ -116,6 +116,21 @@ def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict
     assert resolved[settings.ENV_FINALS_TABLE] == {"Ref": "FinalsTable"}
 
 
+def test_sender_knows_the_outbound_queues_receive_limit(
+        service: dict[str, Any], stateful: dict[str, Any]) -> None:
+    """The sender records `failed` finals one receive before SQS moves a message to the
+    DLQ; that needs the very maxReceiveCount the queue was given."""
+    environment = {e["Name"]: e["Value"] for e in container(service)["Environment"]}
+    redrive = stateful["Resources"]["OutboundQueue"]["Properties"]["RedrivePolicy"]
+    assert environment[settings.ENV_OUTBOUND_MAX_RECEIVES] == str(redrive["maxReceiveCount"])
+    assert settings.deployment_from_env({
+        **{k: "x" for k in (settings.ENV_OUTBOUND_QUEUE_URL, settings.ENV_OUTBOUND_DLQ_URL,
+                            settings.ENV_EVENTS_QUEUE_URL, settings.ENV_SPILL_BUCKET,
+                            settings.ENV_EVENTS_BUCKET)},
+        settings.ENV_OUTBOUND_MAX_RECEIVES: environment[settings.ENV_OUTBOUND_MAX_RECEIVES],
+    }).outbound_max_receives == redrive["maxReceiveCount"]
+
+
 def test_scales_on_backlog_per_task_and_oldest_message(
     service: dict[str, Any], stateful: dict[str, Any], policy: Policy
 ) -> None:

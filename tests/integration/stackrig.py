@@ -90,9 +90,12 @@ class Running:
 
 
 @contextmanager
-def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True
-                  ) -> Iterator[Running]:
-    stack = LocalStack(root, max_age=max_age).start()
+def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True,
+                  max_receives: int | None = None) -> Iterator[Running]:
+    stack = LocalStack(root, max_age=max_age)
+    if max_receives is not None:
+        stack.max_receives = max_receives  # the outbound queue's maxReceiveCount
+    stack.start()
     assert stack.deployment is not None
     tally = Tally()
     pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,

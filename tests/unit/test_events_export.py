@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiver.envelope import Envelope
+from quiver.envelope import Envelope, Readable
 from quiver.events import (
     MAX_BATCH_BODY,
     EventBatchError,
     make_event,
     pack_batches,
-    rejected_event,
+    rejected_events,
     unpack_batch,
 )
 from quiver.export import object_key, partition, read_object
@@ -84,8 +84,8 @@ def test_unpack_never_crashes(body: str) -> None:
 
 def test_partition_keys_are_deterministic_and_hourly() -> None:
     records = [event("delivered", at=1_790_000_000.0), event("bounced", at=1_790_000_000.0),
-               event("delivered", at=1_790_003_700.0), rejected_event(message_id="x", reason="r",
-                                                                       at=1_790_000_000.0)]
+               event("delivered", at=1_790_003_700.0),
+               *rejected_events(Readable(), sqs_message_id="x", reason="r", at=1_790_000_000.0)]
     a = partition("batch1", records)
     b = partition("batch1", records)
     assert a == b  # same bytes: a re-run overwrites with identical objects

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
+    Content,
     Delivery,
     DkimKey,
     Intake,
@@ -46,8 +47,11 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake",
+    "retry", "delivery", "intake", "content",
 }
+# A message is held in memory while it is delivered, and providers refuse far less.
+MAX_MESSAGE_SIZE = 100 * 1024**2
+MIN_MESSAGE_SIZE = 1024
 
 
 class PolicyError(ValueError):
@@ -220,6 +224,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     retry = _retry(c, c.table(data, "retry", ""))
     delivery = _delivery(c, c.table(data, "delivery", ""))
     intake = _intake(c, c.table(data, "intake", ""))
+    content = _content(c, c.table(data, "content", ""))
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -234,6 +239,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         retry=retry,
         delivery=delivery,
         intake=intake,
+        content=content,
         warnings=tuple(c.warnings),
     )
 
@@ -568,3 +574,21 @@ def _intake(c: _Checker, t: dict[str, Any]) -> Intake:
     if intake.spill_threshold > 240 * 1024:
         c.error("intake.spill_threshold", "must be at most 240KiB (SQS caps a message at 256 KiB)")
     return intake
+
+
+def _content(c: _Checker, t: dict[str, Any]) -> Content:
+    c.keys(t, {"max_message_size", "long_lines", "eight_bit"}, "content")
+    d = Content()
+    size = c.get(t, "max_message_size", "content", parse_size, d.max_message_size)
+    if not MIN_MESSAGE_SIZE <= size <= MAX_MESSAGE_SIZE:
+        c.error("content.max_message_size", "must be between 1KiB and 100MiB (the sender "
+                "holds a message in memory while it is delivered)")
+    long_lines = t.get("long_lines", d.long_lines)
+    if long_lines not in ("reencode", "refuse"):
+        c.error("content.long_lines", f"expected 'reencode' or 'refuse', got {long_lines!r}")
+        long_lines = d.long_lines
+    eight_bit = t.get("eight_bit", d.eight_bit)
+    if eight_bit not in ("declare", "downgrade"):
+        c.error("content.eight_bit", f"expected 'declare' or 'downgrade', got {eight_bit!r}")
+        eight_bit = d.eight_bit
+    return Content(max_message_size=size, long_lines=long_lines, eight_bit=eight_bit)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from quiver.content.lines import MAX_LINE, may_have_long_line
 from quiver.message import to_crlf
 
 # Printable ASCII without space and without the path's own brackets. Addresses
@@ -22,8 +23,6 @@ _UNSAFE_ARG = re.compile(r"[^\x21-\x3b\x3d\x3f-\x7e]")
 # EHLO's argument is a domain or an address literal: no '<>' concern, no space.
 _UNSAFE_NAME = re.compile(r"[^\x21-\x7e]")
 END_OF_DATA = b".\r\n"
-# RFC 5321 4.5.3.1.6: a line of message content is at most 998 octets before its CRLF.
-MAX_LINE = 998
 
 
 class UnsafeArgument(ValueError):
@@ -58,13 +57,13 @@ def rcpt(recipient: str) -> bytes:
 def payload_problem(message: bytes, *, eight_bit: bool) -> str | None:
     """Why `message` may not be sent as DATA, or None. Whole-buffer scans: a NUL, an
     8-bit byte unless `eight_bit` (BODY=8BITMIME) was declared, a line (as CRLF, LF or
-    a lone CR end it) over 998 octets; only a message with a segment between LFs that
-    long is normalised to measure its lines exactly."""
+    a lone CR end it) over 998 octets; only a message that may have such a line is
+    normalised to measure its lines exactly."""
     if b"\0" in message:
         return "the message has a NUL byte"
     if not eight_bit and not message.isascii():
         return "8-bit message content not declared with BODY=8BITMIME"
-    if len(message) > MAX_LINE and max(map(len, message.split(b"\n"))) > MAX_LINE and max(
+    if may_have_long_line(message) and max(
             map(len, to_crlf(message).split(b"\r\n"))) > MAX_LINE:
         return f"a line of the message is longer than {MAX_LINE} octets"
     return None

@@ -257,3 +257,14 @@ def decoded_leaves(message: bytes) -> list[tuple[str, bytes]]:
             payload = binascii.a2b_base64(part.get_payload().encode())
         out.append((part.get_content_type(), payload))
     return out
+
+
+@given(st.lists(st.integers(0, 1100), max_size=12), st.integers(0, 40), st.booleans())
+def test_the_cheap_long_line_scan_agrees_with_measuring_every_line(
+        lengths: list[int], offset: int, last_crlf: bool) -> None:
+    from quiver.content.lines import has_long_line
+
+    buf = b"\r\n".join(b"x" * n for n in lengths) + (b"\r\n" if last_crlf else b"")
+    start = min(offset, len(buf))
+    exact = max(map(len, buf[start:].split(b"\r\n")), default=0) > MAX_LINE
+    assert has_long_line(buf, start) == exact

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from test_lifecycle_content import BAD_MESSAGES
 
 from quiver import cli
 from quiver.client import OutboundMessage, QuiverClient
@@ -97,6 +99,18 @@ def test_a_message_that_is_not_one_is_refused_with_the_reason(raw: bytes, reason
     with pytest.raises(EnvelopeError) as info:
         client(aws).enqueue(message(raw))
     assert str(info.value).startswith(reason)
+    assert aws.calls == []
+
+
+@given(BAD_MESSAGES)
+@settings(max_examples=150)
+def test_generated_bad_messages_are_refused_with_a_reason_and_nothing_sent(raw: bytes) -> None:
+    aws = Aws()
+    with pytest.raises(EnvelopeError) as info:
+        client(aws).enqueue(message(raw))
+    reason = str(info.value)
+    assert reason.startswith("raw: ") and any(
+        word in reason for word in ("line ", "From header", "NUL", "empty")), reason
     assert aws.calls == []
 
 

@@ -120,7 +120,7 @@ async def test_the_policy_limit_applies_to_inline_and_s3_bodies() -> None:
                     f"raw: message is {len(LONG):,} bytes, over the limit of 1,024")
 
 
-_BAD = st.one_of(
+BAD_MESSAGES = st.one_of(
     st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" in b or b":" not in b),
     st.builds(lambda h, b: h + b"\r\n\r\n" + b, st.sampled_from(
         [b"Subject: x", b"To: a@b.example\r\nSubject: x", b"Bad Name: x\r\nFrom: a@b.example",
@@ -131,7 +131,7 @@ _BAD = st.one_of(
 )
 
 
-@given(raw=_BAD, recipients=st.integers(1, 3))
+@given(raw=BAD_MESSAGES, recipients=st.integers(1, 3))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_bad_content_is_rejected_per_recipient_and_kept_in_the_dlq(raw: bytes,
                                                                     recipients: int) -> None:

@@ -29,6 +29,7 @@ _TYPE = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*/[ \t]*(" + _TOKEN + rb")")
 _BOUNDARY = re.compile(
     rb';[ \t]*boundary[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.){1,70})"|([^ \t;"]{1,70}))', re.IGNORECASE)
 _QUOTED_PAIR = re.compile(rb"\\(.)")
+_CTE = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*(?:\(.*)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,17 @@ def _entity(buf: bytes, start: int, end: int, *, default: str, depth: int) -> En
     header = parse_header(buf, start, end)
     ctype, boundary = default, None
     cte = "7bit"
-    for field in header.fields:
-        if field.name == b"content-type" and (found := _TYPE.match(field.value)):
-            ctype = (found.group(1) + b"/" + found.group(2)).decode("ascii").lower()
-            if (b := _BOUNDARY.search(field.value)) is not None:
-                boundary = b.group(2) or _QUOTED_PAIR.sub(rb"\1", b.group(1))
-        elif field.name == b"content-transfer-encoding":
-            cte = field.value.strip(b" \t").decode("ascii", "replace").lower()
+    # The first of each field counts, as readers take it.
+    fields = {f.name: f.value for f in reversed(header.fields)}
+    if (value := fields.get(b"content-type")) is not None and (found := _TYPE.match(value)):
+        ctype = (found.group(1) + b"/" + found.group(2)).decode("ascii").lower()
+        if (b := _BOUNDARY.search(value)) is not None:
+            boundary = b.group(2) or _QUOTED_PAIR.sub(rb"\1", b.group(1))
+    if (value := fields.get(b"content-transfer-encoding")) is not None:
+        # A token, then perhaps a comment: "8bit (as sent)".
+        found = _CTE.match(value)
+        cte = found.group(1).decode("ascii").lower() if found else value.decode(
+            "ascii", "replace").strip()
     if cte in IDENTITY and ctype.startswith("multipart/") and boundary:
         # RFC 2046 5.1.5: a digest's parts are messages unless they say otherwise.
         child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"

@@ -268,3 +268,13 @@ def test_the_cheap_long_line_scan_agrees_with_measuring_every_line(
     start = min(offset, len(buf))
     exact = max(map(len, buf[start:].split(b"\r\n")), default=0) > MAX_LINE
     assert has_long_line(buf, start) == exact
+
+
+def test_an_encoding_with_a_comment_is_read_as_its_token() -> None:
+    raw = (HEAD + b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit (as sent)\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\ncaf\xc3\xa9 " + b"x" * 1200 + b"\r\n")
+    out = ready(raw).message
+    # The first field counts, as readers take it; its replacement is the only one left.
+    assert out.count(b"Content-Transfer-Encoding") == 1
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n" in out
+    assert decoded_leaves(out) == [("text/plain", b"caf\xc3\xa9 " + b"x" * 1200 + b"\r\n")]

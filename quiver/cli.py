@@ -74,21 +74,31 @@ def _run(coro: Any) -> None:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from quiver.client import OutboundMessage, QuiverClient
+    from quiver.content import ContentError, check_size
     from quiver.envelope import EnvelopeError
+    from quiver.policy import Content, PolicyError
+    from quiver.policy.source import read_policy
     from quiver.settings import SettingsError, deployment_from_env
 
     try:
         deployment = deployment_from_env(os.environ)
-    except SettingsError as exc:
+        content = read_policy(args.config)[0].content if args.config else Content()
+    except (SettingsError, PolicyError) as exc:
         print(f"quiver enqueue: {exc}", file=sys.stderr)
         return 2
     try:
+        # By its size first: a file over the limit is never read into memory.
+        check_size(os.stat(args.file).st_size, max_size=content.max_message_size)
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         print(f"quiver enqueue: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
+    except ContentError as exc:
+        print(f"quiver enqueue: invalid message: raw: {exc}", file=sys.stderr)
+        return 2
     message_id = args.id or f"cli-{os.getpid()}-{int.from_bytes(os.urandom(6), 'big'):x}"
-    client = QuiverClient.from_settings(deployment)
+    client = QuiverClient.from_settings(deployment, max_message_size=content.max_message_size,
+                                        long_lines=content.long_lines)
     try:
         sqs_id = client.enqueue(OutboundMessage(
             id=message_id, sender=args.sender, to=args.to, raw=raw, pool=args.pool,
@@ -162,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--tenant", help="tenant name, copied onto every event")
     e.add_argument("--campaign", help="campaign name, copied onto every event")
     e.add_argument("--id", help="message id (default: generated)")
+    e.add_argument("--config", help="policy file whose [content] rules (max_message_size, "
+                   "long_lines) to check against (default: the defaults, 40MiB, reencode)")
     e.add_argument("file", help="the complete RFC 5322 message (.eml)")
     e.set_defaults(func=cmd_enqueue)
 

@@ -4,10 +4,14 @@
     client.enqueue(OutboundMessage(id="order-42", sender="noreply@shop.example",
                                    to=["ann@example.com"], raw=rendered_bytes))
 
-Every message is validated against contract v1 before it leaves the process, so
-a bad message is an exception here rather than a `rejected` event later. Bodies
-above the spill threshold (default 200 KiB; SQS caps a message at 256 KiB) go to
-the spill bucket and travel as `raw_s3`.
+Every message is validated against contract v1 and the content rules the sender
+applies (quiver.content: size, header section, long lines) before it leaves the
+process, so a bad message is an exception here rather than a `rejected` event
+later; a message over `max_message_size` is refused before anything of it is read
+or uploaded. The client has no policy file: a deployment whose policy changes
+`content.max_message_size` or `content.long_lines` gives its clients the same
+values. Bodies above the spill threshold (default 200 KiB; SQS caps a message
+at 256 KiB) go to the spill bucket and travel as `raw_s3`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quiver import envelope as envelope_mod
+from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, ContentError, LongLines, prepare
 
 DEFAULT_SPILL_THRESHOLD = 200 * 1024
 _SQS_BATCH = 10
@@ -54,15 +59,23 @@ class QuiverClient:
         queue_url: str,
         spill_bucket: str,
         spill_threshold: int = DEFAULT_SPILL_THRESHOLD,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        long_lines: LongLines = "reencode",
     ) -> None:
         self._sqs = sqs
         self._s3 = s3
         self.queue_url = queue_url
         self.spill_bucket = spill_bucket
         self.spill_threshold = spill_threshold
+        # The sender's policy `[content]` values (these are its defaults).
+        self.max_message_size = max_message_size
+        self.long_lines: LongLines = long_lines
 
     @classmethod
-    def from_settings(cls, deployment: Any, *, session: Any = None) -> QuiverClient:
+    def from_settings(
+        cls, deployment: Any, *, session: Any = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, long_lines: LongLines = "reencode",
+    ) -> QuiverClient:
         import boto3
 
         session = session or boto3.session.Session(region_name=deployment.region)
@@ -71,10 +84,17 @@ class QuiverClient:
             s3=session.client("s3"),
             queue_url=deployment.outbound_queue_url,
             spill_bucket=deployment.spill_bucket,
+            max_message_size=max_message_size,
+            long_lines=long_lines,
         )
 
     def build(self, message: OutboundMessage) -> str:
         """Validate and encode one message (spilling its body if large); the SQS body."""
+        try:
+            # The size first: a message over the limit is not read, let alone uploaded.
+            prepare(message.raw, max_size=self.max_message_size, long_lines=self.long_lines)
+        except ContentError as exc:
+            raise envelope_mod.EnvelopeError("raw", str(exc)) from None
         data: dict[str, Any] = {"v": 1, "id": message.id, "from": message.sender,
                                 "to": list(message.to)}
         for key in ("pool", "tenant", "campaign", "expires"):

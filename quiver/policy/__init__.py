@@ -2,6 +2,7 @@
 
 from quiver.policy.load import PolicyError, build_policy, load_policy, parse_policy
 from quiver.policy.model import (
+    Content,
     Delivery,
     DkimKey,
     Intake,
@@ -15,6 +16,6 @@ from quiver.policy.model import (
 )
 
 __all__ = [
-    "Delivery", "DkimKey", "Intake", "Policy", "PolicyError", "Pool", "ProxyNode", "ProxyTier",
-    "Retry", "Source", "Throttle", "build_policy", "load_policy", "parse_policy",
+    "Content", "Delivery", "DkimKey", "Intake", "Policy", "PolicyError", "Pool", "ProxyNode",
+    "ProxyTier", "Retry", "Source", "Throttle", "build_policy", "load_policy", "parse_policy",
 ]

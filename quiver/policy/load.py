@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
+    Content,
     Delivery,
     DkimKey,
     Intake,
@@ -47,9 +48,12 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake",
+    "retry", "delivery", "intake", "content",
     "local_only",
 }
+# A message is held in memory while it is delivered, and providers refuse far less.
+MAX_MESSAGE_SIZE = 100 * 1024**2
+MIN_MESSAGE_SIZE = 1024
 
 
 class PolicyError(ValueError):
@@ -222,6 +226,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     retry = _retry(c, c.table(data, "retry", ""))
     delivery = _delivery(c, c.table(data, "delivery", ""))
     intake = _intake(c, c.table(data, "intake", ""))
+    content = _content(c, c.table(data, "content", ""))
     local_only = _local_only(c, data)
 
     if c.problems:
@@ -237,6 +242,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         retry=retry,
         delivery=delivery,
         intake=intake,
+        content=content,
         warnings=tuple(c.warnings),
         local_only=local_only,
     )
@@ -612,3 +618,21 @@ def _describe(ranges: list[tuple[IPNetwork, str]]) -> str:
     for net, why in ranges:
         by_class.setdefault(why, []).append(str(net))
     return ", ".join(f"{why} ({', '.join(nets)})" for why, nets in by_class.items())
+
+
+def _content(c: _Checker, t: dict[str, Any]) -> Content:
+    c.keys(t, {"max_message_size", "long_lines", "eight_bit"}, "content")
+    d = Content()
+    size = c.get(t, "max_message_size", "content", parse_size, d.max_message_size)
+    if not MIN_MESSAGE_SIZE <= size <= MAX_MESSAGE_SIZE:
+        c.error("content.max_message_size", "must be between 1KiB and 100MiB (the sender "
+                "holds a message in memory while it is delivered)")
+    long_lines = t.get("long_lines", d.long_lines)
+    if long_lines not in ("reencode", "refuse"):
+        c.error("content.long_lines", f"expected 'reencode' or 'refuse', got {long_lines!r}")
+        long_lines = d.long_lines
+    eight_bit = t.get("eight_bit", d.eight_bit)
+    if eight_bit not in ("declare", "downgrade"):
+        c.error("content.eight_bit", f"expected 'declare' or 'downgrade', got {eight_bit!r}")
+        eight_bit = d.eight_bit
+    return Content(max_message_size=size, long_lines=long_lines, eight_bit=eight_bit)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
 ThrottleScope = Literal["provider", "domain", "mx", "any"]
+EightBit = Literal["declare", "downgrade"]
 
 # SQS keeps a message at most 14 days; a retry horizon beyond that would lose mail.
 SQS_MAX_RETENTION_S = 14 * 86400.0
@@ -151,6 +153,23 @@ class Intake:
 
 
 @dataclass(frozen=True, slots=True)
+class Content:
+    """What a message must be, checked by the client before enqueueing and by the sender."""
+
+    # Larger messages are refused (a `rejected` event), never retried. Clients check
+    # it before uploading; a service's client must be given the same number.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # A line over 998 octets (RFC 5322 2.1.1; receivers fold or refuse it, breaking
+    # DKIM): "reencode" writes its MIME part as quoted-printable or base64 before
+    # signing; "refuse" rejects the message instead.
+    long_lines: LongLines = "reencode"
+    # 8-bit data: "declare" signs the message as it is and sends it with BODY=8BITMIME,
+    # converting and re-signing it only for a server without 8BITMIME; "downgrade"
+    # always signs and sends the 7-bit form (one conversion per 8-bit message).
+    eight_bit: EightBit = "declare"
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     default_pool: str
     sources: dict[str, Source]
@@ -162,6 +181,7 @@ class Policy:
     retry: Retry = field(default_factory=Retry)
     delivery: Delivery = field(default_factory=Delivery)
     intake: Intake = field(default_factory=Intake)
+    content: Content = field(default_factory=Content)
     warnings: tuple[str, ...] = ()
     # A policy for a stack on one machine (`quiver local`, test rigs): only such a
     # policy may list private, loopback or metadata ranges in `delivery.allow_networks`

@@ -62,6 +62,8 @@ class Job:
     future: asyncio.Future[list[Attempt]]
     done: list[Attempt] = field(default_factory=list)
     resubmits: int = 0
+    # Set when `message` has 8-bit data: its 7-bit form, for servers without 8BITMIME.
+    seven_bit: Callable[[], Awaitable[bytes]] | None = None
 
 
 class _Slot:
@@ -246,11 +248,21 @@ class ReadyQueue:
                 # was reset after every RCPT failed) leaves the session clean.
                 if self._rate is not None and not paid:
                     await self._rate.acquire(self._share())
+                body = await self._body(job, session, here)
+                if body is None:
+                    if paid:
+                        return  # its envelope is at the server: close, nothing delivered
+                    continue
                 then = self._take_next(session, sent, slot)
                 try:
                     result = await session.send(
-                        sender=job.sender, recipients=job.recipients, message=job.message,
+                        sender=job.sender, recipients=job.recipients, message=body[0],
+                        eight_bit=body[1],
                         then=None if then is None else (then.sender, then.recipients),
+                        # The next MAIL goes out now: BODY=8BITMIME only if it will be
+                        # sent as it is, which is decided by this same server's offer.
+                        then_eight_bit=then is not None and then.seven_bit is not None
+                        and session.eight_bit_mime,
                     )
                 except SessionError as exc:
                     if then is not None:
@@ -287,6 +299,23 @@ class ReadyQueue:
                 ahead = then
             finally:
                 self.idle += 1
+
+    async def _body(self, job: Job, session: SmtpSession, here: Path) -> tuple[bytes, bool] | None:
+        """What to send on this connection, and whether as 8BITMIME: an 8-bit message
+        as it is where the server offers 8BITMIME, else its 7-bit form (RFC 6152).
+        None if that could not be made: the job is finished with the reason."""
+        if job.seven_bit is None:
+            return job.message, False
+        if session.eight_bit_mime:
+            return job.message, True
+        try:
+            return await job.seven_bit(), False
+        except Exception as exc:  # the message's own failure: it must not end the worker
+            log.exception("7-bit form of a message for %s failed", self.route.site)
+            reply = local_reply(554, "5.6.3", "8-bit message not converted for a server "
+                                f"without 8BITMIME: {exc}")
+            self._finish(job, job.done + [Attempt(r, reply, here) for r in job.recipients])
+            return None
 
     def _check_pipelining(self, session: SmtpSession) -> None:
         """A server that mishandled commands pipelined behind the end of data gets no

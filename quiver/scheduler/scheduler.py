@@ -8,7 +8,7 @@ messages and throttles hold per (source, destination).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from quiver.policy import Policy, Source
 from quiver.routing.mx import MxResolver, Route, RouteError
@@ -46,7 +46,8 @@ class Scheduler:
         self.queues: dict[tuple[str, str], ReadyQueue] = {}
 
     async def deliver(
-        self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes
+        self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes,
+        seven_bit: Callable[[], Awaitable[bytes]] | None = None,
     ) -> list[Attempt]:
         try:
             route = await self._resolver.route(domain)
@@ -64,7 +65,7 @@ class Scheduler:
             queue = self._queue(source, route, domain)
             future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
             queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
-                             future=future))
+                             future=future, seven_bit=seven_bit))
             try:
                 return await future
             except Reroute as exc:

@@ -1,8 +1,9 @@
 """One outbound message from receipt to durable completion.
 
-decode → (postpone if not yet due) → give up? → expire? → fetch body → DKIM-sign →
-deliver per domain → at most one event per recipient → re-enqueue the pending ones →
-complete (events accepted, re-enqueues sent, then delete).
+decode → (postpone if not yet due) → give up? → expire? → fetch body → check it and
+ready it (quiver.content: size, header, long lines, 8-bit) → DKIM-sign → deliver per
+domain → at most one event per recipient → re-enqueue the pending ones → complete
+(events accepted, re-enqueues sent, then delete).
 Bad input becomes a `rejected` event per recipient it names, and the original goes
 to the DLQ untouched. A message that keeps coming back unfinished (a crash or hang
 on it each time) is given up one receive before the queue's maxReceiveCount: a
@@ -31,6 +32,7 @@ from dataclasses import dataclass, replace
 from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
 from quiver.bounce import Classifier
+from quiver.content import ContentError, prepare, seven_bit
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError, LastReply
@@ -41,7 +43,14 @@ from quiver.sender.complete import Completer, Completion
 from quiver.sender.outcome import Attempt
 from quiver.sender.transport import Transport
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
-from quiver.storage.base import BodyStore, MissingObject, Outgoing, Received, StorageError
+from quiver.storage.base import (
+    BodyStore,
+    MissingObject,
+    Outgoing,
+    Received,
+    StorageError,
+    TooLarge,
+)
 
 log = logging.getLogger("quiver.sender")
 
@@ -61,6 +70,36 @@ class _Prepared:
     signature_length: int
     inline: bool  # the body came inline (raw), not from S3 (raw_s3)
     queued_at: float
+    # The 7-bit form for servers without 8BITMIME, when the message has 8-bit data.
+    seven_bit: Callable[[], Awaitable[bytes]] | None = None
+    # The inline body as received, kept only when it was rewritten (re-encoded, or
+    # its line ends): a retry starts from it, not from a rewritten copy that may
+    # have grown past what an inline body may be.
+    original: bytes | None = None
+
+
+class _SevenBit:
+    """The 7-bit form of a signed 8-bit message (RFC 6152), converted and signed by
+    the first connection whose server lacks 8BITMIME, then shared by the others."""
+
+    __slots__ = ("_signature_length", "_signed", "_signer", "_task")
+
+    def __init__(self, signer: Callable[[bytes], Awaitable[bytes]], signed: bytes,
+                 signature_length: int) -> None:
+        self._signer = signer
+        self._signed = signed  # the message as sent with BODY=8BITMIME: no extra copy
+        self._signature_length = signature_length
+        self._task: asyncio.Future[bytes] | None = None
+
+    async def __call__(self) -> bytes:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._convert())
+        # Shielded: one waiting connection's cancellation does not cancel the others'.
+        return await asyncio.shield(self._task)
+
+    async def _convert(self) -> bytes:
+        message = seven_bit(self._signed[self._signature_length:])
+        return await self._signer(message) + message
 
 
 class MessageHandler:
@@ -155,19 +194,33 @@ class MessageHandler:
         if self._expired(env, queued_at, now):
             return self._expire(received, env, queued_at, now)
 
+        rules = self._policy.content
         try:
-            raw = env.raw if env.raw is not None else await self._bodies.get(env.raw_s3 or "")
-        except MissingObject as exc:
+            raw = env.raw if env.raw is not None else await self._bodies.get(
+                env.raw_s3 or "", max_size=rules.max_message_size)
+        except (MissingObject, TooLarge) as exc:
             return self._reject(received, f"raw_s3: {exc}", env)
         try:
-            signature = await self._sign(raw)
+            ready = prepare(raw, max_size=rules.max_message_size, long_lines=rules.long_lines)
+        except ContentError as exc:
+            return self._reject(received, f"raw: {exc}", env)
+        message = ready.message
+        declare = ready.eight_bit and rules.eight_bit == "declare"
+        if ready.eight_bit and not declare:
+            message = seven_bit(message)
+        try:
+            signature = await self._sign(message)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
+        signed = signature + message
         # The signed copy is what travels; the envelope keeps no second copy (a retry
         # recovers the unsigned body from it, and is signed afresh on its attempt).
-        return _Prepared(env=replace(env, raw=None), message=signature + raw,
+        return _Prepared(env=replace(env, raw=None), message=signed,
                          signature_length=len(signature), inline=env.raw is not None,
-                         queued_at=queued_at)
+                         queued_at=queued_at,
+                         seven_bit=_SevenBit(self._sign, signed, len(signature)) if declare
+                         else None,
+                         original=raw if env.raw is not None and message is not raw else None)
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
         env, message = prepared.env, prepared.message
@@ -177,7 +230,8 @@ class MessageHandler:
             by_domain[domain_of(rcpt)].append(rcpt)
         deliveries = [
             self._transport.deliver(
-                pool=pool, domain=domain, sender=env.sender, recipients=rcpts, message=message
+                pool=pool, domain=domain, sender=env.sender, recipients=rcpts, message=message,
+                seven_bit=prepared.seven_bit,
             )
             for domain, rcpts in by_domain.items()
         ]
@@ -188,7 +242,7 @@ class MessageHandler:
             attempts = [a for batch in await asyncio.gather(*deliveries) for a in batch]
         if prepared.inline and any(not a.reply.positive and not a.reply.permanent
                                    for a in attempts):
-            env = replace(env, raw=message[prepared.signature_length:])
+            env = replace(env, raw=prepared.original or message[prepared.signature_length:])
         return await self._outcomes(received, env, attempts, pool=pool,
                                     queued_at=prepared.queued_at)
 

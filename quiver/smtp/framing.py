@@ -5,13 +5,16 @@ validated it before, so no caller can put CR, LF, NUL, a space or an angle
 bracket into a command line (SMTP command injection); the message body is
 written with CRLF line ends and dot-stuffed (RFC 5321 4.5.2) here and nowhere
 else, so a bare LF or a line holding a single dot can never end the DATA early
-(SMTP smuggling).
+(SMTP smuggling); and `payload_problem` refuses what a receiver would mangle: a
+NUL, a line over 998 octets (folded by some, breaking DKIM), 8-bit bytes not
+declared with BODY=8BITMIME.
 """
 
 from __future__ import annotations
 
 import re
 
+from quiver.content.lines import MAX_LINE, may_have_long_line
 from quiver.message import to_crlf
 
 # Printable ASCII without space and without the path's own brackets. Addresses
@@ -38,15 +41,32 @@ def ehlo(name: str, *, verb: str = "EHLO") -> bytes:
     return f"{verb} {_checked(name, _UNSAFE_NAME, verb)}\r\n".encode("ascii")
 
 
-def mail(sender: str) -> bytes:
-    """The MAIL FROM line; an empty sender is a bounce's null reverse-path (`<>`)."""
-    return f"MAIL FROM:<{_checked(sender, _UNSAFE_ARG, 'sender')}>\r\n".encode("ascii")
+def mail(sender: str, *, eight_bit: bool = False) -> bytes:
+    """The MAIL FROM line; an empty sender is a bounce's null reverse-path (`<>`).
+    `eight_bit` declares 8-bit content (RFC 6152: BODY=8BITMIME)."""
+    body = " BODY=8BITMIME" if eight_bit else ""
+    return f"MAIL FROM:<{_checked(sender, _UNSAFE_ARG, 'sender')}>{body}\r\n".encode("ascii")
 
 
 def rcpt(recipient: str) -> bytes:
     if not recipient:
         raise UnsafeArgument("empty recipient")
     return f"RCPT TO:<{_checked(recipient, _UNSAFE_ARG, 'recipient')}>\r\n".encode("ascii")
+
+
+def payload_problem(message: bytes, *, eight_bit: bool) -> str | None:
+    """Why `message` may not be sent as DATA, or None. Whole-buffer scans: a NUL, an
+    8-bit byte unless `eight_bit` (BODY=8BITMIME) was declared, a line (as CRLF, LF or
+    a lone CR end it) over 998 octets; only a message that may have such a line is
+    normalised to measure its lines exactly."""
+    if b"\0" in message:
+        return "the message has a NUL byte"
+    if not eight_bit and not message.isascii():
+        return "8-bit message content not declared with BODY=8BITMIME"
+    if may_have_long_line(message) and max(
+            map(len, to_crlf(message).split(b"\r\n"))) > MAX_LINE:
+        return f"a line of the message is longer than {MAX_LINE} octets"
+    return None
 
 
 def data_payload(message: bytes) -> bytes:

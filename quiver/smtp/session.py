@@ -26,6 +26,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp import framing
@@ -93,6 +94,15 @@ class _Ahead:
     replies: list[RawReply]
     # The connection failed after answering part of the group (`error.replies`).
     error: WireError | None = None
+    eight_bit: bool = False  # its MAIL said BODY=8BITMIME
+
+
+class _Next(NamedTuple):
+    """The envelope of the message sent next on the connection, if pipelined."""
+
+    sender: str
+    recipients: Sequence[str]
+    eight_bit: bool
 
 
 class _ClosedWhileIdle(Exception):
@@ -108,12 +118,12 @@ def _positive(reply: RawReply) -> bool:
 
 
 def _envelope(
-    sender: str, recipients: Sequence[str]
+    sender: str, recipients: Sequence[str], eight_bit: bool = False
 ) -> tuple[list[bytes], list[str], dict[str, Reply]]:
     """MAIL and the RCPTs that can be sent, those recipients, and a local 553 for each
     recipient refused here (all of them if the sender's address is unsafe)."""
     try:
-        commands = [framing.mail(sender)]
+        commands = [framing.mail(sender, eight_bit=eight_bit)]
     except framing.UnsafeArgument as exc:
         refused = local_reply(553, "5.1.7", f"not sent: {exc}")
         return [], [], {r: refused for r in recipients}
@@ -218,6 +228,11 @@ class SmtpSession:
         return "PIPELINING" in self.extensions
 
     @property
+    def eight_bit_mime(self) -> bool:
+        """The server takes 8-bit message content declared with BODY=8BITMIME (RFC 6152)."""
+        return "8BITMIME" in self.extensions
+
+    @property
     def is_open(self) -> bool:
         return self._wire.usable
 
@@ -270,7 +285,8 @@ class SmtpSession:
 
     async def send(
         self, *, sender: str, recipients: Sequence[str], message: bytes,
-        then: tuple[str, Sequence[str]] | None = None,
+        eight_bit: bool = False,
+        then: tuple[str, Sequence[str]] | None = None, then_eight_bit: bool = False,
     ) -> TransactionResult:
         """One transaction; SessionError('transaction') if the connection is lost in it,
         'reused' or 'closed' if it was found closed before anything was sent.
@@ -278,9 +294,18 @@ class SmtpSession:
         `then` is the (sender, recipients) of the message the caller sends next on
         this connection: its commands may go out behind this body, and the next
         `send` must then be for exactly that envelope.
+
+        `eight_bit` declares BODY=8BITMIME for `message` (the server must offer it);
+        `then_eight_bit` does for the next message. Without it `message` must be 7-bit.
         """
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead.sender, ahead.recipients) != (sender, tuple(recipients)):
+        if (problem := self._unsendable(message, eight_bit)) is not None:
+            if ahead is not None:
+                self._wire.abort()  # its envelope awaits a body that will not come
+            refused = local_reply(554, "5.6.0", f"not sent: {problem}")
+            return TransactionResult({r: refused for r in recipients})
+        if ahead is not None and (ahead.sender, ahead.recipients, ahead.eight_bit) != (
+                sender, tuple(recipients), eight_bit):
             # The server holds another envelope (maybe awaiting its body): unusable.
             self._wire.abort()
             raise SessionError("reused", local_reply(
@@ -304,13 +329,15 @@ class SmtpSession:
             # Framed (every argument safe) and written behind the last body already.
             safe, result = list(recipients), TransactionResult()
         else:
-            commands, safe, refusals = _envelope(sender, recipients)
+            commands, safe, refusals = _envelope(sender, recipients, eight_bit)
             result = TransactionResult(refusals)
         if not safe:
             return result
         try:
             if self.pipelining:
-                sent = await self._pipelined(commands, safe, message, ahead, then)
+                sent = await self._pipelined(
+                    commands, safe, message, ahead,
+                    None if then is None else _Next(then[0], then[1], then_eight_bit))
             else:
                 sent = await self._lockstep(commands, safe, message)
         except _ClosedWhileIdle:
@@ -348,7 +375,7 @@ class SmtpSession:
 
     async def _pipelined(
         self, commands: list[bytes], recipients: Sequence[str], message: bytes,
-        ahead: _Ahead | None, then: tuple[str, Sequence[str]] | None,
+        ahead: _Ahead | None, then: _Next | None,
     ) -> TransactionResult:
         rset = self._needs_rset and ahead is None
         group = [_RSET, *commands, _DATA] if rset else [*commands, _DATA]
@@ -440,7 +467,7 @@ class SmtpSession:
 
     async def _finish(
         self, result: TransactionResult, accepted: list[str], message: bytes,
-        then: tuple[str, Sequence[str]] | None = None,
+        then: _Next | None = None,
     ) -> TransactionResult:
         payload = framing.data_payload(message)
         group = self._next_group(then)
@@ -465,9 +492,9 @@ class SmtpSession:
                         f"no reply to commands pipelined behind the end of data: {exc}")
                 if rest:
                     self._ahead = _Ahead(then[0], tuple(then[1]), [],
-                                         type(exc)(str(exc), rest))
+                                         type(exc)(str(exc), rest), then.eight_bit)
             else:
-                self._ahead = _Ahead(then[0], tuple(then[1]), got[1:])
+                self._ahead = _Ahead(then[0], tuple(then[1]), got[1:], None, then.eight_bit)
             final = got[0]
         # After the reply to the end of data the server has reset the transaction,
         # whatever the reply said.
@@ -481,13 +508,19 @@ class SmtpSession:
         return result
 
     @staticmethod
-    def _next_group(then: tuple[str, Sequence[str]] | None) -> list[bytes] | None:
+    def _next_group(then: _Next | None) -> list[bytes] | None:
         """MAIL, RCPTs and DATA for the next message, or None if it is not pipelined
         behind this body (nothing next, or an argument its own send will refuse)."""
         if then is None:
             return None
         commands, safe, refusals = _envelope(*then)
         return None if refusals or not safe else [*commands, _DATA]
+
+    def _unsendable(self, message: bytes, eight_bit: bool) -> str | None:
+        """Why `message` must not follow DATA on this connection, if it must not."""
+        if eight_bit and not self.eight_bit_mime:
+            return f"8-bit message, and {self.target.mx_name} does not offer 8BITMIME"
+        return framing.payload_problem(message, eight_bit=eight_bit)
 
     async def _empty_data(self) -> None:
         await self._wire.exchange(framing.END_OF_DATA, replies=1, timeout=self._timeout)

@@ -16,12 +16,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from quiver.envelope import EnvelopeError, parse_s3_uri
 from quiver.events import Record, pack_batches
 from quiver.storage.base import (
-    MAX_MESSAGE_BYTES,
     MissingObject,
     Outgoing,
     Queue,
     Received,
     StorageError,
+    TooLarge,
 )
 
 T = TypeVar("T")
@@ -182,7 +182,7 @@ class S3BodyStore:
         await _call(self._client.put_object, Bucket=self.bucket, Key=key, Body=data)
         return f"s3://{self.bucket}/{key}"
 
-    async def get(self, uri: str) -> bytes:
+    async def get(self, uri: str, *, max_size: int) -> bytes:
         try:
             bucket, key = parse_s3_uri(uri)
         except EnvelopeError as exc:
@@ -196,9 +196,10 @@ class S3BodyStore:
             if code in ("NoSuchKey", "NoSuchBucket", "404"):
                 raise MissingObject(f"{uri}: no such object") from None
             raise
-        if response.get("ContentLength", 0) > MAX_MESSAGE_BYTES:
+        size = response.get("ContentLength", 0)
+        if size > max_size:
             response["Body"].close()
-            raise StorageError(f"{uri}: larger than {MAX_MESSAGE_BYTES} bytes")
+            raise TooLarge(uri, size, max_size)
         loop = asyncio.get_running_loop()
         data: bytes = await loop.run_in_executor(aws_executor(), response["Body"].read)
         return data

@@ -8,10 +8,6 @@ from typing import Protocol
 
 from quiver.events import Record
 
-# A message body fetched from S3 larger than this is refused: the biggest
-# providers reject mail above ~35-50 MB, and holding it costs the whole engine.
-MAX_MESSAGE_BYTES = 40 * 1024 * 1024
-
 
 class StorageError(RuntimeError):
     """A storage call that failed after its retries; the caller decides what is safe."""
@@ -19,6 +15,16 @@ class StorageError(RuntimeError):
 
 class MissingObject(StorageError):
     """The object does not exist: retrying will not make it appear."""
+
+
+class TooLarge(StorageError):
+    """The object is larger than the caller accepts (it was not read): retrying will
+    not make it smaller."""
+
+    def __init__(self, uri: str, size: int, limit: int) -> None:
+        self.size = size
+        super().__init__(f"{uri}: message is {size:,} bytes, over the limit of {limit:,} "
+                         "(max_message_size)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +66,9 @@ class EventSink(Protocol):
 
 
 class BodyStore(Protocol):
-    async def get(self, uri: str) -> bytes: ...
+    async def get(self, uri: str, *, max_size: int) -> bytes:
+        """The object's bytes; TooLarge, without reading it, if it has more than `max_size`."""
+        ...
 
     async def put(self, key: str, data: bytes) -> str:
         """Store `data`; return its s3:// URI."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from quiver.envelope import parse_s3_uri
 from quiver.events import Record
-from quiver.storage.base import MissingObject, Outgoing, Received, StorageError
+from quiver.storage.base import MissingObject, Outgoing, Received, StorageError, TooLarge
 
 
 @dataclass
@@ -112,8 +112,11 @@ class MemoryBodyStore:
         self.objects[key] = data
         return f"s3://{self.bucket}/{key}"
 
-    async def get(self, uri: str) -> bytes:
+    async def get(self, uri: str, *, max_size: int) -> bytes:
         bucket, key = parse_s3_uri(uri)
         if bucket != self.bucket or key not in self.objects:
             raise MissingObject(f"{uri}: no such object")
-        return self.objects[key]
+        data = self.objects[key]
+        if len(data) > max_size:
+            raise TooLarge(uri, len(data), max_size)
+        return data

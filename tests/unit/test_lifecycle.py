@@ -7,7 +7,7 @@ import base64
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -45,10 +45,13 @@ class ScriptedTransport:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str], bytes]] = []
+        self.seven_bit: list[Callable[[], Awaitable[bytes]] | None] = []
 
     async def deliver(self, *, pool: str, domain: str, sender: str, recipients: Sequence[str],
-                      message: bytes) -> list[Attempt]:
+                      message: bytes, seven_bit: Callable[[], Awaitable[bytes]] | None = None
+                      ) -> list[Attempt]:
         self.calls.append((domain, list(recipients), message))
+        self.seven_bit.append(seven_bit)
         out = []
         for r in recipients:
             kind = r.split("@")[0].split("-")[0]

@@ -158,3 +158,26 @@ def test_config_check_cli(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "sources.a.ip: expected an IP address" in result.stderr
     assert "pools: define at least one pool" in result.stderr
+
+
+def test_content_section_defaults_and_values() -> None:
+    default = parse_policy(MINIMAL).content
+    assert (default.max_message_size, default.long_lines, default.eight_bit) == (
+        40 * 1024 * 1024, "reencode", "declare")
+    set_ = parse_policy(MINIMAL + '[content]\nmax_message_size = "10MiB"\nlong_lines = "refuse"\n'
+                        'eight_bit = "downgrade"\n').content
+    assert (set_.max_message_size, set_.long_lines, set_.eight_bit) == (
+        10 * 1024 * 1024, "refuse", "downgrade")
+
+
+def test_content_section_problems_are_named() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(MINIMAL + '[content]\nmax_message_size = "1GiB"\nlong_lines = "wrap"\n'
+                     'eight_bit = "yes"\nsize = 1\n')
+    assert info.value.problems == [
+        "content.size: unknown key (allowed: eight_bit, long_lines, max_message_size)",
+        "content.max_message_size: must be between 1KiB and 100MiB (the sender holds a "
+        "message in memory while it is delivered)",
+        "content.long_lines: expected 'reencode' or 'refuse', got 'wrap'",
+        "content.eight_bit: expected 'declare' or 'downgrade', got 'yes'",
+    ]

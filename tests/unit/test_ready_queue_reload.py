@@ -63,7 +63,8 @@ class _Session:
         self.pipeline_next_failed = None
 
     async def send(self, *, sender: str, recipients: list[str], message: bytes,
-                   then: object = None) -> _Result:
+                   eight_bit: bool = False, then: object = None,
+                   then_eight_bit: bool = False) -> _Result:
         if not self.is_open:
             raise SessionError("closed", Reply(421, "4.4.2", "closed before the first MAIL"))
         self.mx.busy += 1

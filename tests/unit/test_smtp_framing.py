@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quiver.message import to_crlf
-from quiver.smtp.framing import UnsafeArgument, data_payload, ehlo, mail, rcpt
+from quiver.smtp.framing import (
+    UnsafeArgument,
+    data_payload,
+    ehlo,
+    mail,
+    payload_problem,
+    rcpt,
+)
 
 
 def envelope(sender: str, recipients: list[str]) -> list[bytes]:
@@ -92,8 +99,9 @@ def test_unterminated_last_line_gets_its_crlf() -> None:
 
 @pytest.mark.parametrize("length", range(990, 1002))
 def test_long_lines_travel_intact(length: int) -> None:
-    # RFC 5321 caps lines at 998 octets, but re-wrapping would break the DKIM body hash:
-    # lines go as they are, and the receiver decides.
+    # Framing never re-wraps (that would break the DKIM body hash): the sender re-encodes
+    # long lines before signing, and the session refuses one that is left
+    # (payload_problem) before it sends DATA.
     line = b"x" * length
     payload = data_payload(b"Subject: x\r\n\r\n" + line + b"\r\n")
     assert unstuff(payload) == b"Subject: x\r\n\r\n" + line + b"\r\n"
@@ -131,3 +139,35 @@ def test_line_ends_are_normalised_as_a_line_by_line_reading_would(message: bytes
     # Already normal: the very same object back (the hot path copies nothing).
     normal = _crlf_reference(message)
     assert to_crlf(normal) is normal or b"\r" not in normal
+
+
+def test_eight_bit_content_is_declared_on_mail_from() -> None:
+    assert mail("a@news.example", eight_bit=True) == b"MAIL FROM:<a@news.example> BODY=8BITMIME\r\n"
+    assert mail("", eight_bit=True) == b"MAIL FROM:<> BODY=8BITMIME\r\n"
+    assert mail("a@news.example") == b"MAIL FROM:<a@news.example>\r\n"
+
+
+@pytest.mark.parametrize(("message", "eight_bit", "problem"), [
+    (b"Subject: x\r\n\r\nok\r\n", False, None),
+    (b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n", True, None),
+    (b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n", False,
+     "8-bit message content not declared with BODY=8BITMIME"),
+    (b"Subject: x\r\n\r\na\0b\r\n", True, "the message has a NUL byte"),
+    (b"x" * 998 + b"\r\n" + b"y" * 998, False, None),
+    (b"x" * 998 + b"\n" + b"y" * 998 + b"\r" + b"z" * 998, False, None),
+    (b"x" * 999 + b"\r\n", False, "a line of the message is longer than 998 octets"),
+    (b"ok\n" + b"x" * 999, False, "a line of the message is longer than 998 octets"),
+    (b"ok\r" + b"x" * 999 + b"\rok", False, "a line of the message is longer than 998 octets"),
+    # One segment between LFs is long, but a lone CR ends a line inside it: 600 and 600.
+    (b"x" * 600 + b"\r" + b"y" * 600 + b"\n", False, None),
+])
+def test_payload_problems_are_found_as_the_receiver_reads_lines(
+        message: bytes, eight_bit: bool, problem: str | None) -> None:
+    assert payload_problem(message, eight_bit=eight_bit) == problem
+
+
+@given(st.lists(st.sampled_from([b"a" * 300, b"b", b"\r", b"\n", b"\r\n"]), max_size=30)
+       .map(b"".join))
+def test_a_long_line_is_found_exactly_whatever_ends_the_lines(message: bytes) -> None:
+    long = max(map(len, _crlf_reference(message).split(b"\r\n")), default=0) > 998
+    assert (payload_problem(message, eight_bit=False) is not None) == long

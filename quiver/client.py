@@ -10,8 +10,9 @@ process, so a bad message is an exception here rather than a `rejected` event
 later; a message over `max_message_size` is refused before anything of it is read
 or uploaded. The client has no policy file: a deployment whose policy changes
 `content.max_message_size` or `content.long_lines` gives its clients the same
-values. Bodies above the spill threshold (default 200 KiB; SQS caps a message
-at 256 KiB) go to the spill bucket and travel as `raw_s3`.
+values. A body whose base64 text would pass the spill threshold (default 200 KiB,
+about 150 KiB of message) goes to the spill bucket and travels as `raw_s3`: SQS
+caps a whole queue message at 256 KiB, and base64 makes a body a third larger.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class QuiverClient:
                 data[key] = value
         if message.meta:
             data["meta"] = message.meta
-        spill = len(message.raw) > self.spill_threshold
+        # Compared as it travels: base64 is 4 characters per 3 bytes, and the rest of
+        # the message (recipients, meta) fits in what the threshold leaves of SQS's 256 KiB.
+        spill = 4 * -(-len(message.raw) // 3) > self.spill_threshold
         if spill:
             # Validate every other field before uploading anything: an invalid
             # message must not leave an orphaned body in the bucket.

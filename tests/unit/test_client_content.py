@@ -174,3 +174,28 @@ def test_cli_checks_against_a_policys_content_rules(tmp_path: Path, deployment_e
     (tmp_path / "big.eml").write_bytes(MESSAGE + b"z\r\n" * 800)
     assert enqueue(*config, str(tmp_path / "big.eml")) == 2
     assert "over the limit of 2,048 (max_message_size)" in capsys.readouterr().err
+
+
+class SizedAws(Aws):
+    """Keeps each queue body so its size can be checked against SQS's cap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[str] = []
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.bodies.append(kwargs["MessageBody"])
+        return super().send_message(**kwargs)
+
+
+@pytest.mark.parametrize("kib", [140, 150, 190, 199, 200])
+def test_a_body_that_would_not_fit_sqs_as_base64_is_spilled(kib: int) -> None:
+    # SQS caps a queue message at 256 KiB, and base64 makes a body a third larger: a
+    # 195 KiB body inline would be a 260 KiB queue message, which SQS refuses.
+    aws = SizedAws()
+    raw = MESSAGE + b"x" * (kib * 1024 - len(MESSAGE))
+    client(aws).enqueue(message(raw))
+    (body,) = aws.bodies
+    assert len(body.encode()) <= 256 * 1024
+    spilled = aws.calls[0].startswith("put_object spill/")
+    assert spilled == (4 * -(-len(raw) // 3) > 200 * 1024)

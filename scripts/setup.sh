@@ -11,6 +11,9 @@ apt_packages=(haproxy dnsmasq-base postfix)
 if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && ! command -v npm >/dev/null 2>&1; then
   apt_packages+=(nodejs npm)
 fi
+# What the tests run besides those: `ip` (iproute2) proves a refused PROXY header could
+# not have leaked off loopback; `unshare` (util-linux) runs `cdk synth` without network.
+apt_packages+=(iproute2 util-linux)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -51,5 +54,24 @@ if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && { [ ! -x node_modules/.bin/cdk ] \
     || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   echo "==> installing the CDK CLI (npm ci, pinned by package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+# Every tool the test suite runs. Where one is missing the tests that need it skip;
+# a run that must prove everything (QUIVER_REQUIRE_ALL=1, as .ci/run sets) stops here.
+missing_tools=()
+for tool in haproxy dnsmasq smtp-sink ip unshare; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing_tools+=("$tool")
+done
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ]; then
+  command -v node >/dev/null 2>&1 || missing_tools+=(node)
+  [ -x node_modules/.bin/cdk ] || missing_tools+=(node_modules/.bin/cdk)
+fi
+if [ ${#missing_tools[@]} -gt 0 ]; then
+  strict=${QUIVER_REQUIRE_ALL:-}  # as tests/suite_mode.py reads it: else CI=true
+  [ -n "$strict" ] || strict=${CI:-0}
+  if [[ "${strict,,}" =~ ^(1|true|yes|on)$ ]]; then
+    echo "!! missing for the tests: ${missing_tools[*]} (QUIVER_REQUIRE_ALL=1: no test may skip)" >&2
+    exit 1
+  fi
+  echo "!! missing for the tests: ${missing_tools[*]}; the tests that need them will skip" >&2
 fi
 echo "==> setup done"

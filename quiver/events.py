@@ -9,11 +9,11 @@ Lambda running twice on it, writes the same S3 keys and never duplicates a recor
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import json
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -163,7 +163,7 @@ def unpack_batch(body: str) -> tuple[str, list[Record]]:
     """(batch_id, records) from an events-queue body; EventBatchError if it is not one."""
     try:
         data = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # nested past the parser's limit
         raise EventBatchError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != BATCH_FORMAT:
         raise EventBatchError(f"not a {BATCH_FORMAT} batch")
@@ -172,13 +172,20 @@ def unpack_batch(body: str) -> tuple[str, list[Record]]:
         raise EventBatchError("batch id or payload missing")
     try:
         text = gzip.decompress(base64.b64decode(payload, validate=True)).decode("utf-8")
-    except (binascii.Error, OSError, EOFError, UnicodeDecodeError) as exc:
+    # ValueError: bad base64 (binascii.Error), non-ASCII text, or bytes not UTF-8;
+    # OSError: not gzip; EOFError: cut short; zlib.error: corrupt deflate data.
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
         raise EventBatchError(f"payload is not base64 gzip'd UTF-8: {exc}") from None
+    # Lines end with "\n" only: str.splitlines() would also split inside a record at
+    # U+2028, U+2029 or U+0085, which JSON written with ensure_ascii=False keeps raw.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise EventBatchError(f"record {n} is not JSON: {exc}") from None
         validate_record(record, where=f"record {n}")
         records.append(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -21,11 +22,18 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '5m', got {value!r}")
     if isinstance(value, int | float):
+        # TOML has nan and inf: every comparison with nan is false, so a nan deadline
+        # would never pass and a nan delay never end.
+        if not math.isfinite(value):
+            raise ValueError(f"duration must be a finite number, got {value!r}")
         if value < 0:
             raise ValueError(f"duration must not be negative, got {value!r}")
         return float(value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+        seconds = float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+        if not math.isfinite(seconds):  # hundreds of digits overflow to inf
+            raise ValueError(f"duration is out of range: {value!r}")
+        return seconds
     raise ValueError(f"expected a duration like '500ms', '25s', '5m', '4h' or '3d', got {value!r}")
 
 
@@ -63,5 +71,7 @@ def parse_rate(value: object) -> Rate:
         count = float(m.group(1))
         if count <= 0:
             raise ValueError(f"rate must be positive, got {value!r}")
+        if not math.isfinite(count):  # hundreds of digits overflow to inf
+            raise ValueError(f"rate is out of range: {value!r}")
         return Rate(count=count, period=_RATE_PERIOD[m.group(2)])
     raise ValueError(f"expected a rate like '300/s', '5000/m' or '20000/h', got {value!r}")

@@ -12,6 +12,14 @@ apt_packages=(haproxy dnsmasq-base postfix)
 if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && ! command -v npm >/dev/null 2>&1; then
   apt_packages+=(nodejs npm)
 fi
+# What the tests run besides those: `ip` (iproute2) proves a refused PROXY header could
+# not have leaked off loopback; `unshare` (util-linux) runs `cdk synth` without network.
+apt_packages+=(iproute2 util-linux)
+# apt-get update runs at most once per setup, and only when something is installed.
+apt_updated=0
+apt_update_once() {
+  if [ "$apt_updated" = 0 ]; then apt-get update -q; apt_updated=1; fi
+}
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -24,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     # configuring a system mailer that would listen on port 25.
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
+    apt_update_once
     apt-get install -y -q --no-install-recommends "${missing[@]}"
   else
     echo "!! missing system packages: ${missing[*]} (run this script as root to install them);" >&2
@@ -64,6 +72,7 @@ if [ "${QUIVER_WITH_INTEROP:-0}" = 1 ]; then
   else
     if [ ! -x "$exim_dir/usr/sbin/exim4" ]; then
       echo "==> fetching Exim for the interop tests (unpacked into $exim_dir)"
+      apt_update_once
       exim_libs=$(apt-cache depends exim4-daemon-light \
         | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}' | sort -u)
       # shellcheck disable=SC2086  # one package name per word
@@ -82,6 +91,7 @@ if [ "${QUIVER_WITH_INTEROP:-0}" = 1 ]; then
         --shell /usr/sbin/nologin Debian-exim
     fi
     if ! command -v npm >/dev/null 2>&1; then
+      apt_update_once
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
     fi
   fi
@@ -92,5 +102,24 @@ if [ "${QUIVER_WITH_INTEROP:-0}" = 1 ]; then
     echo "==> installing Haraka for the interop tests (npm ci, pinned by its package-lock.json)"
     (cd "$haraka_dir" && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
   fi
+fi
+# Every tool the test suite runs. Where one is missing the tests that need it skip;
+# a run that must prove everything (QUIVER_REQUIRE_ALL=1, as .ci/run sets) stops here.
+missing_tools=()
+for tool in haproxy dnsmasq smtp-sink ip unshare; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing_tools+=("$tool")
+done
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ]; then
+  command -v node >/dev/null 2>&1 || missing_tools+=(node)
+  [ -x node_modules/.bin/cdk ] || missing_tools+=(node_modules/.bin/cdk)
+fi
+if [ ${#missing_tools[@]} -gt 0 ]; then
+  strict=${QUIVER_REQUIRE_ALL:-}  # as tests/suite_mode.py reads it: else CI=true
+  [ -n "$strict" ] || strict=${CI:-0}
+  if [[ "${strict,,}" =~ ^(1|true|yes|on)$ ]]; then
+    echo "!! missing for the tests: ${missing_tools[*]} (QUIVER_REQUIRE_ALL=1: no test may skip)" >&2
+    exit 1
+  fi
+  echo "!! missing for the tests: ${missing_tools[*]}; the tests that need them will skip" >&2
 fi
 echo "==> setup done"

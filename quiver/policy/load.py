@@ -132,6 +132,9 @@ def _hostname(value: Any) -> str:
 
 
 def _ip(value: Any) -> str:
+    # ipaddress takes integers too: `ip = 7` would quietly become 0.0.0.7.
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address, got {value!r}")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -159,6 +162,8 @@ def _networks(c: _Checker, t: dict[str, Any], path: str) -> tuple[str, ...]:
 
 
 def _network(value: Any) -> str:
+    if not isinstance(value, str):  # an integer would quietly become a /32
+        raise ValueError(f"expected a network like '127.0.0.0/8', got {value!r}")
     try:
         return str(ipaddress.ip_network(value, strict=False))
     except (ValueError, TypeError):
@@ -178,9 +183,16 @@ def _factor(value: Any) -> float:
 
 
 def _pattern(value: Any) -> str:
+    """A DNS name pattern (domain, MX host): DNS names are case-insensitive."""
+    return _name_pattern(value).lower()
+
+
+def _name_pattern(value: Any) -> str:
+    """A pattern over names the policy defines (sources, providers): their case is kept,
+    as names are matched case-sensitively (a throttle for source "Tx1" is for "Tx1")."""
     if not isinstance(value, str) or not value or not _PATTERN.match(value):
         raise ValueError(f"expected a name or wildcard pattern like '*.google.com', got {value!r}")
-    return value.lower()
+    return value
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -417,14 +429,15 @@ def _throttles(
              "max_messages_per_connection", "max_rate"},
             path,
         )
-        source = c.get(item, "source", path, _pattern, "*")
+        source = c.get(item, "source", path, _name_pattern, "*")
         if "*" not in source and source not in sources:
             c.error(f"{path}.source", f"unknown source {source!r}")
         scopes = [k for k in ("provider", "domain", "mx") if k in item]
         if len(scopes) > 1:
             c.error(path, "name at most one of provider, domain, mx")
         scope = scopes[0] if scopes else "any"
-        pattern = c.get(item, scope, path, _pattern, "*") if scope != "any" else "*"
+        convert = _name_pattern if scope == "provider" else _pattern
+        pattern = c.get(item, scope, path, convert, "*") if scope != "any" else "*"
         if scope == "provider" and pattern not in providers and "*" not in pattern:
             c.error(f"{path}.provider", f"unknown provider {pattern!r}")
         throttle = Throttle(

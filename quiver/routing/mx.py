@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -66,7 +67,10 @@ class MxResolver:
         timeout: float = 10.0,
         providers: ProviderMatcher | None = None,
         routes: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Cache expiry reads this clock (seconds; only differences matter).
+        self._clock = clock
         self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
             self._resolver.nameservers = [ip for ip, _ in nameservers]
@@ -81,7 +85,7 @@ class MxResolver:
     async def route(self, domain: str) -> Route:
         """The route for an A-label domain; raises RouteError. Concurrent calls share work."""
         cached = self._cache.get((domain, "route"))
-        if cached and cached[0] > time.monotonic():
+        if cached and cached[0] > self._clock():
             value = cached[1]
             if isinstance(value, RouteError):
                 raise value
@@ -95,13 +99,13 @@ class MxResolver:
         try:
             route, ttl = await self._resolve(domain)
         except RouteError as exc:
-            self._cache[(domain, "route")] = (time.monotonic() + NEGATIVE_TTL, exc)
+            self._cache[(domain, "route")] = (self._clock() + NEGATIVE_TTL, exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters may be none
             raise
         finally:
             del self._inflight[domain]
-        self._cache[(domain, "route")] = (time.monotonic() + ttl, route)
+        self._cache[(domain, "route")] = (self._clock() + ttl, route)
         future.set_result(route)
         return route
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,31 @@ def build(policy_path: Path, outdir: Path, **kwargs: Any) -> QuiverStacks:
     return add_quiver_stacks(app, policy_path=policy_path, repo_root=ROOT, **kwargs)
 
 
+@dataclass(frozen=True)
+class CliSynth:
+    outdir: Path
+    # Why synth ran with the network reachable (no namespace allowed here), or None.
+    online_because: str | None
+
+
+def without_network() -> tuple[list[str], str | None]:
+    """A command prefix that runs in a network namespace with no usable interface.
+
+    `unshare -n` needs root (or CAP_SYS_ADMIN); `-rn` also maps the user to root in a
+    new user namespace, which unprivileged users may do where the kernel allows it.
+    Returns ([], why) when neither is permitted here.
+    """
+    if not shutil.which("unshare"):
+        return [], "no `unshare` (util-linux) to run synth in a network namespace"
+    errors = []
+    for prefix in (["unshare", "-n"], ["unshare", "-rn"]):
+        probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return prefix, None
+        errors.append(f"{' '.join(prefix)}: {probe.stderr.strip() or probe.returncode}")
+    return [], "no network namespace allowed here (" + "; ".join(errors) + ")"
+
+
 def resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
     """The template's resources of one type, by logical ID."""
     return {k: r for k, r in template["Resources"].items() if r["Type"] == type_}
@@ -40,18 +68,88 @@ def only(template: dict[str, Any], type_: str) -> tuple[str, dict[str, Any]]:
     return logical_id, resource.get("Properties", {})
 
 
-def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every IAM statement in the template, with the logical ID it belongs to."""
-    found: list[tuple[str, dict[str, Any]]] = []
+# A permissions policy is an identity policy (what a role may do: AWS::IAM::Policy, a
+# role's inline Policies) or a resource policy (who may do what to the resource it is
+# attached to: bucket, queue, topic policies; a key's KeyPolicy). A trust policy
+# (AssumeRolePolicyDocument) says who may become a role; trust_statements() reads those.
+TRUST_POLICY = "AssumeRolePolicyDocument"
+# Resource policy types that are resources of their own: the property naming what they
+# govern. A policy embedded in the resource it governs (KeyPolicy...) governs itself.
+GOVERNED_BY = {
+    "AWS::S3::BucketPolicy": "Bucket",
+    "AWS::SQS::QueuePolicy": "Queues",
+    "AWS::SNS::TopicPolicy": "Topics",
+}
+
+
+def policy_documents(template: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(logical ID, property, document) for every policy document in the template.
+
+    Found by walking every resource's properties for an object with a Statement, not
+    by listing resource types, so a new kind of policy is checked from the day it
+    appears instead of silently skipped.
+    """
+    found: list[tuple[str, str, dict[str, Any]]] = []
+
+    def walk(value: Any, where: str, logical_id: str) -> None:
+        if isinstance(value, str) and value.lstrip().startswith("{") and "Statement" in value:
+            try:
+                value = json.loads(value)  # a policy given as JSON text
+            except ValueError:
+                return
+        if isinstance(value, dict):
+            if "Statement" in value:
+                found.append((logical_id, where, value))
+                return
+            for key, inner in value.items():
+                walk(inner, key if not where else f"{where}.{key}", logical_id)
+        elif isinstance(value, list):
+            for i, inner in enumerate(value):
+                walk(inner, f"{where}[{i}]", logical_id)
+
     for logical_id, resource in template["Resources"].items():
-        props = resource.get("Properties", {})
-        documents = []
-        if resource["Type"] == "AWS::IAM::Policy":
-            documents.append(props["PolicyDocument"])
-        if resource["Type"] == "AWS::IAM::Role":
-            documents.extend(p["PolicyDocument"] for p in props.get("Policies", []))
-        for document in documents:
-            found.extend((logical_id, statement) for statement in document["Statement"])
+        walk(resource.get("Properties", {}), "", logical_id)
+    return found
+
+
+def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every permissions statement (identity and resource policies), with its logical ID."""
+    return [(logical_id, statement)
+            for logical_id, where, document in policy_documents(template)
+            if where != TRUST_POLICY
+            for statement in as_list(document["Statement"])]
+
+
+def trust_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every role's trust statements (who may assume it), with the role's logical ID."""
+    return [(logical_id, statement)
+            for logical_id, where, document in policy_documents(template)
+            if where == TRUST_POLICY
+            for statement in as_list(document["Statement"])]
+
+
+@dataclass(frozen=True)
+class ResourcePolicy:
+    logical_id: str
+    type: str
+    governs: tuple[str, ...]  # logical IDs of the resources it is attached to
+    statements: tuple[dict[str, Any], ...]
+
+
+def resource_policies(template: dict[str, Any]) -> list[ResourcePolicy]:
+    """Every policy attached to a resource rather than to a role (any non-IAM type)."""
+    found = []
+    for logical_id, where, document in policy_documents(template):
+        kind = template["Resources"][logical_id]["Type"]
+        if kind.startswith("AWS::IAM::"):
+            continue
+        props = template["Resources"][logical_id].get("Properties", {})
+        if kind in GOVERNED_BY:
+            governs = tuple(ref_target(r) for r in as_list(props[GOVERNED_BY[kind]]))
+        else:
+            governs = (logical_id,)
+        found.append(ResourcePolicy(logical_id, kind, governs,
+                                    tuple(as_list(document["Statement"]))))
     return found
 
 

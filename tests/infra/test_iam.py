@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from infra_helpers import as_list, output_source, ref_target, render, resources, statements
+from infra_helpers import (
+    as_list,
+    output_source,
+    ref_target,
+    render,
+    resource_policies,
+    resources,
+    statements,
+    trust_statements,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -28,13 +37,31 @@ def role_of(service: dict[str, Any], task_attr: str) -> str:
     return ref_target(task["Properties"][task_attr])
 
 
+def wildcard(action: str) -> bool:
+    return action == "*" or action.endswith(":*")
+
+
+def allow_or_deny(statement: dict[str, Any]) -> str:
+    effect = statement["Effect"]
+    assert effect in ("Allow", "Deny"), statement
+    return str(effect)
+
+
 @pytest.mark.parametrize("stack", ["stateful", "service"])
 def test_no_wildcard_actions(stack: str, request: pytest.FixtureRequest) -> None:
+    """An Allow names its actions; only a Deny may be broad (`sqs:*` over plain HTTP)."""
     template = request.getfixturevalue(stack)
-    for logical_id, statement in statements(template):
+    checked = statements(template)
+    assert checked, f"no policy statement in the {stack} stack: nothing would be checked"
+    for logical_id, statement in checked:
+        if allow_or_deny(statement) == "Deny":
+            continue
+        # NotAction, NotResource and NotPrincipal grant everything they do not name.
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & statement.keys(), logical_id
         for action in as_list(statement["Action"]):
-            assert action != "*", logical_id
-            assert not action.endswith(":*"), (logical_id, action)
+            assert not wildcard(action), (logical_id, action)
+    print(f"{stack}: {len(checked)} statements, "
+          f"{sum(s['Effect'] == 'Deny' for _, s in checked)} of them Deny")
 
 
 @pytest.mark.parametrize("stack", ["stateful", "service"])
@@ -42,7 +69,9 @@ def test_star_resources_only_for_actions_without_resource_scoping(
     stack: str, request: pytest.FixtureRequest
 ) -> None:
     template = request.getfixturevalue(stack)
-    for logical_id, statement in statements(template):
+    checked = statements(template)
+    assert checked, f"no policy statement in the {stack} stack: nothing would be checked"
+    for logical_id, statement in checked:
         if "*" in as_list(statement["Resource"]):
             assert set(as_list(statement["Action"])) <= RESOURCELESS, (logical_id, statement)
         for action in as_list(statement["Action"]):
@@ -50,11 +79,60 @@ def test_star_resources_only_for_actions_without_resource_scoping(
                 assert "*" not in as_list(statement["Resource"]), (logical_id, action)
 
 
+def own_resource(rendered: str, governs: tuple[str, ...]) -> bool:
+    """An ARN of a governed resource, or of what is inside it (a bucket's objects)."""
+    return any(rendered == f"${{{target}.Arn}}" or rendered.startswith(f"${{{target}.Arn}}/")
+               for target in governs)
+
+
+def anyone(principal: Any) -> bool:
+    return principal == "*" or (isinstance(principal, dict) and "*" in as_list(
+        principal.get("AWS", [])))
+
+
+def test_resource_policies_speak_only_of_their_own_resource_and_allow_no_one(
+        stateful: dict[str, Any], service: dict[str, Any]) -> None:
+    """Bucket and queue policies (and any other resource policy): every statement is about
+    the resource the policy is attached to, and '*' as principal only ever in a Deny."""
+    policies = resource_policies(stateful) + resource_policies(service)
+    buckets = set(resources(stateful, "AWS::S3::Bucket"))
+    queues = set(resources(stateful, "AWS::SQS::Queue"))
+    # Every bucket and queue has its policy (the TLS-only deny), so each is checked here.
+    assert {g for p in policies if p.type == "AWS::S3::BucketPolicy" for g in p.governs} == buckets
+    assert {g for p in policies if p.type == "AWS::SQS::QueuePolicy" for g in p.governs} == queues
+    for policy in policies:
+        assert policy.statements, policy.logical_id
+        for statement in policy.statements:
+            effect = allow_or_deny(statement)
+            for resource in as_list(statement["Resource"]):
+                assert own_resource(str(render(resource)), policy.governs), (
+                    policy.logical_id, resource)
+            if effect == "Allow":
+                assert not anyone(statement.get("Principal")), (policy.logical_id, statement)
+                assert "NotPrincipal" not in statement, policy.logical_id
+    print(f"{len(policies)} resource policies, "
+          f"{sum(len(p.statements) for p in policies)} statements")
+
+
+def test_roles_trust_only_the_aws_service_that_runs_them(service: dict[str, Any]) -> None:
+    trusted = trust_statements(service)
+    roles = set(resources(service, "AWS::IAM::Role"))
+    assert {logical_id for logical_id, _ in trusted} == roles
+    for logical_id, statement in trusted:
+        assert statement["Effect"] == "Allow", logical_id
+        assert as_list(statement["Action"]) == ["sts:AssumeRole"], logical_id
+        principal = statement["Principal"]
+        assert set(principal) == {"Service"}, (logical_id, principal)
+        assert all(str(s).endswith(".amazonaws.com") for s in as_list(principal["Service"]))
+
+
 def test_only_expected_managed_policies(service: dict[str, Any]) -> None:
-    for logical_id, role in resources(service, "AWS::IAM::Role").items():
-        for arn in role["Properties"].get("ManagedPolicyArns", []):
-            name = str(render(arn)).rsplit("/", 1)[-1]
-            assert name in ALLOWED_MANAGED_POLICIES, (logical_id, name)
+    names = [(logical_id, str(render(arn)).rsplit("/", 1)[-1])
+             for logical_id, role in resources(service, "AWS::IAM::Role").items()
+             for arn in role["Properties"].get("ManagedPolicyArns", [])]
+    assert names, "no managed policy attached anywhere: nothing would be checked"
+    for logical_id, name in names:
+        assert name in ALLOWED_MANAGED_POLICIES, (logical_id, name)
 
 
 def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from suite_mode import require_all
+
 from quiver.client import OutboundMessage, QuiverClient
 from quiver.export import read_object
 from quiver.localstack.export_pump import ExportPump, Tally
@@ -92,7 +94,9 @@ class Running:
 @contextmanager
 def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True,
                   max_receives: int | None = None) -> Iterator[Running]:
-    stack = LocalStack(root, max_age=max_age)
+    # In CI the stack must run the production egress path (HAProxy); a missing haproxy
+    # is an error there, not a silent switch to direct egress.
+    stack = LocalStack(root, max_age=max_age, haproxy=True if require_all() else None)
     if max_receives is not None:
         stack.max_receives = max_receives  # the outbound queue's maxReceiveCount
     stack.start()

@@ -129,12 +129,17 @@ async def test_large_answer_truncates_over_udp_and_resolves_over_tcp() -> None:
 
 
 def test_dnsmasq_falls_back_to_builtin_for_a_zone_it_cannot_carry() -> None:
+    if dnsmasq_binary() is None:
+        # It would fall back all the same, for another reason: nothing proved.
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq-base)")
     zone = make_zone()
     zone.add_txt("comma.test", "a,b")
     server = start_dns(zone, prefer="dnsmasq")
     try:
         assert server.kind == "builtin"
-        assert server.fallback_reason is not None
+        # Because of the comma, not because dnsmasq failed or is missing.
+        reason = server.fallback_reason or ""
+        assert "TXT at comma.test" in reason and "a comma" in reason, reason
         query = dns.message.make_query("comma.test", "TXT")
         reply = dns.query.udp(query, server.address[0], port=server.address[1], timeout=5)
         assert [b"".join(r.strings) for r in reply.answer[0]] == [b"a,b"]

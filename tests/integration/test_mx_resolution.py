@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -81,16 +80,18 @@ async def test_answers_are_cached_by_ttl_and_concurrent_lookups_share_one() -> N
     # The server is gone: the cached answer (TTL 300 s) still routes.
     assert (await r.route("example.test")).hosts[0].addresses == ("198.51.100.25",)
 
+    now = [1000.0]  # the resolver's clock, moved by the test
     short = start_dns(zone(ttl=5), prefer="builtin", port=port)
-    r2 = MxResolver(nameservers=[short.address], timeout=3.0)
+    r2 = MxResolver(nameservers=[short.address], timeout=3.0, clock=lambda: now[0])
     try:
         assert (await r2.route("example.test")).hosts[0].addresses == ("198.51.100.25",)
     finally:
         short.stop()
     changed = start_dns(zone(ip="198.51.100.99", ttl=5), prefer="builtin", port=port)
     try:
+        now[0] += 4.9  # within the 5 s TTL (the resolver's floor): still the cached answer
         assert (await r2.route("example.test")).hosts[0].addresses == ("198.51.100.25",)
-        time.sleep(5.5)  # past the 5 s TTL (the resolver's floor): looked up again
+        now[0] += 0.2  # past it: looked up again
         assert (await r2.route("example.test")).hosts[0].addresses == ("198.51.100.99",)
     finally:
         changed.stop()

@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_smtp_wire import Scripted, deliver_each, scripted_policy, scripted_policy_text
+from test_smtp_wire import Scripted, deliver_each, scripted_policy, scripted_policy_text, until
 
 from quiver.localstack.moto_server import client, start_moto
 from quiver.policy.reload import PolicySource, PolicyWatcher
@@ -25,12 +25,33 @@ def throttle(connections: int) -> str:
 
 
 class Counting:
-    """A line-by-line SMTP responder that counts its open connections and their peak."""
+    """A line-by-line SMTP responder that counts its open connections and their peak.
 
-    def __init__(self) -> None:
+    Each answer to a message waits until `want` connections have been open at once, so
+    a test sees the concurrency it asserts whatever the machine's speed (a client that
+    never opens them fails the test at the hold's deadline, then is served at once).
+    """
+
+    HOLD_DEADLINE = 10.0
+
+    def __init__(self, want: int = 1) -> None:
         self.open = 0
         self.peak = 0
         self.delivered = 0
+        self.want = want
+
+    def expect(self, want: int) -> None:
+        """A new phase: the peak restarts from the connections open now."""
+        self.peak = self.open
+        self.want = want
+
+    async def _hold(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.HOLD_DEADLINE
+        while self.peak < self.want:
+            if asyncio.get_running_loop().time() > deadline:
+                self.want = 0  # not reached: stop holding, the test's assertion says why
+                return
+            await asyncio.sleep(0.005)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                        ) -> None:
@@ -45,7 +66,7 @@ class Counting:
                 elif verb == b"DATA":
                     writer.write(b"354 go\r\n")
                     await reader.readuntil(b"\r\n.\r\n")
-                    await asyncio.sleep(0.03)  # holds the connection busy for a while
+                    await self._hold()
                     self.delivered += 1
                     writer.write(b"250 queued\r\n")
                 elif verb == b"QUIT":
@@ -65,7 +86,7 @@ async def deliver(scheduler: Scheduler, count: int, prefix: str) -> list[int]:
 
 
 async def test_a_lowered_max_connections_closes_the_extra_connections_and_holds() -> None:
-    mx = Counting()
+    mx = Counting(want=3)
     async with Scripted(mx) as server:
         policy = scripted_policy(server, throttle(3))
         scheduler = Scheduler(policy=policy, picker=SourcePicker(policy),
@@ -74,17 +95,13 @@ async def test_a_lowered_max_connections_closes_the_extra_connections_and_holds(
             assert await deliver(scheduler, 24, "before") == [250] * 24
             assert mx.peak == 3 and mx.open == 3  # idle, kept for reuse
             scheduler.apply_policy(scripted_policy(server, throttle(1)))
-            for _ in range(250):  # the idle extra connections QUIT, bounded wait
-                if mx.open <= 1:
-                    break
-                await asyncio.sleep(0.02)
-            assert mx.open <= 1
-            mx.peak = mx.open
+            await until(lambda: mx.open <= 1)  # the idle extra connections QUIT
+            mx.expect(1)
             assert await deliver(scheduler, 12, "after") == [250] * 12
             assert mx.peak == 1
             # Raised again: the queue may open more connections at once.
             scheduler.apply_policy(scripted_policy(server, throttle(4)))
-            mx.peak = mx.open
+            mx.expect(2)
             assert await deliver(scheduler, 24, "again") == [250] * 24
             assert 1 < mx.peak <= 4
         finally:

@@ -14,6 +14,7 @@ from test_smtp_wire import (
     open_session,
     scripted_policy,
     scripted_scheduler,
+    until,
 )
 
 from quiver.scheduler.budget import RateLimiter
@@ -330,7 +331,8 @@ async def test_a_pipelined_job_put_back_during_another_connections_backoff_is_an
         for _ in range(3):
             await server.line(reader)
         j2_sent.set()
-        await asyncio.sleep(0.3)
+        # J1 is answered once B's failure has backed the site off (and drained its queue).
+        await until(lambda: any(q.backing_off() for q in scheduler.queues.values()))
         writer.write(b"250 first queued\r\n")
         await writer.drain()
         writer.transport.abort()

@@ -94,6 +94,14 @@ class Scripted:
         return data
 
 
+async def until(condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Wait for what the event loop will make true; the deadline only catches a hang."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
 async def open_session(server: Scripted, *, timeout: float = 5.0,
                        tls: ssl.SSLContext | None = None) -> SmtpSession:
     return await SmtpSession.open(
@@ -219,7 +227,7 @@ async def test_an_unsolicited_421_while_idle_makes_the_next_send_a_reuse_not_an_
     async with Scripted(script) as server:
         session = await open_session(server)
         assert (await send(session))["u@d.test"][0] == 250
-        await asyncio.sleep(0.4)
+        await until(lambda: not session.is_open)  # the 421 (and the close) arrived
         with pytest.raises(SessionError) as info:
             await send(session)
     assert info.value.stage == "reused"
@@ -274,13 +282,13 @@ async def test_more_replies_than_commands_retires_the_connection() -> None:
     async def script(reader, writer):
         await server.greet(reader, writer)
         await server.accept(reader, writer, final=b"250 queued\r\n250 and again\r\n")
-        await asyncio.sleep(0.5)
+        # The server keeps the connection open: only the client can close it.
+        assert await reader.read() == b""
 
     async with Scripted(script) as server:
         session = await open_session(server)
         assert (await send(session))["u@d.test"] == (250, "queued")
-        await asyncio.sleep(0.05)
-        assert not session.is_open
+        await until(lambda: not session.is_open)
 
 
 async def test_data_injected_after_the_starttls_reply_is_never_read_as_tls() -> None:
@@ -407,7 +415,7 @@ async def test_a_close_before_the_first_transaction_is_the_servers_failure() -> 
 
     async with Scripted(script) as server:
         session = await open_session(server)
-        await asyncio.sleep(0.2)
+        await until(lambda: not session.is_open)  # the server's close arrived
         with pytest.raises(SessionError) as info:
             await send(session)
     # Not 'reused' (nothing was ever sent here) and not 'transaction' (not its attempt).
@@ -435,13 +443,13 @@ async def test_a_reply_followed_by_garbage_in_the_same_read_still_counts() -> No
         await server.greet(reader, writer)
         # A stray empty line right behind the 250: the message was taken all the same.
         await server.accept(reader, writer, final=b"250 2.0.0 queued as ABC\r\n\r\n")
-        await asyncio.sleep(0.3)
+        # The server keeps the connection open: only the client can close it.
+        assert await reader.read() == b""
 
     async with Scripted(script) as server:
         session = await open_session(server)
         assert (await send(session))["u@d.test"] == (250, "queued as ABC")
-        await asyncio.sleep(0.05)
-        assert not session.is_open  # but the connection is not trusted again
+        await until(lambda: not session.is_open)  # but the connection is not trusted again
 
 
 @pytest.mark.parametrize(("replies", "what"), [
@@ -472,15 +480,18 @@ async def test_a_reply_of_the_wrong_class_is_never_taken_for_a_delivery(
 
 
 async def test_a_send_cancelled_mid_exchange_retires_the_connection() -> None:
+    mail_read = asyncio.Event()
+
     async def script(reader, writer):
         await server.greet(reader, writer)
         await server.line(reader)
-        await asyncio.sleep(2)  # never answers
+        mail_read.set()
+        await reader.read()  # never answers
 
     async with Scripted(script) as server:
         session = await open_session(server)
         task = asyncio.create_task(send(session))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(mail_read.wait(), 30)  # the exchange is under way
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

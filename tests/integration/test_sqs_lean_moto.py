@@ -89,6 +89,14 @@ def _quiet(serve: Any) -> Any:
     return wrapper
 
 
+async def until(condition: Any, *, timeout: float = GUARD) -> None:
+    """Wait for what the event loop will make true; the guard only catches a hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
 def _content_length(head: bytes) -> int:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -105,6 +113,7 @@ class KeepAliveFront:
         self.upstream = (host, int(port))
         self.tls = tls
         self.connections = 0
+        self.live = 0  # client connections open now
         self.requests = 0
         self.close_after_answer = False
         self.drop_reused = 0  # drop this many requests that arrive on a used connection
@@ -130,6 +139,7 @@ class KeepAliveFront:
     @_quiet
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.live += 1
         served = 0
         try:
             while True:
@@ -149,6 +159,7 @@ class KeepAliveFront:
                     return
         finally:
             writer.transport.abort()
+            self.live -= 1
 
     async def _forward(self, request: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(*self.upstream)
@@ -247,12 +258,14 @@ async def test_send_receive_change_visibility_delete_round_trip(
         assert queue.client.connections_opened == 1
 
 
-async def test_long_poll_returns_when_a_message_arrives(queue_url: str) -> None:
+async def test_long_poll_returns_when_a_message_arrives(
+    front: KeepAliveFront, queue_url: str,
+) -> None:
     sqs = LeanSqsClient(region=REGION, credentials=CREDS)
-    queue = sqs.queue(queue_url)
+    queue = sqs.queue(front.url(queue_url))
     started = time.monotonic()
     poll = asyncio.create_task(queue.receive(max_messages=10, wait_seconds=20, visibility=30))
-    await asyncio.sleep(0.5)
+    await until(lambda: front.requests == 1)  # the poll is on its way to moto
     assert not poll.done()
     await queue.send([Outgoing(body="wake up")])
     got = await asyncio.wait_for(poll, GUARD)
@@ -322,7 +335,7 @@ async def test_server_closing_between_requests_reconnects(
     # The server closes idle connections after answering (an idle timeout).
     front.close_after_answer = True
     await queue.send([Outgoing(body="two")])
-    await asyncio.sleep(0.1)
+    await until(lambda: front.live == 0)  # the server closed the connection
     await queue.send([Outgoing(body="three")])
     assert front.connections == 2
     front.close_after_answer = False
@@ -356,7 +369,7 @@ async def test_cancelled_call_frees_its_slot_and_drops_its_connection(
     # visibility 0: the abandoned poll still runs in moto and may take the
     # message sent below; it must not hide it.
     waiting = asyncio.create_task(queue.receive(max_messages=1, wait_seconds=3, visibility=0))
-    await asyncio.sleep(0.3)
+    await until(lambda: front.requests == 1)  # the poll is under way
     assert not waiting.done()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -60,15 +60,17 @@ async def test_an_error_reaches_the_awaiting_coroutine() -> None:
 
 async def test_a_cancelled_wait_does_not_break_the_pool() -> None:
     pool = SigningPool(1)
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def slow(data: bytes) -> bytes:
-        gate.wait(5)
+        started.set()
+        gate.wait(30)
         return data
 
     try:
         task = asyncio.create_task(pool.run(slow, b"x"))
-        await asyncio.sleep(0.05)
+        # Cancelled while its operation runs on the worker thread.
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
         task.cancel()
         gate.set()
         with pytest.raises(asyncio.CancelledError):

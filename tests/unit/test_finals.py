@@ -32,7 +32,7 @@ def test_first_batch_wins_and_reruns_keep_their_records(table: FinalsTable) -> N
     assert table.claim("batch1", first) == first
     assert table.claim("batch1", first) == first  # the same batch, re-run: nothing dropped
     again = [rec("delivered", "a@x.test"), rec("deferred", "b@x.test"),
-             rec("expired", "b@x.test"), rec("rejected", None or "", mid="m2")]
+             rec("expired", "b@x.test"), rec("rejected", "", mid="m2")]
     kept = table.claim("batch2", again)
     # a@ already final in batch1: dropped. Deferred records are never claimed.
     assert kept == again[1:]

@@ -13,6 +13,7 @@ import pytest
 
 from quiver.bounce import default_classifier
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
+from quiver.dkim.pool import SigningPool
 from quiver.envelope import decode
 from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
@@ -63,7 +64,8 @@ class ScriptedTransport:
 
 
 class Rig:
-    def __init__(self, signers: SignerSet | None = None) -> None:
+    def __init__(self, signers: SignerSet | None = None, *,
+                 signing: SigningPool | None = None) -> None:
         self.queue = MemoryQueue("outbound")
         self.dlq = MemoryQueue("dlq")
         self.sink = MemoryEventSink()
@@ -72,6 +74,7 @@ class Rig:
         self.completer = Completer(queue=self.queue, dlq=self.dlq, sink=self.sink,
                                    max_delay=0.01)
         self.handler = MessageHandler(
+            signing=signing,
             policy=POLICY, transport=self.transport, signers=signers or SignerSet([]),
             bodies=self.bodies, completer=self.completer, classifier=default_classifier(),
             rng=random.Random(1),
@@ -201,14 +204,12 @@ async def test_message_is_dkim_signed_for_its_from_domain() -> None:
 
 
 async def test_signing_on_the_pool_gives_the_same_signature() -> None:
-    from quiver.dkim.pool import SigningPool
-
     pem = generate_private_key("rsa-sha256")
     signer = DkimSigner.from_pem(domain="example.com", selector="s", algorithm="rsa-sha256",
                                  pem=pem, headers=["from", "to", "subject"])
-    inline, pooled = Rig(SignerSet([signer])), Rig(SignerSet([signer]))
     pool = SigningPool(1)
-    pooled.handler._signing = pool
+    # The pool goes in as the sender's wiring passes it: the constructor's `signing`.
+    inline, pooled = Rig(SignerSet([signer])), Rig(SignerSet([signer]), signing=pool)
     try:
         for rig in (inline, pooled):
             await rig.run_one(body(["ok@a.example"]))

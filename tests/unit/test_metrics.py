@@ -33,8 +33,12 @@ async def test_run_flushes_periodically_and_at_stop() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(metrics.run(stop))
     metrics.count([{"event": "deferred", "pool": "p", "provider": "x"}])
-    await asyncio.sleep(0.2)
-    assert '"deferred"' in out.getvalue()
+    # Flushed by the periodic timer, before any stop: wait for it (generous deadline).
+    deadline = asyncio.get_running_loop().time() + 30
+    while '"deferred"' not in out.getvalue():
+        assert asyncio.get_running_loop().time() < deadline, "never flushed periodically"
+        await asyncio.sleep(0.01)
+    assert not task.done()
     metrics.count([{"event": "expired", "pool": "p", "provider": "x"}])
     stop.set()
     await task

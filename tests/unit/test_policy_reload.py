@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -133,18 +134,23 @@ async def test_an_unreadable_source_keeps_the_policy_and_is_read_again() -> None
     assert (await w.check()) is not None and len(applied) == 1
 
 
+async def until(condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Wait for what the watcher's loop will make true; the deadline only catches a hang."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
+
+
 async def test_the_watcher_polls_until_stopped() -> None:
     source, applied = Source(BASE), []
     w = watcher(source, applied)
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
     source.text = BASE.replace("max_connections = 3", "max_connections = 2")
-    for _ in range(100):
-        if applied:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: bool(applied))
     stop.set()
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, 30)
     assert len(applied) == 1 and source.reads >= 1
 
 
@@ -176,10 +182,7 @@ async def test_a_failing_apply_is_logged_and_tried_again() -> None:
     source.text = BASE.replace("max_connections = 3", "max_connections = 2")
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
-    for _ in range(200):
-        if w.reloads:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: w.reloads > 0)
     stop.set()
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, 30)
     assert len(calls) == 2 and w.reloads == 1  # the watcher kept going, and retried

@@ -6,8 +6,10 @@ import base64
 import gzip
 import io
 import ipaddress
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -353,8 +355,27 @@ def test_ipv6_sources_bind_in_brackets_and_refuse_ipv4_destinations():
     assert "source [2001:db8::11]" in parsed["backend egress_tx1"]
 
 
-def test_rendering_is_deterministic(policy):
-    assert render_haproxy_config(policy, "egress-a") == render_haproxy_config(policy, "egress-a")
+RENDER = (
+    "import sys; from proxy_tier.render import render_haproxy_config; "
+    "from quiver.policy import load_policy; "
+    "sys.stdout.write(render_haproxy_config(load_policy(sys.argv[1]), 'egress-a'))"
+)
+
+
+def test_rendering_is_deterministic_across_processes(policy):
+    """Same policy, same bytes: in other processes with other hash seeds (set and dict
+    order of strings vary with the seed) as in this one, so a node's config never
+    changes without a policy change."""
+    here = render_haproxy_config(policy, "egress-a")
+    for seed in ("1", "2"):
+        other = subprocess.run(
+            [sys.executable, "-c", RENDER, str(POLICY_FILE)], check=True, timeout=60,
+            capture_output=True, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed,
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                             os.environ.get("PYTHONPATH")]))},
+        )
+        assert other.stdout == here
 
 
 # --- user data ---------------------------------------------------------------------------

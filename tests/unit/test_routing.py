@@ -98,7 +98,8 @@ def test_reply_parsing_never_crashes_and_is_bounded(code: int, text: str) -> Non
      "reputation"),
     (550, "5.7.26", "unauthenticated email is not accepted", "block", "authentication"),
     (554, "5.7.1", "policy violation", "block", "policy"),
-    (550, "5.0.0", "something odd", "undetermined", "other"),
+    (550, "5.0.0", "something odd", "block", "policy"),
+    (550, None, "something odd", "undetermined", "other"),
 ])
 def test_bounce_classification(code, enhanced, text, kind, category) -> None:
     c = default_classifier().classify(code=code, enhanced=enhanced, text=text)

@@ -442,16 +442,17 @@ class SmtpSession:
         self, result: TransactionResult, accepted: list[str], message: bytes,
         then: tuple[str, Sequence[str]] | None = None,
     ) -> TransactionResult:
-        payload = framing.data_payload(message)
         group = self._next_group(then)
         if group is None:
-            (final,) = await self._wire.exchange(payload, replies=1, timeout=self._timeout)
+            (final,) = await self._wire.exchange(
+                framing.data_payload(message), replies=1, timeout=self._timeout)
         else:
             assert then is not None
             self.transactions += 1
             try:
                 got = await self._wire.exchange(
-                    [payload, *group], replies=1 + len(group), timeout=self._timeout)
+                    framing.data_payload(message, then=b"".join(group)),
+                    replies=1 + len(group), timeout=self._timeout)
             except WireError as exc:
                 if not exc.replies:
                     raise  # no reply to this end of data: the attempt is this message's

@@ -7,12 +7,12 @@ is the connection's next transaction, and its own send reads what the server
 said to it (or finds the connection gone and queues it again, unattempted).
 
 A connection failure, a 421, or a server that closes a connection before its
-first transaction backs off the whole (source, site) for `backoff` seconds: its
-queued jobs are deferred without counting an attempt against them (the failure
-was not theirs), and new jobs are deferred at once until the backoff ends, so a
-dead destination costs one connect timeout, not one per message. A connection
-lost inside a transaction is that transaction's attempt; the next job opens a
-new connection.
+first transaction backs off the whole (source, site) for `backoff` seconds: the
+job the failed connection was for (the first queued) has its attempt counted,
+the other queued jobs are deferred without one (they were not tried), and new
+jobs are deferred at once until the backoff ends, so a dead destination costs
+one connect timeout, not one per message. A connection lost inside a
+transaction is that transaction's attempt; the next job opens a new connection.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Destination, Limits
 from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
-from quiver.smtp.session import SessionError, SmtpSession
+from quiver.smtp.session import SessionError, SmtpSession, TransactionResult
 
 log = logging.getLogger("quiver.scheduler")
 
@@ -95,8 +95,10 @@ class ReadyQueue:
         pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._proxy_check = proxy_check
+        self._clock = clock
         self.pipeline_next = pipeline_next
         # The server mishandled commands behind the end of data: off for this queue,
         # whatever a policy reload says.
@@ -112,7 +114,8 @@ class ReadyQueue:
         self.jobs: deque[Job] = deque()
         self.active = 0
         self.idle = 0
-        self.backoff_until = 0.0
+        # None: not backing off (no sentinel time, whatever the clock's origin).
+        self.backoff_until: float | None = None
         self.backoff_reply: Reply | None = None
         self._wakeup = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
@@ -160,7 +163,7 @@ class ReadyQueue:
         return self._budget
 
     def backing_off(self) -> bool:
-        return time.monotonic() < self.backoff_until
+        return self.backoff_until is not None and self._clock() < self.backoff_until
 
     def submit(self, job: Job) -> None:
         if self.backing_off():
@@ -269,7 +272,7 @@ class ReadyQueue:
                         slot.closed_streak += 1
                         if slot.closed_streak > 1:
                             slot.closed_streak = 0
-                            self._closed_by_server(exc.reply, here)
+                            self._closed_by_server(exc.reply, here, tried=job)
                         return
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
@@ -278,7 +281,7 @@ class ReadyQueue:
                     self._check_pipelining(session)
                 sent += 1
                 slot.closed_streak = 0
-                closing = self._settle(job, result.replies, here)
+                closing = self._settle(job, result, here)
                 if closing is not None:
                     if then is not None:
                         self.jobs.appendleft(then)  # drained below, unattempted
@@ -328,18 +331,20 @@ class ReadyQueue:
             return None
         return jobs.popleft()
 
-    def _settle(self, job: Job, replies: dict[str, Reply], here: Path) -> Reply | None:
+    def _settle(self, job: Job, result: TransactionResult, here: Path) -> Reply | None:
         """Record a transaction's replies; re-queue 452'd recipients; report a 421."""
         again = []
         closing = None
         for rcpt in job.recipients:
-            reply = replies[rcpt]
+            reply = result.replies[rcpt]
             if reply.code == 452 and job.resubmits < MAX_RESUBMITS:
                 again.append(rcpt)  # too many recipients: the rest go in a new transaction
                 continue
             if reply.code == 421:
                 closing = reply
-            job.done.append(Attempt(rcpt, reply, here, reply.code != 421))
+            # A 421 in its own transaction is the server's answer to it: tried. Only a
+            # recipient refused here, never named to the server, was not.
+            job.done.append(Attempt(rcpt, reply, here, rcpt not in result.unsent))
         if again:
             job.recipients = again
             job.resubmits += 1
@@ -367,13 +372,14 @@ class ReadyQueue:
                     await self._wakeup.wait()
         return None
 
-    def _closed_by_server(self, reply: Reply, here: Path) -> None:
+    def _closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
         self._start_backoff(reply)
-        self._drain(reply, here)
+        self._drain(reply, here, tried=tried)
 
     async def _open_failed(self, exc: SessionError) -> None:
         """Attribute a failed connection to the proxy or to the destination.
 
+        An address the destination guard forbids is neither's: nothing was connected.
         Through a proxy, a refused TCP connect means the proxy is unreachable; a
         connection closed before the banner means the proxy could not reach the
         MX, or the proxy itself is failing: its health endpoint decides which.
@@ -383,6 +389,14 @@ class ReadyQueue:
         template = self._connector.template(self.source, self.route)
         if exc.target is not None:
             template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
+        if exc.stage == "forbidden":
+            # Refused before connecting (the route is screened before a source is
+            # chosen, so only a route that changed under this queue gets here). No
+            # proxy or source is at fault, and no retry can help.
+            for job in self._take_all():
+                self._finish(job, job.done + [Attempt(r, exc.reply, template, False)
+                                              for r in job.recipients])
+            return
         node = self.source.node
         reply = exc.reply
         if node is not None and exc.stage in ("connect", "banner"):
@@ -399,10 +413,9 @@ class ReadyQueue:
                 f"destination {template.mx} closed the connection before its banner "
                 f"(proxy {node} is healthy): {reply.text}",
             )
-        # Only the destination guard's refusal is permanent; a server refusing its
-        # greeting or EHLO may take mail later, or another of its MXes may.
-        self._connection_failed(reply, template,
-                                permanent=exc.stage == "connect" and exc.reply.permanent)
+        # A server refusing its greeting or EHLO may take mail later, or another of
+        # its MXes may: deferred, never bounced.
+        self._connection_failed(reply, template)
 
     def _reroute_all(self, reply: Reply) -> None:
         for job in self._take_all():
@@ -413,34 +426,37 @@ class ReadyQueue:
             elif not job.future.done():
                 job.future.set_exception(Reroute(reply))
 
-    def _connection_failed(self, reply: Reply, template: Path, *, permanent: bool) -> None:
-        if permanent:
-            # Refused before connecting (the destination guard): no retry can help.
-            for job in self._take_all():
-                self._finish(job, job.done + [Attempt(r, reply, template)
-                                              for r in job.recipients])
-            return
+    def _connection_failed(self, reply: Reply, template: Path) -> None:
+        if reply.permanent:
+            # A 5xx greeting or EHLO refuses the connection, not a recipient: the site
+            # may serve later (Postfix's smtp_skip_5xx_greeting), so nothing bounces.
+            reply = local_reply(451, "4.4.2", f"the destination refused the connection: {reply}")
+        # The connection was opened for the first job waiting: its attempt. The others
+        # waited behind it and were not tried.
+        tried = next((j for j in self.jobs if not j.future.done()), None)
         self._start_backoff(reply)
-        self._drain(reply, template)
+        self._drain(reply, template, tried=tried)
 
     def _start_backoff(self, reply: Reply) -> None:
-        self.backoff_until = time.monotonic() + self.backoff
+        self.backoff_until = self._clock() + self.backoff
         self.backoff_reply = local_reply(
             451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
         )
 
-    def _drain(self, reply: Reply, template: Path | None = None) -> None:
+    def _drain(self, reply: Reply, template: Path | None = None, *,
+               tried: Job | None = None) -> None:
         for job in self._take_all():
-            self._finish(job, self._deferrals(job, reply, template))
+            self._finish(job, self._deferrals(job, reply, template, tried=job is tried))
 
     def _take_all(self) -> list[Job]:
         jobs = list(self.jobs)
         self.jobs.clear()
         return jobs
 
-    def _deferrals(self, job: Job, reply: Reply, template: Path | None = None) -> list[Attempt]:
+    def _deferrals(self, job: Job, reply: Reply, template: Path | None = None, *,
+                   tried: bool = False) -> list[Attempt]:
         base = template or self._connector.template(self.source, self.route)
-        return job.done + [Attempt(r, reply, base, False) for r in job.recipients]
+        return job.done + [Attempt(r, reply, base, tried) for r in job.recipients]
 
     @staticmethod
     def _finish(job: Job, attempts: list[Attempt]) -> None:

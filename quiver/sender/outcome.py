@@ -40,8 +40,12 @@ class Attempt:
     rcpt: str
     reply: Reply
     path: Path = NOWHERE
-    # False when the failure was not the recipient's (connection-level): the
-    # attempt is not counted against the message.
+    # True exactly when this recipient was tried at the destination in this attempt:
+    # its own transaction got a reply or was lost mid-way, or a connection opened
+    # for its job failed (connect, banner, greeting, EHLO, TLS). False when it never
+    # was: drained after another connection's failure, submitted while its (source,
+    # site) was backing off, rerouted off a dead proxy, or refused here before any
+    # connection (a forbidden MX address, an argument that cannot go on the wire).
     counts: bool = True
 
     def delivery_fields(self) -> dict[str, Any]:

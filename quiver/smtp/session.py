@@ -1,9 +1,11 @@
 """One SMTP session with a receiving MX, direct or through an HAProxy egress node.
 
 Safety lives here and below (`framing`, `wire`, `connect`) so no caller can skip
-it: the exact IP about to be connected is checked against the destination guard;
-through a proxy the PROXY header is the first thing written; STARTTLS always
-verifies against the MX host name when verification is on, and a failed
+it: the exact IP about to be connected is checked against the destination guard
+(callers skip forbidden addresses before they get here; this check is the last
+line of defence, and its refusal is stage 'forbidden', never a connection's
+failure); through a proxy the PROXY header is the first thing written; STARTTLS
+always verifies against the MX host name when verification is on, and a failed
 handshake never falls back to plaintext on that connection.
 
 A transaction is one write and one wait when the server offers PIPELINING
@@ -26,6 +28,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp import framing
@@ -49,10 +52,17 @@ class Target:
     port: int
 
 
+Stage = Literal[
+    "forbidden", "connect", "banner", "greeting", "ehlo", "tls", "transaction", "reused",
+    "closed",
+]
+
+
 class SessionError(Exception):
     """The connection failed as a whole; `reply` is what the events carry.
 
-    `stage` says where: 'connect' (TCP or proxy), 'banner' (no greeting came),
+    `stage` says where: 'forbidden' (the destination guard refused the address:
+    nothing was connected), 'connect' (TCP or proxy), 'banner' (no greeting came),
     'greeting' (the server refused in its greeting), 'ehlo', 'tls',
     'transaction' (the connection dropped inside a transaction: its attempt),
     'reused' (a connection that had carried transactions was found closed before
@@ -60,7 +70,7 @@ class SessionError(Exception):
     before its first transaction: the server's failure, not the message's).
     """
 
-    def __init__(self, stage: str, reply: Reply, target: Target | None = None) -> None:
+    def __init__(self, stage: Stage, reply: Reply, target: Target | None = None) -> None:
         self.stage = stage
         self.reply = reply
         self.target = target
@@ -79,9 +89,14 @@ class Egress:
 
 @dataclass(slots=True)
 class TransactionResult:
-    """Per-recipient outcome: the RCPT reply if refused there, else the DATA reply."""
+    """Per-recipient outcome: the RCPT reply if refused there, else the DATA reply.
+
+    `unsent` are the recipients refused here, never named to the server (an
+    argument that cannot go on the wire): not tried at the destination.
+    """
 
     replies: dict[str, Reply] = field(default_factory=dict)
+    unsent: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +198,7 @@ class SmtpSession:
     ) -> SmtpSession:
         if (why := guard.reason(target.ip)) is not None:
             raise SessionError(
-                "connect", local_reply(550, "5.4.4", f"refusing to connect to {why}")
-            )
+                "forbidden", local_reply(550, "5.4.4", f"refusing to connect to {why}"), target)
         try:
             sock = await open_socket(
                 ip=target.ip, port=target.port, local_ip=egress.local_ip,
@@ -305,7 +319,7 @@ class SmtpSession:
             safe, result = list(recipients), TransactionResult()
         else:
             commands, safe, refusals = _envelope(sender, recipients)
-            result = TransactionResult(refusals)
+            result = TransactionResult(refusals, frozenset(refusals))
         if not safe:
             return result
         try:

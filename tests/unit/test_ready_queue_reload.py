@@ -34,6 +34,7 @@ def limits(connections: int, rule: int = 0) -> Limits:
 class _Result:
     def __init__(self, recipients: list[str]) -> None:
         self.replies = {r: Reply(250, "2.0.0", "ok") for r in recipients}
+        self.unsent: frozenset[str] = frozenset()
 
 
 class FakeMx:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
+    TLS_MODES,
     Delivery,
     DkimKey,
     Intake,
@@ -25,6 +26,9 @@ from quiver.policy.model import (
     Retry,
     Source,
     Throttle,
+    TlsMode,
+    TlsPolicy,
+    TlsRule,
 )
 from quiver.units import parse_duration, parse_rate, parse_size
 
@@ -46,7 +50,7 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake",
+    "retry", "delivery", "intake", "tls",
 }
 
 
@@ -220,6 +224,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     retry = _retry(c, c.table(data, "retry", ""))
     delivery = _delivery(c, c.table(data, "delivery", ""))
     intake = _intake(c, c.table(data, "intake", ""))
+    tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -235,6 +240,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         delivery=delivery,
         intake=intake,
         warnings=tuple(c.warnings),
+        tls=tls,
     )
 
 
@@ -522,7 +528,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     return Delivery(
         ehlo=c.get(t, "ehlo", "delivery", _hostname, d.ehlo),
         port=port,
-        verify_tls=c.get(t, "verify_tls", "delivery", _boolean, d.verify_tls),
+        verify_tls=c.get(t, "verify_tls", "delivery", _boolean, None),
         tls_ca_file=c.get(t, "tls_ca_file", "delivery", _text, d.tls_ca_file),
         allow_networks=_networks(c, t, "delivery"),
         connect_timeout=c.get(t, "connect_timeout", "delivery", parse_duration, d.connect_timeout),
@@ -532,6 +538,57 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
                               d.signing_threads),
         pipeline_next=c.get(t, "pipeline_next", "delivery", _boolean, d.pipeline_next),
     )
+
+
+def _tls_mode(value: Any) -> TlsMode:
+    for mode in TLS_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"expected one of {', '.join(TLS_MODES)}, got {value!r}")
+
+
+def _tls(
+    c: _Checker, t: dict[str, Any], providers: dict[str, tuple[str, ...]], *,
+    verify_tls: bool | None,
+) -> TlsPolicy:
+    """[tls] default and [[tls.rules]]; `delivery.verify_tls` is the older spelling
+    of the default (true: verify, false: opportunistic)."""
+    c.keys(t, {"default", "rules"}, "tls")
+    default: TlsMode
+    if "default" in t:
+        default = c.get(t, "default", "tls", _tls_mode, "opportunistic")
+        if verify_tls is not None:
+            c.warnings.append("delivery.verify_tls is ignored: tls.default is set")
+    else:
+        default = "verify" if verify_tls else "opportunistic"
+    raw = t.get("rules", [])
+    if not isinstance(raw, list):
+        c.error("tls.rules", "expected an array of tables ([[tls.rules]])")
+        raw = []
+    rules: list[TlsRule] = []
+    for i, item in enumerate(raw):
+        path = f"tls.rules[{i}]"
+        if not isinstance(item, dict):
+            c.error(path, "expected a table")
+            continue
+        c.keys(item, {"provider", "domain", "mx", "mode"}, path)
+        scopes = [k for k in ("provider", "domain", "mx") if k in item]
+        if len(scopes) != 1:
+            c.error(path, "name exactly one of provider, domain, mx")
+            continue
+        scope = scopes[0]
+        pattern = c.get(item, scope, path, _pattern, "*")
+        if scope == "provider" and pattern not in providers and "*" not in pattern:
+            c.error(f"{path}.provider", f"unknown provider {pattern!r}")
+        if "mode" not in item:
+            c.error(f"{path}.mode", f"required: one of {', '.join(TLS_MODES)}")
+        rules.append(TlsRule(
+            scope=scope,  # type: ignore[arg-type]
+            pattern=pattern,
+            mode=c.get(item, "mode", path, _tls_mode, default),
+            index=i,
+        ))
+    return TlsPolicy(default=default, rules=tuple(rules))
 
 
 def _thread_count(value: Any) -> int:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from quiver.policy import Source
+from quiver.policy import Source, TlsMode
 from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
@@ -95,9 +95,12 @@ class ReadyQueue:
         pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
+        tls_mode: TlsMode = "opportunistic",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._proxy_check = proxy_check
+        # The destination's TLS mode (policy `tls`); a reload may change it.
+        self.tls_mode: TlsMode = tls_mode
         self._clock = clock
         self.pipeline_next = pipeline_next
         # The server mishandled commands behind the end of data: off for this queue,
@@ -198,7 +201,8 @@ class ReadyQueue:
             while (self.jobs and not self.backing_off() and not self._closing
                    and not self._over_limit(slot)):
                 try:
-                    session, here = await self._connector.open(self.source, self.route)
+                    session, here = await self._connector.open(
+                        self.source, self.route, tls_mode=self.tls_mode)
                 except SessionError as exc:
                     await self._open_failed(exc)
                     return
@@ -376,6 +380,9 @@ class ReadyQueue:
         self._start_backoff(reply)
         self._drain(reply, here, tried=tried)
 
+    def _template(self) -> Path:
+        return self._connector.template(self.source, self.route, tls_mode=self.tls_mode)
+
     async def _open_failed(self, exc: SessionError) -> None:
         """Attribute a failed connection to the proxy or to the destination.
 
@@ -386,7 +393,7 @@ class ReadyQueue:
         A proxy failure suspends the source and sends the jobs to other sources;
         a destination failure backs off this (source, site).
         """
-        template = self._connector.template(self.source, self.route)
+        template = self._template()
         if exc.target is not None:
             template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
         if exc.stage == "forbidden":
@@ -455,7 +462,7 @@ class ReadyQueue:
 
     def _deferrals(self, job: Job, reply: Reply, template: Path | None = None, *,
                    tried: bool = False) -> list[Attempt]:
-        base = template or self._connector.template(self.source, self.route)
+        base = template or self._template()
         return job.done + [Attempt(r, reply, base, tried) for r in job.recipients]
 
     @staticmethod

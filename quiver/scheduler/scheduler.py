@@ -24,6 +24,7 @@ from quiver.scheduler.connector import Connector
 from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
+from quiver.scheduler.tls import tls_mode_for
 from quiver.sender.outcome import Attempt
 from quiver.smtp.reply import local_reply
 
@@ -48,7 +49,7 @@ class Scheduler:
         self._resolver = resolver
         self._picker = picker
         self._clock = clock
-        self._connector = connector or Connector(policy)
+        self._connector = connector or Connector(policy, clock=clock)
         self._guard = DestinationGuard(policy.delivery.allow_networks)
         self._share = share
         self.budgets = Budgets(clock=clock)
@@ -86,11 +87,13 @@ class Scheduler:
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: every ready queue rebinds to its limits under the new throttles;
-        new retry backoff and pipelining apply from each queue's next decision."""
+        new retry backoff, pipelining and TLS modes apply from each queue's next
+        decision."""
         self._policy = policy
         for queue in self.queues.values():
             queue.backoff = policy.retry.site_backoff
             queue.pipeline_next = policy.delivery.pipeline_next
+            queue.tls_mode = tls_mode_for(policy.tls, queue.destination)
             queue.apply(resolve(policy.throttles, queue.destination), self.budgets)
 
     def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
@@ -110,7 +113,7 @@ class Scheduler:
                 share=self._share, pipeline_next=self._policy.delivery.pipeline_next,
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
-                clock=self._clock,
+                tls_mode=tls_mode_for(self._policy.tls, destination), clock=self._clock,
             )
         else:
             queue.route = route  # the MX set's addresses may have changed (TTL)

@@ -60,27 +60,38 @@ def _source_rank(pattern: str, source: str) -> int:
     return 0 if pattern == "*" else 1
 
 
-def _applies(rule: Throttle, dest: Destination) -> str | None:
-    """The value the rule matched (its budget key), or None if it does not apply."""
-    if not pattern_matches(rule.source, dest.source):
-        return None
-    if rule.scope == "any":
+def scope_applies(scope: str, pattern: str, dest: Destination) -> str | None:
+    """What a rule's scope matched in `dest` (its budget key), or None. Whatever the
+    rule limits: throttles and TLS modes are matched the same way."""
+    if scope == "any":
         return f"site:{dest.site}"
-    if rule.scope == "provider":
-        if dest.provider is not None and pattern_matches(rule.pattern, dest.provider):
+    if scope == "provider":
+        if dest.provider is not None and pattern_matches(pattern, dest.provider):
             return f"provider:{dest.provider}"
         return None
-    if rule.scope == "domain":
-        return f"domain:{dest.domain}" if pattern_matches(rule.pattern, dest.domain) else None
-    if any(pattern_matches(rule.pattern, h) for h in dest.mx_hosts):
+    if scope == "domain":
+        return f"domain:{dest.domain}" if pattern_matches(pattern, dest.domain) else None
+    if any(pattern_matches(pattern, h) for h in dest.mx_hosts):
         return f"site:{dest.site}"
     return None
 
 
+def scope_specificity(scope: str, pattern: str, index: int) -> tuple[int, int, int, int]:
+    """Rules 2-4 above, as a sort key (higher is more specific)."""
+    literal = 0 if "*" in pattern else 1
+    return (_SCOPE_RANK[scope], literal, len(pattern), -index)
+
+
+def _applies(rule: Throttle, dest: Destination) -> str | None:
+    """The value the rule matched (its budget key), or None if it does not apply."""
+    if not pattern_matches(rule.source, dest.source):
+        return None
+    return scope_applies(rule.scope, rule.pattern, dest)
+
+
 def _specificity(rule: Throttle, source: str) -> tuple[int, int, int, int, int]:
-    literal = 0 if "*" in rule.pattern else 1
-    return (_source_rank(rule.source, source), _SCOPE_RANK[rule.scope], literal,
-            len(rule.pattern), -rule.index)
+    return (_source_rank(rule.source, source),
+            *scope_specificity(rule.scope, rule.pattern, rule.index))
 
 
 def resolve(rules: Sequence[Throttle], dest: Destination) -> Limits:

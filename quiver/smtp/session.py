@@ -5,8 +5,9 @@ it: the exact IP about to be connected is checked against the destination guard
 (callers skip forbidden addresses before they get here; this check is the last
 line of defence, and its refusal is stage 'forbidden', never a connection's
 failure); through a proxy the PROXY header is the first thing written; STARTTLS
-always verifies against the MX host name when verification is on, and a failed
-handshake never falls back to plaintext on that connection.
+always verifies against the MX host name when the context verifies, and a failed
+handshake never falls back to plaintext on that connection (a caller whose
+policy allows it opens a new, plaintext one).
 
 A transaction is one write and one wait when the server offers PIPELINING
 (RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
@@ -169,6 +170,9 @@ class SmtpSession:
         self._timeout = command_timeout
         self.target = target
         self.tls_version: str | None = None
+        # Why STARTTLS was not used although offered (the server refused it), when the
+        # caller allowed carrying on in plaintext.
+        self.tls_refused: str | None = None
         self.extensions: frozenset[str] = frozenset()
         self.messages_sent = 0
         # Transactions started on this connection (their first group written).
@@ -195,7 +199,11 @@ class SmtpSession:
         tls_context: ssl.SSLContext | None,
         connect_timeout: float,
         command_timeout: float,
+        require_tls: bool = False,
     ) -> SmtpSession:
+        """A greeted session. With `tls_context`, STARTTLS is used when offered; with
+        `require_tls` too, a server that does not offer it or refuses it fails the
+        connection (stage 'tls') instead of carrying mail in plaintext."""
         if (why := guard.reason(target.ip)) is not None:
             raise SessionError(
                 "forbidden", local_reply(550, "5.4.4", f"refusing to connect to {why}"), target)
@@ -217,7 +225,7 @@ class SmtpSession:
             ) from None
         session = cls(wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
         try:
-            await session._greet(tls_context, connect_timeout)
+            await session._greet(tls_context, connect_timeout, require_tls=require_tls)
             if not wire.usable:
                 # Greeted, then closed (a 421 right behind the EHLO reply): a connection
                 # failure, so the site backs off instead of reconnecting at once.
@@ -235,7 +243,8 @@ class SmtpSession:
     def is_open(self) -> bool:
         return self._wire.usable
 
-    async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float) -> None:
+    async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float, *,
+                     require_tls: bool) -> None:
         try:
             (banner,) = await self._wire.exchange(None, replies=1, timeout=connect_timeout)
         except WireError as exc:
@@ -245,14 +254,26 @@ class SmtpSession:
             # The destination itself answered (unlike 'banner': nothing came).
             raise SessionError("greeting", self._refusal(banner, "the greeting"))
         await self._hello()
-        if tls_context is None or "STARTTLS" not in self.extensions:
+        if tls_context is None:
+            return
+        if "STARTTLS" not in self.extensions:
+            if require_tls:
+                raise SessionError("tls", local_reply(
+                    421, "4.7.4", f"{self.target.mx_name} does not offer STARTTLS; "
+                    "the TLS policy for this destination requires it"))
             return
         try:
             (answer,) = await self._wire.exchange(_STARTTLS, replies=1, timeout=self._timeout)
             if answer[0] != 220:
-                raise SessionError("tls", local_reply(
+                refused = local_reply(
                     421, "4.7.5", f"STARTTLS with {self.target.mx_name}: refused: "
-                    f"{answer[0]} {answer[1]}"))
+                    f"{answer[0]} {answer[1]}")
+                if require_tls or not 400 <= answer[0] < 600 or not self._wire.usable:
+                    raise SessionError("tls", refused)
+                # Opportunistic: the session is still in plaintext and in step (the
+                # server answered with a refusal), so the mail goes on without TLS.
+                self.tls_refused = refused.text
+                return
             # The handshake belongs to setting up the connection: the connect timeout.
             self.tls_version = await self._wire.start_tls(
                 tls_context, server_hostname=self.target.mx_name, timeout=connect_timeout)

@@ -48,15 +48,16 @@ class FakeMx:
         self.opened = self.open = self.closed = self.delivered = 0
         self.busy = self.peak_busy = self.peak_open = 0
 
-    async def open_session(self, source: Source, route: Route) -> tuple[_Session, Path]:
+    async def open_session(self, source: Source, route: Route,
+                           tls_mode: str = "opportunistic") -> tuple[_Session, Path]:
         await asyncio.sleep(0.001)
         self.opened += 1
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
         return _Session(self, closed=self.opened <= self.closed_unused), Path(source=source.name)
 
-    def template(self, source: Source, route: Route) -> Path:
-        return Path(source=source.name)
+    def template(self, source: Source, route: Route, tls_mode: str | None = None) -> Path:
+        return Path(source=source.name, tls_mode=tls_mode)
 
 
 class _Session:

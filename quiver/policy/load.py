@@ -410,7 +410,7 @@ def _throttles(
         c.keys(
             item,
             {"source", "provider", "domain", "mx", "max_connections",
-             "max_messages_per_connection", "max_rate"},
+             "max_messages_per_connection", "max_rate", "max_mx_connections"},
             path,
         )
         source = c.get(item, "source", path, _pattern, "*")
@@ -433,10 +433,15 @@ def _throttles(
             ),
             max_rate=c.get(item, "max_rate", path, parse_rate, None),
             index=i,
+            max_mx_connections=c.get(item, "max_mx_connections", path, _positive_int, None),
         )
         if (throttle.max_connections, throttle.max_messages_per_connection,
-                throttle.max_rate) == (None, None, None):
-            c.error(path, "sets no limit (max_connections, max_messages_per_connection, max_rate)")
+                throttle.max_rate, throttle.max_mx_connections) == (None, None, None, None):
+            c.error(path, "sets no limit (max_connections, max_messages_per_connection, "
+                          "max_rate, max_mx_connections)")
+        if throttle.max_mx_connections is not None and source != "*":
+            c.error(f"{path}.max_mx_connections",
+                    'counts the connections of every source: only in a rule with source = "*"')
         out.append(throttle)
     return tuple(out)
 

@@ -88,6 +88,9 @@ class Throttle:
     max_messages_per_connection: int | None = None
     max_rate: Rate | None = None
     index: int = 0
+    # Connections to one MX site from every source of this task together (scaled by
+    # the task's cluster share); only in rules whose source is "*".
+    max_mx_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,12 @@ from collections.abc import Callable
 
 
 class ConnectionBudget:
-    """At most `limit` open connections; waiters are woken in order on release."""
+    """At most `limit` open connections; waiters are woken in order on release.
+
+    A server that says it has too many connections lowers the budget below its
+    limit for a while (`lower`): the connections it took keep working, no new one
+    opens past them until `until`.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -26,6 +31,13 @@ class ConnectionBudget:
         # Connections counted in `open` that decided to close (a lowered limit).
         self.retiring = 0
         self._waiters: list[Callable[[], None]] = []
+        self._lowered: tuple[int, float] | None = None  # (ceiling, until)
+        # Called when someone starts waiting: holders' idle connections look again
+        # whether to make room (a site's budget, shared by queues of several sources).
+        self.nudges: set[Callable[[], None]] = set()
+
+    def has_room(self, effective_limit: int) -> bool:
+        return self.open < effective_limit
 
     def try_acquire(self, effective_limit: int) -> bool:
         if self.open >= effective_limit:
@@ -34,10 +46,33 @@ class ConnectionBudget:
         self.peak = max(self.peak, self.open)
         return True
 
+    def lower(self, ceiling: int, *, until: float) -> None:
+        """At most `ceiling` (at least 1) open connections until `until`."""
+        ceiling = max(1, ceiling)
+        if self._lowered is not None:
+            ceiling = min(ceiling, self._lowered[0])
+        self._lowered = (ceiling, until)
+
+    def ceiling(self, effective_limit: int, now: float) -> int:
+        """`effective_limit`, or lower while a `lower` holds."""
+        lowered = self._lowered
+        if lowered is None:
+            return effective_limit
+        if now >= lowered[1]:
+            self._lowered = None
+            return effective_limit
+        return min(effective_limit, lowered[0])
+
+    def others_waiting(self, me: Callable[[], None]) -> bool:
+        """Someone other than `me` waits for a slot."""
+        return any(w != me for w in self._waiters)
+
     def wait(self, callback: Callable[[], None]) -> None:
         """Call `callback` once a slot is released (the caller retries try_acquire)."""
         if callback not in self._waiters:
             self._waiters.append(callback)
+            for nudge in list(self.nudges):
+                nudge()
 
     def release(self) -> None:
         self.open -= 1

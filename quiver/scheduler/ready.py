@@ -13,6 +13,14 @@ the other queued jobs are deferred without one (they were not tried), and new
 jobs are deferred at once until the backoff ends, so a dead destination costs
 one connect timeout, not one per message. A connection lost inside a
 transaction is that transaction's attempt; the next job opens a new connection.
+
+Connections to one site from every source of the task share a second budget,
+the site's `max_mx_connections`. A server that refuses a new connection at its
+greeting with a 421 saying it has too many connections lowers that budget, for
+CROWDED_HOLD, to the connections the task still has there: the queued jobs wait
+for those (idle ones close early to make room) instead of being deferred, and
+nothing backs off. With no other connection there, the 421 is a connection
+failure like any other.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -44,6 +53,16 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_MAX_MESSAGES_PER_CONNECTION = 100
 # A 452 "too many recipients" re-sends the rest in a new transaction this often.
 MAX_RESUBMITS = 10
+# A site without max_mx_connections still has a budget, so that a "too many
+# connections" refusal can lower it; until then it never binds.
+UNCAPPED = 1_000_000
+# How long a site that refused a connection for having too many stays at the
+# connections it had then: Exim's and Postfix's limits are static, so a shorter
+# hold only means more refused connections.
+CROWDED_HOLD = 300.0
+# Greeting texts of servers at their connection limit: Exim "Too many concurrent
+# SMTP connections", Postfix "Error: too many connections from ...", and others.
+TOO_MANY_CONNECTIONS = re.compile(r"too many (?:[\w-]+ ){0,3}connections", re.IGNORECASE)
 
 
 class Reroute(Exception):
@@ -65,13 +84,14 @@ class Job:
 
 
 class _Slot:
-    """One connection's place in a budget; moved, not re-acquired, when a reload
-    rebinds the queue to another budget."""
+    """One connection's place in its source's budget and in its site's; moved, not
+    re-acquired, when a reload rebinds the queue to other budgets."""
 
-    __slots__ = ("budget", "closed_streak", "retiring")
+    __slots__ = ("budget", "closed_streak", "retiring", "site")
 
-    def __init__(self, budget: ConnectionBudget) -> None:
+    def __init__(self, budget: ConnectionBudget, site: ConnectionBudget) -> None:
         self.budget = budget
+        self.site = site
         self.retiring = False
         # This worker's new connections in a row closed before their first
         # transaction. Per worker: when a proxy dies, every connection it carried that
@@ -125,24 +145,30 @@ class ReadyQueue:
         self._closing = False
         self._slots: set[_Slot] = set()
         self._bind(limits, budgets)
+        # Another queue waiting for this site wakes this one's idle connections.
+        self._site_budget.nudges.add(self._wakeup.set)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
         """Policy reload: rebind to the new limits. This queue's open connections move
         to the new budget if the matching rule changed (so they count there, and the
         limit is not doubled); idle ones re-check their limit, queued jobs get the
         connections a higher one allows."""
-        old = self._budget
+        old, old_site = self._budget, self._site_budget
         self._bind(limits, budgets)
-        new = self._budget
-        if new is not old:
-            for slot in self._slots:
-                old.open -= 1
-                new.open += 1
-                if slot.retiring:
-                    old.retiring -= 1
-                    new.retiring += 1
+        new, new_site = self._budget, self._site_budget
+        for slot in self._slots:
+            if new is not old:
+                _move(slot, old, new)
                 slot.budget = new
+            if new_site is not old_site:
+                _move(slot, old_site, new_site)
+                slot.site = new_site
+        if new is not old:
             old.wake()
+        if new_site is not old_site:
+            old_site.nudges.discard(self._wakeup.set)
+            new_site.nudges.add(self._wakeup.set)
+            old_site.wake()
         self._wakeup.set()
         self._maybe_start()
 
@@ -160,10 +186,21 @@ class ReadyQueue:
             budgets.rate(rate.key, rate.value.per_second)
             if rate is not None and not isinstance(rate.value, int) else None
         )
+        cap = limits.max_mx_connections
+        if cap is not None and isinstance(cap.value, int):
+            self._site_limit = cap.value
+            site_key = cap.key
+        else:
+            self._site_limit, site_key = UNCAPPED, ("*", "uncapped", f"site:{self.route.site}")
+        self._site_budget: ConnectionBudget = budgets.connections(site_key, self._site_limit)
 
     @property
     def budget(self) -> ConnectionBudget:
         return self._budget
+
+    @property
+    def site_budget(self) -> ConnectionBudget:
+        return self._site_budget
 
     def backing_off(self) -> bool:
         return self.backoff_until is not None and self._clock() < self.backoff_until
@@ -181,16 +218,25 @@ class ReadyQueue:
         # Never below one connection per task: a queue must be able to make progress.
         return max(1, int(self._budget.limit * self._share()))
 
+    def _site_limit_now(self) -> int:
+        """The site's cap for this task (its share), lower while the site is crowded."""
+        share = max(1, int(self._site_budget.limit * self._share()))
+        return self._site_budget.ceiling(share, self._clock())
+
     def _maybe_start(self) -> None:
         if self._closing or self.backing_off():
             return
         while len(self.jobs) > self.idle:
-            if not self._budget.try_acquire(self._effective_limit()):
-                self._budget.wait(self._maybe_start)
-                return
+            for budget, limit in ((self._budget, self._effective_limit()),
+                                  (self._site_budget, self._site_limit_now())):
+                if not budget.has_room(limit):
+                    budget.wait(self._maybe_start)
+                    return
+            self._budget.try_acquire(self._effective_limit())
+            self._site_budget.try_acquire(self._site_limit_now())
             self.active += 1
             self.idle += 1  # counts as ready for a job until it is serving one
-            slot = _Slot(self._budget)
+            slot = _Slot(self._budget, self._site_budget)
             self._slots.add(slot)
             task = asyncio.create_task(self._worker(slot), name=f"conn {self.source.name}")
             self._workers.add(task)
@@ -198,17 +244,20 @@ class ReadyQueue:
 
     async def _worker(self, slot: _Slot) -> None:
         try:
+            served = False
             while (self.jobs and not self.backing_off() and not self._closing
-                   and not self._over_limit(slot)):
+                   and not self._over_limit(slot)
+                   and not (served and self._site_wanted(slot))):
                 try:
                     session, here = await self._connector.open(
                         self.source, self.route, tls_mode=self.tls_mode)
                 except SessionError as exc:
-                    await self._open_failed(exc)
+                    await self._open_failed(exc, slot)
                     return
                 try:
                     await self._serve(session, here, slot)
                 finally:
+                    served = True
                     await session.close()
         finally:
             self.active -= 1
@@ -220,7 +269,9 @@ class ReadyQueue:
             self._slots.discard(slot)
             if slot.retiring:
                 slot.budget.retiring -= 1
+                slot.site.retiring -= 1
             slot.budget.release()
+            slot.site.release()
             if self.jobs and not self._closing:
                 if self.backing_off():
                     # Put back after another connection's failure drained the queue (a
@@ -303,15 +354,25 @@ class ReadyQueue:
             log.warning("%s → %s: pipelining behind the end of data off: %s",
                         self.source.name, self.route.site, session.pipeline_next_failed)
 
+    def _site_wanted(self, slot: _Slot) -> bool:
+        """Another queue waits for a connection to this site (its cap is reached): a
+        connection that has served its turn gives its place up rather than reconnect
+        or idle. (Not before it served: two queues would hand a place back and forth
+        without ever connecting.)"""
+        return slot.site.others_waiting(self._maybe_start)
+
     def _over_limit(self, slot: _Slot) -> bool:
-        """This connection is one too many (counting out those already closing); if so
-        it is marked closing, so the next one to ask is not closed as well."""
+        """This connection is one too many for its source's budget or its site's
+        (counting out those already closing); if so it is marked closing, so the next
+        one to ask is not closed as well."""
         if slot.retiring:
             return True
-        budget = slot.budget
-        if budget.open - budget.retiring > self._effective_limit():
+        budget, site = slot.budget, slot.site
+        if (budget.open - budget.retiring > self._effective_limit()
+                or site.open - site.retiring > self._site_limit_now()):
             slot.retiring = True
             budget.retiring += 1
+            site.retiring += 1
             return True
         return False
 
@@ -366,6 +427,8 @@ class ReadyQueue:
                 job = self.jobs.popleft()
                 if not job.future.done():  # cancelled by a stopping sender: skip it
                     return job
+            if self._site_wanted(slot):
+                return None  # idle, and another queue waits for a connection to the site
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -383,7 +446,7 @@ class ReadyQueue:
     def _template(self) -> Path:
         return self._connector.template(self.source, self.route, tls_mode=self.tls_mode)
 
-    async def _open_failed(self, exc: SessionError) -> None:
+    async def _open_failed(self, exc: SessionError, slot: _Slot) -> None:
         """Attribute a failed connection to the proxy or to the destination.
 
         An address the destination guard forbids is neither's: nothing was connected.
@@ -391,7 +454,8 @@ class ReadyQueue:
         connection closed before the banner means the proxy could not reach the
         MX, or the proxy itself is failing: its health endpoint decides which.
         A proxy failure suspends the source and sends the jobs to other sources;
-        a destination failure backs off this (source, site).
+        a destination failure backs off this (source, site), unless it only said it
+        has too many connections while this task holds others there.
         """
         template = self._template()
         if exc.target is not None:
@@ -403,6 +467,8 @@ class ReadyQueue:
             for job in self._take_all():
                 self._finish(job, job.done + [Attempt(r, exc.reply, template, False)
                                               for r in job.recipients])
+            return
+        if exc.stage == "greeting" and self._crowded(exc.reply, slot):
             return
         node = self.source.node
         reply = exc.reply
@@ -423,6 +489,20 @@ class ReadyQueue:
         # A server refusing its greeting or EHLO may take mail later, or another of
         # its MXes may: deferred, never bounced.
         self._connection_failed(reply, template)
+
+    def _crowded(self, reply: Reply, slot: _Slot) -> bool:
+        """A 421 "too many connections" while this task holds other connections to the
+        site: lower the site's budget to those, for CROWDED_HOLD, and let the queued
+        jobs wait for them (no backoff, no deferral: none of them was tried)."""
+        if reply.code != 421 or not TOO_MANY_CONNECTIONS.search(reply.text):
+            return False
+        others = slot.site.open - 1  # this connection still holds its slot
+        if others < 1:
+            return False
+        slot.site.lower(others, until=self._clock() + CROWDED_HOLD)
+        log.info("%s → %s: %s; at most %d connections there for %.0f s", self.source.name,
+                 self.route.site, reply, self._site_limit_now(), CROWDED_HOLD)
+        return True
 
     def _reroute_all(self, reply: Reply) -> None:
         for job in self._take_all():
@@ -477,3 +557,12 @@ class ReadyQueue:
             # Past the drain deadline already: QUIT politely, but briefly (the task's
             # stop timeout leaves 5 s after the deadline for all of the shutdown).
             await asyncio.wait(set(self._workers), timeout=2.0)
+
+
+def _move(slot: _Slot, old: ConnectionBudget, new: ConnectionBudget) -> None:
+    """Count a connection in `new` instead of `old` (a reload changed the matching rule)."""
+    old.open -= 1
+    new.open += 1
+    if slot.retiring:
+        old.retiring -= 1
+        new.retiring += 1

@@ -11,12 +11,15 @@ class Progress:
         self.label = label
         self.total = max(1, total)
         self._tty = sys.stderr.isatty()
-        self._last = 0.0
+        # None: nothing shown yet (a 0.0 here would be "shown at boot" and hold back the
+        # first line for the first seconds of a freshly booted machine).
+        self._last: float | None = None
         self._start = time.monotonic()
 
     def update(self, done: int, extra: str = "", *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < (0.2 if self._tty else 3.0):
+        if (not force and self._last is not None
+                and now - self._last < (0.2 if self._tty else 3.0)):
             return
         self._last = now
         width = 30

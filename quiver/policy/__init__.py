@@ -13,9 +13,13 @@ from quiver.policy.model import (
     Retry,
     Source,
     Throttle,
+    TlsMode,
+    TlsPolicy,
+    TlsRule,
 )
 
 __all__ = [
     "Content", "Delivery", "DkimKey", "Intake", "Policy", "PolicyError", "Pool", "ProxyNode",
-    "ProxyTier", "Retry", "Source", "Throttle", "build_policy", "load_policy", "parse_policy",
+    "ProxyTier", "Retry", "Source", "Throttle", "TlsMode", "TlsPolicy", "TlsRule",
+    "build_policy", "load_policy", "parse_policy",
 ]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
+    TLS_MODES,
     Content,
     Delivery,
     DkimKey,
@@ -26,6 +27,9 @@ from quiver.policy.model import (
     Retry,
     Source,
     Throttle,
+    TlsMode,
+    TlsPolicy,
+    TlsRule,
 )
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
@@ -48,7 +52,7 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake", "content",
+    "retry", "delivery", "intake", "content", "tls",
     "local_only",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
@@ -238,6 +242,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     retry = _retry(c, c.table(data, "retry", ""))
     delivery = _delivery(c, c.table(data, "delivery", ""))
     intake = _intake(c, c.table(data, "intake", ""))
+    tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
     content = _content(c, c.table(data, "content", ""))
     local_only = _local_only(c, data)
 
@@ -256,6 +261,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         intake=intake,
         content=content,
         warnings=tuple(c.warnings),
+        tls=tls,
         local_only=local_only,
     )
 
@@ -426,7 +432,7 @@ def _throttles(
         c.keys(
             item,
             {"source", "provider", "domain", "mx", "max_connections",
-             "max_messages_per_connection", "max_rate"},
+             "max_messages_per_connection", "max_rate", "max_mx_connections"},
             path,
         )
         source = c.get(item, "source", path, _name_pattern, "*")
@@ -450,10 +456,15 @@ def _throttles(
             ),
             max_rate=c.get(item, "max_rate", path, parse_rate, None),
             index=i,
+            max_mx_connections=c.get(item, "max_mx_connections", path, _positive_int, None),
         )
         if (throttle.max_connections, throttle.max_messages_per_connection,
-                throttle.max_rate) == (None, None, None):
-            c.error(path, "sets no limit (max_connections, max_messages_per_connection, max_rate)")
+                throttle.max_rate, throttle.max_mx_connections) == (None, None, None, None):
+            c.error(path, "sets no limit (max_connections, max_messages_per_connection, "
+                          "max_rate, max_mx_connections)")
+        if throttle.max_mx_connections is not None and source != "*":
+            c.error(f"{path}.max_mx_connections",
+                    'counts the connections of every source: only in a rule with source = "*"')
         out.append(throttle)
     return tuple(out)
 
@@ -545,7 +556,7 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     return Delivery(
         ehlo=c.get(t, "ehlo", "delivery", _hostname, d.ehlo),
         port=port,
-        verify_tls=c.get(t, "verify_tls", "delivery", _boolean, d.verify_tls),
+        verify_tls=c.get(t, "verify_tls", "delivery", _boolean, None),
         tls_ca_file=c.get(t, "tls_ca_file", "delivery", _text, d.tls_ca_file),
         allow_networks=_networks(c, t, "delivery"),
         connect_timeout=c.get(t, "connect_timeout", "delivery", parse_duration, d.connect_timeout),
@@ -555,6 +566,57 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
                               d.signing_threads),
         pipeline_next=c.get(t, "pipeline_next", "delivery", _boolean, d.pipeline_next),
     )
+
+
+def _tls_mode(value: Any) -> TlsMode:
+    for mode in TLS_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"expected one of {', '.join(TLS_MODES)}, got {value!r}")
+
+
+def _tls(
+    c: _Checker, t: dict[str, Any], providers: dict[str, tuple[str, ...]], *,
+    verify_tls: bool | None,
+) -> TlsPolicy:
+    """[tls] default and [[tls.rules]]; `delivery.verify_tls` is the older spelling
+    of the default (true: verify, false: opportunistic)."""
+    c.keys(t, {"default", "rules"}, "tls")
+    default: TlsMode
+    if "default" in t:
+        default = c.get(t, "default", "tls", _tls_mode, "opportunistic")
+        if verify_tls is not None:
+            c.warnings.append("delivery.verify_tls is ignored: tls.default is set")
+    else:
+        default = "verify" if verify_tls else "opportunistic"
+    raw = t.get("rules", [])
+    if not isinstance(raw, list):
+        c.error("tls.rules", "expected an array of tables ([[tls.rules]])")
+        raw = []
+    rules: list[TlsRule] = []
+    for i, item in enumerate(raw):
+        path = f"tls.rules[{i}]"
+        if not isinstance(item, dict):
+            c.error(path, "expected a table")
+            continue
+        c.keys(item, {"provider", "domain", "mx", "mode"}, path)
+        scopes = [k for k in ("provider", "domain", "mx") if k in item]
+        if len(scopes) != 1:
+            c.error(path, "name exactly one of provider, domain, mx")
+            continue
+        scope = scopes[0]
+        pattern = c.get(item, scope, path, _pattern, "*")
+        if scope == "provider" and pattern not in providers and "*" not in pattern:
+            c.error(f"{path}.provider", f"unknown provider {pattern!r}")
+        if "mode" not in item:
+            c.error(f"{path}.mode", f"required: one of {', '.join(TLS_MODES)}")
+        rules.append(TlsRule(
+            scope=scope,  # type: ignore[arg-type]
+            pattern=pattern,
+            mode=c.get(item, "mode", path, _tls_mode, default),
+            index=i,
+        ))
+    return TlsPolicy(default=default, rules=tuple(rules))
 
 
 def _thread_count(value: Any) -> int:

@@ -11,6 +11,8 @@ from quiver.units import Rate
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
 ThrottleScope = Literal["provider", "domain", "mx", "any"]
 EightBit = Literal["declare", "downgrade"]
+TlsMode = Literal["opportunistic", "required", "verify"]
+TLS_MODES: tuple[TlsMode, ...] = ("opportunistic", "required", "verify")
 
 # SQS keeps a message at most 14 days; a retry horizon beyond that would lose mail.
 SQS_MAX_RETENTION_S = 14 * 86400.0
@@ -88,6 +90,9 @@ class Throttle:
     max_messages_per_connection: int | None = None
     max_rate: Rate | None = None
     index: int = 0
+    # Connections to one MX site from every source of this task together (scaled by
+    # the task's cluster share); only in rules whose source is "*".
+    max_mx_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +117,11 @@ class Delivery:
     ehlo: str = "localhost"
     # SMTP port of receiving MXes. 25 in production; test rigs point it elsewhere.
     port: int = 25
-    # With verification on, a certificate that does not match the MX name defers
-    # the message (never a silent plaintext fallback); off means opportunistic TLS.
-    verify_tls: bool = True
-    # Extra CA bundle for verification (local stacks and private test MXes).
+    # The older spelling of `tls.default` (true: "verify", false: "opportunistic"),
+    # as written; None when the file does not set it. `tls.default` wins if both are set.
+    verify_tls: bool | None = None
+    # CA bundle for "verify" connections (local stacks and private test MXes); the
+    # system's CAs when unset.
     tls_ca_file: str | None = None
     # Networks a resolved MX address may be in although they are private/loopback.
     # Empty in production: connecting to 10.x or 169.254.169.254 would let a hostile
@@ -133,6 +139,34 @@ class Delivery:
     # current body (RFC 2920 3.1): one round trip per message instead of two. Off is
     # for receivers that mishandle commands arriving right behind the end of data.
     pipeline_next: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRule:
+    """The TLS mode for destinations matching `scope`/`pattern` (precedence as throttles:
+    mx beats domain beats provider; a literal pattern beats a wildcard, longer beats
+    shorter; earlier in the file wins)."""
+
+    scope: Literal["provider", "domain", "mx"]
+    pattern: str
+    mode: TlsMode
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """STARTTLS per destination.
+
+    "opportunistic" (as Postfix's `may`): STARTTLS when offered, certificate not
+    verified; after a failed handshake the same attempt reconnects in plaintext and
+    that MX is sent plaintext for a while. Anyone on the path can strip it, so it
+    protects against passive reading only. "required": encrypted or not sent, the
+    certificate not verified. "verify": encrypted and the certificate must match
+    the MX host name (and chain to `delivery.tls_ca_file` or the system's CAs).
+    """
+
+    default: TlsMode = "opportunistic"
+    rules: tuple[TlsRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +217,7 @@ class Policy:
     intake: Intake = field(default_factory=Intake)
     content: Content = field(default_factory=Content)
     warnings: tuple[str, ...] = ()
+    tls: TlsPolicy = field(default_factory=TlsPolicy)
     # A policy for a stack on one machine (`quiver local`, test rigs): only such a
     # policy may list private, loopback or metadata ranges in `delivery.allow_networks`
     # or `proxy.allow_networks`, and the CDK app refuses to deploy it. It is a top-level

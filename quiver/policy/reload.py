@@ -1,9 +1,10 @@
 """Policy changes while mail is in flight: poll the policy's source, apply what can change live.
 
-Live: `throttles`, `retry` and `delivery.pipeline_next`. Ready queues rebind to
-their new limits (open connections above a lowered `max_connections` finish their
+Live: `throttles`, `retry`, `tls` and `delivery.pipeline_next`. Ready queues rebind
+to their new limits (open connections above a lowered `max_connections` finish their
 current message and close as they go idle; a new `max_rate` paces the next send),
-and new retry rules apply to every outcome from then on. Everything else (sources,
+new TLS modes apply to each queue's next connection, and new retry rules apply to
+every outcome from then on. Everything else (sources,
 pools, DKIM keys, intake, the rest of `delivery`, providers, the proxy tier)
 shapes objects built at start, so a change there is reported as needing a
 restart and not applied; a rolling deploy does that without losing mail.
@@ -28,9 +29,10 @@ from quiver.policy.model import Policy
 log = logging.getLogger("quiver.policy")
 
 DEFAULT_INTERVAL = 30.0
-_LIVE = frozenset({"throttles", "retry"})
-# What throttle rules are matched against: while these differ, throttles wait too.
+_LIVE = frozenset({"throttles", "retry", "tls"})
+# What throttle and TLS rules are matched against: while these differ, they wait too.
 _MATCHED = ("sources", "providers")
+_RULES = frozenset({"throttles", "tls"})
 _IGNORED = frozenset({"warnings"})
 
 
@@ -69,12 +71,12 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
                 applied.append("delivery.pipeline_next")
             if replace(current.delivery, pipeline_next=new.delivery.pipeline_next) != new.delivery:
                 restart.append("delivery")
-        elif name in _LIVE and not (name == "throttles" and matched_changed):
+        elif name in _LIVE and not (name in _RULES and matched_changed):
             applied.append(name)
         else:
             restart.append(name)
     merged = replace(
-        current, retry=new.retry,
+        current, retry=new.retry, tls=new.tls if "tls" in applied else current.tls,
         throttles=new.throttles if "throttles" in applied else current.throttles,
         delivery=replace(current.delivery, pipeline_next=new.delivery.pipeline_next),
     )

@@ -57,6 +57,9 @@ class Route:
     # The set of MX host names: domains that share MXes share a site (and connections).
     site: str
     provider: str | None
+    # Addresses left out because the destination guard forbids them, each as
+    # "host why" (see routing.safety.screen): reported if the others fail too.
+    forbidden: tuple[str, ...] = ()
 
 
 class MxResolver:

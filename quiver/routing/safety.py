@@ -4,13 +4,21 @@ metadata addresses unless the policy allows that network explicitly.
 The check runs on the exact IP about to be connected, after MX resolution: a
 hostile domain can publish `MX 10 internal.example` resolving to 10.0.0.5 or
 169.254.169.254, and the sender must not become a way into the VPC.
+
+It runs first on the resolved route, before an egress source is chosen (`screen`):
+forbidden addresses are dropped there, so they cost no connection try and no
+proxy or source is ever blamed for them, and a domain with nothing else is
+refused at once. The session checks the exact IP again before connecting.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import lru_cache
+
+from quiver.routing.mx import Route, RouteError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,6 +48,14 @@ _FORBIDDEN: tuple[tuple[IPNetwork, str], ...] = tuple(
 
 class UnsafeDestination(ValueError):
     pass
+
+
+class ForbiddenRoute(RouteError):
+    """Every address of every MX of the domain is forbidden: a permanent refusal made
+    here, before any connection (so no recipient was tried at the destination)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(permanent=True, enhanced="5.4.4", text=text)
 
 
 class DestinationGuard:
@@ -100,3 +116,26 @@ def forbidden_overlaps(network: str | IPNetwork) -> list[tuple[IPNetwork, str]]:
         for forbidden, why in _FORBIDDEN
         if any(c.version == forbidden.version and c.overlaps(forbidden) for c in candidates)
     ]
+
+
+def screen(route: Route, guard: DestinationGuard) -> Route:
+    """`route` without the addresses `guard` forbids (MX hosts left with none dropped,
+    each one left out named in `forbidden`); ForbiddenRoute if nothing is left."""
+    if all(guard.reason(ip) is None for host in route.hosts for ip in host.addresses):
+        return route  # the common case: no copy
+    hosts = []
+    forbidden = list(route.forbidden)
+    for host in route.hosts:
+        allowed = []
+        for ip in host.addresses:
+            why = guard.reason(ip)
+            if why is None:
+                allowed.append(ip)
+            else:
+                forbidden.append(f"{host.name} {why}")
+        if allowed:
+            hosts.append(replace(host, addresses=tuple(allowed)))
+    if not hosts:
+        raise ForbiddenRoute(
+            f"refusing to connect to any MX of {route.domain}: {'; '.join(forbidden)}")
+    return replace(route, hosts=tuple(hosts), forbidden=tuple(forbidden))

@@ -3,6 +3,10 @@
 A budget is shared by every ready queue whose traffic the same throttle rule
 matches (see throttle.py). `share` scales every limit to this task's part of a
 cluster-wide limit (1/live tasks; see membership.py).
+
+Times come from an injected clock and are only ever compared with other readings
+of it: nothing depends on where the clock starts (time.monotonic() starts near 0
+at boot on Linux).
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from collections.abc import Callable
 
 
 class ConnectionBudget:
-    """At most `limit` open connections; waiters are woken in order on release."""
+    """At most `limit` open connections; waiters are woken in order on release.
+
+    A server that says it has too many connections lowers the budget below its
+    limit for a while (`lower`): the connections it took keep working, no new one
+    opens past them until `until`.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -22,6 +31,13 @@ class ConnectionBudget:
         # Connections counted in `open` that decided to close (a lowered limit).
         self.retiring = 0
         self._waiters: list[Callable[[], None]] = []
+        self._lowered: tuple[int, float] | None = None  # (ceiling, until)
+        # Called when someone starts waiting: holders' idle connections look again
+        # whether to make room (a site's budget, shared by queues of several sources).
+        self.nudges: set[Callable[[], None]] = set()
+
+    def has_room(self, effective_limit: int) -> bool:
+        return self.open < effective_limit
 
     def try_acquire(self, effective_limit: int) -> bool:
         if self.open >= effective_limit:
@@ -30,10 +46,33 @@ class ConnectionBudget:
         self.peak = max(self.peak, self.open)
         return True
 
+    def lower(self, ceiling: int, *, until: float) -> None:
+        """At most `ceiling` (at least 1) open connections until `until`."""
+        ceiling = max(1, ceiling)
+        if self._lowered is not None:
+            ceiling = min(ceiling, self._lowered[0])
+        self._lowered = (ceiling, until)
+
+    def ceiling(self, effective_limit: int, now: float) -> int:
+        """`effective_limit`, or lower while a `lower` holds."""
+        lowered = self._lowered
+        if lowered is None:
+            return effective_limit
+        if now >= lowered[1]:
+            self._lowered = None
+            return effective_limit
+        return min(effective_limit, lowered[0])
+
+    def others_waiting(self, me: Callable[[], None]) -> bool:
+        """Someone other than `me` waits for a slot."""
+        return any(w != me for w in self._waiters)
+
     def wait(self, callback: Callable[[], None]) -> None:
         """Call `callback` once a slot is released (the caller retries try_acquire)."""
         if callback not in self._waiters:
             self._waiters.append(callback)
+            for nudge in list(self.nudges):
+                nudge()
 
     def release(self) -> None:
         self.open -= 1
@@ -50,37 +89,45 @@ class RateLimiter:
 
     Pacing rather than bursting is what receiving MXes reward. A send that wakes
     late may catch up by at most one interval, so timer lateness does not lower
-    the rate, and no window of T seconds carries more than rate*T + 1 sends.
+    the rate, and no window of T seconds carries more than rate*T + 1 sends. A new
+    limiter is rested, as one idle for long: its first two sends may go at once.
     """
 
-    def __init__(self, per_second: float) -> None:
+    def __init__(self, per_second: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_second = per_second
-        self._next = 0.0
+        self._clock = clock
+        # When the next send is due; None until the first (rested, whatever the clock's
+        # origin: a 0.0 here would be "due at boot").
+        self._next: float | None = None
 
     def repace(self, per_second: float) -> None:
         """A new rate (policy reload): a higher one is not held to the old interval."""
-        if per_second > self.per_second:
-            self._next = min(self._next, time.monotonic())
+        if per_second > self.per_second and self._next is not None:
+            self._next = min(self._next, self._clock())
         self.per_second = per_second
 
     async def acquire(self, share: float = 1.0) -> None:
         while True:
             if self.try_acquire(share):
                 return
-            await asyncio.sleep(max(0.0, self._next - time.monotonic()))
+            assert self._next is not None
+            await asyncio.sleep(max(0.0, self._next - self._clock()))
 
     def try_acquire(self, share: float = 1.0) -> bool:
         """Take a send now if the pace allows one; never waits."""
         interval = 1.0 / max(1e-9, self.per_second * share)
-        now = time.monotonic()
-        if now < self._next:
+        now = self._clock()
+        due = now - interval if self._next is None else self._next
+        if now < due:
             return False
-        self._next = max(self._next, now - interval) + interval
+        self._next = max(due, now - interval) + interval
         return True
 
 
 class Budgets:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._connections: dict[tuple[str, ...], ConnectionBudget] = {}
         self._rates: dict[tuple[str, ...], RateLimiter] = {}
 
@@ -94,6 +141,6 @@ class Budgets:
     def rate(self, key: tuple[str, ...], per_second: float) -> RateLimiter:
         limiter = self._rates.get(key)
         if limiter is None:
-            limiter = self._rates[key] = RateLimiter(per_second)
+            limiter = self._rates[key] = RateLimiter(per_second, clock=self.clock)
         limiter.repace(per_second)  # a policy reload may change it
         return limiter

@@ -7,12 +7,20 @@ is the connection's next transaction, and its own send reads what the server
 said to it (or finds the connection gone and queues it again, unattempted).
 
 A connection failure, a 421, or a server that closes a connection before its
-first transaction backs off the whole (source, site) for `backoff` seconds: its
-queued jobs are deferred without counting an attempt against them (the failure
-was not theirs), and new jobs are deferred at once until the backoff ends, so a
-dead destination costs one connect timeout, not one per message. A connection
-lost inside a transaction is that transaction's attempt; the next job opens a
-new connection.
+first transaction backs off the whole (source, site) for `backoff` seconds: the
+job the failed connection was for (the first queued) has its attempt counted,
+the other queued jobs are deferred without one (they were not tried), and new
+jobs are deferred at once until the backoff ends, so a dead destination costs
+one connect timeout, not one per message. A connection lost inside a
+transaction is that transaction's attempt; the next job opens a new connection.
+
+Connections to one site from every source of the task share a second budget,
+the site's `max_mx_connections`. A server that refuses a new connection at its
+greeting with a 421 saying it has too many connections lowers that budget, for
+CROWDED_HOLD, to the connections the task still has there: the queued jobs wait
+for those (idle ones close early to make room) instead of being deferred, and
+nothing backs off. With no other connection there, the 421 is a connection
+failure like any other.
 """
 
 from __future__ import annotations
@@ -20,19 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from quiver.policy import Source
+from quiver.policy import Source, TlsMode
 from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Destination, Limits
 from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
-from quiver.smtp.session import SessionError, SmtpSession
+from quiver.smtp.session import SessionError, SmtpSession, TransactionResult
 
 log = logging.getLogger("quiver.scheduler")
 
@@ -44,6 +53,16 @@ DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_MAX_MESSAGES_PER_CONNECTION = 100
 # A 452 "too many recipients" re-sends the rest in a new transaction this often.
 MAX_RESUBMITS = 10
+# A site without max_mx_connections still has a budget, so that a "too many
+# connections" refusal can lower it; until then it never binds.
+UNCAPPED = 1_000_000
+# How long a site that refused a connection for having too many stays at the
+# connections it had then: Exim's and Postfix's limits are static, so a shorter
+# hold only means more refused connections.
+CROWDED_HOLD = 300.0
+# Greeting texts of servers at their connection limit: Exim "Too many concurrent
+# SMTP connections", Postfix "Error: too many connections from ...", and others.
+TOO_MANY_CONNECTIONS = re.compile(r"too many (?:[\w-]+ ){0,3}connections", re.IGNORECASE)
 
 
 class Reroute(Exception):
@@ -67,13 +86,14 @@ class Job:
 
 
 class _Slot:
-    """One connection's place in a budget; moved, not re-acquired, when a reload
-    rebinds the queue to another budget."""
+    """One connection's place in its source's budget and in its site's; moved, not
+    re-acquired, when a reload rebinds the queue to other budgets."""
 
-    __slots__ = ("budget", "closed_streak", "retiring")
+    __slots__ = ("budget", "closed_streak", "retiring", "site")
 
-    def __init__(self, budget: ConnectionBudget) -> None:
+    def __init__(self, budget: ConnectionBudget, site: ConnectionBudget) -> None:
         self.budget = budget
+        self.site = site
         self.retiring = False
         # This worker's new connections in a row closed before their first
         # transaction. Per worker: when a proxy dies, every connection it carried that
@@ -97,8 +117,13 @@ class ReadyQueue:
         pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
+        tls_mode: TlsMode = "opportunistic",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._proxy_check = proxy_check
+        # The destination's TLS mode (policy `tls`); a reload may change it.
+        self.tls_mode: TlsMode = tls_mode
+        self._clock = clock
         self.pipeline_next = pipeline_next
         # The server mishandled commands behind the end of data: off for this queue,
         # whatever a policy reload says.
@@ -114,31 +139,38 @@ class ReadyQueue:
         self.jobs: deque[Job] = deque()
         self.active = 0
         self.idle = 0
-        self.backoff_until = 0.0
+        # None: not backing off (no sentinel time, whatever the clock's origin).
+        self.backoff_until: float | None = None
         self.backoff_reply: Reply | None = None
         self._wakeup = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._slots: set[_Slot] = set()
         self._bind(limits, budgets)
+        # Another queue waiting for this site wakes this one's idle connections.
+        self._site_budget.nudges.add(self._wakeup.set)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
         """Policy reload: rebind to the new limits. This queue's open connections move
         to the new budget if the matching rule changed (so they count there, and the
         limit is not doubled); idle ones re-check their limit, queued jobs get the
         connections a higher one allows."""
-        old = self._budget
+        old, old_site = self._budget, self._site_budget
         self._bind(limits, budgets)
-        new = self._budget
-        if new is not old:
-            for slot in self._slots:
-                old.open -= 1
-                new.open += 1
-                if slot.retiring:
-                    old.retiring -= 1
-                    new.retiring += 1
+        new, new_site = self._budget, self._site_budget
+        for slot in self._slots:
+            if new is not old:
+                _move(slot, old, new)
                 slot.budget = new
+            if new_site is not old_site:
+                _move(slot, old_site, new_site)
+                slot.site = new_site
+        if new is not old:
             old.wake()
+        if new_site is not old_site:
+            old_site.nudges.discard(self._wakeup.set)
+            new_site.nudges.add(self._wakeup.set)
+            old_site.wake()
         self._wakeup.set()
         self._maybe_start()
 
@@ -156,13 +188,24 @@ class ReadyQueue:
             budgets.rate(rate.key, rate.value.per_second)
             if rate is not None and not isinstance(rate.value, int) else None
         )
+        cap = limits.max_mx_connections
+        if cap is not None and isinstance(cap.value, int):
+            self._site_limit = cap.value
+            site_key = cap.key
+        else:
+            self._site_limit, site_key = UNCAPPED, ("*", "uncapped", f"site:{self.route.site}")
+        self._site_budget: ConnectionBudget = budgets.connections(site_key, self._site_limit)
 
     @property
     def budget(self) -> ConnectionBudget:
         return self._budget
 
+    @property
+    def site_budget(self) -> ConnectionBudget:
+        return self._site_budget
+
     def backing_off(self) -> bool:
-        return time.monotonic() < self.backoff_until
+        return self.backoff_until is not None and self._clock() < self.backoff_until
 
     def submit(self, job: Job) -> None:
         if self.backing_off():
@@ -177,16 +220,25 @@ class ReadyQueue:
         # Never below one connection per task: a queue must be able to make progress.
         return max(1, int(self._budget.limit * self._share()))
 
+    def _site_limit_now(self) -> int:
+        """The site's cap for this task (its share), lower while the site is crowded."""
+        share = max(1, int(self._site_budget.limit * self._share()))
+        return self._site_budget.ceiling(share, self._clock())
+
     def _maybe_start(self) -> None:
         if self._closing or self.backing_off():
             return
         while len(self.jobs) > self.idle:
-            if not self._budget.try_acquire(self._effective_limit()):
-                self._budget.wait(self._maybe_start)
-                return
+            for budget, limit in ((self._budget, self._effective_limit()),
+                                  (self._site_budget, self._site_limit_now())):
+                if not budget.has_room(limit):
+                    budget.wait(self._maybe_start)
+                    return
+            self._budget.try_acquire(self._effective_limit())
+            self._site_budget.try_acquire(self._site_limit_now())
             self.active += 1
             self.idle += 1  # counts as ready for a job until it is serving one
-            slot = _Slot(self._budget)
+            slot = _Slot(self._budget, self._site_budget)
             self._slots.add(slot)
             task = asyncio.create_task(self._worker(slot), name=f"conn {self.source.name}")
             self._workers.add(task)
@@ -194,16 +246,20 @@ class ReadyQueue:
 
     async def _worker(self, slot: _Slot) -> None:
         try:
+            served = False
             while (self.jobs and not self.backing_off() and not self._closing
-                   and not self._over_limit(slot)):
+                   and not self._over_limit(slot)
+                   and not (served and self._site_wanted(slot))):
                 try:
-                    session, here = await self._connector.open(self.source, self.route)
+                    session, here = await self._connector.open(
+                        self.source, self.route, tls_mode=self.tls_mode)
                 except SessionError as exc:
-                    await self._open_failed(exc)
+                    await self._open_failed(exc, slot)
                     return
                 try:
                     await self._serve(session, here, slot)
                 finally:
+                    served = True
                     await session.close()
         finally:
             self.active -= 1
@@ -215,7 +271,9 @@ class ReadyQueue:
             self._slots.discard(slot)
             if slot.retiring:
                 slot.budget.retiring -= 1
+                slot.site.retiring -= 1
             slot.budget.release()
+            slot.site.release()
             if self.jobs and not self._closing:
                 if self.backing_off():
                     # Put back after another connection's failure drained the queue (a
@@ -281,7 +339,7 @@ class ReadyQueue:
                         slot.closed_streak += 1
                         if slot.closed_streak > 1:
                             slot.closed_streak = 0
-                            self._closed_by_server(exc.reply, here)
+                            self._closed_by_server(exc.reply, here, tried=job)
                         return
                     # Lost inside this job's transaction: the attempt counts for it.
                     self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
@@ -290,7 +348,7 @@ class ReadyQueue:
                     self._check_pipelining(session)
                 sent += 1
                 slot.closed_streak = 0
-                closing = self._settle(job, result.replies, here)
+                closing = self._settle(job, result, here)
                 if closing is not None:
                     if then is not None:
                         self.jobs.appendleft(then)  # drained below, unattempted
@@ -325,15 +383,25 @@ class ReadyQueue:
             log.warning("%s → %s: pipelining behind the end of data off: %s",
                         self.source.name, self.route.site, session.pipeline_next_failed)
 
+    def _site_wanted(self, slot: _Slot) -> bool:
+        """Another queue waits for a connection to this site (its cap is reached): a
+        connection that has served its turn gives its place up rather than reconnect
+        or idle. (Not before it served: two queues would hand a place back and forth
+        without ever connecting.)"""
+        return slot.site.others_waiting(self._maybe_start)
+
     def _over_limit(self, slot: _Slot) -> bool:
-        """This connection is one too many (counting out those already closing); if so
-        it is marked closing, so the next one to ask is not closed as well."""
+        """This connection is one too many for its source's budget or its site's
+        (counting out those already closing); if so it is marked closing, so the next
+        one to ask is not closed as well."""
         if slot.retiring:
             return True
-        budget = slot.budget
-        if budget.open - budget.retiring > self._effective_limit():
+        budget, site = slot.budget, slot.site
+        if (budget.open - budget.retiring > self._effective_limit()
+                or site.open - site.retiring > self._site_limit_now()):
             slot.retiring = True
             budget.retiring += 1
+            site.retiring += 1
             return True
         return False
 
@@ -357,18 +425,20 @@ class ReadyQueue:
             return None
         return jobs.popleft()
 
-    def _settle(self, job: Job, replies: dict[str, Reply], here: Path) -> Reply | None:
+    def _settle(self, job: Job, result: TransactionResult, here: Path) -> Reply | None:
         """Record a transaction's replies; re-queue 452'd recipients; report a 421."""
         again = []
         closing = None
         for rcpt in job.recipients:
-            reply = replies[rcpt]
+            reply = result.replies[rcpt]
             if reply.code == 452 and job.resubmits < MAX_RESUBMITS:
                 again.append(rcpt)  # too many recipients: the rest go in a new transaction
                 continue
             if reply.code == 421:
                 closing = reply
-            job.done.append(Attempt(rcpt, reply, here, reply.code != 421))
+            # A 421 in its own transaction is the server's answer to it: tried. Only a
+            # recipient refused here, never named to the server, was not.
+            job.done.append(Attempt(rcpt, reply, here, rcpt not in result.unsent))
         if again:
             job.recipients = again
             job.resubmits += 1
@@ -386,6 +456,8 @@ class ReadyQueue:
                 job = self.jobs.popleft()
                 if not job.future.done():  # cancelled by a stopping sender: skip it
                     return job
+            if self._site_wanted(slot):
+                return None  # idle, and another queue waits for a connection to the site
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -396,22 +468,37 @@ class ReadyQueue:
                     await self._wakeup.wait()
         return None
 
-    def _closed_by_server(self, reply: Reply, here: Path) -> None:
+    def _closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
         self._start_backoff(reply)
-        self._drain(reply, here)
+        self._drain(reply, here, tried=tried)
 
-    async def _open_failed(self, exc: SessionError) -> None:
+    def _template(self) -> Path:
+        return self._connector.template(self.source, self.route, tls_mode=self.tls_mode)
+
+    async def _open_failed(self, exc: SessionError, slot: _Slot) -> None:
         """Attribute a failed connection to the proxy or to the destination.
 
+        An address the destination guard forbids is neither's: nothing was connected.
         Through a proxy, a refused TCP connect means the proxy is unreachable; a
         connection closed before the banner means the proxy could not reach the
         MX, or the proxy itself is failing: its health endpoint decides which.
         A proxy failure suspends the source and sends the jobs to other sources;
-        a destination failure backs off this (source, site).
+        a destination failure backs off this (source, site), unless it only said it
+        has too many connections while this task holds others there.
         """
-        template = self._connector.template(self.source, self.route)
+        template = self._template()
         if exc.target is not None:
             template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
+        if exc.stage == "forbidden":
+            # Refused before connecting (the route is screened before a source is
+            # chosen, so only a route that changed under this queue gets here). No
+            # proxy or source is at fault, and no retry can help.
+            for job in self._take_all():
+                self._finish(job, job.done + [Attempt(r, exc.reply, template, False)
+                                              for r in job.recipients])
+            return
+        if exc.stage == "greeting" and self._crowded(exc.reply, slot):
+            return
         node = self.source.node
         reply = exc.reply
         if node is not None and exc.stage in ("connect", "banner"):
@@ -428,10 +515,23 @@ class ReadyQueue:
                 f"destination {template.mx} closed the connection before its banner "
                 f"(proxy {node} is healthy): {reply.text}",
             )
-        # Only the destination guard's refusal is permanent; a server refusing its
-        # greeting or EHLO may take mail later, or another of its MXes may.
-        self._connection_failed(reply, template,
-                                permanent=exc.stage == "connect" and exc.reply.permanent)
+        # A server refusing its greeting or EHLO may take mail later, or another of
+        # its MXes may: deferred, never bounced.
+        self._connection_failed(reply, template)
+
+    def _crowded(self, reply: Reply, slot: _Slot) -> bool:
+        """A 421 "too many connections" while this task holds other connections to the
+        site: lower the site's budget to those, for CROWDED_HOLD, and let the queued
+        jobs wait for them (no backoff, no deferral: none of them was tried)."""
+        if reply.code != 421 or not TOO_MANY_CONNECTIONS.search(reply.text):
+            return False
+        others = slot.site.open - 1  # this connection still holds its slot
+        if others < 1:
+            return False
+        slot.site.lower(others, until=self._clock() + CROWDED_HOLD)
+        log.info("%s → %s: %s; at most %d connections there for %.0f s", self.source.name,
+                 self.route.site, reply, self._site_limit_now(), CROWDED_HOLD)
+        return True
 
     def _reroute_all(self, reply: Reply) -> None:
         for job in self._take_all():
@@ -442,34 +542,37 @@ class ReadyQueue:
             elif not job.future.done():
                 job.future.set_exception(Reroute(reply))
 
-    def _connection_failed(self, reply: Reply, template: Path, *, permanent: bool) -> None:
-        if permanent:
-            # Refused before connecting (the destination guard): no retry can help.
-            for job in self._take_all():
-                self._finish(job, job.done + [Attempt(r, reply, template)
-                                              for r in job.recipients])
-            return
+    def _connection_failed(self, reply: Reply, template: Path) -> None:
+        if reply.permanent:
+            # A 5xx greeting or EHLO refuses the connection, not a recipient: the site
+            # may serve later (Postfix's smtp_skip_5xx_greeting), so nothing bounces.
+            reply = local_reply(451, "4.4.2", f"the destination refused the connection: {reply}")
+        # The connection was opened for the first job waiting: its attempt. The others
+        # waited behind it and were not tried.
+        tried = next((j for j in self.jobs if not j.future.done()), None)
         self._start_backoff(reply)
-        self._drain(reply, template)
+        self._drain(reply, template, tried=tried)
 
     def _start_backoff(self, reply: Reply) -> None:
-        self.backoff_until = time.monotonic() + self.backoff
+        self.backoff_until = self._clock() + self.backoff
         self.backoff_reply = local_reply(
             451, "4.4.5", f"{self.source.name} → {self.route.site} backing off after: {reply}"
         )
 
-    def _drain(self, reply: Reply, template: Path | None = None) -> None:
+    def _drain(self, reply: Reply, template: Path | None = None, *,
+               tried: Job | None = None) -> None:
         for job in self._take_all():
-            self._finish(job, self._deferrals(job, reply, template))
+            self._finish(job, self._deferrals(job, reply, template, tried=job is tried))
 
     def _take_all(self) -> list[Job]:
         jobs = list(self.jobs)
         self.jobs.clear()
         return jobs
 
-    def _deferrals(self, job: Job, reply: Reply, template: Path | None = None) -> list[Attempt]:
-        base = template or self._connector.template(self.source, self.route)
-        return job.done + [Attempt(r, reply, base, False) for r in job.recipients]
+    def _deferrals(self, job: Job, reply: Reply, template: Path | None = None, *,
+                   tried: bool = False) -> list[Attempt]:
+        base = template or self._template()
+        return job.done + [Attempt(r, reply, base, tried) for r in job.recipients]
 
     @staticmethod
     def _finish(job: Job, attempts: list[Attempt]) -> None:
@@ -483,3 +586,12 @@ class ReadyQueue:
             # Past the drain deadline already: QUIT politely, but briefly (the task's
             # stop timeout leaves 5 s after the deadline for all of the shutdown).
             await asyncio.wait(set(self._workers), timeout=2.0)
+
+
+def _move(slot: _Slot, old: ConnectionBudget, new: ConnectionBudget) -> None:
+    """Count a connection in `new` instead of `old` (a reload changed the matching rule)."""
+    old.open -= 1
+    new.open += 1
+    if slot.retiring:
+        old.retiring -= 1
+        new.retiring += 1

@@ -3,21 +3,28 @@
 It is the sender's `Transport`: the lifecycle hands it one message's recipients
 at one domain and awaits their attempts, while connections stay open across
 messages and throttles hold per (source, destination).
+
+The resolved route is screened by the destination guard before a source is
+chosen: forbidden MX addresses never reach a ready queue, a proxy or a source,
+and a domain whose every MX address is forbidden is bounced (5.4.4) at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from quiver.policy import Policy, Source
 from quiver.routing.mx import MxResolver, Route, RouteError
+from quiver.routing.safety import DestinationGuard, ForbiddenRoute, screen
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
+from quiver.scheduler.tls import tls_mode_for
 from quiver.sender.outcome import Attempt
 from quiver.smtp.reply import local_reply
 
@@ -35,14 +42,17 @@ class Scheduler:
         connector: Connector | None = None,
         share: Callable[[], float] = lambda: 1.0,
         health: ProxyHealth | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.health = health
         self._policy = policy
         self._resolver = resolver
         self._picker = picker
-        self._connector = connector or Connector(policy)
+        self._clock = clock
+        self._connector = connector or Connector(policy, clock=clock)
+        self._guard = DestinationGuard(policy.delivery.allow_networks)
         self._share = share
-        self.budgets = Budgets()
+        self.budgets = Budgets(clock=clock)
         self.queues: dict[tuple[str, str], ReadyQueue] = {}
 
     async def deliver(
@@ -50,10 +60,13 @@ class Scheduler:
         seven_bit: Callable[[], Awaitable[bytes]] | None = None,
     ) -> list[Attempt]:
         try:
-            route = await self._resolver.route(domain)
+            route = screen(await self._resolver.route(domain), self._guard)
         except RouteError as exc:
             reply = local_reply(exc.code, exc.enhanced, exc.text)
-            return [Attempt(rcpt=r, reply=reply) for r in recipients]
+            # A DNS answer (or its failure) is the destination's; a route refused here
+            # for its forbidden addresses tried nothing there.
+            tried = not isinstance(exc, ForbiddenRoute)
+            return [Attempt(rcpt=r, reply=reply, counts=tried) for r in recipients]
         last: Reroute | None = None
         for _ in range(MAX_REROUTES):
             try:
@@ -75,11 +88,13 @@ class Scheduler:
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: every ready queue rebinds to its limits under the new throttles;
-        new retry backoff and pipelining apply from each queue's next decision."""
+        new retry backoff, pipelining and TLS modes apply from each queue's next
+        decision."""
         self._policy = policy
         for queue in self.queues.values():
             queue.backoff = policy.retry.site_backoff
             queue.pipeline_next = policy.delivery.pipeline_next
+            queue.tls_mode = tls_mode_for(policy.tls, queue.destination)
             queue.apply(resolve(policy.throttles, queue.destination), self.budgets)
 
     def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
@@ -99,6 +114,7 @@ class Scheduler:
                 share=self._share, pipeline_next=self._policy.delivery.pipeline_next,
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
+                tls_mode=tls_mode_for(self._policy.tls, destination), clock=self._clock,
             )
         else:
             queue.route = route  # the MX set's addresses may have changed (TTL)

@@ -21,6 +21,10 @@ class Path:
     site: str | None = None
     provider: str | None = None
     tls: str | None = None
+    # The TLS mode the connection used: the destination's ("opportunistic",
+    # "required", "verify") or "plaintext-fallback" (opportunistic, after its MX failed
+    # the STARTTLS handshake); None where no TLS policy applied (no route).
+    tls_mode: str | None = None
     # The event fields above, built once.
     fields: dict[str, Any] = field(init=False, repr=False, compare=False)
 
@@ -28,7 +32,7 @@ class Path:
         object.__setattr__(self, "fields", {
             "source": self.source, "source_ip": self.source_ip, "proxy": self.proxy,
             "mx": self.mx, "mx_ip": self.mx_ip, "site": self.site,
-            "provider": self.provider, "tls": self.tls,
+            "provider": self.provider, "tls": self.tls, "tls_mode": self.tls_mode,
         })
 
 
@@ -40,8 +44,12 @@ class Attempt:
     rcpt: str
     reply: Reply
     path: Path = NOWHERE
-    # False when the failure was not the recipient's (connection-level): the
-    # attempt is not counted against the message.
+    # True exactly when this recipient was tried at the destination in this attempt:
+    # its own transaction got a reply or was lost mid-way, or a connection opened
+    # for its job failed (connect, banner, greeting, EHLO, TLS). False when it never
+    # was: drained after another connection's failure, submitted while its (source,
+    # site) was backing off, rerouted off a dead proxy, or refused here before any
+    # connection (a forbidden MX address, an argument that cannot go on the wire).
     counts: bool = True
 
     def delivery_fields(self) -> dict[str, Any]:

@@ -69,12 +69,14 @@ def payload_problem(message: bytes, *, eight_bit: bool) -> str | None:
     return None
 
 
-def data_payload(message: bytes) -> bytes:
-    """The message as it follows DATA's 354: CRLF line ends, dot-stuffed, ending CRLF . CRLF.
+def data_payload(message: bytes, *, then: bytes = b"") -> bytes:
+    """The message as it follows DATA's 354: CRLF line ends, dot-stuffed, ending CRLF . CRLF,
+    and `then` (the next transaction's pipelined commands) right behind it.
 
     The checks are whole-buffer scans (count, find, replace): a message with no
     line starting with '.' and already in CRLF form costs a few passes at memchr
-    speed and one copy (for the terminator).
+    speed and one copy (for the terminator and `then`, so body and commands go out
+    in one write without a second copy of the body).
     """
     body = to_crlf(message)
     if body.startswith(b"."):
@@ -85,4 +87,4 @@ def data_payload(message: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         # The terminator must start a line of its own.
         body += b"\r\n"
-    return body + END_OF_DATA
+    return b"".join((body, END_OF_DATA, then))

@@ -3,14 +3,23 @@
 Pure and bounded: bytes in, complete replies out, `ReplyError` for anything that
 is not a reply. The wire protocol feeds it whatever each socket read delivers, so
 several pipelined replies may arrive in one read, or one reply across many.
+
+A line longer than MAX_LINE is read to its end but only its code and the first
+KEPT_TEXT octets of its text are kept (as Postfix does): a server with a verbose
+banner or a long refusal text still gets its mail, and memory stays bounded.
 """
 
 from __future__ import annotations
 
 # RFC 5321 4.5.3.1.5 allows 512 octets per reply line (CRLF included); some
-# servers send longer lines, none this long (CRLF excluded). Without a bound, a
-# server that never sends LF would grow the buffer forever.
+# servers send longer lines. Lines up to this many octets (CRLF excluded) are kept
+# whole; past it, the rest of the line is read and dropped, so a server that never
+# sends LF cannot grow the buffer.
 MAX_LINE = 4096
+# What is kept of a longer line: its code and separator, and this much of its text
+# (events carry at most 512 characters of a reply's text anyway).
+KEPT_TEXT = 512
+_KEPT = 4 + KEPT_TEXT
 # An EHLO reply lists a few dozen extensions at most.
 MAX_LINES = 128
 
@@ -35,12 +44,14 @@ class ReplyError(Exception):
 class ReplyReader:
     """Accumulates bytes and returns each reply once it is complete."""
 
-    __slots__ = ("_code", "_lines", "_partial")
+    __slots__ = ("_code", "_lines", "_partial", "_skipping")
 
     def __init__(self) -> None:
-        self._partial = b""  # an incomplete line
+        self._partial = b""  # an incomplete line (its kept head, if it is over-long)
         self._lines: list[bytes] = []  # text of the reply's continuation lines so far
         self._code = 0  # their code, 0 when no reply is in progress
+        # The incomplete line is over-long: what follows, up to its LF, is dropped.
+        self._skipping = False
 
     @property
     def idle(self) -> bool:
@@ -48,10 +59,18 @@ class ReplyReader:
         return not self._partial and not self._lines
 
     def feed(self, data: bytes) -> list[RawReply]:
-        if self._partial:
+        out: list[RawReply] = []
+        if self._skipping:
+            # The tail of an over-long line: nothing of it is kept.
+            end = data.find(b"\n")
+            if end < 0:
+                return out
+            data = self._partial + b"\n" + data[end + 1:]
+            self._partial = b""
+            self._skipping = False
+        elif self._partial:
             data = self._partial + data
             self._partial = b""
-        out: list[RawReply] = []
         try:
             start = 0
             end = data.find(b"\n")
@@ -62,14 +81,15 @@ class ReplyReader:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > MAX_LINE:
-                    raise ReplyError(f"reply line longer than {MAX_LINE} octets")
+                    line = line[:_KEPT]
                 reply = self._line(line)
                 if reply is not None:
                     out.append(reply)
             if start < len(data):
                 rest = data[start:]
                 if len(rest) > MAX_LINE + 1:  # + its CR
-                    raise ReplyError(f"reply line longer than {MAX_LINE} octets")
+                    rest = rest[:_KEPT]
+                    self._skipping = True
                 self._partial = rest
         except ReplyError as exc:
             exc.replies = out

@@ -1,10 +1,13 @@
 """One SMTP session with a receiving MX, direct or through an HAProxy egress node.
 
 Safety lives here and below (`framing`, `wire`, `connect`) so no caller can skip
-it: the exact IP about to be connected is checked against the destination guard;
-through a proxy the PROXY header is the first thing written; STARTTLS always
-verifies against the MX host name when verification is on, and a failed
-handshake never falls back to plaintext on that connection.
+it: the exact IP about to be connected is checked against the destination guard
+(callers skip forbidden addresses before they get here; this check is the last
+line of defence, and its refusal is stage 'forbidden', never a connection's
+failure); through a proxy the PROXY header is the first thing written; STARTTLS
+always verifies against the MX host name when the context verifies, and a failed
+handshake never falls back to plaintext on that connection (a caller whose
+policy allows it opens a new, plaintext one).
 
 A transaction is one write and one wait when the server offers PIPELINING
 (RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
@@ -26,7 +29,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp import framing
@@ -50,10 +53,17 @@ class Target:
     port: int
 
 
+Stage = Literal[
+    "forbidden", "connect", "banner", "greeting", "ehlo", "tls", "transaction", "reused",
+    "closed",
+]
+
+
 class SessionError(Exception):
     """The connection failed as a whole; `reply` is what the events carry.
 
-    `stage` says where: 'connect' (TCP or proxy), 'banner' (no greeting came),
+    `stage` says where: 'forbidden' (the destination guard refused the address:
+    nothing was connected), 'connect' (TCP or proxy), 'banner' (no greeting came),
     'greeting' (the server refused in its greeting), 'ehlo', 'tls',
     'transaction' (the connection dropped inside a transaction: its attempt),
     'reused' (a connection that had carried transactions was found closed before
@@ -61,7 +71,7 @@ class SessionError(Exception):
     before its first transaction: the server's failure, not the message's).
     """
 
-    def __init__(self, stage: str, reply: Reply, target: Target | None = None) -> None:
+    def __init__(self, stage: Stage, reply: Reply, target: Target | None = None) -> None:
         self.stage = stage
         self.reply = reply
         self.target = target
@@ -80,9 +90,14 @@ class Egress:
 
 @dataclass(slots=True)
 class TransactionResult:
-    """Per-recipient outcome: the RCPT reply if refused there, else the DATA reply."""
+    """Per-recipient outcome: the RCPT reply if refused there, else the DATA reply.
+
+    `unsent` are the recipients refused here, never named to the server (an
+    argument that cannot go on the wire): not tried at the destination.
+    """
 
     replies: dict[str, Reply] = field(default_factory=dict)
+    unsent: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +179,9 @@ class SmtpSession:
         self._timeout = command_timeout
         self.target = target
         self.tls_version: str | None = None
+        # Why STARTTLS was not used although offered (the server refused it), when the
+        # caller allowed carrying on in plaintext.
+        self.tls_refused: str | None = None
         self.extensions: frozenset[str] = frozenset()
         self.messages_sent = 0
         # Transactions started on this connection (their first group written).
@@ -190,11 +208,14 @@ class SmtpSession:
         tls_context: ssl.SSLContext | None,
         connect_timeout: float,
         command_timeout: float,
+        require_tls: bool = False,
     ) -> SmtpSession:
+        """A greeted session. With `tls_context`, STARTTLS is used when offered; with
+        `require_tls` too, a server that does not offer it or refuses it fails the
+        connection (stage 'tls') instead of carrying mail in plaintext."""
         if (why := guard.reason(target.ip)) is not None:
             raise SessionError(
-                "connect", local_reply(550, "5.4.4", f"refusing to connect to {why}")
-            )
+                "forbidden", local_reply(550, "5.4.4", f"refusing to connect to {why}"), target)
         try:
             sock = await open_socket(
                 ip=target.ip, port=target.port, local_ip=egress.local_ip,
@@ -213,7 +234,7 @@ class SmtpSession:
             ) from None
         session = cls(wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
         try:
-            await session._greet(tls_context, connect_timeout)
+            await session._greet(tls_context, connect_timeout, require_tls=require_tls)
             if not wire.usable:
                 # Greeted, then closed (a 421 right behind the EHLO reply): a connection
                 # failure, so the site backs off instead of reconnecting at once.
@@ -236,7 +257,8 @@ class SmtpSession:
     def is_open(self) -> bool:
         return self._wire.usable
 
-    async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float) -> None:
+    async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float, *,
+                     require_tls: bool) -> None:
         try:
             (banner,) = await self._wire.exchange(None, replies=1, timeout=connect_timeout)
         except WireError as exc:
@@ -246,14 +268,26 @@ class SmtpSession:
             # The destination itself answered (unlike 'banner': nothing came).
             raise SessionError("greeting", self._refusal(banner, "the greeting"))
         await self._hello()
-        if tls_context is None or "STARTTLS" not in self.extensions:
+        if tls_context is None:
+            return
+        if "STARTTLS" not in self.extensions:
+            if require_tls:
+                raise SessionError("tls", local_reply(
+                    421, "4.7.4", f"{self.target.mx_name} does not offer STARTTLS; "
+                    "the TLS policy for this destination requires it"))
             return
         try:
             (answer,) = await self._wire.exchange(_STARTTLS, replies=1, timeout=self._timeout)
             if answer[0] != 220:
-                raise SessionError("tls", local_reply(
+                refused = local_reply(
                     421, "4.7.5", f"STARTTLS with {self.target.mx_name}: refused: "
-                    f"{answer[0]} {answer[1]}"))
+                    f"{answer[0]} {answer[1]}")
+                if require_tls or not 400 <= answer[0] < 600 or not self._wire.usable:
+                    raise SessionError("tls", refused)
+                # Opportunistic: the session is still in plaintext and in step (the
+                # server answered with a refusal), so the mail goes on without TLS.
+                self.tls_refused = refused.text
+                return
             # The handshake belongs to setting up the connection: the connect timeout.
             self.tls_version = await self._wire.start_tls(
                 tls_context, server_hostname=self.target.mx_name, timeout=connect_timeout)
@@ -330,7 +364,7 @@ class SmtpSession:
             safe, result = list(recipients), TransactionResult()
         else:
             commands, safe, refusals = _envelope(sender, recipients, eight_bit)
-            result = TransactionResult(refusals)
+            result = TransactionResult(refusals, frozenset(refusals))
         if not safe:
             return result
         try:
@@ -469,16 +503,17 @@ class SmtpSession:
         self, result: TransactionResult, accepted: list[str], message: bytes,
         then: _Next | None = None,
     ) -> TransactionResult:
-        payload = framing.data_payload(message)
         group = self._next_group(then)
         if group is None:
-            (final,) = await self._wire.exchange(payload, replies=1, timeout=self._timeout)
+            (final,) = await self._wire.exchange(
+                framing.data_payload(message), replies=1, timeout=self._timeout)
         else:
             assert then is not None
             self.transactions += 1
             try:
                 got = await self._wire.exchange(
-                    [payload, *group], replies=1 + len(group), timeout=self._timeout)
+                    framing.data_payload(message, then=b"".join(group)),
+                    replies=1 + len(group), timeout=self._timeout)
             except WireError as exc:
                 if not exc.replies:
                     raise  # no reply to this end of data: the attempt is this message's

@@ -2,7 +2,10 @@
 
 Replies are matched to commands by order, so a group of commands can be written
 at once and its replies awaited together (PIPELINING, RFC 2920): one write and
-one wake-up per group instead of one per command.
+one wake-up per group instead of one per command. The group is joined into one
+buffer before it is written: over TLS each write is sealed as its own record(s),
+so commands written one by one would each travel in a record of their own, and
+receivers count that as pipelining not used.
 
 Every wait is bounded by a timer; a reply nobody asked for (a server closing an
 idle connection with 421, or one out of step) and any malformed reply break the
@@ -152,10 +155,8 @@ class SmtpWire(asyncio.Protocol):
         waiter.add_done_callback(self._waiter_done)
         self._timer = self._loop.call_later(timeout, self._timed_out)
         if data:
-            if isinstance(data, bytes):
-                self.transport.write(data)
-            else:
-                self.transport.writelines(data)
+            # One buffer, one write: one TLS record when the group fits in one.
+            self.transport.write(data if isinstance(data, bytes) else b"".join(data))
         return waiter
 
     async def start_tls(

@@ -72,7 +72,8 @@ def test_scripted_faults_reach_the_right_final_event_and_attempt_count(stack: Ru
             message(2, ["greylist-2@alpha.test"], prefix="flt"),
             message(3, ["disconnect-in-data-3@charlie.test"], prefix="flt"),
             message(4, ["tarpit-4@alpha.test"], prefix="flt"),
-            message(5, [f"toomany-{n}@delta.test" for n in range(5)], prefix="flt"),
+            # Not at delta.test: a 421 drawn there from close421's MX is a real attempt.
+            message(5, [f"toomany-{n}@bravo.test" for n in range(5)], prefix="flt"),
             message(6, ["ok-6@alpha.test", "permfail-6@alpha.test", "tempfail-6@bravo.test"],
                     prefix="flt"),
             *[message(10 + n, [f"close421-3-{n}@delta.test"], prefix="flt") for n in range(12)],
@@ -130,20 +131,23 @@ def test_scripted_faults_reach_the_right_final_event_and_attempt_count(stack: Ru
     final("tarpit-4@alpha.test", "delivered", 1)
     # 452 after two recipients: the rest go in new transactions at once, no attempt lost.
     for n in range(5):
-        final(f"toomany-{n}@delta.test", "delivered", 1)
+        final(f"toomany-{n}@bravo.test", "delivered", 1)
     # One message, three outcomes, each recipient on its own.
     final("ok-6@alpha.test", "delivered", 1)
     final("permfail-6@alpha.test", "bounced", 1)
     expired_after_retries("tempfail-6@bravo.test")
-    # The MX closes with 421 after 3 messages on a connection: the site backs off, and all
-    # are delivered in the end. A message queued behind the closing connection goes back
-    # without an attempt or an event; only a real try records a deferral, one per try.
+    # The MX closes with 421 after 3 messages on a connection: the message that drew the
+    # 421 in its own transaction was tried (its attempt counts); the site backs off, and
+    # all are delivered in the end. A message queued behind the closing connection goes
+    # back without an attempt or an event; only a real try records a deferral, one per try.
     for n in range(12):
         rcpt = f"close421-3-{n}@delta.test"
         tries = [d["attempt"] for d in deferred[rcpt]]
         assert tries == list(range(1, len(tries) + 1)), (rcpt, tries)
         e = final(rcpt, "delivered", len(tries) + 1)
         assert e["site"] == "mx1.quiver.local.test,mx2.quiver.local.test"
+    closed = [d for n in range(12) for d in deferred[f"close421-3-{n}@delta.test"]]
+    assert closed and all(d["response"]["code"] == 421 for d in closed), closed
     received = stack.stack.mx.received()
     toomany = [r for r in received if any(t.startswith("toomany-") for t in r["rcpt_tos"])]
     assert sorted(len(r["rcpt_tos"]) for r in toomany) == [1, 2, 2]

@@ -79,5 +79,6 @@ async def test_guard_refuses_before_connecting(ip: str, monkeypatch) -> None:
             target=Target(mx_name="mx.evil.test", ip=ip, port=25),
             egress=Egress(ehlo="o1.example.com"), guard=DestinationGuard(),
             tls_context=None, connect_timeout=1, command_timeout=1)
-    assert info.value.stage == "connect" and info.value.reply.permanent
+    # Its own stage: a refusal made here is never a connection's (or a proxy's) failure.
+    assert info.value.stage == "forbidden" and info.value.reply.permanent
     assert "refusing to connect" in info.value.reply.text

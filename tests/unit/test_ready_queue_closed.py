@@ -1,6 +1,7 @@
 """New connections closed before their first transaction: one each, as a dying proxy
 leaves its unused connections, is reconnected without a deferral; a server that closes
-every new connection backs its (source, site) off after each worker's second."""
+every new connection backs its (source, site) off after each worker's second, and only the
+jobs those connections were opened for have an attempt counted."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ async def test_a_server_closing_every_new_connection_is_backed_off_not_stormed()
     jobs = submit(queue, 40)
     assert set(await answered(jobs)) <= {421, 451}  # deferred: the close, or the backoff
     attempts = [a for j in jobs for a in j.future.result()]
-    assert not any(a.counts for a in attempts)  # none is the message's attempt
+    # The job a worker's twice-closed connections were for was tried; the rest, drained
+    # by the backoff, were not. At most one per worker (4), at least the first.
+    assert 1 <= sum(a.counts for a in attempts) <= 4
     assert all("closed before the first MAIL" in a.reply.text for a in attempts)
     assert queue.backing_off()
     assert mx.opened <= 2 * 4  # at most two connections per worker before the backoff

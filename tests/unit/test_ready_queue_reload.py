@@ -1,10 +1,13 @@
 """A ready queue rebinding to new limits under load (policy reload, cluster share), with a
 fake connector: every job is answered, connections stay within the limit, and a lowered
-limit closes only the extra connections, without a reconnect storm."""
+limit closes only the extra connections, without a reconnect storm. And a raised max_rate
+applies at once, whatever the clock's origin."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from quiver.policy import Source
 from quiver.routing.mx import MxHost, Route
@@ -31,6 +34,7 @@ def limits(connections: int, rule: int = 0) -> Limits:
 class _Result:
     def __init__(self, recipients: list[str]) -> None:
         self.replies = {r: Reply(250, "2.0.0", "ok") for r in recipients}
+        self.unsent: frozenset[str] = frozenset()
 
 
 class FakeMx:
@@ -44,15 +48,16 @@ class FakeMx:
         self.opened = self.open = self.closed = self.delivered = 0
         self.busy = self.peak_busy = self.peak_open = 0
 
-    async def open_session(self, source: Source, route: Route) -> tuple[_Session, Path]:
+    async def open_session(self, source: Source, route: Route,
+                           tls_mode: str = "opportunistic") -> tuple[_Session, Path]:
         await asyncio.sleep(0.001)
         self.opened += 1
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
         return _Session(self, closed=self.opened <= self.closed_unused), Path(source=source.name)
 
-    def template(self, source: Source, route: Route) -> Path:
-        return Path(source=source.name)
+    def template(self, source: Source, route: Route, tls_mode: str | None = None) -> Path:
+        return Path(source=source.name, tls_mode=tls_mode)
 
 
 class _Session:
@@ -110,10 +115,12 @@ async def answered(jobs: list[Job]) -> list[int]:
     return [a.reply.code for attempts in results for a in attempts]
 
 
-async def until(predicate: object, limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.01)):
-        if predicate():  # type: ignore[operator]
-            return
+async def until(predicate: object, limit: float = DONE_WITHIN) -> None:
+    """Wait for a condition (polled, the loop running meanwhile); fail if it never holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, "the condition never held"
         await asyncio.sleep(0.01)
 
 
@@ -151,9 +158,11 @@ async def test_a_lowered_limit_closes_only_the_extra_idle_connections() -> None:
     assert await answered(submit(queue, 8)) == [250] * 8
     assert mx.open == 4
     queue.apply(limits(2), budgets)
-    await until(lambda: mx.closed >= 2)
-    await asyncio.sleep(0.05)
+    # The two extra connections closed and their workers are gone; the two left are
+    # idle within the limit, so nothing else closes until their idle timeout.
+    await until(lambda: mx.closed >= 2 and queue.active == 2)
     assert mx.open == 2 and mx.closed == 2
+    assert queue.idle == 2 and queue.budget.open == 2 and not queue.jobs
     await queue.close()
 
 
@@ -180,7 +189,8 @@ async def test_a_budget_replaced_before_the_worker_runs_is_released_where_taken(
     assert new is not old
     assert await answered(jobs) == [250]
     await queue.close()
-    await asyncio.sleep(0.05)
+    # Its worker, told to close, hands the slot back where it was counted.
+    await until(lambda: queue.active == 0)
     assert (old.open, new.open) == (0, 0)
 
 
@@ -197,9 +207,45 @@ async def test_a_renumbered_rule_with_a_backlog_keeps_to_the_same_limit() -> Non
     await queue.close()
 
 
-def test_a_raised_max_rate_applies_to_the_next_send() -> None:
-    budgets = Budgets()
+class Clock:
+    """A clock that moves only when told to, starting wherever a test puts it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Monotonic clocks start anywhere: near 0 on a freshly booted machine, ~1e6 after
+# ~12 days up; an injected clock may even start below 0.
+ORIGINS = [0.0, 1.0, 3599.0, 1e6, -5e3]
+
+
+@pytest.mark.parametrize("origin", ORIGINS)
+def test_a_raised_max_rate_applies_to_the_next_send(origin: float) -> None:
+    clock = Clock(origin)
+    budgets = Budgets(clock=clock)
     limiter = budgets.rate(("a", "rule0", "site:s"), 1 / 3600)  # "1/h"
     assert limiter.try_acquire() and limiter.try_acquire()  # the second books the next hour
+    assert not limiter.try_acquire()
+    clock.now += 1.0
+    assert not limiter.try_acquire()  # an hour's pace: nothing a second later
     budgets.rate(("a", "rule0", "site:s"), 100.0)  # reloaded as "100/s"
     assert limiter.try_acquire()
+
+
+@pytest.mark.parametrize("origin", ORIGINS)
+def test_a_new_rate_limiter_paces_the_same_whatever_the_clocks_origin(origin: float) -> None:
+    """What a fresh limiter allows, second by second, does not depend on where its clock
+    started (it did: `_next = 0.0` was "due at boot", so on a machine up for less than one
+    interval a fresh limiter gave one send, on one up longer two)."""
+    clock = Clock(origin)
+    limiter = Budgets(clock=clock).rate(("a", "rule0", "site:s"), 2.0)  # every 0.5 s
+    granted = []
+    for step in range(40):  # 4 s in 0.1 s steps, asking 3 times per step
+        clock.now = origin + step / 10
+        granted.append(sum(limiter.try_acquire() for _ in range(3)))
+    # Rested: two at once (one interval of catch-up), then one every 0.5 s.
+    assert granted == [2, *([0, 0, 0, 0, 1] * 8)[:39]]
+

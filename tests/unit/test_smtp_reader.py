@@ -1,4 +1,5 @@
-"""The SMTP reply reader: whole, split and pipelined replies; everything else is a ReplyError."""
+"""The SMTP reply reader: whole, split and pipelined replies; over-long lines truncated;
+everything else is a ReplyError."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.smtp.reader import MAX_LINE, MAX_LINES, ReplyError, ReplyReader
+from quiver.smtp.reader import KEPT_TEXT, MAX_LINE, MAX_LINES, ReplyError, ReplyReader
 
 codes = st.integers(200, 599)
 texts = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=60)
@@ -78,10 +79,47 @@ def test_longest_line_accepted(size: int) -> None:
     assert ReplyReader().feed(line + b"\r\n")[0][0] == 250
 
 
-def test_a_line_over_the_limit_is_refused_even_before_its_end_arrives() -> None:
+@pytest.mark.parametrize("size", [MAX_LINE + 1, MAX_LINE + 2, 10_000, 1_000_000])
+def test_a_line_over_the_limit_keeps_its_code_and_the_first_512_octets(size: int) -> None:
+    text = (b"0123456789" * (size // 10 + 1))[: size - 4]
     reader = ReplyReader()
-    with pytest.raises(ReplyError, match="longer"):
-        reader.feed(b"250 " + b"x" * MAX_LINE)  # no LF yet: must not buffer forever
+    got = reader.feed(b"250 " + text + b"\r\n354 go\r\n")
+    assert got == [(250, text[:KEPT_TEXT].decode()), (354, "go")]
+    assert reader.idle
+
+
+def test_an_over_long_line_is_dropped_as_it_arrives_not_buffered() -> None:
+    reader = ReplyReader()
+    assert reader.feed(b"550-" + b"x" * MAX_LINE) == []  # no LF yet
+    for _ in range(1000):  # 4 MB more of the same line, never held
+        assert reader.feed(b"y" * 4096) == []
+        assert len(reader._partial) <= 4 + KEPT_TEXT
+    assert reader.feed(b"\r\n550 5.1.1 no such user\r\n") == [
+        (550, "x" * KEPT_TEXT + "\n5.1.1 no such user")]
+    assert reader.idle
+
+
+def test_an_over_long_line_that_is_not_a_reply_is_still_refused_at_its_end() -> None:
+    reader = ReplyReader()
+    assert reader.feed(b"garbage " + b"x" * MAX_LINE) == []
+    with pytest.raises(ReplyError, match="not an SMTP reply"):
+        reader.feed(b"\r\n")
+
+
+@given(st.lists(st.tuples(codes, st.integers(0, 3 * MAX_LINE)), min_size=1, max_size=6),
+       st.data())
+def test_any_split_of_a_stream_with_long_lines_reads_the_same(batch, data) -> None:
+    stream = b"".join(f"{code} ".encode() + b"t" * size + b"\r\n" for code, size in batch)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    reader = ReplyReader()
+    got = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        got.extend(reader.feed(stream[last:cut]))
+        last = cut
+    kept = [(code, "t" * (size if size + 4 <= MAX_LINE else KEPT_TEXT)) for code, size in batch]
+    assert got == kept
+    assert reader.idle
 
 
 def test_too_many_continuation_lines() -> None:

@@ -327,6 +327,18 @@ def _allowed_networks(networks: Sequence[str]) -> list[str]:
     return out
 
 
+def _overlap(
+    a: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    b: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> bool:
+    # Typed per family: networks of different families never overlap.
+    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
+        return a.overlaps(b)
+    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
+        return a.overlaps(b)
+    return False
+
+
 def _refuse_special_allows(networks: Sequence[str]) -> None:
     """Only a local_only policy may open what the node blocks: for any other, an allow
     rule over a private, loopback or metadata range would let a PROXY header reach the
@@ -336,7 +348,7 @@ def _refuse_special_allows(networks: Sequence[str]) -> None:
         hits = {str(n): why for n, why in forbidden_overlaps(net)}
         for blocked, why in BLOCKED_NETWORKS:
             other = ipaddress.ip_network(blocked)
-            if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+            if _overlap(net, other):
                 hits.setdefault(str(other), why)
         if hits:
             raise RenderError(

@@ -10,11 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/quiver
 COPY pyproject.toml README.md ./
 COPY quiver ./quiver
-COPY proxy_tier ./proxy_tier
 # A non-root user with no shell and no home: the sender needs neither.
 RUN pip install --no-compile . \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin quiver \
- && rm -rf /opt/quiver/quiver /opt/quiver/proxy_tier
+ && rm -rf /opt/quiver/quiver
 
 USER 10001:10001
 WORKDIR /tmp

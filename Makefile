@@ -12,7 +12,7 @@ test:
 
 lint: setup
 	.venv/bin/ruff check quiver functions proxy_tier cdk app.py tests bench
-	.venv/bin/mypy quiver
+	.venv/bin/mypy
 
 bench: setup
 	.venv/bin/python bench/e2e.py

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from rig import cpu_us_per_call
 
 from quiver.content import prepare, seven_bit
+from quiver.devstack.samples import render
 from quiver.dkim import DkimSigner, generate_private_key
-from quiver.localstack.samples import render
 from quiver.smtp.framing import payload_problem
 
 LIMIT = 40 * 1024 * 1024

@@ -65,12 +65,13 @@ from rig import (
 )
 
 from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack import moto_server
+from quiver.devstack.processes import free_port
+from quiver.devstack.samples import render
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
 from quiver.dkim import DkimSigner, dns_txt_value, generate_private_key
 from quiver.envelope import EnvelopeError
 from quiver.events import EventBatchError, unpack_batch
-from quiver.local.dns import DnsServer, Zone, start_dns
-from quiver.localstack import moto_server
-from quiver.localstack.samples import render
 from quiver.settings import Deployment, deployment_env
 from quiver.storage.aws import chunk_messages
 from quiver.storage.base import Outgoing
@@ -303,7 +304,7 @@ class Bench:
     def start(self) -> None:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         progress("starting smtp-sink, moto, DNS ...")
-        self.sink = start_sink(work_dir=self.root, port=moto_server.free_port())
+        self.sink = start_sink(work_dir=self.root, port=free_port())
         self.exits.callback(self.sink.stop)
         self.moto, self.calls = lean_moto.start(log_dir=self.root / "logs",
                                                 lean=self.s.moto == "lean")
@@ -335,7 +336,7 @@ class Bench:
             self.outcome.postfix_skipped = reason
             return
         progress("starting a private Postfix instance ...")
-        peer = PostfixPeer(work_dir=self.root, port=moto_server.free_port(),
+        peer = PostfixPeer(work_dir=self.root, port=free_port(),
                            sink_port=self.sink.port, concurrency=self.s.postfix_sessions)
         self.exits.callback(peer.stop)
         try:

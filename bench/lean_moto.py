@@ -37,13 +37,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from quiver.localstack.moto_main import patch_clock
-from quiver.localstack.moto_server import (
-    FAKE_CREDENTIALS,
-    MotoServer,
-    free_port,
-    wait_for_moto,
-)
+from quiver.devstack.moto_main import patch_clock
+from quiver.devstack.moto_server import FAKE_CREDENTIALS, MotoServer, wait_for_moto
+from quiver.devstack.processes import free_port
 
 ENV_CALLS = "QUIVER_BENCH_MOTO_CALLS"
 ENV_LEAN = "QUIVER_BENCH_MOTO_LEAN"
@@ -549,7 +545,7 @@ class CallLog:
 
 def start(*, log_dir: Path, lean: bool, host: str = "127.0.0.1"
           ) -> tuple[MotoServer, CallLog]:
-    """Like quiver.localstack.moto_server.start_moto, with the call log, optionally lean."""
+    """Like quiver.devstack.moto_server.start_moto, with the call log, optionally lean."""
     port = free_port(host)
     log_path = log_dir / "moto.log"
     calls = CallLog(log_dir / "moto-calls.log")

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from quiver.bounce import default_classifier
+from quiver.devstack.samples import render
 from quiver.dkim import SignerSet
 from quiver.envelope import Envelope, encode
-from quiver.localstack.samples import render
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    from quiver.local.mx import spawn_mx
+    from quiver.devstack.servers.mx import spawn_mx
 
     with tempfile.TemporaryDirectory() as tmp:
         mx = spawn_mx(store_dir=Path(tmp) / "mx", tarpit_seconds=30.0)

@@ -30,7 +30,7 @@ from pathlib import Path
 import lean_moto
 from rig import cpu_seconds
 
-from quiver.localstack import moto_server
+from quiver.devstack import moto_server
 from quiver.storage.base import Outgoing
 from quiver.storage.sqs_lean import LeanSqsClient
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from quiver.localstack.samples import render
+from quiver.devstack.samples import render
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker

@@ -34,11 +34,11 @@ from typing import Any
 from rig import cpu_us_per_call, rsa_sign_us, start_sink
 
 from quiver.bounce import default_classifier
+from quiver.devstack.processes import free_port
+from quiver.devstack.samples import render
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, encode
-from quiver.localstack import moto_server
-from quiver.localstack.samples import render
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # the sender runs on uvloop when it is installed; so does this
         uvloop = None
     with tempfile.TemporaryDirectory(prefix="quiver-cpu-") as tmp:
-        sink = start_sink(work_dir=Path(tmp), port=moto_server.free_port())
+        sink = start_sink(work_dir=Path(tmp), port=free_port())
         try:
             coro = run(args, sink.port)
             result = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)

@@ -40,14 +40,14 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from quiver.localstack.moto_server import (
+from quiver.devstack.moto_server import (
     FAKE_CREDENTIALS,
     REGION,
     client,
     create_resources,
-    free_port,
     start_moto,
 )
+from quiver.devstack.processes import free_port
 from quiver.storage.aws import SqsQueue
 from quiver.storage.base import Outgoing, Queue
 from quiver.storage.sqs_lean import LeanSqsClient
@@ -239,7 +239,7 @@ async def bench(*, moto_endpoint: str, client_endpoint: str, runs: int, calls: i
     session = boto3.session.Session(
         aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name=REGION)
-    # The sender's boto3 configuration (quiver/sender/app.py).
+    # The sender's boto3 configuration (quiver/wiring.py).
     boto = session.client("sqs", endpoint_url=client_endpoint, config=Config(
         max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5}))
     lean = LeanSqsClient(region=REGION, credentials=session.get_credentials())

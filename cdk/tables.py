@@ -1,6 +1,6 @@
 """The DynamoDB tables: the suppression list, live-sender heartbeats, final-event claims.
 
-All use the key schema of the local stack (quiver/localstack/moto_server.py), so
+All use the key schema of the local stack (quiver/devstack/moto_server.py), so
 the same store code runs against either: partition key `pk` (S), sort key `sk` (S),
 and DynamoDB TTL on `expires_at` (epoch seconds).
 

@@ -1,4 +1,4 @@
-"""python -m proxy_tier render --config FILE --node NAME [--user-data] [--allow-network NET]"""
+"""python -m proxy_tier render --config FILE --node NAME [--user-data] [rig options]"""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from proxy_tier.cli import render_command
+from proxy_tier.render import DEFAULT_MAXCONN_PER_SOURCE, DEFAULT_STATS_SOCKET
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-network", action="append", dest="allow_networks", metavar="NET",
         help="replace proxy.allow_networks (repeatable; test rigs only)",
     )
+    sockets = render.add_mutually_exclusive_group()
+    sockets.add_argument(
+        "--stats-socket", default=DEFAULT_STATS_SOCKET, metavar="PATH",
+        help=f"the admin socket's path (default {DEFAULT_STATS_SOCKET}; test rigs only)",
+    )
+    sockets.add_argument(
+        "--no-stats-socket", dest="stats_socket", action="store_const", const=None,
+        help="render without an admin socket (test rigs whose paths are too long for one)",
+    )
+    render.add_argument(
+        "--maxconn-per-source", type=int, default=DEFAULT_MAXCONN_PER_SOURCE, metavar="N",
+        help=f"connections per source frontend (default {DEFAULT_MAXCONN_PER_SOURCE}; "
+             "test rigs only)",
+    )
     return parser
 
 
@@ -27,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     return render_command(
         args.config, args.node, sys.stdout,
         allow_networks=args.allow_networks, user_data=args.user_data,
+        stats_socket=args.stats_socket, maxconn_per_source=args.maxconn_per_source,
     )
 
 

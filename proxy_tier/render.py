@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 
 from quiver.policy import Policy, ProxyNode, Source
+from quiver.routing.proxy_probe import HEALTH_URI
 from quiver.routing.safety import forbidden_overlaps
 
 # The sender gives up on a proxied connection after its own connect timeout; one
@@ -41,7 +42,6 @@ HARD_STOP_AFTER = "15m"
 DEFAULT_MAXCONN_PER_SOURCE = 2000
 HEALTH_MAXCONN = 64
 HEALTH_TIMEOUT = "5s"
-HEALTH_URI = "/health"
 # Not under /run: that is emptied on reboot and haproxy would not start again.
 DEFAULT_STATS_SOCKET = "/var/lib/haproxy/admin.sock"
 # stdout ends up in journald under systemd and in the test's pipe: no syslog needed.
@@ -170,7 +170,8 @@ def render_haproxy_config(
     out: list[str] = []
     add = out.append
     add(f"# haproxy.cfg of Quiver egress node {node} ({proxy_node.az}), rendered from the")
-    add(f"# policy by `quiver proxy render --node {node}`: change the policy, not this file.")
+    add(f"# policy by `python -m proxy_tier render --node {node}`: change the policy,")
+    add("# not this file.")
     for s in sources:
         add(f"#   source {s.name}: leaves from {s.local_ip} (public {s.ip}, EHLO {s.ehlo})")
     add("")

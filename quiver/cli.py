@@ -1,4 +1,6 @@
-"""`quiver` command line: sender, enqueue, local stack, demo, config check, proxy render."""
+"""`quiver` command line: sender, enqueue, local stack, demo, config check.
+
+A proxy node's haproxy.cfg is the proxy tier's: `python -m proxy_tier render`."""
 
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy import PolicyError
     from quiver.policy.reload import PolicySource
     from quiver.policy.source import read_policy, read_policy_text
-    from quiver.sender.app import build_sender, serve
     from quiver.settings import SettingsError, deployment_from_env
+    from quiver.wiring import build_sender, serve
 
     logging.basicConfig(
         level=os.environ.get("QUIVER_LOG_LEVEL", "INFO"),
@@ -128,14 +130,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_proxy_render(args: argparse.Namespace) -> int:
-    from proxy_tier.cli import render_command
-
-    return render_command(args.config, args.node, sys.stdout)
+def _devstack_missing(command: str) -> int:
+    # The sender image leaves the dev stack out; say so instead of a traceback.
+    print(f"error: `quiver {command}` needs the dev stack (quiver.devstack), which this "
+          "installation leaves out (the sender image does); run it from a checkout "
+          "installed with `bash scripts/setup.sh`", file=sys.stderr)
+    return 2
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from quiver.localstack.run import run_local
+    try:
+        from quiver.devstack.run import run_local
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("quiver.devstack"):
+            raise
+        return _devstack_missing("local")
 
     return run_local(
         root=Path(args.dir), sender=not args.no_sender,
@@ -145,7 +154,12 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from quiver.localstack.demo import run_demo
+    try:
+        from quiver.devstack.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("quiver.devstack"):
+            raise
+        return _devstack_missing("demo")
 
     return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json)
 
@@ -182,14 +196,6 @@ def parser() -> argparse.ArgumentParser:
     check = csub.add_parser("check", help="validate a policy file; list every problem")
     check.add_argument("file", help="the policy TOML file")
     check.set_defaults(func=cmd_config_check)
-
-    x = sub.add_parser("proxy", help="HAProxy egress tier tools")
-    xsub = x.add_subparsers(dest="proxy_command", required=True)
-    render = xsub.add_parser("render", help="print a node's haproxy.cfg")
-    render.add_argument("--node", required=True, help="proxy node name ([proxy.nodes.NAME])")
-    render.add_argument("--config", default="policy/quiver.toml",
-                        help="policy file (default policy/quiver.toml)")
-    render.set_defaults(func=cmd_proxy_render)
 
     local = sub.add_parser("local", help="start the embedded local stack and keep it up")
     local.add_argument("--dir", default=".quiver/local",

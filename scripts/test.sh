@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything (system packages as root, .venv, the CDK CLI) and run the checks:
-# ruff, mypy --strict on quiver/, then every test (unit, integration on real local
-# servers, CDK synth + cfn-lint). Extra arguments go to pytest. `-rs` lists every skip
+# ruff, mypy --strict on quiver/, functions/, proxy_tier/, cdk/ and app.py, then every
+# test (unit, integration on real local servers, CDK synth + cfn-lint). Extra arguments go to pytest. `-rs` lists every skip
 # with its reason; with QUIVER_REQUIRE_ALL=1 (CI) a skip outside the allow-list in
 # tests/suite_mode.py fails the run.
 set -euo pipefail
@@ -11,7 +11,7 @@ export QUIVER_WITH_INTEROP=1
 QUIVER_WITH_CDK=1 bash scripts/setup.sh
 echo "==> ruff"
 .venv/bin/ruff check quiver functions proxy_tier cdk app.py tests bench
-echo "==> mypy --strict quiver/"
-.venv/bin/mypy quiver
+echo "==> mypy --strict quiver/ functions/ proxy_tier/ cdk/ app.py"
+.venv/bin/mypy
 echo "==> pytest"
 exec .venv/bin/pytest -q -rs -p no:cacheprovider "$@"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from quiver.delivery import Path
 from quiver.policy import Policy, Source, TlsMode
 from quiver.routing.mx import Route
 from quiver.routing.safety import DestinationGuard
@@ -18,7 +19,6 @@ from quiver.scheduler.tls import (
     unverified_context,
     verifying_context,
 )
-from quiver.sender.outcome import Path
 from quiver.smtp.reply import local_reply
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 
-from proxy_tier.health import probe
 from quiver.policy import Policy
+from quiver.routing.proxy_probe import probe
 from quiver.routing.sources import SourcePicker
 
 log = logging.getLogger("quiver.sender")

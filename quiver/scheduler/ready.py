@@ -34,12 +34,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from quiver.delivery import Attempt, Path
 from quiver.policy import Source, TlsMode
 from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Destination, Limits
-from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
 from quiver.smtp.session import SessionError, SmtpSession, TransactionResult
 

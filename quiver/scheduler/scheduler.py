@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from quiver.delivery import Attempt
 from quiver.policy import Policy, Source
 from quiver.routing.mx import MxResolver, Route, RouteError
 from quiver.routing.safety import DestinationGuard, ForbiddenRoute, screen
@@ -25,7 +26,6 @@ from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
 from quiver.scheduler.tls import tls_mode_for
-from quiver.sender.outcome import Attempt
 from quiver.smtp.reply import local_reply
 
 # A job whose source's proxy died is offered to this many sources before deferring.

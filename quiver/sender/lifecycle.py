@@ -33,6 +33,7 @@ from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
 from quiver.bounce import Classifier
 from quiver.content import ContentError, prepare, seven_bit
+from quiver.delivery import Attempt, Transport
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError, LastReply
@@ -40,8 +41,6 @@ from quiver.events import EventType, Record, make_event, rejected_events, rfc333
 from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.sender.complete import Completer, Completion
-from quiver.sender.outcome import Attempt
-from quiver.sender.transport import Transport
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
 from quiver.storage.base import (
     BodyStore,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from quiver import proxy_protocol
+from quiver.smtp import proxy_header
 from quiver.smtp.reply import Reply, local_reply
 
 
@@ -34,7 +34,7 @@ async def open_socket(
             # The header names the destination; the proxy connects onward from its
             # source IP. It must precede any byte of SMTP.
             local = sock.getsockname()
-            header = proxy_protocol.encode(
+            header = proxy_header.encode(
                 proxy_version, src=(local[0], local[1]), dst=(ip, port))
             await asyncio.wait_for(loop.sock_sendall(sock, header), timeout)
     except (OSError, TimeoutError) as exc:

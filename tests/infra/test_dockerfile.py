@@ -48,8 +48,8 @@ def test_installs_the_package_from_the_repo() -> None:
     copies = [args for keyword, args in instructions() if keyword == "COPY"]
     assert "pyproject.toml README.md ./" in copies
     assert "quiver ./quiver" in copies
-    # The sender imports proxy_tier.health to probe the egress nodes.
-    assert "proxy_tier ./proxy_tier" in copies
+    # The sender needs nothing from the proxy tier (its health probe is quiver's own).
+    assert not [c for c in copies if "proxy_tier" in c]
     assert any("pip install" in args and " ." in args for k, args in instructions() if k == "RUN")
 
 
@@ -57,4 +57,9 @@ def test_dockerignore_is_an_allow_list() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!quiver/", "!proxy_tier/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!quiver/"} <= set(lines)
+    # The dev stack stays out of the image, and nothing re-admits it after.
+    assert "quiver/devstack/" in lines
+    assert lines.index("quiver/devstack/") > lines.index("!quiver/")
+    assert not [line for line in lines if line.startswith("!") and "devstack" in line]
+    assert "!proxy_tier/" not in lines

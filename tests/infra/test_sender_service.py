@@ -185,8 +185,9 @@ def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None
     staged = {p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()}
     # The .dockerignore allow-list: the build context is the package, nothing else.
     assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py",
-            "proxy_tier/health.py"} <= staged
-    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver",
-               "proxy_tier"}
+            "quiver/routing/proxy_probe.py"} <= staged
+    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver"}
     assert all(p.split("/")[0] in allowed for p in staged), sorted(staged)
+    # The dev stack (local servers, moto, the demo) is not in the sender image.
+    assert not [p for p in staged if p.startswith("quiver/devstack/")]
     assert not [p for p in staged if "__pycache__" in p]

@@ -23,11 +23,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from quiver.devstack.haproxy import find_haproxy
+from quiver.devstack.processes import stop_process
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -38,16 +41,9 @@ _TCP_LISTEN = "0A"
 _LOADED = "Loading success."
 
 
-def haproxy_binary() -> str | None:
-    return shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
-        None,
-    )
-
-
 def require_haproxy() -> str:
     """The haproxy binary, or skip the test with the reason."""
-    binary = haproxy_binary()
+    binary = find_haproxy()
     if binary is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     return binary
@@ -181,15 +177,7 @@ class HAProxyProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL to its process group (workers included) if it lingers."""
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+        stop_process(self.process, timeout=timeout)
         if self.master_worker:
             # Its workers share its process group; none may outlive the test.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -245,11 +233,3 @@ def running_haproxy(
         proxy.stop()
 
 
-def free_port(host: str = "127.0.0.1", *, avoid: Sequence[int] = ()) -> int:
-    """A TCP port free on `host` right now (the caller binds it soon after)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in avoid:
-            return port

@@ -10,10 +10,10 @@ from pathlib import Path
 from suite_mode import require_all
 
 from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack.export_pump import ExportPump, Tally
+from quiver.devstack.samples import render
+from quiver.devstack.stack import LocalStack
 from quiver.export import read_object
-from quiver.localstack.export_pump import ExportPump, Tally
-from quiver.localstack.samples import render
-from quiver.localstack.stack import LocalStack
 
 
 class Running:

@@ -20,8 +20,8 @@ from aiosmtpd.controller import Controller
 from test_smtp_wire import Scripted, scripted_policy_text
 
 from quiver.bounce import default_classifier
+from quiver.devstack.processes import free_port
 from quiver.dkim import DkimSigner, SignerSet, dns_txt_value, generate_private_key
-from quiver.localstack.moto_server import free_port
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker

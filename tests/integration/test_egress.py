@@ -1,7 +1,7 @@
 """The sender through real HAProxy egress nodes on loopback.
 
 Two haproxy processes stand for two AZs (nodes e1 and e2, configs rendered by
-proxy_tier.render through quiver.localstack.haproxy, as the local stack does). Four
+proxy_tier.render through quiver.devstack.haproxy, as the local stack does). Four
 sources leave from 127.0.0.2-127.0.0.5, and each pool has a source in each AZ:
 
     pool pa: a1 127.0.0.2 (e1, weight 3), a2 127.0.0.3 (e2, weight 1)
@@ -33,23 +33,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from haproxy_util import free_port, require_haproxy
+from haproxy_util import require_haproxy
 from stackrig import Running, enqueue, message, running_stack
 
 from proxy_tier.render import render_haproxy_config
 from quiver.client import OutboundMessage
-from quiver.events import FINAL_EVENTS
-from quiver.localstack.haproxy import (
+from quiver.devstack.haproxy import (
     ENV_SWITCH,
     LOCAL_MAXCONN_PER_SOURCE,
     EgressNode,
     choose_haproxy,
-    free_port_on,
     start_nodes,
     stop_nodes,
 )
-from quiver.localstack.stack import egress_toml as stack_egress
-from quiver.localstack.stack import with_egress
+from quiver.devstack.processes import free_port, free_port_on
+from quiver.devstack.stack import egress_toml as stack_egress
+from quiver.devstack.stack import with_egress
+from quiver.events import FINAL_EVENTS
 from quiver.policy import load_policy, parse_policy
 from quiver.routing.safety import DestinationGuard
 from quiver.scheduler.connector import Connector, tls_context_for
@@ -140,7 +140,7 @@ def egress_nodes(stack: Running, name: str, *, edits: list[Callable[[str], str]]
         return text
 
     config = stack.stack.policy_variant(name, edit)
-    nodes = start_nodes(load_policy(config), binary=binary,
+    nodes = start_nodes(config, binary=binary,
                         run_dir=stack.stack.root / f"hap-{name}", log_dir=stack.stack.root / "logs")
     try:
         yield Egress(config, nodes)

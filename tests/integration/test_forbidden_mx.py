@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import pytest
 from test_smtp_wire import MESSAGE, Scripted
 
-from quiver.local.dns import DnsServer, Zone, start_dns
+from quiver.delivery import Attempt
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
-from quiver.sender.outcome import Attempt
 
 pytestmark = pytest.mark.integration
 

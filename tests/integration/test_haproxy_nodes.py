@@ -28,17 +28,18 @@ import pytest
 from haproxy_util import (
     HAProxyProcess,
     check_config,
-    free_port,
     require_haproxy,
     running_haproxy,
     short_tempdir,
 )
 
 from proxy_tier.bootstrap import render_user_data
-from proxy_tier.health import probe
 from proxy_tier.render import render_all, render_haproxy_config
+from quiver.devstack.processes import free_port
+from quiver.devstack.proxy_decode import decode
 from quiver.policy import Policy, load_policy, parse_policy
-from quiver.proxy_protocol import V2_SIGNATURE, decode, encode
+from quiver.routing.proxy_probe import probe
+from quiver.smtp.proxy_header import V2_SIGNATURE, encode
 
 pytestmark = pytest.mark.integration
 

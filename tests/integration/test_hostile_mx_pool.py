@@ -25,8 +25,8 @@ from test_egress import (
     interleave,
 )
 
-from quiver.local.dns import DnsServer, Zone, start_dns
-from quiver.localstack.stack import MX_HOSTS
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
+from quiver.devstack.stack import MX_HOSTS
 
 pytestmark = pytest.mark.integration
 

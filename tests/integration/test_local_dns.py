@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from quiver.local.dns import DnsServer, Zone, start_dns
-from quiver.local.dns_dnsmasq import dnsmasq_binary
-from quiver.local.dns_records import add_records, parse_records
-from quiver.localstack.stack import add_demo_records
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
+from quiver.devstack.servers.dns_dnsmasq import dnsmasq_binary
+from quiver.devstack.servers.dns_records import add_records, parse_records
+from quiver.devstack.stack import add_demo_records
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from quiver.local.mx import MxServer, spawn_mx, start_mx
-from quiver.local.tls import issue_cert, make_local_ca
+from quiver.devstack.servers.mx import MxServer, spawn_mx, start_mx
+from quiver.devstack.servers.tls import issue_cert, make_local_ca
 
 pytestmark = pytest.mark.integration
 

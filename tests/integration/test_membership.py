@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from botocore.config import Config
 
-from quiver.localstack.moto_server import MotoServer, client, create_resources, session, start_moto
+from quiver.devstack.moto_server import MotoServer, client, create_resources, session, start_moto
 from quiver.scheduler.membership import DynamoMembership
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quiver.local.dns import Zone, start_dns
+from quiver.devstack.servers.dns import Zone, start_dns
 from quiver.routing.mx import MxResolver, RouteError
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.safety import DestinationGuard

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_smtp_wire import Scripted, deliver_each, scripted_policy, scripted_policy_text, until
 
-from quiver.localstack.moto_server import client, start_moto
+from quiver.devstack.moto_server import client, start_moto
 from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.policy.source import read_policy_text
 from quiver.routing.mx import MxResolver

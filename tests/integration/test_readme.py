@@ -14,8 +14,8 @@ import pytest
 from local_command import OutputReader, descendants, read_env_file, still_running, wait_until
 from stackrig import Running
 
+from quiver.devstack.samples import render
 from quiver.events import FINAL_EVENTS
-from quiver.localstack.samples import render
 from quiver.policy import load_policy
 
 pytestmark = pytest.mark.integration

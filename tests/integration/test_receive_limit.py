@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from stackrig import Running, enqueue, message, running_stack
 
+from quiver.devstack.servers.mx import start_mx
+from quiver.devstack.stack import wait_for
 from quiver.envelope import decode
 from quiver.events import FINAL_EVENTS
-from quiver.local.mx import start_mx
-from quiver.localstack.stack import wait_for
 
 pytestmark = pytest.mark.integration
 MAX_RECEIVES = 4

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from stackrig import Running, enqueue, message, running_stack
 
+from quiver.devstack.servers.mx import MxServer, start_mx
 from quiver.events import FINAL_EVENTS
-from quiver.local.mx import MxServer, start_mx
 
 pytestmark = pytest.mark.integration
 STACK_MAX_AGE = "40s"

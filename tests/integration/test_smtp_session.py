@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from quiver.local.mx import start_mx
-from quiver.local.tls import issue_cert, make_local_ca
+from quiver.devstack.servers.mx import start_mx
+from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 

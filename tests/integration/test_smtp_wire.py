@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from quiver.delivery import Attempt
 from quiver.policy import Policy, parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.safety import DestinationGuard
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
-from quiver.sender.outcome import Attempt
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
 
 pytestmark = pytest.mark.integration

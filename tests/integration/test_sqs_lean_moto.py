@@ -22,14 +22,9 @@ from typing import Any
 import pytest
 from botocore.credentials import Credentials
 
-from quiver.local.tls import issue_cert
-from quiver.localstack.moto_server import (
-    FAKE_CREDENTIALS,
-    client,
-    create_resources,
-    free_port,
-    start_moto,
-)
+from quiver.devstack.moto_server import FAKE_CREDENTIALS, client, create_resources, start_moto
+from quiver.devstack.processes import free_port
+from quiver.devstack.servers.tls import issue_cert
 from quiver.settings import Deployment
 from quiver.storage.base import Outgoing, StorageError
 from quiver.storage.sqs_lean import LeanSqsClient, LeanSqsQueue, lean_queue

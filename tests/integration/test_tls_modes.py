@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from test_smtp_wire import MESSAGE, Scripted, scripted_policy_text
 
-from quiver.local.tls import issue_cert, make_local_ca
+from quiver.delivery import Attempt
+from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.safety import DestinationGuard
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
 from quiver.scheduler.tls import PLAINTEXT_FALLBACK, unverified_context
-from quiver.sender.outcome import Attempt
 from quiver.smtp.session import Egress, SmtpSession, Target
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import dns.resolver
 import pytest
 
 from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack.samples import render
 from quiver.events import FINAL_EVENTS
-from quiver.localstack.samples import render
 
 pytestmark = pytest.mark.integration
 

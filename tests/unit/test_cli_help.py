@@ -38,7 +38,9 @@ def test_every_proxy_tier_option_has_help() -> None:
 def test_the_walk_reaches_every_subcommand() -> None:
     paths = {path for path, _ in walk(parser(), "quiver")}
     assert paths >= {"quiver sender", "quiver enqueue", "quiver config check",
-                     "quiver proxy render", "quiver local", "quiver demo"}
+                     "quiver local", "quiver demo"}
+    assert {path for path, _ in walk(proxy_tier_parser(), "python -m proxy_tier")} >= {
+        "python -m proxy_tier render"}
 
 
 def test_a_missing_help_is_caught() -> None:

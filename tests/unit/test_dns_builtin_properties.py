@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.local.dns_builtin import (
+from quiver.devstack.servers.dns_builtin import (
     CLASSIC_UDP_SIZE,
     MAX_TCP_SIZE,
     MAX_UDP_SIZE,
     Answers,
     respond,
 )
-from quiver.local.dns_zone import Zone
+from quiver.devstack.servers.dns_zone import Zone
 
 
 def zone() -> Zone:

@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 
 from quiver.bounce import default_classifier
+from quiver.delivery import Attempt, Path
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import decode
 from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MessageHandler
-from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import parse_reply
 from quiver.storage.base import Outgoing
 from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from quiver.bounce import default_classifier
+from quiver.delivery import Attempt, Path
 from quiver.dkim import SignerSet
 from quiver.envelope import decode
 from quiver.events import FINAL_EVENTS
 from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MAX_SQS_BODY, MessageHandler
-from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply, parse_reply
 from quiver.storage.base import Outgoing
 from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.local.dns import Zone
-from quiver.local.dns_records import (
+from quiver.devstack.servers.dns import Zone
+from quiver.devstack.servers.dns_records import (
     ExtraRecord,
     RecordsError,
     add_records,
@@ -17,8 +17,8 @@ from quiver.local.dns_records import (
     load_records,
     parse_records,
 )
-from quiver.local.dns_zone import Mx
-from quiver.localstack.stack import LocalStack
+from quiver.devstack.servers.dns_zone import Mx
+from quiver.devstack.stack import LocalStack
 
 GOOD = """
 [[record]]

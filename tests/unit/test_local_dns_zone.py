@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.local.dns_builtin import CLASSIC_UDP_SIZE, MAX_UDP_SIZE, Answers, respond
-from quiver.local.dns_dnsmasq import ZoneNotExpressible, zone_args
-from quiver.local.dns_zone import MAX_CHARACTER_STRING, Mx, Zone, normalise_name, split_txt
+from quiver.devstack.servers.dns_builtin import CLASSIC_UDP_SIZE, MAX_UDP_SIZE, Answers, respond
+from quiver.devstack.servers.dns_dnsmasq import ZoneNotExpressible, zone_args
+from quiver.devstack.servers.dns_zone import (
+    MAX_CHARACTER_STRING,
+    Mx,
+    Zone,
+    normalise_name,
+    split_txt,
+)
 
 DKIM_2048 = (
     "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.localstack.policy_fragment import merge, merged_policy_text, read_fragment
-from quiver.localstack.stack import LocalStack, ProxyPorts, local_policy_text
+from quiver.devstack.policy_fragment import merge, merged_policy_text, read_fragment
+from quiver.devstack.stack import LocalStack, ProxyPorts, local_policy_text
 from quiver.policy import PolicyError, parse_policy
 from quiver.units import Rate
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from moto.sqs import models
 
-from quiver.localstack.moto_main import patch_clock
+from quiver.devstack.moto_main import patch_clock
 
 
 def test_patched_clock_agrees_with_moto_and_keeps_explicit_datetimes(

@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiver.proxy_protocol import (
+from quiver.devstack.proxy_decode import ProxyHeader, decode
+from quiver.smtp.proxy_header import (
     V1_MAX_LINE,
     V2_MAX_PAYLOAD,
     V2_SIGNATURE,
-    ProxyHeader,
     ProxyProtocolError,
-    decode,
     encode,
     encode_v1,
     encode_v2,

@@ -20,7 +20,6 @@ from special_networks import overlapping
 from proxy_tier import cli
 from proxy_tier.__main__ import main as module_main
 from proxy_tier.bootstrap import USER_DATA_LIMIT, render_user_data
-from proxy_tier.health import probe
 from proxy_tier.render import (
     BLOCKED_NETWORKS,
     RenderError,
@@ -29,6 +28,7 @@ from proxy_tier.render import (
     render_haproxy_config,
 )
 from quiver.policy import Policy, load_policy, parse_policy
+from quiver.routing.proxy_probe import probe
 from quiver.routing.safety import forbidden_ranges
 from quiver.units import parse_duration
 

@@ -9,12 +9,12 @@ import asyncio
 
 import pytest
 
+from quiver.delivery import Path
 from quiver.policy import Source
 from quiver.routing.mx import MxHost, Route
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.ready import Job, ReadyQueue
 from quiver.scheduler.throttle import Destination, Limit, Limits
-from quiver.sender.outcome import Path
 from quiver.smtp.reply import Reply
 from quiver.smtp.session import SessionError
 

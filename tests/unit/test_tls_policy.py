@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from quiver.delivery import Path as AttemptPath
 from quiver.policy import PolicyError, parse_policy
 from quiver.policy.reload import merge_live
 from quiver.scheduler.throttle import Destination
 from quiver.scheduler.tls import FallbackMemory, tls_mode_for
-from quiver.sender.outcome import Path as AttemptPath
 
 MINIMAL = """
 default_pool = "p"

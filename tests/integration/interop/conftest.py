@@ -30,8 +30,9 @@ from interop.interop_rig import (
 )
 from interop.postfix_receiver import PostfixReceiver
 from interop.receivers import ReceiverUnavailable, unavailable
-from quiver.local.tls import issue_cert
-from quiver.localstack.haproxy import find_haproxy, free_port_on
+from quiver.devstack.haproxy import find_haproxy
+from quiver.devstack.processes import free_port_on
+from quiver.devstack.servers.tls import issue_cert
 
 
 @pytest.fixture(scope="package")

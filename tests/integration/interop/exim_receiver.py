@@ -30,15 +30,16 @@ from pathlib import Path
 
 from interop.receivers import (
     INTEROP_DIR,
+    STOP_TIMEOUT,
     Copy,
     ReceiverUnavailable,
     Site,
     maildir_copies,
     private_workdir,
     remove_workdir,
-    stop_process,
     wait_for_banner,
 )
+from quiver.devstack.processes import stop_process
 
 ENV_BINARY = "QUIVER_EXIM"
 BINARY_PATHS = (INTEROP_DIR / "exim" / "usr" / "sbin" / "exim4", Path("/usr/sbin/exim4"))
@@ -236,6 +237,6 @@ class EximReceiver:
 
     def stop(self) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            stop_process(self._process, timeout=STOP_TIMEOUT)
             self._process = None
         remove_workdir(self.workdir)

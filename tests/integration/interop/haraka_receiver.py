@@ -23,15 +23,16 @@ from pathlib import Path
 
 from interop.receivers import (
     HARAKA_DIR,
+    STOP_TIMEOUT,
     Copy,
     ReceiverUnavailable,
     Site,
     private_workdir,
     remove_workdir,
-    stop_process,
     to_crlf,
     wait_for_banner,
 )
+from quiver.devstack.processes import stop_process
 
 HARAKA_BIN = HARAKA_DIR / "node_modules" / "Haraka" / "bin" / "haraka"
 STOCK_CONFIG = HARAKA_DIR / "node_modules" / "Haraka" / "config"
@@ -127,6 +128,6 @@ class HarakaReceiver:
 
     def stop(self) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            stop_process(self._process, timeout=STOP_TIMEOUT)
             self._process = None
         remove_workdir(self.workdir)

@@ -31,13 +31,13 @@ from stackrig import Running
 
 from interop.receivers import Copy, Site
 from quiver.client import OutboundMessage
+from quiver.devstack.export_pump import ExportPump, Tally
+from quiver.devstack.haproxy import find_haproxy, start_nodes, stop_nodes
+from quiver.devstack.processes import free_port_on
+from quiver.devstack.samples import render
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
+from quiver.devstack.stack import LocalStack, with_egress
 from quiver.events import FINAL_EVENTS
-from quiver.local.dns import DnsServer, Zone, start_dns
-from quiver.localstack.export_pump import ExportPump, Tally
-from quiver.localstack.haproxy import find_haproxy, free_port_on, start_nodes, stop_nodes
-from quiver.localstack.samples import render
-from quiver.localstack.stack import LocalStack, with_egress
-from quiver.policy import load_policy
 
 POSTFIX = Site("postfix", "postfix.interop.test", "mx.postfix.interop.test", "127.0.0.31")
 # The same Postfix instance, on a listener that withdraws 8BITMIME.
@@ -157,7 +157,7 @@ def egress(stack: Running, name: str, *, mx_port: int) -> Iterator[Path]:
         return text
 
     config = stack.stack.policy_variant(name, edit)
-    nodes = start_nodes(load_policy(config), binary=binary,
+    nodes = start_nodes(config, binary=binary,
                         run_dir=stack.stack.root / f"hap-{name}",
                         log_dir=stack.stack.root / "logs")
     try:

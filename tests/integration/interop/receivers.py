@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -127,16 +126,6 @@ def wait_for_banner(ip: str, port: int, *, timeout: float = START_TIMEOUT,
             last = str(error)
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not greet on {ip}:{port} within {timeout:.0f} s ({last})")
-
-
-def stop_process(process: subprocess.Popen[bytes], *, timeout: float = STOP_TIMEOUT) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def maildir_copies(directory: Path, *, rcpt_header: str) -> list[Copy]:

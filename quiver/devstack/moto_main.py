@@ -1,4 +1,4 @@
-"""Entry point of the local moto server: `python -m quiver.localstack.moto_main ARGS`.
+"""Entry point of the local moto server: `python -m quiver.devstack.moto_main ARGS`.
 
 moto's SQS reads the clock through `unix_time_millis()`, which builds two UTC
 datetimes per call (about 11 µs), and calls it twice per queued message, in

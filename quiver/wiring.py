@@ -1,4 +1,5 @@
-"""Wiring: build the sender from a policy, deployment settings and AWS clients."""
+"""The composition root: build the sender from a policy, deployment settings and AWS
+clients. It sits above the sender and the scheduler, which never import each other."""
 
 from __future__ import annotations
 

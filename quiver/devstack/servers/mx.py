@@ -6,7 +6,7 @@ scripted by the recipient's local part (see `mx_script.BEHAVIOURS`).
 
 Two ways to run it, with the same behaviour and the same files on disk:
 in-process (`start_mx`, aiosmtpd on its own event loop in a thread) for
-tests, or as a child process (`spawn_mx`, `python -m quiver.local.mx`) so a
+tests, or as a child process (`spawn_mx`, `python -m quiver.devstack.servers.mx`) so a
 benchmark keeps the receiving side off the sender's CPU.
 
 What is kept on disk (received.jsonl, messages/<n>.eml, stats.json) is
@@ -28,16 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quiver.local.children import child_process_options
-from quiver.local.loop_thread import LoopThread
-from quiver.local.mx_server import (
+from quiver.devstack.loop_thread import LoopThread
+from quiver.devstack.processes import child_process_options, stop_process
+from quiver.devstack.servers.mx_server import (
     DEFAULT_HOSTNAME,
     DEFAULT_MAX_RCPTS_PER_TXN,
     DEFAULT_TARPIT_SECONDS,
     MxConfig,
     MxEngine,
 )
-from quiver.local.mx_store import read_received, read_stats
+from quiver.devstack.servers.mx_store import read_received, read_stats
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -112,7 +112,7 @@ def start_mx(
 
 
 class MxProcess:
-    """The MX as a child process (`python -m quiver.local.mx`)."""
+    """The MX as a child process (`python -m quiver.devstack.servers.mx`)."""
 
     def __init__(self, process: subprocess.Popen[str], address: tuple[str, int], store_dir: Path):
         self.process = process
@@ -121,13 +121,7 @@ class MxProcess:
 
     def stop(self) -> None:
         """SIGTERM, wait for the exit (stats.json is written on the way out)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout=STOP_TIMEOUT)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -165,7 +159,7 @@ class MxProcess:
 
 def _command(config: MxConfig) -> list[str]:
     cmd = [
-        sys.executable, "-m", "quiver.local.mx",
+        sys.executable, "-m", "quiver.devstack.servers.mx",
         "--listen", f"{config.host}:{config.port}",
         "--store", str(config.store_dir),
         "--hostname", config.hostname,
@@ -251,7 +245,8 @@ def _host_port(value: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m quiver.local.mx", description="Local receiving MX (keeps what it receives)."
+        prog="python -m quiver.devstack.servers.mx",
+        description="Local receiving MX (keeps what it receives).",
     )
     parser.add_argument("--listen", type=_host_port, default=("127.0.0.1", 2525),
                         help="HOST:PORT (port 0 picks a free one; see the ready line)")

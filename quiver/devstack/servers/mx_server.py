@@ -17,8 +17,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from quiver.local.mx_script import TOO_MANY_REPLY, Action, behaviour_for
-from quiver.local.mx_store import MxStore
+from quiver.devstack.servers.mx_script import TOO_MANY_REPLY, Action, behaviour_for
+from quiver.devstack.servers.mx_store import MxStore
 
 DEFAULT_HOSTNAME = "mx.local.test"
 DEFAULT_TARPIT_SECONDS = 2.0

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from quiver.client import QuiverClient
+from quiver.devstack.export_pump import ExportPump, Tally
+from quiver.devstack.progress import Progress
+from quiver.devstack.samples import plan
+from quiver.devstack.stack import LocalStack
 from quiver.events import validate_record
 from quiver.export import read_object
-from quiver.localstack.export_pump import ExportPump, Tally
-from quiver.localstack.progress import Progress
-from quiver.localstack.samples import plan
-from quiver.localstack.stack import LocalStack
 
 COLUMNS = ("delivered", "deferred", "bounced", "expired", "rejected")
 ENQUEUE_CHUNK = 100

@@ -1,7 +1,8 @@
 """Real HAProxy egress nodes for the local stack: one haproxy process per policy node.
 
-Each node's haproxy.cfg comes from `proxy_tier.render.render_haproxy_config`, the
-code that renders production's, so a local run goes through the same PROXY-protocol
+Each node's haproxy.cfg comes from `python -m proxy_tier render`, the code that
+renders production's (run as a command: the runtime package never imports the proxy
+tier), so a local run goes through the same PROXY-protocol
 frontends, the same destination checks and the same health endpoint; only the
 addresses differ (127.0.0.x on loopback instead of a node's secondary private IPs).
 
@@ -20,17 +21,16 @@ import contextlib
 import http.client
 import os
 import shutil
-import signal
-import socket
 import subprocess
+import sys
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy_tier.render import HEALTH_URI, render_haproxy_config
-from quiver.local.children import child_process_options
-from quiver.policy import Policy
+from quiver.devstack.processes import child_process_options, stop_process
+from quiver.policy import load_policy
+from quiver.routing.proxy_probe import HEALTH_URI
 
 # `LocalStack(haproxy=None)` uses HAProxy when it is installed, unless this is 0.
 ENV_SWITCH = "QUIVER_LOCAL_HAPROXY"
@@ -38,6 +38,8 @@ _OFF = ("0", "false", "no", "off")
 # Debian and the upstream build install here; neither is always on a user's PATH.
 BINARY_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
 START_TIMEOUT = 10.0
+# One policy load and one render: seconds even on a loaded machine.
+RENDER_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 # The local stack sends little: a low per-source limit keeps the fd need (2 per
 # connection) far under any ulimit, so haproxy never has to raise its own.
@@ -138,21 +140,28 @@ class EgressNode:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout)
+        stop_process(process, timeout=timeout)
         self.process = None
 
 
+def render_config(policy_path: Path, node: str, *, stats_socket: str | None) -> str:
+    """Node `node`'s haproxy.cfg, as `python -m proxy_tier render` prints it."""
+    command = [sys.executable, "-m", "proxy_tier", "render", "--config", str(policy_path),
+               "--node", node, "--maxconn-per-source", str(LOCAL_MAXCONN_PER_SOURCE)]
+    command += ["--stats-socket", stats_socket] if stats_socket else ["--no-stats-socket"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          timeout=RENDER_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"rendering egress node {node} from {policy_path} failed "
+                           f"(exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
 def write_configs(
-    policy: Policy, *, binary: str, run_dir: Path, log_dir: Path
+    policy_path: Path, *, binary: str, run_dir: Path, log_dir: Path
 ) -> dict[str, EgressNode]:
     """Render every node's haproxy.cfg into run_dir; nothing is started."""
+    policy = load_policy(policy_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     nodes: dict[str, EgressNode] = {}
     for name, spec in policy.proxy.nodes.items():
@@ -160,11 +169,8 @@ def write_configs(
         # The admin socket lets an operator drain a node locally (`disable server
         # drain/in_service`); a root directory too deep for a unix socket goes without.
         stats = str(socket_path) if len(str(socket_path)) <= _MAX_SOCKET_PATH else None
-        config = render_haproxy_config(
-            policy, name, stats_socket=stats, maxconn_per_source=LOCAL_MAXCONN_PER_SOURCE,
-        )
         config_path = run_dir / f"{name}.cfg"
-        config_path.write_text(config)
+        config_path.write_text(render_config(policy_path, name, stats_socket=stats))
         nodes[name] = EgressNode(
             name=name, binary=binary, config_path=config_path,
             log_path=log_dir / f"haproxy-{name}.log",
@@ -174,10 +180,10 @@ def write_configs(
 
 
 def start_nodes(
-    policy: Policy, *, binary: str, run_dir: Path, log_dir: Path
+    policy_path: Path, *, binary: str, run_dir: Path, log_dir: Path
 ) -> dict[str, EgressNode]:
     """Render and start one haproxy per policy node; all are up (or none) on return."""
-    nodes = write_configs(policy, binary=binary, run_dir=run_dir, log_dir=log_dir)
+    nodes = write_configs(policy_path, binary=binary, run_dir=run_dir, log_dir=log_dir)
     try:
         for node in nodes.values():
             node.start()
@@ -192,25 +198,3 @@ def stop_nodes(nodes: Mapping[str, EgressNode]) -> None:
     for node in nodes.values():
         with contextlib.suppress(Exception):
             node.stop()
-
-
-def free_port_on(addresses: Sequence[str], *, avoid: Collection[int] = (), tries: int = 50) -> int:
-    """A TCP port free on every one of `addresses` right now (the caller binds it soon)."""
-    for _ in range(tries):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
-            first.bind((addresses[0], 0))
-            port: int = first.getsockname()[1]
-            if port in avoid:
-                continue
-            if all(_can_bind(address, port) for address in addresses[1:]):
-                return port
-    raise RuntimeError(f"no TCP port free on all of {', '.join(addresses)} after {tries} tries")
-
-
-def _can_bind(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-        return True

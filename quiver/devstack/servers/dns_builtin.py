@@ -34,8 +34,8 @@ import dns.rdtypes.ANY.TXT
 import dns.rrset
 from dns.rdatatype import RdataType
 
-from quiver.local.dns_zone import Mx, Zone
-from quiver.local.loop_thread import LoopThread
+from quiver.devstack.loop_thread import LoopThread
+from quiver.devstack.servers.dns_zone import Mx, Zone
 
 # RFC 1035 4.2.1: a UDP answer without EDNS is at most 512 bytes.
 CLASSIC_UDP_SIZE = 512

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiver.devstack import moto_server
 from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
 from quiver.finals import FinalsTable
-from quiver.localstack import moto_server
 from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE, Deployment
 
 log = logging.getLogger("quiver.local")

@@ -15,18 +15,16 @@ What its command line cannot say, `zone_args` refuses with the reason, and
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
 
-from quiver.local.children import child_process_options
-from quiver.local.dns_builtin import wait_until_answering
-from quiver.local.dns_zone import DEFAULT_TTL, Mx, Zone
+from quiver.devstack.processes import child_process_options, free_port, stop_process
+from quiver.devstack.servers.dns_builtin import wait_until_answering
+from quiver.devstack.servers.dns_zone import DEFAULT_TTL, Mx, Zone
 
 DNSMASQ_PATHS = ("/usr/sbin/dnsmasq", "/usr/local/sbin/dnsmasq")
 START_TIMEOUT = 10.0
@@ -82,21 +80,6 @@ def zone_args(zone: Zone) -> list[str]:
     return args
 
 
-def _free_port(host: str) -> int:
-    """A port free for both UDP and TCP right now (dnsmasq takes --port=0 as 'no DNS')."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError(errno.EADDRINUSE, f"no port on {host} free for both UDP and TCP")
-
-
 class DnsmasqServer:
     """A dnsmasq child process serving a zone; its files live in a private temp dir."""
 
@@ -130,7 +113,7 @@ class DnsmasqServer:
 
     def _start(self, binary: str, records: list[str], host: str, port: int) -> None:
         for _ in range(PORT_ATTEMPTS if port == 0 else 1):
-            chosen = port or _free_port(host)
+            chosen = port or free_port(host, protocols="tcp+udp")
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
                     self._command(binary, records, host, chosen),
@@ -154,14 +137,8 @@ class DnsmasqServer:
 
     def _terminate(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        if process is not None:
+            stop_process(process, timeout=STOP_TIMEOUT)
 
     def stop(self) -> None:
         self._terminate()

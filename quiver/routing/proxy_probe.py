@@ -1,9 +1,11 @@
 """Probe an egress node's health endpoint (HAProxy `monitor-uri /health`).
 
-The sender calls this before choosing a node's sources: a node that is down,
-draining or slow to answer is treated as unhealthy. Plain asyncio streams, one
-request, one status line read: no HTTP library, and nothing a broken or hostile
-endpoint sends can make the probe read more than MAX_STATUS_LINE bytes.
+The sender calls this before choosing a node's sources (quiver.scheduler.health): a
+node that is down, draining or slow to answer is treated as unhealthy. The proxy
+tier's renderer takes HEALTH_URI from here, so both ends name one path. Plain
+asyncio streams, one request, one status line read: no HTTP library, and nothing a
+broken or hostile endpoint sends can make the probe read more than MAX_STATUS_LINE
+bytes.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import asyncio
 import contextlib
 import re
 
-from proxy_tier.render import HEALTH_URI
-
+# The path HAProxy answers with `monitor-uri` on each node's health port.
+HEALTH_URI = "/health"
 # An HTTP status line is short; anything longer is not a health answer.
 MAX_STATUS_LINE = 1024
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")

@@ -6,7 +6,7 @@ import time
 from email.utils import formatdate
 
 from quiver.client import OutboundMessage
-from quiver.localstack.stack import A_ONLY_DOMAINS, DKIM_DOMAINS, MX_DOMAINS, NULL_MX_DOMAINS
+from quiver.devstack.stack import A_ONLY_DOMAINS, DKIM_DOMAINS, MX_DOMAINS, NULL_MX_DOMAINS
 
 _PARAGRAPH = (
     "Our autumn collection has landed: wool coats, waxed jackets and boots built for "

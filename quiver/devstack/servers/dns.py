@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from quiver.local.dns_builtin import START_TIMEOUT, BuiltinDnsServer, wait_until_answering
-from quiver.local.dns_dnsmasq import (
+from quiver.devstack.servers.dns_builtin import (
+    START_TIMEOUT,
+    BuiltinDnsServer,
+    wait_until_answering,
+)
+from quiver.devstack.servers.dns_dnsmasq import (
     DnsmasqFailed,
     DnsmasqServer,
     ZoneNotExpressible,
     dnsmasq_binary,
 )
-from quiver.local.dns_zone import DEFAULT_TTL, Mx, Record, Zone
+from quiver.devstack.servers.dns_zone import DEFAULT_TTL, Mx, Record, Zone
 
 __all__ = ["DEFAULT_TTL", "DnsServer", "Mx", "Record", "Zone", "start_dns"]
 

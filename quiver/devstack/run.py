@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from quiver.local.dns_records import ExtraRecord, RecordsError, load_records
-from quiver.localstack.export_pump import ExportPump, Tally
-from quiver.localstack.policy_fragment import read_fragment
-from quiver.localstack.stack import MX_DOMAINS, LocalStack
+from quiver.devstack.export_pump import ExportPump, Tally
+from quiver.devstack.policy_fragment import read_fragment
+from quiver.devstack.servers.dns_records import ExtraRecord, RecordsError, load_records
+from quiver.devstack.stack import MX_DOMAINS, LocalStack
 from quiver.policy import PolicyError
 
 # How often the foreground loop wakes to report exported events (a signal wakes it

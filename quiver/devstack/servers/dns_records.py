@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from quiver.local.dns_zone import DEFAULT_TTL, MAX_TTL, RecordType, Zone, normalise_name
+from quiver.devstack.servers.dns_zone import DEFAULT_TTL, MAX_TTL, RecordType, Zone, normalise_name
 
 RECORD_TYPES: tuple[str, ...] = get_args(RecordType)
 _FIELDS = ("name", "type", "value", "preference", "ttl")

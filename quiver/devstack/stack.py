@@ -14,21 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quiver.devstack import moto_server
+from quiver.devstack.haproxy import EgressNode, choose_haproxy, start_nodes, stop_nodes
+from quiver.devstack.policy_fragment import merged_policy_text
+from quiver.devstack.processes import free_port, free_port_on
+from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
+from quiver.devstack.servers.dns_records import ExtraRecord, add_records, host_names
+from quiver.devstack.servers.mx import MxProcess, spawn_mx
+from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.dkim import dns_txt_value, generate_private_key
-from quiver.local.dns import DnsServer, Zone, start_dns
-from quiver.local.dns_records import ExtraRecord, add_records, host_names
-from quiver.local.mx import MxProcess, spawn_mx
-from quiver.local.tls import issue_cert, make_local_ca
-from quiver.localstack import moto_server
-from quiver.localstack.haproxy import (
-    EgressNode,
-    choose_haproxy,
-    free_port_on,
-    start_nodes,
-    stop_nodes,
-)
-from quiver.localstack.policy_fragment import merged_policy_text
-from quiver.policy import load_policy
 from quiver.settings import Deployment, deployment_env
 
 MX_HOSTS = ("mx1.quiver.local.test", "mx2.quiver.local.test")
@@ -266,7 +260,7 @@ class LocalStack:
         mx_store = self.root / "mx"
         shutil.rmtree(mx_store, ignore_errors=True)
         self.mx = spawn_mx(
-            port=moto_server.free_port(), store_dir=mx_store, tls_cert=cert, tls_key=key,
+            port=free_port(), store_dir=mx_store, tls_cert=cert, tls_key=key,
             hostname=MX_HOSTS[0],
         )
         self._keys_and_zone()
@@ -288,7 +282,7 @@ class LocalStack:
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
-                load_policy(self.policy_path), binary=binary, run_dir=self.root / "haproxy",
+                self.policy_path, binary=binary, run_dir=self.root / "haproxy",
                 log_dir=self.root / "logs",
             )
 

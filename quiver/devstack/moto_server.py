@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quiver.local.children import child_process_options
+from quiver.devstack.processes import child_process_options, free_port, stop_process
 from quiver.names import resource_names
 from quiver.settings import Deployment, local_deployment
 
@@ -26,13 +25,6 @@ MAX_RECEIVE_COUNT = 10
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "quiver-local", "AWS_SECRET_ACCESS_KEY": "quiver-local"}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class MotoServer:
     process: subprocess.Popen[bytes]
@@ -40,13 +32,7 @@ class MotoServer:
     log_path: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout=10)
 
 
 def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> MotoServer:
@@ -54,7 +40,7 @@ def start_moto(*, log_dir: Path, host: str = "127.0.0.1", port: int = 0) -> Moto
     log_path = log_dir / "moto.log"
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "quiver.localstack.moto_main", "-H", host, "-p", str(port)],
+        [sys.executable, "-m", "quiver.devstack.moto_main", "-H", host, "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, **FAKE_CREDENTIALS}, **child_process_options(),
     )

@@ -1,9 +1,16 @@
-"""What happened to one recipient in one attempt, as the lifecycle needs it."""
+"""The seam between a message's lifecycle and whatever delivers its recipients.
+
+`Transport` is the port; `Attempt` and `Path` are what comes back through it. The
+scheduler (quiver.scheduler) implements the port with ready queues and reused
+connections; unit tests implement it with scripted replies. It sits below both so
+neither half of the engine imports the other.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from quiver.smtp.reply import Reply
 
@@ -56,3 +63,17 @@ class Attempt:
         fields = self.path.fields.copy()
         fields["response"] = self.reply.as_event()
         return fields
+
+
+class Transport(Protocol):
+    async def deliver(
+        self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes,
+        seven_bit: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> list[Attempt]:
+        """Attempt delivery of `recipients` (all at `domain`); one Attempt each.
+
+        `seven_bit` is None when `message` is 7-bit. Otherwise `message` has 8-bit data
+        and goes with BODY=8BITMIME to a server that offers 8BITMIME (RFC 6152); for
+        one that does not, `seven_bit()` gives the converted, re-signed message to send.
+        """
+        ...

@@ -55,6 +55,8 @@ def dns() -> Iterator[DnsServer]:
 
 def scheduler(dns: DnsServer, port: int, extra: str = "") -> Scheduler:
     policy = parse_policy(f"""
+# Loopback MXes: only a local_only policy may allow 127.0.0.0/8.
+local_only = true
 default_pool = "p"
 [delivery]
 port = {port}

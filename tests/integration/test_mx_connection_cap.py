@@ -66,6 +66,8 @@ class Mx:
 
 def two_sources(port: int, throttles: str) -> Scheduler:
     policy = parse_policy(f"""
+# Loopback MXes: only a local_only policy may allow 127.0.0.0/8.
+local_only = true
 default_pool = "p"
 [delivery]
 port = {port}

@@ -84,7 +84,9 @@ def test_a_message_in_flight_at_repeated_kill_dash_nine_ends_failed(
     config = stack.stack.policy_variant("killed", lambda text: text.replace(
         'visibility_timeout = "60s"', 'visibility_timeout = "30s"').replace(
         'command_timeout = "30s"\n',
-        'command_timeout = "30s"\nroutes = { "slow.test" = "127.0.0.70" }\n'))
+        'command_timeout = "30s"\nroutes = { "slow.test" = "127.0.0.70" }\n')
+        # The tarpit MX offers no STARTTLS, and the stack's default mode is verify.
+        + '\n[[tls.rules]]\ndomain = "slow.test"\nmode = "opportunistic"\n')
     rcpt = "tarpit-k@slow.test"
     msg = message(0, [rcpt], prefix="killed")
     try:

@@ -61,8 +61,15 @@ def policy(*, routes: dict[str, str], max_age: str = STACK_MAX_AGE, cap: str = "
                           f'command_timeout = "30s"\nroutes = {{ {entries} }}\n')):
             assert old in text, old
             text = text.replace(old, new, 1)
-        return text + extra
+        # These MXes offer no STARTTLS, and the stack's default mode is verify.
+        return text + plaintext_rules(routes) + extra
     return edit
+
+
+def plaintext_rules(routes: dict[str, str]) -> str:
+    """Opportunistic TLS for each routed domain: its own MX speaks plaintext only."""
+    return "".join(f'\n[[tls.rules]]\ndomain = "{d}"\nmode = "opportunistic"\n'
+                   for d in routes)
 
 
 @contextmanager

@@ -72,8 +72,8 @@ from quiver.local.dns import DnsServer, Zone, start_dns
 from quiver.localstack import moto_server
 from quiver.localstack.samples import render
 from quiver.settings import Deployment, deployment_env
-from quiver.storage.aws import chunk_messages
 from quiver.storage.base import Outgoing
+from quiver.storage.sqs import chunk_messages
 from quiver.storage.sqs_lean import LeanSqsClient, parse_batch_failures, send_entries
 
 FROM_DOMAIN = "news.bench.quiver.test"

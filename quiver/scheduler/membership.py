@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from quiver.storage.aws import aws_executor
+from quiver.storage.boto_calls import aws_executor
 
 log = logging.getLogger("quiver.sender")
 

@@ -29,22 +29,12 @@ from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
-from quiver.storage.aws import S3BodyStore, SqsEventSink, aws_executor
+from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import StorageError
+from quiver.storage.boto_calls import aws_executor
 from quiver.storage.sqs_lean import LeanSqsClient
 
 log = logging.getLogger("quiver.sender")
-
-
-def secret_reader(session: Any) -> Any:
-    client = session.client("secretsmanager")
-
-    def read(secret_id: str) -> bytes:
-        value = client.get_secret_value(SecretId=secret_id)
-        text = value.get("SecretString")
-        return text.encode() if text is not None else bytes(value["SecretBinary"])
-
-    return read
 
 
 def build_sender(

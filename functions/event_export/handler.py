@@ -23,13 +23,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from quiver.events import unpack_batch
 from quiver.export import write_batch
-from quiver.finals import FinalsTable
 from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
+from quiver.storage.dynamo import DynamoFinals
 
 logger = Logger(service="quiver-event-export")
 processor = BatchProcessor(event_type=EventType.SQS)
 _s3: Any = None
-_finals: FinalsTable | None = None
+_finals: DynamoFinals | None = None
 
 
 def _client() -> Any:
@@ -39,11 +39,11 @@ def _client() -> Any:
     return _s3
 
 
-def _finals_table() -> FinalsTable | None:
+def _finals_table() -> DynamoFinals | None:
     global _finals
     table = os.environ.get(ENV_FINALS_TABLE)
     if table and (_finals is None or _finals.table != table):
-        _finals = FinalsTable(boto3.client("dynamodb"), table)
+        _finals = DynamoFinals(boto3.client("dynamodb"), table)
     return _finals if table else None
 
 

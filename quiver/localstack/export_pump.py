@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
-from quiver.finals import FinalsTable
 from quiver.localstack import moto_server
 from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE, Deployment
+from quiver.storage.dynamo import DynamoFinals
 
 log = logging.getLogger("quiver.local")
 # The export handler's clients and settings are per process: one invocation at a time.
@@ -95,14 +95,14 @@ class ExportPump:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="export-pump", daemon=True)
         self._export: Any = None
-        self._clients: tuple[Any, FinalsTable | None] | None = None
+        self._clients: tuple[Any, DynamoFinals | None] | None = None
 
     def start(self) -> None:
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
         from functions.event_export import handler as export
 
         endpoint = self._environ["AWS_ENDPOINT_URL"]
-        finals = (FinalsTable(moto_server.client(endpoint, "dynamodb"),
+        finals = (DynamoFinals(moto_server.client(endpoint, "dynamodb"),
                               self._deployment.finals_table)
                   if self._deployment.finals_table else None)
         self._clients = (moto_server.client(endpoint, "s3"), finals)

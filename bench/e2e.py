@@ -73,8 +73,8 @@ from quiver.dkim import DkimSigner, dns_txt_value, generate_private_key
 from quiver.envelope import EnvelopeError
 from quiver.events import EventBatchError, unpack_batch
 from quiver.settings import Deployment, deployment_env
-from quiver.storage.aws import chunk_messages
 from quiver.storage.base import Outgoing
+from quiver.storage.sqs import chunk_messages
 from quiver.storage.sqs_lean import LeanSqsClient, parse_batch_failures, send_entries
 
 FROM_DOMAIN = "news.bench.quiver.test"

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3_queue import SqsQueue
 from botocore.config import Config
 
 from quiver.devstack.moto_server import (
@@ -48,7 +49,6 @@ from quiver.devstack.moto_server import (
     start_moto,
 )
 from quiver.devstack.processes import free_port
-from quiver.storage.aws import SqsQueue
 from quiver.storage.base import Outgoing, Queue
 from quiver.storage.sqs_lean import LeanSqsClient
 

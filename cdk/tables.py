@@ -8,22 +8,23 @@ Suppression items: pk = "tenant:<tenant>" ("tenant:*" for an entry that applies 
 every tenant: a hard bounce or complaint suppresses everywhere by default), sk =
 "address:<lower-cased address>", plus `reason`, `source` (bounce, complaint,
 manual), `created_at` and, for entries that lapse (soft bounces), `expires_at`.
-A recipient is checked with one BatchGetItem of its tenant's key and the "*" key.
+A recipient is checked with one BatchGetItem of its tenant's key and the "*" key
+(quiver.storage.dynamo.DynamoSuppression).
 
-Sender items (quiver.scheduler.membership): pk = "senders", sk = the ECS task id,
-`heartbeat`, `expires_at`. Every task counts the live tasks to take its share of
-each throttle.
+Sender items (quiver.storage.dynamo.DynamoMembership): pk = "senders", sk = the
+ECS task id, `heartbeat`, `expires_at`. Every task counts the live tasks to take
+its share of each throttle.
 
-Final-event items (quiver.finals): pk = "final#<message id>", sk = "<recipient>",
-`batch` (the event batch id that claimed it), `event`, `at`, and `expires_at` 15
-days after the event. They make final events (delivered, bounced, expired,
-suppressed, rejected) exactly-once: a sender that crashes between publishing its
-events and deleting the message gets the message back and produces a second final
-event for the same recipients. The export Lambda claims each final event here
-(BatchGetItem, then BatchWriteItem of the unclaimed ones) and drops copies another
-batch has claimed; the sender Queries a redelivered message's pk and skips the
-recipients already final. The 15 days exceed SQS's 14-day maximum retention, so a
-claim outlives every redelivery of its message.
+Final-event items (quiver.storage.dynamo.DynamoFinals): pk = "final#<message id>",
+sk = "<recipient>", `batch` (the event batch id that claimed it), `event`, `at`, and
+`expires_at` 15 days after the event. They make final events (delivered, bounced,
+expired, suppressed, rejected) exactly-once: a sender that crashes between
+publishing its events and deleting the message gets the message back and produces a
+second final event for the same recipients. The export Lambda claims each final
+event here (BatchGetItem, then BatchWriteItem of the unclaimed ones) and drops
+copies another batch has claimed; the sender Queries a redelivered message's pk and
+skips the recipients already final. The 15 days exceed SQS's 14-day maximum
+retention, so a claim outlives every redelivery of its message.
 """
 
 from __future__ import annotations

@@ -26,10 +26,9 @@ from typing import Any
 
 from quiver import envelope as envelope_mod
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, ContentError, LongLines, prepare
+from quiver.storage.sqs import chunk, text_size
 
 DEFAULT_SPILL_THRESHOLD = 200 * 1024
-_SQS_BATCH = 10
-_SQS_BATCH_BYTES = 250 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +137,7 @@ class QuiverClient:
                 entries.append((message.id, self.build(message)))
             except envelope_mod.EnvelopeError as exc:
                 result.failed[message.id] = str(exc)
-        batch: list[tuple[str, str]] = []
-        size = 0
-        for entry in entries:
-            n = len(entry[1].encode())
-            if batch and (len(batch) == _SQS_BATCH or size + n > _SQS_BATCH_BYTES):
-                self._send_batch(batch, result)
-                batch, size = [], 0
-            batch.append(entry)
-            size += n
-        if batch:
+        for batch in chunk(entries, lambda entry: text_size(entry[1])):
             self._send_batch(batch, result)
         return result
 

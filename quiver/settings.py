@@ -54,15 +54,23 @@ class SettingsError(ValueError):
     pass
 
 
-def deployment_from_env(env: Mapping[str, str]) -> Deployment:
-    """Build settings from the environment, naming every missing variable at once."""
-    required = (
-        ENV_OUTBOUND_QUEUE_URL,
-        ENV_OUTBOUND_DLQ_URL,
-        ENV_EVENTS_QUEUE_URL,
-        ENV_SPILL_BUCKET,
-        ENV_EVENTS_BUCKET,
-    )
+# What a sender (and the CLI) cannot run without.
+SENDER_VARIABLES = (
+    ENV_OUTBOUND_QUEUE_URL,
+    ENV_OUTBOUND_DLQ_URL,
+    ENV_EVENTS_QUEUE_URL,
+    ENV_SPILL_BUCKET,
+    ENV_EVENTS_BUCKET,
+)
+# What the event-export Lambda cannot run without (cdk/event_export.py sets these).
+EXPORT_VARIABLES = (ENV_EVENTS_BUCKET,)
+
+
+def deployment_from_env(
+    env: Mapping[str, str], *, required: tuple[str, ...] = SENDER_VARIABLES
+) -> Deployment:
+    """Build settings from the environment, naming every missing variable of
+    `required` at once; the others are empty when unset."""
     missing = [name for name in required if not env.get(name)]
     if missing:
         raise SettingsError(
@@ -72,11 +80,11 @@ def deployment_from_env(env: Mapping[str, str]) -> Deployment:
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     max_receives = _max_receives(env.get(ENV_OUTBOUND_MAX_RECEIVES, ""))
     return Deployment(
-        outbound_queue_url=env[ENV_OUTBOUND_QUEUE_URL],
-        outbound_dlq_url=env[ENV_OUTBOUND_DLQ_URL],
-        events_queue_url=env[ENV_EVENTS_QUEUE_URL],
-        spill_bucket=env[ENV_SPILL_BUCKET],
-        events_bucket=env[ENV_EVENTS_BUCKET],
+        outbound_queue_url=env.get(ENV_OUTBOUND_QUEUE_URL, ""),
+        outbound_dlq_url=env.get(ENV_OUTBOUND_DLQ_URL, ""),
+        events_queue_url=env.get(ENV_EVENTS_QUEUE_URL, ""),
+        spill_bucket=env.get(ENV_SPILL_BUCKET, ""),
+        events_bucket=env.get(ENV_EVENTS_BUCKET, ""),
         suppression_table=env.get(ENV_SUPPRESSION_TABLE, ""),
         policy_parameter=env.get(ENV_POLICY_PARAMETER, ""),
         region=region,

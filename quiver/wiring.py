@@ -11,41 +11,28 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from quiver.bounce import default_classifier
 from quiver.dkim import signers_from_policy
 from quiver.dkim.pool import SigningPool
-from quiver.finals import FinalsTable
 from quiver.policy import Policy
 from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.health import ProxyHealth
-from quiver.scheduler.membership import DynamoMembership, Membership
 from quiver.scheduler.scheduler import Scheduler
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
-from quiver.storage.aws import S3BodyStore, SqsEventSink, aws_executor
-from quiver.storage.base import StorageError
+from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
+from quiver.storage.base import Membership
+from quiver.storage.dynamo import DynamoFinals, DynamoMembership
+from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
 
 log = logging.getLogger("quiver.sender")
-
-
-def secret_reader(session: Any) -> Any:
-    client = session.client("secretsmanager")
-
-    def read(secret_id: str) -> bytes:
-        value = client.get_secret_value(SecretId=secret_id)
-        text = value.get("SecretString")
-        return text.encode() if text is not None else bytes(value["SecretBinary"])
-
-    return read
 
 
 def build_sender(
@@ -80,7 +67,7 @@ def build_sender(
         providers=ProviderMatcher(policy.providers),
         routes=dict(policy.delivery.routes),
     )
-    membership: Membership = Membership()
+    membership: Membership = FixedShare()
     if deployment.senders_table:
         membership = DynamoMembership(
             client=session.client("dynamodb", config=config), table=deployment.senders_table,
@@ -96,22 +83,13 @@ def build_sender(
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
         base_dir=policy_dir,
     )
-    finalized = None
-    if deployment.finals_table:
-        finals = FinalsTable(session.client("dynamodb", config=config), deployment.finals_table)
-
-        async def finalized(message_id: str) -> set[str]:
-            loop = asyncio.get_running_loop()
-            try:
-                return await loop.run_in_executor(aws_executor(), finals.finalized, message_id)
-            except (BotoCoreError, ClientError) as exc:
-                raise StorageError(f"finals lookup: {exc}") from exc
-
+    finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
+              if deployment.finals_table else None)
     threads = policy.delivery.signing_threads
     signing = SigningPool(threads) if threads else None
     handler = MessageHandler(
         signing=signing,
-        finalized=finalized,
+        finalized=finals.finalized if finals is not None else None,
         policy=policy,
         transport=transport,
         signers=signers,

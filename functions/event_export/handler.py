@@ -1,13 +1,15 @@
 """Event export Lambda: events-queue batches → partitioned JSONL objects in S3.
 
-Thin by design: it parses the SQS trigger, calls `quiver.export`, and reports the
-records that failed so SQS retries only those (partial batch responses). A batch
-that is not a v1 event batch fails on its own and ends in the events DLQ after
-its retries; it never blocks the others.
+Thin by design: it parses the SQS trigger, hands each record to
+`quiver.export.Exporter`, and reports the records that failed so SQS retries
+only those (partial batch responses). A batch that is not a v1 event batch
+fails on its own and ends in the events DLQ after its retries; it never blocks
+the others.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -19,53 +21,27 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from quiver.events import unpack_batch
-from quiver.export import write_batch
-from quiver.finals import FinalsTable
-from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
+from quiver.export import Exporter
+from quiver.settings import EXPORT_VARIABLES, deployment_from_env
 
 logger = Logger(service="quiver-event-export")
 processor = BatchProcessor(event_type=EventType.SQS)
-_s3: Any = None
-_finals: FinalsTable | None = None
 
 
-def _client() -> Any:
-    global _s3
-    if _s3 is None:
-        _s3 = boto3.client("s3")
-    return _s3
-
-
-def _finals_table() -> FinalsTable | None:
-    global _finals
-    table = os.environ.get(ENV_FINALS_TABLE)
-    if table and (_finals is None or _finals.table != table):
-        _finals = FinalsTable(boto3.client("dynamodb"), table)
-    return _finals if table else None
-
-
-def export_record(record: SQSRecord) -> list[str]:
-    batch_id, records = unpack_batch(record.body)
-    finals = _finals_table()
-    if finals is not None:
-        # Final events are exactly-once: a copy from a re-delivered message is dropped.
-        kept = finals.claim(batch_id, records)
-        if len(kept) != len(records):
-            logger.info("dropped duplicate final events",
-                        extra={"batch": batch_id, "dropped": len(records) - len(kept)})
-        records = kept
-    keys = write_batch(
-        _client(), bucket=os.environ[ENV_EVENTS_BUCKET], batch_id=batch_id, records=records
-    )
-    logger.debug("exported batch", extra={"batch": batch_id, "records": len(records)})
-    return keys
+@functools.cache
+def exporter() -> Exporter:
+    """The function's one Exporter, built on the cold start's first invocation rather
+    than at import: the module imports without settings (the packaging check), and a
+    function missing a setting fails its invocations naming it."""
+    deployment = deployment_from_env(os.environ, required=EXPORT_VARIABLES)
+    session = boto3.session.Session(region_name=deployment.region)
+    return Exporter.from_deployment(deployment, session=session, log=logger)
 
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     return process_partial_response(
-        event=event, record_handler=export_record, processor=processor, context=context
+        event=event, record_handler=exporter().export_record, processor=processor,
+        context=context,
     )

@@ -1,44 +1,35 @@
-"""Runs the event-export Lambda handler in-process on SQS-shaped events.
+"""Runs the event export in-process on SQS-shaped events, as the Lambda does.
 
 What AWS's event source mapping does: long-poll the events queue, hand the
-handler a batch in the Lambda SQS event shape, delete the records it did not
-report as failed. The pump also tallies records so the demo can show progress.
+function a batch in the Lambda SQS event shape, delete the records it did not
+report as failed. The pump runs the Lambda's own record function
+(`Exporter.export_record`) under the same Powertools batch processing, with an
+Exporter of its own on this stack's clients. It also tallies records so the
+demo can show progress.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+
 from quiver.devstack import moto_server
 from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
-from quiver.finals import FinalsTable
-from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE, Deployment
+from quiver.export import Exporter
+from quiver.settings import Deployment
+from quiver.storage.dynamo import DynamoFinals
 
 log = logging.getLogger("quiver.local")
-# The export handler's clients and settings are per process: one invocation at a time.
-_HANDLER_LOCK = threading.Lock()
-
-
-@dataclass
-class LambdaContext:
-    """The attributes Powertools reads from a Lambda context."""
-
-    function_name: str = "quiver-event-export"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quiver-event-export"
-    memory_limit_in_mb: int = 512
-    aws_request_id: str = "local"
-    log_group_name: str = "/aws/lambda/quiver-event-export"
-    log_stream_name: str = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @dataclass
@@ -94,43 +85,28 @@ class ExportPump:
         self._tally = on_records
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="export-pump", daemon=True)
-        self._export: Any = None
-        self._clients: tuple[Any, FinalsTable | None] | None = None
+        # One processor per pump: a processor holds the state of the batch in hand.
+        self._processor = BatchProcessor(event_type=EventType.SQS)
+        self._exporter: Exporter | None = None
 
     def start(self) -> None:
-        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-        from functions.event_export import handler as export
-
         endpoint = self._environ["AWS_ENDPOINT_URL"]
-        finals = (FinalsTable(moto_server.client(endpoint, "dynamodb"),
-                              self._deployment.finals_table)
+        finals = (DynamoFinals(moto_server.client(endpoint, "dynamodb"),
+                               self._deployment.finals_table)
                   if self._deployment.finals_table else None)
-        self._clients = (moto_server.client(endpoint, "s3"), finals)
-        self._export = export
+        self._exporter = Exporter(s3=moto_server.client(endpoint, "s3"),
+                                  bucket=self._deployment.events_bucket, finals=finals)
         self._thread.start()
 
     def _invoke(self, event: dict[str, Any]) -> Any:
-        """Run the Lambda handler with this stack's clients and settings.
-
-        The handler keeps its clients and reads its settings per process, as in
-        Lambda; several local stacks can share a process (tests), so each call
-        installs this stack's, under a lock, and puts the environment back.
-        """
-        assert self._clients is not None
-        settings = {ENV_EVENTS_BUCKET: self._deployment.events_bucket,
-                    ENV_FINALS_TABLE: self._deployment.finals_table}
-        with _HANDLER_LOCK:
-            saved = {k: os.environ.get(k) for k in settings}
-            os.environ.update({k: v for k, v in settings.items() if v})
-            self._export._s3, self._export._finals = self._clients
-            try:
-                return self._export.handler(event, LambdaContext())
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+        """What Lambda does with the function: the Exporter's record function under
+        Powertools' partial batch processing. No Lambda context: only the handler's
+        logger reads one, and the record function does not."""
+        assert self._exporter is not None, "start() the pump first"
+        return process_partial_response(
+            event=event, record_handler=self._exporter.export_record,
+            processor=self._processor,
+        )
 
     def stop(self) -> None:
         self._stop.set()

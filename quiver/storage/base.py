@@ -1,10 +1,12 @@
-"""The interfaces the engine sees. Implementations: `aws.py` and `memory.py`."""
+"""The interfaces the engine sees. Implementations: `aws.py`, `dynamo.py`, `sqs_lean.py`
+(AWS) and `memory.py` (in memory, for unit tests)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from quiver.events import Record
 
@@ -72,4 +74,73 @@ class BodyStore(Protocol):
 
     async def put(self, key: str, data: bytes) -> str:
         """Store `data`; return its s3:// URI."""
+        ...
+
+
+class FinalsStore(Protocol):
+    """Claims that make final events exactly-once per (message id, recipient); see
+    `quiver.storage.finals` for the rules."""
+
+    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
+        """The records to export: all but the final events that another batch (or this
+        batch, earlier in it) has claimed; claims the rest for `batch_id`. Re-running a
+        batch keeps what it claimed. Synchronous: the export Lambda has no event loop."""
+        ...
+
+    async def finalized(self, message_id: str) -> set[str]:
+        """Recipients of `message_id` that already have a final event."""
+        ...
+
+
+class Membership(Protocol):
+    """This sender task's share of the fleet (1/N of every throttle for N live tasks);
+    see `quiver.storage.membership` for the error bound."""
+
+    def share(self) -> float: ...
+
+    async def join(self, stop: asyncio.Event) -> None:
+        """Learn this task's share before it sends anything (bounded; see the module)."""
+        ...
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Heartbeat until `stop`, then leave the fleet."""
+        ...
+
+
+# The tenant of a suppression that applies to every tenant: a hard bounce or a
+# complaint suppresses an address everywhere by default.
+ALL_TENANTS = "*"
+SuppressionSource = Literal["bounce", "complaint", "manual"]
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that must not be mailed (for one tenant, or for all of them)."""
+
+    address: str  # lower-cased by the stores
+    reason: str
+    source: SuppressionSource
+    created_at: float  # epoch seconds
+    tenant: str = ALL_TENANTS
+    # Epoch seconds (whole: DynamoDB's TTL reads them) after which the entry lapses
+    # (soft bounces); None: never.
+    expires_at: int | None = None
+
+
+class SuppressionStore(Protocol):
+    async def lookup(
+        self, addresses: Sequence[str], *, tenant: str | None
+    ) -> dict[str, Suppression]:
+        """The suppressed ones among `addresses`, keyed as given: entries of `tenant`
+        and of ALL_TENANTS (only the latter for a message without a tenant), the
+        tenant's own first. Addresses compare case-insensitively; lapsed entries are
+        not suppressions."""
+        ...
+
+    async def put(self, entry: Suppression) -> None:
+        """Add or replace the entry for (entry.tenant, entry.address)."""
+        ...
+
+    async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
+        """Remove the entry, if any (removing a missing one is not an error)."""
         ...

@@ -1,16 +1,30 @@
-"""In-memory storage for unit tests: same interfaces, SQS-like visibility semantics."""
+"""In-memory storage for unit tests: the same interfaces, SQS-like visibility semantics.
+
+tests/integration/test_storage_contract.py runs the same assertions against these
+and the DynamoDB stores, so a fake cannot drift from what it stands for.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from quiver.envelope import parse_s3_uri
 from quiver.events import Record
-from quiver.storage.base import MissingObject, Outgoing, Received, StorageError, TooLarge
+from quiver.storage.base import (
+    ALL_TENANTS,
+    MissingObject,
+    Outgoing,
+    Received,
+    StorageError,
+    Suppression,
+    TooLarge,
+)
+from quiver.storage.finals import Claim, claim_batch
+from quiver.storage.membership import HeartbeatMembership
 
 
 @dataclass
@@ -120,3 +134,80 @@ class MemoryBodyStore:
         if len(data) > max_size:
             raise TooLarge(uri, len(data), max_size)
         return data
+
+
+class MemoryFinals:
+    """Final-event claims in a dict: {(message id, recipient): claiming batch id}."""
+
+    def __init__(self) -> None:
+        self.claims: dict[Claim, str] = {}
+
+    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
+        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write)
+
+    def _claimed_by(self, keys: list[Claim]) -> dict[Claim, str]:
+        return {k: self.claims[k] for k in keys if k in self.claims}
+
+    def _write(self, batch_id: str, items: list[tuple[Claim, Record]]) -> None:
+        for key, _ in items:
+            self.claims[key] = batch_id
+
+    async def finalized(self, message_id: str) -> set[str]:
+        return {rcpt for m, rcpt in self.claims if m == message_id}
+
+
+class MemoryFleet:
+    """The heartbeats of several MemoryMembership tasks, on an injected clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.heartbeats: dict[str, float] = {}
+
+    def member(self, task_id: str, *, interval: float = 10.0, stale: float = 30.0
+               ) -> MemoryMembership:
+        return MemoryMembership(fleet=self, task_id=task_id, interval=interval, stale=stale)
+
+
+class MemoryMembership(HeartbeatMembership):
+    def __init__(self, *, fleet: MemoryFleet, task_id: str, interval: float = 10.0,
+                 stale: float = 30.0) -> None:
+        super().__init__(task_id=task_id, interval=interval, stale=stale)
+        self.fleet = fleet
+
+    async def beat(self) -> int:
+        now = self.fleet.clock()
+        self.fleet.heartbeats[self.task_id] = now
+        live = sum(1 for at in self.fleet.heartbeats.values() if at > now - self.stale)
+        return max(1, live)
+
+    async def leave(self) -> None:
+        self.fleet.heartbeats.pop(self.task_id, None)
+
+
+class MemorySuppression:
+    """The suppression list in a dict keyed (tenant, lower-cased address)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.entries: dict[tuple[str, str], Suppression] = {}
+
+    async def lookup(
+        self, addresses: Sequence[str], *, tenant: str | None
+    ) -> dict[str, Suppression]:
+        tenants = [t for t in dict.fromkeys((tenant, ALL_TENANTS)) if t is not None]
+        now = self._clock()
+        out: dict[str, Suppression] = {}
+        for address in addresses:
+            for t in tenants:
+                entry = self.entries.get((t, address.lower()))
+                if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                    out[address] = entry
+                    break
+        return out
+
+    async def put(self, entry: Suppression) -> None:
+        address = entry.address.lower()
+        self.entries[(entry.tenant, address)] = replace(entry, address=address)
+
+    async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
+        self.entries.pop((tenant, address.lower()), None)

@@ -7,7 +7,8 @@ protocol boto3 ≥ 1.34 uses (the SQS JSON protocol: `POST /`, an
 `X-Amz-Target` naming the action, JSON in and out) over a few kept-alive
 HTTP/1.1 connections on the event loop, signs with its own SigV4
 (`quiver.storage.sigv4`) and implements the same `Queue` contract as
-`quiver.storage.aws.SqsQueue`: the same batching, the same retry of failed
+the boto3 queue it replaced (now bench/boto3_queue.py, the baseline of
+bench/sqs_calls.py): the same batching (`quiver.storage.sqs`), the same retry of failed
 entries, the same StorageError semantics.
 
 Everything is bounded: response size, header size, connect and read time,
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from quiver.storage.aws import SQS_BATCH, chunk_messages
 from quiver.storage.base import Outgoing, Received, StorageError
 from quiver.storage.sigv4 import SigV4Signer, amz_date
+from quiver.storage.sqs import SQS_BATCH, chunk_messages
 
 # A ReceiveMessage answer is at most 10 * 256 KiB (1 MiB bodies since 2025) plus
 # attributes and JSON escaping; anything near this is not SQS talking.
@@ -48,7 +49,7 @@ IDLE_LIMIT = 20.0
 # Concurrent requests per endpoint (long polls included); more wait for a slot.
 MAX_CONNECTIONS = 16
 # Tries per call for faults that may heal (network, 5xx, throttling): the same
-# count SqsQueue uses for failed batch entries.
+# count the boto3 baseline used for failed batch entries.
 ATTEMPTS = 3
 BACKOFF = 0.1
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -652,7 +653,7 @@ class LeanSqsClient:
 
 
 class LeanSqsQueue:
-    """The `Queue` protocol over LeanSqsClient; a drop-in for `SqsQueue`."""
+    """The `Queue` protocol over LeanSqsClient."""
 
     def __init__(self, client: LeanSqsClient, url: str) -> None:
         _endpoint(url)  # refuse a bad URL now, not on the first call

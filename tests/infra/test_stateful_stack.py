@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from infra_helpers import ref_target, render, resources
 
-from quiver.finals import TTL_SECONDS as FINALS_TTL_SECONDS
 from quiver.names import resource_names
 from quiver.policy import Policy
+from quiver.storage.finals import TTL_SECONDS as FINALS_TTL_SECONDS
 
 pytestmark = pytest.mark.infra
 

@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 
 from quiver.devstack.moto_server import MotoServer, client, create_resources, session, start_moto
-from quiver.scheduler.membership import DynamoMembership
+from quiver.storage.dynamo import DynamoMembership
 
 pytestmark = pytest.mark.integration
 

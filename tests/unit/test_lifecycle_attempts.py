@@ -26,7 +26,7 @@ from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MAX_SQS_BODY, MessageHandler
 from quiver.smtp.reply import Reply, local_reply, parse_reply
 from quiver.storage.base import Outgoing
-from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue
+from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryFinals, MemoryQueue
 
 T0 = 1_790_000_000.0
 POLICY_TEXT = """
@@ -88,7 +88,7 @@ class Lifecycle:
     script: Script
     policy_text: str = POLICY_TEXT
     max_receives: int = 0
-    finalized: set[str] | None = None
+    finalized: set[str] | None = None  # recipients of the message already final
     now: float = T0
     bodies: MemoryBodyStore = field(default_factory=lambda: MemoryBodyStore("spill"))
     records: list[dict] = field(default_factory=list)
@@ -102,16 +102,16 @@ class Lifecycle:
         retries: list[Outgoing] = []
         sent = _Recording(queue, retries)
         completer = Completer(queue=sent, dlq=dlq, sink=sink, max_delay=0.001)
-        done_set = self.finalized
-
-        async def finalized(message_id: str) -> set[str]:
-            return set(done_set or ())
-
+        finals = None
+        if self.finalized is not None:
+            finals = MemoryFinals()
+            message_id = decode(body).id
+            finals.claims.update({(message_id, rcpt): "earlier" for rcpt in self.finalized})
         handler = MessageHandler(
             policy=parse_policy(self.policy_text), transport=self.transport,
             signers=SignerSet([]), bodies=self.bodies, completer=completer,
             classifier=default_classifier(), clock=lambda: self.now, rng=random.Random(7),
-            finalized=finalized if done_set is not None else None,
+            finalized=finals.finalized if finals is not None else None,
             max_receives=self.max_receives,
         )
         await sent.send([Outgoing(body=body)])

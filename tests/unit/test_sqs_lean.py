@@ -20,9 +20,9 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiver.storage.aws import SQS_BATCH_BYTES, chunk_messages
 from quiver.storage.base import Outgoing, Received, StorageError
 from quiver.storage.sigv4 import SigV4Signer, amz_date
+from quiver.storage.sqs import SQS_BATCH_BYTES, chunk_messages
 from quiver.storage.sqs_lean import (
     LeanSqsClient,
     _parse_head,
@@ -279,7 +279,7 @@ def test_receive_answer_parses_as_boto3_parses_it() -> None:
         (m["Body"], m["ReceiptHandle"], m["MessageId"]) for m in parsed["Messages"]]
     assert ours[0] == Received(body='{"v":1}', receipt="rh-1", message_id="m-1",
                                receive_count=3, sent_at=1700000000.123)
-    # Missing attributes take SqsQueue's defaults.
+    # Missing attributes take the boto3 queue's defaults (bench/boto3_queue.py).
     assert (ours[1].receive_count, ours[1].sent_at) == (1, 0.0)
     assert parse_received(b"{}") == []
     assert parse_received(b'{"Messages": []}') == []

@@ -1,17 +1,17 @@
 """Cluster share: each sender task enforces 1/N of every throttle, N = live tasks.
 
-Tasks heartbeat into a DynamoDB table (one item per task, refreshed every
-`interval`, considered dead after `stale`). Error bound, stated in the README:
-in steady state the cluster-wide rate equals the limit and connections are at
-most the limit (each task is still allowed one connection per budget when the
-limit is below N). When a task joins, the others learn of it within one
-interval, so for at most `interval` seconds the cluster can exceed a limit by
-one task's share (limit/N). A task counts the live tasks once before its intake
-starts (`join`), so it does not send at a whole limit while it is one of N;
-if the table does not answer within one interval it starts anyway, at the last
-known share (1/1 for a new task) until an answer comes.
-When a task dies, its share goes unused for at most `stale` seconds: the limit
-is under-used, never exceeded.
+Tasks heartbeat into a table (one item per task, refreshed every `interval`,
+considered dead after `stale`; DynamoDB's is `dynamo.DynamoMembership`). Error
+bound, stated in the README: in steady state the cluster-wide rate equals the
+limit and connections are at most the limit (each task is still allowed one
+connection per budget when the limit is below N). When a task joins, the
+others learn of it within one interval, so for at most `interval` seconds the
+cluster can exceed a limit by one task's share (limit/N). A task counts the
+live tasks once before its intake starts (`join`), so it does not send at a
+whole limit while it is one of N; if the table does not answer within one
+interval it starts anyway, at the last known share (1/1 for a new task) until
+an answer comes. When a task dies, its share goes unused for at most `stale`
+seconds: the limit is under-used, never exceeded.
 """
 
 from __future__ import annotations
@@ -19,18 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any
-
-from quiver.storage.aws import aws_executor
+from abc import ABC, abstractmethod
 
 log = logging.getLogger("quiver.sender")
 
-PARTITION = "senders"
 
-
-class Membership:
-    """A fixed share (a single task, or tests)."""
+class FixedShare:
+    """A fixed share: a single task (no fleet table), or tests."""
 
     def __init__(self, tasks: int = 1) -> None:
         self.tasks = max(1, tasks)
@@ -39,46 +34,29 @@ class Membership:
         return 1.0 / self.tasks
 
     async def join(self, stop: asyncio.Event) -> None:
-        """Learn this task's share before it sends anything."""
+        """A fixed share is known from the start."""
 
     async def run(self, stop: asyncio.Event) -> None:
         await stop.wait()
 
 
-class DynamoMembership(Membership):
-    def __init__(
-        self, *, client: Any, table: str, task_id: str, interval: float = 10.0,
-        stale: float = 30.0,
-    ) -> None:
+class HeartbeatMembership(FixedShare, ABC):
+    """The heartbeat schedule; a store supplies one heartbeat and the leaving."""
+
+    def __init__(self, *, task_id: str, interval: float = 10.0, stale: float = 30.0) -> None:
         super().__init__(1)
-        self._client = client
-        self._table = table
         self.task_id = task_id
         self.interval = interval
         self.stale = stale
         self._beating: asyncio.Task[None] | None = None
 
-    def beat(self) -> int:
-        """Write this task's heartbeat and count the live tasks (synchronous)."""
-        now = time.time()
-        self._client.put_item(TableName=self._table, Item={
-            "pk": {"S": PARTITION}, "sk": {"S": self.task_id},
-            "heartbeat": {"N": f"{now:.3f}"},
-            # DynamoDB TTL removes items of tasks that died long ago.
-            "expires_at": {"N": str(int(now + 3600))},
-        })
-        response = self._client.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :p",
-            FilterExpression="heartbeat > :h",
-            ExpressionAttributeValues={":p": {"S": PARTITION}, ":h": {"N": f"{now - self.stale}"}},
-            Select="COUNT",
-        )
-        return max(1, int(response.get("Count", 1)))
+    @abstractmethod
+    async def beat(self) -> int:
+        """Record this task's heartbeat; return the live tasks (this one included)."""
 
-    def leave(self) -> None:
-        self._client.delete_item(TableName=self._table, Key={
-            "pk": {"S": PARTITION}, "sk": {"S": self.task_id}})
+    @abstractmethod
+    async def leave(self) -> None:
+        """Remove this task's heartbeat."""
 
     async def join(self, stop: asyncio.Event) -> None:
         # Without this a new task would enforce whole limits (1/1) until its first
@@ -103,9 +81,8 @@ class DynamoMembership(Membership):
         return self._beating
 
     async def _beat(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            tasks = await loop.run_in_executor(aws_executor(), self.beat)
+            tasks = await self.beat()
         except Exception as exc:
             # Keep the last known share: a table hiccup must not stop delivery.
             log.warning("membership heartbeat failed: %s", exc)
@@ -127,4 +104,4 @@ class DynamoMembership(Membership):
             # more (its share unused, never exceeded): give it a moment to land first.
             await asyncio.wait({self._beating}, timeout=2.0)
         with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(aws_executor(), self.leave)
+            await self.leave()

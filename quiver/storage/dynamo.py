@@ -1,0 +1,221 @@
+"""The DynamoDB stores: final-event claims, fleet membership, the suppression list.
+
+Every table has the key schema of cdk/tables.py (partition key `pk`, sort key
+`sk`, TTL on `expires_at`), which documents each store's items. Calls go
+through `boto_calls`, so a failure is a StorageError whatever the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from quiver.events import Record
+from quiver.storage.base import ALL_TENANTS, StorageError, Suppression, SuppressionSource
+from quiver.storage.boto_calls import call, call_sync
+from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
+from quiver.storage.membership import HeartbeatMembership
+
+_GET_BATCH = 100  # BatchGetItem limit
+_WRITE_BATCH = 25  # BatchWriteItem limit
+_RETRIES = 5
+_BACKOFF = 0.05
+# A heartbeat item outlives its task by this much; DynamoDB's TTL then removes it.
+_HEARTBEAT_TTL = 3600
+
+
+def _final_key(message_id: str, rcpt: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"final#{message_id}"}, "sk": {"S": rcpt}}
+
+
+class DynamoFinals:
+    """`FinalsStore` on the finals table: pk "final#<id>", sk "<rcpt>", batch, event,
+    at, expires_at (TTL_SECONDS after the claim)."""
+
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self.table = table
+        self._clock = clock
+
+    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
+        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write)
+
+    def _claimed_by(self, keys: list[Claim]) -> dict[Claim, str]:
+        out: dict[Claim, str] = {}
+        for start in range(0, len(keys), _GET_BATCH):
+            request: dict[str, Any] = {self.table: {
+                "Keys": [_final_key(m, r) for m, r in keys[start:start + _GET_BATCH]],
+                "ConsistentRead": True,
+                # "batch" is a DynamoDB reserved word: it needs a placeholder.
+                "ProjectionExpression": "pk, sk, #b",
+                "ExpressionAttributeNames": {"#b": "batch"},
+            }}
+            for attempt in range(_RETRIES):
+                response = call_sync(self._client.batch_get_item, RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table, []):
+                    message_id = item["pk"]["S"].removeprefix("final#")
+                    out[(message_id, item["sk"]["S"])] = item["batch"]["S"]
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(_BACKOFF * 2**attempt)
+            else:
+                raise StorageError(f"{self.table}: BatchGetItem left keys unprocessed")
+        return out
+
+    def _write(self, batch_id: str, items: list[tuple[Claim, Record]]) -> None:
+        expires = str(int(self._clock()) + TTL_SECONDS)
+        for start in range(0, len(items), _WRITE_BATCH):
+            requests = [{"PutRequest": {"Item": {
+                **_final_key(m, r), "batch": {"S": batch_id},
+                "event": {"S": str(rec["event"])}, "at": {"S": str(rec["at"])},
+                "expires_at": {"N": expires},
+            }}} for (m, r), rec in items[start:start + _WRITE_BATCH]]
+            pending: dict[str, Any] = {self.table: requests}
+            for attempt in range(_RETRIES):
+                response = call_sync(self._client.batch_write_item, RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(_BACKOFF * 2**attempt)
+            else:
+                raise StorageError(f"{self.table}: BatchWriteItem left items unprocessed")
+
+    async def finalized(self, message_id: str) -> set[str]:
+        out: set[str] = set()
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"final#{message_id}"}},
+            "ProjectionExpression": "sk",
+            "ConsistentRead": True,
+        }
+        while True:
+            response = await call(self._client.query, **kwargs)
+            out.update(item["sk"]["S"] for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return out
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+PARTITION = "senders"
+
+
+class DynamoMembership(HeartbeatMembership):
+    """Heartbeats in the senders table: pk "senders", sk the task id, heartbeat,
+    expires_at."""
+
+    def __init__(
+        self, *, client: Any, table: str, task_id: str, interval: float = 10.0,
+        stale: float = 30.0, clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(task_id=task_id, interval=interval, stale=stale)
+        self._client = client
+        self._table = table
+        self._clock = clock
+
+    async def beat(self) -> int:
+        now = self._clock()
+        await call(self._client.put_item, TableName=self._table, Item={
+            "pk": {"S": PARTITION}, "sk": {"S": self.task_id},
+            "heartbeat": {"N": f"{now:.3f}"},
+            # DynamoDB TTL removes items of tasks that died long ago.
+            "expires_at": {"N": str(int(now + _HEARTBEAT_TTL))},
+        })
+        response = await call(
+            self._client.query,
+            TableName=self._table,
+            KeyConditionExpression="pk = :p",
+            FilterExpression="heartbeat > :h",
+            ExpressionAttributeValues={":p": {"S": PARTITION}, ":h": {"N": f"{now - self.stale}"}},
+            Select="COUNT",
+        )
+        return max(1, int(response.get("Count", 1)))
+
+    async def leave(self) -> None:
+        await call(self._client.delete_item, TableName=self._table, Key={
+            "pk": {"S": PARTITION}, "sk": {"S": self.task_id}})
+
+
+def _suppression_key(tenant: str, address: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"tenant:{tenant}"}, "sk": {"S": f"address:{address.lower()}"}}
+
+
+class DynamoSuppression:
+    """`SuppressionStore` on the suppression table: pk "tenant:<tenant>" ("tenant:*"
+    for every tenant), sk "address:<lower-cased address>", reason, source,
+    created_at, expires_at. Lookups are eventually consistent reads (half the
+    cost): an entry written a moment ago may be missed once."""
+
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self.table = table
+        self._clock = clock
+
+    async def lookup(
+        self, addresses: Sequence[str], *, tenant: str | None
+    ) -> dict[str, Suppression]:
+        tenants = [t for t in dict.fromkeys((tenant, ALL_TENANTS)) if t is not None]
+        wanted = list(dict.fromkeys(a.lower() for a in addresses))
+        keys = [_suppression_key(t, a) for a in wanted for t in tenants]
+        found: dict[tuple[str, str], Suppression] = {}
+        for start in range(0, len(keys), _GET_BATCH):
+            for item in await self._get(keys[start:start + _GET_BATCH]):
+                stored = _suppression(item)
+                found[(stored.tenant, stored.address)] = stored
+        now = self._clock()
+        out: dict[str, Suppression] = {}
+        for address in addresses:
+            for t in tenants:
+                entry = found.get((t, address.lower()))
+                if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                    out[address] = entry
+                    break
+        return out
+
+    async def _get(self, keys: list[dict[str, dict[str, str]]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        request: dict[str, Any] = {self.table: {"Keys": keys}}
+        for attempt in range(_RETRIES):
+            response = await call(self._client.batch_get_item, RequestItems=request)
+            items.extend(response.get("Responses", {}).get(self.table, []))
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                return items
+            await asyncio.sleep(_BACKOFF * 2**attempt)
+        raise StorageError(f"{self.table}: BatchGetItem left keys unprocessed")
+
+    async def put(self, entry: Suppression) -> None:
+        item: dict[str, Any] = {
+            **_suppression_key(entry.tenant, entry.address),
+            "reason": {"S": entry.reason}, "source": {"S": entry.source},
+            "created_at": {"N": repr(float(entry.created_at))},
+        }
+        if entry.expires_at is not None:
+            item["expires_at"] = {"N": str(int(entry.expires_at))}
+        await call(self._client.put_item, TableName=self.table, Item=item)
+
+    async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
+        await call(self._client.delete_item, TableName=self.table,
+                   Key=_suppression_key(tenant, address))
+
+
+_SOURCES: dict[str, SuppressionSource] = {
+    "bounce": "bounce", "complaint": "complaint", "manual": "manual"}
+
+
+def _suppression(item: dict[str, Any]) -> Suppression:
+    source = item["source"]["S"]
+    if source not in _SOURCES:
+        raise StorageError(f"suppression item {item['sk']['S']}: unknown source {source!r}")
+    expires = item.get("expires_at")
+    return Suppression(
+        address=item["sk"]["S"].removeprefix("address:"),
+        reason=item["reason"]["S"],
+        source=_SOURCES[source],
+        created_at=float(item["created_at"]["N"]),
+        tenant=item["pk"]["S"].removeprefix("tenant:"),
+        expires_at=int(expires["N"]) if expires is not None else None,
+    )

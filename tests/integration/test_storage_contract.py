@@ -1,0 +1,179 @@
+"""One contract, two stores: the in-memory fakes that unit tests use must answer as
+the DynamoDB stores do on moto's server, for final-event claims and the
+suppression list. Every test runs against both; a fresh table for each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from quiver.devstack.moto_server import MotoServer, client, create_resources, start_moto
+
+from quiver.settings import Deployment
+from quiver.storage.base import ALL_TENANTS, FinalsStore, Suppression, SuppressionStore
+from quiver.storage.dynamo import DynamoFinals, DynamoSuppression
+from quiver.storage.memory import MemoryFinals, MemorySuppression
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_790_000_000.0
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer, Deployment]]:
+    server = start_moto(log_dir=tmp_path_factory.mktemp("contract"))
+    try:
+        yield server, create_resources(server.endpoint)
+    finally:
+        server.stop()
+
+
+def fresh_table(ddb: Any, prefix: str) -> str:
+    """A table with cdk/tables.py's key schema (pk, sk)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST")
+    return name
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "dynamo"])
+def finals(request: pytest.FixtureRequest) -> FinalsStore:
+    if request.param == "memory":
+        return MemoryFinals()
+    server, _ = request.getfixturevalue("moto")
+    ddb = client(server.endpoint, "dynamodb")
+    return DynamoFinals(ddb, fresh_table(ddb, "finals"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "dynamo"])
+def suppression(request: pytest.FixtureRequest, clock: Clock) -> SuppressionStore:
+    if request.param == "memory":
+        return MemorySuppression(clock=clock)
+    server, _ = request.getfixturevalue("moto")
+    ddb = client(server.endpoint, "dynamodb")
+    return DynamoSuppression(ddb, fresh_table(ddb, "suppression"), clock=clock)
+
+
+def rec(event: str, rcpt: str, mid: str = "m1") -> dict:
+    return {"event": event, "id": mid, "rcpt": rcpt, "at": "2026-11-26T10:00:00.000Z"}
+
+
+async def test_first_batch_wins_and_reruns_keep_their_records(finals: FinalsStore) -> None:
+    first = [rec("delivered", "a@x.test"), rec("deferred", "b@x.test"), rec("bounced", "c@x.test")]
+    assert finals.claim("batch1", first) == first
+    assert finals.claim("batch1", first) == first  # the same batch, re-run: nothing dropped
+    again = [rec("delivered", "a@x.test"), rec("deferred", "b@x.test"),
+             rec("expired", "b@x.test"), rec("rejected", "", mid="m2")]
+    kept = finals.claim("batch2", again)
+    # a@ already final in batch1: dropped. Deferred records are never claimed.
+    assert kept == again[1:]
+    assert await finals.finalized("m1") == {"a@x.test", "c@x.test", "b@x.test"}
+    assert await finals.finalized("nope") == set()
+
+
+def test_duplicates_inside_one_batch_keep_the_first(finals: FinalsStore) -> None:
+    records = [rec("delivered", "a@x.test"), rec("delivered", "a@x.test")]
+    assert finals.claim("b", records) == records[:1]
+
+
+def test_many_keys_span_batch_limits(finals: FinalsStore) -> None:
+    records = [rec("delivered", f"u{i}@x.test", mid=f"m{i % 7}") for i in range(260)]
+    assert len(finals.claim("big", records)) == 260
+    assert finals.claim("other", records) == []
+
+
+def entry(address: str, tenant: str = ALL_TENANTS, **kw: Any) -> Suppression:
+    fields: dict[str, Any] = {"reason": "550 5.1.1 no such user", "source": "bounce",
+                              "created_at": T0 - 60}
+    fields.update(kw)
+    return Suppression(address=address, tenant=tenant, **fields)
+
+
+async def test_lookup_returns_the_suppressed_ones_keyed_as_asked(
+        suppression: SuppressionStore) -> None:
+    await suppression.put(entry("Ann@Example.com"))
+    found = await suppression.lookup(["ann@example.COM", "bob@example.com"], tenant=None)
+    assert list(found) == ["ann@example.COM"]
+    assert found["ann@example.COM"] == entry("ann@example.com")
+    assert await suppression.lookup([], tenant="t1") == {}
+
+
+async def test_a_tenant_sees_its_own_entries_and_everyone_s_its_own_first(
+        suppression: SuppressionStore) -> None:
+    await suppression.put(entry("a@x.test", tenant="t1", source="manual", reason="asked"))
+    await suppression.put(entry("b@x.test", source="complaint", reason="abuse"))
+    await suppression.put(entry("a@x.test", source="complaint", reason="abuse"))
+    addresses = ["a@x.test", "b@x.test", "c@x.test"]
+    mine = await suppression.lookup(addresses, tenant="t1")
+    assert {a: (e.tenant, e.reason) for a, e in mine.items()} == {
+        "a@x.test": ("t1", "asked"), "b@x.test": (ALL_TENANTS, "abuse")}
+    other = await suppression.lookup(addresses, tenant="t2")
+    assert {a: e.tenant for a, e in other.items()} == {"a@x.test": "*", "b@x.test": "*"}
+    none = await suppression.lookup(addresses, tenant=None)
+    assert {a: e.tenant for a, e in none.items()} == {"a@x.test": "*", "b@x.test": "*"}
+
+
+async def test_a_lapsed_entry_no_longer_suppresses(
+        suppression: SuppressionStore, clock: Clock) -> None:
+    await suppression.put(entry("soft@x.test", expires_at=int(T0) + 3600))
+    assert list(await suppression.lookup(["soft@x.test"], tenant=None)) == ["soft@x.test"]
+    clock.now = T0 + 3600
+    assert await suppression.lookup(["soft@x.test"], tenant=None) == {}
+
+
+async def test_put_replaces_and_remove_forgets(suppression: SuppressionStore) -> None:
+    await suppression.put(entry("a@x.test", tenant="t1"))
+    await suppression.put(entry("a@x.test", tenant="t1", source="manual", reason="by hand"))
+    found = await suppression.lookup(["a@x.test"], tenant="t1")
+    assert (found["a@x.test"].source, found["a@x.test"].reason) == ("manual", "by hand")
+    await suppression.remove("A@x.test")  # the every-tenant entry: there is none
+    assert list(await suppression.lookup(["a@x.test"], tenant="t1")) == ["a@x.test"]
+    await suppression.remove("A@x.test", tenant="t1")
+    assert await suppression.lookup(["a@x.test"], tenant="t1") == {}
+
+
+async def test_many_addresses_span_batch_limits(suppression: SuppressionStore) -> None:
+    suppressed = [f"u{i}@x.test" for i in range(0, 130, 3)]
+    for address in suppressed:
+        await suppression.put(entry(address, tenant="t1"))
+    asked = [f"u{i}@x.test" for i in range(130)] + ["u0@x.test", "U3@X.TEST"]
+    found = await suppression.lookup(asked, tenant="t1")
+    assert sorted(found) == sorted([*suppressed, "U3@X.TEST"])
+
+
+async def test_dynamo_items_follow_the_table_layout(
+        moto: tuple[MotoServer, Deployment]) -> None:
+    """The layout cdk/tables.py documents, on the stack's own suppression table."""
+    server, deployment = moto
+    ddb = client(server.endpoint, "dynamodb")
+    store = DynamoSuppression(ddb, deployment.suppression_table, clock=Clock())
+    await store.put(entry("Layout@X.test", expires_at=int(T0) + 60))
+    item = ddb.get_item(TableName=deployment.suppression_table, Key={
+        "pk": {"S": "tenant:*"}, "sk": {"S": "address:layout@x.test"}})["Item"]
+    assert item["reason"] == {"S": "550 5.1.1 no such user"}
+    assert item["source"] == {"S": "bounce"}
+    assert float(item["created_at"]["N"]) == T0 - 60
+    assert item["expires_at"] == {"N": str(int(T0) + 60)}
+    await store.remove("layout@x.test")
+    assert "Item" not in ddb.get_item(TableName=deployment.suppression_table, Key={
+        "pk": {"S": "tenant:*"}, "sk": {"S": "address:layout@x.test"}})

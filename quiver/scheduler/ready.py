@@ -341,8 +341,10 @@ class ReadyQueue:
                             slot.closed_streak = 0
                             self._closed_by_server(exc.reply, here, tried=job)
                         return
-                    # Lost inside this job's transaction: the attempt counts for it.
-                    self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
+                    # Lost inside this job's transaction: the attempt counts for it. What
+                    # an earlier transaction of it settled (before a 452 split) stands.
+                    self._finish(job, job.done + [Attempt(r, exc.reply, here)
+                                                  for r in job.recipients])
                     return
                 finally:
                     self._check_pipelining(session)

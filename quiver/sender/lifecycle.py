@@ -43,6 +43,7 @@ from quiver.sender.complete import Completer, Completion
 from quiver.sender.outcome import Attempt
 from quiver.sender.transport import Transport
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
+from quiver.smtp.reply import Response
 from quiver.storage.base import (
     BodyStore,
     MissingObject,
@@ -455,7 +456,7 @@ def _remember(previous: LastReply | None, attempt: Attempt, *, tried: bool) -> L
     return LastReply.of(code=reply.code, enhanced=reply.enhanced, text=reply.text, tried=tried)
 
 
-def _final_response(last: LastReply | None, *, unknown: str | None) -> dict[str, object] | None:
+def _final_response(last: LastReply | None, *, unknown: str | None) -> Response | None:
     """An `expired`/`failed` event's response: the recipient's own last reply, or a
     "never attempted" one saying why (the reason it was not tried, else `unknown`;
     None if that is None too)."""

@@ -35,10 +35,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from quiver.policy import Source, TlsMode
+from quiver.policy.handle import PolicyHandle
 from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
-from quiver.scheduler.throttle import Destination, Limits
+from quiver.scheduler.throttle import Destination, Limits, resolve
+from quiver.scheduler.tls import tls_mode_for
 from quiver.sender.outcome import Attempt, Path
 from quiver.smtp.reply import Reply, local_reply
 from quiver.smtp.session import SessionError, SmtpSession, TransactionResult
@@ -111,10 +113,9 @@ class ReadyQueue:
         limits: Limits,
         budgets: Budgets,
         connector: Connector,
-        backoff: float,
+        policy: PolicyHandle,
         share: Callable[[], float] = lambda: 1.0,
         destination: Destination,
-        pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
         tls_mode: TlsMode = "opportunistic",
@@ -124,7 +125,8 @@ class ReadyQueue:
         # The destination's TLS mode (policy `tls`); a reload may change it.
         self.tls_mode: TlsMode = tls_mode
         self._clock = clock
-        self.pipeline_next = pipeline_next
+        # Read at each decision (backoff, pipelining, a rebind's throttles and TLS mode).
+        self._policy: PolicyHandle = policy
         # The server mishandled commands behind the end of data: off for this queue,
         # whatever a policy reload says.
         self.pipelining_broken = False
@@ -133,7 +135,6 @@ class ReadyQueue:
         self._proxy_down = proxy_down
         self.source = source
         self.route = route
-        self.backoff = backoff
         self._connector = connector
         self._share = share
         self.jobs: deque[Job] = deque()
@@ -149,6 +150,20 @@ class ReadyQueue:
         self._bind(limits, budgets)
         # Another queue waiting for this site wakes this one's idle connections.
         self._site_budget.nudges.add(self._wakeup.set)
+
+    @property
+    def backoff(self) -> float:
+        return self._policy.current.retry.site_backoff
+
+    @property
+    def pipeline_next(self) -> bool:
+        return self._policy.current.delivery.pipeline_next
+
+    def rebind(self, budgets: Budgets) -> None:
+        """The handle's policy changed: this queue's TLS mode and limits under it."""
+        policy = self._policy.current
+        self.tls_mode = tls_mode_for(policy.tls, self.destination)
+        self.apply(resolve(policy.throttles, self.destination), budgets)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
         """Policy reload: rebind to the new limits. This queue's open connections move

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from quiver.policy import Source, TlsMode
 from quiver.policy.handle import PolicyHandle
 from quiver.routing.mx import Route
+from quiver.scheduler.attribution import Forbidden, ProxyDown, attribute
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Destination, Limits, resolve
@@ -175,10 +176,10 @@ class ReadyQueue:
         new, new_site = self._budget, self._site_budget
         for slot in self._slots:
             if new is not old:
-                _move(slot, old, new)
+                old.hand_over(new, retiring=slot.retiring)
                 slot.budget = new
             if new_site is not old_site:
-                _move(slot, old_site, new_site)
+                old_site.hand_over(new_site, retiring=slot.retiring)
                 slot.site = new_site
         if new is not old:
             old.wake()
@@ -493,48 +494,27 @@ class ReadyQueue:
         return self._connector.template(self.source, self.route, tls_mode=self.tls_mode)
 
     async def _open_failed(self, exc: SessionError, slot: _Slot) -> None:
-        """Attribute a failed connection to the proxy or to the destination.
-
-        An address the destination guard forbids is neither's: nothing was connected.
-        Through a proxy, a refused TCP connect means the proxy is unreachable; a
-        connection closed before the banner means the proxy could not reach the
-        MX, or the proxy itself is failing: its health endpoint decides which.
-        A proxy failure suspends the source and sends the jobs to other sources;
-        a destination failure backs off this (source, site), unless it only said it
-        has too many connections while this task holds others there.
-        """
+        """Act on whose fault a failed connection was (attribution.py): a proxy's
+        failure suspends the source and sends the jobs to other sources; a
+        destination's backs off this (source, site), unless it only said it has too
+        many connections while this task holds others there."""
         template = self._template()
         if exc.target is not None:
             template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
-        if exc.stage == "forbidden":
+        fault = await attribute(exc, node=self.source.node, mx=template.mx,
+                                proxy_check=self._proxy_check)
+        if isinstance(fault, Forbidden):
             # Refused before connecting (the route is screened before a source is
-            # chosen, so only a route that changed under this queue gets here). No
-            # proxy or source is at fault, and no retry can help.
+            # chosen, so only a route that changed under this queue gets here).
             for job in self._take_all():
-                self._finish(job, job.done + [Attempt(r, exc.reply, template, False)
+                self._finish(job, job.done + [Attempt(r, fault.reply, template, False)
                                               for r in job.recipients])
-            return
-        if exc.stage == "greeting" and self._crowded(exc.reply, slot):
-            return
-        node = self.source.node
-        reply = exc.reply
-        if node is not None and exc.stage in ("connect", "banner"):
-            proxy_ok = exc.stage == "banner" and (
-                self._proxy_check is None or await self._proxy_check(node))
-            if not proxy_ok:
-                why = f"proxy {node} unreachable or unhealthy: {reply.text}"
-                if self._proxy_down is not None:
-                    self._proxy_down(node, why)
-                self._reroute_all(local_reply(451, "4.4.1", why))
-                return
-            reply = local_reply(
-                reply.code, reply.enhanced or "4.4.2",
-                f"destination {template.mx} closed the connection before its banner "
-                f"(proxy {node} is healthy): {reply.text}",
-            )
-        # A server refusing its greeting or EHLO may take mail later, or another of
-        # its MXes may: deferred, never bounced.
-        self._connection_failed(reply, template)
+        elif isinstance(fault, ProxyDown):
+            if self._proxy_down is not None:
+                self._proxy_down(fault.node, fault.why)
+            self._reroute_all(fault.reply)
+        elif not (exc.stage == "greeting" and self._crowded(exc.reply, slot)):
+            self._connection_failed(fault.reply, template)
 
     def _crowded(self, reply: Reply, slot: _Slot) -> bool:
         """A 421 "too many connections" while this task holds other connections to the
@@ -604,11 +584,3 @@ class ReadyQueue:
             # stop timeout leaves 5 s after the deadline for all of the shutdown).
             await asyncio.wait(set(self._workers), timeout=2.0)
 
-
-def _move(slot: _Slot, old: ConnectionBudget, new: ConnectionBudget) -> None:
-    """Count a connection in `new` instead of `old` (a reload changed the matching rule)."""
-    old.open -= 1
-    new.open += 1
-    if slot.retiring:
-        old.retiring -= 1
-        new.retiring += 1

@@ -1,5 +1,7 @@
-"""One ready queue per (egress source, site): jobs waiting for a connection, and the
-connections that serve them, reused across messages.
+"""One ready queue per (egress source, site): jobs waiting for a connection, their
+limits and backoff, and how many connections they want. Each connection's life,
+reused across messages, is a `Connection` (connection.py); whose fault a failed one
+was is attribution.py's call.
 
 Over PIPELINING, when jobs are waiting, a connection writes the next job's MAIL,
 RCPT and DATA behind the current body (one round trip per message); that job

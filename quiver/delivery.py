@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from quiver.events import EventFields
 from quiver.smtp.reply import Reply
 
 
@@ -32,15 +33,16 @@ class Path:
     # "required", "verify") or "plaintext-fallback" (opportunistic, after its MX failed
     # the STARTTLS handshake); None where no TLS policy applied (no route).
     tls_mode: str | None = None
-    # The event fields above, built once.
-    fields: dict[str, Any] = field(init=False, repr=False, compare=False)
+    # The event fields above, built once (keys checked against the event schema).
+    fields: EventFields = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fields", {
+        fields: EventFields = {
             "source": self.source, "source_ip": self.source_ip, "proxy": self.proxy,
             "mx": self.mx, "mx_ip": self.mx_ip, "site": self.site,
             "provider": self.provider, "tls": self.tls, "tls_mode": self.tls_mode,
-        })
+        }
+        object.__setattr__(self, "fields", fields)
 
 
 NOWHERE = Path()
@@ -59,7 +61,7 @@ class Attempt:
     # connection (a forbidden MX address, an argument that cannot go on the wire).
     counts: bool = True
 
-    def delivery_fields(self) -> dict[str, Any]:
+    def delivery_fields(self) -> EventFields:
         fields = self.path.fields.copy()
         fields["response"] = self.reply.as_event()
         return fields

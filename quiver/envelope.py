@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from quiver.addresses import AddressError, normalize_address
+from quiver.smtp.reply import Response
 
 VERSION = 1
 MAX_RECIPIENTS = 100
@@ -69,7 +70,7 @@ class LastReply:
     def of(cls, *, code: int, enhanced: str | None, text: str, tried: bool) -> LastReply:
         return cls(code=code, enhanced=enhanced or "", text=text[:MAX_LAST_TEXT], tried=tried)
 
-    def as_event(self) -> dict[str, Any]:
+    def as_event(self) -> Response:
         """The event's `response` object."""
         return {"code": self.code, "enhanced": self.enhanced or None, "text": self.text}
 

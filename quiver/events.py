@@ -16,22 +16,20 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack, get_args
 
 from quiver.envelope import Envelope, Readable
+from quiver.smtp.reply import Response
 
 VERSION = 1
 EventType = Literal[
     "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
     "complaint",
 ]
-EVENT_TYPES: tuple[str, ...] = (
-    "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
-    "complaint",
-)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:
 # given up outside SMTP (a message that kept coming back to the queue unfinished).
-FINAL_EVENTS = frozenset(
+FINAL_EVENTS: frozenset[EventType] = frozenset(
     {"delivered", "bounced", "expired", "suppressed", "rejected", "failed"}
 )
 # SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
@@ -39,7 +37,69 @@ MAX_BATCH_BODY = 240 * 1024
 MAX_BATCH_RECORDS = 5000
 BATCH_FORMAT = "quiver-events-v1"
 
-Record = dict[str, Any]
+
+class Bounce(TypedDict):
+    """How a refusal was classified (quiver/data/bounce_rules.toml)."""
+
+    kind: str
+    category: str
+    reason: str
+
+
+# The event record, contract v1 (ARCHITECTURE.md, "Event record, v1"; the README's
+# Events section): the one definition of its fields. Every producer builds records
+# through these types, the export validates the common ones, and the Glue table's
+# columns follow them. At run time a record is a plain dict: typing it costs nothing.
+# The common fields, on every event (functional form: `from` is a Python keyword).
+CommonFields = TypedDict("CommonFields", {
+    "v": int,
+    "event": EventType,
+    "at": str,  # RFC 3339 UTC, milliseconds
+    "id": str,
+    "rcpt": str | None,  # None only on a rejection whose body named no recipient
+    "from": str | None,
+    "tenant": str | None,
+    "campaign": str | None,
+    "pool": str | None,
+    "meta": dict[str, Any],
+    "attempt": int,  # real tries so far, this event's included; 0 if never tried
+})
+
+
+class EventFields(TypedDict, total=False):
+    """The fields an event carries beyond the common ones, by what it records."""
+
+    # A delivery attempt's path (one per connection: see Path.fields) and reply.
+    source: str | None
+    source_ip: str | None
+    proxy: str | None
+    mx: str | None
+    mx_ip: str | None
+    site: str | None
+    provider: str | None
+    response: Response | None
+    tls: str | None
+    # Added in v1, optional for readers: the TLS mode the connection used.
+    tls_mode: str | None
+    next_attempt_at: str  # deferred only
+    queued_ms: int
+    # Bounces and complaints.
+    bounce: Bounce
+    feedback_type: str
+    # Why a message was rejected, failed or expired, and the queue message it was.
+    reason: str
+    sqs_message_id: str
+
+
+class EventRecord(CommonFields, EventFields):
+    """One event, contract v1."""
+
+
+# Every field, in the record's order, and those every record must have.
+EVENT_FIELDS: tuple[str, ...] = (*CommonFields.__annotations__, *EventFields.__annotations__)
+_REQUIRED: tuple[str, ...] = tuple(CommonFields.__annotations__)
+# A record as read back (unpacked, exported): the same schema.
+Record = EventRecord
 # One encoder for every line: json.dumps with options builds a new one per call.
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -73,10 +133,10 @@ def make_event(
     attempt: int,
     pool: str | None,
     at: float | None = None,
-    **fields: Any,
-) -> Record:
+    **fields: Unpack[EventFields],
+) -> EventRecord:
     """A v1 record with the common fields filled from the envelope; `fields` adds the rest."""
-    record: Record = {
+    record: EventRecord = {
         "v": VERSION,
         "event": event,
         "at": rfc3339_ms(time.time() if at is None else at),
@@ -88,14 +148,14 @@ def make_event(
         "pool": pool,
         "meta": envelope.meta,
         "attempt": attempt,
+        **fields,
     }
-    record.update(fields)
     return record
 
 
 def rejected_events(
     readable: Readable, *, sqs_message_id: str, reason: str, at: float | None = None
-) -> list[Record]:
+) -> list[EventRecord]:
     """`rejected` records for a queue message that broke the contract: one per recipient
     that could be read from its body (one with `rcpt` null if none could).
 
@@ -190,10 +250,6 @@ def unpack_batch(body: str) -> tuple[str, list[Record]]:
         validate_record(record, where=f"record {n}")
         records.append(record)
     return batch_id, records
-
-
-_REQUIRED = ("v", "event", "at", "id", "rcpt", "from", "tenant", "campaign", "pool", "meta",
-             "attempt")
 
 
 def validate_record(record: Any, *, where: str = "record") -> None:

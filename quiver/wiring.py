@@ -15,6 +15,7 @@ from quiver.bounce import default_classifier
 from quiver.dkim import signers_from_policy
 from quiver.dkim.pool import SigningPool
 from quiver.policy import Policy
+from quiver.policy.handle import PolicyHandle
 from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
@@ -75,8 +76,11 @@ def build_sender(
         )
     picker = SourcePicker(policy)
     health = ProxyHealth(policy=policy, picker=picker)
+    # The live sections' one holder: the scheduler and the handler read it, a reload
+    # updates it (the other readers above are restart-only).
+    live = PolicyHandle(policy)
     transport = Scheduler(
-        policy=policy, resolver=resolver, picker=picker, share=membership.share, health=health,
+        policy=live, resolver=resolver, picker=picker, share=membership.share, health=health,
     )
     signers = signers_from_policy(
         policy.dkim,
@@ -90,7 +94,7 @@ def build_sender(
     handler = MessageHandler(
         signing=signing,
         finalized=finals.finalized if finals is not None else None,
-        policy=policy,
+        policy=live,
         transport=transport,
         signers=signers,
         bodies=S3BodyStore(s3, deployment.spill_bucket),
@@ -104,12 +108,8 @@ def build_sender(
                     ENV_OUTBOUND_MAX_RECEIVES)
     services = [membership.run, metrics.run, health.run]
     if policy_source is not None and policy_source.interval > 0:
-
-        def apply(new: Policy) -> None:
-            transport.apply_policy(new)
-            handler.apply_policy(new)
-
-        services.append(PolicyWatcher(policy_source, current=policy, apply=apply).run)
+        services.append(PolicyWatcher(policy_source, current=live,
+                                      apply=lambda _: transport.rebind()).run)
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,

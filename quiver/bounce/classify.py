@@ -9,6 +9,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from quiver.events import Bounce
+
 KINDS = ("hard", "soft", "block", "undetermined")
 
 
@@ -22,7 +24,7 @@ class Classification:
     category: str
     reason: str
 
-    def as_event(self) -> dict[str, str]:
+    def as_event(self) -> Bounce:
         return {"kind": self.kind, "category": self.category, "reason": self.reason}
 
 

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
+from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.policy.load import PolicyError, parse_policy
 from quiver.policy.model import Policy
 
@@ -84,13 +85,16 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
 
 
 class PolicyWatcher:
-    """Reads `source` every `source.interval` s; hands live changes to `apply`."""
+    """Reads `source` every `source.interval` s; puts live changes in the handle
+    (`current`, shared with the components that read them), then calls `apply`, the
+    one rebind hook."""
 
     def __init__(
-        self, source: PolicySource, *, current: Policy, apply: Callable[[Policy], None]
+        self, source: PolicySource, *, current: Policy | PolicyHandle,
+        apply: Callable[[Policy], None],
     ) -> None:
         self.origin = source.origin
-        self.current = current
+        self.handle = handle_of(current)
         self.interval = source.interval
         self._read = source.read
         self._apply = apply
@@ -100,6 +104,10 @@ class PolicyWatcher:
         self._refused: str | None = None
         self.reloads = 0
         self.failures = 0
+
+    @property
+    def current(self) -> Policy:
+        return self.handle.current
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -136,8 +144,13 @@ class PolicyWatcher:
             return Change(errors=tuple(exc.problems))
         merged, change = merge_live(self.current, new)
         if change.applied:
-            self._apply(merged)  # raises: not marked seen, so the next poll tries again
-            self.current = merged
+            previous = self.handle.current
+            self.handle.update(merged)
+            try:
+                self._apply(merged)
+            except BaseException:
+                self.handle.update(previous)  # not marked seen: the next poll tries again
+                raise
             self.reloads += 1
             log.info("policy %s reloaded: %s applied", self.origin, ", ".join(change.applied))
         self._seen, self._refused = digest, None

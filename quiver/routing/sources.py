@@ -15,6 +15,7 @@ class NoSourceAvailable(RuntimeError):
 
 class SourcePicker:
     def __init__(self, policy: Policy) -> None:
+        # Restart-only (policy/handle.py): a reload does not reach this copy.
         self._policy = policy
         self._current: dict[tuple[str, str], int] = {}
         self._down: dict[str, str] = {}  # source → why it is down

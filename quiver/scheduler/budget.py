@@ -78,6 +78,16 @@ class ConnectionBudget:
         self.open -= 1
         self.wake()
 
+    def hand_over(self, other: ConnectionBudget, *, retiring: bool) -> None:
+        """Count one open connection (closing if `retiring`) in `other` instead: a reload
+        changed the rule that matches it. Moved, not released and re-acquired, so the
+        connection keeps working and the new limit is not doubled."""
+        self.open -= 1
+        other.open += 1
+        if retiring:
+            self.retiring -= 1
+            other.retiring += 1
+
     def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for callback in waiters:

@@ -36,6 +36,7 @@ def tls_context_for(policy: Policy) -> ssl.SSLContext:
 
 class Connector:
     def __init__(self, policy: Policy, *, clock: Callable[[], float] = time.monotonic) -> None:
+        # Restart-only (policy/handle.py): a reload does not reach this copy.
         self._policy = policy
         self._guard = DestinationGuard(policy.delivery.allow_networks)
         self._verify = verifying_context(policy)

@@ -26,6 +26,7 @@ PROBE_TIMEOUT = 2.0
 class ProxyHealth:
     def __init__(self, *, policy: Policy, picker: SourcePicker,
                  interval: float = PROBE_INTERVAL, timeout: float = PROBE_TIMEOUT) -> None:
+        # Restart-only (policy/handle.py): a reload does not reach this copy.
         self._policy = policy
         self._picker = picker
         self.interval = interval

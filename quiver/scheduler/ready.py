@@ -1,5 +1,7 @@
-"""One ready queue per (egress source, site): jobs waiting for a connection, and the
-connections that serve them, reused across messages.
+"""One ready queue per (egress source, site): jobs waiting for a connection, their
+limits and backoff, and how many connections they want. Each connection's life,
+reused across messages, is a `Connection` (connection.py); whose fault a failed one
+was is attribution.py's call.
 
 Over PIPELINING, when jobs are waiting, a connection writes the next job's MAIL,
 RCPT and DATA behind the current body (one round trip per message); that job
@@ -36,10 +38,14 @@ from dataclasses import dataclass, field, replace
 
 from quiver.delivery import Attempt, Path
 from quiver.policy import Source, TlsMode
+from quiver.policy.handle import PolicyHandle
 from quiver.routing.mx import Route
+from quiver.scheduler.attribution import Forbidden, ProxyDown, attribute
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
+from quiver.scheduler.connection import Connection
 from quiver.scheduler.connector import Connector
-from quiver.scheduler.throttle import Destination, Limits
+from quiver.scheduler.throttle import Destination, Limits, resolve
+from quiver.scheduler.tls import tls_mode_for
 from quiver.smtp.reply import Reply, local_reply
 from quiver.smtp.session import SessionError, SmtpSession, TransactionResult
 
@@ -85,23 +91,6 @@ class Job:
     seven_bit: Callable[[], Awaitable[bytes]] | None = None
 
 
-class _Slot:
-    """One connection's place in its source's budget and in its site's; moved, not
-    re-acquired, when a reload rebinds the queue to other budgets."""
-
-    __slots__ = ("budget", "closed_streak", "retiring", "site")
-
-    def __init__(self, budget: ConnectionBudget, site: ConnectionBudget) -> None:
-        self.budget = budget
-        self.site = site
-        self.retiring = False
-        # This worker's new connections in a row closed before their first
-        # transaction. Per worker: when a proxy dies, every connection it carried that
-        # had not been used yet is found closed once, and that is not the server
-        # refusing mail; the same worker's reconnect meeting it again is.
-        self.closed_streak = 0
-
-
 class ReadyQueue:
     def __init__(
         self,
@@ -111,10 +100,9 @@ class ReadyQueue:
         limits: Limits,
         budgets: Budgets,
         connector: Connector,
-        backoff: float,
+        policy: PolicyHandle,
         share: Callable[[], float] = lambda: 1.0,
         destination: Destination,
-        pipeline_next: bool = True,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
         tls_mode: TlsMode = "opportunistic",
@@ -124,7 +112,8 @@ class ReadyQueue:
         # The destination's TLS mode (policy `tls`); a reload may change it.
         self.tls_mode: TlsMode = tls_mode
         self._clock = clock
-        self.pipeline_next = pipeline_next
+        # Read at each decision (backoff, pipelining, a rebind's throttles and TLS mode).
+        self._policy: PolicyHandle = policy
         # The server mishandled commands behind the end of data: off for this queue,
         # whatever a policy reload says.
         self.pipelining_broken = False
@@ -133,7 +122,6 @@ class ReadyQueue:
         self._proxy_down = proxy_down
         self.source = source
         self.route = route
-        self.backoff = backoff
         self._connector = connector
         self._share = share
         self.jobs: deque[Job] = deque()
@@ -145,10 +133,24 @@ class ReadyQueue:
         self._wakeup = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._slots: set[_Slot] = set()
+        self._connections: set[Connection] = set()
         self._bind(limits, budgets)
         # Another queue waiting for this site wakes this one's idle connections.
         self._site_budget.nudges.add(self._wakeup.set)
+
+    @property
+    def backoff(self) -> float:
+        return self._policy.current.retry.site_backoff
+
+    @property
+    def pipeline_next(self) -> bool:
+        return self._policy.current.delivery.pipeline_next
+
+    def rebind(self, budgets: Budgets) -> None:
+        """The handle's policy changed: this queue's TLS mode and limits under it."""
+        policy = self._policy.current
+        self.tls_mode = tls_mode_for(policy.tls, self.destination)
+        self.apply(resolve(policy.throttles, self.destination), budgets)
 
     def apply(self, limits: Limits, budgets: Budgets) -> None:
         """Policy reload: rebind to the new limits. This queue's open connections move
@@ -158,13 +160,13 @@ class ReadyQueue:
         old, old_site = self._budget, self._site_budget
         self._bind(limits, budgets)
         new, new_site = self._budget, self._site_budget
-        for slot in self._slots:
+        for conn in self._connections:
             if new is not old:
-                _move(slot, old, new)
-                slot.budget = new
+                old.hand_over(new, retiring=conn.retiring)
+                conn.budget = new
             if new_site is not old_site:
-                _move(slot, old_site, new_site)
-                slot.site = new_site
+                old_site.hand_over(new_site, retiring=conn.retiring)
+                conn.site = new_site
         if new is not old:
             old.wake()
         if new_site is not old_site:
@@ -210,7 +212,7 @@ class ReadyQueue:
     def submit(self, job: Job) -> None:
         if self.backing_off():
             assert self.backoff_reply is not None
-            self._finish(job, self._deferrals(job, self.backoff_reply))
+            self.finish(job, self._deferrals(job, self.backoff_reply))
             return
         self.jobs.append(job)
         self._wakeup.set()
@@ -238,127 +240,56 @@ class ReadyQueue:
             self._site_budget.try_acquire(self._site_limit_now())
             self.active += 1
             self.idle += 1  # counts as ready for a job until it is serving one
-            slot = _Slot(self._budget, self._site_budget)
-            self._slots.add(slot)
-            task = asyncio.create_task(self._worker(slot), name=f"conn {self.source.name}")
+            conn = Connection(self, self._budget, self._site_budget)
+            self._connections.add(conn)
+            task = asyncio.create_task(conn.run(), name=f"conn {self.source.name}")
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
 
-    async def _worker(self, slot: _Slot) -> None:
-        try:
-            served = False
-            while (self.jobs and not self.backing_off() and not self._closing
-                   and not self._over_limit(slot)
-                   and not (served and self._site_wanted(slot))):
-                try:
-                    session, here = await self._connector.open(
-                        self.source, self.route, tls_mode=self.tls_mode)
-                except SessionError as exc:
-                    await self._open_failed(exc, slot)
-                    return
-                try:
-                    await self._serve(session, here, slot)
-                finally:
-                    served = True
-                    await session.close()
-        finally:
-            self.active -= 1
-            self.idle -= 1
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Shutting down: hand the slot back without starting anything new.
-                self._closing = True
-            self._slots.discard(slot)
-            if slot.retiring:
-                slot.budget.retiring -= 1
-                slot.site.retiring -= 1
-            slot.budget.release()
-            slot.site.release()
-            if self.jobs and not self._closing:
-                if self.backing_off():
-                    # Put back after another connection's failure drained the queue (a
-                    # job this one held, pipelined or about to resend): deferred the
-                    # same way, so none waits for a worker the backoff will not start.
-                    assert self.backoff_reply is not None
-                    self._drain(self.backoff_reply)
-                else:
-                    self._maybe_start()
+    def wants(self, conn: Connection, *, served: bool) -> bool:
+        """Whether `conn` should open (another) connection: jobs wait, nothing holds
+        them back, and it is not one too many, nor (once it served its turn) a place
+        another queue waits for at the site."""
+        return bool(self.jobs and not self.backing_off() and not self._closing
+                    and not self.over_limit(conn)
+                    and not (served and self.site_wanted(conn)))
 
-    async def _serve(self, session: SmtpSession, here: Path, slot: _Slot) -> None:
-        sent = 0
-        # The job whose MAIL, RCPT and DATA went out behind the last body (its rate
-        # token already taken): it is this connection's next transaction, whatever else
-        # is queued, because the server holds its envelope.
-        ahead: Job | None = None
-        # A held `ahead` is served even if a reload lowered max_messages_per_connection.
-        while sent < self._per_conn or ahead is not None:
-            job = ahead if ahead is not None else await self._next_job(slot)
-            if job is None:
-                return
-            paid, ahead = job is ahead, None
-            self.idle -= 1
-            try:
-                if paid and job.future.done():
-                    # Cancelled (a stopping sender) with its envelope at the server: no
-                    # body follows; closing the connection leaves nothing delivered.
-                    return
-                # No RSET between messages: a transaction that got its DATA reply (or
-                # was reset after every RCPT failed) leaves the session clean.
-                if self._rate is not None and not paid:
-                    await self._rate.acquire(self._share())
-                body = await self._body(job, session, here)
-                if body is None:
-                    if paid:
-                        return  # its envelope is at the server: close, nothing delivered
-                    continue
-                then = self._take_next(session, sent, slot)
-                try:
-                    result = await session.send(
-                        sender=job.sender, recipients=job.recipients, message=body[0],
-                        eight_bit=body[1],
-                        then=None if then is None else (then.sender, then.recipients),
-                        # The next MAIL goes out now: BODY=8BITMIME only if it will be
-                        # sent as it is, which is decided by this same server's offer.
-                        then_eight_bit=then is not None and then.seven_bit is not None
-                        and session.eight_bit_mime,
-                    )
-                except SessionError as exc:
-                    if then is not None:
-                        self.jobs.appendleft(then)  # not sent (or lost unanswered): queued again
-                    if exc.stage == "reused":
-                        # The server closed the idle connection: reconnect and resend;
-                        # nothing was attempted, and no backoff for a routine close.
-                        self.jobs.appendleft(job)
-                        return
-                    if exc.stage == "closed":
-                        # Closed before its first transaction: not this job's failure.
-                        # Reconnect once (a proxy that died is found and routed around
-                        # then); twice in a row is the server's doing: back off rather
-                        # than reconnect again and again.
-                        self.jobs.appendleft(job)
-                        slot.closed_streak += 1
-                        if slot.closed_streak > 1:
-                            slot.closed_streak = 0
-                            self._closed_by_server(exc.reply, here, tried=job)
-                        return
-                    # Lost inside this job's transaction: the attempt counts for it.
-                    self._finish(job, [Attempt(r, exc.reply, here) for r in job.recipients])
-                    return
-                finally:
-                    self._check_pipelining(session)
-                sent += 1
-                slot.closed_streak = 0
-                closing = self._settle(job, result, here)
-                if closing is not None:
-                    if then is not None:
-                        self.jobs.appendleft(then)  # drained below, unattempted
-                    self._closed_by_server(closing, here)
-                    return
-                ahead = then
-            finally:
-                self.idle += 1
+    async def open_session(self) -> tuple[SmtpSession, Path]:
+        return await self._connector.open(self.source, self.route, tls_mode=self.tls_mode)
 
-    async def _body(self, job: Job, session: SmtpSession, here: Path) -> tuple[bytes, bool] | None:
+    async def rate_token(self) -> None:
+        """Wait for the rate limit's next token, if one applies."""
+        if self._rate is not None:
+            await self._rate.acquire(self._share())
+
+    @property
+    def per_connection(self) -> int:
+        return self._per_conn
+
+    def closed(self, conn: Connection, *, cancelled: bool) -> None:
+        """`conn` is done: hand its places back, and start what the queue still needs."""
+        self.active -= 1
+        self.idle -= 1
+        if cancelled:
+            # Shutting down: hand the places back without starting anything new.
+            self._closing = True
+        self._connections.discard(conn)
+        if conn.retiring:
+            conn.budget.retiring -= 1
+            conn.site.retiring -= 1
+        conn.budget.release()
+        conn.site.release()
+        if self.jobs and not self._closing:
+            if self.backing_off():
+                # Put back after another connection's failure drained the queue (a
+                # job this one held, pipelined or about to resend): deferred the
+                # same way, so none waits for a worker the backoff will not start.
+                assert self.backoff_reply is not None
+                self._drain(self.backoff_reply)
+            else:
+                self._maybe_start()
+
+    async def body(self, job: Job, session: SmtpSession, here: Path) -> tuple[bytes, bool] | None:
         """What to send on this connection, and whether as 8BITMIME: an 8-bit message
         as it is where the server offers 8BITMIME, else its 7-bit form (RFC 6152).
         None if that could not be made: the job is finished with the reason."""
@@ -372,10 +303,10 @@ class ReadyQueue:
             log.exception("7-bit form of a message for %s failed", self.route.site)
             reply = local_reply(554, "5.6.3", "8-bit message not converted for a server "
                                 f"without 8BITMIME: {exc}")
-            self._finish(job, job.done + [Attempt(r, reply, here) for r in job.recipients])
+            self.finish(job, job.done + [Attempt(r, reply, here) for r in job.recipients])
             return None
 
-    def _check_pipelining(self, session: SmtpSession) -> None:
+    def check_pipelining(self, session: SmtpSession) -> None:
         """A server that mishandled commands pipelined behind the end of data gets no
         more of them from this queue (its jobs were queued again, unattempted)."""
         if session.pipeline_next_failed is not None and not self.pipelining_broken:
@@ -383,29 +314,29 @@ class ReadyQueue:
             log.warning("%s → %s: pipelining behind the end of data off: %s",
                         self.source.name, self.route.site, session.pipeline_next_failed)
 
-    def _site_wanted(self, slot: _Slot) -> bool:
+    def site_wanted(self, conn: Connection) -> bool:
         """Another queue waits for a connection to this site (its cap is reached): a
         connection that has served its turn gives its place up rather than reconnect
         or idle. (Not before it served: two queues would hand a place back and forth
         without ever connecting.)"""
-        return slot.site.others_waiting(self._maybe_start)
+        return conn.site.others_waiting(self._maybe_start)
 
-    def _over_limit(self, slot: _Slot) -> bool:
+    def over_limit(self, conn: Connection) -> bool:
         """This connection is one too many for its source's budget or its site's
         (counting out those already closing); if so it is marked closing, so the next
         one to ask is not closed as well."""
-        if slot.retiring:
+        if conn.retiring:
             return True
-        budget, site = slot.budget, slot.site
+        budget, site = conn.budget, conn.site
         if (budget.open - budget.retiring > self._effective_limit()
                 or site.open - site.retiring > self._site_limit_now()):
-            slot.retiring = True
+            conn.retiring = True
             budget.retiring += 1
             site.retiring += 1
             return True
         return False
 
-    def _take_next(self, session: SmtpSession, sent: int, slot: _Slot) -> Job | None:
+    def take_next(self, session: SmtpSession, sent: int, conn: Connection) -> Job | None:
         """The queued job to pipeline behind this message's body, if one is ready now.
 
         Only over PIPELINING, within max_messages_per_connection, when more jobs wait
@@ -415,7 +346,7 @@ class ReadyQueue:
         """
         if (not self.pipeline_next or self.pipelining_broken or not session.pipelining
                 or sent + 2 > self._per_conn
-                or self._closing or not session.is_open or self._over_limit(slot)):
+                or self._closing or not session.is_open or self.over_limit(conn)):
             return None
         jobs = self.jobs
         while jobs and jobs[0].future.done():
@@ -425,7 +356,7 @@ class ReadyQueue:
             return None
         return jobs.popleft()
 
-    def _settle(self, job: Job, result: TransactionResult, here: Path) -> Reply | None:
+    def settle(self, job: Job, result: TransactionResult, here: Path) -> Reply | None:
         """Record a transaction's replies; re-queue 452'd recipients; report a 421."""
         again = []
         closing = None
@@ -444,19 +375,19 @@ class ReadyQueue:
             job.resubmits += 1
             self.jobs.appendleft(job)
         else:
-            self._finish(job, job.done)
+            self.finish(job, job.done)
         return closing
 
-    async def _next_job(self, slot: _Slot) -> Job | None:
+    async def next_job(self, conn: Connection) -> Job | None:
         """The next job for this connection; None to close it (idle, closing, or one
         connection too many after a policy reload lowered the limit)."""
         deadline = time.monotonic() + IDLE_TIMEOUT
-        while not self._closing and not self._over_limit(slot):
+        while not self._closing and not self.over_limit(conn):
             while self.jobs:
                 job = self.jobs.popleft()
                 if not job.future.done():  # cancelled by a stopping sender: skip it
                     return job
-            if self._site_wanted(slot):
+            if self.site_wanted(conn):
                 return None  # idle, and another queue waits for a connection to the site
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -468,67 +399,46 @@ class ReadyQueue:
                     await self._wakeup.wait()
         return None
 
-    def _closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
+    def closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
         self._start_backoff(reply)
         self._drain(reply, here, tried=tried)
 
     def _template(self) -> Path:
         return self._connector.template(self.source, self.route, tls_mode=self.tls_mode)
 
-    async def _open_failed(self, exc: SessionError, slot: _Slot) -> None:
-        """Attribute a failed connection to the proxy or to the destination.
-
-        An address the destination guard forbids is neither's: nothing was connected.
-        Through a proxy, a refused TCP connect means the proxy is unreachable; a
-        connection closed before the banner means the proxy could not reach the
-        MX, or the proxy itself is failing: its health endpoint decides which.
-        A proxy failure suspends the source and sends the jobs to other sources;
-        a destination failure backs off this (source, site), unless it only said it
-        has too many connections while this task holds others there.
-        """
+    async def open_failed(self, exc: SessionError, conn: Connection) -> None:
+        """Act on whose fault a failed connection was (attribution.py): a proxy's
+        failure suspends the source and sends the jobs to other sources; a
+        destination's backs off this (source, site), unless it only said it has too
+        many connections while this task holds others there."""
         template = self._template()
         if exc.target is not None:
             template = replace(template, mx=exc.target.mx_name, mx_ip=exc.target.ip)
-        if exc.stage == "forbidden":
+        fault = await attribute(exc, node=self.source.node, mx=template.mx,
+                                proxy_check=self._proxy_check)
+        if isinstance(fault, Forbidden):
             # Refused before connecting (the route is screened before a source is
-            # chosen, so only a route that changed under this queue gets here). No
-            # proxy or source is at fault, and no retry can help.
+            # chosen, so only a route that changed under this queue gets here).
             for job in self._take_all():
-                self._finish(job, job.done + [Attempt(r, exc.reply, template, False)
+                self.finish(job, job.done + [Attempt(r, fault.reply, template, False)
                                               for r in job.recipients])
-            return
-        if exc.stage == "greeting" and self._crowded(exc.reply, slot):
-            return
-        node = self.source.node
-        reply = exc.reply
-        if node is not None and exc.stage in ("connect", "banner"):
-            proxy_ok = exc.stage == "banner" and (
-                self._proxy_check is None or await self._proxy_check(node))
-            if not proxy_ok:
-                why = f"proxy {node} unreachable or unhealthy: {reply.text}"
-                if self._proxy_down is not None:
-                    self._proxy_down(node, why)
-                self._reroute_all(local_reply(451, "4.4.1", why))
-                return
-            reply = local_reply(
-                reply.code, reply.enhanced or "4.4.2",
-                f"destination {template.mx} closed the connection before its banner "
-                f"(proxy {node} is healthy): {reply.text}",
-            )
-        # A server refusing its greeting or EHLO may take mail later, or another of
-        # its MXes may: deferred, never bounced.
-        self._connection_failed(reply, template)
+        elif isinstance(fault, ProxyDown):
+            if self._proxy_down is not None:
+                self._proxy_down(fault.node, fault.why)
+            self._reroute_all(fault.reply)
+        elif not (exc.stage == "greeting" and self._crowded(exc.reply, conn)):
+            self._connection_failed(fault.reply, template)
 
-    def _crowded(self, reply: Reply, slot: _Slot) -> bool:
+    def _crowded(self, reply: Reply, conn: Connection) -> bool:
         """A 421 "too many connections" while this task holds other connections to the
         site: lower the site's budget to those, for CROWDED_HOLD, and let the queued
         jobs wait for them (no backoff, no deferral: none of them was tried)."""
         if reply.code != 421 or not TOO_MANY_CONNECTIONS.search(reply.text):
             return False
-        others = slot.site.open - 1  # this connection still holds its slot
+        others = conn.site.open - 1  # this connection still holds its place
         if others < 1:
             return False
-        slot.site.lower(others, until=self._clock() + CROWDED_HOLD)
+        conn.site.lower(others, until=self._clock() + CROWDED_HOLD)
         log.info("%s → %s: %s; at most %d connections there for %.0f s", self.source.name,
                  self.route.site, reply, self._site_limit_now(), CROWDED_HOLD)
         return True
@@ -538,7 +448,7 @@ class ReadyQueue:
             if job.done:
                 # Part of it was already attempted on this source: report what happened
                 # and defer the rest (not counted) rather than splitting the job.
-                self._finish(job, self._deferrals(job, reply))
+                self.finish(job, self._deferrals(job, reply))
             elif not job.future.done():
                 job.future.set_exception(Reroute(reply))
 
@@ -562,7 +472,7 @@ class ReadyQueue:
     def _drain(self, reply: Reply, template: Path | None = None, *,
                tried: Job | None = None) -> None:
         for job in self._take_all():
-            self._finish(job, self._deferrals(job, reply, template, tried=job is tried))
+            self.finish(job, self._deferrals(job, reply, template, tried=job is tried))
 
     def _take_all(self) -> list[Job]:
         jobs = list(self.jobs)
@@ -575,7 +485,7 @@ class ReadyQueue:
         return job.done + [Attempt(r, reply, base, tried) for r in job.recipients]
 
     @staticmethod
-    def _finish(job: Job, attempts: list[Attempt]) -> None:
+    def finish(job: Job, attempts: list[Attempt]) -> None:
         if not job.future.done():
             job.future.set_result(attempts)
 
@@ -587,11 +497,3 @@ class ReadyQueue:
             # stop timeout leaves 5 s after the deadline for all of the shutdown).
             await asyncio.wait(set(self._workers), timeout=2.0)
 
-
-def _move(slot: _Slot, old: ConnectionBudget, new: ConnectionBudget) -> None:
-    """Count a connection in `new` instead of `old` (a reload changed the matching rule)."""
-    old.open -= 1
-    new.open += 1
-    if slot.retiring:
-        old.retiring -= 1
-        new.retiring += 1

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from quiver.delivery import Attempt
 from quiver.policy import Policy, Source
+from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.routing.mx import MxResolver, Route, RouteError
 from quiver.routing.safety import DestinationGuard, ForbiddenRoute, screen
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
@@ -36,7 +37,7 @@ class Scheduler:
     def __init__(
         self,
         *,
-        policy: Policy,
+        policy: Policy | PolicyHandle,
         resolver: MxResolver,
         picker: SourcePicker,
         connector: Connector | None = None,
@@ -45,7 +46,11 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.health = health
-        self._policy = policy
+        # Live sections (throttles, retry, tls, delivery.pipeline_next) are read through
+        # the shared handle; the rest is restart-only (the connector and the guard keep
+        # the start-up policy).
+        self.policy = handle_of(policy)
+        policy = self.policy.current
         self._resolver = resolver
         self._picker = picker
         self._clock = clock
@@ -87,15 +92,16 @@ class Scheduler:
         return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
 
     def apply_policy(self, policy: Policy) -> None:
-        """Policy reload: every ready queue rebinds to its limits under the new throttles;
-        new retry backoff, pipelining and TLS modes apply from each queue's next
-        decision."""
-        self._policy = policy
+        """Policy reload: update the handle, then rebind."""
+        self.policy.update(policy)
+        self.rebind()
+
+    def rebind(self) -> None:
+        """After the handle's policy changed: every ready queue rebinds to its limits
+        under the new throttles and to its TLS mode; retry backoff and pipelining are
+        read from the handle at each queue's next decision."""
         for queue in self.queues.values():
-            queue.backoff = policy.retry.site_backoff
-            queue.pipeline_next = policy.delivery.pipeline_next
-            queue.tls_mode = tls_mode_for(policy.tls, queue.destination)
-            queue.apply(resolve(policy.throttles, queue.destination), self.budgets)
+            queue.rebind(self.budgets)
 
     def _queue(self, source: Source, route: Route, domain: str) -> ReadyQueue:
         key = (source.name, route.site)
@@ -106,15 +112,14 @@ class Scheduler:
                 source=source.name, site=route.site, domain=domain, provider=route.provider,
                 mx_hosts=tuple(h.name for h in route.hosts),
             )
-            limits = resolve(self._policy.throttles, destination)
+            policy = self.policy.current
             queue = self.queues[key] = ReadyQueue(
-                source=source, route=route, limits=limits, budgets=self.budgets,
-                destination=destination,
-                connector=self._connector, backoff=self._policy.retry.site_backoff,
-                share=self._share, pipeline_next=self._policy.delivery.pipeline_next,
+                source=source, route=route, limits=resolve(policy.throttles, destination),
+                budgets=self.budgets, destination=destination, connector=self._connector,
+                policy=self.policy, share=self._share,
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
-                tls_mode=tls_mode_for(self._policy.tls, destination), clock=self._clock,
+                tls_mode=tls_mode_for(policy.tls, destination), clock=self._clock,
             )
         else:
             queue.route = route  # the MX set's addresses may have changed (TTL)

@@ -40,8 +40,10 @@ from quiver.envelope import Envelope, EnvelopeError, LastReply
 from quiver.events import EventType, Record, make_event, rejected_events, rfc3339_ms
 from quiver.message import from_domain
 from quiver.policy import Policy
+from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.sender.complete import Completer, Completion
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
+from quiver.smtp.reply import Response
 from quiver.storage.base import (
     BodyStore,
     MissingObject,
@@ -105,7 +107,7 @@ class MessageHandler:
     def __init__(
         self,
         *,
-        policy: Policy,
+        policy: Policy | PolicyHandle,
         transport: Transport,
         signers: SignerSet,
         bodies: BodyStore,
@@ -125,7 +127,8 @@ class MessageHandler:
         # None: private-key operations on the event loop thread (tests, tools).
         self._signing = signing
         self._finalized = finalized
-        self._policy = policy
+        # Read at each decision: a reload updates the shared handle.
+        self._policy = handle_of(policy)
         self._transport = transport
         self._signers = signers
         self._bodies = bodies
@@ -135,8 +138,9 @@ class MessageHandler:
         self._rng = rng or random.Random()
 
     def apply_policy(self, policy: Policy) -> None:
-        """Policy reload: retry schedule and max_age from the next outcome on."""
-        self._policy = policy
+        """Policy reload: retry schedule and max_age from the next outcome on (the
+        handle is shared: with one, updating it anywhere does the same)."""
+        self._policy.update(policy)
 
     async def handle(self, received: Received) -> bool:
         """Process one message; True if it completed (deleted), False if it will return.
@@ -193,7 +197,7 @@ class MessageHandler:
         if self._expired(env, queued_at, now):
             return self._expire(received, env, queued_at, now)
 
-        rules = self._policy.content
+        rules = self._policy.current.content
         try:
             raw = env.raw if env.raw is not None else await self._bodies.get(
                 env.raw_s3 or "", max_size=rules.max_message_size)
@@ -223,7 +227,7 @@ class MessageHandler:
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
         env, message = prepared.env, prepared.message
-        pool = env.pool or self._policy.default_pool
+        pool = env.pool or self._policy.current.default_pool
         by_domain: dict[str, list[str]] = defaultdict(list)
         for rcpt in env.recipients:
             by_domain[domain_of(rcpt)].append(rcpt)
@@ -246,8 +250,8 @@ class MessageHandler:
                                     queued_at=prepared.queued_at)
 
     def _check_pool(self, env: Envelope) -> None:
-        if env.pool is not None and env.pool not in self._policy.pools:
-            known = ", ".join(sorted(self._policy.pools))
+        if env.pool is not None and env.pool not in self._policy.current.pools:
+            known = ", ".join(sorted(self._policy.current.pools))
             raise EnvelopeError("pool", f"unknown pool {env.pool!r} (known: {known})")
 
     async def _sign(self, raw: bytes) -> bytes:
@@ -332,12 +336,12 @@ class MessageHandler:
         return envelope_mod.encode(replace(env, raw=None, raw_s3=uri))
 
     def _retry_delay(self, attempt: int) -> float:
-        retry = self._policy.retry
+        retry = self._policy.current.retry
         base = retry.delay(attempt)
         return base * (1 - retry.jitter * self._rng.random())
 
     def _deadline(self, env: Envelope, queued_at: float) -> float:
-        deadline = queued_at + self._policy.retry.max_age
+        deadline = queued_at + self._policy.current.retry.max_age
         if env.expires is not None:
             deadline = min(deadline, env.expires.timestamp())
         return deadline
@@ -355,7 +359,7 @@ class MessageHandler:
     def _expire(self, received: Received, env: Envelope, queued_at: float,
                 now: float) -> Completion:
         """Past its deadline on receipt: each recipient's last reply, or why it had none."""
-        pool = env.pool or self._policy.default_pool
+        pool = env.pool or self._policy.current.default_pool
         reason = self._expiry_reason(env, at=now, upcoming=False)
         queued_ms = max(0, int((now - queued_at) * 1000))
         records = [
@@ -386,7 +390,7 @@ class MessageHandler:
             pending = tuple(r for r in pending if r not in done)
         if not pending:
             return Completion(received=received)
-        pool = env.pool or self._policy.default_pool
+        pool = env.pool or self._policy.current.default_pool
         reason = (f"received {received.receive_count} times without completing (a crash or "
                   f"hang each time; the queue's maxReceiveCount is {self._max_receives}): "
                   "given up, message kept in the outbound DLQ")
@@ -425,7 +429,7 @@ class MessageHandler:
             records = rejected_events(envelope_mod.readable(received.body),
                                       sqs_message_id=received.message_id, reason=reason, at=now)
         else:
-            pool = env.pool or self._policy.default_pool
+            pool = env.pool or self._policy.current.default_pool
             records = [
                 make_event("rejected", envelope=env, rcpt=r, attempt=env.attempt, pool=pool,
                            at=now, response=None, reason=reason,
@@ -454,7 +458,7 @@ def _remember(previous: LastReply | None, attempt: Attempt, *, tried: bool) -> L
     return LastReply.of(code=reply.code, enhanced=reply.enhanced, text=reply.text, tried=tried)
 
 
-def _final_response(last: LastReply | None, *, unknown: str | None) -> dict[str, object] | None:
+def _final_response(last: LastReply | None, *, unknown: str | None) -> Response | None:
     """An `expired`/`failed` event's response: the recipient's own last reply, or a
     "never attempted" one saying why (the reason it was not tried, else `unknown`;
     None if that is None too)."""

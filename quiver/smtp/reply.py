@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 # Reply text from a remote server ends up in events and logs: bound it, and keep
 # control characters out so a hostile server cannot forge log lines.
 MAX_TEXT = 512
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class Response(TypedDict):
+    """A reply as an event's `response` field carries it (quiver.events)."""
+
+    code: int
+    enhanced: str | None
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +40,7 @@ class Reply:
     def permanent(self) -> bool:
         return self.code >= 500
 
-    def as_event(self) -> dict[str, Any]:
+    def as_event(self) -> Response:
         return {"code": self.code, "enhanced": self.enhanced, "text": self.text}
 
     def __str__(self) -> str:

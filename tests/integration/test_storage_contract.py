@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from quiver.devstack.moto_server import MotoServer, client, create_resources, start_moto
 
+from quiver.devstack.moto_server import MotoServer, client, create_resources, start_moto
 from quiver.settings import Deployment
 from quiver.storage.base import ALL_TENANTS, FinalsStore, Suppression, SuppressionStore
 from quiver.storage.dynamo import DynamoFinals, DynamoSuppression

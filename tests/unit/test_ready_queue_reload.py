@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from quiver.delivery import Path
-from quiver.policy import Source
+from quiver.policy import Source, parse_policy
+from quiver.policy.handle import PolicyHandle
 from quiver.routing.mx import MxHost, Route
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.ready import Job, ReadyQueue
@@ -23,6 +24,19 @@ ROUTE = Route(domain="d.test", hosts=(MxHost("mx.d.test", 10, ("192.0.2.9",)),),
               site="mx.d.test", provider=None)
 DESTINATION = Destination(source="a", site=ROUTE.site, domain="d.test", provider=None,
                           mx_hosts=("mx.d.test",))
+# Retry backoff 5 s and pipelining on, read through a handle as the scheduler's are.
+POLICY = PolicyHandle(parse_policy("""
+default_pool = "p"
+[delivery]
+ehlo = "mta.example.test"
+[sources.a]
+ip = "192.0.2.10"
+ehlo = "a.example.test"
+[pools.p]
+sources = ["a"]
+[retry]
+site_backoff = "5s"
+"""))
 DONE_WITHIN = 60.0  # a bound on a stuck queue, not a speed: these finish in about a second
 
 
@@ -97,7 +111,7 @@ def make_queue(mx: FakeMx, budgets: Budgets, connections: int,
                share: list[float] | None = None) -> ReadyQueue:
     shares = share if share is not None else [1.0]
     return ReadyQueue(source=SOURCE, route=ROUTE, limits=limits(connections), budgets=budgets,
-                      connector=_Connector(mx), backoff=5.0,  # type: ignore[arg-type]
+                      connector=_Connector(mx), policy=POLICY,  # type: ignore[arg-type]
                       share=lambda: shares[0], destination=DESTINATION)
 
 

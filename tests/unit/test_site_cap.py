@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_ready_queue_reload import ROUTE, FakeMx, _Connector, answered, until
+from test_ready_queue_reload import POLICY, ROUTE, FakeMx, _Connector, answered, until
 
 from quiver.policy import PolicyError, Source, parse_policy
 from quiver.scheduler import ready
@@ -140,7 +140,7 @@ async def test_two_sources_share_the_sites_cap_in_turns_without_starving() -> No
         name: ReadyQueue(
             source=Source(name=name, ip=ip, ehlo=f"{name}.test", az="az1"), route=ROUTE,
             limits=capped(name, 2, 2), budgets=budgets, connector=_Connector(mx),  # type: ignore[arg-type]
-            backoff=5.0, destination=Destination(source=name, site=ROUTE.site,
+            policy=POLICY, destination=Destination(source=name, site=ROUTE.site,
                                                  domain="d.test", provider=None,
                                                  mx_hosts=("mx.d.test",)))
         for name, ip in (("a", "192.0.2.1"), ("b", "192.0.2.2"))}
@@ -173,7 +173,7 @@ async def test_an_idle_connection_makes_room_at_once_for_another_sources_mail(
     a, b = (ReadyQueue(
         source=Source(name=name, ip=ip, ehlo=f"{name}.test", az="az1"), route=ROUTE,
         limits=capped(name, 1, 1), budgets=budgets, connector=_Connector(mx),  # type: ignore[arg-type]
-        backoff=5.0, destination=Destination(source=name, site=ROUTE.site, domain="d.test",
+        policy=POLICY, destination=Destination(source=name, site=ROUTE.site, domain="d.test",
                                              provider=None, mx_hosts=("mx.d.test",)))
         for name, ip in (("a", "192.0.2.1"), ("b", "192.0.2.2")))
     loop = asyncio.get_running_loop()

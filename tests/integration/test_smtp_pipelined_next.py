@@ -5,6 +5,7 @@ when the server fails between the two transactions."""
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import pytest
 from test_smtp_wire import (
@@ -22,8 +23,14 @@ from quiver.smtp.session import SessionError, SmtpSession
 
 pytestmark = pytest.mark.integration
 
-FIRST = ("a@news.test", ["u1@d.test"])
-SECOND = ("a@news.test", ["u2@d.test"])
+
+class Envelope(NamedTuple):
+    sender: str
+    recipients: list[str]
+
+
+FIRST = Envelope("a@news.test", ["u1@d.test"])
+SECOND = Envelope("a@news.test", ["u2@d.test"])
 GROUP_OK = b"250 ok\r\n250 ok\r\n354 go\r\n"
 
 
@@ -38,10 +45,15 @@ async def first_then_next(server: Scripted, reader, writer, replies: bytes) -> N
     await writer.drain()
 
 
-async def send(session: SmtpSession, envelope: tuple[str, list[str]],
-               then: tuple[str, list[str]] | None = None) -> dict[str, tuple[int, str]]:
-    result = await session.send(sender=envelope[0], recipients=envelope[1], message=MESSAGE,
-                                then=then)
+async def send(session: SmtpSession[Envelope], envelope: Envelope,
+               then: Envelope | None = None) -> dict[str, tuple[int, str]]:
+    """Send `envelope`: the body of the one the session holds, if it is that one (the
+    same object), else a transaction of its own (which abandons any held one)."""
+    if envelope is session.pipelined:
+        result = await session.send_pipelined(message=MESSAGE, then=then)
+    else:
+        result = await session.send(sender=envelope.sender, recipients=envelope.recipients,
+                                    message=MESSAGE, then=then)
     return {r: (reply.code, reply.text) for r, reply in result.replies.items()}
 
 
@@ -145,9 +157,10 @@ async def test_a_send_for_another_envelope_than_the_pipelined_one_is_refused() -
         session = await open_session(server)
         await send(session, FIRST, then=SECOND)
         with pytest.raises(SessionError) as info:
-            await send(session, ("a@news.test", ["other@d.test"]))
+            await send(session, Envelope("a@news.test", ["other@d.test"]))
         assert not session.is_open
     assert info.value.stage == "reused"
+
 
 
 @pytest.mark.parametrize("pipeline_next", [True, False], ids=["on", "off"])

@@ -2,9 +2,9 @@
 
 The ready queue (ready.py) holds the jobs, the limits and the backoff of one
 (source, site) and decides how many connections it wants; a `Connection` owns one of
-them: its place in the source's and the site's budgets, the session, the job
-pipelined behind the last body, its counters, and the loop that serves jobs until
-the queue has none left for it (KumoMTA's `Dispatcher` beside its ready queue).
+them: its place in the source's and the site's budgets, the session (which holds
+the job pipelined behind the last body), its counters, and the loop that serves jobs
+until the queue has none left for it (KumoMTA's `Dispatcher` beside its ready queue).
 """
 
 from __future__ import annotations
@@ -60,45 +60,47 @@ class Connection:
             task = asyncio.current_task()
             queue.closed(self, cancelled=task is not None and task.cancelling() > 0)
 
-    async def _serve(self, session: SmtpSession, here: Path) -> None:
+    async def _serve(self, session: SmtpSession[Job], here: Path) -> None:
         queue = self.queue
         sent = 0
-        # The job whose MAIL, RCPT and DATA went out behind the last body (its rate
-        # token already taken): it is this connection's next transaction, whatever else
-        # is queued, because the server holds its envelope.
-        ahead: Job | None = None
-        # A held `ahead` is served even if a reload lowered max_messages_per_connection.
-        while sent < queue.per_connection or ahead is not None:
-            job = ahead if ahead is not None else await queue.next_job(self)
+        # The session holds the job whose MAIL, RCPT and DATA went out behind the last
+        # body (its rate token already taken): it is this connection's next transaction,
+        # whatever else is queued, because the server holds its envelope. A held job is
+        # served even if a reload lowered max_messages_per_connection.
+        while sent < queue.per_connection or session.pipelined is not None:
+            held = session.pipelined
+            job = held if held is not None else await queue.next_job(self)
             if job is None:
                 return
-            paid, ahead = job is ahead, None
             queue.idle -= 1
             try:
-                if paid and job.future.done():
+                if held is not None and job.future.done():
                     # Cancelled (a stopping sender) with its envelope at the server: no
                     # body follows; closing the connection leaves nothing delivered.
                     return
                 # No RSET between messages: a transaction that got its DATA reply (or
                 # was reset after every RCPT failed) leaves the session clean.
-                if not paid:
+                if held is None:
                     await queue.rate_token()
                 body = await queue.body(job, session, here)
                 if body is None:
-                    if paid:
+                    if held is not None:
                         return  # its envelope is at the server: close, nothing delivered
                     continue
                 then = queue.take_next(session, sent, self)
+                # The next MAIL goes out now: BODY=8BITMIME only if it will be sent as it
+                # is, which is decided by this same server's offer.
+                then_eight_bit = (then is not None and then.seven_bit is not None
+                                  and session.eight_bit_mime)
                 try:
-                    result = await session.send(
-                        sender=job.sender, recipients=job.recipients, message=body[0],
-                        eight_bit=body[1],
-                        then=None if then is None else (then.sender, then.recipients),
-                        # The next MAIL goes out now: BODY=8BITMIME only if it will be
-                        # sent as it is, which is decided by this same server's offer.
-                        then_eight_bit=then is not None and then.seven_bit is not None
-                        and session.eight_bit_mime,
-                    )
+                    if held is not None:
+                        result = await session.send_pipelined(
+                            message=body[0], eight_bit=body[1], then=then,
+                            then_eight_bit=then_eight_bit)
+                    else:
+                        result = await session.send(
+                            sender=job.sender, recipients=job.recipients, message=body[0],
+                            eight_bit=body[1], then=then, then_eight_bit=then_eight_bit)
                 except SessionError as exc:
                     if then is not None:
                         queue.jobs.appendleft(then)  # not sent (or lost unanswered): queued again
@@ -114,7 +116,6 @@ class Connection:
                         queue.jobs.appendleft(then)  # drained below, unattempted
                     queue.closed_by_server(closing, here)
                     return
-                ahead = then
             finally:
                 queue.idle += 1
 

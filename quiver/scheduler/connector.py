@@ -7,6 +7,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from quiver.delivery import Path
 from quiver.policy import Policy, Source, TlsMode
@@ -21,6 +22,9 @@ from quiver.scheduler.tls import (
 )
 from quiver.smtp.reply import local_reply
 from quiver.smtp.session import Egress, SessionError, SmtpSession, Target
+
+if TYPE_CHECKING:
+    from quiver.scheduler.ready import Job
 
 log = logging.getLogger("quiver.scheduler")
 
@@ -58,7 +62,7 @@ class Connector:
                     site=route.site, provider=route.provider, tls_mode=tls_mode)
 
     async def open(self, source: Source, route: Route, *,
-                   tls_mode: TlsMode = "opportunistic") -> tuple[SmtpSession, Path]:
+                   tls_mode: TlsMode = "opportunistic") -> tuple[SmtpSession[Job], Path]:
         """A session to the first MX address that answers; SessionError from the last try,
         its text naming the addresses skipped as forbidden (stage 'forbidden' if every
         address was)."""
@@ -98,7 +102,7 @@ class Connector:
         raise last
 
     async def _open(self, source: Source, target: Target,
-                    mode: TlsMode) -> tuple[SmtpSession, UsedTlsMode]:
+                    mode: TlsMode) -> tuple[SmtpSession[Job], UsedTlsMode]:
         """One address in `mode`. Opportunistic: a failed handshake is retried at once in
         plaintext (same attempt), and the address is remembered as failing."""
         if mode == "opportunistic" and self.fallbacks.failed_lately(target.mx_name, target.ip):
@@ -121,7 +125,7 @@ class Connector:
         return session, PLAINTEXT_FALLBACK if session.tls_refused else mode
 
     async def _session(self, source: Source, target: Target, context: ssl.SSLContext | None,
-                       *, require_tls: bool) -> SmtpSession:
+                       *, require_tls: bool) -> SmtpSession[Job]:
         return await SmtpSession.open(
             target=target,
             egress=self.egress(source),

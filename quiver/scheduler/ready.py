@@ -254,7 +254,7 @@ class ReadyQueue:
                     and not self.over_limit(conn)
                     and not (served and self.site_wanted(conn)))
 
-    async def open_session(self) -> tuple[SmtpSession, Path]:
+    async def open_session(self) -> tuple[SmtpSession[Job], Path]:
         return await self._connector.open(self.source, self.route, tls_mode=self.tls_mode)
 
     async def rate_token(self) -> None:
@@ -289,7 +289,8 @@ class ReadyQueue:
             else:
                 self._maybe_start()
 
-    async def body(self, job: Job, session: SmtpSession, here: Path) -> tuple[bytes, bool] | None:
+    async def body(self, job: Job, session: SmtpSession[Job],
+                   here: Path) -> tuple[bytes, bool] | None:
         """What to send on this connection, and whether as 8BITMIME: an 8-bit message
         as it is where the server offers 8BITMIME, else its 7-bit form (RFC 6152).
         None if that could not be made: the job is finished with the reason."""
@@ -306,7 +307,7 @@ class ReadyQueue:
             self.finish(job, job.done + [Attempt(r, reply, here) for r in job.recipients])
             return None
 
-    def check_pipelining(self, session: SmtpSession) -> None:
+    def check_pipelining(self, session: SmtpSession[Job]) -> None:
         """A server that mishandled commands pipelined behind the end of data gets no
         more of them from this queue (its jobs were queued again, unattempted)."""
         if session.pipeline_next_failed is not None and not self.pipelining_broken:
@@ -336,7 +337,7 @@ class ReadyQueue:
             return True
         return False
 
-    def take_next(self, session: SmtpSession, sent: int, conn: Connection) -> Job | None:
+    def take_next(self, session: SmtpSession[Job], sent: int, conn: Connection) -> Job | None:
         """The queued job to pipeline behind this message's body, if one is ready now.
 
         Only over PIPELINING, within max_messages_per_connection, when more jobs wait

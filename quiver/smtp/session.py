@@ -11,10 +11,13 @@ policy allows it opens a new, plaintext one).
 
 A transaction is one write and one wait when the server offers PIPELINING
 (RFC 2920): MAIL, every RCPT and DATA go together, then the body after the 354.
-When the caller already has the connection's next message (`then=`), that
-message's MAIL, RCPT and DATA follow this body in the same write (RFC 2920 3.1
-lets message content open a group), so a connection carries one round trip
-per message instead of two. Without PIPELINING each command waits for its
+When the caller already has the connection's next message (`then=`), the
+session holds it (`pipelined`) and writes its MAIL, RCPT and DATA behind this
+body in the same write (RFC 2920 3.1 lets message content open a group), so a
+connection carries one round trip per message instead of two. The session is
+the one holder of that message: the caller sends its body with
+`send_pipelined`, and any other `send` abandons it (and, if its envelope is at
+the server, the connection). Without PIPELINING each command waits for its
 reply, as RFC 5321 requires.
 
 Every reply is read by its class: a reply of a class the command cannot have
@@ -29,7 +32,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Generic, Literal, NamedTuple, NoReturn, Protocol, TypeVar
 
 from quiver.routing.safety import DestinationGuard
 from quiver.smtp import framing
@@ -100,12 +103,25 @@ class TransactionResult:
     unsent: frozenset[str] = frozenset()
 
 
+class NextMessage(Protocol):
+    """What the session reads of the message it holds as the connection's next: the
+    caller's own object, handed back as it is by `pipelined`."""
+
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def recipients(self) -> Sequence[str]: ...
+
+
+E = TypeVar("E", bound=NextMessage)
+
+
 @dataclass(frozen=True, slots=True)
 class _Ahead:
     """The next transaction's group, written behind the previous body, and its replies."""
 
-    sender: str
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...]  # as written: its replies pair with these
     replies: list[RawReply]
     # The connection failed after answering part of the group (`error.replies`).
     error: WireError | None = None
@@ -170,7 +186,10 @@ def _reply(raw: RawReply) -> Reply:
     return parse_reply(raw[0], raw[1])
 
 
-class SmtpSession:
+class SmtpSession(Generic[E]):
+    """One connection's SMTP; `E` is the caller's message, held between the `send`
+    that pipelined its envelope and the `send_pipelined` that sends its body."""
+
     def __init__(
         self, wire: SmtpWire, *, target: Target, ehlo: str, command_timeout: float
     ) -> None:
@@ -192,7 +211,10 @@ class SmtpSession:
         # A reply of a class its command cannot have was seen: the connection is retired
         # and nothing more is sent on it.
         self._unbelieved = False
-        # The next transaction's commands went out behind the last body; its replies.
+        # The caller's next message on this connection (`then=` of the last send), and,
+        # when its commands went out behind the last body, what they were and their
+        # replies. The one record of it: the caller asks `pipelined`.
+        self._next: E | None = None
         self._ahead: _Ahead | None = None
         # Why the server is taken not to handle commands behind the end of data (no
         # reply to them, or "bad sequence" replies); the caller stops sending them.
@@ -209,7 +231,7 @@ class SmtpSession:
         connect_timeout: float,
         command_timeout: float,
         require_tls: bool = False,
-    ) -> SmtpSession:
+    ) -> SmtpSession[E]:
         """A greeted session. With `tls_context`, STARTTLS is used when offered; with
         `require_tls` too, a server that does not offer it or refuses it fails the
         connection (stage 'tls') instead of carrying mail in plaintext."""
@@ -232,7 +254,8 @@ class SmtpSession:
             raise SessionError(
                 "connect", local_reply(421, "4.4.1", f"connect to {target.ip}: {exc}")
             ) from None
-        session = cls(wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
+        session: SmtpSession[E] = cls(
+            wire, target=target, ehlo=egress.ehlo, command_timeout=command_timeout)
         try:
             await session._greet(tls_context, connect_timeout, require_tls=require_tls)
             if not wire.usable:
@@ -256,6 +279,12 @@ class SmtpSession:
     @property
     def is_open(self) -> bool:
         return self._wire.usable
+
+    @property
+    def pipelined(self) -> E | None:
+        """The message handed over as `then` with the last send, to be sent next on this
+        connection with `send_pipelined` (its envelope may be at the server already)."""
+        return self._next
 
     async def _greet(self, tls_context: ssl.SSLContext | None, connect_timeout: float, *,
                      require_tls: bool) -> None:
@@ -319,31 +348,69 @@ class SmtpSession:
 
     async def send(
         self, *, sender: str, recipients: Sequence[str], message: bytes,
-        eight_bit: bool = False,
-        then: tuple[str, Sequence[str]] | None = None, then_eight_bit: bool = False,
+        eight_bit: bool = False, then: E | None = None, then_eight_bit: bool = False,
     ) -> TransactionResult:
         """One transaction; SessionError('transaction') if the connection is lost in it,
         'reused' or 'closed' if it was found closed before anything was sent.
 
-        `then` is the (sender, recipients) of the message the caller sends next on
-        this connection: its commands may go out behind this body, and the next
-        `send` must then be for exactly that envelope.
+        `then` is the message the caller sends next on this connection: the session
+        holds it (`pipelined`) once this send returns, and may write its commands
+        behind this body. A message held from the last send is abandoned here: if its
+        envelope is at the server, the connection is too (SessionError 'reused').
 
         `eight_bit` declares BODY=8BITMIME for `message` (the server must offer it);
         `then_eight_bit` does for the next message. Without it `message` must be 7-bit.
         """
-        ahead, self._ahead = self._ahead, None
+        ahead, self._next, self._ahead = self._ahead, None, None
         if (problem := self._unsendable(message, eight_bit)) is not None:
-            if ahead is not None:
-                self._wire.abort()  # its envelope awaits a body that will not come
-            refused = local_reply(554, "5.6.0", f"not sent: {problem}")
-            return TransactionResult({r: refused for r in recipients})
-        if ahead is not None and (ahead.sender, ahead.recipients, ahead.eight_bit) != (
-                sender, tuple(recipients), eight_bit):
-            # The server holds another envelope (maybe awaiting its body): unusable.
-            self._wire.abort()
-            raise SessionError("reused", local_reply(
-                451, "4.3.0", "not sent: the connection's pipelined transaction was abandoned"))
+            result = self._refused(recipients, problem, ahead)
+        elif ahead is not None:
+            self._abandoned()
+        else:
+            result = await self._transact(
+                sender, recipients, message, eight_bit, None, then, then_eight_bit)
+        self._next = then
+        return result
+
+    async def send_pipelined(
+        self, *, message: bytes, eight_bit: bool = False, then: E | None = None,
+        then_eight_bit: bool = False,
+    ) -> TransactionResult:
+        """The body of the message held as `pipelined` (its envelope as written behind
+        the last body, or written now if it was not); otherwise as `send`."""
+        held, ahead, self._next, self._ahead = self._next, self._ahead, None, None
+        if held is None:
+            raise RuntimeError("send_pipelined without a pipelined message")
+        recipients = held.recipients if ahead is None else ahead.recipients
+        if (problem := self._unsendable(message, eight_bit)) is not None:
+            result = self._refused(recipients, problem, ahead)
+        elif ahead is not None and ahead.eight_bit != eight_bit:
+            self._abandoned()  # its MAIL declared another kind of body
+        else:
+            result = await self._transact(
+                held.sender, recipients, message, eight_bit, ahead, then, then_eight_bit)
+        self._next = then
+        return result
+
+    def _refused(self, recipients: Sequence[str], problem: str,
+                 ahead: _Ahead | None) -> TransactionResult:
+        """`problem` is why the message must not follow DATA: refused here, unsent."""
+        if ahead is not None:
+            self._wire.abort()  # its envelope awaits a body that will not come
+        refused = local_reply(554, "5.6.0", f"not sent: {problem}")
+        return TransactionResult({r: refused for r in recipients})
+
+    def _abandoned(self) -> NoReturn:
+        # The server holds another envelope (maybe awaiting its body): unusable.
+        self._wire.abort()
+        raise SessionError("reused", local_reply(
+            451, "4.3.0", "not sent: the connection's pipelined transaction was abandoned"))
+
+    async def _transact(
+        self, sender: str, recipients: Sequence[str], message: bytes, eight_bit: bool,
+        ahead: _Ahead | None, then: E | None, then_eight_bit: bool,
+    ) -> TransactionResult:
+        """A sendable transaction; `ahead` its group, if written behind the last body."""
         if ahead is not None and _out_of_sequence(
                 ahead.error.replies if ahead.error else ahead.replies):
             # "Bad sequence" to commands that were in sequence: the server lost what
@@ -371,7 +438,8 @@ class SmtpSession:
             if self.pipelining:
                 sent = await self._pipelined(
                     commands, safe, message, ahead,
-                    None if then is None else _Next(then[0], then[1], then_eight_bit))
+                    None if then is None else _Next(then.sender, then.recipients,
+                                                    then_eight_bit))
             else:
                 sent = await self._lockstep(commands, safe, message)
         except _ClosedWhileIdle:
@@ -526,10 +594,10 @@ class SmtpSession:
                     self.pipeline_next_failed = (
                         f"no reply to commands pipelined behind the end of data: {exc}")
                 if rest:
-                    self._ahead = _Ahead(then[0], tuple(then[1]), [],
+                    self._ahead = _Ahead(tuple(then.recipients), [],
                                          type(exc)(str(exc), rest), then.eight_bit)
             else:
-                self._ahead = _Ahead(then[0], tuple(then[1]), got[1:], None, then.eight_bit)
+                self._ahead = _Ahead(tuple(then.recipients), got[1:], None, then.eight_bit)
             final = got[0]
         # After the reply to the end of data the server has reset the transaction,
         # whatever the reply said.
@@ -617,11 +685,11 @@ class SmtpSession:
         return local_reply(421, "4.4.2", text)
 
     async def close(self) -> None:
-        wire = self._wire
-        if wire.busy or self._ahead is not None:
+        wire, ahead = self._wire, self._ahead
+        self._next = self._ahead = None  # a closed session holds no next message
+        if wire.busy or ahead is not None:
             # Replies still owed, or the server may be awaiting a pipelined body (a
             # QUIT would be read as message text): abort; nothing unfinished is kept.
-            self._ahead = None
             wire.abort()
         elif wire.usable:
             with contextlib.suppress(WireError):

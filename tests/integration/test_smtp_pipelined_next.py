@@ -5,6 +5,7 @@ when the server fails between the two transactions."""
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import pytest
 from test_smtp_wire import (
@@ -22,8 +23,14 @@ from quiver.smtp.session import SessionError, SmtpSession
 
 pytestmark = pytest.mark.integration
 
-FIRST = ("a@news.test", ["u1@d.test"])
-SECOND = ("a@news.test", ["u2@d.test"])
+
+class Envelope(NamedTuple):
+    sender: str
+    recipients: list[str]
+
+
+FIRST = Envelope("a@news.test", ["u1@d.test"])
+SECOND = Envelope("a@news.test", ["u2@d.test"])
 GROUP_OK = b"250 ok\r\n250 ok\r\n354 go\r\n"
 
 
@@ -38,10 +45,15 @@ async def first_then_next(server: Scripted, reader, writer, replies: bytes) -> N
     await writer.drain()
 
 
-async def send(session: SmtpSession, envelope: tuple[str, list[str]],
-               then: tuple[str, list[str]] | None = None) -> dict[str, tuple[int, str]]:
-    result = await session.send(sender=envelope[0], recipients=envelope[1], message=MESSAGE,
-                                then=then)
+async def send(session: SmtpSession[Envelope], envelope: Envelope,
+               then: Envelope | None = None) -> dict[str, tuple[int, str]]:
+    """Send `envelope`: the body of the one the session holds, if it is that one (the
+    same object), else a transaction of its own (which abandons any held one)."""
+    if envelope is session.pipelined:
+        result = await session.send_pipelined(message=MESSAGE, then=then)
+    else:
+        result = await session.send(sender=envelope.sender, recipients=envelope.recipients,
+                                    message=MESSAGE, then=then)
     return {r: (reply.code, reply.text) for r, reply in result.replies.items()}
 
 
@@ -145,10 +157,42 @@ async def test_a_send_for_another_envelope_than_the_pipelined_one_is_refused() -
         session = await open_session(server)
         await send(session, FIRST, then=SECOND)
         with pytest.raises(SessionError) as info:
-            await send(session, ("a@news.test", ["other@d.test"]))
+            await send(session, Envelope("a@news.test", ["other@d.test"]))
         assert not session.is_open
     assert info.value.stage == "reused"
 
+
+
+async def test_a_next_message_not_written_behind_the_body_is_still_held_and_sent_whole(
+) -> None:
+    """A recipient that cannot go on the wire keeps the next envelope out of the group
+    behind the body; the session holds the message all the same, and sending it writes
+    its own MAIL, RCPT and DATA, with the unsafe recipient refused here."""
+    async def script(reader, writer):
+        await server.greet(reader, writer)
+        await server.accept(reader, writer, final=b"250 first queued\r\n")
+        # Nothing behind the body: the next line is the held message's own MAIL.
+        assert (await server.line(reader)).startswith(b"MAIL FROM:")
+        assert await server.line(reader) == b"RCPT TO:<u2@d.test>\r\n"
+        assert await server.line(reader) == b"DATA\r\n"
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await server.body(reader)
+        writer.write(b"250 second queued\r\n")
+        assert await server.line(reader) == b"QUIT\r\n"
+        writer.write(b"221 bye\r\n")
+
+    mixed = Envelope("a@news.test", ["u2@d.test", "bad\r\nRSET@d.test"])
+    async with Scripted(script) as server:
+        session = await open_session(server)
+        assert (await send(session, FIRST, then=mixed))["u1@d.test"][0] == 250
+        assert session.pipelined is mixed
+        assert session.transactions == 1  # its group did not go out behind the body
+        replies = await send(session, mixed)
+        assert session.pipelined is None
+        await session.close()
+    assert replies["u2@d.test"] == (250, "second queued")
+    assert replies["bad\r\nRSET@d.test"][0] == 553
+    assert session.transactions == 2
 
 @pytest.mark.parametrize("pipeline_next", [True, False], ids=["on", "off"])
 async def test_through_the_scheduler_a_backlog_goes_one_round_trip_per_message(

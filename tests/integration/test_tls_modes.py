@@ -14,6 +14,7 @@ import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_smtp_wire import MESSAGE, Scripted, scripted_policy_text
@@ -293,10 +294,11 @@ async def test_each_pipelined_group_travels_in_one_tls_record(
             command_timeout=10)
         try:
             assert session.tls_version in ("TLSv1.2", "TLSv1.3")
+            second = SimpleNamespace(sender="a@news.test", recipients=["u2@d.test"])
             one = await session.send(sender="a@news.test", recipients=["u1@d.test"],
-                                     message=MESSAGE, then=("a@news.test", ["u2@d.test"]))
-            two = await session.send(sender="a@news.test", recipients=["u2@d.test"],
-                                     message=MESSAGE)
+                                     message=MESSAGE, then=second)
+            assert session.pipelined is second
+            two = await session.send_pipelined(message=MESSAGE)
         finally:
             await session.close()
     finally:

@@ -29,10 +29,11 @@ class _SplitThenLost:
     """Takes the first recipient and answers 452 to the rest; the connection is then
     lost inside the next transaction."""
 
-    pipelining = False
+    pipelining = False  # so the queue never hands it a job to pipeline: none is held
     is_open = True
     pipeline_next_failed = None
     eight_bit_mime = False
+    pipelined = None
 
     def __init__(self) -> None:
         self.sends = 0

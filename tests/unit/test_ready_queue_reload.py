@@ -75,15 +75,34 @@ class FakeMx:
 
 
 class _Session:
+    """Holds the job handed over as `then` (`pipelined`) until `send_pipelined`, as
+    SmtpSession does."""
+
     def __init__(self, mx: FakeMx, *, closed: bool = False) -> None:
         self.mx = mx
         self.pipelining = mx.pipelining
         self.is_open = not closed
         self.pipeline_next_failed = None
+        self.pipelined: Job | None = None
 
     async def send(self, *, sender: str, recipients: list[str], message: bytes,
-                   eight_bit: bool = False, then: object = None,
+                   eight_bit: bool = False, then: Job | None = None,
                    then_eight_bit: bool = False) -> _Result:
+        assert self.pipelined is None, "a send that abandons the pipelined job"
+        result = await self._transact(recipients)
+        self.pipelined = then
+        return result
+
+    async def send_pipelined(self, *, message: bytes, eight_bit: bool = False,
+                             then: Job | None = None,
+                             then_eight_bit: bool = False) -> _Result:
+        held, self.pipelined = self.pipelined, None
+        assert held is not None, "send_pipelined without a pipelined job"
+        result = await self._transact(held.recipients)
+        self.pipelined = then
+        return result
+
+    async def _transact(self, recipients: list[str]) -> _Result:
         if not self.is_open:
             raise SessionError("closed", Reply(421, "4.4.2", "closed before the first MAIL"))
         self.mx.busy += 1

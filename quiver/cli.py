@@ -32,6 +32,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy import PolicyError
     from quiver.policy.reload import PolicySource
     from quiver.policy.source import read_policy, read_policy_text
+    from quiver.returnpath import KeyRingError
     from quiver.settings import SettingsError, deployment_from_env
     from quiver.wiring import build_sender, serve
 
@@ -58,7 +59,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
             nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
             policy_source=source,
         )
-    except (PolicyError, SettingsError, DkimError) as exc:
+    except (PolicyError, SettingsError, DkimError, KeyRingError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
         return 2
     _run(serve(sender))

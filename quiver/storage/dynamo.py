@@ -1,4 +1,5 @@
-"""The DynamoDB stores: final-event claims, fleet membership, the suppression list.
+"""The DynamoDB stores: final-event claims, fleet membership, the suppression list,
+return-path references.
 
 Every table has the key schema of cdk/tables.py (partition key `pk`, sort key
 `sk`, TTL on `expires_at`), which documents each store's items. Calls go
@@ -13,7 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quiver.events import Record
-from quiver.storage.base import ALL_TENANTS, StorageError, Suppression, SuppressionSource
+from quiver.storage.base import (
+    ALL_TENANTS,
+    RETURN_PATH_TTL,
+    ReturnPathRecord,
+    StorageError,
+    Suppression,
+    SuppressionSource,
+)
 from quiver.storage.boto_calls import call, call_sync
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
@@ -219,3 +227,66 @@ def _suppression(item: dict[str, Any]) -> Suppression:
         tenant=item["pk"]["S"].removeprefix("tenant:"),
         expires_at=int(expires["N"]) if expires is not None else None,
     )
+
+
+def _return_path_key(reference: bytes) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"rp#{reference.hex()}"}, "sk": {"S": "rp"}}
+
+
+class DynamoReturnPaths:
+    """`ReturnPathStore` in the finals table (same lifetime class: lookup items under a
+    TTL, nothing to restore): pk "rp#<reference hex>", sk "rp", id, rcpt, tenant,
+    campaign (absent when None), expires_at RETURN_PATH_TTL after the last put.
+
+    Cost: one BatchWriteItem per 25 recipients of a message that uses return paths,
+    at one write unit per recipient (the item is well under 1 KB), on every attempt
+    (the put refreshes its TTL); one eventually consistent GetItem (half a read unit)
+    per bounce or complaint verified."""
+
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self.table = table
+        self._clock = clock
+
+    async def put(self, records: Sequence[ReturnPathRecord]) -> None:
+        expires = str(int(self._clock()) + RETURN_PATH_TTL)
+        # BatchWriteItem refuses two puts of one key in a request.
+        unique = list({r.reference: r for r in records}.values())
+        for start in range(0, len(unique), _WRITE_BATCH):
+            requests = []
+            for record in unique[start:start + _WRITE_BATCH]:
+                item: dict[str, Any] = {
+                    **_return_path_key(record.reference),
+                    "id": {"S": record.message_id}, "rcpt": {"S": record.recipient},
+                    "expires_at": {"N": expires},
+                }
+                if record.tenant is not None:
+                    item["tenant"] = {"S": record.tenant}
+                if record.campaign is not None:
+                    item["campaign"] = {"S": record.campaign}
+                requests.append({"PutRequest": {"Item": item}})
+            pending: dict[str, Any] = {self.table: requests}
+            for attempt in range(_RETRIES):
+                response = await call(self._client.batch_write_item, RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                await asyncio.sleep(_BACKOFF * 2**attempt)
+            else:
+                raise StorageError(f"{self.table}: BatchWriteItem left return paths unprocessed")
+
+    def get(self, reference: bytes) -> ReturnPathRecord | None:
+        response = call_sync(self._client.get_item, TableName=self.table,
+                             Key=_return_path_key(reference))
+        item = response.get("Item")
+        if item is None:
+            return None
+        # DynamoDB's TTL deletes lazily (within days): a lapsed item is not a record.
+        if int(item["expires_at"]["N"]) <= self._clock():
+            return None
+        tenant, campaign = item.get("tenant"), item.get("campaign")
+        return ReturnPathRecord(
+            reference=reference, message_id=item["id"]["S"], recipient=item["rcpt"]["S"],
+            tenant=tenant["S"] if tenant is not None else None,
+            campaign=campaign["S"] if campaign is not None else None,
+        )

@@ -22,7 +22,7 @@ from quiver.returnpath import (
 )
 from quiver.returnpath.refresh import KeyRingRefresher
 from quiver.storage.aws import secret_reader
-from quiver.storage.base import ReturnPathRecord, ReturnPathStore
+from quiver.storage.base import ReturnPathRecord, ReturnPathStore, StorageError
 from quiver.storage.dynamo import DynamoReturnPaths
 from quiver.storage.memory import MemoryReturnPaths
 
@@ -153,3 +153,77 @@ def test_a_missing_or_broken_secret_says_which_and_the_refresher_keeps_the_ring(
     refresher = KeyRingRefresher(lambda: load_key_ring(key_secret=secret_id, read_secret=read),
                                  applied.append)
     assert not asyncio.run(refresher.refresh()) and applied == []
+
+
+def test_the_rotate_command_creates_then_rotates_the_secret(
+        moto: MotoServer, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from quiver.devstack.moto_server import aws_env
+
+    secret_id = f"quiver/return-path/{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **aws_env(moto.endpoint)}
+
+    def rotate() -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "quiver", "return-path", "rotate", "--secret-id", secret_id],
+            env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "key 1 signs from now on" in rotate()
+    assert "key 2 signs from now on" in rotate()
+    sm = client(moto.endpoint, "secretsmanager")
+    from quiver.returnpath import parse_key_ring
+
+    ring = parse_key_ring(sm.get_secret_value(SecretId=secret_id)["SecretString"])
+    assert [(k.id, k.retired is not None) for k in ring.keys] == [(1, True), (2, False)]
+
+
+class CountingClient:
+    """moto's DynamoDB client, counting the BatchWriteItem calls made through it."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.batch_writes = 0
+
+    def batch_write_item(self, **kwargs):
+        self.batch_writes += 1
+        return self._inner.batch_write_item(**kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def test_puts_of_concurrent_messages_share_batch_writes(moto: MotoServer) -> None:
+    ddb = client(moto.endpoint, "dynamodb")
+    name = f"finals-{uuid.uuid4().hex[:8]}"
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST")
+    counting = CountingClient(ddb)
+    store = DynamoReturnPaths(counting, name, linger=0.05)
+
+    async def sixty_messages() -> None:
+        await asyncio.gather(*(store.put([record(i)]) for i in range(60)))
+
+    asyncio.run(sixty_messages())
+    assert counting.batch_writes == 3  # 25 + 25 + the 10 left when the linger ends
+    assert all(store.get(record(i).reference) == record(i) for i in range(60))
+
+
+def test_a_failed_batch_write_fails_every_put_that_waited_on_it(moto: MotoServer) -> None:
+    store = DynamoReturnPaths(client(moto.endpoint, "dynamodb"), "no-such-table")
+
+    async def three() -> list[BaseException | None]:
+        return await asyncio.gather(*(store.put([record(i)]) for i in range(3)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(three())
+    assert all(isinstance(r, StorageError) for r in results), results

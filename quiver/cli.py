@@ -142,18 +142,21 @@ def cmd_return_path_rotate(args: argparse.Namespace) -> int:
         if args.secret_id:
             import boto3
 
-            ring = rotate_secret(boto3.client("secretsmanager"), args.secret_id, now=now)
+            ring = rotate_secret(boto3.client("secretsmanager"), args.secret_id, now=now,
+                                 activate_in=args.activate_in)
             where = f"secret {args.secret_id}"
         else:
-            ring = rotate_file(Path(args.file), now=now)
+            ring = rotate_file(Path(args.file), now=now, activate_in=args.activate_in)
             where = args.file
     except KeyRingError as exc:
         print(f"quiver return-path rotate: {exc}", file=sys.stderr)
         return 1
-    signing = ring.signing(now)
-    retired = [k.id for k in ring.keys if k.retired is not None]
-    print(f"{where}: key {signing.id} signs from now on (senders take it within 5 minutes); "
-          f"retired keys still verifying for 30 days: {retired or 'none'}")
+    newest = max(ring.keys, key=lambda k: k.id)
+    when = ("from now on" if newest.created <= now
+            else f"in {newest.created - now:.0f} s, when every reader has it")
+    retiring = [k.id for k in ring.keys if k.retired is not None]
+    print(f"{where}: key {newest.id} signs {when}; retired keys verify for 30 days "
+          f"after retirement: {retiring or 'none'}")
     return 0
 
 
@@ -234,6 +237,10 @@ def parser() -> argparse.ArgumentParser:
                        "(policy return_path.key_secret); created if missing")
     where.add_argument("--file", help="a key ring file (policy return_path.key_file); "
                        "created if missing")
+    rotate.add_argument("--activate-in", type=float, default=900.0, metavar="SECONDS",
+                        help="the new key signs this long from now, once every sender and "
+                             "intake has read it (they re-read every 5 minutes; default "
+                             "900); the old key signs until then")
     rotate.set_defaults(func=cmd_return_path_rotate)
 
     local = sub.add_parser("local", help="start the embedded local stack and keep it up")

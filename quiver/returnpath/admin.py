@@ -14,8 +14,10 @@ from typing import Any
 from quiver.returnpath.keys import KeyRing, KeyRingError, dump_key_ring, parse_key_ring, rotated
 
 
-def rotate_secret(client: Any, secret_id: str, *, now: float) -> KeyRing:
-    """Rotate the ring in secret `secret_id` (created with a first key if missing)."""
+def rotate_secret(client: Any, secret_id: str, *, now: float,
+                  activate_in: float = 0.0) -> KeyRing:
+    """Rotate the ring in secret `secret_id`, the new key signing `activate_in` seconds
+    from `now` (a missing secret is created with a first key that signs at once)."""
     errors = client.exceptions
     try:
         current = client.get_secret_value(SecretId=secret_id)
@@ -27,17 +29,19 @@ def rotate_secret(client: Any, secret_id: str, *, now: float) -> KeyRing:
     text = current.get("SecretString")
     if text is None:
         raise KeyRingError(f"secret {secret_id} is binary; expected the key ring's JSON")
-    ring = rotated(parse_key_ring(text, origin=f"secret {secret_id}"), now=now)
+    ring = rotated(parse_key_ring(text, origin=f"secret {secret_id}"), now=now,
+                   activate_at=now + activate_in)
     client.put_secret_value(SecretId=secret_id, SecretString=dump_key_ring(ring))
     return ring
 
 
-def rotate_file(path: Path, *, now: float) -> KeyRing:
-    """Rotate the ring in `path` (created if missing), readable by its owner only."""
+def rotate_file(path: Path, *, now: float, activate_in: float = 0.0) -> KeyRing:
+    """Rotate the ring in `path` (created if missing, the first key signing at once),
+    readable by its owner only."""
     old = None
     if path.exists():
         old = parse_key_ring(path.read_text(encoding="utf-8"), origin=str(path))
-    ring = rotated(old, now=now)
+    ring = rotated(old, now=now, activate_at=now + activate_in if old is not None else None)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -151,19 +151,22 @@ def dump_key_ring(ring: KeyRing) -> str:
     return json.dumps({"keys": keys}, indent=2)
 
 
-def rotated(ring: KeyRing | None, *, now: float,
+def rotated(ring: KeyRing | None, *, now: float, activate_at: float | None = None,
             random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> KeyRing:
-    """`ring` with a new key that signs from `now`: the keys that were live are retired
-    at `now`, and keys retired more than RETIRED_GRACE ago are dropped (they verify
-    nothing any more). `ring` None starts a new ring."""
+    """`ring` with a new key that signs from `activate_at` (default `now`): the keys
+    live until then are retired at that time, and keys retired more than
+    RETIRED_GRACE before `now` are dropped (they verify nothing any more). A later
+    activation lets every sender and verifier read the new key before any token
+    names it. `ring` None starts a new ring."""
+    start = now if activate_at is None else max(now, activate_at)
     old = ring.keys if ring is not None else ()
-    kept = [replace(k, retired=now) if k.retired is None else k
+    kept = [replace(k, retired=start) if k.retired is None or k.retired > start else k
             for k in old if k.retired is None or now - k.retired <= RETIRED_GRACE]
     new_id = max((k.id for k in old), default=0) + 1
     if new_id > MAX_KEY_ID:
         raise KeyRingError(f"key ids are exhausted ({MAX_KEY_ID}); start a new ring")
     return KeyRing([*kept, ReturnPathKey(id=new_id, secret=random_bytes(NEW_SECRET_BYTES),
-                                         created=now)])
+                                         created=start)])
 
 
 def load_key_ring(*, key_secret: str | None = None, key_file: str | None = None,

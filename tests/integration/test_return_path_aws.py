@@ -174,12 +174,16 @@ def test_the_rotate_command_creates_then_rotates_the_secret(
         return done.stdout
 
     assert "key 1 signs from now on" in rotate()
-    assert "key 2 signs from now on" in rotate()
+    assert "key 2 signs in 900 s" in rotate()
     sm = client(moto.endpoint, "secretsmanager")
     from quiver.returnpath import parse_key_ring
 
     ring = parse_key_ring(sm.get_secret_value(SecretId=secret_id)["SecretString"])
     assert [(k.id, k.retired is not None) for k in ring.keys] == [(1, True), (2, False)]
+    # Key 1 signs until key 2 starts, 15 minutes on: both are read by then.
+    first, second = ring.keys
+    assert first.retired == second.created
+    assert ring.signing(second.created - 1).id == 1 and ring.signing(second.created).id == 2
 
 
 class CountingClient:

@@ -17,9 +17,9 @@ def test_rotate_creates_then_rotates_a_private_key_file(
     assert main(["return-path", "rotate", "--file", str(path)]) == 0
     assert "key 1 signs from now on" in capsys.readouterr().out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert main(["return-path", "rotate", "--file", str(path)]) == 0
-    assert "retired keys still verifying for 30 days: [1]" in (
-        capsys.readouterr().out)
+    assert main(["return-path", "rotate", "--file", str(path), "--activate-in", "600"]) == 0
+    assert "key 2 signs in 600 s, when every reader has it; retired keys verify for 30 " \
+        "days after retirement: [1]" in capsys.readouterr().out
     ring = parse_key_ring(path.read_text())
     assert [k.id for k in ring.keys] == [1, 2]
 

@@ -218,6 +218,18 @@ def test_rotation_signs_with_the_newest_key_and_drops_keys_past_their_grace() ->
     assert ring.signing(T0 + DAY + RETIRED_GRACE + 1).id == 3
 
 
+def test_a_delayed_activation_keeps_the_old_key_signing_until_then() -> None:
+    ring = rotated(None, now=T0, random_bytes=fixed_bytes(1))
+    ring = rotated(ring, now=T0 + DAY, activate_at=T0 + DAY + 900,
+                   random_bytes=fixed_bytes(2))
+    assert ring.signing(T0 + DAY + 899).id == 1
+    assert ring.signing(T0 + DAY + 900).id == 2
+    assert [(k.id, k.retired) for k in ring.keys] == [(1, T0 + DAY + 900), (2, None)]
+    # The grace counts from the retirement, not from the rotation.
+    assert isinstance(ring.verifying(1, T0 + DAY + 900 + RETIRED_GRACE), ReturnPathKey)
+    assert ring.verifying(1, T0 + DAY + 901 + RETIRED_GRACE) == "expired_key"
+
+
 def test_a_key_created_in_the_future_verifies_but_does_not_sign_yet() -> None:
     ring = KeyRing([ReturnPathKey(id=1, secret=b"a" * 32, created=T0 - DAY),
                     ReturnPathKey(id=2, secret=b"b" * 32, created=T0 + 3600)])

@@ -69,7 +69,7 @@ class ReturnPathVerifier:
 
     def verify(self, address: str) -> Verified | Refusal:
         local, at, domain = address.strip().strip("<>").rpartition("@")
-        if not at or not local:
+        if not at or not local or not domain:
             return Refusal("malformed", "not an address")
         domain = domain.lower().rstrip(".")
         if domain not in self._domains:

@@ -276,3 +276,18 @@ def test_duplicate_key_ids_and_no_signing_key_are_refused() -> None:
     retired = KeyRing([ReturnPathKey(id=1, secret=b"a" * 32, created=T0, retired=T0 + 1)])
     with pytest.raises(KeyRingError, match="no key may sign now"):
         retired.signing(T0 + 2)
+
+
+@pytest.mark.parametrize("size", [10_000, 1_000_000])
+def test_a_huge_address_is_refused_with_its_reason(size: int) -> None:
+    paths, store, verifier, _ = rig()
+    address = make(paths, store)
+    local, _, domain = address.partition("@")
+    cases = {"b-" + "a" * size + "@" + BOUNCE: "malformed",
+             local + "@" + "x" * size: "wrong_domain",
+             "@" * size: "malformed",
+             local + "\x00" * size + "@" + domain: "malformed"}
+    for text, reason in cases.items():
+        result = verifier.verify(text)
+        assert isinstance(result, Refusal) and result.reason == reason
+        assert len(result.detail) < 400  # a counted reason, not the input echoed back

@@ -14,6 +14,13 @@ Prints figures, never fails on time.
 
     .venv/bin/python bench/sender_cpu.py                     # 5,000 messages, 5 runs
     .venv/bin/python bench/sender_cpu.py --messages 2000 --runs 3 --json
+    .venv/bin/python bench/sender_cpu.py --recipients 3 --return-path   # signed VERP
+
+`--return-path` turns on policy `return_path` for the From domain: a signed MAIL
+FROM per recipient and one transaction each, the tokens' references stored in
+the in-memory store; `--return-path dynamo` stores them as production does, in
+DynamoDB (moto's server, started here; its own CPU is not counted, the boto3
+client's is).
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ from typing import Any
 from rig import cpu_us_per_call, rsa_sign_us, start_sink
 
 from quiver.bounce import default_classifier
+from quiver.devstack.moto_server import client as moto_client
+from quiver.devstack.moto_server import start_moto
 from quiver.devstack.processes import free_port
 from quiver.devstack.samples import render
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, encode
 from quiver.policy import parse_policy
+from quiver.returnpath import ReturnPaths, rotated
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
@@ -47,8 +57,9 @@ from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
 from quiver.storage.aws import SqsEventSink
-from quiver.storage.base import Outgoing, Received
-from quiver.storage.memory import MemoryBodyStore
+from quiver.storage.base import Outgoing, Received, ReturnPathStore
+from quiver.storage.dynamo import DynamoReturnPaths
+from quiver.storage.memory import MemoryBodyStore, MemoryReturnPaths
 
 FROM_DOMAIN = "news.cpu.quiver.test"
 RCPT_DOMAIN = "sink.cpu.quiver.test"
@@ -81,6 +92,13 @@ sources = ["a", "b"]
 source = "*"
 max_connections = 12
 max_messages_per_connection = 1000
+"""
+RETURN_PATH = """
+[return_path]
+key_file = "in-memory"
+[[return_path.domains]]
+from = "{from_domain}"
+bounce = "bounces.{from_domain}"
 """
 
 
@@ -118,15 +136,27 @@ class ListQueue:
         self.resent += len(messages)
 
 
-def bodies(count: int, prefix: str) -> list[str]:
+def bodies(count: int, prefix: str, recipients: int = 1) -> list[str]:
     out = []
     for i in range(count):
-        to = [f"user{i}@{RCPT_DOMAIN}"]
+        to = [f"user{i}-{n}@{RCPT_DOMAIN}" for n in range(recipients)]
         raw = render(message_id=f"{prefix}-{i}", from_addr=f"hello@{FROM_DOMAIN}", to=to,
                      subject=f"CPU benchmark {i}", size=MESSAGE_BYTES)
         out.append(encode(Envelope(id=f"{prefix}-{i}", sender=f"bounces@{FROM_DOMAIN}",
                                    recipients=tuple(to), raw=raw, campaign="bench")))
     return out
+
+
+def moto_table(endpoint: str) -> Any:
+    ddb = moto_client(endpoint, "dynamodb")
+    ddb.create_table(
+        TableName="finals",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST")
+    return ddb
 
 
 def cpu() -> float:
@@ -135,7 +165,10 @@ def cpu() -> float:
 
 
 async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
-    policy = parse_policy(POLICY.format(port=port, rcpt_domain=RCPT_DOMAIN))
+    text = POLICY.format(port=port, rcpt_domain=RCPT_DOMAIN)
+    if args.return_path:
+        text += RETURN_PATH.format(from_domain=FROM_DOMAIN)
+    policy = parse_policy(text)
     pem = generate_private_key("rsa-sha256")
     signer = DkimSigner.from_pem(domain=FROM_DOMAIN, selector="c1", algorithm="rsa-sha256",
                                  pem=pem)
@@ -147,10 +180,18 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     threads = policy.delivery.signing_threads if args.signing_threads is None else (
         args.signing_threads)
     signing = SigningPool(threads) if threads else None
+    store: ReturnPathStore | None = None
+    if args.return_path == "dynamo":
+        store = DynamoReturnPaths(moto_table(args.moto_endpoint), "finals")
+    elif args.return_path:
+        store = MemoryReturnPaths()
     handler = MessageHandler(policy=policy, transport=scheduler, signers=SignerSet([signer]),
                              bodies=MemoryBodyStore(), completer=completer,
                              classifier=default_classifier(), rng=random.Random(1),
-                             signing=signing)
+                             signing=signing,
+                             return_paths=ReturnPaths(rotated(None, now=time.time() - 60))
+                             if args.return_path else None,
+                             return_path_store=store)
     sender = Sender(intake=policy.intake, queue=queue, handler=handler, completer=completer)
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
@@ -161,7 +202,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     try:
         for number in range(args.runs + 1):
             count = WARMUP if number == 0 else args.messages
-            prepared = bodies(count, f"r{number}")
+            prepared = bodies(count, f"r{number}", args.recipients)
             target = sender.stats.completed + count
             cpu0, wall0 = cpu(), time.monotonic()
             queue.load(prepared, f"r{number}")
@@ -193,6 +234,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     total, rsa_us, dkim_us = median("cpu_us_per_msg"), median("rsa_us"), median("dkim_us")
     return {
         "messages": args.messages, "runs": args.runs, "message_bytes": MESSAGE_BYTES,
+        "recipients": args.recipients, "return_path": args.return_path,
         "sender_cpu_us_per_msg": total,
         "rsa_sign_us": rsa_us,
         "dkim_sign_us": dkim_us,
@@ -212,21 +254,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="for all runs together")
     p.add_argument("--signing-threads", type=int, default=None,
                    help="DKIM signing threads (default: the policy's, 1; 0 = on the loop)")
+    p.add_argument("--recipients", type=int, default=1, help="per message (default 1)")
+    p.add_argument("--return-path", nargs="?", const="memory", choices=["memory", "dynamo"],
+                   help="signed VERP: a MAIL FROM and a transaction per recipient, the "
+                        "references stored in memory (default) or DynamoDB on moto")
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
-    if args.messages < 1 or args.runs < 1:
-        p.error("--messages and --runs must be >= 1")
+    if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:
+        p.error("--messages and --runs must be >= 1, --recipients 1-100")
     try:
         import uvloop
     except ImportError:  # the sender runs on uvloop when it is installed; so does this
         uvloop = None
     with tempfile.TemporaryDirectory(prefix="quiver-cpu-") as tmp:
         sink = start_sink(work_dir=Path(tmp), port=free_port())
+        moto = start_moto(log_dir=Path(tmp)) if args.return_path == "dynamo" else None
+        args.moto_endpoint = moto.endpoint if moto is not None else ""
         try:
             coro = run(args, sink.port)
             result = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
         finally:
             sink.stop()
+            if moto is not None:
+                moto.stop()
     print(f"sender CPU per message: {result['sender_cpu_us_per_msg']:,.0f} µs "
           f"(RSA-2048 signature alone {result['rsa_sign_us']:,.0f} µs, whole DKIM signature "
           f"{result['dkim_sign_us']:,.0f} µs; everything else "

@@ -61,7 +61,8 @@ def task_vcpus(policy: Policy) -> int:
 
 
 def check_deployable(
-    policy: Policy, *, dkim_secret_prefix: str, origin: str = "policy"
+    policy: Policy, *, dkim_secret_prefix: str, return_path_secret_prefix: str = "",
+    origin: str = "policy",
 ) -> Placement:
     """Check the deploy-only rules; return the region and AZs the policy implies."""
     problems: list[str] = []
@@ -113,6 +114,18 @@ def check_deployable(
                 f"dkim[{i}].key_secret: senders may read only secrets named "
                 f"'{dkim_secret_prefix}*', got {key.key_secret!r}"
             )
+    return_path = policy.return_path
+    if return_path.enabled and return_path.key_secret is None:
+        problems.append(
+            "return_path.key_file: deployed senders read the return-path key ring from "
+            f"Secrets Manager; use key_secret = '{return_path_secret_prefix}keys'"
+        )
+    elif return_path.key_secret is not None and not return_path.key_secret.startswith(
+            return_path_secret_prefix):
+        problems.append(
+            "return_path.key_secret: senders may read only secrets named "
+            f"'{return_path_secret_prefix}*', got {return_path.key_secret!r}"
+        )
     stop = stop_timeout_seconds(policy)
     if stop > FARGATE_MAX_STOP_TIMEOUT_S:
         problems.append(

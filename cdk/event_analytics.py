@@ -41,9 +41,9 @@ _TYPES: dict[str, str] = {
     "sqs_message_id": "string",
 }
 # Fields that are not columns: `event` is the partition column (Athena forbids both);
-# `tls_mode` (added in v1, optional for readers) is not a column yet: adding one
-# changes the deployed table, which is a change of its own.
-NOT_COLUMNS = frozenset({"event", "tls_mode"})
+# `tls_mode` and `return_path` (added in v1, optional for readers) are not columns
+# yet: adding one changes the deployed table, which is a change of its own.
+NOT_COLUMNS = frozenset({"event", "tls_mode", "return_path"})
 COLUMNS: tuple[tuple[str, str], ...] = tuple(
     (name, _TYPES[name]) for name in EVENT_FIELDS if name not in NOT_COLUMNS
 )

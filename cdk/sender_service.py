@@ -55,6 +55,7 @@ class SenderService(Construct):
         finals_table: dynamodb.ITable,
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
+        return_path_secret_prefix: str = "",
         cpu: int | None = None,
         memory_mib: int | None = None,
         min_tasks: int = 2,
@@ -155,6 +156,10 @@ class SenderService(Construct):
             tables=(suppression_table, senders_table, finals_table),
             policy_parameter=policy_parameter,
             dkim_secret_prefix=dkim_secret_prefix,
+            # Only a policy with bounce domains signs return paths (deploy_checks holds
+            # its key_secret under this prefix).
+            return_path_secret_prefix=return_path_secret_prefix
+            if policy.return_path.enabled else None,
         )
         self.service = ecs.FargateService(
             self, "Service",
@@ -184,6 +189,7 @@ class SenderService(Construct):
         tables: tuple[dynamodb.ITable, dynamodb.ITable, dynamodb.ITable],
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
+        return_path_secret_prefix: str | None,
     ) -> None:
         outbound, outbound_dlq, events = queues
         suppression, senders, finals = tables
@@ -239,6 +245,26 @@ class SenderService(Construct):
                 )],
             ),
         ]
+        if return_path_secret_prefix:
+            statements += [
+                # What each return-path token stands for, written before its mail is
+                # sent (items rp#<reference>; quiver.storage.dynamo.DynamoReturnPaths).
+                iam.PolicyStatement(
+                    sid="ReturnPathReferences",
+                    actions=["dynamodb:BatchWriteItem"],
+                    resources=[finals.table_arn],
+                ),
+                iam.PolicyStatement(
+                    sid="ReadReturnPathKeys",
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[Stack.of(self).format_arn(
+                        service="secretsmanager",
+                        resource="secret",
+                        resource_name=f"{return_path_secret_prefix}*",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )],
+                ),
+            ]
         for statement in statements:
             self.task_role.add_to_principal_policy(statement)
 

@@ -99,6 +99,7 @@ class ServiceStack(Stack):
         )
         queues, buckets = stateful.queues, stateful.buckets
         dkim_secret_prefix = f"{prefix}/dkim/"
+        return_path_secret_prefix = f"{prefix}/return-path/"
         network = Network(
             self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
         )
@@ -124,6 +125,7 @@ class ServiceStack(Stack):
             finals_table=stateful.tables.finals,
             policy_parameter=policy_parameter.parameter,
             dkim_secret_prefix=dkim_secret_prefix,
+            return_path_secret_prefix=return_path_secret_prefix,
         )
         proxies = ProxyNodes(
             self, "Proxies",
@@ -204,7 +206,9 @@ def add_quiver_stacks(
     origin = str(policy_path)
     policy_text = policy_path.read_text(encoding="utf-8")
     policy = parse_policy(policy_text, origin=origin)
-    placement = check_deployable(policy, dkim_secret_prefix=f"{prefix}/dkim/", origin=origin)
+    placement = check_deployable(policy, dkim_secret_prefix=f"{prefix}/dkim/",
+                                 return_path_secret_prefix=f"{prefix}/return-path/",
+                                 origin=origin)
     # Account-agnostic (the deploying credentials decide it), but pinned to the region
     # the policy's AZs are in: no lookups, so synth needs no AWS account.
     env = Environment(region=placement.region)

@@ -32,6 +32,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy import PolicyError
     from quiver.policy.reload import PolicySource
     from quiver.policy.source import read_policy, read_policy_text
+    from quiver.returnpath import KeyRingError
     from quiver.settings import SettingsError, deployment_from_env
     from quiver.wiring import build_sender, serve
 
@@ -58,7 +59,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
             nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
             policy_source=source,
         )
-    except (PolicyError, SettingsError, DkimError) as exc:
+    except (PolicyError, SettingsError, DkimError, KeyRingError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
         return 2
     _run(serve(sender))
@@ -130,6 +131,35 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_return_path_rotate(args: argparse.Namespace) -> int:
+    import time
+
+    from quiver.returnpath import KeyRingError
+    from quiver.returnpath.admin import rotate_file, rotate_secret
+
+    now = time.time()
+    try:
+        if args.secret_id:
+            import boto3
+
+            ring = rotate_secret(boto3.client("secretsmanager"), args.secret_id, now=now,
+                                 activate_in=args.activate_in)
+            where = f"secret {args.secret_id}"
+        else:
+            ring = rotate_file(Path(args.file), now=now, activate_in=args.activate_in)
+            where = args.file
+    except KeyRingError as exc:
+        print(f"quiver return-path rotate: {exc}", file=sys.stderr)
+        return 1
+    newest = max(ring.keys, key=lambda k: k.id)
+    when = ("from now on" if newest.created <= now
+            else f"in {newest.created - now:.0f} s, when every reader has it")
+    retiring = [k.id for k in ring.keys if k.retired is not None]
+    print(f"{where}: key {newest.id} signs {when}; retired keys verify for 30 days "
+          f"after retirement: {retiring or 'none'}")
+    return 0
+
+
 def _devstack_missing(command: str) -> int:
     # The sender image leaves the dev stack out; say so instead of a traceback.
     print(f"error: `quiver {command}` needs the dev stack (quiver.devstack), which this "
@@ -196,6 +226,22 @@ def parser() -> argparse.ArgumentParser:
     check = csub.add_parser("check", help="validate a policy file; list every problem")
     check.add_argument("file", help="the policy TOML file")
     check.set_defaults(func=cmd_config_check)
+
+    rp = sub.add_parser("return-path", help="signed return paths (VERP): key rotation")
+    rpsub = rp.add_subparsers(dest="return_path_command", required=True)
+    rotate = rpsub.add_parser(
+        "rotate", help="add a key that signs from now on; retire the one that signed "
+                       "(it verifies for 30 more days); drop keys past that")
+    where = rotate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--secret-id", help="the Secrets Manager secret holding the ring "
+                       "(policy return_path.key_secret); created if missing")
+    where.add_argument("--file", help="a key ring file (policy return_path.key_file); "
+                       "created if missing")
+    rotate.add_argument("--activate-in", type=float, default=900.0, metavar="SECONDS",
+                        help="the new key signs this long from now, once every sender and "
+                             "intake has read it (they re-read every 5 minutes; default "
+                             "900); the old key signs until then")
+    rotate.set_defaults(func=cmd_return_path_rotate)
 
     local = sub.add_parser("local", help="start the embedded local stack and keep it up")
     local.add_argument("--dir", default=".quiver/local",

@@ -81,6 +81,10 @@ class EventFields(TypedDict, total=False):
     tls: str | None
     # Added in v1, optional for readers: the TLS mode the connection used.
     tls_mode: str | None
+    # Added in v1, optional for readers: the signed envelope sender (VERP) this
+    # recipient's transaction used, when policy `return_path` rewrote it; `from`
+    # stays the caller's.
+    return_path: str
     next_attempt_at: str  # deferred only
     queued_ms: int
     # Bounces and complaints.

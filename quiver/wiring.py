@@ -17,6 +17,8 @@ from quiver.dkim.pool import SigningPool
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle
 from quiver.policy.reload import PolicySource, PolicyWatcher
+from quiver.returnpath import KeyRing, KeyRingError, ReturnPaths, load_key_ring
+from quiver.returnpath.refresh import KeyRingRefresher
 from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
@@ -29,7 +31,7 @@ from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
-from quiver.storage.dynamo import DynamoFinals, DynamoMembership
+from quiver.storage.dynamo import DynamoFinals, DynamoMembership, DynamoReturnPaths
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
 
@@ -89,6 +91,7 @@ def build_sender(
     )
     finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
               if deployment.finals_table else None)
+    return_paths, refresher = _return_paths(policy, policy_dir, deployment, session, config)
     threads = policy.delivery.signing_threads
     signing = SigningPool(threads) if threads else None
     handler = MessageHandler(
@@ -101,12 +104,15 @@ def build_sender(
         completer=completer,
         classifier=default_classifier(),
         max_receives=deployment.outbound_max_receives,
+        return_paths=return_paths[0] if return_paths else None,
+        return_path_store=return_paths[1] if return_paths else None,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
                     "keeps failing reaches the DLQ without `failed` events",
                     ENV_OUTBOUND_MAX_RECEIVES)
-    services = [membership.run, metrics.run, health.run]
+    services = [membership.run, metrics.run, health.run,
+                *([refresher.run] if refresher is not None else [])]
     if policy_source is not None and policy_source.interval > 0:
         services.append(PolicyWatcher(policy_source, current=live,
                                       apply=lambda _: transport.rebind()).run)
@@ -116,6 +122,32 @@ def build_sender(
         on_start=[membership.join],
         on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
     )
+
+
+def _return_paths(
+    policy: Policy, policy_dir: Path, deployment: Deployment, session: Any, config: Any,
+) -> tuple[tuple[ReturnPaths, DynamoReturnPaths] | None, KeyRingRefresher | None]:
+    """Signed return paths when the policy names bounce domains: the key ring (read
+    now, so a bad one stops the start) and where the tokens' references are kept."""
+    section = policy.return_path
+    if not section.enabled:
+        return None, None
+    if not deployment.finals_table:
+        raise KeyRingError("policy return_path needs the finals table (QUIVER_FINALS_TABLE), "
+                           "where each token's message and recipient are kept")
+    reader = secret_reader(session) if section.key_secret else None
+
+    def load() -> KeyRing:
+        return load_key_ring(key_secret=section.key_secret, key_file=section.key_file,
+                             read_secret=reader, base_dir=policy_dir)
+
+    paths = ReturnPaths(load())
+    store = DynamoReturnPaths(session.client("dynamodb", config=config), deployment.finals_table)
+
+    def apply(ring: KeyRing) -> None:
+        paths.ring = ring
+
+    return (paths, store), KeyRingRefresher(load, apply)
 
 
 def task_id() -> str:

@@ -31,6 +31,7 @@ from quiver.policy.model import (
     TlsPolicy,
     TlsRule,
 )
+from quiver.policy.return_path import parse_return_path
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
@@ -53,7 +54,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls",
-    "local_only",
+    "local_only", "return_path",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -245,6 +246,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
     content = _content(c, c.table(data, "content", ""))
     local_only = _local_only(c, data)
+    return_path, problems = parse_return_path(data.get("return_path"))
+    c.problems.extend(f"{path}: {message}" for path, message in problems)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -263,6 +266,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         warnings=tuple(c.warnings),
         tls=tls,
         local_only=local_only,
+        return_path=return_path,
     )
 
 

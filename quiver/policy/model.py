@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.return_path import ReturnPathPolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -218,6 +219,8 @@ class Policy:
     content: Content = field(default_factory=Content)
     warnings: tuple[str, ...] = ()
     tls: TlsPolicy = field(default_factory=TlsPolicy)
+    # Signed VERP envelope senders per sending domain (quiver/policy/return_path.py).
+    return_path: ReturnPathPolicy = field(default_factory=ReturnPathPolicy)
     # A policy for a stack on one machine (`quiver local`, test rigs): only such a
     # policy may list private, loopback or metadata ranges in `delivery.allow_networks`
     # or `proxy.allow_networks`, and the CDK app refuses to deploy it. It is a top-level

@@ -20,6 +20,7 @@ re-enqueued in one message per attempt count, each with its own next-attempt tim
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -41,6 +42,7 @@ from quiver.events import EventType, Record, make_event, rejected_events, rfc333
 from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
+from quiver.returnpath import ReturnPaths
 from quiver.sender.complete import Completer, Completion
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
 from quiver.smtp.reply import Response
@@ -49,6 +51,7 @@ from quiver.storage.base import (
     MissingObject,
     Outgoing,
     Received,
+    ReturnPathStore,
     StorageError,
     TooLarge,
 )
@@ -77,6 +80,8 @@ class _Prepared:
     # its line ends): a retry starts from it, not from a rewritten copy that may
     # have grown past what an inline body may be.
     original: bytes | None = None
+    # The From header's domain (lower case), None if the message has none readable.
+    from_domain: str | None = None
 
 
 class _SevenBit:
@@ -118,6 +123,8 @@ class MessageHandler:
         finalized: Callable[[str], Awaitable[set[str]]] | None = None,
         signing: SigningPool | None = None,
         max_receives: int = 0,
+        return_paths: ReturnPaths | None = None,
+        return_path_store: ReturnPathStore | None = None,
     ) -> None:
         # The outbound queue's maxReceiveCount (deployment settings); 0: not known, and
         # a message that keeps failing reaches the DLQ without `failed` events.
@@ -136,6 +143,13 @@ class MessageHandler:
         self._classifier = classifier
         self._clock = clock
         self._rng = rng or random.Random()
+        # Signed VERP (policy `return_path`): the key ring's signer and the store of
+        # what each token stands for. Both or neither.
+        if (return_paths is None) != (return_path_store is None):
+            raise ValueError("return_paths and return_path_store go together")
+        self._return_paths = return_paths
+        self._return_path_store = return_path_store
+        self._warned_no_keys = False
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: retry schedule and max_age from the next outcome on (the
@@ -211,8 +225,9 @@ class MessageHandler:
         declare = ready.eight_bit and rules.eight_bit == "declare"
         if ready.eight_bit and not declare:
             message = seven_bit(message)
+        domain = from_domain(message)
         try:
-            signature = await self._sign(message)
+            signature = await self._sign(message, domain=domain)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
         signed = signature + message
@@ -221,23 +236,37 @@ class MessageHandler:
         return _Prepared(env=replace(env, raw=None), message=signed,
                          signature_length=len(signature), inline=env.raw is not None,
                          queued_at=queued_at,
-                         seven_bit=_SevenBit(self._sign, signed, len(signature)) if declare
+                         seven_bit=_SevenBit(functools.partial(self._sign, domain=domain), signed,
+                                             len(signature)) if declare
                          else None,
-                         original=raw if env.raw is not None and message is not raw else None)
+                         original=raw if env.raw is not None and message is not raw else None,
+                         from_domain=domain)
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
         env, message = prepared.env, prepared.message
         pool = env.pool or self._policy.current.default_pool
-        by_domain: dict[str, list[str]] = defaultdict(list)
-        for rcpt in env.recipients:
-            by_domain[domain_of(rcpt)].append(rcpt)
-        deliveries = [
-            self._transport.deliver(
-                pool=pool, domain=domain, sender=env.sender, recipients=rcpts, message=message,
-                seven_bit=prepared.seven_bit,
-            )
-            for domain, rcpts in by_domain.items()
-        ]
+        return_paths = await self._return_paths_for(env, prepared.from_domain)
+        if return_paths is None:
+            by_domain: dict[str, list[str]] = defaultdict(list)
+            for rcpt in env.recipients:
+                by_domain[domain_of(rcpt)].append(rcpt)
+            deliveries = [
+                self._transport.deliver(
+                    pool=pool, domain=domain, sender=env.sender, recipients=rcpts,
+                    message=message, seven_bit=prepared.seven_bit,
+                )
+                for domain, rcpts in by_domain.items()
+            ]
+        else:
+            # A return path names one recipient: one transaction each (on shared,
+            # pipelined connections: the scheduler queues them as separate jobs).
+            deliveries = [
+                self._transport.deliver(
+                    pool=pool, domain=domain_of(rcpt), sender=return_paths[rcpt],
+                    recipients=(rcpt,), message=message, seven_bit=prepared.seven_bit,
+                )
+                for rcpt in env.recipients
+            ]
         if len(deliveries) == 1:
             # The common case: one domain. Awaited directly, it costs no task of its own.
             attempts = await deliveries[0]
@@ -247,16 +276,45 @@ class MessageHandler:
                                    for a in attempts):
             env = replace(env, raw=prepared.original or message[prepared.signature_length:])
         return await self._outcomes(received, env, attempts, pool=pool,
-                                    queued_at=prepared.queued_at)
+                                    queued_at=prepared.queued_at, return_paths=return_paths)
+
+    async def _return_paths_for(self, env: Envelope,
+                                domain: str | None) -> dict[str, str] | None:
+        """Each recipient's signed return path, stored before any is used; None when
+        the envelope sender stays as the caller gave it: a null reverse path (<>)
+        never gets one (nothing may answer a DSN), nor mail whose From domain has no
+        bounce domain in policy. A store failure raises StorageError: the message is
+        left for redelivery rather than sent with tokens nothing could verify."""
+        if not env.sender or domain is None:
+            return None
+        bounce = self._policy.current.return_path.bounce_domain(domain, tenant=env.tenant)
+        if bounce is None:
+            return None
+        if self._return_paths is None or self._return_path_store is None:
+            if not self._warned_no_keys:
+                self._warned_no_keys = True
+                log.warning("policy return_path names a bounce domain for %s, but this "
+                            "sender started without return-path keys: envelope senders "
+                            "are not rewritten until it restarts with them", domain)
+            return None
+        out: dict[str, str] = {}
+        records = []
+        for rcpt in env.recipients:
+            out[rcpt], record = self._return_paths.address(
+                bounce_domain=bounce, message_id=env.id, recipient=rcpt, tenant=env.tenant,
+                campaign=env.campaign)
+            records.append(record)
+        await self._return_path_store.put(records)
+        return out
 
     def _check_pool(self, env: Envelope) -> None:
         if env.pool is not None and env.pool not in self._policy.current.pools:
             known = ", ".join(sorted(self._policy.current.pools))
             raise EnvelopeError("pool", f"unknown pool {env.pool!r} (known: {known})")
 
-    async def _sign(self, raw: bytes) -> bytes:
-        """The DKIM-Signature header field for `raw` (empty if its domain has no key)."""
-        domain = from_domain(raw)
+    async def _sign(self, raw: bytes, *, domain: str | None) -> bytes:
+        """The DKIM-Signature header field for `raw` (empty if its From `domain` has
+        no key)."""
         signer = self._signers.for_domain(domain) if domain else None
         if signer is None:
             return b""
@@ -274,6 +332,7 @@ class MessageHandler:
         *,
         pool: str,
         queued_at: float,
+        return_paths: dict[str, str] | None = None,
     ) -> Completion:
         now = self._clock()
         deadline = self._deadline(env, queued_at)
@@ -288,6 +347,8 @@ class MessageHandler:
             count = env.attempt + 1 if tried else env.attempt
             fields = a.delivery_fields()
             fields["queued_ms"] = queued_ms
+            if return_paths is not None:
+                fields["return_path"] = return_paths[a.rcpt]
             kind: EventType | None
             if a.reply.positive:
                 kind = "delivered"

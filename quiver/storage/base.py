@@ -144,3 +144,35 @@ class SuppressionStore(Protocol):
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         """Remove the entry, if any (removing a missing one is not an error)."""
         ...
+
+
+# A return-path reference is kept this long after the last attempt that used it:
+# DSNs come back within days, ARF complaints within weeks; later, a bounce to the
+# token is refused as unknown_message (it would find nothing to act on anyway).
+RETURN_PATH_TTL = 45 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnPathRecord:
+    """What a return-path token's reference stands for (quiver.returnpath.token)."""
+
+    reference: bytes
+    message_id: str
+    recipient: str
+    tenant: str | None = None
+    campaign: str | None = None
+
+
+class ReturnPathStore(Protocol):
+    """The reference → (message id, recipient, tenant, campaign) map behind return-path
+    tokens, which are too short to carry them (see quiver.returnpath.token)."""
+
+    async def put(self, records: Sequence[ReturnPathRecord]) -> None:
+        """Store every record (rewriting one already there is harmless: a reference
+        names one tuple) or raise StorageError; called before the mail that uses them."""
+        ...
+
+    def get(self, reference: bytes) -> ReturnPathRecord | None:
+        """The record for `reference`, None if there is none (never written, or lapsed).
+        Synchronous: the intake Lambdas have no event loop."""
+        ...

@@ -1,4 +1,5 @@
-"""The DynamoDB stores: final-event claims, fleet membership, the suppression list.
+"""The DynamoDB stores: final-event claims, fleet membership, the suppression list,
+return-path references.
 
 Every table has the key schema of cdk/tables.py (partition key `pk`, sort key
 `sk`, TTL on `expires_at`), which documents each store's items. Calls go
@@ -13,7 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quiver.events import Record
-from quiver.storage.base import ALL_TENANTS, StorageError, Suppression, SuppressionSource
+from quiver.storage.base import (
+    ALL_TENANTS,
+    RETURN_PATH_TTL,
+    ReturnPathRecord,
+    StorageError,
+    Suppression,
+    SuppressionSource,
+)
 from quiver.storage.boto_calls import call, call_sync
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
@@ -219,3 +227,111 @@ def _suppression(item: dict[str, Any]) -> Suppression:
         tenant=item["pk"]["S"].removeprefix("tenant:"),
         expires_at=int(expires["N"]) if expires is not None else None,
     )
+
+
+def _return_path_key(reference: bytes) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"rp#{reference.hex()}"}, "sk": {"S": "rp"}}
+
+
+class DynamoReturnPaths:
+    """`ReturnPathStore` in the finals table (same lifetime class: lookup items under a
+    TTL, nothing to restore): pk "rp#<reference hex>", sk "rp", id, rcpt, tenant,
+    campaign (absent when None), expires_at RETURN_PATH_TTL after the last put.
+
+    Puts from concurrent messages are gathered into one BatchWriteItem of up to 25
+    items, waiting at most `linger` seconds for company: boto3 spends about as much
+    CPU on a call with one item as the sender does on a whole message, and 25 items
+    cost about twice one. Each item is one write unit (well under 1 KB), on every
+    attempt (the put refreshes its TTL); a verification is one eventually consistent
+    GetItem (half a read unit)."""
+
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time,
+                 linger: float = 0.005) -> None:
+        self._client = client
+        self.table = table
+        self._clock = clock
+        self._linger = linger
+        self._pending: list[tuple[ReturnPathRecord, asyncio.Future[None]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def put(self, records: Sequence[ReturnPathRecord]) -> None:
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        waiting = []
+        for record in records:
+            future: asyncio.Future[None] = loop.create_future()
+            self._pending.append((record, future))
+            waiting.append(future)
+        while len(self._pending) >= _WRITE_BATCH:
+            self._launch(self._pending[:_WRITE_BATCH])
+            del self._pending[:_WRITE_BATCH]
+        if self._pending and self._timer is None:
+            self._timer = loop.call_later(self._linger, self._flush)
+        await asyncio.gather(*waiting)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending:
+            self._launch(self._pending)
+            self._pending = []
+
+    def _launch(self, batch: list[tuple[ReturnPathRecord, asyncio.Future[None]]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, batch: list[tuple[ReturnPathRecord, asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            await self._batch_write([record for record, _ in batch])
+        except Exception as exc:  # each waiting put gets it; the task itself ends quietly
+            error = exc
+        for _, future in batch:
+            if not future.done():  # its put may have been cancelled
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+    async def _batch_write(self, records: list[ReturnPathRecord]) -> None:
+        expires = str(int(self._clock()) + RETURN_PATH_TTL)
+        # BatchWriteItem refuses two puts of one key in a request.
+        unique = list({r.reference: r for r in records}.values())
+        requests = []
+        for record in unique:
+            item: dict[str, Any] = {
+                **_return_path_key(record.reference),
+                "id": {"S": record.message_id}, "rcpt": {"S": record.recipient},
+                "expires_at": {"N": expires},
+            }
+            if record.tenant is not None:
+                item["tenant"] = {"S": record.tenant}
+            if record.campaign is not None:
+                item["campaign"] = {"S": record.campaign}
+            requests.append({"PutRequest": {"Item": item}})
+        pending: dict[str, Any] = {self.table: requests}
+        for attempt in range(_RETRIES):
+            response = await call(self._client.batch_write_item, RequestItems=pending)
+            pending = response.get("UnprocessedItems") or {}
+            if not pending:
+                return
+            await asyncio.sleep(_BACKOFF * 2**attempt)
+        raise StorageError(f"{self.table}: BatchWriteItem left return paths unprocessed")
+
+    def get(self, reference: bytes) -> ReturnPathRecord | None:
+        response = call_sync(self._client.get_item, TableName=self.table,
+                             Key=_return_path_key(reference))
+        item = response.get("Item")
+        if item is None:
+            return None
+        # DynamoDB's TTL deletes lazily (within days): a lapsed item is not a record.
+        if int(item["expires_at"]["N"]) <= self._clock():
+            return None
+        tenant, campaign = item.get("tenant"), item.get("campaign")
+        return ReturnPathRecord(
+            reference=reference, message_id=item["id"]["S"], recipient=item["rcpt"]["S"],
+            tenant=tenant["S"] if tenant is not None else None,
+            campaign=campaign["S"] if campaign is not None else None,
+        )

@@ -16,9 +16,11 @@ from quiver.envelope import parse_s3_uri
 from quiver.events import Record
 from quiver.storage.base import (
     ALL_TENANTS,
+    RETURN_PATH_TTL,
     MissingObject,
     Outgoing,
     Received,
+    ReturnPathRecord,
     StorageError,
     Suppression,
     TooLarge,
@@ -211,3 +213,25 @@ class MemorySuppression:
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         self.entries.pop((tenant, address.lower()), None)
+
+
+class MemoryReturnPaths:
+    """Return-path references in a dict; each lapses RETURN_PATH_TTL after its last put."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.records: dict[bytes, tuple[ReturnPathRecord, float]] = {}
+        self.puts = 0  # calls, as a DynamoDB store would bill them (per 25 records)
+
+    async def put(self, records: Sequence[ReturnPathRecord]) -> None:
+        expires = self._clock() + RETURN_PATH_TTL
+        for start in range(0, len(records), 25):
+            self.puts += 1
+            for record in records[start:start + 25]:
+                self.records[record.reference] = (record, expires)
+
+    def get(self, reference: bytes) -> ReturnPathRecord | None:
+        found = self.records.get(reference)
+        if found is None or found[1] <= self._clock():
+            return None
+        return found[0]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quiver.policy.feedback import feedback_section
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
     TLS_MODES,
@@ -52,7 +53,7 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake", "content", "tls",
+    "retry", "delivery", "intake", "content", "tls", "feedback",
     "local_only",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
@@ -245,6 +246,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
     content = _content(c, c.table(data, "content", ""))
     local_only = _local_only(c, data)
+    feedback, feedback_problems = feedback_section(data.get("feedback"))
+    c.problems.extend(feedback_problems)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -263,6 +266,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         warnings=tuple(c.warnings),
         tls=tls,
         local_only=local_only,
+        feedback=feedback,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.feedback import FeedbackPolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -224,6 +225,8 @@ class Policy:
     # key because it speaks for the whole file (both allow-lists and the deploy
     # refusal), not for one section.
     local_only: bool = False
+    # Which inbound feedback reports may suppress recipients (quiver.policy.feedback).
+    feedback: FeedbackPolicy = field(default_factory=FeedbackPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -7,6 +7,8 @@ Memory peaks are asserted with generous bounds; times are printed, never asserte
 
 from __future__ import annotations
 
+import base64
+import quopri
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from quiver.feedback.arf import parse_report
 from quiver.feedback.dkim_check import verify_report_dkim
 from quiver.feedback.limits import MAX_REPORT_BYTES
-from quiver.feedback.report import FeedbackReport, Ignored, ParseResult
+from quiver.feedback.report import FEEDBACK_TYPES, FeedbackReport, Ignored, ParseResult
 
 FIXTURES = Path(__file__).parent / "arf_fixtures"
 MiB = 1024 * 1024
@@ -185,8 +187,8 @@ _BOUNDARIES = st.sampled_from(["B", "b1", "--x--", "a b", "=_q", "", "\u00e9", "
 
 
 @st.composite
-def field_blocks(draw: st.DrawFn) -> bytes:
-    lines = draw(st.lists(st.tuples(st.sampled_from(_FIELDS), _VALUES | st.text(max_size=12)),
+def field_blocks(draw: st.DrawFn, names: tuple[str, ...] = tuple(_FIELDS)) -> bytes:
+    lines = draw(st.lists(st.tuples(st.sampled_from(names), _VALUES | st.text(max_size=12)),
                           max_size=8))
     text = "".join(f"{name}: {value}\r\n" for name, value in lines)
     return text.encode("utf-8", "surrogateescape")
@@ -253,3 +255,72 @@ def test_mutated_fixtures_never_raise(name: str, cuts: list[int], junk: bytes) -
     assert isinstance(parse_report(raw), FeedbackReport | Ignored)
     signed_like = b"DKIM-Signature: v=1; a=rsa-sha256; d=x.example; s=s; h=from; bh=; b=\r\n"
     assert verify_report_dkim(signed_like + raw, dnsfunc=TxtTable()).status == "failed"
+
+
+# Well-formed reports, generated: each must parse to exactly what was put in, and
+# any damage to one must still come back as a report or a reason.
+
+_SAFE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1, max_size=12)
+_ADDRESSES = st.builds(lambda local, domain: f"{local}@{domain}.example", _SAFE, _SAFE)
+
+
+def encode(body: bytes, cte: str) -> bytes:
+    if cte == "base64":
+        return base64.encodebytes(body)
+    if cte == "quoted-printable":
+        return quopri.encodestring(body)
+    return body
+
+
+@st.composite
+def arf_reports(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
+    # None of MIME's boundaries: an entity may not reuse its container's (RFC 2046 5.1.1).
+    boundary = draw(st.sampled_from(["OUTER", "=_outer 1", "----=_Part_1_2.3"]))
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    kind = draw(st.sampled_from(FEEDBACK_TYPES))
+    rcpts = draw(st.lists(_ADDRESSES, max_size=5))
+    mid = f"<{draw(_SAFE)}@{draw(_SAFE)}.example>"
+    extra = draw(field_blocks(tuple(
+        f for f in _FIELDS if f not in ("Feedback-Type", "Version", "Original-Rcpt-To"))))
+    fields = (f"Feedback-Type: {kind}\nUser-Agent: Gen/1\n"
+              f"Version: {draw(st.sampled_from(['1', '0.1']))}\n"
+              + "".join(f"Original-Rcpt-To: <{r}>\n" for r in rcpts)).encode()
+    # Extra fields, none of the ones asserted on.
+    fields += extra.replace(b"\r\n", b"\n")
+    human_cte = draw(st.sampled_from(["7bit", "base64", "quoted-printable"]))
+    human = draw(st.text(max_size=80)).encode("utf-8", "surrogatepass")
+    feedback_cte = draw(st.sampled_from(["7bit", "base64", "quoted-printable"]))
+    form = draw(st.sampled_from(["message/rfc822", "text/rfc822-headers"]))
+    original = (f"Message-ID: {mid}\nQuiver-Id: v1.{draw(_SAFE)}\n").encode()
+    if form == "message/rfc822":
+        original += draw(MIME).replace(b"\r\n", b"\n")
+    parts = [
+        (f"text/plain; charset={draw(st.sampled_from(_CHARSETS)) or 'utf-8'}", human_cte,
+         encode(human, human_cte)),
+        ("message/feedback-report", feedback_cte, encode(fields, feedback_cte)),
+        (form, "7bit", original),
+    ]
+    body = b"".join(
+        f"--{boundary}\nContent-Type: {ctype}\nContent-Transfer-Encoding: {cte}\n\n".encode()
+        + content + b"\n" for ctype, cte, content in parts
+    ) + f"--{boundary}--\n".encode()
+    raw = (b"From: fbl@gen.example\nMIME-Version: 1.0\n"
+           + f'Content-Type: multipart/report; report-type=feedback-report; '
+             f'boundary="{boundary}"\n\n'.encode() + body)
+    return raw.replace(b"\n", eol), {"type": kind, "rcpts": tuple(rcpts), "mid": mid}
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(arf_reports(), st.lists(st.integers(min_value=0), min_size=1, max_size=3),
+       st.binary(max_size=4))
+def test_generated_reports_parse_to_what_was_put_in(
+    generated: tuple[bytes, dict[str, object]], cuts: list[int], junk: bytes,
+) -> None:
+    raw, want = generated
+    result = parse_report(raw)
+    assert isinstance(result, FeedbackReport), result
+    assert result.feedback_type == want["type"]
+    assert result.original_rcpt_to == want["rcpts"]
+    assert result.original.message_id == want["mid"]
+    damaged = parse_report(mutate(raw, cuts, junk))
+    assert isinstance(damaged, FeedbackReport | Ignored)

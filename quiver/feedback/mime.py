@@ -95,7 +95,7 @@ def parse_fields(block: bytes, *, skip_blank: bool = False) -> Fields:
     if len(block) > MAX_HEADER_BYTES:
         raise TooComplex(f"a header block over {MAX_HEADER_BYTES} bytes")
     text = block.decode("utf-8", "replace")
-    fields: list[list[str]] = []
+    fields: list[_Field] = []
     for line in _LINE.split(text):
         if not line.strip():
             if skip_blank:
@@ -103,7 +103,7 @@ def parse_fields(block: bytes, *, skip_blank: bool = False) -> Fields:
             break
         if line[0] in " \t":
             if fields:
-                fields[-1][1] += " " + line.strip()
+                fields[-1].add(line.strip())
             continue
         name, colon, value = line.partition(":")
         name = name.strip()
@@ -111,8 +111,28 @@ def parse_fields(block: bytes, *, skip_blank: bool = False) -> Fields:
             continue
         if len(fields) == MAX_HEADER_FIELDS:
             raise TooComplex(f"more than {MAX_HEADER_FIELDS} header fields in one block")
-        fields.append([name, value.strip()])
-    return tuple((name, value[:MAX_VALUE_CHARS].strip()) for name, value in fields)
+        fields.append(_Field(name, value.strip()))
+    return tuple((f.name, f.value()) for f in fields)
+
+
+class _Field:
+    """A field being unfolded: its pieces are joined once, and stop growing at
+    MAX_VALUE_CHARS, however many lines it is folded over."""
+
+    __slots__ = ("name", "pieces", "size")
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.pieces = [value]
+        self.size = len(value)
+
+    def add(self, piece: str) -> None:
+        if self.size < MAX_VALUE_CHARS:
+            self.pieces.append(piece)
+            self.size += len(piece) + 1
+
+    def value(self) -> str:
+        return " ".join(self.pieces)[:MAX_VALUE_CHARS].strip()
 
 
 def content_type(value: str | None) -> tuple[str, dict[str, str]]:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from quiver.feedback.arf import parse_report
 from quiver.feedback.dkim_check import verify_report_dkim
-from quiver.feedback.limits import MAX_REPORT_BYTES
+from quiver.feedback.limits import MAX_REPORT_BYTES, MAX_VALUE_CHARS
 from quiver.feedback.report import FEEDBACK_TYPES, FeedbackReport, Ignored, ParseResult
 
 FIXTURES = Path(__file__).parent / "arf_fixtures"
@@ -143,6 +143,16 @@ def test_folded_flood_is_bounded_too() -> None:
     raw = HEAD + b"X-Fold: a\r\n" + b" b\r\n" * 200_000 + REPORT_TYPE + FEEDBACK + b"--B--\r\n"
     result = measure("a field folded 200,000 times", lambda: parse_report(raw))
     assert isinstance(result, Ignored) and result.reason == "too_complex"
+
+
+def test_a_field_folded_within_the_byte_bound_is_read_and_capped() -> None:
+    feedback = FEEDBACK.replace(b"User-Agent: T/1\r\n",
+                                b"User-Agent: T/1\r\n" + b" more\r\n" * 30_000)
+    raw = HEAD + REPORT_TYPE + feedback + b"--B--\r\n"
+    result = measure("a field folded 30,000 times (210 KB)", lambda: parse_report(raw))
+    assert isinstance(result, FeedbackReport) and result.user_agent is not None
+    assert len(result.user_agent) == MAX_VALUE_CHARS
+    assert result.user_agent.startswith("T/1 more more")
 
 
 def test_largest_accepted_report_costs_a_bounded_amount() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quiver.policy.feedback import feedback_section
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
     TLS_MODES,
@@ -53,7 +54,7 @@ _DEFAULT_DKIM_HEADERS = (
 )
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
-    "retry", "delivery", "intake", "content", "tls",
+    "retry", "delivery", "intake", "content", "tls", "feedback",
     "local_only", "return_path",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
@@ -248,6 +249,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
+    feedback, feedback_problems = feedback_section(data.get("feedback"))
+    c.problems.extend(feedback_problems)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -267,6 +270,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         tls=tls,
         local_only=local_only,
         return_path=return_path,
+        feedback=feedback,
     )
 
 

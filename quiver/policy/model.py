@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.units import Rate
 
@@ -227,6 +228,8 @@ class Policy:
     # key because it speaks for the whole file (both allow-lists and the deploy
     # refusal), not for one section.
     local_only: bool = False
+    # Which inbound feedback reports may suppress recipients (quiver.policy.feedback).
+    feedback: FeedbackPolicy = field(default_factory=FeedbackPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -76,7 +76,7 @@ def test_the_sender_never_imports_the_scheduler_or_the_wiring() -> None:
 
 @pytest.mark.parametrize("low", [
     "delivery.py", "events.py", "envelope.py", "storage", "routing", "smtp", "policy",
-    "dkim", "content", "bounce",
+    "dkim", "content", "bounce", "feedback",
 ])
 def test_the_low_layers_import_neither_half_of_the_engine(low: str) -> None:
     target = QUIVER / low

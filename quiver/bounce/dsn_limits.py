@@ -14,10 +14,25 @@ from __future__ import annotations
 # small multiple of this figure.
 MAX_INPUT_BYTES = 10 * 1024 * 1024
 
+# Lines in the whole message. The email package's cost is per line (several µs each,
+# header and continuation lines the most); 10 MB of short lines takes it over 20 s and
+# hundreds of MB. 10 MB of 76-column base64 is 135,000 lines, so a real bounce of a
+# large original fits.
+MAX_LINES = 150_000
+
 # Counted on the raw bytes before parsing (lines starting "Content-Type:"). Every
 # nesting level and every MIME part needs one, so this bounds both the parser's work
 # and its recursion depth. A bounce of a rich newsletter has a few dozen parts.
 MAX_MIME_PARTS = 200
+
+# Per-recipient blocks in one delivery-status part, and recipients reported from one
+# message: a list-expansion bounce may name hundreds; more is a flood.
+MAX_RECIPIENTS = 1000
+
+# Message objects the email package may create while parsing: one per MIME part, and
+# one per field block of a delivery-status part (one per recipient). Enforced as they
+# are created, so a flood of parts is refused after this many, not after parsing all.
+MAX_PARSED_MESSAGES = MAX_MIME_PARTS + MAX_RECIPIENTS + 2
 
 # The report and the returned message sit at depth 1-5; deeper nesting is built to
 # exhaust a recursive walker, not to report a delivery.
@@ -40,10 +55,6 @@ MAX_DECODED_TOTAL = 2 * 1024 * 1024
 # Lines longer than this are cut before line-oriented matching, so no pattern ever
 # scans a megabyte-long line.
 MAX_LINE_CHARS = 2000
-
-# Per-recipient blocks in one delivery-status part, and recipients reported from one
-# message: a list-expansion bounce may name hundreds; more is a flood.
-MAX_RECIPIENTS = 1000
 
 # Headers kept from the returned original message (its Received chain can be long;
 # the identifiers the caller needs are among the first fields).

@@ -8,17 +8,19 @@ import binascii
 import quopri
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from email.errors import HeaderParseError
+from email.feedparser import BytesFeedParser
 from email.header import decode_header
 from email.message import Message
-from email.policy import compat32
+from email.policy import Policy, compat32
 
 from quiver.bounce.dsn_limits import (
     MAX_DECODED_TOTAL,
     MAX_INPUT_BYTES,
+    MAX_LINES,
     MAX_MIME_PARTS,
     MAX_NESTING_DEPTH,
+    MAX_PARSED_MESSAGES,
     MAX_PART_FIELDS,
     MAX_TEXT_PER_PART,
     MAX_TOP_HEADER_BYTES,
@@ -27,6 +29,7 @@ from quiver.bounce.dsn_limits import (
 from quiver.bounce.dsn_types import Ignored, IgnoreReason
 
 _CONTENT_TYPE_LINE = re.compile(rb"(?im)^content-type[ \t]*:")
+_FEED_CHUNK = 64 * 1024
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -49,6 +52,10 @@ def precheck(raw: bytes) -> Ignored | None:
     if raw.count(b"\n", 0, head_len) + 1 > MAX_TOP_HEADER_LINES:
         return Ignored(IgnoreReason.TOO_COMPLEX,
                        f"header block over {MAX_TOP_HEADER_LINES} lines")
+    # The parser ends a line at CR, LF or CRLF.
+    lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+    if lines > MAX_LINES:
+        return Ignored(IgnoreReason.TOO_COMPLEX, f"{lines} lines, over the {MAX_LINES}-line limit")
     parts = len(_CONTENT_TYPE_LINE.findall(raw))
     if parts > MAX_MIME_PARTS:
         return Ignored(IgnoreReason.TOO_COMPLEX,
@@ -57,9 +64,31 @@ def precheck(raw: bytes) -> Ignored | None:
 
 
 def parse_message(raw: bytes) -> Message:
+    """Parse with the part count enforced while parsing: the email package creates one
+    message object per part through the factory, which refuses the one over the limit.
+    Counting Content-Type fields beforehand is not enough: parts without one (a
+    multipart of bare delimiter lines) cost the parser as much, and 10 MB of them
+    takes it minutes and hundreds of MB."""
+    created = 0
+
+    class _Counted(Message):
+        def __init__(self, policy: Policy = compat32) -> None:
+            nonlocal created
+            created += 1
+            # +1: the parser makes one probe instance when it is constructed.
+            if created > MAX_PARSED_MESSAGES + 1:
+                raise TooComplex(f"over {MAX_PARSED_MESSAGES} MIME parts and field blocks")
+            super().__init__(policy)
+
     # compat32 keeps raw field values (no header objects built per field) and records
-    # defects instead of raising; precheck has already bounded what it is given.
-    return message_from_bytes(raw, policy=compat32)
+    # defects instead of raising.
+    parser = BytesFeedParser(_factory=_Counted, policy=compat32)
+    # Fed in chunks: the parser splits what it is fed into lines up front, so one
+    # 10 MB feed would cost its memory before the first part could be refused.
+    view = memoryview(raw)
+    for start in range(0, len(raw), _FEED_CHUNK):
+        parser.feed(bytes(view[start:start + _FEED_CHUNK]))
+    return parser.close()
 
 
 @dataclass(frozen=True, slots=True)

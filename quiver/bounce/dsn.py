@@ -11,6 +11,7 @@ quiver/bounce/dsn_limits.py; parse_bounce never raises on any input bytes.
 
 from __future__ import annotations
 
+import re
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -54,6 +55,7 @@ _HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/global-headers"})
 _ORIGINAL_TYPES = frozenset({"message/rfc822", "message/global"})
 # Where a bounce was delivered, most specific first: what the receiving MTA recorded
 # as the envelope recipient, then what the reporting MTA wrote.
+_FIELD_START = re.compile(r"^[A-Za-z0-9-]{1,76}:")
 _ADDRESSED_TO = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
 
 
@@ -246,16 +248,13 @@ def _original(parts: list[Part], budget: TextBudget) -> OriginalMessage | None:
 
 
 def _headers_from_text(text: str) -> OriginalMessage | None:
-    lines = text[:MAX_TEXT_PER_PART].lstrip("\r\n").splitlines()
-    # Skip the marker line ("--- Below this line is a copy of the message.") itself.
-    while lines and (not lines[0].strip() or ":" not in lines[0]
-                     or " " in lines[0].split(":", 1)[0].strip()):
-        lines.pop(0)
-        if not lines or len(lines) > 100000:
-            break
-    if not lines:
+    """The header fields that open the returned message a text bounce appends, after
+    its marker line ("--- Below this line is a copy of the message.")."""
+    lines = text[:MAX_TEXT_PER_PART].splitlines()
+    start = next((i for i, line in enumerate(lines) if _FIELD_START.match(line)), None)
+    if start is None:
         return None
-    parsed = HeaderParser(policy=compat32).parsestr("\n".join(lines))
+    parsed = HeaderParser(policy=compat32).parsestr("\n".join(lines[start:]))
     original = _headers_of(parsed)
     return original if original.headers else None
 

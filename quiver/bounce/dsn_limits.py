@@ -43,8 +43,9 @@ MAX_NESTING_DEPTH = 16
 MAX_TOP_HEADER_LINES = 1000
 MAX_TOP_HEADER_BYTES = 512 * 1024
 
-# Fields in any one MIME part's header block (the returned original included).
-MAX_PART_FIELDS = 500
+# Fields in any one MIME part's header block (the returned original included): the
+# same bound as the top-level block, so whatever passes the pre-parse check passes here.
+MAX_PART_FIELDS = MAX_TOP_HEADER_LINES
 
 # Text decoded for analysis: per part and in total. Diagnostics are at the top of a
 # report; past these budgets the rest is not decoded (the report is still parsed from

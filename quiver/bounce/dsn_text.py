@@ -123,34 +123,33 @@ def _permanent(report: str) -> bool:
 def _failures(report: str, *, exclude: frozenset[str]) -> tuple[TextFailure, ...]:
     """Recipients with the text that follows each, merged when an address is named
     twice (Exchange names it in the user section and again for administrators)."""
-    blocks: dict[str, list[str]] = {}
+    # Keyed by the lower-cased address; the first spelling seen is reported.
+    blocks: dict[str, tuple[str, list[str]]] = {}
     current: list[str] | None = None
-    current_addr = ""
+    current_key = ""
     previous = ""
     for line in report.splitlines():
         line = line[:MAX_LINE_CHARS]
         match = _RECIPIENT_LINE.match(line)
+        key = match["addr"].lower() if match else ""
         # Postfix wraps its reply text, and the wrapped line may start with the same
         # address ("    <ann@x>: Recipient address rejected"): inside a paragraph of
         # the current recipient it continues that paragraph.
-        continues = (match is not None and current is not None and previous.strip() != ""
-                     and match["addr"].lower() == current_addr)
+        continues = current is not None and previous.strip() != "" and key == current_key
         previous = line
-        if match and not continues and match["addr"].lower() not in exclude:
-            key = match["addr"]
-            if key.lower() not in (k.lower() for k in blocks):
+        if match and not continues and key not in exclude:
+            if key not in blocks:
                 if len(blocks) >= MAX_RECIPIENTS:
                     break
-                blocks[key] = []
-            key = next(k for k in blocks if k.lower() == key.lower())
-            current, current_addr = blocks[key], key.lower()
+                blocks[key] = (match["addr"], [])
+            current, current_key = blocks[key][1], key
             current.append("")
             if match["rest"]:
                 current.append(match["rest"])
             continue
         if current is not None:
             current.append(line)
-    return tuple(_failure(addr, lines) for addr, lines in blocks.items())
+    return tuple(_failure(addr, lines) for addr, lines in blocks.values())
 
 
 def _failure(recipient: str, lines: list[str]) -> TextFailure:

@@ -20,6 +20,7 @@ from quiver.bounce.dsn_limits import (
     MAX_LINES,
     MAX_MIME_PARTS,
     MAX_NESTING_DEPTH,
+    MAX_RECIPIENTS,
     MAX_TOP_HEADER_LINES,
 )
 from quiver.bounce.dsn_types import BounceReport, Ignored, IgnoreReason, ParseResult
@@ -192,6 +193,22 @@ def test_a_megabyte_long_line_in_a_text_bounce() -> None:
         return HEAD + b"\r\n" + body
     result = measured("1 MB line in a text bounce", build)
     assert isinstance(result, BounceReport | Ignored)
+
+
+def test_text_bounce_floods() -> None:
+    intro = HEAD + b"\r\nThis is the mail system at host mx.example.org.\r\n\r\n"
+    distinct = b"".join(b"<u%d@example.org>: 550 5.1.1 unknown\r\n\r\n" % i
+                        for i in range(70_000))
+    result = measured("70,000 distinct recipients in a text bounce", lambda: intro + distinct)
+    assert isinstance(result, BounceReport)
+    assert len(result.recipients) == MAX_RECIPIENTS
+    same = b"<ann@example.org>: 550 5.1.1 unknown\r\n\r\n" * 70_000
+    result = measured("one recipient named 70,000 times", lambda: intro + same)
+    assert isinstance(result, BounceReport) and len(result.recipients) == 1
+    copy = (intro + b"<ann@example.org>: 550 5.1.1 unknown\r\n\r\n"
+            b"--- Below this line is a copy of the message.\r\n" + b"no field here\r\n" * 100_000)
+    result = measured("100,000 lines after the copy marker", lambda: copy)
+    assert isinstance(result, BounceReport)
 
 
 def test_invalid_charsets_and_encodings() -> None:

@@ -1,27 +1,8 @@
-"""Bounces: classification of SMTP replies and DSN statuses → {kind, category, reason},
-and parsing of inbound bounce mail into failed-recipient reports."""
+"""Bounce classification: SMTP replies and DSN statuses → {kind, category, reason}.
+
+The parser of inbound bounce mail is quiver.bounce.dsn (parse_bounce); it is not
+imported here, so the sender, which needs only the classifier, does not load it."""
 
 from quiver.bounce.classify import Classification, Classifier, RulesError, default_classifier
-from quiver.bounce.dsn import parse_bounce
-from quiver.bounce.dsn_types import (
-    BounceReport,
-    FailedRecipient,
-    Ignored,
-    IgnoreReason,
-    OriginalMessage,
-    ParseResult,
-)
 
-__all__ = [
-    "BounceReport",
-    "Classification",
-    "Classifier",
-    "FailedRecipient",
-    "IgnoreReason",
-    "Ignored",
-    "OriginalMessage",
-    "ParseResult",
-    "RulesError",
-    "default_classifier",
-    "parse_bounce",
-]
+__all__ = ["Classification", "Classifier", "RulesError", "default_classifier"]

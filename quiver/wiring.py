@@ -29,9 +29,10 @@ from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
-from quiver.storage.dynamo import DynamoFinals, DynamoMembership
+from quiver.storage.dynamo import DynamoFinals, DynamoMembership, DynamoSuppression
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
+from quiver.suppression import SuppressionCheck, SuppressionWriter
 
 log = logging.getLogger("quiver.sender")
 
@@ -89,6 +90,17 @@ def build_sender(
     )
     finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
               if deployment.finals_table else None)
+    # Without a table (a tool's sender) nothing is checked; deployed, the CDK app sets it.
+    check: SuppressionCheck | None = None
+    writer: SuppressionWriter | None = None
+    if deployment.suppression_table:
+        store = DynamoSuppression(session.client("dynamodb", config=config),
+                                  deployment.suppression_table)
+        check = SuppressionCheck(store, policy=live)
+        writer = SuppressionWriter(store, check=check)
+    else:
+        log.warning("no suppression table (QUIVER_SUPPRESSION_TABLE): recipients are not "
+                    "checked against the suppression list")
     threads = policy.delivery.signing_threads
     signing = SigningPool(threads) if threads else None
     handler = MessageHandler(
@@ -101,12 +113,14 @@ def build_sender(
         completer=completer,
         classifier=default_classifier(),
         max_receives=deployment.outbound_max_receives,
+        suppression=check,
+        suppression_writer=writer,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
                     "keeps failing reaches the DLQ without `failed` events",
                     ENV_OUTBOUND_MAX_RECEIVES)
-    services = [membership.run, metrics.run, health.run]
+    services = [membership.run, metrics.run, health.run, *([writer.run] if writer else [])]
     if policy_source is not None and policy_source.interval > 0:
         services.append(PolicyWatcher(policy_source, current=live,
                                       apply=lambda _: transport.rebind()).run)
@@ -114,7 +128,8 @@ def build_sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
         on_start=[membership.join],
-        on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
+        on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
+                  *([signing.aclose] if signing else [])],
     )
 
 

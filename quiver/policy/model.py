@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.suppression import SuppressionPolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -216,6 +217,7 @@ class Policy:
     delivery: Delivery = field(default_factory=Delivery)
     intake: Intake = field(default_factory=Intake)
     content: Content = field(default_factory=Content)
+    suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
     warnings: tuple[str, ...] = ()
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     # A policy for a stack on one machine (`quiver local`, test rigs): only such a

@@ -2,11 +2,12 @@
 
 Cost per message: nothing for answers cached in the last `cache_ttl` seconds;
 the rest join one lookup per tenant together with those of every other message
-that asks in the same event-loop turn (a receive batch is handled in one turn),
-so a BatchGetItem carries up to 50 addresses (100 keys: the tenant's and the
-global one). A message of 100 new recipients costs at most 4 requests of its own.
-A store that fails raises StorageError to every message waiting on that lookup;
-what they do then is `[suppression] on_error`.
+that asks within BATCH_WINDOW, so a BatchGetItem carries up to 50 addresses (100
+keys: the tenant's and the global one). A BatchGetItem through boto3 costs about
+2 ms of CPU whatever it carries (bench/suppression_cost.py), so filling it is
+what keeps the check cheap per message. A message of 100 new recipients costs at
+most 4 requests of its own. A store that fails raises StorageError to every
+message waiting on that lookup; what they do then is `[suppression] on_error`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from quiver.suppression.cache import MISS, SuppressionCache
 # Addresses per lookup: with the global key beside the tenant's, one BatchGetItem
 # (at most 100 keys) answers them all.
 BATCH_ADDRESSES = 50
+# How long a lookup waits for other messages' addresses before it goes out (unless
+# it fills first). A busy task (~1,000 messages/s, four receivers) fills a good part
+# of a request in this time; a quiet one adds this much latency, nothing next to
+# one SMTP transaction.
+BATCH_WINDOW = 0.01
 
 
 @dataclass(slots=True)
@@ -42,8 +48,10 @@ class SuppressionCheck:
         policy: PolicyHandle,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        window: float = BATCH_WINDOW,
     ) -> None:
         self._store = store
+        self._window = window
         self._policy = policy
         self._clock = clock
         self._monotonic = monotonic
@@ -96,7 +104,7 @@ class SuppressionCheck:
             # Mark a failure retrieved even if every waiter was cancelled.
             done.add_done_callback(lambda f: f.cancelled() or f.exception())
             lookup = self._open[tenant] = _Lookup(tenant, done=done)
-            loop.call_soon(self._start, lookup)
+            loop.call_later(self._window, self._start, lookup)
         lookup.addresses[address] = None
         assert lookup.done is not None
         if len(lookup.addresses) >= BATCH_ADDRESSES:

@@ -154,6 +154,19 @@ async def test_concurrent_messages_share_one_lookup_per_tenant() -> None:
     assert [list(r) for r in results[:4]] == [[], [], [], ["m3@x.test"]]
 
 
+async def test_messages_of_later_loop_turns_join_an_open_lookup_until_it_is_full() -> None:
+    clock = Clock()
+    store = MemorySuppression(clock=clock)
+    # A window no test waits for: the lookup goes out because it filled up.
+    check = SuppressionCheck(store, policy=policy(), clock=clock, monotonic=clock, window=3600)
+    first = asyncio.ensure_future(check.check([f"a{i}@x.test" for i in range(30)], tenant="t"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(check.check([f"b{i}@x.test" for i in range(20)], tenant="t"))
+    await asyncio.wait_for(asyncio.gather(first, second), 60)
+    assert store.calls == 1 and store.keys == 100
+
+
 async def test_a_large_message_is_split_into_bounded_lookups() -> None:
     store, check, _ = rig()
     recipients = [f"r{i}@x.test" for i in range(100)]

@@ -5,11 +5,11 @@ Three figures, each the CPU of this process (every thread) per message:
   only the engine's own work: cache probes, coalescing, caching the answers), for
   receive batches of `--batch` single-recipient messages handled concurrently;
 - `engine_hit_us`: the same messages again, every answer cached;
-- `boto_us_per_lookup_<n>`: one coalesced lookup through DynamoSuppression and
-  boto3 (a BatchGetItem of n addresses x 2 scopes, n = `--batch` and 50, the
-  most one lookup carries) against moto's server on loopback: the client side
-  only (moto runs in its own process). Per single-recipient message that is the
-  figure / n.
+- `<client>_us_per_lookup_<n>`: one coalesced lookup through DynamoSuppression
+  (a BatchGetItem of n addresses x 2 scopes, n = `--batch` and 50, the most one
+  lookup carries) against moto's server on loopback, with boto3 and with the
+  lean client the sender uses: the client side only (moto runs in its own
+  process). Per single-recipient message that is the figure / n.
 And `cache_bytes_per_entry`: memory of the cache per cached answer (tracemalloc).
 Prints figures, never fails on time.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import tempfile
 import time
@@ -28,11 +29,20 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from quiver.devstack.moto_server import client, create_resources, start_moto
+from botocore.credentials import Credentials
+
+from quiver.devstack.moto_server import (
+    FAKE_CREDENTIALS,
+    REGION,
+    client,
+    create_resources,
+    start_moto,
+)
 from quiver.policy import parse_policy
 from quiver.policy.handle import PolicyHandle
 from quiver.storage.base import Suppression
 from quiver.storage.dynamo import DynamoSuppression
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.memory import MemorySuppression
 from quiver.suppression import SuppressionCheck
 from quiver.suppression.check import BATCH_ADDRESSES
@@ -69,16 +79,21 @@ async def engine(messages: int, batch: int) -> tuple[float, float]:
     return miss, hit
 
 
-async def boto(lookups: int, sizes: list[int]) -> dict[int, tuple[float, float]]:
-    """(CPU µs, wall ms) per lookup of n addresses, for each n in `sizes`."""
-    out: dict[int, tuple[float, float]] = {}
+async def boto(lookups: int, sizes: list[int]) -> dict[tuple[str, int], tuple[float, float]]:
+    """(CPU µs, wall ms) per lookup of n addresses, by (client, n) for each n in `sizes`."""
+    out: dict[tuple[str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         server = start_moto(log_dir=Path(tmp))
         try:
             deployment = create_resources(server.endpoint)
-            store = DynamoSuppression(client(server.endpoint, "dynamodb"),
-                                      deployment.suppression_table)
-            for size in sizes:
+            ddb = client(server.endpoint, "dynamodb")
+            lean = LeanDynamoClient(endpoint_url=server.endpoint, region=REGION,
+                                    credentials=Credentials(
+                                        FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                        FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]))
+            stores = {"boto3": DynamoSuppression(ddb, deployment.suppression_table),
+                      "lean": DynamoSuppression(ddb, deployment.suppression_table, lean=lean)}
+            for (name, store), size in itertools.product(stores.items(), sizes):
                 addresses = [f"b{i}@x.test" for i in range(size)]
                 await store.put(Suppression(address=addresses[0], reason="manual",
                                             created_at=0))
@@ -87,8 +102,9 @@ async def boto(lookups: int, sizes: list[int]) -> dict[int, tuple[float, float]]
                 start, wall = time.process_time(), time.perf_counter()
                 for _ in range(lookups):
                     await store.lookup(addresses, tenant="t1")
-                out[size] = ((time.process_time() - start) / lookups * 1e6,
-                             (time.perf_counter() - wall) / lookups * 1e3)
+                out[(name, size)] = ((time.process_time() - start) / lookups * 1e6,
+                                     (time.perf_counter() - wall) / lookups * 1e3)
+            await lean.close()
         finally:
             server.stop()
     return out
@@ -123,10 +139,10 @@ def main() -> None:
     }
     print(f"engine, answers not cached: {miss:.1f} µs/message")
     print(f"engine, answers cached:     {hit:.1f} µs/message")
-    for size, (cpu, ms) in lookups.items():
-        result[f"boto_us_per_lookup_{size}"] = round(cpu, 1)
-        result[f"lookup_ms_{size}"] = round(ms, 2)
-        print(f"boto3 BatchGetItem ({size} addresses x 2 scopes): {cpu:.0f} µs CPU, "
+    for (name, size), (cpu, ms) in lookups.items():
+        result[f"{name}_us_per_lookup_{size}"] = round(cpu, 1)
+        result[f"{name}_lookup_ms_{size}"] = round(ms, 2)
+        print(f"{name} BatchGetItem ({size} addresses x 2 scopes): {cpu:.0f} µs CPU, "
               f"{ms:.2f} ms wall on loopback moto; {cpu / size:.0f} µs per message")
     print(f"cache: {result['cache_bytes_per_entry']} bytes per cached answer")
     if args.json:

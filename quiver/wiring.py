@@ -30,6 +30,7 @@ from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
 from quiver.storage.dynamo import DynamoFinals, DynamoMembership, DynamoSuppression
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
 from quiver.suppression import SuppressionCheck, SuppressionWriter
@@ -93,9 +94,14 @@ def build_sender(
     # Without a table (a tool's sender) nothing is checked; deployed, the CDK app sets it.
     check: SuppressionCheck | None = None
     writer: SuppressionWriter | None = None
+    lean_dynamo: LeanDynamoClient | None = None
     if deployment.suppression_table:
-        store = DynamoSuppression(session.client("dynamodb", config=config),
-                                  deployment.suppression_table)
+        dynamodb = session.client("dynamodb", config=config)
+        # Every message is checked: its batch calls skip boto3 (see dynamo_lean).
+        lean_dynamo = LeanDynamoClient(endpoint_url=dynamodb.meta.endpoint_url,
+                                       region=deployment.region,
+                                       credentials=session.get_credentials())
+        store = DynamoSuppression(dynamodb, deployment.suppression_table, lean=lean_dynamo)
         check = SuppressionCheck(store, policy=live)
         writer = SuppressionWriter(store, check=check)
     else:
@@ -129,6 +135,7 @@ def build_sender(
         services=services,
         on_start=[membership.join],
         on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
+                  *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 from quiver.events import Record
 from quiver.storage.base import ALL_TENANTS, StorageError, Suppression
 from quiver.storage.boto_calls import call, call_sync
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
 
@@ -149,10 +150,22 @@ class DynamoSuppression:
     when empty), created_at, expires_at. Lookups are eventually consistent reads
     (half the cost): an entry written a moment ago may be missed once."""
 
-    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time,
+                 lean: LeanDynamoClient | None = None) -> None:
         self._client = client
         self.table = table
         self._clock = clock
+        # The sender's batch calls (lookups, hard-bounce writes) go through the lean
+        # client when given: a quarter of boto3's CPU per call, no thread hop.
+        self._lean = lean
+
+    async def _batch(self, action: str, request: dict[str, Any]) -> dict[str, Any]:
+        if self._lean is not None:
+            return await self._lean.call(action, {"RequestItems": request})
+        fn = self._client.batch_get_item if action == "BatchGetItem" else \
+            self._client.batch_write_item
+        response: dict[str, Any] = await call(fn, RequestItems=request)
+        return response
 
     async def lookup(
         self, addresses: Sequence[str], *, tenant: str | None
@@ -179,7 +192,7 @@ class DynamoSuppression:
         items: list[dict[str, Any]] = []
         request: dict[str, Any] = {self.table: {"Keys": keys}}
         for attempt in range(_RETRIES):
-            response = await call(self._client.batch_get_item, RequestItems=request)
+            response = await self._batch("BatchGetItem", request)
             items.extend(response.get("Responses", {}).get(self.table, []))
             request = response.get("UnprocessedKeys") or {}
             if not request:
@@ -197,7 +210,7 @@ class DynamoSuppression:
         for start in range(0, len(items), _WRITE_BATCH):
             pending: dict[str, Any] = {self.table: items[start:start + _WRITE_BATCH]}
             for attempt in range(_RETRIES):
-                response = await call(self._client.batch_write_item, RequestItems=pending)
+                response = await self._batch("BatchWriteItem", pending)
                 pending = response.get("UnprocessedItems") or {}
                 if not pending:
                     break

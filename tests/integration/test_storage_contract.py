@@ -5,20 +5,31 @@ suppression list. Every test runs against both; a fresh table for each test."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from botocore.credentials import Credentials
 
-from quiver.devstack.moto_server import MotoServer, client, create_resources, start_moto
+from quiver.devstack.moto_server import (
+    FAKE_CREDENTIALS,
+    REGION,
+    MotoServer,
+    client,
+    create_resources,
+    start_moto,
+)
 from quiver.settings import Deployment
 from quiver.storage.base import ALL_TENANTS, FinalsStore, Suppression, SuppressionStore
 from quiver.storage.dynamo import DynamoFinals, DynamoSuppression
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.memory import MemoryFinals, MemorySuppression
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_790_000_000.0
+CREDENTIALS = {"access_key": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+               "secret_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +76,22 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "dynamo"])
-def suppression(request: pytest.FixtureRequest, clock: Clock) -> SuppressionStore:
+@pytest.fixture(params=["memory", "dynamo", "dynamo-lean"])
+async def suppression(request: pytest.FixtureRequest,
+                      clock: Clock) -> AsyncIterator[SuppressionStore]:
+    """The fake, the boto3 store, and the store with the sender's lean batch calls."""
     if request.param == "memory":
-        return MemorySuppression(clock=clock)
+        yield MemorySuppression(clock=clock)
+        return
     server, _ = request.getfixturevalue("moto")
     ddb = client(server.endpoint, "dynamodb")
-    return DynamoSuppression(ddb, fresh_table(ddb, "suppression"), clock=clock)
+    lean = None
+    if request.param == "dynamo-lean":
+        lean = LeanDynamoClient(endpoint_url=server.endpoint, region=REGION,
+                                credentials=Credentials(**CREDENTIALS))
+    yield DynamoSuppression(ddb, fresh_table(ddb, "suppression"), clock=clock, lean=lean)
+    if lean is not None:
+        await lean.close()
 
 
 def rec(event: str, rcpt: str, mid: str = "m1") -> dict:

@@ -8,6 +8,8 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quiver.policy import parse_policy
 from quiver.policy.handle import PolicyHandle
@@ -302,3 +304,47 @@ def test_the_section_applies_live_on_reload() -> None:
     merged, change = merge_live(current, parse_policy(BASE + '[suppression]\non_error = "send"'))
     assert merged.suppression.on_error == "send" and change.applied == ("suppression",)
     assert change.restart == ()
+
+
+ADDRESSES = [f"a{i}@x.test" for i in range(6)]
+TENANTS = [None, "t1", "t2"]
+operations = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(ADDRESSES),
+              st.sampled_from([ALL_TENANTS, "t1", "t2"]),
+              st.one_of(st.none(), st.integers(1, 200))),
+    st.tuples(st.just("remove"), st.sampled_from(ADDRESSES),
+              st.sampled_from([ALL_TENANTS, "t1", "t2"])),
+    st.tuples(st.just("check"), st.lists(st.sampled_from(ADDRESSES), max_size=4),
+              st.sampled_from(TENANTS)),
+    st.tuples(st.just("wait"), st.integers(1, 120)),
+), max_size=40)
+
+
+@given(operations, st.integers(1, 8))
+def test_answers_are_the_store_s_once_the_ttl_has_passed(ops: list[tuple], size: int) -> None:
+    """Whatever happens, a check made `cache_ttl` after the last change answers as the
+    store does, expiry included, and the cache holds at most `cache_entries` answers."""
+
+    async def run() -> None:
+        store, check, clock = rig(f'cache_ttl = "30s"\ncache_entries = {size}')
+        for op in ops:
+            if op[0] == "put":
+                _, address, tenant, lifetime = op
+                await store.put(entry(address, tenant=tenant, created_at=clock.now,
+                                      expires_at=None if lifetime is None
+                                      else int(clock.now) + lifetime))
+            elif op[0] == "remove":
+                await store.remove(op[1], tenant=op[2])
+            elif op[0] == "check":
+                found = await check.check(op[1], tenant=op[2])
+                # What the check says is suppressed is in force (not lapsed) now.
+                assert all(e.active(clock.now) for e in found.values())
+            else:
+                clock.now += op[1]
+            assert len(check.cache) <= size
+        clock.now += 30
+        for tenant in TENANTS:
+            assert await check.check(ADDRESSES, tenant=tenant) == \
+                await store.lookup(ADDRESSES, tenant=tenant)
+
+    asyncio.run(run())

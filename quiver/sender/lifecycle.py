@@ -285,8 +285,9 @@ class MessageHandler:
         except StorageError as exc:
             rules = self._policy.current.suppression
             if rules.on_error == "send":
-                log.warning("message %s: suppression list unreadable (%s); sending unchecked "
-                            "([suppression] on_error = \"send\")", received.message_id, exc)
+                # Reported, rate-limited, by the check; per message only when debugging.
+                log.debug("message %s: suppression list unreadable (%s); sending unchecked "
+                          "([suppression] on_error = \"send\")", received.message_id, exc)
                 return env, ()
             return await self._defer_unchecked(received, env, queued_at=queued_at, now=now,
                                                why=f"suppression list unreadable: {exc}")
@@ -311,7 +312,7 @@ class MessageHandler:
         no attempt counted and no event (nothing was tried), `why` as their last reply
         so an `expired` event says it; expired now if that is past their deadline."""
         when = now + self._policy.current.suppression.error_retry
-        log.warning("message %s deferred %.0fs: %s", received.message_id, when - now, why)
+        log.debug("message %s deferred %.0fs: %s", received.message_id, when - now, why)
         last = dict(env.last)
         for rcpt in env.recipients:
             previous = last.get(rcpt)

@@ -13,6 +13,7 @@ message waiting on that lookup; what they do then is `[suppression] on_error`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ from quiver.storage.base import Suppression, SuppressionStore
 from quiver.suppression.address import scope_name
 from quiver.suppression.cache import MISS, SuppressionCache
 
+log = logging.getLogger("quiver.suppression")
+
+# While the table is down every message fails its lookup: one warning per this
+# many seconds, with the count, instead of one per message.
+FAILURE_LOG_INTERVAL = 10.0
 # Addresses per lookup: with the global key beside the tenant's, one BatchGetItem
 # (at most 100 keys) answers them all.
 BATCH_ADDRESSES = 50
@@ -59,6 +65,9 @@ class SuppressionCheck:
         self._open: dict[str | None, _Lookup] = {}  # filling in this loop turn, by tenant
         self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0  # store calls made
+        self.failures = 0  # store calls failed
+        self._unreported = 0
+        self._reported_at = float("-inf")
 
     async def check(
         self, recipients: Sequence[str], *, tenant: str | None
@@ -129,6 +138,7 @@ class SuppressionCheck:
             lookup.done.cancel()
             raise
         except Exception as exc:
+            self._report(exc)
             if not lookup.done.done():
                 lookup.done.set_exception(exc)
             return
@@ -139,6 +149,21 @@ class SuppressionCheck:
                              max_entries=rules.cache_entries)
         if not lookup.done.done():
             lookup.done.set_result(found)
+
+
+    def _report(self, exc: Exception) -> None:
+        self.failures += 1
+        self._unreported += 1
+        now = self._monotonic()
+        if now - self._reported_at < FAILURE_LOG_INTERVAL:
+            return
+        action = ("deferred" if self._policy.current.suppression.on_error == "defer"
+                  else "sent unchecked")
+        log.warning("suppression list unreadable (%d failed lookups since the last report): "
+                    "%s; their messages are %s ([suppression] on_error)", self._unreported, exc,
+                    action)
+        self._unreported = 0
+        self._reported_at = now
 
 
 def describe(entry: Suppression) -> str:

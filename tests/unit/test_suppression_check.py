@@ -192,6 +192,25 @@ async def test_a_failing_store_raises_to_every_waiter_and_caches_nothing() -> No
     assert await check.check(["new0@x.test"], tenant=None) == {}
 
 
+async def test_failures_are_reported_once_per_interval_with_their_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, check, clock = rig()
+    store.fail = StorageError("throttled")
+    for i in range(5):
+        with pytest.raises(StorageError):
+            await check.check([f"f{i}@x.test"], tenant=None)
+    clock.now += 10
+    with pytest.raises(StorageError):
+        await check.check(["g@x.test"], tenant=None)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "quiver.suppression"]
+    assert warnings == [
+        "suppression list unreadable (1 failed lookups since the last report): throttled; "
+        "their messages are deferred ([suppression] on_error)",
+        "suppression list unreadable (5 failed lookups since the last report): throttled; "
+        "their messages are deferred ([suppression] on_error)"]
+    assert check.failures == 6
+
+
 async def test_a_cancelled_waiter_leaves_the_lookup_to_the_others() -> None:
     store, check, _ = rig()
     await store.put(entry("b@x.test"))

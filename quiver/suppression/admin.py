@@ -66,8 +66,11 @@ async def export(store: SuppressionStore, *, tenant: str | None, now: float, lap
     count = 0
     first = True
     async for page in store.pages(tenant=tenant):
+        before = count
         count += write((e for e in page if lapsed or e.active(now)), out, header=first)
         first = False
+        if count // PROGRESS_EVERY != before // PROGRESS_EVERY:
+            print(f"exported {count} so far", file=err)
     if first:
         write((), out)
     print(f"exported {count} entries", file=err)

@@ -258,3 +258,13 @@ async def test_export_and_list_leave_lapsed_entries_out_unless_asked() -> None:
     await admin.export(MemorySuppression(), tenant="x", now=T0, lapsed=False, out=empty,
                        err=err)
     assert empty.getvalue() == "address,scope,reason,created,expires,source\n"
+
+
+async def test_a_long_export_shows_progress() -> None:
+    store = MemorySuppression(clock=lambda: T0)
+    await store.put_many([Suppression(address=f"u{i}@x.test", reason="manual", created_at=T0)
+                          for i in range(10_050)])
+    out, err = io.StringIO(), io.StringIO()
+    await admin.export(store, tenant=None, now=T0, lapsed=False, out=out, err=err)
+    assert err.getvalue() == "exported 10000 so far\nexported 10050 entries\n"
+    assert len(out.getvalue().splitlines()) == 10_051

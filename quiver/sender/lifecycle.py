@@ -359,6 +359,10 @@ class MessageHandler:
         records: list[Record] = list(suppressed)
         suppress: list[Suppression] = []
         hard = self._policy.current.suppression.hard_bounce_categories
+        # A refusal at the end of DATA answers the whole transaction with one reply
+        # (the session hands every accepted recipient that same object): it says
+        # nothing about which mailbox is bad, so it suppresses none of them.
+        shared = _shared_replies(attempts) if hard else set()
         # Pending recipients by their attempt count, and each count's next attempt time.
         pending: dict[int, list[str]] = defaultdict(list)
         next_at: dict[int, float] = {}
@@ -376,7 +380,8 @@ class MessageHandler:
                 bounce = self._classifier.classify(
                     code=a.reply.code, enhanced=a.reply.enhanced, text=a.reply.text)
                 fields["bounce"] = bounce.as_event()
-                if bounce.kind == "hard" and bounce.category in hard:
+                if (bounce.kind == "hard" and bounce.category in hard
+                        and id(a.reply) not in shared):
                     suppress.append(hard_bounce_entry(rcpt=a.rcpt, tenant=env.tenant,
                                                       message_id=env.id, at=now,
                                                       reply=bounce.reason))
@@ -528,6 +533,17 @@ class MessageHandler:
             attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
         )
         return Completion(received=received, records=records, dead=[dead])
+
+
+def _shared_replies(attempts: Iterable[Attempt]) -> set[int]:
+    """Ids of the permanent replies that answer more than one recipient."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for a in attempts:
+        if a.reply.permanent:
+            key = id(a.reply)
+            (shared if key in seen else seen).add(key)
+    return shared
 
 
 def _one_per_recipient(attempts: Iterable[Attempt]) -> list[Attempt]:

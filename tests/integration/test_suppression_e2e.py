@@ -92,3 +92,30 @@ def test_a_5_1_1_bounce_suppresses_the_next_message_to_that_address(
     other = f"hard-{tag}-3"
     enqueue(local_stack, [message(other, [address], tenant="other")])
     assert finals(local_stack, other, 1)[address]["event"] == "bounced"
+
+
+def wait_for_entry(running: Running, address: str, *, tenant: str) -> Suppression:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        found = asyncio.run(store(running).lookup([address], tenant=tenant))
+        if found or time.monotonic() > deadline:
+            assert found, f"no suppression entry for {address}"
+            return found[address]
+        time.sleep(0.5)
+
+
+def test_a_5_1_1_to_the_end_of_data_for_two_recipients_suppresses_neither(
+        local_stack: Running) -> None:
+    tag = uuid.uuid4().hex[:8]
+    both = [f"permfail-data-{tag}-a@alpha.test", f"permfail-data-{tag}-b@alpha.test"]
+    mid = f"data-{tag}"
+    enqueue(local_stack, [message(mid, both, tenant="acme")])
+    outcome = finals(local_stack, mid, 2)
+    assert {outcome[a]["response"]["enhanced"] for a in both} == {"5.1.1"}
+    # A RCPT-time 5.1.1 afterwards, from the same sender: once its entry is written,
+    # the earlier bounces' would have been too (one writer, in order).
+    barrier = f"permfail-{tag}@alpha.test"
+    enqueue(local_stack, [message(f"data-{tag}-barrier", [barrier], tenant="acme")])
+    finals(local_stack, f"data-{tag}-barrier", 1)
+    wait_for_entry(local_stack, barrier, tenant="acme")
+    assert asyncio.run(store(local_stack).lookup(both, tenant="acme")) == {}

@@ -57,7 +57,9 @@ class Clock:
 
 
 class Transport:
-    """Answers by local part (ok, temp, perm, full); records every recipient tried."""
+    """Answers by local part (ok, temp, perm, full; data: one 550 5.1.1 to the end of
+    DATA for all such recipients of the transaction, as a session reports it);
+    records every recipient tried."""
 
     def __init__(self) -> None:
         self.tried: list[str] = []
@@ -66,8 +68,10 @@ class Transport:
                       message: bytes, seven_bit: Callable[[], Awaitable[bytes]] | None = None
                       ) -> list[Attempt]:
         self.tried.extend(recipients)
-        return [Attempt(rcpt=r, reply=parse_reply(*REPLIES[r.split("@")[0].split("-")[0]]),
-                        path=PATH) for r in recipients]
+        at_data = parse_reply(550, "5.1.1 user unknown")
+        return [Attempt(rcpt=r, path=PATH, reply=at_data if r.startswith("data") else
+                        parse_reply(*REPLIES[r.split("@")[0].split("-")[0]]))
+                for r in recipients]
 
 
 class Rig:
@@ -251,3 +255,12 @@ async def test_categories_are_policy() -> None:
     await rig.run(body(["perm@a.example"]))
     await rig.writer.flush()
     assert rig.store.entries == {}
+
+
+async def test_a_5_1_1_to_the_end_of_data_for_several_recipients_suppresses_none() -> None:
+    rig = Rig()
+    await rig.run(body(["data-1@a.example", "data-2@a.example"]))
+    assert {e["event"] for e in rig.finals().values()} == {"bounced"}
+    await rig.run(body(["data-3@a.example"], mid="m-2"))  # alone: it is that mailbox
+    await rig.writer.flush()
+    assert list(rig.store.entries) == [(ALL_TENANTS, "data-3@a.example")]

@@ -62,7 +62,7 @@ class SuppressionCheck:
         self._clock = clock
         self._monotonic = monotonic
         self.cache = SuppressionCache()
-        self._open: dict[str | None, _Lookup] = {}  # filling in this loop turn, by tenant
+        self._open: dict[str | None, _Lookup] = {}  # filling (BATCH_WINDOW), by tenant
         self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0  # store calls made
         self.failures = 0  # store calls failed

@@ -24,7 +24,7 @@ from quiver.smtp.reply import Response
 VERSION = 1
 EventType = Literal[
     "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
-    "complaint",
+    "complaint", "unsubscribed",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:

@@ -110,7 +110,7 @@ class Membership(Protocol):
 # The tenant of a suppression that applies to every tenant: a hard bounce or a
 # complaint suppresses an address everywhere by default.
 ALL_TENANTS = "*"
-SuppressionSource = Literal["bounce", "complaint", "manual"]
+SuppressionSource = Literal["bounce", "complaint", "manual", "unsubscribe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +139,12 @@ class SuppressionStore(Protocol):
 
     async def put(self, entry: Suppression) -> None:
         """Add or replace the entry for (entry.tenant, entry.address)."""
+        ...
+
+    async def add(self, entry: Suppression) -> bool:
+        """Write the entry unless (entry.tenant, entry.address) has one of the same
+        source already: True if written. Atomic, so of two concurrent requests to
+        suppress (a double click) exactly one reports the change."""
         ...
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:

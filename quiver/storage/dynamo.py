@@ -22,7 +22,7 @@ from quiver.storage.base import (
     Suppression,
     SuppressionSource,
 )
-from quiver.storage.boto_calls import call, call_sync
+from quiver.storage.boto_calls import call, call_sync, error_code
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
 
@@ -196,22 +196,40 @@ class DynamoSuppression:
         raise StorageError(f"{self.table}: BatchGetItem left keys unprocessed")
 
     async def put(self, entry: Suppression) -> None:
-        item: dict[str, Any] = {
-            **_suppression_key(entry.tenant, entry.address),
-            "reason": {"S": entry.reason}, "source": {"S": entry.source},
-            "created_at": {"N": repr(float(entry.created_at))},
-        }
-        if entry.expires_at is not None:
-            item["expires_at"] = {"N": str(int(entry.expires_at))}
-        await call(self._client.put_item, TableName=self.table, Item=item)
+        await call(self._client.put_item, TableName=self.table, Item=_suppression_item(entry))
+
+    async def add(self, entry: Suppression) -> bool:
+        try:
+            await call(self._client.put_item, TableName=self.table,
+                       Item=_suppression_item(entry),
+                       ConditionExpression="attribute_not_exists(pk) OR #source <> :source",
+                       ExpressionAttributeNames={"#source": "source"},
+                       ExpressionAttributeValues={":source": {"S": entry.source}})
+        except StorageError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         await call(self._client.delete_item, TableName=self.table,
                    Key=_suppression_key(tenant, address))
 
 
+def _suppression_item(entry: Suppression) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        **_suppression_key(entry.tenant, entry.address),
+        "reason": {"S": entry.reason}, "source": {"S": entry.source},
+        "created_at": {"N": repr(float(entry.created_at))},
+    }
+    if entry.expires_at is not None:
+        item["expires_at"] = {"N": str(int(entry.expires_at))}
+    return item
+
+
 _SOURCES: dict[str, SuppressionSource] = {
-    "bounce": "bounce", "complaint": "complaint", "manual": "manual"}
+    "bounce": "bounce", "complaint": "complaint", "manual": "manual",
+    "unsubscribe": "unsubscribe"}
 
 
 def _suppression(item: dict[str, Any]) -> Suppression:

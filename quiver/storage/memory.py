@@ -211,6 +211,13 @@ class MemorySuppression:
         address = entry.address.lower()
         self.entries[(entry.tenant, address)] = replace(entry, address=address)
 
+    async def add(self, entry: Suppression) -> bool:
+        old = self.entries.get((entry.tenant, entry.address.lower()))
+        if old is not None and old.source == entry.source:
+            return False
+        await self.put(entry)
+        return True
+
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         self.entries.pop((tenant, address.lower()), None)
 

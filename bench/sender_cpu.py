@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -109,6 +110,7 @@ bounce = "bounces.{from_domain}"
 """
 
 
+_OWN_UNSUBSCRIBE = re.compile(rb"^List-Unsubscribe:[^\r\n]*\r?\n", re.MULTILINE)
 UNSUBSCRIBE = """
 [[unsubscribe.domains]]
 from = "{from_domain}"
@@ -151,12 +153,16 @@ class ListQueue:
         self.resent += len(messages)
 
 
-def bodies(count: int, prefix: str, recipients: int = 1) -> list[str]:
+def bodies(count: int, prefix: str, recipients: int = 1, *,
+           own_unsubscribe: bool = True) -> list[str]:
     out = []
     for i in range(count):
         to = [f"user{i}-{n}@{RCPT_DOMAIN}" for n in range(recipients)]
         raw = render(message_id=f"{prefix}-{i}", from_addr=f"hello@{FROM_DOMAIN}", to=to,
                      subject=f"CPU benchmark {i}", size=MESSAGE_BYTES)
+        if not own_unsubscribe:
+            # The sample carries a List-Unsubscribe of its own, which the sender keeps.
+            raw = _OWN_UNSUBSCRIBE.sub(b"", raw, count=1)
         out.append(encode(Envelope(id=f"{prefix}-{i}", sender=f"bounces@{FROM_DOMAIN}",
                                    recipients=tuple(to), raw=raw, campaign="bench")))
     return out
@@ -223,7 +229,8 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     try:
         for number in range(args.runs + 1):
             count = WARMUP if number == 0 else args.messages
-            prepared = bodies(count, f"r{number}", args.recipients)
+            prepared = bodies(count, f"r{number}", args.recipients,
+                              own_unsubscribe=not args.unsubscribe)
             target = sender.stats.completed + count
             cpu0, wall0 = cpu(), time.monotonic()
             queue.load(prepared, f"r{number}")

@@ -122,3 +122,14 @@ url = "https://u.example.com/u/"
 
 def test_unknown_section_keys_are_refused() -> None:
     assert "unsubscribe.url: unknown key" in problems('[unsubscribe]\nurl = "x"\n')
+
+
+def test_the_readme_policy_snippet_loads_and_means_what_it_says() -> None:
+    from test_return_path_readme import MINIMAL, block
+
+    section = parse_policy(MINIMAL + block("toml", "# unsubscribe policy")).unsubscribe
+    rule = section.rule("example.com", tenant=None)
+    assert rule is not None and rule.url == "https://unsubscribe.example.com/u/"
+    assert rule.mailto == "unsubscribe@bounces.example.com" and rule.add == "when_missing"
+    acme = section.rule("example.com", tenant="acme")
+    assert acme is not None and acme.url == "https://leave.acme.example/u/"

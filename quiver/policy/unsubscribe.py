@@ -43,6 +43,7 @@ _TENANT = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 MAX_URL = 200
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*/$")
 _KEYS = ("from", "url", "mailto", "tenant", "add")
+_LOOPBACK = ("127.0.0.1", "localhost")
 # The headers the signer must cover: RFC 8058 3 requires List-Unsubscribe-Post to be
 # in a valid DKIM signature, or receivers ignore it.
 SIGNED = ("list-unsubscribe", "list-unsubscribe-post")
@@ -91,10 +92,12 @@ class UnsubscribePolicy:
 
 
 def parse_unsubscribe(raw: Any, *, return_path: ReturnPathPolicy,
-                      dkim: Sequence[_SigningKey] = ()) -> tuple[UnsubscribePolicy, list[str]]:
+                      dkim: Sequence[_SigningKey] = (), local_only: bool = False,
+                      ) -> tuple[UnsubscribePolicy, list[str]]:
     """The section and its problems as `path: why`. `return_path` holds the key ring
     that signs the tokens; `dkim` are the policy's DKIM keys, whose signed headers
-    must include both (a key naming none signs the defaults, which do)."""
+    must include both (a key naming none signs the defaults, which do); a
+    `local_only` policy may point at a loopback http endpoint (the local stack's)."""
     problems: list[str] = []
     if raw is None:
         return UnsubscribePolicy(), problems
@@ -111,7 +114,7 @@ def parse_unsubscribe(raw: Any, *, return_path: ReturnPathPolicy,
     seen: set[tuple[str | None, str]] = set()
     for i, item in enumerate(items):
         path = f"unsubscribe.domains[{i}]"
-        rule = _rule(item, path, problems)
+        rule = _rule(item, path, problems, local_only=local_only)
         if rule is None:
             continue
         if (rule.tenant, rule.from_domain) in seen:
@@ -136,7 +139,8 @@ def parse_unsubscribe(raw: Any, *, return_path: ReturnPathPolicy,
     return policy, problems
 
 
-def _rule(item: Any, path: str, problems: list[str]) -> UnsubscribeRule | None:
+def _rule(item: Any, path: str, problems: list[str], *,
+          local_only: bool) -> UnsubscribeRule | None:
     if not isinstance(item, dict):
         problems.append(f"{path}: expected a table")
         return None
@@ -155,7 +159,7 @@ def _rule(item: Any, path: str, problems: list[str]) -> UnsubscribeRule | None:
         problems.append(f"{path}.url: required: the one-click endpoint, "
                         "like https://unsubscribe.example.com/u/")
     else:
-        url_problem = check_url(url)
+        url_problem = check_url(url, local_only=local_only)
         if url_problem:
             problems.append(f"{path}.url: {url_problem}")
     mailto = item.get("mailto")
@@ -175,8 +179,9 @@ def _rule(item: Any, path: str, problems: list[str]) -> UnsubscribeRule | None:
                            add=add)
 
 
-def check_url(url: Any) -> str | None:
-    """Why `url` cannot be a one-click base URL, or None."""
+def check_url(url: Any, *, local_only: bool = False) -> str | None:
+    """Why `url` cannot be a one-click base URL, or None. A `local_only` policy may
+    name http on a loopback address: the local stack's endpoint, never deployed."""
     if not isinstance(url, str) or not url:
         return f"expected an https:// URL, got {url!r}"
     if len(url) > MAX_URL:
@@ -184,13 +189,14 @@ def check_url(url: Any) -> str | None:
     if not url.isascii() or any(c in url for c in " <>,\"\\\r\n\t"):
         return f"{url!r}: only URL characters, no spaces, commas or angle brackets"
     parts = urlsplit(url)
-    if parts.scheme != "https":
+    loopback = local_only and parts.scheme == "http" and parts.hostname in _LOOPBACK
+    if parts.scheme != "https" and not loopback:
         return (f"{url!r}: one-click unsubscribe must be https (RFC 8058 3.1: receivers "
                 "POST to it without user interaction, and drop http URIs)")
     if parts.username is not None or parts.password is not None:
         return f"{url!r}: no user or password in the URL"
     host = (parts.hostname or "").rstrip(".")
-    if not _HOSTNAME.match(host):
+    if not _HOSTNAME.match(host) and not loopback:
         return f"{url!r}: expected a host name"
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return f"{url!r}: no query or fragment; the token is appended to the path"

@@ -133,3 +133,13 @@ def test_the_readme_policy_snippet_loads_and_means_what_it_says() -> None:
     assert rule.mailto == "unsubscribe@bounces.example.com" and rule.add == "when_missing"
     acme = section.rule("example.com", tenant="acme")
     assert acme is not None and acme.url == "https://leave.acme.example/u/"
+
+
+def test_only_a_local_only_policy_may_name_a_loopback_http_endpoint() -> None:
+    entry = '[[unsubscribe.domains]]\nfrom = "example.com"\nurl = "http://127.0.0.1:8080/u/"\n'
+    assert "must be https" in problems(entry)
+    local = "local_only = true\n" + BASE + KEYS
+    rule = parse_policy(local + entry).unsubscribe.rule("example.com", tenant=None)
+    assert rule is not None and rule.url == "http://127.0.0.1:8080/u/"
+    with pytest.raises(PolicyError, match="must be https"):
+        parse_policy(local + entry.replace("127.0.0.1", "192.0.2.1"))

@@ -20,11 +20,16 @@ from quiver.bounce import default_classifier
 from quiver.delivery import Attempt
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
 from quiver.policy import Policy, parse_policy
-from quiver.returnpath import rotated
+from quiver.returnpath import ReturnPaths, rotated
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MessageHandler
 from quiver.storage.base import Outgoing
-from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue
+from quiver.storage.memory import (
+    MemoryBodyStore,
+    MemoryEventSink,
+    MemoryQueue,
+    MemoryReturnPaths,
+)
 from quiver.unsubscribe import Subject, UnsubscribeVerifier, Verified
 from quiver.unsubscribe.headers import UnsubscribeHeaders
 
@@ -56,12 +61,14 @@ class Transport(ScriptedTransport):
     def __init__(self) -> None:
         super().__init__()
         self.messages: dict[str, bytes] = {}
+        self.senders: dict[str, str] = {}
 
     async def deliver(self, *, pool: str, domain: str, sender: str,
                       recipients: Sequence[str], message: bytes,
                       seven_bit=None) -> list[Attempt]:
         for rcpt in recipients:
             self.messages[rcpt] = message
+            self.senders[rcpt] = sender
         return await super().deliver(pool=pool, domain=domain, sender=sender,
                                      recipients=recipients, message=message,
                                      seven_bit=seven_bit)
@@ -79,7 +86,8 @@ def signer_and_zone() -> tuple[DkimSigner, Zone]:
 
 class Rig:
     def __init__(self, signer: DkimSigner, *, policy: Policy = POLICY,
-                 headers: UnsubscribeHeaders | None = None) -> None:
+                 headers: UnsubscribeHeaders | None = None,
+                 return_paths: bool = False) -> None:
         self.clock = lambda: T0
         self.queue = MemoryQueue("outbound")
         self.sink = MemoryEventSink()
@@ -92,6 +100,8 @@ class Rig:
             bodies=MemoryBodyStore("spill"), completer=self.completer,
             classifier=default_classifier(), rng=random.Random(1), clock=self.clock,
             unsubscribe=headers or UnsubscribeHeaders(self.ring, clock=self.clock),
+            return_paths=ReturnPaths(self.ring, clock=self.clock) if return_paths else None,
+            return_path_store=MemoryReturnPaths(clock=self.clock) if return_paths else None,
         )
         self.verifier = UnsubscribeVerifier(keys=self.ring, clock=self.clock)
 
@@ -224,3 +234,24 @@ def test_a_recipient_too_long_for_a_token_gets_its_mail_without_the_headers(
     assert b"List-Unsubscribe" not in sent
     assert zone.verifies(wire(sent))
     assert [e["event"] for e in rig.sink.records] == ["delivered"]
+
+
+def test_with_return_paths_each_copy_goes_with_its_own_signed_mail_from(
+        signer_and_zone: tuple[DkimSigner, Zone]) -> None:
+    signer, zone = signer_and_zone
+    policy = parse_policy(BASE.replace('key_file = "unused.json"\n', 'key_file = "unused.json"\n'
+                                       '[[return_path.domains]]\nfrom = "example.com"\n'
+                                       'bounce = "bounces.example.com"\n'))
+    rig = Rig(signer, policy=policy, return_paths=True)
+    to = ["ok-1@a.example", "ok-2@a.example"]
+    assert rig.run(to=to, message=raw(), tenant="acme")
+    assert len(rig.transport.calls) == 2
+    assert len(set(rig.transport.senders.values())) == 2
+    assert all(s.startswith("b-") and s.endswith("@bounces.example.com")
+               for s in rig.transport.senders.values())
+    for rcpt, sent in rig.transport.messages.items():
+        assert zone.verifies(wire(sent))
+        match = URL.search(sent)
+        assert match is not None
+        verified = rig.verifier.verify(match.group(1).decode())
+        assert isinstance(verified, Verified) and verified.subject.recipient == rcpt

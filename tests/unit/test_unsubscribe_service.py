@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quiver.events import Record, validate_record
-from quiver.returnpath import rotated
+from quiver.returnpath import KeyRing, KeyRingError, rotated
 from quiver.storage.base import ALL_TENANTS, StorageError, Suppression
 from quiver.storage.memory import MemoryEventSink, MemorySuppression
 from quiver.unsubscribe import Subject, Unsubscriber, one_click
@@ -173,3 +173,15 @@ def test_the_page_escapes_what_it_shows() -> None:
         Subject(tenant=None, campaign=None, message_id="m", recipient="<script>@x.example"))
     body = rig.call("GET", token=token).body
     assert "<script>" not in body and "&lt;script&gt;" in body
+
+
+def test_a_key_ring_that_cannot_be_read_answers_503_and_changes_nothing() -> None:
+    def unreadable() -> KeyRing:
+        raise KeyRingError("secret quiver/return-path/keys: AccessDenied")
+
+    suppression, sink = MemorySuppression(), MemoryEventSink()
+    unsubscriber = Unsubscriber(keys=unreadable, suppression=suppression, events=sink)
+    response = asyncio.run(unsubscriber.handle(
+        method="POST", token=Rig().token, body=ONE_CLICK, content_type=FORM))
+    assert (response.status, response.outcome) == (503, "unavailable")
+    assert suppression.entries == {} and sink.records == []

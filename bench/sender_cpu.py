@@ -15,12 +15,18 @@ Prints figures, never fails on time.
     .venv/bin/python bench/sender_cpu.py                     # 5,000 messages, 5 runs
     .venv/bin/python bench/sender_cpu.py --messages 2000 --runs 3 --json
     .venv/bin/python bench/sender_cpu.py --recipients 3 --return-path   # signed VERP
+    .venv/bin/python bench/sender_cpu.py --recipients 3 --unsubscribe   # RFC 8058 headers
 
 `--return-path` turns on policy `return_path` for the From domain: a signed MAIL
 FROM per recipient and one transaction each, the tokens' references stored in
 the in-memory store; `--return-path dynamo` stores them as production does, in
 DynamoDB (moto's server, started here; its own CPU is not counted, the boto3
 client's is).
+
+`--unsubscribe` turns on policy `unsubscribe` for the From domain: List-Unsubscribe
+and List-Unsubscribe-Post with a signed token per recipient, added before DKIM
+signing. A message of several recipients then becomes one signed copy and one
+transaction per recipient; compare with and without it at --recipients 1 and 3.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -60,6 +67,7 @@ from quiver.storage.aws import SqsEventSink
 from quiver.storage.base import Outgoing, Received, ReturnPathStore
 from quiver.storage.dynamo import DynamoReturnPaths
 from quiver.storage.memory import MemoryBodyStore, MemoryReturnPaths
+from quiver.unsubscribe.headers import UnsubscribeHeaders
 
 FROM_DOMAIN = "news.cpu.quiver.test"
 RCPT_DOMAIN = "sink.cpu.quiver.test"
@@ -102,6 +110,15 @@ bounce = "bounces.{from_domain}"
 """
 
 
+_OWN_UNSUBSCRIBE = re.compile(rb"^List-Unsubscribe:[^\r\n]*\r?\n", re.MULTILINE)
+UNSUBSCRIBE = """
+[[unsubscribe.domains]]
+from = "{from_domain}"
+url = "https://unsubscribe.{from_domain}/u/"
+mailto = "unsubscribe@bounces.{from_domain}"
+"""
+
+
 class ListQueue:
     """The outbound queue: pre-encoded bodies, ten per receive, O(1) per message."""
 
@@ -136,12 +153,16 @@ class ListQueue:
         self.resent += len(messages)
 
 
-def bodies(count: int, prefix: str, recipients: int = 1) -> list[str]:
+def bodies(count: int, prefix: str, recipients: int = 1, *,
+           own_unsubscribe: bool = True) -> list[str]:
     out = []
     for i in range(count):
         to = [f"user{i}-{n}@{RCPT_DOMAIN}" for n in range(recipients)]
         raw = render(message_id=f"{prefix}-{i}", from_addr=f"hello@{FROM_DOMAIN}", to=to,
                      subject=f"CPU benchmark {i}", size=MESSAGE_BYTES)
+        if not own_unsubscribe:
+            # The sample carries a List-Unsubscribe of its own, which the sender keeps.
+            raw = _OWN_UNSUBSCRIBE.sub(b"", raw, count=1)
         out.append(encode(Envelope(id=f"{prefix}-{i}", sender=f"bounces@{FROM_DOMAIN}",
                                    recipients=tuple(to), raw=raw, campaign="bench")))
     return out
@@ -168,6 +189,10 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     text = POLICY.format(port=port, rcpt_domain=RCPT_DOMAIN)
     if args.return_path:
         text += RETURN_PATH.format(from_domain=FROM_DOMAIN)
+    elif args.unsubscribe:
+        text += '[return_path]\nkey_file = "in-memory"\n'
+    if args.unsubscribe:
+        text += UNSUBSCRIBE.format(from_domain=FROM_DOMAIN)
     policy = parse_policy(text)
     pem = generate_private_key("rsa-sha256")
     signer = DkimSigner.from_pem(domain=FROM_DOMAIN, selector="c1", algorithm="rsa-sha256",
@@ -191,7 +216,9 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
                              signing=signing,
                              return_paths=ReturnPaths(rotated(None, now=time.time() - 60))
                              if args.return_path else None,
-                             return_path_store=store)
+                             return_path_store=store,
+                             unsubscribe=UnsubscribeHeaders(rotated(None, now=time.time() - 60))
+                             if args.unsubscribe else None)
     sender = Sender(intake=policy.intake, queue=queue, handler=handler, completer=completer)
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
@@ -202,7 +229,8 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     try:
         for number in range(args.runs + 1):
             count = WARMUP if number == 0 else args.messages
-            prepared = bodies(count, f"r{number}", args.recipients)
+            prepared = bodies(count, f"r{number}", args.recipients,
+                              own_unsubscribe=not args.unsubscribe)
             target = sender.stats.completed + count
             cpu0, wall0 = cpu(), time.monotonic()
             queue.load(prepared, f"r{number}")
@@ -235,6 +263,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     return {
         "messages": args.messages, "runs": args.runs, "message_bytes": MESSAGE_BYTES,
         "recipients": args.recipients, "return_path": args.return_path,
+        "unsubscribe": args.unsubscribe,
         "sender_cpu_us_per_msg": total,
         "rsa_sign_us": rsa_us,
         "dkim_sign_us": dkim_us,
@@ -258,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--return-path", nargs="?", const="memory", choices=["memory", "dynamo"],
                    help="signed VERP: a MAIL FROM and a transaction per recipient, the "
                         "references stored in memory (default) or DynamoDB on moto")
+    p.add_argument("--unsubscribe", action="store_true",
+                   help="one-click unsubscribe headers, a signed copy per recipient")
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:

@@ -115,7 +115,7 @@ def check_deployable(
                 f"'{dkim_secret_prefix}*', got {key.key_secret!r}"
             )
     return_path = policy.return_path
-    if return_path.enabled and return_path.key_secret is None:
+    if (return_path.enabled or policy.unsubscribe.enabled) and return_path.key_secret is None:
         problems.append(
             "return_path.key_file: deployed senders read the return-path key ring from "
             f"Secrets Manager; use key_secret = '{return_path_secret_prefix}keys'"

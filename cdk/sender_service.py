@@ -119,6 +119,9 @@ class SenderService(Construct):
             # The queue's redrive limit: the sender records `failed` finals one receive
             # before SQS would move a message to the DLQ without them.
             settings.ENV_OUTBOUND_MAX_RECEIVES: str(outbound_max_receives),
+            # The ring the unsubscribe endpoint verifies with; the sender itself reads
+            # it from policy, this names it for tools run in the task.
+            settings.ENV_KEY_RING_SECRET: policy.return_path.key_secret or "",
             "AWS_REGION": Aws.REGION,
         }
         container = task.add_container(
@@ -156,10 +159,12 @@ class SenderService(Construct):
             tables=(suppression_table, senders_table, finals_table),
             policy_parameter=policy_parameter,
             dkim_secret_prefix=dkim_secret_prefix,
-            # Only a policy with bounce domains signs return paths (deploy_checks holds
-            # its key_secret under this prefix).
+            # Only a policy with bounce domains signs return paths, and only one with
+            # unsubscribe rules signs unsubscribe tokens (deploy_checks holds the
+            # ring's key_secret under this prefix).
             return_path_secret_prefix=return_path_secret_prefix
-            if policy.return_path.enabled else None,
+            if policy.return_path.enabled or policy.unsubscribe.enabled else None,
+            return_path_references=policy.return_path.enabled,
         )
         self.service = ecs.FargateService(
             self, "Service",
@@ -190,6 +195,7 @@ class SenderService(Construct):
         policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
         return_path_secret_prefix: str | None,
+        return_path_references: bool = False,
     ) -> None:
         outbound, outbound_dlq, events = queues
         suppression, senders, finals = tables
@@ -246,15 +252,16 @@ class SenderService(Construct):
                 )],
             ),
         ]
+        if return_path_references:
+            # What each return-path token stands for, written before its mail is
+            # sent (items rp#<reference>; quiver.storage.dynamo.DynamoReturnPaths).
+            statements.append(iam.PolicyStatement(
+                sid="ReturnPathReferences",
+                actions=["dynamodb:BatchWriteItem"],
+                resources=[finals.table_arn],
+            ))
         if return_path_secret_prefix:
             statements += [
-                # What each return-path token stands for, written before its mail is
-                # sent (items rp#<reference>; quiver.storage.dynamo.DynamoReturnPaths).
-                iam.PolicyStatement(
-                    sid="ReturnPathReferences",
-                    actions=["dynamodb:BatchWriteItem"],
-                    resources=[finals.table_arn],
-                ),
                 iam.PolicyStatement(
                     sid="ReadReturnPathKeys",
                     actions=["secretsmanager:GetSecretValue"],

@@ -28,6 +28,7 @@ from cdk.proxy_tier import ProxyNodes
 from cdk.queues import Queues
 from cdk.sender_service import SenderService
 from cdk.tables import Tables
+from cdk.unsubscribe import Unsubscribe
 from proxy_tier.bootstrap import render_user_data
 from quiver.names import DEFAULT_PREFIX, ResourceNames, resource_names
 from quiver.policy import Policy, parse_policy
@@ -144,6 +145,20 @@ class ServiceStack(Stack):
             events_bucket=buckets.events,
             finals_table=stateful.tables.finals,
         )
+        # The unsubscribe endpoint verifies tokens signed with the return-path key ring,
+        # so it exists once the policy names the ring's secret: deploy, read its URL
+        # from the stack output, then add [unsubscribe] rules that point at it.
+        self.unsubscribe = None
+        if policy.return_path.key_secret is not None:
+            self.unsubscribe = Unsubscribe(
+                self, "Unsubscribe",
+                code_dir=assemble_function_code(
+                    repo_root=repo_root, function="unsubscribe", outdir=_assembly_dir(self),
+                ),
+                events_queue=queues.events,
+                suppression_table=stateful.tables.suppression,
+                key_ring_secret=policy.return_path.key_secret,
+            )
         self.analytics = EventAnalytics(
             self, "EventAnalytics",
             events_bucket=buckets.events,

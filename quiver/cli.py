@@ -180,6 +180,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         root=Path(args.dir), sender=not args.no_sender,
         dns_file=Path(args.dns) if args.dns else None,
         policy_file=Path(args.policy) if args.policy else None,
+        unsubscribe=args.unsubscribe,
     )
 
 
@@ -260,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
     local.add_argument("--policy", metavar="FILE",
                        help="a policy fragment merged over the generated policy: tables "
                             "key by key, arrays (throttles, dkim) replaced")
+    local.add_argument("--unsubscribe", action="store_true",
+                       help="serve the one-click unsubscribe endpoint on loopback HTTP and "
+                            "add List-Unsubscribe to the demo domains' mail that has none")
     local.set_defaults(func=cmd_local)
 
     demo = sub.add_parser("demo", help="run N sample messages through the local stack")

@@ -24,7 +24,7 @@ from quiver.smtp.reply import Response
 VERSION = 1
 EventType = Literal[
     "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
-    "complaint",
+    "complaint", "unsubscribed",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:
@@ -32,6 +32,9 @@ EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 FINAL_EVENTS: frozenset[EventType] = frozenset(
     {"delivered", "bounced", "expired", "suppressed", "rejected", "failed"}
 )
+# Post-delivery events (ARCHITECTURE.md): zero or more after a recipient's final event,
+# with no attempt of their own.
+POST_DELIVERY_EVENTS: frozenset[EventType] = frozenset({"complaint", "unsubscribed"})
 # SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
 MAX_BATCH_BODY = 240 * 1024
 MAX_BATCH_RECORDS = 5000

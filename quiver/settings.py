@@ -23,6 +23,10 @@ ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
+# The Secrets Manager id of the return-path key ring, for functions that verify its
+# tokens (the unsubscribe endpoint). Senders read it from policy; their tasks carry
+# it too, for tools run there.
+ENV_KEY_RING_SECRET = "QUIVER_KEY_RING_SECRET"  # noqa: S105 (a variable name)
 # The outbound queue's redrive maxReceiveCount, set by the CDK app from the value it
 # gives the queue, so the sender gives a message up (`failed`) before SQS moves it.
 ENV_OUTBOUND_MAX_RECEIVES = "QUIVER_OUTBOUND_MAX_RECEIVES"
@@ -48,6 +52,8 @@ class Deployment:
     # The outbound queue's maxReceiveCount; 0: unknown, and a message SQS moves to
     # the DLQ after repeated crashes gets no `failed` events.
     outbound_max_receives: int = 0
+    # The return-path key ring's secret id; empty: not set (only functions need it).
+    key_ring_secret: str = ""
 
 
 class SettingsError(ValueError):
@@ -64,6 +70,8 @@ SENDER_VARIABLES = (
 )
 # What the event-export Lambda cannot run without (cdk/event_export.py sets these).
 EXPORT_VARIABLES = (ENV_EVENTS_BUCKET,)
+# What the unsubscribe endpoint cannot run without (cdk/unsubscribe.py sets these).
+UNSUBSCRIBE_VARIABLES = (ENV_EVENTS_QUEUE_URL, ENV_SUPPRESSION_TABLE, ENV_KEY_RING_SECRET)
 
 
 def deployment_from_env(
@@ -91,6 +99,7 @@ def deployment_from_env(
         senders_table=env.get(ENV_SENDERS_TABLE, ""),
         finals_table=env.get(ENV_FINALS_TABLE, ""),
         outbound_max_receives=max_receives,
+        key_ring_secret=env.get(ENV_KEY_RING_SECRET, ""),
     )
 
 
@@ -142,5 +151,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_SENDERS_TABLE: deployment.senders_table,
         ENV_FINALS_TABLE: deployment.finals_table,
         ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
+        ENV_KEY_RING_SECRET: deployment.key_ring_secret,
         "AWS_REGION": deployment.region,
     }

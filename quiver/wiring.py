@@ -41,6 +41,7 @@ from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
 from quiver.suppression import SuppressionCheck, SuppressionWriter
+from quiver.unsubscribe.headers import UnsubscribeHeaders
 
 log = logging.getLogger("quiver.sender")
 
@@ -98,7 +99,8 @@ def build_sender(
     )
     finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
               if deployment.finals_table else None)
-    return_paths, refresher = _return_paths(policy, policy_dir, deployment, session, config)
+    return_paths, unsubscribe, refresher = _return_paths(policy, policy_dir, deployment,
+                                                         session, config)
     # Without a table (a tool's sender) nothing is checked; deployed, the CDK app sets it.
     check: SuppressionCheck | None = None
     writer: SuppressionWriter | None = None
@@ -131,6 +133,7 @@ def build_sender(
         return_path_store=return_paths[1] if return_paths else None,
         suppression=check,
         suppression_writer=writer,
+        unsubscribe=unsubscribe,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
@@ -154,13 +157,16 @@ def build_sender(
 
 def _return_paths(
     policy: Policy, policy_dir: Path, deployment: Deployment, session: Any, config: Any,
-) -> tuple[tuple[ReturnPaths, DynamoReturnPaths] | None, KeyRingRefresher | None]:
-    """Signed return paths when the policy names bounce domains: the key ring (read
-    now, so a bad one stops the start) and where the tokens' references are kept."""
+) -> tuple[tuple[ReturnPaths, DynamoReturnPaths] | None, UnsubscribeHeaders | None,
+           KeyRingRefresher | None]:
+    """Signed return paths when the policy names bounce domains, and one-click
+    unsubscribe headers when it has unsubscribe rules: the key ring both sign with
+    (read now, so a bad one stops the start), where the return-path tokens'
+    references are kept, and the refresher that keeps the ring current."""
     section = policy.return_path
-    if not section.enabled:
-        return None, None
-    if not deployment.finals_table:
+    if not section.enabled and not policy.unsubscribe.enabled:
+        return None, None, None
+    if section.enabled and not deployment.finals_table:
         raise KeyRingError("policy return_path needs the finals table (QUIVER_FINALS_TABLE), "
                            "where each token's message and recipient are kept")
     reader = secret_reader(session) if section.key_secret else None
@@ -169,13 +175,21 @@ def _return_paths(
         return load_key_ring(key_secret=section.key_secret, key_file=section.key_file,
                              read_secret=reader, base_dir=policy_dir)
 
-    paths = ReturnPaths(load())
-    store = DynamoReturnPaths(session.client("dynamodb", config=config), deployment.finals_table)
+    ring = load()
+    paths = ReturnPaths(ring) if section.enabled else None
+    unsubscribe = UnsubscribeHeaders(ring) if policy.unsubscribe.enabled else None
 
     def apply(ring: KeyRing) -> None:
-        paths.ring = ring
+        if paths is not None:
+            paths.ring = ring
+        if unsubscribe is not None:
+            unsubscribe.ring = ring
 
-    return (paths, store), KeyRingRefresher(load, apply)
+    signed = None
+    if paths is not None:
+        signed = paths, DynamoReturnPaths(session.client("dynamodb", config=config),
+                                          deployment.finals_table)
+    return signed, unsubscribe, KeyRingRefresher(load, apply)
 
 
 def task_id() -> str:

@@ -23,7 +23,7 @@ REPORT_INTERVAL = 5.0
 
 
 def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
-              policy_file: Path | None = None) -> int:
+              policy_file: Path | None = None, unsubscribe: bool = False) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -34,6 +34,7 @@ def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
         stack = LocalStack(
             root, max_age="1h", dns_records=records, dns_origin=str(dns_file),
             policy_fragment=fragment, fragment_origin=str(policy_file),
+            unsubscribe=unsubscribe,
         )
         print(f"starting the local stack in {root} ...", flush=True)
         # Checks both files before any server starts: a broken one costs nothing to fix.
@@ -98,6 +99,9 @@ def _banner(stack: LocalStack, *, env_file: Path, records: tuple[ExtraRecord, ..
     if records:
         zones += f"; {len(records)} record(s) from {dns_file}"
     policy = str(stack.policy_path) + (f"   ({policy_file} merged over it)" if policy_file else "")
+    unsubscribe_line = (f"  unsubscribe         {stack.unsubscribe_server.url}<token>   "
+                        "(GET confirms, POST unsubscribes)\n"
+                        if stack.unsubscribe_server is not None else "")
     sender_line = (f"  sender log          {root / 'logs' / 'sender.log'}\n" if sender
                    else "  sender              not started (--no-sender): run it as below\n")
     text = f"""
@@ -109,7 +113,7 @@ Quiver local stack is up.
   receiving MX        {stack.mx.address[0]}:{stack.mx.address[1]}   (keeps mail in {root / 'mx'})
   egress              {stack.describe_egress()}
   policy              {policy}
-{sender_line}
+{unsubscribe_line}{sender_line}
 Enqueue a message from another shell:
   source {env_file}
   quiver enqueue --from hello@news.quiver-demo.test --to someone@{domain} message.eml

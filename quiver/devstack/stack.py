@@ -22,7 +22,9 @@ from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
 from quiver.devstack.servers.dns_records import ExtraRecord, add_records, host_names
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
+from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
 from quiver.dkim import dns_txt_value, generate_private_key
+from quiver.returnpath.admin import rotate_file
 from quiver.settings import Deployment, deployment_env
 
 MX_HOSTS = ("mx1.quiver.local.test", "mx2.quiver.local.test")
@@ -42,6 +44,8 @@ DKIM_DOMAINS = (
     ("alerts.quiver-demo.test", "e1", "ed25519-sha256"),
 )
 EGRESS_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+# The key ring that signs unsubscribe tokens (LocalStack.unsubscribe), under keys/.
+UNSUBSCRIBE_KEY_FILE = "return-path-keys.json"
 EGRESS_SOURCES = ("local1", "local2", "local3")
 # HAProxy mode: two egress nodes stand for two AZs. Their primary addresses carry
 # only the health endpoint, apart from the sources' addresses, as on a real node.
@@ -211,6 +215,10 @@ class LocalStack:
     # Merged over the generated policy (`quiver local --policy`); see policy_fragment.
     policy_fragment: dict[str, Any] | None = None
     fragment_origin: str = "the policy fragment"
+    # Serve the one-click unsubscribe endpoint on loopback HTTP, and add policy rules
+    # (a key ring under keys/, a rule per demo From domain) that point at it.
+    unsubscribe: bool = False
+    unsubscribe_server: UnsubscribeHttp | None = None
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -276,6 +284,8 @@ class LocalStack:
         self.policy_path = self.root / "policy.toml"
         text = local_policy_text(mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age,
                                  proxy=proxy)
+        if self.unsubscribe:
+            text += self._start_unsubscribe()
         if self.policy_fragment is not None:
             text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
         self.policy_path.write_text(text)
@@ -285,6 +295,21 @@ class LocalStack:
                 self.policy_path, binary=binary, run_dir=self.root / "haproxy",
                 log_dir=self.root / "logs",
             )
+
+    def _start_unsubscribe(self) -> str:
+        """Start the endpoint; the policy text that signs tokens and points at it."""
+        assert self.moto is not None and self.deployment is not None
+        key_file = self.root / "keys" / UNSUBSCRIBE_KEY_FILE
+        key_file.parent.mkdir(exist_ok=True)
+        if not key_file.exists():
+            rotate_file(key_file, now=time.time())
+        self.unsubscribe_server = UnsubscribeHttp(local_unsubscriber(
+            endpoint=self.moto.endpoint, deployment=self.deployment, key_file=key_file))
+        url = self.unsubscribe_server.url
+        return f'\n[return_path]\nkey_file = "keys/{UNSUBSCRIBE_KEY_FILE}"\n' + "".join(
+            f'\n[[unsubscribe.domains]]\nfrom = "{domain}"\nurl = "{url}"\n'
+            f'mailto = "unsubscribe@bounces.{domain}"\n'
+            for domain, _, _ in DKIM_DOMAINS)
 
     @property
     def egress_mode(self) -> Literal["haproxy", "direct"]:
@@ -376,12 +401,13 @@ class LocalStack:
             self.stop_sender(process)
         stop_nodes(self.proxy_nodes)
         self.proxy_nodes = {}
-        for server in (self.mx, self.dns, self.moto):
+        for server in (self.unsubscribe_server, self.mx, self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.
                 with contextlib.suppress(Exception):
                     server.stop()
         self.mx = self.dns = self.moto = None
+        self.unsubscribe_server = None
 
     def __enter__(self) -> LocalStack:
         return self

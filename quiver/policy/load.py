@@ -34,6 +34,7 @@ from quiver.policy.model import (
 )
 from quiver.policy.return_path import parse_return_path
 from quiver.policy.suppression import parse_suppression
+from quiver.policy.unsubscribe import parse_unsubscribe
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
@@ -56,7 +57,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
-    "local_only", "return_path", "suppression",
+    "local_only", "return_path", "suppression", "unsubscribe",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -253,6 +254,9 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     c.problems.extend(f"{path}: {message}" for path, message in problems)
     feedback, feedback_problems = feedback_section(data.get("feedback"))
     c.problems.extend(feedback_problems)
+    unsubscribe, unsubscribe_problems = parse_unsubscribe(
+        data.get("unsubscribe"), return_path=return_path, dkim=dkim, local_only=local_only)
+    c.problems.extend(unsubscribe_problems)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -274,6 +278,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         local_only=local_only,
         return_path=return_path,
         feedback=feedback,
+        unsubscribe=unsubscribe,
     )
 
 

@@ -9,6 +9,7 @@ from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
+from quiver.policy.unsubscribe import UnsubscribePolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -232,6 +233,8 @@ class Policy:
     local_only: bool = False
     # Which inbound feedback reports may suppress recipients (quiver.policy.feedback).
     feedback: FeedbackPolicy = field(default_factory=FeedbackPolicy)
+    # One-click unsubscribe headers per sending domain (quiver/policy/unsubscribe.py).
+    unsubscribe: UnsubscribePolicy = field(default_factory=UnsubscribePolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

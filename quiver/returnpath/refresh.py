@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from quiver.returnpath.keys import KeyRing, KeyRingError
@@ -44,3 +45,30 @@ class KeyRingRefresher:
                     await stop.wait()
             if not stop.is_set():
                 await self.refresh()
+
+
+class CachedRing:
+    """The ring for a process without an event loop to run a refresher (a Lambda):
+    read at first use, then again on a call at least `interval` after the last read.
+    A read that fails keeps the ring in use, as the refresher does; only the first
+    read's failure raises."""
+
+    def __init__(self, load: Callable[[], KeyRing], *, interval: float = REFRESH_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._load = load
+        self.interval = interval
+        self._clock = clock
+        self._ring: KeyRing | None = None
+        self._read_at = 0.0
+
+    def __call__(self) -> KeyRing:
+        now = self._clock()
+        if self._ring is None:
+            self._ring, self._read_at = self._load(), now
+        elif now - self._read_at >= self.interval:
+            self._read_at = now
+            try:
+                self._ring = self._load()
+            except KeyRingError as exc:
+                log.warning("return-path keys not refreshed, the current ring stays: %s", exc)
+        return self._ring

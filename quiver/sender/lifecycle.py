@@ -2,7 +2,8 @@
 
 decode → (postpone if not yet due) → give up? → expire? → suppression list (each
 suppressed recipient's final event is `suppressed`; the rest go on) → fetch body → check it and
-ready it (quiver.content: size, header, long lines, 8-bit) → DKIM-sign → deliver per
+ready it (quiver.content: size, header, long lines, 8-bit) → add List-Unsubscribe
+(policy `unsubscribe`) → DKIM-sign → deliver per
 domain → at most one event per recipient → re-enqueue the pending ones → complete
 (events accepted, re-enqueues sent, then delete) → the suppression entries of its
 synchronous hard bounces, written behind it.
@@ -17,6 +18,11 @@ for that count. A recipient that was not tried (its site backing off, its
 connection drained by another's failure) keeps its count, gets no `deferred`
 event, and waits the schedule's delay for its count again. Pending recipients are
 re-enqueued in one message per attempt count, each with its own next-attempt time.
+
+One-click unsubscribe headers name their recipient, so a message with several
+recipients and an unsubscribe rule becomes one signed copy per recipient, each
+sent in its own transaction: a DKIM signature per recipient instead of per
+message. Messages of one recipient (what bulk senders enqueue) pay nothing more.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ from quiver.suppression import (
     hard_bounce_entry,
     suppressed_fields,
 )
+from quiver.unsubscribe.headers import UnsubscribeHeaders, has_unsubscribe
+from quiver.unsubscribe.token import Subject, TokenError
 
 log = logging.getLogger("quiver.sender")
 
@@ -74,6 +82,14 @@ BODY_RETRY_VISIBILITY = 30
 # SQS refuses a larger message body; a re-enqueue that would exceed it (an inline
 # body near the limit plus bookkeeping) moves its body to the spill bucket.
 MAX_SQS_BODY = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """One recipient's own signed copy (its List-Unsubscribe names it)."""
+
+    message: bytes
+    seven_bit: Callable[[], Awaitable[bytes]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,9 @@ class _Prepared:
     original: bytes | None = None
     # The From header's domain (lower case), None if the message has none readable.
     from_domain: str | None = None
+    # Per recipient, when each has its own copy (unsubscribe headers on a message of
+    # several recipients); None: `message` goes to every recipient.
+    copies: dict[str, _Copy] | None = None
 
 
 class _SevenBit:
@@ -138,6 +157,7 @@ class MessageHandler:
         return_path_store: ReturnPathStore | None = None,
         suppression: SuppressionCheck | None = None,
         suppression_writer: SuppressionWriter | None = None,
+        unsubscribe: UnsubscribeHeaders | None = None,
     ) -> None:
         # None: no suppression list (tools, tests of other parts); see `_suppress`.
         self._suppression = suppression
@@ -166,6 +186,9 @@ class MessageHandler:
         self._return_paths = return_paths
         self._return_path_store = return_path_store
         self._warned_no_keys = False
+        # One-click unsubscribe headers (policy `unsubscribe`), signed with the same ring.
+        self._unsubscribe = unsubscribe
+        self._warned_no_unsubscribe = False
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: retry schedule and max_age from the next outcome on (the
@@ -250,27 +273,85 @@ class MessageHandler:
         if ready.eight_bit and not declare:
             message = seven_bit(message)
         domain = from_domain(message)
+        original = raw if env.raw is not None and message is not raw else None
+        fields = self._unsubscribe_fields(env, domain, message)
+        copies: dict[str, _Copy] | None = None
         try:
-            signature = await self._sign(message, domain=domain)
+            if fields is not None and len(fields) > 1:
+                copies = {}
+                for rcpt, head in fields.items():
+                    copy, length = await self._signed(head + message, domain=domain)
+                    copies[rcpt] = _Copy(message=copy, seven_bit=_SevenBit(
+                        functools.partial(self._sign, domain=domain), copy, length)
+                        if declare else None)
+                # Only the copies travel; the first stands for the message in what
+                # _Prepared records (a retry starts from `original`, never from it).
+                signed, signature_length = copy, length
+            else:
+                if fields is not None:
+                    message = next(iter(fields.values())) + message
+                signed, signature_length = await self._signed(message, domain=domain)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
-        signed = signature + message
         # The signed copy is what travels; the envelope keeps no second copy (a retry
         # recovers the unsigned body from it, and is signed afresh on its attempt).
         return _Prepared(env=replace(env, raw=None), message=signed,
-                         signature_length=len(signature), inline=env.raw is not None,
+                         signature_length=signature_length, inline=env.raw is not None,
                          queued_at=queued_at, suppressed=suppressed,
                          seven_bit=_SevenBit(functools.partial(self._sign, domain=domain), signed,
-                                             len(signature)) if declare
+                                             signature_length) if declare
                          else None,
-                         original=raw if env.raw is not None and message is not raw else None,
-                         from_domain=domain)
+                         original=raw if fields is not None and env.raw is not None
+                         else original,
+                         from_domain=domain, copies=copies)
+
+    async def _signed(self, message: bytes, *, domain: str | None) -> tuple[bytes, int]:
+        signature = await self._sign(message, domain=domain)
+        return signature + message, len(signature)
+
+    def _unsubscribe_fields(self, env: Envelope, domain: str | None,
+                            message: bytes) -> dict[str, bytes] | None:
+        """Each recipient's List-Unsubscribe and List-Unsubscribe-Post fields, when
+        policy has a rule for the From domain and the message carries neither; None:
+        the message goes as it is."""
+        if domain is None:
+            return None
+        rule = self._policy.current.unsubscribe.rule(domain, tenant=env.tenant)
+        if rule is None or has_unsubscribe(message):
+            return None
+        if self._unsubscribe is None:
+            if not self._warned_no_unsubscribe:
+                self._warned_no_unsubscribe = True
+                log.warning("policy unsubscribe has a rule for %s, but this sender started "
+                            "without the return-path key ring: no List-Unsubscribe is added "
+                            "until it restarts with it", domain)
+            return None
+        try:
+            return {rcpt: self._unsubscribe.fields(rule, Subject(
+                tenant=env.tenant, campaign=env.campaign, message_id=env.id, recipient=rcpt))
+                for rcpt in env.recipients}
+        except TokenError as exc:
+            # The mail is still good mail: it goes without the headers, and says why.
+            log.warning("message %s: no List-Unsubscribe added: %s", env.id, exc)
+            return None
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
         env, message = prepared.env, prepared.message
         pool = env.pool or self._policy.current.default_pool
         return_paths = await self._return_paths_for(env, prepared.from_domain)
-        if return_paths is None:
+        copies = prepared.copies
+        if copies is not None:
+            # Each recipient's own copy, in a transaction of its own.
+            deliveries = [
+                self._transport.deliver(
+                    pool=pool, domain=domain_of(rcpt),
+                    sender=return_paths[rcpt] if return_paths is not None else env.sender,
+                    recipients=(rcpt,), message=copies[rcpt].message,
+                    seven_bit=copies[rcpt].seven_bit,
+                )
+                for rcpt in env.recipients
+            ]
+        elif return_paths is None:
             by_domain: dict[str, list[str]] = defaultdict(list)
             for rcpt in env.recipients:
                 by_domain[domain_of(rcpt)].append(rcpt)

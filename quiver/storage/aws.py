@@ -15,6 +15,7 @@ from quiver.envelope import EnvelopeError, parse_s3_uri
 from quiver.events import Record, pack_batches
 from quiver.storage.base import MissingObject, Outgoing, Queue, StorageError, TooLarge
 from quiver.storage.boto_calls import aws_executor, call, call_sync, error_code
+from quiver.storage.sqs import chunk_messages
 
 
 class SqsEventSink:
@@ -27,6 +28,27 @@ class SqsEventSink:
         if not records:
             return
         await self._queue.send([Outgoing(body=body) for _, body in pack_batches(records)])
+
+
+class BotoEventSink:
+    """Publishes event records on the events queue through a boto3 SQS client: for a
+    function that sends a few events per invocation (the sender's lean client pays
+    off only under load)."""
+
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._client = client
+        self.queue_url = queue_url
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        messages = [Outgoing(body=body) for _, body in pack_batches(records)]
+        for batch in chunk_messages(messages):
+            response = await call(self._client.send_message_batch, QueueUrl=self.queue_url,
+                                  Entries=[{"Id": str(i), "MessageBody": m.body}
+                                           for i, m in enumerate(batch)])
+            failed = response.get("Failed") or []
+            if failed:
+                raise StorageError(f"{self.queue_url}: {len(failed)} event batch(es) not "
+                                   f"accepted: {failed[0].get('Message', failed[0])}")
 
 
 class S3BodyStore:

@@ -154,6 +154,12 @@ class SuppressionStore(Protocol):
         StorageError if any could not be written (the others may have been)."""
         ...
 
+    async def add(self, entry: Suppression) -> bool:
+        """Write the entry unless (entry.tenant, entry.address) has one for the same
+        reason already: True if written. Atomic, so of two concurrent requests to
+        suppress (a double click) exactly one reports the change."""
+        ...
+
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         """Remove the entry, if any (removing a missing one is not an error)."""
         ...

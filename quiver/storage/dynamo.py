@@ -21,7 +21,7 @@ from quiver.storage.base import (
     StorageError,
     Suppression,
 )
-from quiver.storage.boto_calls import call, call_sync
+from quiver.storage.boto_calls import call, call_sync, error_code
 from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
@@ -224,6 +224,19 @@ class DynamoSuppression:
                 await asyncio.sleep(_BACKOFF * 2**attempt)
             else:
                 raise StorageError(f"{self.table}: BatchWriteItem left items unprocessed")
+
+    async def add(self, entry: Suppression) -> bool:
+        try:
+            await call(self._client.put_item, TableName=self.table,
+                       Item=_suppression_item(entry),
+                       ConditionExpression="attribute_not_exists(pk) OR #reason <> :reason",
+                       ExpressionAttributeNames={"#reason": "reason"},
+                       ExpressionAttributeValues={":reason": {"S": entry.reason}})
+        except StorageError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         await call(self._client.delete_item, TableName=self.table,

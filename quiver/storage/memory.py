@@ -228,6 +228,15 @@ class MemorySuppression:
             address = entry.address.lower()
             self.entries[(entry.tenant, address)] = replace(entry, address=address)
 
+    async def add(self, entry: Suppression) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        old = self.entries.get((entry.tenant, entry.address.lower()))
+        if old is not None and old.reason == entry.reason:
+            return False
+        await self.put(entry)
+        return True
+
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         if self.fail is not None:
             raise self.fail

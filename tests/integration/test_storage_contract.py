@@ -220,3 +220,23 @@ async def test_dynamo_items_follow_the_table_layout(
     await store.remove("layout@x.test")
     assert "Item" not in ddb.get_item(TableName=deployment.suppression_table, Key={
         "pk": {"S": "tenant:*"}, "sk": {"S": "address:layout@x.test"}})
+
+
+async def test_add_writes_once_per_reason_and_says_whether_it_did(
+        suppression: SuppressionStore) -> None:
+    unsub = entry("Ann@x.test", tenant="t1", reason="unsubscribe", source="one-click, m1")
+    assert await suppression.add(unsub)
+    assert not await suppression.add(unsub)
+    assert not await suppression.add(entry("ann@X.test", tenant="t1", reason="unsubscribe",
+                                           source="one-click, m2"))
+    found = await suppression.lookup(["ann@x.test"], tenant="t1")
+    assert (found["ann@x.test"].reason, found["ann@x.test"].source) == (
+        "unsubscribe", "one-click, m1")
+    # Another tenant's entry is another entry; another reason's is replaced.
+    assert await suppression.add(entry("ann@x.test", tenant="t2", reason="unsubscribe",
+                                       source="one-click, m1"))
+    await suppression.put(entry("bob@x.test", tenant="t1", reason="manual", source="import"))
+    assert await suppression.add(entry("bob@x.test", tenant="t1", reason="unsubscribe",
+                                       source="one-click, m3"))
+    found = await suppression.lookup(["bob@x.test"], tenant="t1")
+    assert found["bob@x.test"].reason == "unsubscribe"

@@ -124,7 +124,8 @@ def test_get_confirms_post_suppresses_once_and_records_one_event(stack: Stack, e
     assert done["statusCode"] == 200 and "Unsubscribed" in done["body"]
     item = suppression_item(stack, "acme", "ann@example.org")
     assert item is not None
-    assert (item["source"]["S"], item["reason"]["S"]) == ("unsubscribe", "unsubscribe")
+    assert (item["reason"]["S"], item["source"]["S"]) == (
+        "unsubscribe", "one-click (RFC 8058), message m-42")
     (event,) = drain_events(stack)
     assert (event["event"], event["id"], event["rcpt"], event["tenant"], event["campaign"]) == (
         "unsubscribed", "m-42", "Ann@Example.org", "acme", "dec")

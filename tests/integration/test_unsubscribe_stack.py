@@ -98,7 +98,7 @@ def test_the_delivered_header_unsubscribes_once(tmp_path: Path) -> None:
         assert row() is None
         for _ in range(2):
             assert ask(url, "POST", b"List-Unsubscribe=One-Click")[0] == 200
-        assert row() is not None and row()["source"]["S"] == "unsubscribe"
+        assert row() is not None and row()["reason"]["S"] == "unsubscribe"
         deadline = time.monotonic() + 60
         seen: list[dict[str, Any]] = []
         while time.monotonic() < deadline and not any(

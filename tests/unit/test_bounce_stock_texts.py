@@ -64,6 +64,14 @@ STOCK_TEXTS = [
     ("sendmail", 552, None, "Message size exceeds fixed maximum message size (10485760)",
      "soft", "message-too-large"),
     ("sendmail", 550, None, "Access denied", "block", "policy"),
+    # Lotus/HCL Domino: "not listed" names the directory, not a blocklist
+    ("domino", 550, None, "User nina.berg (nina.berg@notes.example.com) not listed in Domino "
+     "Directory", "hard", "bad-mailbox"),
+    ("domino 6", 550, None, "User ann (ann@example.org) not listed in public Name & Address "
+     "Book", "hard", "bad-mailbox"),
+    # Yahoo's own mailbox check
+    ("yahoo", 554, None, "delivery error: dd This user doesn't have a yahoo.com account "
+     "(ann@yahoo.com) [0] - mta1234.mail.ne1.yahoo.com", "hard", "bad-mailbox"),
     # Courier
     ("courier", 513, None, "Relaying denied.", "hard", "relay-denied"),
     ("courier", 550, None, "User unknown.", "hard", "bad-mailbox"),

@@ -23,6 +23,8 @@ ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
+# Where SES receipt rules store inbound mail (bounces, complaints) for the intakes.
+ENV_INBOUND_BUCKET = "QUIVER_INBOUND_BUCKET"
 # The outbound queue's redrive maxReceiveCount, set by the CDK app from the value it
 # gives the queue, so the sender gives a message up (`failed`) before SQS moves it.
 ENV_OUTBOUND_MAX_RECEIVES = "QUIVER_OUTBOUND_MAX_RECEIVES"
@@ -48,6 +50,8 @@ class Deployment:
     # The outbound queue's maxReceiveCount; 0: unknown, and a message SQS moves to
     # the DLQ after repeated crashes gets no `failed` events.
     outbound_max_receives: int = 0
+    # Raw inbound mail (SES receipt rules write it); the intakes read only from here.
+    inbound_bucket: str = ""
 
 
 class SettingsError(ValueError):
@@ -64,6 +68,17 @@ SENDER_VARIABLES = (
 )
 # What the event-export Lambda cannot run without (cdk/event_export.py sets these).
 EXPORT_VARIABLES = (ENV_EVENTS_BUCKET,)
+# What the bounce and FBL intake Lambdas cannot run without (cdk/inbound_mail.py):
+# the events queue they publish to, the suppression table they write, the finals
+# table holding the return-path references they verify, the policy (bounce domains,
+# key ring, feedback trust) and the bucket the mail is in.
+INTAKE_VARIABLES = (
+    ENV_EVENTS_QUEUE_URL,
+    ENV_SUPPRESSION_TABLE,
+    ENV_FINALS_TABLE,
+    ENV_POLICY_PARAMETER,
+    ENV_INBOUND_BUCKET,
+)
 
 
 def deployment_from_env(
@@ -91,6 +106,7 @@ def deployment_from_env(
         senders_table=env.get(ENV_SENDERS_TABLE, ""),
         finals_table=env.get(ENV_FINALS_TABLE, ""),
         outbound_max_receives=max_receives,
+        inbound_bucket=env.get(ENV_INBOUND_BUCKET, ""),
     )
 
 
@@ -126,6 +142,7 @@ def local_deployment(
         senders_table=names.senders_table,
         finals_table=names.finals_table,
         outbound_max_receives=outbound_max_receives,
+        inbound_bucket=names.inbound_bucket,
     )
 
 
@@ -142,5 +159,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_SENDERS_TABLE: deployment.senders_table,
         ENV_FINALS_TABLE: deployment.finals_table,
         ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
+        ENV_INBOUND_BUCKET: deployment.inbound_bucket,
         "AWS_REGION": deployment.region,
     }

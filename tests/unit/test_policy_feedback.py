@@ -65,7 +65,8 @@ trusted_reporters = [
 ]
 """)
     assert info.value.problems == [
-        "feedback.trusted: unknown key (allowed: act_on, addresses, own_domains, trusted_reporters)",
+        "feedback.trusted: unknown key (allowed: act_on, addresses, own_domains, "
+        "trusted_reporters)",
         "feedback.act_on[1]: unknown feedback type 'spam' (one of abuse, fraud, virus, "
         "other, not-spam, auth-failure)",
         'feedback.own_domains[0]: expected a domain name with a dot, like "yahoo.com", '

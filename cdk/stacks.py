@@ -184,6 +184,12 @@ class ServiceStack(Stack):
             proxy_instances=proxies.instances,
             dashboard_name=prefix,
             alarm_email=alarm_email,
+            intake_dlqs=(
+                ("BounceIntakeDlqNotEmpty", stateful.inbound.bounce_dlq,
+                 "bounce objects kept failing the bounce intake"),
+                ("FblIntakeDlqNotEmpty", stateful.inbound.fbl_dlq,
+                 "complaint reports kept failing the FBL intake"),
+            ),
         )
         self.network = network
         self.senders = senders

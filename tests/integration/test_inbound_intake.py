@@ -299,3 +299,26 @@ def test_the_same_object_twice_gives_one_set_of_events(
 @dataclass
 class _Body:
     body: str
+
+
+def test_a_bad_record_fails_alone_and_an_oversized_object_is_counted_unread(
+        aws: Aws, lambda_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    events(aws)
+    dana = f"dana-{uuid.uuid4().hex[:6]}@example.org"
+    to = return_path(aws, message_id="m-good", recipient=dana)
+    put_inbound(aws, f"bounce/{uuid.uuid4().hex}", dsn(return_path=to, recipient=dana))
+    huge = dsn(return_path=to, recipient=dana) + b"x" * (bounce_handler.intake().intake
+                                                        .max_bytes)
+    put_inbound(aws, f"bounce/{uuid.uuid4().hex}", huge)
+    batch = receive_all(aws, aws.names.bounce_queue)
+    foreign = dict(batch[0], messageId="foreign", body=json.dumps({"Records": [{
+        "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "someone-elses"}, "object": {"key": "bounce/x"}}}]}))
+    capsys.readouterr()
+    assert bounce_handler.handler({"Records": [*batch, foreign]}, Context()) == {
+        "batchItemFailures": [{"itemIdentifier": "foreign"}]}
+    counts = emf_counts(capsys.readouterr().out)
+    assert counts[("inbound_ignored", "bounce", "too_large")] == 1
+    assert counts[("inbound_accepted", "bounce", "hard")] == 1
+    records, _ = events(aws)
+    assert [(r["id"], r["rcpt"]) for r in records] == [("m-good", dana)]

@@ -10,6 +10,8 @@ import json
 
 import pytest
 from arf_signing import ReporterKey, TxtTable, new_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from inbound_mail import (
     BOUNCE_DOMAIN,
     BOUNCE_FIXTURES,
@@ -324,3 +326,30 @@ def test_counts_are_emitted_as_emf_per_kind_outcome_and_reason() -> None:
                                ("complaint", "unsigned", None, [1.0])]
     assert {d["_aws"]["CloudWatchMetrics"][0]["Namespace"] for d in docs} == {"Quiver"}
     assert counts.flush(io.StringIO()) == 0  # flushed counts start again from zero
+
+
+# Hostile input ---------------------------------------------------------------------
+
+_FIELDS = st.sampled_from([
+    b"Content-Type: multipart/report; report-type=delivery-status; boundary=B",
+    b"Content-Type: multipart/report; report-type=feedback-report; boundary=B",
+    b"Content-Type: message/delivery-status", b"Content-Type: message/feedback-report",
+    b"Content-Type: text/rfc822-headers", b"Content-Type: message/rfc822",
+    b"Final-Recipient: rfc822; ann@example.org", b"Action: failed", b"Status: 5.1.1",
+    b"Feedback-Type: abuse", b"Version: 1", b"Return-Path: <b-aaaa@bounces.example.com>",
+    b"Original-Mail-From: <x@bounces.example.com>", b"Auto-Submitted: auto-replied",
+    b"Received: from x by y for <b-zz@bounces.example.com>;", b"--B", b"--B--", b"",
+])
+
+
+@settings(max_examples=150)
+@given(st.lists(_FIELDS | st.binary(max_size=80), max_size=40))
+def test_hostile_mail_gives_an_outcome_never_an_exception_nor_an_unsigned_event(
+        lines: list[bytes]) -> None:
+    clock = Clock()
+    rig = FblRig(Verp(clock=clock), clock)
+    raw = b"\r\n".join(lines)
+    for outcome in (rig.bounce(raw), rig.complain(raw)):
+        assert outcome.outcome in ("ignored", "refused", "untrusted")
+    assert rig.sink.records == []
+    assert rig.suppression.entries == {}

@@ -210,10 +210,11 @@ class SenderService(Construct):
                 actions=["s3:GetObject", "s3:PutObject"],
                 resources=[spill_bucket.arn_for_objects("*")],
             ),
+            # Recipients are checked in batches; synchronous hard bounces are added in
+            # batches (quiver.suppression): nothing else, no deletes.
             iam.PolicyStatement(
                 sid="SuppressionList",
-                actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query",
-                         "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
                 resources=[suppression.table_arn],
             ),
             iam.PolicyStatement(

@@ -4,12 +4,13 @@ All use the key schema of the local stack (quiver/devstack/moto_server.py), so
 the same store code runs against either: partition key `pk` (S), sort key `sk` (S),
 and DynamoDB TTL on `expires_at` (epoch seconds).
 
-Suppression items: pk = "tenant:<tenant>" ("tenant:*" for an entry that applies to
-every tenant: a hard bounce or complaint suppresses everywhere by default), sk =
-"address:<lower-cased address>", plus `reason`, `source` (bounce, complaint,
-manual), `created_at` and, for entries that lapse (soft bounces), `expires_at`.
-A recipient is checked with one BatchGetItem of its tenant's key and the "*" key
-(quiver.storage.dynamo.DynamoSuppression).
+Suppression items: pk = "tenant:<tenant>" ("tenant:*" for the global scope, an
+entry that applies to every tenant and to messages without one), sk =
+"address:<lower-cased address>", plus `reason` (hard_bounce, complaint,
+unsubscribe, manual), `source` (what added it, free text), `created_at` and, for
+entries that lapse, `expires_at` (lookups ignore a lapsed entry before DynamoDB's
+TTL removes it). Recipients are checked in BatchGetItems of their tenant's key and
+the "*" key (quiver.storage.dynamo.DynamoSuppression, quiver.suppression.check).
 
 Sender items (quiver.storage.dynamo.DynamoMembership): pk = "senders", sk = the
 ECS task id, `heartbeat`, `expires_at`. Every task counts the live tasks to take

@@ -1,4 +1,4 @@
-"""`quiver` command line: sender, enqueue, local stack, demo, config check.
+"""`quiver` command line: sender, enqueue, suppression list, local stack, demo, config check.
 
 A proxy node's haproxy.cfg is the proxy tier's: `python -m proxy_tier render`."""
 
@@ -220,6 +220,10 @@ def parser() -> argparse.ArgumentParser:
                    "long_lines) to check against (default: the defaults, 40MiB, reencode)")
     e.add_argument("file", help="the complete RFC 5322 message (.eml)")
     e.set_defaults(func=cmd_enqueue)
+
+    from quiver.suppression.command import add_parser as add_suppression_parser
+
+    add_suppression_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

@@ -31,9 +31,16 @@ from quiver.sender.metrics import OutcomeMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
-from quiver.storage.dynamo import DynamoFinals, DynamoMembership, DynamoReturnPaths
+from quiver.storage.dynamo import (
+    DynamoFinals,
+    DynamoMembership,
+    DynamoReturnPaths,
+    DynamoSuppression,
+)
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
+from quiver.suppression import SuppressionCheck, SuppressionWriter
 
 log = logging.getLogger("quiver.sender")
 
@@ -92,6 +99,22 @@ def build_sender(
     finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
               if deployment.finals_table else None)
     return_paths, refresher = _return_paths(policy, policy_dir, deployment, session, config)
+    # Without a table (a tool's sender) nothing is checked; deployed, the CDK app sets it.
+    check: SuppressionCheck | None = None
+    writer: SuppressionWriter | None = None
+    lean_dynamo: LeanDynamoClient | None = None
+    if deployment.suppression_table:
+        dynamodb = session.client("dynamodb", config=config)
+        # Every message is checked: its batch calls skip boto3 (see dynamo_lean).
+        lean_dynamo = LeanDynamoClient(endpoint_url=dynamodb.meta.endpoint_url,
+                                       region=deployment.region,
+                                       credentials=session.get_credentials())
+        store = DynamoSuppression(dynamodb, deployment.suppression_table, lean=lean_dynamo)
+        check = SuppressionCheck(store, policy=live)
+        writer = SuppressionWriter(store, check=check)
+    else:
+        log.warning("no suppression table (QUIVER_SUPPRESSION_TABLE): recipients are not "
+                    "checked against the suppression list")
     threads = policy.delivery.signing_threads
     signing = SigningPool(threads) if threads else None
     handler = MessageHandler(
@@ -106,13 +129,16 @@ def build_sender(
         max_receives=deployment.outbound_max_receives,
         return_paths=return_paths[0] if return_paths else None,
         return_path_store=return_paths[1] if return_paths else None,
+        suppression=check,
+        suppression_writer=writer,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
                     "keeps failing reaches the DLQ without `failed` events",
                     ENV_OUTBOUND_MAX_RECEIVES)
     services = [membership.run, metrics.run, health.run,
-                *([refresher.run] if refresher is not None else [])]
+                *([refresher.run] if refresher is not None else []),
+                *([writer.run] if writer else [])]
     if policy_source is not None and policy_source.interval > 0:
         services.append(PolicyWatcher(policy_source, current=live,
                                       apply=lambda _: transport.rebind()).run)
@@ -120,7 +146,9 @@ def build_sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
         on_start=[membership.join],
-        on_close=[transport.close, sqs.close, *([signing.aclose] if signing else [])],
+        on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
+                  *([lean_dynamo.close] if lean_dynamo else []),
+                  *([signing.aclose] if signing else [])],
     )
 
 

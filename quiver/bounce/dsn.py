@@ -53,9 +53,10 @@ from quiver.bounce.dsn_types import (
 _STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/global-headers"})
 _ORIGINAL_TYPES = frozenset({"message/rfc822", "message/global"})
+# A header field's first line (a name without spaces, then a colon).
+_FIELD_START = re.compile(r"^[A-Za-z0-9-]{1,76}:")
 # Where a bounce was delivered, most specific first: what the receiving MTA recorded
 # as the envelope recipient, then what the reporting MTA wrote.
-_FIELD_START = re.compile(r"^[A-Za-z0-9-]{1,76}:")
 _ADDRESSED_TO = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
 
 
@@ -93,18 +94,20 @@ def _parse(message: Message, parts: list[Part], rules: Classifier) -> ParseResul
     body = "\n".join(budget.text(p.message) for p in texts)
     if challenge(message, body):
         return Ignored(IgnoreReason.CHALLENGE_RESPONSE, "a challenge-response verification")
+    # Mail systems send bounces with Auto-Submitted too (Postfix, Exim): from them it
+    # is a bounce to read, from anyone else an auto-reply.
+    daemon = from_daemon(message)
     reply = auto_reply(message, body=body)
-    if reply is not None and not from_daemon(message):
+    if reply is not None and not daemon:
         return Ignored(reply, f"auto-reply: {subject[:200]!r}")
-    fmt = recognise(body, subject=subject) if from_daemon(message) or _bounce_subject(
-        subject) else None
+    fmt = recognise(body, subject=subject) if daemon or _bounce_subject(subject) else None
     if fmt is None:
         if reply is not None:
             return Ignored(reply, f"auto-reply: {subject[:200]!r}")
         if statuses:
             return Ignored(IgnoreReason.MALFORMED,
                            "delivery-status part without recipient fields")
-        if from_daemon(message) and is_delay(body, subject=subject):
+        if daemon and is_delay(body, subject=subject):
             return Ignored(IgnoreReason.DELAY_ONLY, "delay warning")
         return Ignored(IgnoreReason.NOT_A_BOUNCE, "no delivery report and no bounce text")
     exclude = frozenset(a.lower() for a in (addressed_to, address(header(message, "From")))

@@ -7,7 +7,7 @@ import base64
 import binascii
 import quopri
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.feedparser import BytesFeedParser
 from email.header import decode_header
@@ -34,7 +34,8 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class TooComplex(Exception):
-    """Raised inside the walk when a bound is crossed; turned into Ignored by the caller."""
+    """Raised while parsing or walking when a bound is crossed; parse_bounce turns it
+    into Ignored(too_complex)."""
 
 
 def precheck(raw: bytes) -> Ignored | None:
@@ -164,6 +165,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
     """Bytes to text under any declared charset; unknown or hostile names fall back to
     UTF-8 with replacement, so a bad charset never raises."""
     name = (charset or "utf-8").strip().strip('"').lower() or "utf-8"
+    # Mail labelled us-ascii (or nothing) often carries 8-bit UTF-8 all the same.
     if name in ("unknown-8bit", "x-unknown", "us-ascii", "ascii"):
         name = "utf-8"
     try:
@@ -177,16 +179,16 @@ class TextBudget:
     """Caps the bytes decoded from part bodies across one message."""
 
     remaining: int = MAX_DECODED_TOTAL
-    spent: int = field(default=0)
 
     def text(self, part: Message) -> str:
         """The part's body as text, transfer-decoded and charset-decoded, truncated to
         the per-part and remaining total budgets ("" once the budget is spent)."""
         if self.remaining <= 0:
             return ""
+        # Transfer decoding costs at most the part's own size, which the input limit
+        # bounds; the budget caps what is charset-decoded and scanned afterwards.
         data = body_bytes(part)[: min(MAX_TEXT_PER_PART, self.remaining)]
         self.remaining -= len(data)
-        self.spent += len(data)
         try:
             charset = part.get_content_charset()
         except (LookupError, ValueError, UnicodeError):

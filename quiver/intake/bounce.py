@@ -20,8 +20,9 @@ from quiver.intake.counts import Kind, Outcome
 from quiver.intake.mail import InboundMail
 from quiver.intake.records import async_bounce_event
 from quiver.intake.recover import recover
+from quiver.intake.suppress import entry as suppression_entry
 from quiver.returnpath import Refusal, ReturnPathVerifier, Verified
-from quiver.storage.base import ALL_TENANTS, EventSink, Suppression, SuppressionStore
+from quiver.storage.base import EventSink, SuppressionStore
 
 # The classifier's verdict that suppresses: the address does not exist or never will
 # accept mail. Soft failures, policy blocks and undetermined ones suppress nobody.
@@ -60,11 +61,9 @@ class BounceIntake:
         )
         hard = failed.classification.kind == SUPPRESSING_KIND
         if hard:
-            await self._suppression.put(Suppression(
-                address=found.recipient.lower(), reason="hard_bounce", source="bounce",
-                # The time SES stored the bounce: rewriting the entry changes nothing.
-                created_at=mail.stored_at, tenant=found.tenant or ALL_TENANTS,
-            ))
+            await self._suppression.put(suppression_entry(
+                found, reason="hard_bounce", at=mail.stored_at, event="async_bounce",
+                detail=failed.diagnostic or failed.status or ""))
         await self._sink.publish([event], batch_id=mail.identity)
         return Outcome("bounce", "accepted", failed.classification.kind,
                        f"{failed.status or '-'} {found.message_id}", events=1,

@@ -23,9 +23,10 @@ from quiver.intake.counts import Kind, Outcome
 from quiver.intake.mail import InboundMail
 from quiver.intake.records import complaint_event
 from quiver.intake.recover import recover
+from quiver.intake.suppress import entry as suppression_entry
 from quiver.policy.feedback import FeedbackPolicy
 from quiver.returnpath import Refusal, ReturnPathVerifier
-from quiver.storage.base import ALL_TENANTS, EventSink, Suppression, SuppressionStore
+from quiver.storage.base import EventSink, SuppressionStore
 
 
 class ComplaintIntake:
@@ -62,10 +63,9 @@ class ComplaintIntake:
         event = complaint_event(verified=found, at=mail.stored_at, inbound_object=mail.uri,
                                 feedback_type=report.feedback_type,
                                 reporter=decision.reporter)
-        await self._suppression.put(Suppression(
-            address=found.recipient.lower(), reason="complaint", source="complaint",
-            created_at=mail.stored_at, tenant=found.tenant or ALL_TENANTS,
-        ))
+        await self._suppression.put(suppression_entry(
+            found, reason="complaint", at=mail.stored_at, event="complaint",
+            detail=f"{report.feedback_type} reported by {decision.reporter}"))
         await self._sink.publish([event], batch_id=mail.identity)
         return Outcome("complaint", "accepted", decision.reason,
                        f"{report.feedback_type} {found.message_id}", events=1, suppressed=1)

@@ -33,6 +33,7 @@ from quiver.policy.model import (
     TlsRule,
 )
 from quiver.policy.return_path import parse_return_path
+from quiver.policy.suppression import parse_suppression
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
@@ -55,7 +56,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
-    "local_only", "return_path",
+    "local_only", "return_path", "suppression",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -246,6 +247,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     intake = _intake(c, c.table(data, "intake", ""))
     tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
     content = _content(c, c.table(data, "content", ""))
+    suppression = parse_suppression(c.table(data, "suppression", ""), error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -266,6 +268,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         delivery=delivery,
         intake=intake,
         content=content,
+        suppression=suppression,
         warnings=tuple(c.warnings),
         tls=tls,
         local_only=local_only,

@@ -8,6 +8,7 @@ from typing import Literal
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
+from quiver.policy.suppression import SuppressionPolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -218,6 +219,7 @@ class Policy:
     delivery: Delivery = field(default_factory=Delivery)
     intake: Intake = field(default_factory=Intake)
     content: Content = field(default_factory=Content)
+    suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
     warnings: tuple[str, ...] = ()
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     # Signed VERP envelope senders per sending domain (quiver/policy/return_path.py).

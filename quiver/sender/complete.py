@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from quiver.events import Record
-from quiver.storage.base import EventSink, Outgoing, Queue, Received, StorageError
+from quiver.storage.base import EventSink, Outgoing, Queue, Received, StorageError, Suppression
 
 log = logging.getLogger("quiver.sender")
 
@@ -27,6 +27,9 @@ class Completion:
     records: list[Record] = field(default_factory=list)
     retry: list[Outgoing] = field(default_factory=list)  # to the outbound queue
     dead: list[Outgoing] = field(default_factory=list)  # to the DLQ
+    # Suppression-list entries its outcomes call for (hard bounces), written once
+    # the records are durable.
+    suppress: list[Suppression] = field(default_factory=list)
     future: asyncio.Future[None] | None = None
 
 

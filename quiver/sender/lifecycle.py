@@ -1,9 +1,11 @@
 """One outbound message from receipt to durable completion.
 
-decode → (postpone if not yet due) → give up? → expire? → fetch body → check it and
+decode → (postpone if not yet due) → give up? → expire? → suppression list (each
+suppressed recipient's final event is `suppressed`; the rest go on) → fetch body → check it and
 ready it (quiver.content: size, header, long lines, 8-bit) → DKIM-sign → deliver per
 domain → at most one event per recipient → re-enqueue the pending ones → complete
-(events accepted, re-enqueues sent, then delete).
+(events accepted, re-enqueues sent, then delete) → the suppression entries of its
+synchronous hard bounces, written behind it.
 Bad input becomes a `rejected` event per recipient it names, and the original goes
 to the DLQ untouched. A message that keeps coming back unfinished (a crash or hang
 on it each time) is given up one receive before the queue's maxReceiveCount: a
@@ -53,7 +55,14 @@ from quiver.storage.base import (
     Received,
     ReturnPathStore,
     StorageError,
+    Suppression,
     TooLarge,
+)
+from quiver.suppression import (
+    SuppressionCheck,
+    SuppressionWriter,
+    hard_bounce_entry,
+    suppressed_fields,
 )
 
 log = logging.getLogger("quiver.sender")
@@ -74,6 +83,8 @@ class _Prepared:
     signature_length: int
     inline: bool  # the body came inline (raw), not from S3 (raw_s3)
     queued_at: float
+    # `suppressed` events of the recipients the suppression list took out.
+    suppressed: tuple[Record, ...] = ()
     # The 7-bit form for servers without 8BITMIME, when the message has 8-bit data.
     seven_bit: Callable[[], Awaitable[bytes]] | None = None
     # The inline body as received, kept only when it was rewritten (re-encoded, or
@@ -125,7 +136,12 @@ class MessageHandler:
         max_receives: int = 0,
         return_paths: ReturnPaths | None = None,
         return_path_store: ReturnPathStore | None = None,
+        suppression: SuppressionCheck | None = None,
+        suppression_writer: SuppressionWriter | None = None,
     ) -> None:
+        # None: no suppression list (tools, tests of other parts); see `_suppress`.
+        self._suppression = suppression
+        self._suppression_writer = suppression_writer
         # The outbound queue's maxReceiveCount (deployment settings); 0: not known, and
         # a message that keeps failing reaches the DLQ without `failed` events.
         if max_receives and max_receives < MIN_OUTBOUND_MAX_RECEIVES:
@@ -181,6 +197,8 @@ class MessageHandler:
             await self._completer.complete(completion)
         except StorageError:
             return False
+        if completion.suppress and self._suppression_writer is not None:
+            self._suppression_writer.add(completion.suppress)
         return True
 
     async def _prepare(self, received: Received) -> Completion | _Prepared:
@@ -210,6 +228,12 @@ class MessageHandler:
                 env = replace(env, recipients=pending)
         if self._expired(env, queued_at, now):
             return self._expire(received, env, queued_at, now)
+        suppressed: tuple[Record, ...] = ()
+        if self._suppression is not None:
+            checked = await self._suppress(received, env, queued_at=queued_at, now=now)
+            if isinstance(checked, Completion):
+                return checked
+            env, suppressed = checked
 
         rules = self._policy.current.content
         try:
@@ -235,7 +259,7 @@ class MessageHandler:
         # recovers the unsigned body from it, and is signed afresh on its attempt).
         return _Prepared(env=replace(env, raw=None), message=signed,
                          signature_length=len(signature), inline=env.raw is not None,
-                         queued_at=queued_at,
+                         queued_at=queued_at, suppressed=suppressed,
                          seven_bit=_SevenBit(functools.partial(self._sign, domain=domain), signed,
                                              len(signature)) if declare
                          else None,
@@ -276,7 +300,8 @@ class MessageHandler:
                                    for a in attempts):
             env = replace(env, raw=prepared.original or message[prepared.signature_length:])
         return await self._outcomes(received, env, attempts, pool=pool,
-                                    queued_at=prepared.queued_at, return_paths=return_paths)
+                                    queued_at=prepared.queued_at, return_paths=return_paths,
+                                    suppressed=prepared.suppressed)
 
     async def _return_paths_for(self, env: Envelope,
                                 domain: str | None) -> dict[str, str] | None:
@@ -307,6 +332,59 @@ class MessageHandler:
         await self._return_path_store.put(records)
         return out
 
+    async def _suppress(
+        self, received: Received, env: Envelope, *, queued_at: float, now: float
+    ) -> Completion | tuple[Envelope, tuple[Record, ...]]:
+        """Take suppressed recipients out: the envelope of the rest and the suppressed
+        ones' events, or a Completion if none is left to send (or the list could not
+        be read and `[suppression] on_error` is "defer")."""
+        assert self._suppression is not None
+        try:
+            found = await self._suppression.check(env.recipients, tenant=env.tenant)
+        except StorageError as exc:
+            rules = self._policy.current.suppression
+            if rules.on_error == "send":
+                # Reported, rate-limited, by the check; per message only when debugging.
+                log.debug("message %s: suppression list unreadable (%s); sending unchecked "
+                          "([suppression] on_error = \"send\")", received.message_id, exc)
+                return env, ()
+            return await self._defer_unchecked(received, env, queued_at=queued_at, now=now,
+                                               why=f"suppression list unreadable: {exc}")
+        if not found:
+            return env, ()
+        pool = env.pool or self._policy.current.default_pool
+        records = []
+        for rcpt, entry in found.items():
+            reason, bounce = suppressed_fields(entry)
+            records.append(make_event("suppressed", envelope=env, rcpt=rcpt, attempt=env.attempt,
+                                      pool=pool, at=now, response=None, reason=reason,
+                                      bounce=bounce))
+        rest = tuple(r for r in env.recipients if r not in found)
+        if not rest:
+            return Completion(received=received, records=records)
+        return replace(env, recipients=rest,
+                       last={r: v for r, v in env.last.items() if r in rest}), tuple(records)
+
+    async def _defer_unchecked(self, received: Received, env: Envelope, *, queued_at: float,
+                               now: float, why: str) -> Completion:
+        """Recipients that could not be checked: back to the queue `error_retry` later,
+        no attempt counted and no event (nothing was tried), `why` as their last reply
+        so an `expired` event says it; expired now if that is past their deadline."""
+        when = now + self._policy.current.suppression.error_retry
+        log.debug("message %s deferred %.0fs: %s", received.message_id, when - now, why)
+        last = dict(env.last)
+        for rcpt in env.recipients:
+            previous = last.get(rcpt)
+            if previous is None or not previous.tried:
+                last[rcpt] = LastReply.of(code=451, enhanced="4.3.0", text=why, tried=False)
+        if when > self._deadline(env, queued_at):
+            env = replace(env, last=last)
+            return self._expire(received, env, queued_at, now, at=when)
+        retry = env.retry(recipients=env.recipients, attempt=env.attempt, not_before=when,
+                          queued_at=queued_at, last=last)
+        return Completion(received=received, retry=[Outgoing(
+            body=await self._encode_bounded(retry), delay_seconds=_delay(when - now))])
+
     def _check_pool(self, env: Envelope) -> None:
         if env.pool is not None and env.pool not in self._policy.current.pools:
             known = ", ".join(sorted(self._policy.current.pools))
@@ -333,11 +411,18 @@ class MessageHandler:
         pool: str,
         queued_at: float,
         return_paths: dict[str, str] | None = None,
+        suppressed: tuple[Record, ...] = (),
     ) -> Completion:
         now = self._clock()
         deadline = self._deadline(env, queued_at)
         queued_ms = max(0, int((now - queued_at) * 1000))
-        records: list[Record] = []
+        records: list[Record] = list(suppressed)
+        suppress: list[Suppression] = []
+        hard = self._policy.current.suppression.hard_bounce_categories
+        # A refusal at the end of DATA answers the whole transaction with one reply
+        # (the session hands every accepted recipient that same object): it says
+        # nothing about which mailbox is bad, so it suppresses none of them.
+        shared = _shared_replies(attempts) if hard else set()
         # Pending recipients by their attempt count, and each count's next attempt time.
         pending: dict[int, list[str]] = defaultdict(list)
         next_at: dict[int, float] = {}
@@ -354,9 +439,14 @@ class MessageHandler:
                 kind = "delivered"
             elif a.reply.permanent:
                 kind = "bounced"
-                fields["bounce"] = self._classifier.classify(
-                    code=a.reply.code, enhanced=a.reply.enhanced, text=a.reply.text
-                ).as_event()
+                bounce = self._classifier.classify(
+                    code=a.reply.code, enhanced=a.reply.enhanced, text=a.reply.text)
+                fields["bounce"] = bounce.as_event()
+                if (bounce.kind == "hard" and bounce.category in hard
+                        and id(a.reply) not in shared):
+                    suppress.append(hard_bounce_entry(rcpt=a.rcpt, tenant=env.tenant,
+                                                      message_id=env.id, at=now,
+                                                      reply=bounce.reason))
             else:
                 last[a.rcpt] = _remember(last.get(a.rcpt), a, tried=tried)
                 when = next_at.get(count)
@@ -377,7 +467,7 @@ class MessageHandler:
                 records.append(make_event(
                     kind, envelope=env, rcpt=a.rcpt, attempt=count, pool=pool, at=now, **fields
                 ))
-        completion = Completion(received=received, records=records)
+        completion = Completion(received=received, records=records, suppress=suppress)
         for count, rcpts in pending.items():
             retry = env.retry(recipients=tuple(rcpts), attempt=count, not_before=next_at[count],
                               queued_at=queued_at, last=last)
@@ -418,10 +508,12 @@ class MessageHandler:
         return f"the next attempt would be past {which}" if upcoming else f"{which} passed"
 
     def _expire(self, received: Received, env: Envelope, queued_at: float,
-                now: float) -> Completion:
-        """Past its deadline on receipt: each recipient's last reply, or why it had none."""
+                now: float, *, at: float | None = None) -> Completion:
+        """Past its deadline on receipt (or, with `at`, its next attempt would be): each
+        recipient's last reply, or why it had none."""
         pool = env.pool or self._policy.current.default_pool
-        reason = self._expiry_reason(env, at=now, upcoming=False)
+        reason = (self._expiry_reason(env, at=now, upcoming=False) if at is None
+                  else self._expiry_reason(env, at=at, upcoming=True))
         queued_ms = max(0, int((now - queued_at) * 1000))
         records = [
             make_event(
@@ -503,6 +595,17 @@ class MessageHandler:
             attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
         )
         return Completion(received=received, records=records, dead=[dead])
+
+
+def _shared_replies(attempts: Iterable[Attempt]) -> set[int]:
+    """Ids of the permanent replies that answer more than one recipient."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for a in attempts:
+        if a.reply.permanent:
+            key = id(a.reply)
+            (shared if key in seen else seen).add(key)
+    return shared
 
 
 def _one_per_recipient(attempts: Iterable[Attempt]) -> list[Attempt]:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 from quiver.events import Record
 
@@ -109,24 +109,32 @@ class Membership(Protocol):
         ...
 
 
-# The tenant of a suppression that applies to every tenant: a hard bounce or a
-# complaint suppresses an address everywhere by default.
+# The tenant of a suppression that applies to every tenant ("global" scope in the
+# CLI and CSV). A message without a tenant is checked against these only, so what
+# suppresses its recipients (a hard bounce of such a message) is written here too.
 ALL_TENANTS = "*"
-SuppressionSource = Literal["bounce", "complaint", "manual"]
+SuppressionReason = Literal["hard_bounce", "complaint", "unsubscribe", "manual"]
+SUPPRESSION_REASONS: tuple[SuppressionReason, ...] = get_args(SuppressionReason)
 
 
 @dataclass(frozen=True, slots=True)
 class Suppression:
     """An address that must not be mailed (for one tenant, or for all of them)."""
 
-    address: str  # lower-cased by the stores
+    address: str  # normalised: quiver.suppression.address.suppression_address
+    # One of SUPPRESSION_REASONS when written by quiver; read back as stored.
     reason: str
-    source: SuppressionSource
     created_at: float  # epoch seconds
     tenant: str = ALL_TENANTS
-    # Epoch seconds (whole: DynamoDB's TTL reads them) after which the entry lapses
-    # (soft bounces); None: never.
+    # What put it there: the event ("bounced <id> ...: 550 5.1.1 ..."), an import,
+    # an operator's note. Free text, for people; "" when nothing was said.
+    source: str = ""
+    # Epoch seconds (whole: DynamoDB's TTL reads them) after which the entry lapses;
+    # None: never.
     expires_at: int | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
 
 
 class SuppressionStore(Protocol):
@@ -136,15 +144,25 @@ class SuppressionStore(Protocol):
         """The suppressed ones among `addresses`, keyed as given: entries of `tenant`
         and of ALL_TENANTS (only the latter for a message without a tenant), the
         tenant's own first. Addresses compare case-insensitively; lapsed entries are
-        not suppressions."""
+        not suppressions. Batched: one request per 50 addresses (100 keys)."""
         ...
 
     async def put(self, entry: Suppression) -> None:
         """Add or replace the entry for (entry.tenant, entry.address)."""
         ...
 
+    async def put_many(self, entries: Sequence[Suppression]) -> None:
+        """`put` for each entry, in batches (the last of two for one key wins); raises
+        StorageError if any could not be written (the others may have been)."""
+        ...
+
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         """Remove the entry, if any (removing a missing one is not an error)."""
+        ...
+
+    def pages(self, *, tenant: str | None) -> AsyncIterator[list[Suppression]]:
+        """Every entry (lapsed ones too) of `tenant` (ALL_TENANTS for the global
+        ones), or of every scope when None, a page at a time."""
         ...
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from quiver.events import Record
@@ -20,9 +20,9 @@ from quiver.storage.base import (
     ReturnPathRecord,
     StorageError,
     Suppression,
-    SuppressionSource,
 )
 from quiver.storage.boto_calls import call, call_sync
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
 
@@ -153,14 +153,26 @@ def _suppression_key(tenant: str, address: str) -> dict[str, dict[str, str]]:
 
 class DynamoSuppression:
     """`SuppressionStore` on the suppression table: pk "tenant:<tenant>" ("tenant:*"
-    for every tenant), sk "address:<lower-cased address>", reason, source,
-    created_at, expires_at. Lookups are eventually consistent reads (half the
-    cost): an entry written a moment ago may be missed once."""
+    for every tenant), sk "address:<lower-cased address>", reason, source (absent
+    when empty), created_at, expires_at. Lookups are eventually consistent reads
+    (half the cost): an entry written a moment ago may be missed once."""
 
-    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: Any, table: str, *, clock: Callable[[], float] = time.time,
+                 lean: LeanDynamoClient | None = None) -> None:
         self._client = client
         self.table = table
         self._clock = clock
+        # The sender's batch calls (lookups, hard-bounce writes) go through the lean
+        # client when given: a quarter of boto3's CPU per call, no thread hop.
+        self._lean = lean
+
+    async def _batch(self, action: str, request: dict[str, Any]) -> dict[str, Any]:
+        if self._lean is not None:
+            return await self._lean.call(action, {"RequestItems": request})
+        fn = self._client.batch_get_item if action == "BatchGetItem" else \
+            self._client.batch_write_item
+        response: dict[str, Any] = await call(fn, RequestItems=request)
+        return response
 
     async def lookup(
         self, addresses: Sequence[str], *, tenant: str | None
@@ -178,7 +190,7 @@ class DynamoSuppression:
         for address in addresses:
             for t in tenants:
                 entry = found.get((t, address.lower()))
-                if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                if entry is not None and entry.active(now):
                     out[address] = entry
                     break
         return out
@@ -187,7 +199,7 @@ class DynamoSuppression:
         items: list[dict[str, Any]] = []
         request: dict[str, Any] = {self.table: {"Keys": keys}}
         for attempt in range(_RETRIES):
-            response = await call(self._client.batch_get_item, RequestItems=request)
+            response = await self._batch("BatchGetItem", request)
             items.extend(response.get("Responses", {}).get(self.table, []))
             request = response.get("UnprocessedKeys") or {}
             if not request:
@@ -196,33 +208,61 @@ class DynamoSuppression:
         raise StorageError(f"{self.table}: BatchGetItem left keys unprocessed")
 
     async def put(self, entry: Suppression) -> None:
-        item: dict[str, Any] = {
-            **_suppression_key(entry.tenant, entry.address),
-            "reason": {"S": entry.reason}, "source": {"S": entry.source},
-            "created_at": {"N": repr(float(entry.created_at))},
-        }
-        if entry.expires_at is not None:
-            item["expires_at"] = {"N": str(int(entry.expires_at))}
-        await call(self._client.put_item, TableName=self.table, Item=item)
+        await call(self._client.put_item, TableName=self.table, Item=_suppression_item(entry))
+
+    async def put_many(self, entries: Sequence[Suppression]) -> None:
+        # BatchWriteItem refuses two requests for one key: the last entry wins.
+        latest = {(e.tenant, e.address.lower()): e for e in entries}
+        items = [{"PutRequest": {"Item": _suppression_item(e)}} for e in latest.values()]
+        for start in range(0, len(items), _WRITE_BATCH):
+            pending: dict[str, Any] = {self.table: items[start:start + _WRITE_BATCH]}
+            for attempt in range(_RETRIES):
+                response = await self._batch("BatchWriteItem", pending)
+                pending = response.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                await asyncio.sleep(_BACKOFF * 2**attempt)
+            else:
+                raise StorageError(f"{self.table}: BatchWriteItem left items unprocessed")
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
         await call(self._client.delete_item, TableName=self.table,
                    Key=_suppression_key(tenant, address))
 
+    async def pages(self, *, tenant: str | None) -> AsyncIterator[list[Suppression]]:
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        if tenant is not None:
+            kwargs["KeyConditionExpression"] = "pk = :pk"
+            kwargs["ExpressionAttributeValues"] = {":pk": {"S": f"tenant:{tenant}"}}
+        operation = self._client.query if tenant is not None else self._client.scan
+        while True:
+            response = await call(operation, **kwargs)
+            yield [_suppression(item) for item in response.get("Items", [])
+                   if item["pk"]["S"].startswith("tenant:")]
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-_SOURCES: dict[str, SuppressionSource] = {
-    "bounce": "bounce", "complaint": "complaint", "manual": "manual"}
+
+def _suppression_item(entry: Suppression) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        **_suppression_key(entry.tenant, entry.address),
+        "reason": {"S": entry.reason},
+        "created_at": {"N": repr(float(entry.created_at))},
+    }
+    if entry.source:
+        item["source"] = {"S": entry.source}
+    if entry.expires_at is not None:
+        item["expires_at"] = {"N": str(int(entry.expires_at))}
+    return item
 
 
 def _suppression(item: dict[str, Any]) -> Suppression:
-    source = item["source"]["S"]
-    if source not in _SOURCES:
-        raise StorageError(f"suppression item {item['sk']['S']}: unknown source {source!r}")
     expires = item.get("expires_at")
     return Suppression(
         address=item["sk"]["S"].removeprefix("address:"),
         reason=item["reason"]["S"],
-        source=_SOURCES[source],
+        source=item.get("source", {}).get("S", ""),
         created_at=float(item["created_at"]["N"]),
         tenant=item["pk"]["S"].removeprefix("tenant:"),
         expires_at=int(expires["N"]) if expires is not None else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from quiver.envelope import parse_s3_uri
@@ -202,32 +202,59 @@ class MemoryMembership(HeartbeatMembership):
 
 
 class MemorySuppression:
-    """The suppression list in a dict keyed (tenant, lower-cased address)."""
+    """The suppression list in a dict keyed (tenant, lower-cased address). `fail`, when
+    set, is raised by every call (a throttled or unreachable table); `calls` counts
+    lookups and `keys` the keys they asked for, as BatchGetItem would be billed."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self.entries: dict[tuple[str, str], Suppression] = {}
+        self.fail: StorageError | None = None
+        self.calls = 0
+        self.keys = 0
+        self.writes = 0
 
     async def lookup(
         self, addresses: Sequence[str], *, tenant: str | None
     ) -> dict[str, Suppression]:
+        if self.fail is not None:
+            raise self.fail
         tenants = [t for t in dict.fromkeys((tenant, ALL_TENANTS)) if t is not None]
+        self.calls += 1
+        self.keys += len(tenants) * len({a.lower() for a in addresses})
         now = self._clock()
         out: dict[str, Suppression] = {}
         for address in addresses:
             for t in tenants:
                 entry = self.entries.get((t, address.lower()))
-                if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                if entry is not None and entry.active(now):
                     out[address] = entry
                     break
         return out
 
     async def put(self, entry: Suppression) -> None:
-        address = entry.address.lower()
-        self.entries[(entry.tenant, address)] = replace(entry, address=address)
+        await self.put_many([entry])
+
+    async def put_many(self, entries: Sequence[Suppression]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.writes += 1
+        for entry in entries:
+            address = entry.address.lower()
+            self.entries[(entry.tenant, address)] = replace(entry, address=address)
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:
+        if self.fail is not None:
+            raise self.fail
         self.entries.pop((tenant, address.lower()), None)
+
+    async def pages(self, *, tenant: str | None) -> AsyncIterator[list[Suppression]]:
+        if self.fail is not None:
+            raise self.fail
+        entries = [e for (t, _), e in sorted(self.entries.items())
+                   if tenant is None or t == tenant]
+        for start in range(0, len(entries), 100):
+            yield entries[start:start + 100]
 
 
 class MemoryReturnPaths:

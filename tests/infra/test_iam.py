@@ -172,8 +172,7 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["s3:GetObject", "s3:PutObject"], ["{'Fn::GetAtt': ['SpillBucket', 'Arn']}/*"],
         ),
         "SuppressionList": (
-            ["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query",
-             "dynamodb:UpdateItem"],
+            ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
             ["{'Fn::GetAtt': ['SuppressionTable', 'Arn']}"],
         ),
         "SenderHeartbeats": (

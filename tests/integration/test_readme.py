@@ -82,6 +82,44 @@ def test_enqueue_snippet_from_the_shell(local_stack: Running, tmp_path: Path) ->
     assert [e["event"] for e in events if e["event"] in FINAL_EVENTS] == ["delivered"]
 
 
+def test_suppression_section_snippet_is_the_defaults() -> None:
+    from quiver.policy import parse_policy
+    from quiver.policy.suppression import SuppressionPolicy
+
+    (section,) = [b for b in blocks("toml") if b.startswith("[suppression]")]
+    policy = parse_policy('default_pool = "p"\n[sources.s]\nip = "192.0.2.1"\n'
+                          'ehlo = "o.example.com"\n[pools.p]\nsources = ["s"]\n' + section)
+    assert policy.suppression == SuppressionPolicy()
+
+
+def test_suppression_snippet_from_the_shell(local_stack: Running, tmp_path: Path) -> None:
+    """The README's `quiver suppression` session, line by line, on the local stack's
+    table: each `check` exits as its comment says, the export holds what was imported."""
+    (shell,) = [b for b in blocks("sh") if "quiver suppression import" in b]
+    env = {**os.environ, **local_stack.stack.env(),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    heredoc, _, rest = shell.partition("\nCSV\n")
+    done = subprocess.run(["bash", "-c", heredoc + "\nCSV\n"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for line in rest.splitlines():
+        command, _, comment = line.partition("#")
+        expected = int(comment.split(":")[0].split()[-1]) if "exit" in comment else 0
+        result = subprocess.run(shlex.split(command), cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == expected, (line, result.stdout, result.stderr)
+        if "import" in command:
+            assert result.stdout == "imported 2 entries\n"
+        if "check" in command and expected == 0:
+            assert result.stdout.startswith("bob@shop.example: suppressed: unsubscribe in "
+                                            "scope tenant:shop since ")
+    exported = (tmp_path / "suppression-backup.csv").read_text().splitlines()
+    assert exported[0] == "address,scope,reason,created,expires,source"
+    assert "ann@shop.example,global,complaint,2026-11-02T09:30:00.000Z,,old ESP export" in \
+        exported
+    assert not any(line.startswith("carol@") for line in exported)
+
+
 # --- `quiver local` with its knobs, as the README shows them --------------------------
 
 STARTUP_TIMEOUT = 180.0

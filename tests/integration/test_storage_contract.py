@@ -5,20 +5,31 @@ suppression list. Every test runs against both; a fresh table for each test."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from botocore.credentials import Credentials
 
-from quiver.devstack.moto_server import MotoServer, client, create_resources, start_moto
+from quiver.devstack.moto_server import (
+    FAKE_CREDENTIALS,
+    REGION,
+    MotoServer,
+    client,
+    create_resources,
+    start_moto,
+)
 from quiver.settings import Deployment
 from quiver.storage.base import ALL_TENANTS, FinalsStore, Suppression, SuppressionStore
 from quiver.storage.dynamo import DynamoFinals, DynamoSuppression
+from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.memory import MemoryFinals, MemorySuppression
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_790_000_000.0
+CREDENTIALS = {"access_key": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+               "secret_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +76,22 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "dynamo"])
-def suppression(request: pytest.FixtureRequest, clock: Clock) -> SuppressionStore:
+@pytest.fixture(params=["memory", "dynamo", "dynamo-lean"])
+async def suppression(request: pytest.FixtureRequest,
+                      clock: Clock) -> AsyncIterator[SuppressionStore]:
+    """The fake, the boto3 store, and the store with the sender's lean batch calls."""
     if request.param == "memory":
-        return MemorySuppression(clock=clock)
+        yield MemorySuppression(clock=clock)
+        return
     server, _ = request.getfixturevalue("moto")
     ddb = client(server.endpoint, "dynamodb")
-    return DynamoSuppression(ddb, fresh_table(ddb, "suppression"), clock=clock)
+    lean = None
+    if request.param == "dynamo-lean":
+        lean = LeanDynamoClient(endpoint_url=server.endpoint, region=REGION,
+                                credentials=Credentials(**CREDENTIALS))
+    yield DynamoSuppression(ddb, fresh_table(ddb, "suppression"), clock=clock, lean=lean)
+    if lean is not None:
+        await lean.close()
 
 
 def rec(event: str, rcpt: str, mid: str = "m1") -> dict:
@@ -103,8 +123,8 @@ def test_many_keys_span_batch_limits(finals: FinalsStore) -> None:
 
 
 def entry(address: str, tenant: str = ALL_TENANTS, **kw: Any) -> Suppression:
-    fields: dict[str, Any] = {"reason": "550 5.1.1 no such user", "source": "bounce",
-                              "created_at": T0 - 60}
+    fields: dict[str, Any] = {"reason": "hard_bounce", "created_at": T0 - 60,
+                              "source": "bounced m1: 550 5.1.1 no such user"}
     fields.update(kw)
     return Suppression(address=address, tenant=tenant, **fields)
 
@@ -120,12 +140,12 @@ async def test_lookup_returns_the_suppressed_ones_keyed_as_asked(
 
 async def test_a_tenant_sees_its_own_entries_and_everyone_s_its_own_first(
         suppression: SuppressionStore) -> None:
-    await suppression.put(entry("a@x.test", tenant="t1", source="manual", reason="asked"))
-    await suppression.put(entry("b@x.test", source="complaint", reason="abuse"))
-    await suppression.put(entry("a@x.test", source="complaint", reason="abuse"))
+    await suppression.put(entry("a@x.test", tenant="t1", reason="manual", source="asked"))
+    await suppression.put(entry("b@x.test", reason="complaint", source="abuse"))
+    await suppression.put(entry("a@x.test", reason="complaint", source="abuse"))
     addresses = ["a@x.test", "b@x.test", "c@x.test"]
     mine = await suppression.lookup(addresses, tenant="t1")
-    assert {a: (e.tenant, e.reason) for a, e in mine.items()} == {
+    assert {a: (e.tenant, e.source) for a, e in mine.items()} == {
         "a@x.test": ("t1", "asked"), "b@x.test": (ALL_TENANTS, "abuse")}
     other = await suppression.lookup(addresses, tenant="t2")
     assert {a: e.tenant for a, e in other.items()} == {"a@x.test": "*", "b@x.test": "*"}
@@ -143,9 +163,9 @@ async def test_a_lapsed_entry_no_longer_suppresses(
 
 async def test_put_replaces_and_remove_forgets(suppression: SuppressionStore) -> None:
     await suppression.put(entry("a@x.test", tenant="t1"))
-    await suppression.put(entry("a@x.test", tenant="t1", source="manual", reason="by hand"))
+    await suppression.put(entry("a@x.test", tenant="t1", reason="manual", source="by hand"))
     found = await suppression.lookup(["a@x.test"], tenant="t1")
-    assert (found["a@x.test"].source, found["a@x.test"].reason) == ("manual", "by hand")
+    assert (found["a@x.test"].reason, found["a@x.test"].source) == ("manual", "by hand")
     await suppression.remove("A@x.test")  # the every-tenant entry: there is none
     assert list(await suppression.lookup(["a@x.test"], tenant="t1")) == ["a@x.test"]
     await suppression.remove("A@x.test", tenant="t1")
@@ -161,6 +181,29 @@ async def test_many_addresses_span_batch_limits(suppression: SuppressionStore) -
     assert sorted(found) == sorted([*suppressed, "U3@X.TEST"])
 
 
+async def test_put_many_batches_and_the_last_of_one_key_wins(
+        suppression: SuppressionStore) -> None:
+    many = [entry(f"u{i}@x.test", tenant="t1") for i in range(60)]
+    many.append(entry("U0@x.test", tenant="t1", reason="manual", source="again"))
+    await suppression.put_many(many)
+    found = await suppression.lookup([f"u{i}@x.test" for i in range(60)], tenant="t1")
+    assert len(found) == 60 and found["u0@x.test"].source == "again"
+    await suppression.put_many([])
+
+
+async def test_pages_list_a_scope_or_every_one_lapsed_ones_too(
+        suppression: SuppressionStore) -> None:
+    await suppression.put_many([entry(f"a{i}@x.test", tenant="t1") for i in range(5)]
+                               + [entry("g@x.test", source="",
+                                        expires_at=int(T0) - 1)])
+    t1 = [e async for page in suppression.pages(tenant="t1") for e in page]
+    assert sorted(e.address for e in t1) == [f"a{i}@x.test" for i in range(5)]
+    every = [e async for page in suppression.pages(tenant=None) for e in page]
+    assert len(every) == 6
+    (g,) = [e async for page in suppression.pages(tenant=ALL_TENANTS) for e in page]
+    assert g == entry("g@x.test", source="", expires_at=int(T0) - 1)
+
+
 async def test_dynamo_items_follow_the_table_layout(
         moto: tuple[MotoServer, Deployment]) -> None:
     """The layout cdk/tables.py documents, on the stack's own suppression table."""
@@ -170,8 +213,8 @@ async def test_dynamo_items_follow_the_table_layout(
     await store.put(entry("Layout@X.test", expires_at=int(T0) + 60))
     item = ddb.get_item(TableName=deployment.suppression_table, Key={
         "pk": {"S": "tenant:*"}, "sk": {"S": "address:layout@x.test"}})["Item"]
-    assert item["reason"] == {"S": "550 5.1.1 no such user"}
-    assert item["source"] == {"S": "bounce"}
+    assert item["reason"] == {"S": "hard_bounce"}
+    assert item["source"] == {"S": "bounced m1: 550 5.1.1 no such user"}
     assert float(item["created_at"]["N"]) == T0 - 60
     assert item["expires_at"] == {"N": str(int(T0) + 60)}
     await store.remove("layout@x.test")

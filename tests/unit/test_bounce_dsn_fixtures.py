@@ -69,3 +69,11 @@ def test_every_fixture_agrees_with_the_table() -> None:
 @pytest.mark.parametrize("entry", TABLE, ids=[e["file"] for e in TABLE])
 def test_fixture(entry: dict[str, Any]) -> None:
     assert observed(parse_bounce((FIXTURES / entry["file"]).read_bytes()), entry) == entry
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=[e["file"] for e in TABLE])
+def test_fixture_with_crlf_line_ends(entry: dict[str, Any]) -> None:
+    # The fixtures are stored with LF; mail on the wire and in the inbound bucket has
+    # CRLF. Both must read the same.
+    raw = (FIXTURES / entry["file"]).read_bytes().replace(b"\n", b"\r\n")
+    assert observed(parse_bounce(raw), entry) == entry

@@ -93,6 +93,10 @@ def test_a_hard_bounce_is_an_event_and_suppresses_the_recipient_for_its_tenant(r
         "format": "rfc3464"}
     assert event["inbound_object"] == "s3://inbound/bounce/obj-1"
     assert rig.suppressed(RCPT) == ["acme:hard_bounce"]
+    (entry,) = rig.suppression.entries.values()
+    assert (entry.address, entry.created_at) == (RCPT.lower(), STORED_AT)
+    assert entry.source == ("async_bounce m-1 at 2026-09-21T15:13:20.500Z: smtp; 550 5.1.1 "
+                            f"<{RCPT}>: Recipient address rejected: User unknown")
     # Tenant scope: another tenant may still mail the address.
     assert rig.suppressed(RCPT, tenant="globex") == []
 
@@ -265,6 +269,8 @@ def test_a_trusted_complaint_is_an_event_and_suppresses_the_complainer(fbl: FblR
         "complaint", "m-20", RCPT, "acme")
     assert (event["feedback_type"], event["reporter"]) == ("abuse", "yahoo.com")
     assert fbl.suppressed(RCPT) == ["acme:complaint"]
+    (entry,) = fbl.suppression.entries.values()
+    assert entry.source == "complaint m-20 at 2026-09-21T15:13:20.500Z: abuse reported by yahoo.com"
 
 
 @pytest.mark.parametrize(("raw_for", "reason"), [

@@ -9,7 +9,7 @@ in-process (`start_mx`, aiosmtpd on its own event loop in a thread) for
 tests, or as a child process (`spawn_mx`, `python -m quiver.devstack.servers.mx`) so a
 benchmark keeps the receiving side off the sender's CPU.
 
-What is kept on disk (received.jsonl, messages/<n>.eml, stats.json) is
+What is kept on disk (received.jsonl, rcpts.jsonl, messages/<n>.eml, stats.json) is
 described in `mx_store`; the SMTP server itself is `mx_server`.
 """
 
@@ -37,7 +37,7 @@ from quiver.devstack.servers.mx_server import (
     MxConfig,
     MxEngine,
 )
-from quiver.devstack.servers.mx_store import read_received, read_stats
+from quiver.devstack.servers.mx_store import read_rcpts, read_received, read_stats
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -69,6 +69,9 @@ class MxServer:
 
     def received(self) -> list[dict[str, Any]]:
         return self._engine.store.received()
+
+    def rcpts(self) -> list[dict[str, Any]]:
+        return read_rcpts(self.config.store_dir)
 
     def stats(self) -> dict[str, Any]:
         return self._engine.store.stats()
@@ -131,6 +134,10 @@ class MxProcess:
 
     def received(self) -> list[dict[str, Any]]:
         return read_received(self.store_dir)
+
+    def rcpts(self) -> list[dict[str, Any]]:
+        """Every RCPT TO it was sent, with its reply (accepted or not)."""
+        return read_rcpts(self.store_dir)
 
     def stats(self) -> dict[str, Any]:
         """Current statistics: asks a running child for a fresh stats.json (SIGUSR1)."""

@@ -113,6 +113,13 @@ class _Hooks:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        reply = self._rcpt(server, envelope, address, rcpt_options)
+        # Every RCPT, whatever its reply: a test can tell an address was never tried.
+        self.store.rcpt_seen(address, reply)
+        return reply
+
+    def _rcpt(self, server: _Connection, envelope: Envelope, address: str,
+              rcpt_options: list[str]) -> str:
         behaviour = behaviour_for(address)
         txn = server.txn
         limit = txn.rcpt_limit

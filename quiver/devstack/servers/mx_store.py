@@ -3,6 +3,8 @@
 Files under the store directory:
 - `received.jsonl`: one JSON object per accepted message, written and flushed
   before the server replies 250, so every acknowledged message is on disk.
+- `rcpts.jsonl`: every RCPT TO with the reply it got, accepted or not, so a test
+  can tell that an address was never tried.
 - `messages/<n>.eml`: the message bytes as received, after un-dot-stuffing.
 - `stats.json`: connection statistics per peer IP.
 """
@@ -50,6 +52,7 @@ class MxStore:
         self.messages_dir.mkdir(parents=True, exist_ok=True)
         self._next = _highest_message_number(self.messages_dir)
         self._log: IO[str] = (store_dir / "received.jsonl").open("a", encoding="utf-8")
+        self._rcpt_log: IO[str] = (store_dir / "rcpts.jsonl").open("a", encoding="utf-8")
         self._records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._total = _PeerStats()
@@ -89,6 +92,11 @@ class MxStore:
             self._peers.setdefault(peer[0], _PeerStats()).messages += 1
         return number
 
+    def rcpt_seen(self, address: str, reply: str) -> None:
+        """One RCPT TO and the reply it got (rcpts.jsonl)."""
+        self._rcpt_log.write(json.dumps({"rcpt": address, "reply": reply, "at": _now()}) + "\n")
+        self._rcpt_log.flush()
+
     def connection_opened(self, ip: str) -> None:
         with self._lock:
             for s in (self._total, self._peers.setdefault(ip, _PeerStats())):
@@ -125,6 +133,7 @@ class MxStore:
 
     def close(self) -> None:
         self._log.close()
+        self._rcpt_log.close()
 
 
 def read_received(store_dir: Path) -> list[dict[str, Any]]:
@@ -138,6 +147,15 @@ def read_received(store_dir: Path) -> list[dict[str, Any]]:
             if line.endswith("\n"):
                 records.append(json.loads(line))
     return records
+
+
+def read_rcpts(store_dir: Path) -> list[dict[str, Any]]:
+    """Every RCPT TO the server was sent ({rcpt, reply, at}, rcpts.jsonl), in order."""
+    path = store_dir / "rcpts.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.endswith("\n")]
 
 
 def read_stats(store_dir: Path) -> dict[str, Any]:

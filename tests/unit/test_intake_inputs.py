@@ -8,11 +8,14 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from inbound_mail import T0, Clock, ring
 
 from quiver.events import pack_batches, unpack_batch
+from quiver.intake.build import CachedRing
 from quiver.intake.mail import InboundMail
 from quiver.intake.s3_event import InboundEventError, ObjectRef, object_refs
 from quiver.policy import PolicyError, parse_policy
+from quiver.returnpath import KeyRingError
 
 
 def notification(*records: dict[str, object]) -> str:
@@ -138,3 +141,25 @@ def test_bad_fbl_addresses_are_refused_naming_the_key(value: str) -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(MINIMAL + f"[feedback]\naddresses = {value}\n")
     assert any("feedback.addresses" in p for p in caught.value.problems)
+
+
+def test_the_key_ring_is_read_again_after_its_ttl_and_a_failed_read_keeps_it() -> None:
+    clock = Clock(0.0)
+    first, second = ring(), ring(retired=T0)
+    reads: list[object] = [first, second, KeyRingError("secret unreadable")]
+
+    def load() -> object:
+        got = reads.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    cached = CachedRing(load, ttl=300.0, clock=clock)  # type: ignore[arg-type]
+    assert cached() is first
+    clock.now = 299.0
+    assert cached() is first
+    clock.now = 300.0
+    assert cached() is second  # a rotation reaches a warm Lambda within the ttl
+    clock.now = 600.0
+    assert cached() is second  # the unreadable secret leaves the ring in hand
+    assert reads == []

@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities.batch import (
 from inbound_mail import FBL_ADDRESS, arf, dsn, forged, ses_stored
 
 from functions.bounce_intake import handler as bounce_handler
+from functions.fbl_intake import handler as fbl_handler
 from quiver.devstack.moto_server import (
     MotoServer,
     aws_env,
@@ -119,8 +120,10 @@ def lambda_env(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name, value in {**aws_env(aws.moto.endpoint), **deployment_env(aws.deployment)}.items():
         monkeypatch.setenv(name, value)
     bounce_handler.intake.cache_clear()
+    fbl_handler.intake.cache_clear()
     yield
     bounce_handler.intake.cache_clear()
+    fbl_handler.intake.cache_clear()
 
 
 def return_path(aws: Aws, *, message_id: str, recipient: str, tenant: str | None = "acme",
@@ -322,3 +325,23 @@ def test_a_bad_record_fails_alone_and_an_oversized_object_is_counted_unread(
     assert counts[("inbound_accepted", "bounce", "hard")] == 1
     records, _ = events(aws)
     assert [(r["id"], r["rcpt"]) for r in records] == [("m-good", dana)]
+
+
+def test_the_fbl_handler_counts_an_unsigned_report_untrusted_and_acts_on_nothing(
+        aws: Aws, lambda_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unsigned report needs no DNS: the FBL Lambda as deployed, with the policy's
+    yahoo.com entry requiring DKIM."""
+    events(aws)
+    erin = f"erin-{uuid.uuid4().hex[:6]}@example.org"
+    to = return_path(aws, message_id="m-unsigned", recipient=erin)
+    put_inbound(aws, f"fbl/{uuid.uuid4().hex}",
+                ses_stored(arf(return_path=to, recipient=erin), recipient=FBL_ADDRESS,
+                           sender="fbl@yahoo.com"))
+    capsys.readouterr()
+    batch = receive_all(aws, aws.names.fbl_queue)
+    assert fbl_handler.handler({"Records": batch}, Context(function_name="fbl")) == {
+        "batchItemFailures": []}
+    counts = emf_counts(capsys.readouterr().out)
+    assert counts == {("inbound_untrusted", "complaint", "unsigned"): 1}
+    assert events(aws)[0] == []
+    assert suppressed(aws, erin) == []

@@ -24,7 +24,13 @@ from aws_lambda_powertools.utilities.batch import (
 )
 
 from quiver.devstack import moto_server
-from quiver.events import FINAL_EVENTS, EventBatchError, Record, unpack_batch
+from quiver.events import (
+    FINAL_EVENTS,
+    POST_DELIVERY_EVENTS,
+    EventBatchError,
+    Record,
+    unpack_batch,
+)
 from quiver.export import Exporter
 from quiver.settings import Deployment
 from quiver.storage.dynamo import DynamoFinals
@@ -52,7 +58,7 @@ class Tally:
                 self.records += 1
                 if r["event"] in FINAL_EVENTS:
                     self.finals += 1
-                if r.get("attempt", 0) <= 1 and r["event"] != "complaint":
+                if r.get("attempt", 0) <= 1 and r["event"] not in POST_DELIVERY_EVENTS:
                     # Each recipient has exactly one record of its first attempt
                     # (or a rejected/expired record at attempt 0).
                     self.first_attempts += 1

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from inbound_mail import T0, Clock, ring
 
+from quiver.devstack.export_pump import Tally
 from quiver.events import pack_batches, unpack_batch
 from quiver.intake.build import CachedRing
 from quiver.intake.mail import InboundMail
@@ -163,3 +164,11 @@ def test_the_key_ring_is_read_again_after_its_ttl_and_a_failed_read_keeps_it() -
     clock.now = 600.0
     assert cached() is second  # the unreadable secret leaves the ring in hand
     assert reads == []
+
+
+def test_the_local_tally_counts_post_delivery_events_apart_from_first_attempts() -> None:
+    tally = Tally()
+    tally.add([dict(record(1), event="delivered", attempt=1),  # type: ignore[list-item]
+               *(dict(record(i), event=e) for i, e in enumerate(  # type: ignore[misc]
+                   ("async_bounce", "complaint", "unsubscribed")))])
+    assert (tally.records, tally.finals, tally.first_attempts) == (4, 1, 1)

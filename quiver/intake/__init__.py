@@ -3,7 +3,8 @@ the inbound bucket, turned into post-delivery events and suppression entries.
 
 `mail` reads one stored object (`InboundMail`) and where SES delivered it; `recover`
 verifies a signed return path among the addresses a report offers; `bounce` and
-`complaint` are the two intakes; `counts` tallies what was dropped and why;
+`complaint` are the two intakes, `records` and `suppress` what they write;
+`counts` tallies what was dropped and why;
 `s3_event` reads the S3 notifications the intake queues carry; `build` makes an
 intake from a Deployment, as the Lambdas (functions/bounce_intake, fbl_intake) and
 the local stack do. No intake ever sends mail.

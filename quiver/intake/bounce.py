@@ -1,6 +1,8 @@
 """The bounce intake: a DSN (or a text bounce) that came back to a signed return path
-→ an `async_bounce` event for the recipient it names, and a suppression entry when
-the failure is hard.
+→ one `async_bounce` event for the recipient the token names, and a suppression
+entry when the failure is hard. A VERP address is one recipient's, so one report
+is about one recipient of ours: the report's entry for it (by Final- or
+Original-Recipient), else its first entry (where that recipient forwarded to).
 
 Only the verified return path says whose bounce it is: the recipient suppressed is
 the one the token's stored record names, never an address the report's text names

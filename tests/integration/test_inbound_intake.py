@@ -22,11 +22,13 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from inbound_mail import FBL_ADDRESS, arf, dsn, forged, ses_stored
 
 from functions.bounce_intake import handler as bounce_handler
 from functions.fbl_intake import handler as fbl_handler
 from quiver.devstack.moto_server import (
+    MAX_RECEIVE_COUNT,
     MotoServer,
     aws_env,
     client,
@@ -345,3 +347,38 @@ def test_the_fbl_handler_counts_an_unsigned_report_untrusted_and_acts_on_nothing
     assert counts == {("inbound_untrusted", "complaint", "unsigned"): 1}
     assert events(aws)[0] == []
     assert suppressed(aws, erin) == []
+
+
+def test_a_message_that_keeps_failing_ends_in_the_intake_dlq(
+        aws: Aws, lambda_env: None) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=aws.names.bounce_queue)["QueueUrl"]
+    dlq = sqs.get_queue_url(QueueName=aws.names.bounce_dlq)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody='{"Records": "not a list"}')
+    outcomes = []
+    # What the Lambda service does: receive, invoke, delete what did not fail; a
+    # failed message comes back (at once here: no visibility) until SQS moves it.
+    for _ in range(20):
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0,
+                                  WaitTimeSeconds=1).get("Messages", [])
+        if not got:
+            break
+        records = [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"], "attributes": {}, "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bounce",
+                    "awsRegion": "us-east-1"} for m in got]
+        try:
+            outcome = bounce_handler.handler({"Records": records}, Context())
+            failed = {f["itemIdentifier"] for f in outcome["batchItemFailures"]}
+        except BatchProcessingError:
+            # Every record failed: the invocation fails, and Lambda retries them all.
+            failed = {m["MessageId"] for m in got}
+        for m in got:
+            if m["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        outcomes.append(failed)
+    assert len(outcomes) == MAX_RECEIVE_COUNT and all(len(f) == 1 for f in outcomes)
+    dead = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10,
+                               WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in dead] == ['{"Records": "not a list"}']

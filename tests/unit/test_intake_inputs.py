@@ -12,11 +12,12 @@ from inbound_mail import T0, Clock, ring
 
 from quiver.devstack.export_pump import Tally
 from quiver.events import pack_batches, unpack_batch
-from quiver.intake.build import CachedRing
+from quiver.intake.build import CachedRing, verifier_from_policy
 from quiver.intake.mail import InboundMail
 from quiver.intake.s3_event import InboundEventError, ObjectRef, object_refs
 from quiver.policy import PolicyError, parse_policy
-from quiver.returnpath import KeyRingError
+from quiver.returnpath import KeyRingError, Refusal
+from quiver.storage.memory import MemoryReturnPaths
 
 
 def notification(*records: dict[str, object]) -> str:
@@ -172,3 +173,13 @@ def test_the_local_tally_counts_post_delivery_events_apart_from_first_attempts()
                *(dict(record(i), event=e) for i, e in enumerate(  # type: ignore[misc]
                    ("async_bounce", "complaint", "unsubscribed")))])
     assert (tally.records, tally.finals, tally.first_attempts) == (4, 1, 1)
+
+
+def test_without_bounce_domains_every_address_is_refused_before_any_key_is_read() -> None:
+    def no_secret(name: str) -> bytes:
+        raise AssertionError(f"read {name}")
+
+    verifier = verifier_from_policy(parse_policy(MINIMAL), store=MemoryReturnPaths(),
+                                    read_secret=no_secret)
+    refusal = verifier.verify("b-" + "a" * 40 + "@bounces.example.com")
+    assert isinstance(refusal, Refusal) and refusal.reason == "wrong_domain"

@@ -35,6 +35,11 @@ _TYPES: dict[str, str] = {
     "next_attempt_at": "string", "queued_ms": "bigint",
     "bounce": "struct<kind:string,category:string,reason:string>",
     "feedback_type": "string",
+    # Post-delivery events (async_bounce, complaint, unsubscribed).
+    "dsn": "struct<recipient:string,status:string,diagnostic_code:string,"
+           "remote_mta:string,reporting_mta:string,format:string>",
+    "reporter": "string",
+    "inbound_object": "string",
     # Why a message was rejected, failed or expired (rejected, failed, expired).
     "reason": "string",
     # The SQS message id of a rejected or failed message (its DLQ copy's attribute).

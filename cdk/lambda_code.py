@@ -3,11 +3,15 @@
 The files are copied at synth into a directory under the cloud assembly, keeping the
 repo layout so a handler imports `quiver` exactly as in tests. Only sources and
 package data are copied; third-party libraries come from the Lambda runtime (boto3)
-and the Powertools layer, never from a pip install at synth.
+and the Powertools layer, never from a pip install at synth. A function that needs a
+pure-Python library beyond those (the intakes: dnspython, and dkimpy) names it in
+`vendor`, and the copy installed here is packaged beside its code: synth stays
+offline, and the version is the one the tests ran.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -15,8 +19,10 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "tests")
 BUILD_DIR = ".quiver-lambda"
 
 
-def assemble_function_code(*, repo_root: Path, function: str, outdir: Path) -> Path:
-    """Copy `functions/<function>/` and `quiver/` into `outdir`; return the code root."""
+def assemble_function_code(*, repo_root: Path, function: str, outdir: Path,
+                           vendor: tuple[str, ...] = ()) -> Path:
+    """Copy `functions/<function>/`, `quiver/` and the `vendor` packages (top-level
+    import names) into `outdir`; return the code root."""
     handler_dir = repo_root / "functions" / function
     if not (handler_dir / "handler.py").is_file():
         raise FileNotFoundError(
@@ -30,6 +36,13 @@ def assemble_function_code(*, repo_root: Path, function: str, outdir: Path) -> P
     if functions_init.is_file():
         shutil.copy2(functions_init, target / "functions" / "__init__.py")
     shutil.copytree(repo_root / "quiver", target / "quiver", ignore=_IGNORE)
+    for name in vendor:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"the {function} Lambda needs the package {name!r}: "
+                                    "install the project's dependencies (scripts/setup.sh)")
+        source = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(source, target / name, ignore=_IGNORE)
     return target
 
 

@@ -9,7 +9,7 @@ and an alarm's math may reference at most 10 metrics, which rules out summing th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cw
@@ -55,6 +55,7 @@ class Observability(Construct):
         oldest_outbound_age: Duration = OLDEST_OUTBOUND_AGE,
         oldest_event_age: Duration = OLDEST_EVENT_AGE,
         bounce_rate_threshold: float = 0.05,
+        intake_dlqs: Sequence[tuple[str, sqs.IQueue, str]] = (),
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "AlarmTopic", display_name="Quiver alarms")
@@ -73,6 +74,8 @@ class Observability(Construct):
         for alarm_id, dlq, what in (
             ("OutboundDlqNotEmpty", outbound_dlq, "outbound messages were dead-lettered"),
             ("EventsDlqNotEmpty", events_dlq, "event batches failed export"),
+            # (alarm id, DLQ, what it means) of the inbound-mail intakes.
+            *intake_dlqs,
         ):
             page(dlq.metric_approximate_number_of_messages_visible(
                 period=five_minutes, statistic="Maximum",

@@ -19,6 +19,7 @@ from cdk.deploy_checks import Placement, check_deployable
 from cdk.egress_addresses import EgressAddresses
 from cdk.event_analytics import EventAnalytics
 from cdk.event_export import EventExport, events_queue_visibility_timeout
+from cdk.inbound_mail import BOUNCE_VENDORED, FBL_VENDORED, InboundMail, InboundQueues
 from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
 from cdk.network import Network
@@ -70,6 +71,8 @@ class StatefulStack(Stack):
         )
         self.buckets = Buckets(self, "Buckets", names=names)
         self.tables = Tables(self, "Tables", names=names)
+        self.inbound = InboundQueues(self, "Inbound", names=names,
+                                     inbound_bucket=self.buckets.inbound)
         self.addresses = EgressAddresses(
             self, "EgressAddresses", policy=policy, public_ipv4_pool=public_ipv4_pool,
         )
@@ -166,11 +169,24 @@ class ServiceStack(Stack):
             database_name=f"{prefix.replace('-', '_')}_events",
             workgroup_name=prefix,
         )
-        # Inbound mail (bounces and complaints) is wired here once it exists: an
-        # InboundMail construct taking `buckets.inbound` (SES receipt rules store the
-        # raw mail there), `queues.events` and `stateful.tables.suppression`, with the
-        # bounce and FBL Lambdas packaged like EventExport. Its alarms join
-        # Observability below.
+        self.inbound = InboundMail(
+            self, "InboundMail",
+            policy=policy,
+            names=names,
+            bounce_code_dir=assemble_function_code(
+                repo_root=repo_root, function="bounce_intake", outdir=_assembly_dir(self),
+                vendor=BOUNCE_VENDORED),
+            fbl_code_dir=assemble_function_code(
+                repo_root=repo_root, function="fbl_intake", outdir=_assembly_dir(self),
+                vendor=FBL_VENDORED),
+            queues=stateful.inbound,
+            inbound_bucket=buckets.inbound,
+            events_queue=queues.events,
+            suppression_table=stateful.tables.suppression,
+            finals_table=stateful.tables.finals,
+            policy_parameter_name=names.policy_parameter,
+            return_path_secret_prefix=return_path_secret_prefix,
+        )
         self.observability = Observability(
             self, "Observability",
             policy=policy,
@@ -183,6 +199,12 @@ class ServiceStack(Stack):
             proxy_instances=proxies.instances,
             dashboard_name=prefix,
             alarm_email=alarm_email,
+            intake_dlqs=(
+                ("BounceIntakeDlqNotEmpty", stateful.inbound.bounce_dlq,
+                 "bounce objects kept failing the bounce intake"),
+                ("FblIntakeDlqNotEmpty", stateful.inbound.fbl_dlq,
+                 "complaint reports kept failing the FBL intake"),
+            ),
         )
         self.network = network
         self.senders = senders

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import time
 import uuid
@@ -24,7 +25,7 @@ from quiver.smtp.reply import Response
 VERSION = 1
 EventType = Literal[
     "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
-    "complaint", "unsubscribed",
+    "async_bounce", "complaint", "unsubscribed",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:
@@ -32,13 +33,27 @@ EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 FINAL_EVENTS: frozenset[EventType] = frozenset(
     {"delivered", "bounced", "expired", "suppressed", "rejected", "failed"}
 )
-# Post-delivery events (ARCHITECTURE.md): zero or more after a recipient's final event,
-# with no attempt of their own.
-POST_DELIVERY_EVENTS: frozenset[EventType] = frozenset({"complaint", "unsubscribed"})
+# Zero or more per recipient, after its final event: what came back later (a DSN, an
+# ARF complaint, an unsubscribe). They never change the one final event.
+POST_DELIVERY_EVENTS: frozenset[EventType] = frozenset(
+    {"async_bounce", "complaint", "unsubscribed"}
+)
 # SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
 MAX_BATCH_BODY = 240 * 1024
 MAX_BATCH_RECORDS = 5000
 BATCH_FORMAT = "quiver-events-v1"
+
+
+class Dsn(TypedDict):
+    """What a delivery status notification said about one failed recipient."""
+
+    # The recipient the report names (Final-Recipient): ours, or where ours forwarded.
+    recipient: str
+    status: str | None  # RFC 3463 enhanced status, e.g. "5.1.1"
+    diagnostic_code: str | None  # the remote's reply as reported, e.g. "smtp; 550 5.1.1 ..."
+    remote_mta: str | None
+    reporting_mta: str | None
+    format: str  # "rfc3464", or the text-bounce format recognised ("exim", "qmail", ...)
 
 
 class Bounce(TypedDict):
@@ -93,6 +108,12 @@ class EventFields(TypedDict, total=False):
     # Bounces and complaints.
     bounce: Bounce
     feedback_type: str
+    # Post-delivery events: the DSN behind an async_bounce; the trusted reporter
+    # (its policy domain) behind a complaint; the raw inbound mail (s3://) either
+    # came in, kept for the inbound bucket's expiry.
+    dsn: Dsn
+    reporter: str
+    inbound_object: str
     # Why a message was rejected, failed or expired, and the queue message it was.
     reason: str
     sqs_message_id: str
@@ -193,26 +214,43 @@ def rejected_events(
     ]
 
 
-def pack_batches(records: Iterable[Record]) -> Iterator[tuple[str, str]]:
-    """Pack records into (batch_id, sqs_body) pairs, each body under MAX_BATCH_BODY."""
+def pack_batches(
+    records: Iterable[Record], *, batch_id: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """Pack records into (batch_id, sqs_body) pairs, each body under MAX_BATCH_BODY.
+
+    `batch_id` None: each batch gets a random id. Given (letters and digits), each
+    batch's id derives from it and the records' places in the sequence, so packing
+    the same records again gives the same ids: the export then rewrites the same
+    objects, and a producer that re-sends after a retry duplicates nothing."""
+    if batch_id is not None and not batch_id.isalnum():
+        raise ValueError(f"batch id {batch_id!r}: letters and digits only")
     lines: list[bytes] = []
     size = 0
+    start = 0
     encode = _LINE_ENCODER.encode
     for record in records:
         line = encode(record).encode() + b"\n"
         # Compressed size is unknown until compressed; bound the raw size by a
         # conservative ratio, then check the real body and split if it is still big.
         if lines and (size + len(line) > MAX_BATCH_BODY * 3 or len(lines) >= MAX_BATCH_RECORDS):
-            yield from _encode_split(lines)
+            yield from _encode_split(lines, start, batch_id)
+            start += len(lines)
             lines, size = [], 0
         lines.append(line)
         size += len(line)
     if lines:
-        yield from _encode_split(lines)
+        yield from _encode_split(lines, start, batch_id)
 
 
-def _encode_split(lines: list[bytes]) -> Iterator[tuple[str, str]]:
-    batch_id = uuid.uuid4().hex
+def _batch_id(base: str | None, start: int, count: int) -> str:
+    if base is None:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"{base}:{start}:{count}".encode()).hexdigest()[:32]
+
+
+def _encode_split(lines: list[bytes], start: int, base: str | None) -> Iterator[tuple[str, str]]:
+    batch_id = _batch_id(base, start, len(lines))
     payload = base64.b64encode(gzip.compress(b"".join(lines), compresslevel=5)).decode("ascii")
     body = json.dumps(
         {"format": BATCH_FORMAT, "batch": batch_id, "count": len(lines), "gz": payload},
@@ -222,8 +260,8 @@ def _encode_split(lines: list[bytes]) -> Iterator[tuple[str, str]]:
         yield batch_id, body
         return
     half = len(lines) // 2
-    yield from _encode_split(lines[:half])
-    yield from _encode_split(lines[half:])
+    yield from _encode_split(lines[:half], start, base)
+    yield from _encode_split(lines[half:], start + half, base)
 
 
 def unpack_batch(body: str) -> tuple[str, list[Record]]:

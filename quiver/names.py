@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "quiver"
+# Where SES receipt rules store inbound mail in the inbound bucket, per kind: each
+# prefix notifies its own intake queue (cdk/inbound_mail.py).
+INBOUND_BOUNCE_PREFIX = "bounce/"
+INBOUND_FBL_PREFIX = "fbl/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,12 @@ class ResourceNames:
     senders_table: str
     finals_table: str
     policy_parameter: str
+    # The intake queues S3 notifies of new inbound mail, and their DLQs.
+    bounce_queue: str
+    bounce_dlq: str
+    fbl_queue: str
+    fbl_dlq: str
+    receipt_rule_set: str
 
 
 def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -> ResourceNames:
@@ -42,4 +52,9 @@ def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -
         senders_table=f"{prefix}-senders",
         finals_table=f"{prefix}-finals",
         policy_parameter=f"/{prefix}/policy",
+        bounce_queue=f"{prefix}-bounce-intake",
+        bounce_dlq=f"{prefix}-bounce-intake-dlq",
+        fbl_queue=f"{prefix}-fbl-intake",
+        fbl_dlq=f"{prefix}-fbl-intake-dlq",
+        receipt_rule_set=f"{prefix}-inbound",
     )

@@ -27,6 +27,8 @@ ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 # tokens (the unsubscribe endpoint). Senders read it from policy; their tasks carry
 # it too, for tools run there.
 ENV_KEY_RING_SECRET = "QUIVER_KEY_RING_SECRET"  # noqa: S105 (a variable name)
+# Where SES receipt rules store inbound mail (bounces, complaints) for the intakes.
+ENV_INBOUND_BUCKET = "QUIVER_INBOUND_BUCKET"
 # The outbound queue's redrive maxReceiveCount, set by the CDK app from the value it
 # gives the queue, so the sender gives a message up (`failed`) before SQS moves it.
 ENV_OUTBOUND_MAX_RECEIVES = "QUIVER_OUTBOUND_MAX_RECEIVES"
@@ -54,6 +56,8 @@ class Deployment:
     outbound_max_receives: int = 0
     # The return-path key ring's secret id; empty: not set (only functions need it).
     key_ring_secret: str = ""
+    # Raw inbound mail (SES receipt rules write it); the intakes read only from here.
+    inbound_bucket: str = ""
 
 
 class SettingsError(ValueError):
@@ -72,6 +76,17 @@ SENDER_VARIABLES = (
 EXPORT_VARIABLES = (ENV_EVENTS_BUCKET,)
 # What the unsubscribe endpoint cannot run without (cdk/unsubscribe.py sets these).
 UNSUBSCRIBE_VARIABLES = (ENV_EVENTS_QUEUE_URL, ENV_SUPPRESSION_TABLE, ENV_KEY_RING_SECRET)
+# What the bounce and FBL intake Lambdas cannot run without (cdk/inbound_mail.py):
+# the events queue they publish to, the suppression table they write, the finals
+# table holding the return-path references they verify, the policy (bounce domains,
+# key ring, feedback trust) and the bucket the mail is in.
+INTAKE_VARIABLES = (
+    ENV_EVENTS_QUEUE_URL,
+    ENV_SUPPRESSION_TABLE,
+    ENV_FINALS_TABLE,
+    ENV_POLICY_PARAMETER,
+    ENV_INBOUND_BUCKET,
+)
 
 
 def deployment_from_env(
@@ -100,6 +115,7 @@ def deployment_from_env(
         finals_table=env.get(ENV_FINALS_TABLE, ""),
         outbound_max_receives=max_receives,
         key_ring_secret=env.get(ENV_KEY_RING_SECRET, ""),
+        inbound_bucket=env.get(ENV_INBOUND_BUCKET, ""),
     )
 
 
@@ -135,6 +151,7 @@ def local_deployment(
         senders_table=names.senders_table,
         finals_table=names.finals_table,
         outbound_max_receives=outbound_max_receives,
+        inbound_bucket=names.inbound_bucket,
     )
 
 
@@ -152,5 +169,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_FINALS_TABLE: deployment.finals_table,
         ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
         ENV_KEY_RING_SECRET: deployment.key_ring_secret,
+        ENV_INBOUND_BUCKET: deployment.inbound_bucket,
         "AWS_REGION": deployment.region,
     }

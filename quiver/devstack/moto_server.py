@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quiver.devstack.processes import child_process_options, free_port, stop_process
-from quiver.names import resource_names
+from quiver.names import INBOUND_BOUNCE_PREFIX, INBOUND_FBL_PREFIX, resource_names
 from quiver.settings import Deployment, local_deployment
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -128,6 +128,23 @@ def create_resources(endpoint: str, *, max_receive_count: int = MAX_RECEIVE_COUN
     })
     for bucket in (names.spill_bucket, names.events_bucket, names.inbound_bucket):
         s3.create_bucket(Bucket=bucket)
+    # Inbound mail as in AWS (cdk/inbound_mail.py): each prefix of the inbound bucket
+    # notifies its intake queue, which dead-letters what keeps failing.
+    routes = []
+    for name, dlq, prefix in ((names.bounce_queue, names.bounce_dlq, INBOUND_BOUNCE_PREFIX),
+                              (names.fbl_queue, names.fbl_dlq, INBOUND_FBL_PREFIX)):
+        intake_dlq_arn = sqs.get_queue_attributes(
+            QueueUrl=queue(dlq, {"MessageRetentionPeriod": fourteen_days}),
+            AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        intake_arn = sqs.get_queue_attributes(QueueUrl=queue(name, {
+            "VisibilityTimeout": "60",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": intake_dlq_arn,
+                                         "maxReceiveCount": str(MAX_RECEIVE_COUNT)}),
+        }), AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        routes.append({"QueueArn": intake_arn, "Events": ["s3:ObjectCreated:*"],
+                       "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}})
+    s3.put_bucket_notification_configuration(
+        Bucket=names.inbound_bucket, NotificationConfiguration={"QueueConfigurations": routes})
     existing = ddb.list_tables()["TableNames"]
     for table in (names.suppression_table, names.senders_table, names.finals_table):
         if table not in existing:

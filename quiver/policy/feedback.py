@@ -6,6 +6,9 @@
     # Our own domains: a report whose Reported-Domain names none of them is about
     # someone else's mail and only kept. Empty: any Reported-Domain.
     own_domains = ["example.com"]
+    # Where reporters send: each address gets an SES receipt rule (cdk/inbound_mail.py)
+    # storing its mail for the FBL intake. Its domain's MX must be SES inbound.
+    addresses = ["fbl@fbl.example.com"]
     trusted_reporters = [
       { domain = "yahoo.com" },                       # require_dkim defaults to true
       { domain = "hotmail.com", require_dkim = false, user_agents = ["Hotmail FBL"] },
@@ -32,7 +35,8 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
 _ENTRY_KEYS = ("domain", "require_dkim", "user_agents")
-_SECTION_KEYS = ("act_on", "own_domains", "trusted_reporters")
+_SECTION_KEYS = ("act_on", "addresses", "own_domains", "trusted_reporters")
+_LOCAL_PART = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
 # A not-spam or auth-failure report is not a complaint about unwanted mail.
 DEFAULT_ACT_ON: tuple[FeedbackType, ...] = ("abuse", "fraud")
 
@@ -49,6 +53,8 @@ class FeedbackPolicy:
     trusted_reporters: tuple[TrustedReporter, ...] = ()
     act_on: tuple[FeedbackType, ...] = DEFAULT_ACT_ON
     own_domains: tuple[str, ...] = ()
+    # The FBL addresses (lower case) SES receives reports at; empty: none received.
+    addresses: tuple[str, ...] = ()
 
 
 def feedback_section(raw: Any, *, path: str = "feedback") -> tuple[FeedbackPolicy, list[str]]:
@@ -64,6 +70,7 @@ def feedback_section(raw: Any, *, path: str = "feedback") -> tuple[FeedbackPolic
             problems.append(f"{path}.{key}: unknown key (allowed: {', '.join(_SECTION_KEYS)})")
     act_on = _act_on(raw.get("act_on", list(DEFAULT_ACT_ON)), f"{path}.act_on", problems)
     own = _domains(raw.get("own_domains", []), f"{path}.own_domains", problems)
+    addresses = _addresses(raw.get("addresses", []), f"{path}.addresses", problems)
     reporters = raw.get("trusted_reporters", [])
     entries: list[TrustedReporter] = []
     if not isinstance(reporters, list):
@@ -82,7 +89,7 @@ def feedback_section(raw: Any, *, path: str = "feedback") -> tuple[FeedbackPolic
             entries.append(entry)
     if problems:
         return FeedbackPolicy(), problems
-    return FeedbackPolicy(tuple(entries), act_on, own), problems
+    return FeedbackPolicy(tuple(entries), act_on, own, addresses), problems
 
 
 def _entry(item: Any, path: str, problems: list[str]) -> TrustedReporter | None:
@@ -128,6 +135,26 @@ def _domains(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
         return ()
     found = [_domain(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     return tuple(d for d in found if d is not None)
+
+
+def _addresses(value: Any, path: str, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected a list of addresses, like [\"fbl@fbl.example.com\"]")
+        return ()
+    out: list[str] = []
+    for i, item in enumerate(value):
+        local, at, domain = item.strip().lower().rpartition("@") if isinstance(
+            item, str) else ("", "", "")
+        if not at or not _LOCAL_PART.match(local) or not _DOMAIN.match(domain.rstrip(".")):
+            problems.append(f"{path}[{i}]: expected an address like fbl@fbl.example.com, "
+                            f"got {item!r}")
+            continue
+        address = f"{local}@{domain.rstrip('.')}"
+        if address in out:
+            problems.append(f"{path}[{i}]: {address} is listed twice")
+            continue
+        out.append(address)
+    return tuple(out)
 
 
 def _act_on(value: Any, path: str, problems: list[str]) -> tuple[FeedbackType, ...]:

@@ -24,10 +24,11 @@ class SqsEventSink:
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
 
-    async def publish(self, records: Sequence[Record]) -> None:
+    async def publish(self, records: Sequence[Record], *, batch_id: str | None = None) -> None:
         if not records:
             return
-        await self._queue.send([Outgoing(body=body) for _, body in pack_batches(records)])
+        await self._queue.send([Outgoing(body=body)
+                                for _, body in pack_batches(records, batch_id=batch_id)])
 
 
 class BotoEventSink:
@@ -39,8 +40,11 @@ class BotoEventSink:
         self._client = client
         self.queue_url = queue_url
 
-    async def publish(self, records: Sequence[Record]) -> None:
-        messages = [Outgoing(body=body) for _, body in pack_batches(records)]
+    async def publish(self, records: Sequence[Record], *, batch_id: str | None = None) -> None:
+        # `batch_id` fixes the batches' ids, so a re-run (an intake given the same
+        # object twice) publishes the same batches and the export rewrites the same
+        # objects.
+        messages = [Outgoing(body=body) for _, body in pack_batches(records, batch_id=batch_id)]
         for batch in chunk_messages(messages):
             response = await call(self._client.send_message_batch, QueueUrl=self.queue_url,
                                   Entries=[{"Id": str(i), "MessageBody": m.body}

@@ -62,8 +62,10 @@ class Queue(Protocol):
 
 
 class EventSink(Protocol):
-    async def publish(self, records: Sequence[Record]) -> None:
-        """Durably accept records (all of them) or raise StorageError."""
+    async def publish(self, records: Sequence[Record], *, batch_id: str | None = None) -> None:
+        """Durably accept records (all of them) or raise StorageError. `batch_id`: the
+        producer's identity for these records (see quiver.events.pack_batches), so that
+        publishing them again exports them once."""
         ...
 
 

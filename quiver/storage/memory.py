@@ -110,13 +110,28 @@ class MemoryQueue:
 class MemoryEventSink:
     def __init__(self) -> None:
         self.records: list[Record] = []
+        # Each publish: the batch id it gave (None: the sink chose one) and its records.
+        self.published: list[tuple[str | None, list[Record]]] = []
         self.fail_next = 0  # tests set this to make the next publishes fail
 
-    async def publish(self, records: Sequence[Record]) -> None:
+    async def publish(self, records: Sequence[Record], *, batch_id: str | None = None) -> None:
         if self.fail_next:
             self.fail_next -= 1
             raise StorageError("events sink unavailable (test)")
         self.records.extend(records)
+        self.published.append((batch_id, list(records)))
+
+    def exported(self) -> list[Record]:
+        """The records as the export writes them: a batch id published again rewrites
+        the same objects, so its records count once (the last copy)."""
+        named: dict[str, list[Record]] = {}
+        out: list[Record] = []
+        for batch_id, records in self.published:
+            if batch_id is None:
+                out.extend(records)
+            else:
+                named[batch_id] = records
+        return out + [r for records in named.values() for r in records]
 
 
 class MemoryBodyStore:

@@ -68,8 +68,9 @@ def test_export_reads_the_events_queue_with_partial_batch_failures(
     service: dict[str, Any], stateful: dict[str, Any]
 ) -> None:
     function_id, function = export_function(service)
-    _, mapping = only(service, "AWS::Lambda::EventSourceMapping")
-    assert ref_target(mapping["FunctionName"]) == function_id
+    (mapping,) = [m["Properties"] for m in resources(service,
+                                                      "AWS::Lambda::EventSourceMapping").values()
+                  if ref_target(m["Properties"]["FunctionName"]) == function_id]
     assert output_source(stateful, mapping["EventSourceArn"]) == {
         "Fn::GetAtt": ["EventsQueue", "Arn"]
     }
@@ -165,6 +166,8 @@ def test_columns_follow_the_v1_record(service: dict[str, Any]) -> None:
         "v", "at", "id", "rcpt", "from", "tenant", "campaign", "pool", "meta", "attempt",
         "source", "source_ip", "proxy", "mx", "mx_ip", "site", "provider", "response", "tls",
         "next_attempt_at", "queued_ms", "bounce", "feedback_type", "reason", "sqs_message_id",
+        # Post-delivery events (async_bounce, complaint).
+        "dsn", "reporter", "inbound_object",
     }
 
 

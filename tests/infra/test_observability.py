@@ -36,7 +36,8 @@ def queue_alarm(service: dict[str, Any], stateful: dict[str, Any], metric: str,
 def test_dead_letter_queues_alarm_on_the_first_message(
     service: dict[str, Any], stateful: dict[str, Any]
 ) -> None:
-    for dlq in ("OutboundDeadLetterQueue", "EventsDeadLetterQueue"):
+    for dlq in ("OutboundDeadLetterQueue", "EventsDeadLetterQueue",
+                "BounceIntakeDeadLetterQueue", "FblIntakeDeadLetterQueue"):
         alarm = queue_alarm(service, stateful, "ApproximateNumberOfMessagesVisible", dlq)
         assert alarm["Threshold"] == 1
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"

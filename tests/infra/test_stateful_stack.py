@@ -18,6 +18,8 @@ STATEFUL_TYPES = ("AWS::SQS::Queue", "AWS::S3::Bucket", "AWS::DynamoDB::Table", 
 # empty one. This list is the guard: a refactor that changes it must not merge.
 PINNED = {
     "OutboundQueue", "OutboundDeadLetterQueue", "EventsQueue", "EventsDeadLetterQueue",
+    "BounceIntakeQueue", "BounceIntakeDeadLetterQueue", "FblIntakeQueue",
+    "FblIntakeDeadLetterQueue",
     "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket",
     "SuppressionTable", "SendersTable", "FinalsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
@@ -69,6 +71,10 @@ def test_names_match_the_local_stack(stateful: dict[str, Any]) -> None:
     assert props["OutboundDeadLetterQueue"]["QueueName"] == names.outbound_dlq
     assert props["EventsQueue"]["QueueName"] == names.events_queue
     assert props["EventsDeadLetterQueue"]["QueueName"] == names.events_dlq
+    assert props["BounceIntakeQueue"]["QueueName"] == names.bounce_queue
+    assert props["BounceIntakeDeadLetterQueue"]["QueueName"] == names.bounce_dlq
+    assert props["FblIntakeQueue"]["QueueName"] == names.fbl_queue
+    assert props["FblIntakeDeadLetterQueue"]["QueueName"] == names.fbl_dlq
     assert render(props["SpillBucket"]["BucketName"]) == names.spill_bucket
     assert render(props["EventsBucket"]["BucketName"]) == names.events_bucket
     assert render(props["InboundBucket"]["BucketName"]) == names.inbound_bucket
@@ -79,7 +85,7 @@ def test_names_match_the_local_stack(stateful: dict[str, Any]) -> None:
 
 def test_queues_are_encrypted_and_refuse_plain_http(stateful: dict[str, Any]) -> None:
     queues = resources(stateful, "AWS::SQS::Queue")
-    assert len(queues) == 4
+    assert len(queues) == 8
     for props in (q["Properties"] for q in queues.values()):
         assert props["SqsManagedSseEnabled"] is True
     denied = set()
@@ -94,7 +100,8 @@ def test_queues_are_encrypted_and_refuse_plain_http(stateful: dict[str, Any]) ->
 def test_dead_letter_queues_outlive_their_sources(stateful: dict[str, Any]) -> None:
     queues = {k: r["Properties"] for k, r in resources(stateful, "AWS::SQS::Queue").items()}
     sources = {k: p for k, p in queues.items() if "RedrivePolicy" in p}
-    assert set(sources) == {"OutboundQueue", "EventsQueue"}
+    assert set(sources) == {"OutboundQueue", "EventsQueue", "BounceIntakeQueue",
+                            "FblIntakeQueue"}
     for name, props in sources.items():
         redrive = props["RedrivePolicy"]
         dlq = queues[ref_target(redrive["deadLetterTargetArn"])]

@@ -65,7 +65,8 @@ trusted_reporters = [
 ]
 """)
     assert info.value.problems == [
-        "feedback.trusted: unknown key (allowed: act_on, own_domains, trusted_reporters)",
+        "feedback.trusted: unknown key (allowed: act_on, addresses, own_domains, "
+        "trusted_reporters)",
         "feedback.act_on[1]: unknown feedback type 'spam' (one of abuse, fraud, virus, "
         "other, not-spam, auth-failure)",
         'feedback.own_domains[0]: expected a domain name with a dot, like "yahoo.com", '
@@ -123,5 +124,6 @@ def test_the_readme_snippet_is_a_valid_section() -> None:
     policy = parse_policy(MINIMAL + snippet).feedback
     assert policy.act_on == ("abuse", "fraud")
     assert policy.own_domains == ("example.com",)
+    assert policy.addresses == ("fbl@fbl.example.com",)
     assert [e.domain for e in policy.trusted_reporters] == ["yahoo.com", "hotmail.com"]
     assert policy.trusted_reporters[1] == TrustedReporter("hotmail.com", False, ("Hotmail FBL",))

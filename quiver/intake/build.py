@@ -1,0 +1,174 @@
+"""An intake built from a Deployment, and its work on one intake-queue message.
+
+`InboundProcessor.from_deployment` is what the bounce and FBL Lambdas build at cold
+start; the local stack and the integration tests build the same one against moto's
+server. Its `handle` reads each object an S3 notification names from the inbound
+bucket, runs the intake on it, counts the outcome and logs it; a store failure
+raises, so only that SQS message is retried (and, after its retries, dead-lettered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from quiver.intake.bounce import BounceIntake
+from quiver.intake.counts import IntakeCounts, Outcome
+from quiver.intake.mail import InboundMail
+from quiver.intake.s3_event import InboundEventError, object_refs
+from quiver.policy.model import Policy
+from quiver.policy.source import SSM_PREFIX, read_policy
+from quiver.returnpath import KeyRing, KeyRingError, ReturnPathVerifier, load_key_ring
+from quiver.returnpath.refresh import REFRESH_INTERVAL
+from quiver.settings import Deployment
+from quiver.storage.aws import BotoEventSink, secret_reader
+from quiver.storage.base import EventSink, StorageError, SuppressionStore
+from quiver.storage.boto_calls import call_sync, error_code
+from quiver.storage.dynamo import DynamoReturnPaths, DynamoSuppression
+
+if TYPE_CHECKING:
+    # Imported where used at run time: the complaint intake needs dkimpy and dnspython,
+    # which only the FBL Lambda carries (cdk/lambda_code.py), not the bounce one.
+    from quiver.intake.complaint import ComplaintIntake
+
+_log = logging.getLogger("quiver.intake")
+
+IntakeKind = Literal["bounce", "complaint"]
+
+
+class SqsMessage(Protocol):
+    """What the intake reads of an SQS record (Powertools' SQSRecord has it)."""
+
+    @property
+    def body(self) -> str: ...
+
+
+class IntakeLog(Protocol):
+    """A `logging.Logger` or Powertools' `Logger`."""
+
+    def info(self, msg: str, *, extra: dict[str, object]) -> None: ...
+
+
+class CachedRing:
+    """The key ring, read again after `ttl` seconds: a warm Lambda learns a rotated
+    key within `ttl`, and rotation activates a new key later than that
+    (quiver.returnpath.admin). A failed read keeps the ring in hand."""
+
+    def __init__(self, load: Callable[[], KeyRing], *, ttl: float = REFRESH_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._clock = clock
+        self._ring = load()  # at cold start: a ring that cannot be read stops the start
+        self._read_at = clock()
+
+    def __call__(self) -> KeyRing:
+        now = self._clock()
+        if now - self._read_at >= self._ttl:
+            self._read_at = now
+            try:
+                self._ring = self._load()
+            except KeyRingError as exc:
+                _log.warning("return-path keys not refreshed, the ring in hand stays: %s", exc)
+        return self._ring
+
+
+def _no_ring() -> KeyRing:
+    raise KeyRingError("policy return_path names no bounce domain")
+
+
+def verifier_from_policy(policy: Policy, *, store: DynamoReturnPaths,
+                         read_secret: Callable[[str], bytes] | None) -> ReturnPathVerifier:
+    """A verifier for the policy's bounce domains. Without any, every address is
+    refused (wrong_domain) before a key is needed."""
+    section = policy.return_path
+    if not section.enabled:
+        _log.warning("policy return_path names no bounce domain: every inbound report "
+                     "will be refused (wrong_domain)")
+        return ReturnPathVerifier(keys=_no_ring, store=store, bounce_domains={})
+
+    def load() -> KeyRing:
+        return load_key_ring(key_secret=section.key_secret, key_file=section.key_file,
+                             read_secret=read_secret)
+
+    return ReturnPathVerifier(keys=CachedRing(load), store=store,
+                              bounce_domains=section.bounce_domains())
+
+
+class InboundProcessor:
+    def __init__(self, *, intake: BounceIntake | ComplaintIntake, s3: Any, bucket: str,
+                 counts: IntakeCounts | None = None, log: IntakeLog = _log) -> None:
+        self.intake = intake
+        self._s3 = s3
+        self.bucket = bucket
+        self.counts = counts or IntakeCounts()
+        self._log = log
+
+    @classmethod
+    def from_deployment(
+        cls, kind: IntakeKind, deployment: Deployment, *, session: Any,
+        nameservers: list[tuple[str, int]] | None = None, log: IntakeLog = _log,
+    ) -> InboundProcessor:
+        policy, _, _ = read_policy(SSM_PREFIX + deployment.policy_parameter,
+                                   ssm=lambda: session.client("ssm"))
+        ddb = session.client("dynamodb")
+        store = DynamoReturnPaths(ddb, deployment.finals_table)
+        reader = secret_reader(session) if policy.return_path.key_secret else None
+        verifier = verifier_from_policy(policy, store=store, read_secret=reader)
+        suppression: SuppressionStore = DynamoSuppression(ddb, deployment.suppression_table)
+        sink: EventSink = BotoEventSink(session.client("sqs"), deployment.events_queue_url)
+        intake: BounceIntake | ComplaintIntake
+        if kind == "bounce":
+            intake = BounceIntake(verifier=verifier, suppression=suppression, sink=sink)
+        else:
+            from quiver.intake.complaint import ComplaintIntake
+            from quiver.routing.txt import TxtResolver
+
+            intake = ComplaintIntake(
+                verifier=verifier, suppression=suppression, sink=sink, policy=policy.feedback,
+                dnsfunc=TxtResolver(nameservers=nameservers).dkimpy_dnsfunc)
+        return cls(intake=intake, s3=session.client("s3"), bucket=deployment.inbound_bucket,
+                   log=log)
+
+    def handle(self, record: SqsMessage) -> list[Outcome]:
+        """Process every object one intake-queue message names. Raises
+        InboundEventError on a message that is not an S3 notification of this bucket,
+        StorageError when a store fails: either way only this message is retried."""
+        outcomes = []
+        for ref in object_refs(record.body):
+            if ref.bucket != self.bucket:
+                raise InboundEventError(f"object s3://{ref.bucket}/{ref.key} is not in the "
+                                        f"inbound bucket {self.bucket}")
+            mail = self._read(ref.key)
+            outcome = mail if isinstance(mail, Outcome) else asyncio.run(
+                self.intake.process(mail))
+            self.counts.count(outcome)
+            self._log.info("inbound mail", extra={
+                "object": f"s3://{ref.bucket}/{ref.key}", "kind": outcome.kind,
+                "outcome": outcome.outcome, "reason": outcome.reason,
+                "detail": outcome.detail[:300], "events": outcome.events,
+                "suppressed": outcome.suppressed})
+            outcomes.append(outcome)
+        return outcomes
+
+    def _read(self, key: str) -> InboundMail | Outcome:
+        kind = self.intake.kind
+        try:
+            response = call_sync(self._s3.get_object, Bucket=self.bucket, Key=key)
+        except StorageError as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                # Expired or removed before it was read (a late replay from the DLQ):
+                # there is nothing left to act on, and retrying will not bring it back.
+                return Outcome(kind, "ignored", "missing_object", key)
+            raise
+        size = int(response.get("ContentLength", 0))
+        if size > self.intake.max_bytes:
+            response["Body"].close()
+            return Outcome(kind, "ignored", "too_large",
+                           f"{size} bytes; the bound is {self.intake.max_bytes}")
+        raw: bytes = response["Body"].read()
+        return InboundMail(bucket=self.bucket, key=key, raw=raw,
+                           stored_at=response["LastModified"].timestamp())

@@ -1,0 +1,71 @@
+"""The FBL intake: an ARF report about a message of ours → a `complaint` event and a
+suppression entry, when the report is trusted.
+
+In order, cheapest refusal first: parse (bounded), find the message by a signed
+return path in the report (the original's Return-Path, then Original-Mail-From;
+an HMAC, no lookup for a forgery), verify the reporter's DKIM signature (DNS), and
+ask the [feedback] policy whether the report may act. A report that may not is
+counted (`untrusted`, with the decision's reason) and stays in the inbound bucket
+for its expiry; it publishes nothing and suppresses nobody, so a stranger who
+mails the FBL address cannot move complaint rates or suppress anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from quiver.feedback.arf import DEFAULT_ID_HEADERS, parse_report
+from quiver.feedback.dkim_check import DnsFunc, verify_report_dkim
+from quiver.feedback.limits import MAX_REPORT_BYTES
+from quiver.feedback.report import Ignored
+from quiver.feedback.trust import decide
+from quiver.intake.counts import Kind, Outcome
+from quiver.intake.mail import InboundMail
+from quiver.intake.records import complaint_event
+from quiver.intake.recover import recover
+from quiver.intake.suppress import entry as suppression_entry
+from quiver.policy.feedback import FeedbackPolicy
+from quiver.returnpath import Refusal, ReturnPathVerifier
+from quiver.storage.base import EventSink, SuppressionStore
+
+
+class ComplaintIntake:
+    kind: Kind = "complaint"
+    # Larger objects are not read (counted as ignored, too_large): the parser's bound.
+    max_bytes = MAX_REPORT_BYTES
+
+    def __init__(self, *, verifier: ReturnPathVerifier, suppression: SuppressionStore,
+                 sink: EventSink, policy: FeedbackPolicy, dnsfunc: DnsFunc,
+                 id_headers: Sequence[str] = DEFAULT_ID_HEADERS) -> None:
+        self._verifier = verifier
+        self._suppression = suppression
+        self._sink = sink
+        self._policy = policy
+        self._dnsfunc = dnsfunc
+        self._id_headers = id_headers
+
+    async def process(self, mail: InboundMail) -> Outcome:
+        """Events and suppression for one stored report, or why none. Raises
+        StorageError when a store fails (the caller retries: it is idempotent)."""
+        report = parse_report(mail.raw, id_headers=self._id_headers)
+        if isinstance(report, Ignored):
+            return Outcome("complaint", "ignored", report.reason, report.detail)
+        found = recover(self._verifier,
+                        [report.original.return_path, report.original_mail_from])
+        if isinstance(found, Refusal):
+            return Outcome("complaint", "refused", found.reason, found.detail)
+        dkim = verify_report_dkim(mail.raw, dnsfunc=self._dnsfunc)
+        _, envelope_sender = mail.envelope()
+        decision = decide(report, dkim, policy=self._policy,
+                          envelope_sender=envelope_sender or report.report_return_path)
+        if decision.action != "act" or decision.reporter is None:
+            return Outcome("complaint", "untrusted", decision.reason, decision.detail)
+        event = complaint_event(verified=found, at=mail.stored_at, inbound_object=mail.uri,
+                                feedback_type=report.feedback_type,
+                                reporter=decision.reporter)
+        await self._suppression.put(suppression_entry(
+            found, reason="complaint", at=mail.stored_at, event="complaint",
+            detail=f"{report.feedback_type} reported by {decision.reporter}"))
+        await self._sink.publish([event], batch_id=mail.identity)
+        return Outcome("complaint", "accepted", decision.reason,
+                       f"{report.feedback_type} {found.message_id}", events=1, suppressed=1)

@@ -1,0 +1,68 @@
+"""What the intakes did with each inbound mail, counted by outcome and reason.
+
+Every object ends in exactly one outcome: `accepted` (events published), `ignored`
+(not a report: an auto-reply, an out-of-office, a delay warning, too large...),
+`refused` (a return path that does not verify: forged, expired key, another
+tenant's...) or `untrusted` (a complaint whose reporter the [feedback] policy does
+not trust: kept in the bucket, acting on nothing). The counts go out as CloudWatch
+EMF metrics, namespace `Quiver`, metric `inbound_<outcome>`, dimensions `kind`
+(bounce, complaint) and `reason`, so a wave of forged bounces is a graph, not a
+guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal, TextIO
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+NAMESPACE = "Quiver"
+Kind = Literal["bounce", "complaint"]
+OutcomeName = Literal["accepted", "ignored", "refused", "untrusted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One inbound mail's fate. `reason` is machine-readable (a refusal reason, an
+    ignore reason, a trust decision); `detail` says more, for the log."""
+
+    kind: Kind
+    outcome: OutcomeName
+    reason: str
+    detail: str = ""
+    events: int = 0
+    suppressed: int = 0
+
+    @property
+    def dropped(self) -> bool:
+        return self.outcome != "accepted"
+
+
+class IntakeCounts:
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    def count(self, outcome: Outcome) -> None:
+        self.counts[(outcome.kind, outcome.outcome, outcome.reason)] += 1
+
+    def flush(self, out: TextIO | None = None) -> int:
+        """Emit one EMF document per (kind, outcome, reason); returns how many."""
+        counts, self.counts = self.counts, Counter()
+        target = out or sys.stdout
+        for (kind, outcome, reason), n in sorted(counts.items()):
+            buffer = io.StringIO()
+            # single_metric prints its EMF blob; capture it so it goes where we say.
+            with contextlib.redirect_stdout(buffer), single_metric(
+                name=f"inbound_{outcome}", unit=MetricUnit.Count, value=n,
+                namespace=NAMESPACE,
+            ) as metric:
+                metric.add_dimension(name="kind", value=kind)
+                metric.add_dimension(name="reason", value=reason)
+            target.write(buffer.getvalue())
+        target.flush()
+        return len(counts)

@@ -50,7 +50,7 @@ from quiver.events import EventType, Record, make_event, rejected_events, rfc333
 from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
-from quiver.returnpath import ReturnPaths
+from quiver.returnpath import KeyRingError, ReturnPaths
 from quiver.sender.complete import Completer, Completion
 from quiver.settings import MIN_OUTBOUND_MAX_RECEIVES
 from quiver.smtp.reply import Response
@@ -74,6 +74,8 @@ from quiver.unsubscribe.headers import UnsubscribeHeaders, has_unsubscribe
 from quiver.unsubscribe.token import Subject, TokenError
 
 log = logging.getLogger("quiver.sender")
+# A key-ring problem is logged at most this often (seconds): it hits every message.
+KEY_WARNING_INTERVAL = 60.0
 
 # SQS DelaySeconds maximum; longer waits hop through the queue in steps.
 MAX_DELAY = 900
@@ -186,6 +188,7 @@ class MessageHandler:
         self._return_paths = return_paths
         self._return_path_store = return_path_store
         self._warned_no_keys = False
+        self._key_warned_at = -math.inf
         # One-click unsubscribe headers (policy `unsubscribe`), signed with the same ring.
         self._unsubscribe = unsubscribe
         self._warned_no_unsubscribe = False
@@ -263,11 +266,11 @@ class MessageHandler:
             raw = env.raw if env.raw is not None else await self._bodies.get(
                 env.raw_s3 or "", max_size=rules.max_message_size)
         except (MissingObject, TooLarge) as exc:
-            return self._reject(received, f"raw_s3: {exc}", env)
+            return self._reject(received, f"raw_s3: {exc}", env, suppressed=suppressed)
         try:
             ready = prepare(raw, max_size=rules.max_message_size, long_lines=rules.long_lines)
         except ContentError as exc:
-            return self._reject(received, f"raw: {exc}", env)
+            return self._reject(received, f"raw: {exc}", env, suppressed=suppressed)
         message = ready.message
         declare = ready.eight_bit and rules.eight_bit == "declare"
         if ready.eight_bit and not declare:
@@ -292,7 +295,8 @@ class MessageHandler:
                     message = next(iter(fields.values())) + message
                 signed, signature_length = await self._signed(message, domain=domain)
         except DkimError as exc:
-            return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env)
+            return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env,
+                                suppressed=suppressed)
         # The signed copy is what travels; the envelope keeps no second copy (a retry
         # recovers the unsigned body from it, and is signed afresh on its attempt).
         return _Prepared(env=replace(env, raw=None), message=signed,
@@ -330,9 +334,10 @@ class MessageHandler:
             return {rcpt: self._unsubscribe.fields(rule, Subject(
                 tenant=env.tenant, campaign=env.campaign, message_id=env.id, recipient=rcpt))
                 for rcpt in env.recipients}
-        except TokenError as exc:
-            # The mail is still good mail: it goes without the headers, and says why.
-            log.warning("message %s: no List-Unsubscribe added: %s", env.id, exc)
+        except (TokenError, KeyRingError) as exc:
+            # The mail is still good mail: it goes without the headers, and says why
+            # (a ring with no key that may sign now is the operator's to fix).
+            self._key_warning(f"message {env.id}: no List-Unsubscribe added: {exc}")
             return None
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
@@ -405,13 +410,27 @@ class MessageHandler:
             return None
         out: dict[str, str] = {}
         records = []
-        for rcpt in env.recipients:
-            out[rcpt], record = self._return_paths.address(
-                bounce_domain=bounce, message_id=env.id, recipient=rcpt, tenant=env.tenant,
-                campaign=env.campaign)
-            records.append(record)
+        try:
+            for rcpt in env.recipients:
+                out[rcpt], record = self._return_paths.address(
+                    bounce_domain=bounce, message_id=env.id, recipient=rcpt,
+                    tenant=env.tenant, campaign=env.campaign)
+                records.append(record)
+        except KeyRingError as exc:
+            # No key may sign now (all retired, or the newest not yet active): the mail
+            # goes with the caller's envelope sender, as from a sender without keys,
+            # rather than not at all; its bounces then reach the caller's address.
+            self._key_warning(f"message {env.id}: envelope sender not rewritten: {exc}")
+            return None
         await self._return_path_store.put(records)
         return out
+
+    def _key_warning(self, text: str) -> None:
+        """Log a key-ring problem at most once per KEY_WARNING_INTERVAL."""
+        now = self._clock()
+        if now - self._key_warned_at >= KEY_WARNING_INTERVAL or now < self._key_warned_at:
+            self._key_warned_at = now
+            log.warning("%s", text)
 
     async def _suppress(
         self, received: Received, env: Envelope, *, queued_at: float, now: float
@@ -655,7 +674,11 @@ class MessageHandler:
             retry=[Outgoing(body=received.body, delay_seconds=_delay(wait))],
         )
 
-    def _reject(self, received: Received, reason: str, env: Envelope | None = None) -> Completion:
+    def _reject(self, received: Received, reason: str, env: Envelope | None = None, *,
+                suppressed: Sequence[Record] = ()) -> Completion:
+        """Every recipient of `env` rejected, the original to the DLQ. `suppressed`: the
+        finals of recipients the suppression list already took out of `env`, which
+        must be recorded with the rest (the original's deletion would lose them)."""
         now = self._clock()
         if env is None:
             # Whatever the body still says validly (the caller's id, recipients, tenant,
@@ -670,6 +693,7 @@ class MessageHandler:
                            sqs_message_id=received.message_id)
                 for r in env.recipients
             ]
+        records = [*suppressed, *records]
         log.warning("message %s rejected: %s", received.message_id, reason)
         dead = Outgoing(
             body=received.body,

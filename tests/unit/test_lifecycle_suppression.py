@@ -10,6 +10,8 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
+import pytest
+
 from quiver.bounce import default_classifier
 from quiver.delivery import Attempt, Path
 from quiver.dkim import SignerSet
@@ -264,3 +266,23 @@ async def test_a_5_1_1_to_the_end_of_data_for_several_recipients_suppresses_none
     await rig.run(body(["data-3@a.example"], mid="m-2"))  # alone: it is that mailbox
     await rig.writer.flush()
     assert list(rig.store.entries) == [(ALL_TENANTS, "data-3@a.example")]
+
+
+@pytest.mark.parametrize("fault", ["missing body", "not a message"])
+async def test_a_message_rejected_after_the_check_keeps_its_suppressed_finals(fault: str) -> None:
+    """The suppressed recipients' finals ride with the others' `rejected`: deleting the
+    original would otherwise leave them with none."""
+    rig = Rig()
+    await rig.store.put(entry("ok-no@a.example"))
+    to = ["ok-no@a.example", "ok-yes@a.example"]
+    if fault == "missing body":
+        message = json.dumps({"v": 1, "id": "m-1", "from": "b@example.com", "to": to,
+                              "raw_s3": "s3://spill/missing.eml"})
+    else:
+        message = json.dumps({"v": 1, "id": "m-1", "from": "b@example.com", "to": to,
+                              "raw": base64.b64encode(b"no header section\x00").decode()})
+    assert await rig.run(message)
+    assert rig.transport.tried == []
+    finals = rig.finals()
+    assert {r: f["event"] for r, f in finals.items()} == {
+        "ok-no@a.example": "suppressed", "ok-yes@a.example": "rejected"}

@@ -255,3 +255,28 @@ def test_with_return_paths_each_copy_goes_with_its_own_signed_mail_from(
         assert match is not None
         verified = rig.verifier.verify(match.group(1).decode())
         assert isinstance(verified, Verified) and verified.subject.recipient == rcpt
+
+
+def test_a_ring_with_no_key_that_may_sign_yet_sends_the_mail_without_headers(
+        signer_and_zone: tuple[DkimSigner, Zone]) -> None:
+    """Every key retired or not yet active is the operator's to fix: the mail still
+    goes, without List-Unsubscribe and with the caller's envelope sender."""
+    signer, zone = signer_and_zone
+    early = rotated(None, now=T0 + 3600)  # its only key is created an hour from now
+    policy = parse_policy(BASE.replace('key_file = "unused.json"\n', 'key_file = "unused.json"\n'
+                                       '[[return_path.domains]]\nfrom = "example.com"\n'
+                                       'bounce = "bounces.example.com"\n'))
+    rig = Rig(signer, headers=UnsubscribeHeaders(early, clock=lambda: T0))
+    rig.handler = MessageHandler(
+        policy=policy, transport=rig.transport, signers=SignerSet([signer]),
+        bodies=MemoryBodyStore("spill"), completer=rig.completer,
+        classifier=default_classifier(), rng=random.Random(1), clock=rig.clock,
+        unsubscribe=UnsubscribeHeaders(early, clock=rig.clock),
+        return_paths=ReturnPaths(early, clock=rig.clock),
+        return_path_store=MemoryReturnPaths(clock=rig.clock))
+    assert rig.run(to=["ok-1@a.example", "ok-2@a.example"], message=raw())
+    sent = list(rig.transport.messages.values())
+    assert sent and all(b"List-Unsubscribe" not in m and zone.verifies(wire(m)) for m in sent)
+    assert sorted(e["event"] for e in rig.sink.records) == ["delivered", "delivered"]
+    assert all("return_path" not in e for e in rig.sink.records)
+    assert set(rig.transport.senders.values()) == {"news@example.com"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -22,7 +21,7 @@ from quiver.intake.s3_event import InboundEventError, object_refs
 from quiver.policy.model import Policy
 from quiver.policy.source import SSM_PREFIX, read_policy
 from quiver.returnpath import KeyRing, KeyRingError, ReturnPathVerifier, load_key_ring
-from quiver.returnpath.refresh import REFRESH_INTERVAL
+from quiver.returnpath.refresh import CachedRing
 from quiver.settings import Deployment
 from quiver.storage.aws import BotoEventSink, secret_reader
 from quiver.storage.base import EventSink, StorageError, SuppressionStore
@@ -52,30 +51,6 @@ class IntakeLog(Protocol):
     def info(self, msg: str, *, extra: dict[str, object]) -> None: ...
 
 
-class CachedRing:
-    """The key ring, read again after `ttl` seconds: a warm Lambda learns a rotated
-    key within `ttl`, and rotation activates a new key later than that
-    (quiver.returnpath.admin). A failed read keeps the ring in hand."""
-
-    def __init__(self, load: Callable[[], KeyRing], *, ttl: float = REFRESH_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._load = load
-        self._ttl = ttl
-        self._clock = clock
-        self._ring = load()  # at cold start: a ring that cannot be read stops the start
-        self._read_at = clock()
-
-    def __call__(self) -> KeyRing:
-        now = self._clock()
-        if now - self._read_at >= self._ttl:
-            self._read_at = now
-            try:
-                self._ring = self._load()
-            except KeyRingError as exc:
-                _log.warning("return-path keys not refreshed, the ring in hand stays: %s", exc)
-        return self._ring
-
-
 def _no_ring() -> KeyRing:
     raise KeyRingError("policy return_path names no bounce domain")
 
@@ -94,8 +69,9 @@ def verifier_from_policy(policy: Policy, *, store: DynamoReturnPaths,
         return load_key_ring(key_secret=section.key_secret, key_file=section.key_file,
                              read_secret=read_secret)
 
-    return ReturnPathVerifier(keys=CachedRing(load), store=store,
-                              bounce_domains=section.bounce_domains())
+    keys = CachedRing(load)
+    keys()  # read at cold start: a ring that cannot be read stops the start
+    return ReturnPathVerifier(keys=keys, store=store, bounce_domains=section.bounce_domains())
 
 
 class InboundProcessor:

@@ -12,11 +12,12 @@ from inbound_mail import T0, Clock, ring
 
 from quiver.devstack.export_pump import Tally
 from quiver.events import pack_batches, unpack_batch
-from quiver.intake.build import CachedRing, verifier_from_policy
+from quiver.intake.build import verifier_from_policy
 from quiver.intake.mail import InboundMail
 from quiver.intake.s3_event import InboundEventError, ObjectRef, object_refs
 from quiver.policy import PolicyError, parse_policy
 from quiver.returnpath import KeyRingError, Refusal
+from quiver.returnpath.refresh import CachedRing
 from quiver.storage.memory import MemoryReturnPaths
 
 
@@ -156,7 +157,7 @@ def test_the_key_ring_is_read_again_after_its_ttl_and_a_failed_read_keeps_it() -
             raise got
         return got
 
-    cached = CachedRing(load, ttl=300.0, clock=clock)  # type: ignore[arg-type]
+    cached = CachedRing(load, interval=300.0, clock=clock)  # type: ignore[arg-type]
     assert cached() is first
     clock.now = 299.0
     assert cached() is first

@@ -10,7 +10,8 @@ synchronous hard bounces, written behind it.
 Bad input becomes a `rejected` event per recipient it names, and the original goes
 to the DLQ untouched. A message that keeps coming back unfinished (a crash or hang
 on it each time) is given up one receive before the queue's maxReceiveCount: a
-`failed` event per recipient, and its body to the DLQ for a redrive.
+`failed` event per recipient (`suppressed` for one on the suppression list), and
+its body to the DLQ for a redrive.
 
 Attempts are counted per recipient: a recipient's count grows by one per real try
 at its destination (`Attempt.counts`), and its retries follow the retry schedule
@@ -84,6 +85,9 @@ BODY_RETRY_VISIBILITY = 30
 # SQS refuses a larger message body; a re-enqueue that would exceed it (an inline
 # body near the limit plus bookkeeping) moves its body to the spill bucket.
 MAX_SQS_BODY = 256 * 1024
+# How long giving a message up waits for the suppression list (seconds); see
+# `_suppressed_at_limit`.
+GIVE_UP_CHECK_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +456,16 @@ class MessageHandler:
                                                why=f"suppression list unreadable: {exc}")
         if not found:
             return env, ()
+        records = self._suppressed_events(env, found, now=now)
+        rest = tuple(r for r in env.recipients if r not in found)
+        if not rest:
+            return Completion(received=received, records=records)
+        return replace(env, recipients=rest,
+                       last={r: v for r, v in env.last.items() if r in rest}), tuple(records)
+
+    def _suppressed_events(self, env: Envelope, found: dict[str, Suppression], *,
+                           now: float) -> list[Record]:
+        """The one final `suppressed` event of each recipient `found` on the list."""
         pool = env.pool or self._policy.current.default_pool
         records = []
         for rcpt, entry in found.items():
@@ -459,11 +473,7 @@ class MessageHandler:
             records.append(make_event("suppressed", envelope=env, rcpt=rcpt, attempt=env.attempt,
                                       pool=pool, at=now, response=None, reason=reason,
                                       bounce=bounce))
-        rest = tuple(r for r in env.recipients if r not in found)
-        if not rest:
-            return Completion(received=received, records=records)
-        return replace(env, recipients=rest,
-                       last={r: v for r, v in env.last.items() if r in rest}), tuple(records)
+        return records
 
     async def _defer_unchecked(self, received: Received, env: Envelope, *, queued_at: float,
                                now: float, why: str) -> Completion:
@@ -629,8 +639,10 @@ class MessageHandler:
         """Received once short of the queue's maxReceiveCount without ever completing
         (each earlier receive crashed, hung or was abandoned): a `failed` event for each
         recipient not yet final, and the message (those recipients, its body and its
-        bookkeeping) to the DLQ for a redrive. If this completion is lost too, the last
-        receive does the same again; the export keeps one final event per recipient."""
+        bookkeeping) to the DLQ for a redrive. A recipient on the suppression list gets
+        its `suppressed` event instead (what any receive would have given it) and stays
+        out of the DLQ copy. If this completion is lost too, the last receive does the
+        same again; the export keeps one final event per recipient."""
         pending = env.recipients
         if self._finalized is not None:
             try:
@@ -643,17 +655,23 @@ class MessageHandler:
             pending = tuple(r for r in pending if r not in done)
         if not pending:
             return Completion(received=received)
+        env = replace(env, recipients=pending)
+        found = await self._suppressed_at_limit(received, env)
+        suppressed = self._suppressed_events(env, found, now=now)
+        pending = tuple(r for r in pending if r not in found)
+        if not pending:
+            return Completion(received=received, records=suppressed)
         pool = env.pool or self._policy.current.default_pool
         reason = (f"received {received.receive_count} times without completing (a crash or "
                   f"hang each time; the queue's maxReceiveCount is {self._max_receives}): "
                   "given up, message kept in the outbound DLQ")
         records = [
-            make_event(
+            *suppressed,
+            *(make_event(
                 "failed", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
                 response=_final_response(env.last.get(r), unknown=None),
                 reason=reason, sqs_message_id=received.message_id,
-            )
-            for r in pending
+            ) for r in pending),
         ]
         log.warning("message %s (%s) given up: %s", received.message_id, env.id, reason)
         kept = replace(env, recipients=pending,
@@ -664,6 +682,24 @@ class MessageHandler:
         dead = Outgoing(body=body, attributes={"quiver-reason": reason[:256],
                                                "quiver-message-id": received.message_id})
         return Completion(received=received, records=records, dead=[dead])
+
+    async def _suppressed_at_limit(self, received: Received,
+                                   env: Envelope) -> dict[str, Suppression]:
+        """The recipients of a message being given up that are on the suppression list.
+        The check may be what kept the message from completing (a store that hangs or
+        breaks on it): bounded, and on any failure none is taken for suppressed, so
+        every recipient still gets a final event now (`failed`, kept in the DLQ copy,
+        whose redrive checks again). `on_error` does not apply: there is no later
+        receive to defer to and nothing is sent unchecked."""
+        if self._suppression is None:
+            return {}
+        try:
+            async with asyncio.timeout(GIVE_UP_CHECK_TIMEOUT):
+                return await self._suppression.check(env.recipients, tenant=env.tenant)
+        except Exception as exc:  # whatever it is, the give-up must still complete
+            log.warning("message %s: suppression list not checked before giving up (%r); "
+                        "failing every recipient", received.message_id, exc)
+            return {}
 
     def _postpone(self, received: Received, env: Envelope) -> Completion:
         """Not due yet: send it back with the remaining delay (hops of at most 15 min)."""

@@ -79,7 +79,6 @@ class Transport:
 class Rig:
     def __init__(self, extra: str = "") -> None:
         self.clock = Clock()
-        self.queue = MemoryQueue("outbound")
         self.sink = MemoryEventSink()
         self.bodies = MemoryBodyStore("spill")
         self.transport = Transport()
@@ -88,20 +87,25 @@ class Rig:
         self.check = SuppressionCheck(self.store, policy=self.policy, clock=self.clock,
                                       monotonic=self.clock)
         self.writer = SuppressionWriter(self.store, check=self.check)
+        self.queue, self.dlq = MemoryQueue("outbound"), MemoryQueue("dlq")
 
-    async def run(self, body: str) -> bool:
-        """Handle one message as a sender does, with a fresh outbound queue (what it
-        re-enqueues is in `self.queue` afterwards)."""
-        self.queue = MemoryQueue("outbound")
-        completer = Completer(queue=self.queue, dlq=MemoryQueue("dlq"), sink=self.sink,
+    async def run(self, body: str, *, max_receives: int = 0, receive_count: int = 1) -> bool:
+        """Handle one message as a sender does, with a fresh outbound queue and DLQ (what
+        it re-enqueues is in `self.queue` afterwards, what it dead-letters in `self.dlq`).
+        `receive_count`: this receive's count (the earlier ones never completed)."""
+        self.queue, self.dlq = MemoryQueue("outbound"), MemoryQueue("dlq")
+        completer = Completer(queue=self.queue, dlq=self.dlq, sink=self.sink,
                               max_delay=0.01)
         handler = MessageHandler(
             policy=self.policy, transport=self.transport, signers=SignerSet([]),
             bodies=self.bodies, completer=completer, classifier=default_classifier(),
             rng=random.Random(1), clock=self.clock, suppression=self.check,
-            suppression_writer=self.writer)
+            suppression_writer=self.writer, max_receives=max_receives)
         await self.queue.send([Outgoing(body=body)])
+        for _ in range(receive_count - 1):
+            await self.queue.receive(max_messages=1, wait_seconds=0, visibility=0)
         (received,) = await self.queue.receive(max_messages=1, wait_seconds=0, visibility=30)
+        assert received.receive_count == receive_count
         completer.start()
         try:
             return await handler.handle(received)
@@ -286,3 +290,44 @@ async def test_a_message_rejected_after_the_check_keeps_its_suppressed_finals(fa
     finals = rig.finals()
     assert {r: f["event"] for r, f in finals.items()} == {
         "ok-no@a.example": "suppressed", "ok-yes@a.example": "rejected"}
+
+
+async def test_at_the_receive_limit_a_suppressed_recipient_is_suppressed_not_failed() -> None:
+    """Given up (receive 4 of 5): the listed recipient's final is the `suppressed` it
+    would have had on any receive; only the other fails and goes to the DLQ."""
+    rig = Rig()
+    await rig.store.put(entry("ok-no@a.example"))
+    assert await rig.run(body(["ok-no@a.example", "ok-yes@a.example"], tenant="acme"),
+                         max_receives=5, receive_count=4)
+    assert rig.transport.tried == []
+    finals = rig.finals()
+    assert {r: f["event"] for r, f in finals.items()} == {
+        "ok-no@a.example": "suppressed", "ok-yes@a.example": "failed"}
+    assert finals["ok-no@a.example"]["reason"].startswith(
+        "on the suppression list: complaint in scope global")
+    assert "received 4 times" in finals["ok-yes@a.example"]["reason"]
+    (dead,) = rig.dlq.bodies()
+    assert decode(dead).recipients == ("ok-yes@a.example",)
+
+
+async def test_at_the_receive_limit_with_every_recipient_suppressed_nothing_is_kept() -> None:
+    rig = Rig()
+    await rig.store.put(entry("ok@a.example"))
+    assert await rig.run(body(["ok@a.example"]), max_receives=5, receive_count=4)
+    assert [e["event"] for e in rig.sink.records] == ["suppressed"]
+    assert len(rig.dlq) == 0
+
+
+@pytest.mark.parametrize("on_error", ["defer", "send"])
+async def test_at_the_receive_limit_an_unreadable_list_fails_every_recipient(
+        on_error: str) -> None:
+    """No later receive to defer to, nothing sent to fail open: each recipient fails and
+    stays in the DLQ copy, whose redrive checks the list again."""
+    rig = Rig(f'on_error = "{on_error}"')
+    await rig.store.put(entry("ok-no@a.example"))
+    rig.store.fail = StorageError("table unreachable")
+    assert await rig.run(body(["ok-no@a.example", "ok-yes@a.example"]),
+                         max_receives=5, receive_count=4)
+    assert {e["event"] for e in rig.finals().values()} == {"failed"}
+    (dead,) = rig.dlq.bodies()
+    assert decode(dead).recipients == ("ok-no@a.example", "ok-yes@a.example")

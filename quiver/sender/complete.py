@@ -2,7 +2,10 @@
 
 A message is deleted from the outbound queue only after the events of its
 recipients were accepted by the events queue and its still-pending recipients
-were re-enqueued (ARCHITECTURE.md, durability). Completions are batched across
+were re-enqueued (ARCHITECTURE.md, durability). A completion that keeps its
+message (`release_after`: its pending recipients could not be re-enqueued) has
+its events accepted the same way, and its message hidden instead of deleted, to
+come back for those recipients. Completions are batched across
 messages so one SQS request carries many: that is where most of the per-message
 AWS cost goes.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +34,9 @@ class Completion:
     # Suppression-list entries its outcomes call for (hard bounces), written once
     # the records are durable.
     suppress: list[Suppression] = field(default_factory=list)
+    # None: the message is deleted once the rest is durable. Seconds: it is kept, its
+    # pending recipients still in it, and visible again that many seconds later.
+    release_after: int | None = None
     future: asyncio.Future[None] | None = None
 
 
@@ -98,7 +105,10 @@ class Completer:
             retry = [m for c in batch for m in c.retry]
             if retry:
                 await self._queue.send(retry)
-            await self._queue.delete([self.receipt_of(c.received) for c in batch])
+            done = [self.receipt_of(c.received) for c in batch if c.release_after is None]
+            if done:
+                await self._queue.delete(done)
+            await self._release([c for c in batch if c.release_after is not None])
         except StorageError as exc:
             # Nothing is lost: undeleted messages come back after their visibility
             # timeout; records already accepted may then be written again.
@@ -115,6 +125,22 @@ class Completer:
         for c in batch:
             if c.future is not None and not c.future.done():
                 c.future.set_result(None)
+
+    async def _release(self, kept: Sequence[Completion]) -> None:
+        """Hide each kept message until its `release_after`. A failure is no failure of
+        the completion: its events are durable, and the message comes back after the
+        visibility it has, for its pending recipients all the same (sooner than asked:
+        perhaps before the export has claimed its finals, see MessageHandler)."""
+        by_delay: dict[int, list[str]] = defaultdict(list)
+        for c in kept:
+            assert c.release_after is not None
+            by_delay[c.release_after].append(self.receipt_of(c.received))
+        for seconds, receipts in by_delay.items():
+            try:
+                await self._queue.change_visibility(receipts, seconds=seconds)
+            except StorageError as exc:
+                log.warning("could not hide %d kept messages for %ds: %s", len(receipts),
+                            seconds, exc)
 
     async def close(self) -> None:
         """Flush what is pending and stop."""

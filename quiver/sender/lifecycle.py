@@ -7,6 +7,9 @@ ready it (quiver.content: size, header, long lines, 8-bit) → add List-Unsubscr
 domain → at most one event per recipient → re-enqueue the pending ones → complete
 (events accepted, re-enqueues sent, then delete) → the suppression entries of its
 synchronous hard bounces, written behind it.
+A re-enqueue that cannot be written (its body's move to S3 failed) keeps the
+original in the queue for the pending recipients instead; the finals of the
+others are recorded all the same, and its redelivery skips them (`_keep`).
 Bad input becomes a `rejected` event per recipient it names, and the original goes
 to the DLQ untouched. A message that keeps coming back unfinished (a crash or hang
 on it each time) is given up one receive before the queue's maxReceiveCount: a
@@ -47,7 +50,14 @@ from quiver.delivery import Attempt, Transport
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError, LastReply
-from quiver.events import EventType, Record, make_event, rejected_events, rfc3339_ms
+from quiver.events import (
+    FINAL_EVENTS,
+    EventType,
+    Record,
+    make_event,
+    rejected_events,
+    rfc3339_ms,
+)
 from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
@@ -85,6 +95,11 @@ BODY_RETRY_VISIBILITY = 30
 # SQS refuses a larger message body; a re-enqueue that would exceed it (an inline
 # body near the limit plus bookkeeping) moves its body to the spill bucket.
 MAX_SQS_BODY = 256 * 1024
+# A message kept in the queue because its re-enqueue could not be written comes back
+# no sooner than this (seconds), though its retry may be due sooner: its redelivery
+# skips the recipients already final only once the export has claimed their finals
+# (the deployed export waits up to 30 s for a batch and runs up to 60 s).
+PARTIAL_RELEASE_MIN = 300
 # How long giving a message up waits for the suppression list (seconds); see
 # `_suppressed_at_limit`.
 GIVE_UP_CHECK_TIMEOUT = 10.0
@@ -229,7 +244,8 @@ class MessageHandler:
             return False
         if completion.suppress and self._suppression_writer is not None:
             self._suppression_writer.add(completion.suppress)
-        return True
+        # A kept message is not done: it comes back for its pending recipients.
+        return completion.release_after is None
 
     async def _prepare(self, received: Received) -> Completion | _Prepared:
         """Decode, check, fetch and sign: a Completion if the message ends here."""
@@ -578,13 +594,45 @@ class MessageHandler:
                     kind, envelope=env, rcpt=a.rcpt, attempt=count, pool=pool, at=now, **fields
                 ))
         completion = Completion(received=received, records=records, suppress=suppress)
-        for count, rcpts in pending.items():
-            retry = env.retry(recipients=tuple(rcpts), attempt=count, not_before=next_at[count],
-                              queued_at=queued_at, last=last)
-            completion.retry.append(Outgoing(
-                body=await self._encode_bounded(retry), delay_seconds=_delay(next_at[count] - now)
-            ))
+        try:
+            for count, rcpts in pending.items():
+                retry = env.retry(recipients=tuple(rcpts), attempt=count,
+                                  not_before=next_at[count], queued_at=queued_at, last=last)
+                completion.retry.append(Outgoing(
+                    body=await self._encode_bounded(retry),
+                    delay_seconds=_delay(next_at[count] - now)))
+        except StorageError as exc:
+            return self._keep(completion, exc, due=min(next_at[c] for c in pending), now=now)
         return completion
+
+    def _keep(self, completion: Completion, error: StorageError, *, due: float,
+              now: float) -> Completion:
+        """A re-enqueue could not be written (its body's move to S3 failed): the original
+        stays in the queue instead, and its redelivery tries the pending recipients.
+        The recipients this attempt made final are recorded all the same (events first,
+        as for any completion), because the redelivery skips recipients already final
+        (`finalized`) and would otherwise send to them again. It comes back at the
+        attempt's own retry time, but not before PARTIAL_RELEASE_MIN (by then the export
+        has claimed those finals) nor after MAX_DELAY.
+
+        Raises `error` (the whole message comes back, as it was, with nothing recorded)
+        when nothing this attempt did is final (recording its deferrals now would only
+        record the same attempt again when it is repeated), or without a finals lookup
+        (its delivered recipients would be sent to, and recorded, twice)."""
+        if self._finalized is None or not any(r["event"] in FINAL_EVENTS
+                                              for r in completion.records):
+            raise error
+        release = max(PARTIAL_RELEASE_MIN, min(MAX_DELAY, math.ceil(due - now)))
+        # Their next attempt is the redelivery's; the original holds no time of its own.
+        next_attempt = rfc3339_ms(now + release)
+        for record in completion.records:
+            if record["event"] == "deferred":
+                record["next_attempt_at"] = next_attempt
+        log.warning("message %s: re-enqueue failed (%s); recording %d events, the original "
+                    "returns in %ds for its pending recipients", completion.received.message_id,
+                    error, len(completion.records), release)
+        # Not one re-enqueue may go: the original carries every pending recipient.
+        return replace(completion, retry=[], release_after=release)
 
     async def _encode_bounded(self, env: Envelope) -> str:
         """The SQS body for a re-enqueue; its inline body moves to S3 if it would not fit."""

@@ -138,8 +138,12 @@ class MemoryBodyStore:
     def __init__(self, bucket: str = "memory") -> None:
         self.bucket = bucket
         self.objects: dict[str, bytes] = {}
+        # Raised by every put while set: a spill bucket that cannot be written.
+        self.fail_put: StorageError | None = None
 
     async def put(self, key: str, data: bytes) -> str:
+        if self.fail_put is not None:
+            raise self.fail_put
         self.objects[key] = data
         return f"s3://{self.bucket}/{key}"
 

@@ -5,6 +5,11 @@ namespace `Quiver`, metrics delivered/deferred/bounced/expired/rejected/failed, 
 dimensions `pool` and `provider`. The bounce-rate alarms watch each (pool, provider)
 pair that the policy names: a provider blocking one pool is the signal that matters,
 and an alarm's math may reference at most 10 metrics, which rules out summing them all.
+
+The complaint rate divides the FBL intake's `complaints` by the sender's `delivered`,
+both written per (tenant, campaign, provider) and also per tenant, per provider and
+with no dimension (quiver.complaint_rate): its alarms, fleet-wide and per provider
+of the policy, each read two metrics, and the finest set feeds the dashboard's ranking.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.logical_ids import logical_id_part
+from quiver.complaint_rate import COMPLAINTS, DELIVERED, PROVIDER
+from quiver.complaint_rate import NAMESPACE as COMPLAINT_RATE_NAMESPACE
 from quiver.policy import Policy
 
 NAMESPACE = "Quiver"
@@ -31,6 +38,25 @@ OUTCOMES = ("delivered", "deferred", "bounced", "expired", "rejected", "failed")
 # of five messages is noise, not a block.
 BOUNCE_RATE_MIN_VOLUME = 100
 BOUNCE_RATE_PERIOD = Duration.minutes(15)
+# Complaint rate = complaints / delivered over a rolling day, in percent. Gmail and
+# Yahoo judge a sender's spam rate per day, and people complain hours after the mail
+# arrived: over an hour the rate would read low while a campaign goes out and high in
+# the hours after it.
+COMPLAINT_RATE_PERIOD = Duration.days(1)
+# Gmail's bulk-sender guidelines: keep it below 0.1 %, never reach 0.3 %.
+COMPLAINT_RATE_WARNING = 0.1
+COMPLAINT_RATE_CRITICAL = 0.3
+# Judged only from this many deliveries in the window (Gmail's bulk-sender volume, a
+# day's 5,000 messages): the warning then takes 5 complaints and the critical 15, so
+# one complaint about three messages pages nobody.
+COMPLAINT_RATE_MIN_DELIVERED = 5000
+# The dashboard's ranking: the (tenant, campaign, provider) with the most complaints
+# over the dashboard's time range. SCHEMA keeps to the metrics of exactly these
+# dimensions: the coarser sets count the same complaints again.
+TOP_COMPLAINTS_QUERY = (
+    "SELECT SUM(complaints) FROM SCHEMA(Quiver, tenant, campaign, provider) "
+    "GROUP BY tenant, campaign, provider ORDER BY SUM() DESC LIMIT 10"
+)
 # Outbound mail this old means senders are down, throttled or too few.
 OLDEST_OUTBOUND_AGE = Duration.minutes(30)
 OLDEST_EVENT_AGE = Duration.minutes(15)
@@ -153,7 +179,10 @@ class Observability(Construct):
                 ),
                 alarm_rule=cw.AlarmRule.any_of(*bounce_alarms),
             ))
+        for alarm in self._complaint_alarms(policy):
+            page(alarm)
         self.dashboard = self._dashboard(
+            policy=policy,
             dashboard_name=dashboard_name,
             queues=(
                 ("outbound", outbound_queue, outbound_dlq), ("events", events_queue, events_dlq),
@@ -191,9 +220,37 @@ class Observability(Construct):
                 ))
         return alarms
 
+    def _complaint_alarms(self, policy: Policy) -> list[cw.Alarm]:
+        """Warning and critical complaint-rate alarms, fleet-wide and per provider."""
+        alarms: list[cw.Alarm] = []
+        scopes: list[tuple[str, str, str | None]] = [("Fleet", "all mail", None)]
+        scopes += [(f"Provider{logical_id_part(p)}", f"mail to {p}", p)
+                   for p in sorted(policy.providers)]
+        for scope_id, scope, provider in scopes:
+            rate = complaint_rate(provider, label=f"complaint rate (%), {scope}")
+            for severity, threshold, what in (
+                ("Warning", COMPLAINT_RATE_WARNING,
+                 "find the campaign in the dashboard's ranking and slow or stop it"),
+                ("Critical", COMPLAINT_RATE_CRITICAL,
+                 "mailbox providers now filter or refuse this mail: stop the campaign"),
+            ):
+                alarms.append(rate.create_alarm(
+                    self, f"ComplaintRate{scope_id}{severity}",
+                    alarm_description=(
+                        f"{severity.lower()}: complaint rate of {scope} at or above "
+                        f"{threshold} % over a day of at least "
+                        f"{COMPLAINT_RATE_MIN_DELIVERED} deliveries; {what}"
+                    ),
+                    threshold=threshold, evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ))
+        return alarms
+
     def _dashboard(
         self,
         *,
+        policy: Policy,
         dashboard_name: str,
         queues: tuple[tuple[str, sqs.IQueue, sqs.IQueue], ...],
         export_function: lambda_.IFunction,
@@ -244,6 +301,23 @@ class Observability(Construct):
         dashboard.add_widgets(*outcome_widgets[3:])
         dashboard.add_widgets(
             cw.GraphWidget(
+                title="complaint rate (%) per day", width=12,
+                left=[complaint_rate(None, label="all mail"), *(
+                    complaint_rate(p, label=p) for p in sorted(policy.providers))],
+                left_annotations=[
+                    cw.HorizontalAnnotation(value=COMPLAINT_RATE_WARNING, label="warning"),
+                    cw.HorizontalAnnotation(value=COMPLAINT_RATE_CRITICAL, label="critical"),
+                ],
+            ),
+            cw.GraphWidget(
+                title="most complaints: tenant, campaign, provider", width=12,
+                view=cw.GraphWidgetView.BAR, set_period_to_time_range=True,
+                left=[cw.MathExpression(expression=TOP_COMPLAINTS_QUERY, label="",
+                                        period=COMPLAINT_RATE_PERIOD)],
+            ),
+        )
+        dashboard.add_widgets(
+            cw.GraphWidget(
                 title="senders", width=8,
                 left=[running_tasks.with_(statistic="Average")],
                 right=[sender_service.metric_cpu_utilization(period=minute)],
@@ -274,3 +348,24 @@ class Observability(Construct):
             ),
         )
         return dashboard
+
+
+def complaint_rate(provider: str | None, *, label: str) -> cw.MathExpression:
+    """complaints / delivered in percent over COMPLAINT_RATE_PERIOD, fleet-wide (the
+    metrics without dimensions) or of one provider; 0 below COMPLAINT_RATE_MIN_DELIVERED
+    deliveries. No complaint in the window is no data (the alarms: not breaching)."""
+    dimensions = {PROVIDER: provider} if provider is not None else {}
+    # Ids unique per provider: a graph of several rates may not reuse one for another.
+    suffix = f"_{logical_id_part(provider).lower()}" if provider is not None else ""
+    c, d = f"c{suffix}", f"d{suffix}"
+
+    def count(name: str) -> cw.Metric:
+        return cw.Metric(namespace=COMPLAINT_RATE_NAMESPACE, metric_name=name,
+                         dimensions_map=dimensions, period=COMPLAINT_RATE_PERIOD,
+                         statistic="Sum")
+
+    return cw.MathExpression(
+        expression=f"IF({d} >= {COMPLAINT_RATE_MIN_DELIVERED}, 100 * {c} / {d}, 0)",
+        using_metrics={c: count(COMPLAINTS), d: count(DELIVERED)},
+        label=label, period=COMPLAINT_RATE_PERIOD,
+    )

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 _log = logging.getLogger("quiver.intake")
 
 IntakeKind = Literal["bounce", "complaint"]
+# Seconds each step of a complaint's provider lookup (MX, then its hosts' addresses)
+# may take before the complaint counts as provider `none`. It only names a metric's
+# dimension, and ten objects share one invocation's minute with their DKIM lookups;
+# a resolver that answers at all answers in milliseconds.
+PROVIDER_LOOKUP_TIMEOUT = 2.0
 
 
 class SqsMessage(Protocol):
@@ -101,11 +106,19 @@ class InboundProcessor:
             intake = BounceIntake(verifier=verifier, suppression=suppression, sink=sink)
         else:
             from quiver.intake.complaint import ComplaintIntake
+            from quiver.routing.mx import MxResolver
+            from quiver.routing.providers import ProviderMatcher
             from quiver.routing.txt import TxtResolver
 
+            # The sender's routes and provider patterns, so a complaint names the
+            # provider its delivery did (quiver.intake.complaint).
+            routes = MxResolver(nameservers=nameservers, timeout=PROVIDER_LOOKUP_TIMEOUT,
+                                providers=ProviderMatcher(policy.providers),
+                                routes=dict(policy.delivery.routes))
             intake = ComplaintIntake(
                 verifier=verifier, suppression=suppression, sink=sink, policy=policy.feedback,
-                dnsfunc=TxtResolver(nameservers=nameservers).dkimpy_dnsfunc)
+                dnsfunc=TxtResolver(nameservers=nameservers).dkimpy_dnsfunc,
+                provider_of=routes.provider)
         return cls(intake=intake, s3=session.client("s3"), bucket=deployment.inbound_bucket,
                    log=log)
 

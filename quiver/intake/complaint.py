@@ -8,12 +8,25 @@ ask the [feedback] policy whether the report may act. A report that may not is
 counted (`untrusted`, with the decision's reason) and stays in the inbound bucket
 for its expiry; it publishes nothing and suppresses nobody, so a stranger who
 mails the FBL address cannot move complaint rates or suppress anyone.
+
+An acted-on complaint is counted against its (tenant, campaign, provider), the
+complaint rate's numerator (quiver.complaint_rate). The provider is not kept with
+the return-path reference: the sender stores that record before the transaction,
+and the route that names the provider is resolved afterwards, by the scheduler, for
+each attempt; recording it after delivery would cost a second write per delivered
+recipient, for a count that perhaps one delivery in a thousand ever needs. The intake resolves
+the recipient's domain the way the sender does instead (the same MX resolution and
+the policy's provider patterns): one lookup per trusted complaint, after every
+cheaper refusal. It names the provider now, which differs from the one at delivery
+only if the domain moved its mail in between; a domain with no route now is `none`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+from quiver.addresses import domain_of
+from quiver.complaint_rate import RateKey
 from quiver.feedback.arf import DEFAULT_ID_HEADERS, parse_report
 from quiver.feedback.dkim_check import DnsFunc, verify_report_dkim
 from quiver.feedback.limits import MAX_REPORT_BYTES
@@ -28,6 +41,9 @@ from quiver.policy.feedback import FeedbackPolicy
 from quiver.returnpath import Refusal, ReturnPathVerifier
 from quiver.storage.base import EventSink, SuppressionStore
 
+# A recipient domain → the policy's provider for it (routing.mx.MxResolver.provider).
+ProviderOf = Callable[[str], Awaitable[str | None]]
+
 
 class ComplaintIntake:
     kind: Kind = "complaint"
@@ -36,12 +52,14 @@ class ComplaintIntake:
 
     def __init__(self, *, verifier: ReturnPathVerifier, suppression: SuppressionStore,
                  sink: EventSink, policy: FeedbackPolicy, dnsfunc: DnsFunc,
+                 provider_of: ProviderOf,
                  id_headers: Sequence[str] = DEFAULT_ID_HEADERS) -> None:
         self._verifier = verifier
         self._suppression = suppression
         self._sink = sink
         self._policy = policy
         self._dnsfunc = dnsfunc
+        self._provider_of = provider_of
         self._id_headers = id_headers
 
     async def process(self, mail: InboundMail) -> Outcome:
@@ -67,5 +85,10 @@ class ComplaintIntake:
             found, reason="complaint", at=mail.stored_at, event="complaint",
             detail=f"{report.feedback_type} reported by {decision.reporter}"))
         await self._sink.publish([event], batch_id=mail.identity)
+        # After the durable work: a slow or failing lookup delays no event, and only
+        # ever costs the count its provider.
+        provider = await self._provider_of(domain_of(found.recipient))
         return Outcome("complaint", "accepted", decision.reason,
-                       f"{report.feedback_type} {found.message_id}", events=1, suppressed=1)
+                       f"{report.feedback_type} {found.message_id}", events=1, suppressed=1,
+                       complaint=RateKey.of(tenant=found.tenant, campaign=found.campaign,
+                                            provider=provider))

@@ -7,7 +7,12 @@ tenant's...) or `untrusted` (a complaint whose reporter the [feedback] policy do
 not trust: kept in the bucket, acting on nothing). The counts go out as CloudWatch
 EMF metrics, namespace `Quiver`, metric `inbound_<outcome>`, dimensions `kind`
 (bounce, complaint) and `reason`, so a wave of forged bounces is a graph, not a
-guess.
+guess. An accepted complaint is also counted as `complaints` per (tenant, campaign,
+provider), the complaint rate's numerator (quiver.complaint_rate).
+
+Counted when an object's outcome is known, after its events are published; an
+object processed twice (a duplicate notification that is not a retry of a failure)
+is counted twice, as CloudWatch's own at-least-once extraction of EMF may.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from quiver.complaint_rate import COMPLAINTS, RateCounts, RateKey
 
 NAMESPACE = "Quiver"
 Kind = Literal["bounce", "complaint"]
@@ -37,6 +46,8 @@ class Outcome:
     detail: str = ""
     events: int = 0
     suppressed: int = 0
+    # What an accepted complaint counts against in the complaint rate.
+    complaint: RateKey | None = None
 
     @property
     def dropped(self) -> bool:
@@ -44,14 +55,18 @@ class Outcome:
 
 
 class IntakeCounts:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.complaints = RateCounts(COMPLAINTS, clock=clock)
 
     def count(self, outcome: Outcome) -> None:
         self.counts[(outcome.kind, outcome.outcome, outcome.reason)] += 1
+        if outcome.complaint is not None and outcome.outcome == "accepted":
+            self.complaints.count(outcome.complaint)
 
     def flush(self, out: TextIO | None = None) -> int:
-        """Emit one EMF document per (kind, outcome, reason); returns how many."""
+        """Emit one EMF document per (kind, outcome, reason) and one per (tenant,
+        campaign, provider) complained about; returns how many."""
         counts, self.counts = self.counts, Counter()
         target = out or sys.stdout
         for (kind, outcome, reason), n in sorted(counts.items()):
@@ -64,5 +79,6 @@ class IntakeCounts:
                 metric.add_dimension(name="kind", value=kind)
                 metric.add_dimension(name="reason", value=reason)
             target.write(buffer.getvalue())
+        written = self.complaints.flush(target)
         target.flush()
-        return len(counts)
+        return len(counts) + written

@@ -112,6 +112,15 @@ class MxResolver:
         future.set_result(route)
         return route
 
+    async def provider(self, domain: str) -> str | None:
+        """The policy's provider for `domain`, as its route names it; None when no
+        provider's patterns match, or the domain has no route now (its DNS fails, or
+        it takes no mail)."""
+        try:
+            return (await self.route(domain)).provider
+        except RouteError:
+            return None
+
     async def _resolve(self, domain: str) -> tuple[Route, float]:
         if domain in self._static:
             return await self._static_route(domain)

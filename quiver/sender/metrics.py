@@ -5,6 +5,10 @@ counts an outcome that a crash could still undo. Flushed to stdout every
 `interval` seconds and at shutdown; on ECS the awslogs driver ships stdout to
 CloudWatch Logs, which extracts the metrics. Namespace `Quiver`, metric names
 = event types, dimensions `pool` and `provider` (`none` when unknown).
+
+`delivered` is also counted per (tenant, campaign, provider), the complaint rate's
+denominator (quiver.complaint_rate), with the dimensions the FBL intake gives its
+numerator.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import asyncio
 import contextlib
 import io
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from quiver.complaint_rate import DELIVERED, RateCounts, RateKey
 from quiver.events import Record
 
 NAMESPACE = "Quiver"
@@ -26,17 +32,24 @@ FLUSH_INTERVAL = 10.0
 
 
 class OutcomeMetrics:
-    def __init__(self, *, out: TextIO | None = None, interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(self, *, out: TextIO | None = None, interval: float = FLUSH_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
         self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._delivered = RateCounts(DELIVERED, clock=clock)
         self._out = out
         self.interval = interval
 
     def count(self, records: Sequence[Record]) -> None:
         for r in records:
             self._counts[(r["event"], r.get("pool") or "none", r.get("provider") or "none")] += 1
+            if r["event"] == DELIVERED:
+                self._delivered.count(RateKey.of(tenant=r.get("tenant"),
+                                                 campaign=r.get("campaign"),
+                                                 provider=r.get("provider")))
 
     def flush(self) -> int:
-        """Emit one EMF document per (event, pool, provider); returns how many."""
+        """Emit one EMF document per (event, pool, provider) and one per (tenant,
+        campaign, provider) delivered to; returns how many."""
         counts, self._counts = self._counts, Counter()
         out = self._out or sys.stdout
         for (event, pool, provider), n in sorted(counts.items()):
@@ -48,8 +61,9 @@ class OutcomeMetrics:
                 metric.add_dimension(name="pool", value=pool)
                 metric.add_dimension(name="provider", value=provider)
             out.write(buffer.getvalue())
+        written = self._delivered.flush(out)
         out.flush()
-        return len(counts)
+        return len(counts) + written
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

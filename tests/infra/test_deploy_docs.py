@@ -1,4 +1,5 @@
-"""The README's deploy section stays true to the app: stacks, settings, DNS and Athena."""
+"""The README's deploy section stays true to the app: stacks, settings, DNS, Athena and
+the dashboard's complaint query."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from infra_helpers import ROOT, only
 
 from cdk.event_analytics import COLUMNS, PARTITION_KEYS
+from cdk.observability import TOP_COMPLAINTS_QUERY
 from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
@@ -54,8 +56,7 @@ def test_athena_query_uses_the_synthesized_table(service: dict[str, Any]) -> Non
     _, table = only(service, "AWS::Glue::Table")
     _, workgroup = only(service, "AWS::Athena::WorkGroup")
     qualified = f"{database['DatabaseInput']['Name']}.{table['TableInput']['Name']}"
-    (sql,) = blocks("sql")
-    assert f"FROM {qualified}" in sql
+    (sql,) = [b for b in blocks("sql") if f"FROM {qualified}" in b]
     assert f"--work-group {workgroup['Name']}" in DOC.read_text()
     code = re.sub(r"--[^\n]*", "", sql)
     code = re.sub(r"'[^']*'", "", code).replace(qualified, "")
@@ -67,3 +68,11 @@ def test_athena_query_uses_the_synthesized_table(service: dict[str, Any]) -> Non
     # Partition pruning: the query names the partitions it reads.
     where = code.split("WHERE", 1)[1]
     assert "event" in where and '"date"' in where
+
+
+def test_complaint_ranking_query_is_the_dashboard_s(service: dict[str, Any]) -> None:
+    (query,) = [b.strip() for b in blocks("sql") if "FROM SCHEMA(" in b]
+    assert query == TOP_COMPLAINTS_QUERY
+    _, dashboard = only(service, "AWS::CloudWatch::Dashboard")
+    body = "".join(p for p in dashboard["DashboardBody"]["Fn::Join"][1] if isinstance(p, str))
+    assert f'"expression":"{query}"' in body

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 from infra_helpers import only, output_source, ref_target, resources
 
+from quiver.complaint_rate import DIMENSION_SETS
 from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
@@ -95,3 +97,71 @@ def test_dashboard_shows_queues_outcomes_lambda_and_dlqs(service: dict[str, Any]
                    "Errors", "StatusCheckFailed", "RunningTaskCount"):
         assert metric in body
     assert "outbound DLQ depth" in body and "events DLQ depth" in body
+
+
+# The guard: below this many deliveries in the window the rate reads 0.
+RATE = re.compile(r"IF\((?P<d>d\w*) >= (?P<min>\d+), 100 \* (?P<c>c\w*) / (?P=d), 0\)")
+
+
+def complaint_alarms(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: a for k, a in alarms(service).items()
+            if any(m.get("MetricStat", {}).get("Metric", {}).get("MetricName") == "complaints"
+                   for m in a.get("Metrics", []))}
+
+
+def test_complaint_rate_alarms_warn_at_0_1_and_page_at_0_3_fleet_wide_and_per_provider(
+    service: dict[str, Any], policy: Policy
+) -> None:
+    found: dict[tuple[tuple[str, str], ...], set[float]] = {}
+    for logical_id, alarm in complaint_alarms(service).items():
+        metrics = {m["Id"]: m for m in alarm["Metrics"]}
+        (expression,) = [m for m in metrics.values() if "Expression" in m]
+        assert expression["ReturnData"] is True
+        match = RATE.fullmatch(expression["Expression"])
+        assert match, expression["Expression"]
+        # One complaint about three messages (or three hundred) reads 0: nothing pages.
+        assert int(match["min"]) >= 1000
+        stats = {}
+        for metric_id, name in ((match["c"], "complaints"), (match["d"], "delivered")):
+            stat = metrics[metric_id]["MetricStat"]
+            assert stat["Metric"]["Namespace"] == "Quiver"
+            assert stat["Metric"]["MetricName"] == name
+            # A rolling day: Gmail and Yahoo judge the rate per day.
+            assert (stat["Period"], stat["Stat"]) == (86400, "Sum")
+            stats[name] = tuple(sorted((d["Name"], d["Value"])
+                                       for d in stat["Metric"].get("Dimensions", [])))
+        # Numerator and denominator of the same dimensions, a set both producers write.
+        assert stats["complaints"] == stats["delivered"]
+        assert tuple(sorted(n for n, _ in stats["complaints"])) in {
+            tuple(sorted(s)) for s in DIMENSION_SETS}
+        assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert alarm["EvaluationPeriods"] == 1
+        assert alarm["TreatMissingData"] == "notBreaching"
+        assert alarm["AlarmActions"] == [{"Ref": topic(service)}], logical_id
+        assert alarm["OKActions"] == [{"Ref": topic(service)}], logical_id
+        found.setdefault(stats["complaints"], set()).add(alarm["Threshold"])
+    expected = {(): {0.1, 0.3}} | {(("provider", p),): {0.1, 0.3} for p in policy.providers}
+    assert found == expected
+
+
+def test_dashboard_graphs_the_complaint_rate_and_ranks_campaigns(
+    service: dict[str, Any], policy: Policy
+) -> None:
+    _, dashboard = only(service, "AWS::CloudWatch::Dashboard")
+    body = json.loads("".join(p if isinstance(p, str) else "region"
+                              for p in dashboard["DashboardBody"]["Fn::Join"][1]))
+    widgets = {w["properties"].get("title"): w["properties"] for w in body["widgets"]}
+    rate = widgets["complaint rate (%) per day"]
+    expressions = [m[0]["expression"] for m in rate["metrics"] if isinstance(m[0], dict)]
+    assert len(expressions) == 1 + len(policy.providers)
+    assert all(RATE.fullmatch(e) for e in expressions)
+    assert {a["value"] for a in rate["annotations"]["horizontal"]} == {0.1, 0.3}
+    ranking = widgets["most complaints: tenant, campaign, provider"]
+    ((query,),) = ranking["metrics"]
+    # The finest dimension set both producers write, and only it.
+    schema = re.search(r"FROM SCHEMA\((\w+), ([\w, ]+)\)", query["expression"])
+    assert schema and schema[1] == "Quiver"
+    assert tuple(schema[2].split(", ")) == DIMENSION_SETS[0]
+    assert query["expression"].startswith("SELECT SUM(complaints) ")
+    assert "GROUP BY tenant, campaign, provider ORDER BY SUM() DESC" in query["expression"]
+    assert ranking["setPeriodToTimeRange"] is True

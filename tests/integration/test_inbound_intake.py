@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 import uuid
@@ -69,6 +70,9 @@ from = "example.org"
 bounce = "bounces.example.org"
 tenant = "acme"
 
+[providers]
+yahoo = ["*.yahoodns.test"]
+
 [feedback]
 addresses = ["{FBL_ADDRESS}"]
 own_domains = ["example.com"]
@@ -96,6 +100,9 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
     moto = start_moto(log_dir=tmp_path_factory.mktemp("inbound"))
     zone = Zone()
     zone.add_txt(YAHOO.record_name, YAHOO.txt)
+    # The recipients' domain, hosted by a provider of the policy.
+    zone.add_mx("example.org", "mta5.am0.yahoodns.test")
+    zone.add_a("mta5.am0.yahoodns.test", "198.51.100.77")
     dns = start_dns(zone, prefer="builtin")
     try:
         deployment = create_resources(moto.endpoint)
@@ -226,8 +233,16 @@ def test_a_hard_bounce_and_a_complaint_become_events_and_suppression(
     assert bounce_handler.handler({"Records": bounce_batch}, Context()) == {
         "batchItemFailures": []}
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.moto.endpoint)
-    assert run_fbl(fbl_processor(aws), receive_all(aws, aws.names.fbl_queue)) == {
+    fbl = fbl_processor(aws)
+    assert run_fbl(fbl, receive_all(aws, aws.names.fbl_queue)) == {
         "batchItemFailures": []}
+    metrics = io.StringIO()
+    fbl.counts.flush(metrics)
+    # The complaint rate's numerator, its provider resolved from example.org's MX.
+    (complaints,) = [json.loads(line) for line in metrics.getvalue().splitlines()
+                     if '"complaints"' in line]
+    assert (complaints["tenant"], complaints["campaign"], complaints["provider"],
+            complaints["complaints"]) == ("acme", "december", "yahoo", 1)
 
     records, _ = events(aws)
     by_event = {r["event"]: r for r in records}

@@ -61,6 +61,31 @@ async def test_routes_null_mx_nxdomain_and_a_fallback() -> None:
         server.stop()
 
 
+async def test_a_domain_s_provider_is_its_route_s_or_none_without_a_route() -> None:
+    """What the FBL intake asks of a complained-about recipient's domain."""
+    server = start_dns(zone(), prefer="builtin")
+    try:
+        r = resolver(server, providers=ProviderMatcher({"google": ["*.google.test"]}))
+        assert await r.provider("google-hosted.test") == "google"
+        assert await r.provider("example.test") is None  # no provider's patterns match
+        assert await r.provider("missing.test") is None  # NXDOMAIN: no route
+        assert await r.provider("nomail.test") is None  # null MX
+    finally:
+        server.stop()
+
+
+def test_one_resolver_serves_an_event_loop_per_call() -> None:
+    """The FBL Lambda keeps one resolver and runs each object in asyncio.run."""
+    server = start_dns(zone(), prefer="builtin")
+    try:
+        r = resolver(server, providers=ProviderMatcher({"google": ["*.google.test"]}))
+        assert [asyncio.run(r.provider(d)) for d in
+                ("google-hosted.test", "example.test", "google-hosted.test")] == [
+            "google", None, "google"]
+    finally:
+        server.stop()
+
+
 async def test_unreachable_dns_is_a_temporary_failure() -> None:
     r = MxResolver(nameservers=[("127.0.0.1", 9)], timeout=1.0)
     with pytest.raises(RouteError) as info:

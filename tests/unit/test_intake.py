@@ -27,6 +27,7 @@ from inbound_mail import (
     ses_stored,
 )
 
+from quiver.complaint_rate import RateKey
 from quiver.events import validate_record
 from quiver.intake.bounce import BounceIntake
 from quiver.intake.complaint import ComplaintIntake
@@ -233,13 +234,27 @@ TRUSTED = FeedbackPolicy(trusted_reporters=(TrustedReporter("yahoo.com"),),
                          own_domains=("example.com",))
 
 
+class Providers:
+    """Recipient domains' providers, as MxResolver.provider answers them; records
+    what was asked."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def __call__(self, domain: str) -> str | None:
+        self.asked.append(domain)
+        return self.table.get(domain)
+
+
 class FblRig(Rig):
     def __init__(self, verp: Verp, clock: Clock, *, policy: FeedbackPolicy = TRUSTED,
                  keys: tuple[ReporterKey, ...] = (YAHOO,)) -> None:
         super().__init__(verp, clock)
+        self.providers = Providers({"example.org": "yahoo"})
         self.complaints = ComplaintIntake(
             verifier=verp.verifier, suppression=self.suppression, sink=self.sink,
-            policy=policy, dnsfunc=TxtTable(*keys))
+            policy=policy, dnsfunc=TxtTable(*keys), provider_of=self.providers)
 
     def complain(self, raw: bytes) -> Outcome:
         return asyncio.run(self.complaints.process(stored(raw, "fbl/obj-1")))
@@ -273,6 +288,24 @@ def test_a_trusted_complaint_is_an_event_and_suppresses_the_complainer(fbl: FblR
     assert entry.source == "complaint m-20 at 2026-09-21T15:13:20.500Z: abuse reported by yahoo.com"
 
 
+def test_a_trusted_complaint_counts_against_its_tenant_campaign_and_provider(
+        fbl: FblRig) -> None:
+    address = fbl.verp.address(message_id="m-24", recipient=RCPT)
+    outcome = fbl.complain(report(address))
+    assert outcome.complaint == RateKey("acme", "december", "yahoo")
+    # The recipient's domain, which the sender routed the message by.
+    assert fbl.providers.asked == ["example.org"]
+
+
+def test_a_complaint_without_tenant_campaign_or_known_provider_counts_as_none(
+        fbl: FblRig) -> None:
+    fbl.providers.table.clear()  # no provider of the policy, or no route now
+    address = fbl.verp.address(message_id="m-25", recipient=RCPT, tenant=None, campaign=None)
+    outcome = fbl.complain(report(address))
+    assert outcome.outcome == "accepted"
+    assert outcome.complaint == RateKey("none", "none", "none")
+
+
 @pytest.mark.parametrize(("raw_for", "reason"), [
     (lambda a: report(a, key=None), "unsigned"),
     (lambda a: report(a, key=new_key("yahoo.com")), "dkim_failed"),  # key not published
@@ -287,17 +320,20 @@ def test_untrusted_reports_are_counted_and_act_on_nothing(
     assert (outcome.outcome, outcome.reason) == ("untrusted", reason)
     assert fbl.sink.records == []
     assert fbl.suppressed(RCPT) == []
+    # Counted in no complaint rate, and worth no lookup.
+    assert outcome.complaint is None and fbl.providers.asked == []
 
 
 def test_a_complaint_with_a_forged_token_is_refused_before_dkim(clock: Clock) -> None:
     dns = TxtTable(YAHOO)
     rig = FblRig(Verp(clock=clock), clock)
     rig.complaints = ComplaintIntake(verifier=rig.verp.verifier, suppression=rig.suppression,
-                                     sink=rig.sink, policy=TRUSTED, dnsfunc=dns)
+                                     sink=rig.sink, policy=TRUSTED, dnsfunc=dns,
+                                     provider_of=rig.providers)
     address = forged(rig.verp.address(message_id="m-22", recipient=RCPT))
     outcome = rig.complain(report(address))
     assert (outcome.outcome, outcome.reason) == ("refused", "bad_hmac")
-    assert dns.asked == []  # a forgery costs no DNS lookup
+    assert dns.asked == [] and rig.providers.asked == []  # a forgery costs no DNS lookup
     assert rig.sink.records == [] and rig.suppressed(RCPT) == []
 
 
@@ -332,6 +368,31 @@ def test_counts_are_emitted_as_emf_per_kind_outcome_and_reason() -> None:
                                ("complaint", "unsigned", None, [1.0])]
     assert {d["_aws"]["CloudWatchMetrics"][0]["Namespace"] for d in docs} == {"Quiver"}
     assert counts.flush(io.StringIO()) == 0  # flushed counts start again from zero
+
+
+def test_accepted_complaints_are_emf_per_tenant_campaign_and_provider_per_flush() -> None:
+    counts = IntakeCounts(clock=lambda: 1_790_000_000.25)
+    acme = RateKey("acme", "december", "yahoo")
+    nobody = RateKey.of(tenant=None, campaign=None, provider=None)
+    for outcome in (Outcome("complaint", "accepted", "trusted_dkim", complaint=acme),
+                    Outcome("complaint", "accepted", "trusted_dkim", complaint=acme),
+                    Outcome("complaint", "accepted", "trusted_envelope", complaint=nobody),
+                    Outcome("complaint", "untrusted", "unsigned")):
+        counts.count(outcome)
+    out = io.StringIO()
+    # Three (kind, outcome, reason) documents and two complaint documents: one per key.
+    assert counts.flush(out) == 5
+    docs = [json.loads(line) for line in out.getvalue().splitlines() if line]
+    rate = [d for d in docs if "complaints" in d]
+    assert [(d["tenant"], d["campaign"], d["provider"], d["complaints"]) for d in rate] == [
+        ("acme", "december", "yahoo", 2), ("none", "none", "none", 1)]
+    for d in rate:
+        assert d["_aws"]["Timestamp"] == 1_790_000_000_250
+        assert d["_aws"]["CloudWatchMetrics"] == [{
+            "Namespace": "Quiver",
+            "Dimensions": [["tenant", "campaign", "provider"], ["tenant"], ["provider"], []],
+            "Metrics": [{"Name": "complaints", "Unit": "Count"}]}]
+    assert counts.flush(io.StringIO()) == 0
 
 
 # Hostile input ---------------------------------------------------------------------

@@ -202,7 +202,9 @@ def spawn_mx(
         tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
     )
     store_dir.mkdir(parents=True, exist_ok=True)
-    package_root = str(Path(__file__).resolve().parents[2])
+    # The directory holding the `quiver` package (not the package itself: on the path,
+    # its subpackages would shadow top-level modules such as dkimpy's `dkim`).
+    package_root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
     )}

@@ -58,6 +58,9 @@ INBOUND_HOST = "inbound.quiver.local.test"
 FBL_ADDRESS = "fbl@fbl.quiver-demo.test"
 REPORTER_DOMAIN = "feedback.quiver.local.test"
 REPORTER_SELECTOR = "arf1"
+# How long the sender may answer from its cache of the suppression list (60 s in
+# production): what the demo waits, after the feedback events, before mailing again.
+SUPPRESSION_CACHE_TTL = "1s"
 
 
 def bounce_domain(from_domain: str) -> str:
@@ -215,7 +218,10 @@ def feedback_toml() -> str:
     return "".join(
         f'\n[[return_path.domains]]\nfrom = "{d}"\nbounce = "{bounce_domain(d)}"\n'
         for d in domains
-    ) + (f'\n[feedback]\naddresses = ["{FBL_ADDRESS}"]\n'
+    ) + ("\n[suppression]\n# Compressed like the retry schedule: a new entry reaches the "
+         "sender's\n# cache within this, so mail seconds after a bounce already sees it.\n"
+         f'cache_ttl = "{SUPPRESSION_CACHE_TTL}"\n'
+         f'\n[feedback]\naddresses = ["{FBL_ADDRESS}"]\n'
          f"own_domains = {json.dumps(domains)}\n"
          f'trusted_reporters = [{{ domain = "{REPORTER_DOMAIN}" }}]\n')
 

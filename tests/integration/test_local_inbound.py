@@ -143,9 +143,9 @@ def test_a_dsn_mailed_to_the_return_path_becomes_an_event_and_a_suppression(rig:
 def test_a_recipient_no_rule_covers_is_refused_and_nothing_is_stored(rig: Rig) -> None:
     before = len(rig.inbound.stored())
     host, port = rig.inbound.address
-    with smtplib.SMTP(host, port, timeout=30) as smtp:
-        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            smtp.sendmail("", ["someone@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+    with smtplib.SMTP(host, port, timeout=30) as smtp, \
+            pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        smtp.sendmail("", ["someone@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
     code, text = refused.value.recipients["someone@example.com"]
     assert f"{code} {text.decode()}" == NO_RULE_REPLY
     assert len(rig.inbound.stored()) == before
@@ -156,9 +156,9 @@ def test_a_store_that_fails_answers_451_and_the_sender_keeps_the_mail(rig: Rig) 
                          bucket="no-such-inbound-bucket")
     try:
         host, port = broken.address
-        with smtplib.SMTP(host, port, timeout=30) as smtp:
-            with pytest.raises(smtplib.SMTPDataError) as failed:
-                smtp.sendmail("", ["fbl@fbl.example.com"], b"Subject: r\r\n\r\nreport\r\n")
+        with smtplib.SMTP(host, port, timeout=30) as smtp, \
+                pytest.raises(smtplib.SMTPDataError) as failed:
+            smtp.sendmail("", ["fbl@fbl.example.com"], b"Subject: r\r\n\r\nreport\r\n")
         assert failed.value.smtp_code == 451
         assert broken.stored() == []
     finally:

@@ -52,6 +52,7 @@ from cdk.event_export import (
 from cdk.lambda_code import handler_path
 from cdk.logical_ids import logical_id_part, pin_logical_id
 from cdk.queues import DLQ_RETENTION
+from quiver.intake.receipt import ReceiptRule, receipt_rules
 from quiver.names import INBOUND_BOUNCE_PREFIX, INBOUND_FBL_PREFIX, ResourceNames
 from quiver.policy import Policy
 from quiver.settings import (
@@ -157,12 +158,6 @@ class _Shared:
     log_retention: logs.RetentionDays
 
 
-def receipt_recipients(policy: Policy) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(FBL addresses, bounce domains) that get a receipt rule, each once, in order."""
-    bounce = tuple(dict.fromkeys(d.bounce_domain for d in policy.return_path.domains))
-    return policy.feedback.addresses, bounce
-
-
 class InboundMail(Construct):
     def __init__(
         self,
@@ -199,27 +194,23 @@ class InboundMail(Construct):
             "Fbl", function="fbl_intake", code_dir=fbl_code_dir, queue=queues.fbl,
             prefix=INBOUND_FBL_PREFIX, shared=shared)
         self.rule_set: ses.ReceiptRuleSet | None = None
-        fbl_addresses, bounce_domains = receipt_recipients(policy)
-        if fbl_addresses or bounce_domains:
-            self.rule_set = self._rules(names, inbound_bucket, fbl_addresses, bounce_domains)
+        rules = receipt_rules(policy)
+        if rules:
+            self.rule_set = self._rules(names, inbound_bucket, rules)
 
-    def _rules(self, names: ResourceNames, bucket: s3.IBucket, fbl_addresses: tuple[str, ...],
-               bounce_domains: tuple[str, ...]) -> ses.ReceiptRuleSet:
+    def _rules(self, names: ResourceNames, bucket: s3.IBucket,
+               rules: tuple[ReceiptRule, ...]) -> ses.ReceiptRuleSet:
         rule_set = ses.ReceiptRuleSet(self, "RuleSet", receipt_rule_set_name=names.receipt_rule_set)
         after: ses.IReceiptRule | None = None
-        # FBL addresses first, each stopping the set: an FBL address on a bounce domain
-        # must not also be stored as a bounce.
-        rules = [(f"Fbl{logical_id_part(a)}", a, INBOUND_FBL_PREFIX, True)
-                 for a in fbl_addresses]
-        rules += [(f"Bounce{logical_id_part(d)}", d, INBOUND_BOUNCE_PREFIX, False)
-                  for d in bounce_domains]
-        for rule_id, recipient, prefix, stop in rules:
+        for rule in rules:
+            kind = "Fbl" if rule.prefix == INBOUND_FBL_PREFIX else "Bounce"
             actions: list[ses.IReceiptRuleAction] = [
-                _StoreRaw(bucket=bucket, object_key_prefix=prefix)]
-            if stop:
+                _StoreRaw(bucket=bucket, object_key_prefix=rule.prefix)]
+            if rule.stop:
                 actions.append(ses_actions.Stop())
             after = rule_set.add_rule(
-                rule_id, recipients=[recipient], actions=actions, after=after,
+                f"{kind}{logical_id_part(rule.recipient)}", recipients=[rule.recipient],
+                actions=actions, after=after,
                 enabled=True, scan_enabled=True, tls_policy=ses.TlsPolicy.OPTIONAL,
             )
         self._activate(rule_set, names)

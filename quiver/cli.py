@@ -180,7 +180,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         root=Path(args.dir), sender=not args.no_sender,
         dns_file=Path(args.dns) if args.dns else None,
         policy_file=Path(args.policy) if args.policy else None,
-        unsubscribe=args.unsubscribe,
+        unsubscribe=args.unsubscribe, feedback=args.feedback,
     )
 
 
@@ -264,6 +264,11 @@ def parser() -> argparse.ArgumentParser:
     local.add_argument("--unsubscribe", action="store_true",
                        help="serve the one-click unsubscribe endpoint on loopback HTTP and "
                             "add List-Unsubscribe to the demo domains' mail that has none")
+    local.add_argument("--feedback", action="store_true",
+                       help="the whole feedback loop (implies --unsubscribe): signed VERP "
+                            "return paths, an inbound SMTP server standing in for SES, the "
+                            "bounce and FBL intakes, and an MX whose asyncbounce-* and "
+                            "complain-* mailboxes mail back a DSN or an ARF report")
     local.set_defaults(func=cmd_local)
 
     demo = sub.add_parser("demo", help="run N sample messages through the local stack")

@@ -7,32 +7,40 @@ every object in the events bucket parses as v1 events.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from quiver.client import QuiverClient
+from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack.demo_feedback import FeedbackLoop
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.progress import Progress
 from quiver.devstack.samples import plan
-from quiver.devstack.stack import LocalStack
+from quiver.devstack.stack import SUPPRESSION_CACHE_TTL, LocalStack
 from quiver.events import validate_record
 from quiver.export import read_object
+from quiver.units import parse_duration
 
 COLUMNS = ("delivered", "deferred", "bounced", "expired", "rejected")
 ENQUEUE_CHUNK = 100
+
+
+# How long the demo waits for the DSNs, complaint reports and one-click POSTs of the
+# first round to come back as events (they travel MX → inbound → S3 → queue → intake).
+FEEDBACK_TIMEOUT = 90.0
 
 
 def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
     if messages < 1:
         print("quiver demo: --messages must be at least 1")
         return 2
-    stack = LocalStack(root)
+    stack = LocalStack(root, feedback=True)
     print_ = _printer(as_json)
     print_(f"starting the local stack in {root} ...")
     with stack.start():
-        assert stack.deployment is not None and stack.dns is not None
+        assert stack.deployment is not None and stack.dns is not None and stack.mx is not None
         print_(f"egress {stack.describe_egress()}")
         tally = Tally()
         pump = ExportPump(sqs=stack.client("sqs"), deployment=stack.deployment, on_records=tally,
@@ -47,40 +55,41 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
             spill_bucket=stack.deployment.spill_bucket,
         )
         started = time.monotonic()
-        bar = Progress("enqueue ", len(valid))
-        refused = 0
-        for i in range(0, len(valid), ENQUEUE_CHUNK):
-            result = client.enqueue_batch(valid[i:i + ENQUEUE_CHUNK])
-            refused += len(result.failed)
-            bar.update(min(len(valid), i + ENQUEUE_CHUNK))
-        bar.finish(len(valid))
+        refused = _enqueue(client, valid, "enqueue ")
         sqs = stack.client("sqs")
         for body in malformed:
             sqs.send_message(QueueUrl=stack.deployment.outbound_queue_url, MessageBody=body)
 
-        bar = Progress("deliver ", expected)
         timeout = 90 + messages / 20
-        first_pass: float | None = None
-        while time.monotonic() - started < timeout:
-            finals = tally.finals
-            if first_pass is None and _first_attempts(tally) >= expected:
-                first_pass = time.monotonic() - started
-            rate = finals / max(1e-6, time.monotonic() - started)
-            bar.update(finals, f"final  {rate:.0f}/s")
-            if finals >= expected or sender.poll() is not None:
-                break
-            time.sleep(0.1)
+        first_pass = _wait_for_finals(tally, expected=expected, sender=sender,
+                                      started=started, timeout=timeout)
         elapsed = time.monotonic() - started
-        bar.finish(tally.finals, f"final in {elapsed:.1f}s")
+        # The feedback loop: one-click POSTs, then every DSN, report and click as an
+        # event, then a second message to each address acted on.
+        loop = FeedbackLoop(tally=tally, received=stack.mx.received)
+        if sender.poll() is None and tally.finals >= expected:
+            print_(f"unsubscribe: {len(loop.click_unsubscribe())} one-click POSTs; waiting "
+                   "for bounces, complaints and unsubscribes to come back as events ...")
+            loop.wait_for_events(timeout=FEEDBACK_TIMEOUT)
+            # Every answer the sender cached for these addresses predates their events
+            # (it was cached before the first delivery); after the cache's bound it
+            # asks the list again, as every sender in a fleet does.
+            time.sleep(parse_duration(SUPPRESSION_CACHE_TTL))
+            again = loop.again()
+            again_started = time.monotonic()
+            refused += _enqueue(client, again, "again   ")
+            expected += sum(len(m.to) for m in again)
+            _wait_for_finals(tally, expected=expected, sender=sender,
+                             started=again_started, timeout=timeout)
         sender_exit = stack.stop_sender(sender)
         while pump.drain_once(wait_seconds=0):
             pass
         pump.stop()
         objects, bad_objects = _check_bucket(stack)
-        assert stack.mx is not None
         by_source_ip = Counter(str(r["peer_ip"]) for r in stack.mx.received())
         dns_kind = stack.dns.kind
         egress = stack.egress_mode
+        intake = stack.intakes.outcomes() if stack.intakes is not None else {}
 
     summary = _summary(
         tally=tally, messages=messages, expected=expected, first_pass=first_pass or elapsed,
@@ -88,12 +97,47 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         bucket=stack.deployment.events_bucket, sender_exit=sender_exit,
         by_source_ip=dict(sorted(by_source_ip.items())), dns=dns_kind, egress=egress,
     )
+    summary.update(loop.summary())
+    summary["intake"] = intake
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     else:
         _print_table(summary, root)
-    ok = summary["final"] == expected and not bad_objects and sender_exit == 0
+    ok = (summary["final"] == expected and not bad_objects and sender_exit == 0
+          and not summary["second_round_not_suppressed"])
     return 0 if ok else 1
+
+
+def _enqueue(client: QuiverClient, messages: list[OutboundMessage], label: str) -> int:
+    """Enqueue in batches with a progress bar; how many the client refused."""
+    bar = Progress(label, len(messages))
+    refused = 0
+    for i in range(0, len(messages), ENQUEUE_CHUNK):
+        result = client.enqueue_batch(messages[i:i + ENQUEUE_CHUNK])
+        refused += len(result.failed)
+        bar.update(min(len(messages), i + ENQUEUE_CHUNK))
+    bar.finish(len(messages))
+    return refused
+
+
+def _wait_for_finals(tally: Tally, *, expected: int, sender: subprocess.Popen[bytes],
+                     started: float, timeout: float) -> float | None:
+    """Wait until `expected` recipients have a final event, the sender exits or
+    `timeout` passes; the time the first pass took (every recipient attempted once)."""
+    bar = Progress("deliver ", expected)
+    first_pass: float | None = None
+    before = tally.finals
+    while time.monotonic() - started < timeout:
+        finals = tally.finals
+        if first_pass is None and _first_attempts(tally) >= expected:
+            first_pass = time.monotonic() - started
+        rate = (finals - before) / max(1e-6, time.monotonic() - started)
+        bar.update(finals, f"final  {rate:.0f}/s")
+        if finals >= expected or sender.poll() is not None:
+            break
+        time.sleep(0.1)
+    bar.finish(tally.finals, f"final in {time.monotonic() - started:.1f}s")
+    return first_pass
 
 
 def _printer(quiet: bool) -> Any:
@@ -173,6 +217,13 @@ def _print_table(s: dict[str, Any], root: Path) -> None:
     print(f"first pass {s['first_pass_s']} s ({s['msgs_per_s']} msg/s); "
           f"all final after {s['elapsed_s']} s (retries and expiry included)")
     print(f"deliveries by egress IP ({s['egress']}): {s['by_source_ip']}")
+    print(f"after delivery: {s['async_bounced']} async bounces, {s['complaints']} complaints, "
+          f"{s['unsubscribed']} one-click unsubscribes (took {s['feedback_wait_s']} s); "
+          f"a second message to each of {s['second_round']} addresses that bounced hard, "
+          f"complained or unsubscribed: {s['second_round'] - len(s['second_round_not_suppressed'])}"
+          " suppressed without an SMTP attempt")
+    if s["second_round_not_suppressed"]:
+        print(f"NOT suppressed: {s['second_round_not_suppressed'][:5]}")
     print(f"event files: {s['event_objects']} objects in {s['events_bucket']} "
           f"(local moto server; logs in {root / 'logs'})")
     if s["invalid_event_objects"]:

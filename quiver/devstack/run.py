@@ -14,7 +14,7 @@ from typing import Any
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.policy_fragment import read_fragment
 from quiver.devstack.servers.dns_records import ExtraRecord, RecordsError, load_records
-from quiver.devstack.stack import MX_DOMAINS, LocalStack
+from quiver.devstack.stack import FBL_ADDRESS, MX_DOMAINS, LocalStack
 from quiver.policy import PolicyError
 
 # How often the foreground loop wakes to report exported events (a signal wakes it
@@ -23,7 +23,8 @@ REPORT_INTERVAL = 5.0
 
 
 def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
-              policy_file: Path | None = None, unsubscribe: bool = False) -> int:
+              policy_file: Path | None = None, unsubscribe: bool = False,
+              feedback: bool = False) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -34,7 +35,7 @@ def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
         stack = LocalStack(
             root, max_age="1h", dns_records=records, dns_origin=str(dns_file),
             policy_fragment=fragment, fragment_origin=str(policy_file),
-            unsubscribe=unsubscribe,
+            unsubscribe=unsubscribe, feedback=feedback,
         )
         print(f"starting the local stack in {root} ...", flush=True)
         # Checks both files before any server starts: a broken one costs nothing to fix.
@@ -102,6 +103,10 @@ def _banner(stack: LocalStack, *, env_file: Path, records: tuple[ExtraRecord, ..
     unsubscribe_line = (f"  unsubscribe         {stack.unsubscribe_server.url}<token>   "
                         "(GET confirms, POST unsubscribes)\n"
                         if stack.unsubscribe_server is not None else "")
+    if stack.inbound is not None:
+        host, port = stack.inbound.address
+        unsubscribe_line += (f"  inbound (SES)       {host}:{port}   (bounce domains and "
+                             f"{FBL_ADDRESS}; intakes log to {root / 'logs'})\n")
     sender_line = (f"  sender log          {root / 'logs' / 'sender.log'}\n" if sender
                    else "  sender              not started (--no-sender): run it as below\n")
     text = f"""

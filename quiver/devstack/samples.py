@@ -28,7 +28,6 @@ def render(*, message_id: str, from_addr: str, to: list[str], subject: str, size
         f"Date: {formatdate(time.time(), usegmt=True)}",
         f"Message-ID: <{message_id}@{from_addr.rpartition('@')[2]}>",
         "MIME-Version: 1.0",
-        f"List-Unsubscribe: <mailto:unsubscribe+{message_id}@{from_addr.rpartition('@')[2]}>",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
         "",
         f"--{boundary}",
@@ -54,6 +53,12 @@ def recipient(i: int, domain: str) -> str:
     """Mostly ordinary users; a few scripted ones so every outcome shows."""
     if i % 50 == 3:
         return f"permfail-{i}@{domain}"  # 550 at RCPT → bounced
+    if i % 50 == 11:
+        return f"asyncbounce-{i}@{domain}"  # delivered, then a DSN → async_bounce
+    if i % 50 == 23:
+        return f"complain-{i}@{domain}"  # delivered, then an ARF report → complaint
+    if i % 50 == 37:
+        return f"unsub-{i}@{domain}"  # delivered; the demo clicks one-click → unsubscribed
     if i % 50 == 17:
         return f"greylist-{i}@{domain}"  # 451 once → deferred, then delivered
     if i % 100 == 29:

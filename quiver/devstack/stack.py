@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,14 +17,18 @@ from typing import Any, Literal
 
 from quiver.devstack import moto_server
 from quiver.devstack.haproxy import EgressNode, choose_haproxy, start_nodes, stop_nodes
+from quiver.devstack.intake_pump import IntakePumps
 from quiver.devstack.policy_fragment import merged_policy_text
 from quiver.devstack.processes import free_port, free_port_on
 from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
 from quiver.devstack.servers.dns_records import ExtraRecord, add_records, host_names
+from quiver.devstack.servers.inbound import InboundSmtp
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
 from quiver.dkim import dns_txt_value, generate_private_key
+from quiver.intake.receipt import receipt_rules
+from quiver.policy import parse_policy
 from quiver.returnpath.admin import rotate_file
 from quiver.settings import Deployment, deployment_env
 
@@ -44,8 +49,22 @@ DKIM_DOMAINS = (
     ("alerts.quiver-demo.test", "e1", "ed25519-sha256"),
 )
 EGRESS_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-# The key ring that signs unsubscribe tokens (LocalStack.unsubscribe), under keys/.
+# The key ring that signs return paths and unsubscribe tokens, under keys/.
 UNSUBSCRIBE_KEY_FILE = "return-path-keys.json"
+# The feedback loop (LocalStack.feedback): each From domain's bounce domain, the FBL
+# address, and the domain whose DKIM key signs the local MX's complaint reports (a
+# trusted reporter, as Yahoo is in production). Their MX is the local inbound server.
+INBOUND_HOST = "inbound.quiver.local.test"
+FBL_ADDRESS = "fbl@fbl.quiver-demo.test"
+REPORTER_DOMAIN = "feedback.quiver.local.test"
+REPORTER_SELECTOR = "arf1"
+# How long the sender may answer from its cache of the suppression list (60 s in
+# production): what the demo waits, after the feedback events, before mailing again.
+SUPPRESSION_CACHE_TTL = "1s"
+
+
+def bounce_domain(from_domain: str) -> str:
+    return f"bounces.{from_domain}"
 EGRESS_SOURCES = ("local1", "local2", "local3")
 # HAProxy mode: two egress nodes stand for two AZs. Their primary addresses carry
 # only the health endpoint, apart from the sources' addresses, as on a real node.
@@ -192,6 +211,31 @@ def add_demo_records(zone: Zone) -> None:
         zone.add_txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
 
 
+def feedback_toml() -> str:
+    """The policy's feedback-loop part: a bounce domain per From domain (VERP return
+    paths), and the FBL address with its trusted reporter."""
+    domains = [d for d, _, _ in DKIM_DOMAINS]
+    return "".join(
+        f'\n[[return_path.domains]]\nfrom = "{d}"\nbounce = "{bounce_domain(d)}"\n'
+        for d in domains
+    ) + ("\n[suppression]\n# Compressed like the retry schedule: a new entry reaches the "
+         "sender's\n# cache within this, so mail seconds after a bounce already sees it.\n"
+         f'cache_ttl = "{SUPPRESSION_CACHE_TTL}"\n'
+         f'\n[feedback]\naddresses = ["{FBL_ADDRESS}"]\n'
+         f"own_domains = {json.dumps(domains)}\n"
+         f'trusted_reporters = [{{ domain = "{REPORTER_DOMAIN}" }}]\n')
+
+
+def add_feedback_records(zone: Zone) -> None:
+    """MX records of the bounce and FBL domains, pointing at the inbound server's host:
+    where a real MTA would deliver its DSNs and reports (the local MX is told the
+    server's port directly, since loopback servers differ by port, not by address)."""
+    zone.add_a(INBOUND_HOST, "127.0.0.1")
+    for domain, _, _ in DKIM_DOMAINS:
+        zone.add_mx(bounce_domain(domain), INBOUND_HOST, 10)
+    zone.add_mx(FBL_ADDRESS.rpartition("@")[2], INBOUND_HOST, 10)
+
+
 @dataclass
 class LocalStack:
     root: Path
@@ -219,6 +263,12 @@ class LocalStack:
     # (a key ring under keys/, a rule per demo From domain) that point at it.
     unsubscribe: bool = False
     unsubscribe_server: UnsubscribeHttp | None = None
+    # The whole feedback loop (implies `unsubscribe`): signed return paths on the From
+    # domains' bounce domains, an inbound SMTP server standing in for SES, the bounce
+    # and FBL intakes on their queues, and an MX that mails DSNs and ARF reports back.
+    feedback: bool = False
+    inbound: InboundSmtp | None = None
+    intakes: IntakePumps | None = None
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -267,11 +317,21 @@ class LocalStack:
         )
         mx_store = self.root / "mx"
         shutil.rmtree(mx_store, ignore_errors=True)
+        self._keys_and_zone()
+        reports: dict[str, Any] = {}
+        if self.feedback:
+            self.unsubscribe = True
+            # Rules come once the policy is written; until then it refuses every recipient.
+            self.inbound = InboundSmtp(rules=(), s3=self.client("s3"),
+                                       bucket=self.deployment.inbound_bucket)
+            reports = {"report_relay": self.inbound.address, "fbl_address": FBL_ADDRESS,
+                       "reporter_domain": REPORTER_DOMAIN,
+                       "reporter_selector": REPORTER_SELECTOR,
+                       "reporter_key_file": self._reporter_key()}
         self.mx = spawn_mx(
             port=free_port(), store_dir=mx_store, tls_cert=cert, tls_key=key,
-            hostname=MX_HOSTS[0],
+            hostname=MX_HOSTS[0], **reports,
         )
-        self._keys_and_zone()
         add_records(self.zone, self.dns_records, origin=self.dns_origin)
         self.dns = start_dns(self.zone, prefer=dns_prefer)
         mx_port = self.mx.address[1]
@@ -286,9 +346,13 @@ class LocalStack:
                                  proxy=proxy)
         if self.unsubscribe:
             text += self._start_unsubscribe()
+        if self.feedback:
+            text += feedback_toml()
         if self.policy_fragment is not None:
             text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
         self.policy_path.write_text(text)
+        if self.feedback:
+            self._start_intakes(text)
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
@@ -306,10 +370,35 @@ class LocalStack:
         self.unsubscribe_server = UnsubscribeHttp(local_unsubscriber(
             endpoint=self.moto.endpoint, deployment=self.deployment, key_file=key_file))
         url = self.unsubscribe_server.url
-        return f'\n[return_path]\nkey_file = "keys/{UNSUBSCRIBE_KEY_FILE}"\n' + "".join(
+        # An absolute path: the intakes read this policy from SSM, with no file beside it.
+        return f'\n[return_path]\nkey_file = "{key_file.resolve()}"\n' + "".join(
             f'\n[[unsubscribe.domains]]\nfrom = "{domain}"\nurl = "{url}"\n'
             f'mailto = "unsubscribe@bounces.{domain}"\n'
             for domain, _, _ in DKIM_DOMAINS)
+
+    def _reporter_key(self) -> Path:
+        """The complaint reporter's DKIM key, published in the zone."""
+        path = self.root / "keys" / f"{REPORTER_DOMAIN}.{REPORTER_SELECTOR}.pem"
+        if not path.exists():
+            path.write_bytes(generate_private_key("rsa-sha256"))
+            path.chmod(0o600)
+        self.zone.add_txt(f"{REPORTER_SELECTOR}._domainkey.{REPORTER_DOMAIN}",
+                          dns_txt_value(path.read_bytes()))
+        return path
+
+    def _start_intakes(self, text: str) -> None:
+        """The policy into SSM (where the Lambdas read it), the receipt rules into the
+        inbound server, and the intakes on their queues."""
+        assert self.moto is not None and self.deployment is not None
+        assert self.inbound is not None and self.dns is not None
+        # Parameters over 4 KB need the advanced tier, as in AWS.
+        tier = "Advanced" if len(text.encode()) > 4096 else "Standard"
+        self.client("ssm").put_parameter(Name=self.deployment.policy_parameter, Value=text,
+                                         Type="String", Tier=tier, Overwrite=True)
+        self.inbound.set_rules(receipt_rules(parse_policy(text, origin=str(self.policy_path))))
+        self.intakes = IntakePumps(endpoint=self.moto.endpoint, deployment=self.deployment,
+                                   nameservers=[self.dns.address], log_dir=self.root / "logs")
+        self.intakes.start()
 
     @property
     def egress_mode(self) -> Literal["haproxy", "direct"]:
@@ -331,6 +420,8 @@ class LocalStack:
 
     def _keys_and_zone(self) -> None:
         add_demo_records(self.zone)
+        if self.feedback:
+            add_feedback_records(self.zone)
         keys_dir = self.root / "keys"
         keys_dir.mkdir(exist_ok=True)
         for domain, selector, algorithm in DKIM_DOMAINS:
@@ -401,13 +492,17 @@ class LocalStack:
             self.stop_sender(process)
         stop_nodes(self.proxy_nodes)
         self.proxy_nodes = {}
-        for server in (self.unsubscribe_server, self.mx, self.dns, self.moto):
+        if self.intakes is not None:
+            self.intakes.stop()
+            self.intakes = None
+        for server in (self.unsubscribe_server, self.mx, self.inbound, self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.
                 with contextlib.suppress(Exception):
                     server.stop()
         self.mx = self.dns = self.moto = None
         self.unsubscribe_server = None
+        self.inbound = None
 
     def __enter__(self) -> LocalStack:
         return self

@@ -9,8 +9,13 @@ in-process (`start_mx`, aiosmtpd on its own event loop in a thread) for
 tests, or as a child process (`spawn_mx`, `python -m quiver.devstack.servers.mx`) so a
 benchmark keeps the receiving side off the sender's CPU.
 
-What is kept on disk (received.jsonl, rcpts.jsonl, messages/<n>.eml, stats.json) is
-described in `mx_store`; the SMTP server itself is `mx_server`.
+What is kept on disk (received.jsonl, rcpts.jsonl, messages/<n>.eml, stats.json,
+reports.jsonl) is described in `mx_store`; the SMTP server itself is `mx_server`.
+
+After accepting, the MX can act as a mailbox provider does later: recipients scripted
+`asyncbounce…` get a DSN mailed to the sender's return path, `complain…` a signed
+feedback report mailed to the FBL address. Both go to the `report_relay` (see
+`MxConfig` and `mx_report_sender`); without one they are only accepted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from quiver.devstack.loop_thread import LoopThread
 from quiver.devstack.processes import child_process_options, stop_process
+from quiver.devstack.servers.mx_report_sender import check_relay, load_reporter
 from quiver.devstack.servers.mx_server import (
     DEFAULT_HOSTNAME,
     DEFAULT_MAX_RCPTS_PER_TXN,
@@ -37,7 +43,7 @@ from quiver.devstack.servers.mx_server import (
     MxConfig,
     MxEngine,
 )
-from quiver.devstack.servers.mx_store import read_rcpts, read_received, read_stats
+from quiver.devstack.servers.mx_store import read_rcpts, read_received, read_reports, read_stats
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -76,6 +82,10 @@ class MxServer:
     def stats(self) -> dict[str, Any]:
         return self._engine.store.stats()
 
+    def reports(self) -> list[dict[str, Any]]:
+        """Every outcome of a scripted report so far (reports.jsonl), in order."""
+        return self._engine.store.reports()
+
     def __enter__(self) -> MxServer:
         return self
 
@@ -96,6 +106,12 @@ def start_mx(
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
     busy_every: int = 0,
+    report_relay: tuple[str, int] | None = None,
+    fbl_address: str | None = None,
+    reporter_domain: str | None = None,
+    reporter_address: str | None = None,
+    reporter_selector: str | None = None,
+    reporter_key_file: Path | None = None,
 ) -> MxServer:
     """Start the MX in this process; it listens when this returns.
 
@@ -105,12 +121,18 @@ def start_mx(
     Port 0 picks a free port (see `.address`). The listener on 127.0.0.1 accepts
     connections from any 127.x source address. `busy_every` > 0 greets only every
     n-th connection and turns the others away with a 421.
+
+    `report_relay` (a loopback HOST, PORT) receives the DSNs of `asyncbounce…`
+    recipients and the feedback reports of `complain…` ones, the latter addressed to
+    `fbl_address` from the `reporter_*` settings; see `MxConfig` for each.
     """
     return MxServer(MxConfig(
         store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
         offer_starttls=offer_starttls, offer_pipelining=offer_pipelining, hostname=hostname,
         tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
-        busy_every=busy_every,
+        busy_every=busy_every, report_relay=report_relay, fbl_address=fbl_address,
+        reporter_domain=reporter_domain, reporter_address=reporter_address,
+        reporter_selector=reporter_selector, reporter_key_file=reporter_key_file,
     ))
 
 
@@ -138,6 +160,10 @@ class MxProcess:
     def rcpts(self) -> list[dict[str, Any]]:
         """Every RCPT TO it was sent, with its reply (accepted or not)."""
         return read_rcpts(self.store_dir)
+
+    def reports(self) -> list[dict[str, Any]]:
+        """Every outcome of a scripted report so far (reports.jsonl), in order."""
+        return read_reports(self.store_dir)
 
     def stats(self) -> dict[str, Any]:
         """Current statistics: asks a running child for a fresh stats.json (SIGUSR1)."""
@@ -179,6 +205,18 @@ def _command(config: MxConfig) -> list[str]:
         cmd.append("--no-starttls")
     if not config.offer_pipelining:
         cmd.append("--no-pipelining")
+    if config.report_relay is not None:
+        cmd += ["--report-relay", f"{config.report_relay[0]}:{config.report_relay[1]}"]
+    options: list[tuple[str, str | Path | None]] = [
+        ("--fbl-address", config.fbl_address),
+        ("--reporter-domain", config.reporter_domain),
+        ("--reporter-address", config.reporter_address),
+        ("--reporter-selector", config.reporter_selector),
+        ("--reporter-key-file", config.reporter_key_file),
+    ]
+    for flag, value in options:
+        if value is not None:
+            cmd += [flag, str(value)]
     return cmd
 
 
@@ -194,15 +232,28 @@ def spawn_mx(
     hostname: str = DEFAULT_HOSTNAME,
     tarpit_seconds: float = DEFAULT_TARPIT_SECONDS,
     max_rcpts_per_txn: int = DEFAULT_MAX_RCPTS_PER_TXN,
+    report_relay: tuple[str, int] | None = None,
+    fbl_address: str | None = None,
+    reporter_domain: str | None = None,
+    reporter_address: str | None = None,
+    reporter_selector: str | None = None,
+    reporter_key_file: Path | None = None,
 ) -> MxProcess:
-    """Start the MX as a child process and wait for its ready line; stderr goes to mx.log."""
+    """Start the MX as a child process and wait for its ready line; stderr goes to mx.log.
+
+    The report settings are those of `start_mx`."""
     config = MxConfig(
         store_dir=store_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
         offer_starttls=offer_starttls, offer_pipelining=offer_pipelining, hostname=hostname,
         tarpit_seconds=tarpit_seconds, max_rcpts_per_txn=max_rcpts_per_txn,
+        report_relay=report_relay, fbl_address=fbl_address,
+        reporter_domain=reporter_domain, reporter_address=reporter_address,
+        reporter_selector=reporter_selector, reporter_key_file=reporter_key_file,
     )
     store_dir.mkdir(parents=True, exist_ok=True)
-    package_root = str(Path(__file__).resolve().parents[2])
+    # The directory holding the `quiver` package (not the package itself: on the path,
+    # its subpackages would shadow top-level modules such as dkimpy's `dkim`).
+    package_root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
     )}
@@ -265,9 +316,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", default=DEFAULT_HOSTNAME)
     parser.add_argument("--tarpit-seconds", type=float, default=DEFAULT_TARPIT_SECONDS)
     parser.add_argument("--max-rcpts-per-txn", type=int, default=DEFAULT_MAX_RCPTS_PER_TXN)
+    reports = parser.add_argument_group(
+        "reports after accepting",
+        "asyncbounce… recipients get a DSN sent to the MAIL FROM, complain… ones a feedback "
+        "report sent to --fbl-address; both through --report-relay.")
+    reports.add_argument("--report-relay", type=_host_port, metavar="HOST:PORT",
+                         help="loopback SMTP server standing in for the bounce domain's MX "
+                              "and SES inbound (without it, reports are not sent)")
+    reports.add_argument("--fbl-address", help="where feedback reports are addressed")
+    reports.add_argument("--reporter-domain", help="the reporting provider's domain")
+    reports.add_argument("--reporter-address",
+                         help="From of feedback reports (default fbl@REPORTER_DOMAIN)")
+    reports.add_argument("--reporter-selector", help="DKIM selector of the reporter's key")
+    reports.add_argument("--reporter-key-file", type=Path,
+                         help="PEM RSA key that signs feedback reports (with --reporter-selector)")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if (args.reporter_selector is None) != (args.reporter_key_file is None):
+        parser.error("--reporter-selector and --reporter-key-file go together")
+    try:
+        check_relay(args.report_relay)
+        load_reporter(domain=args.reporter_domain, address=args.reporter_address,
+                      selector=args.reporter_selector, key_file=args.reporter_key_file)
+    except ValueError as exc:
+        parser.error(str(exc))
     # aiosmtpd logs every command at INFO; at benchmark rates that is the main cost.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     host, port = args.listen
@@ -276,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         tls_key=args.tls_key, offer_starttls=not args.no_starttls,
         offer_pipelining=not args.no_pipelining, hostname=args.hostname,
         tarpit_seconds=args.tarpit_seconds, max_rcpts_per_txn=args.max_rcpts_per_txn,
+        report_relay=args.report_relay, fbl_address=args.fbl_address,
+        reporter_domain=args.reporter_domain, reporter_address=args.reporter_address,
+        reporter_selector=args.reporter_selector, reporter_key_file=args.reporter_key_file,
     )
     config.store_dir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_serve_until_signalled(config))

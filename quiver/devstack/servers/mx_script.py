@@ -22,6 +22,9 @@ class Action(enum.Enum):
     TARPIT = "tarpit"  # delay every reply of the transaction
     TOO_MANY = "too_many"  # the transaction takes at most `limit` recipients
     REFUSE_DATA = "refuse_data"  # reply at end of DATA, nothing stored
+    # Accept and store like any other, then report after the 250 (mx_report_sender):
+    ASYNC_BOUNCE = "async_bounce"  # an RFC 3464 DSN to the MAIL FROM: the mailbox is gone
+    COMPLAIN = "complain"  # an RFC 5965 feedback report to the FBL address: marked as spam
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("tarpit", Action.TARPIT),
     Behaviour("toomany", Action.TOO_MANY, TOO_MANY_REPLY, limit=2),
     Behaviour("blocked", Action.REFUSE_DATA, "554 5.7.1 message refused as spam"),
+    Behaviour("asyncbounce", Action.ASYNC_BOUNCE),
+    Behaviour("complain", Action.COMPLAIN),
+    # A plain accept: the reader "unsubscribes" afterwards, and a demo does that for
+    # it by POSTing the List-Unsubscribe URL of the stored message (RFC 8058).
+    Behaviour("unsub", Action.ACCEPT),
 )
 
 _BY_LENGTH = sorted(BEHAVIOURS, key=lambda b: len(b.prefix), reverse=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from quiver.devstack.servers.mx_report_sender import ReportSender, check_relay, load_reporter
 from quiver.devstack.servers.mx_script import TOO_MANY_REPLY, Action, behaviour_for
 from quiver.devstack.servers.mx_store import MxStore
 
@@ -53,6 +54,21 @@ class MxConfig:
     # A busy server: only every n-th connection is greeted, the others get BUSY_BANNER
     # and are closed (0: greet all). In-process servers only (`start_mx`).
     busy_every: int = 0
+    # Where the reports of `asyncbounce…` and `complain…` recipients go (host, port on
+    # loopback): the SMTP server standing in for the bounce domain's MX and for SES
+    # inbound. A real MTA would look up the MX of the return path's domain; on
+    # loopback every server needs its own port, so the relay is named here. None:
+    # those recipients are only accepted, and reports.jsonl records "not_sent".
+    report_relay: tuple[str, int] | None = None
+    # Where feedback reports are addressed (the sender's FBL address).
+    fbl_address: str | None = None
+    # The mailbox provider's reporting domain: feedback reports come from
+    # `reporter_address` (default fbl@<domain>), DKIM-signed with the RSA key in
+    # `reporter_key_file` under `reporter_selector` (both or neither; neither: unsigned).
+    reporter_domain: str | None = None
+    reporter_address: str | None = None
+    reporter_selector: str | None = None
+    reporter_key_file: Path | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.offer_starttls or self.tls_cert is None:
@@ -77,9 +93,10 @@ class _Transaction:
 class _Hooks:
     """aiosmtpd handler: server-wide state (store, greylist) and the script."""
 
-    def __init__(self, config: MxConfig, store: MxStore) -> None:
+    def __init__(self, config: MxConfig, store: MxStore, reports: ReportSender) -> None:
         self.config = config
         self.store = store
+        self.reports = reports
         self.greylisted: set[str] = set()
         self.live: set[_Connection] = set()
         self.connections = 0
@@ -166,6 +183,10 @@ class _Hooks:
             tls=server.tls_version(),
         )
         server.accepted += 1
+        self.reports.accepted(
+            message=number, mail_from=envelope.mail_from or "", helo=session.host_name,
+            peer_ip=server.peer_ip, rcpts=envelope.rcpt_tos, content=content,
+        )
         return f"250 2.0.0 OK queued as {number}"
 
 
@@ -263,8 +284,18 @@ class MxEngine:
 
     def __init__(self, config: MxConfig) -> None:
         self.config = config
+        # Settings are checked and the key read before any file is opened.
+        check_relay(config.report_relay)
+        reporter = load_reporter(
+            domain=config.reporter_domain, address=config.reporter_address,
+            selector=config.reporter_selector, key_file=config.reporter_key_file,
+        )
         self.store = MxStore(config.store_dir)
-        self.hooks = _Hooks(config, self.store)
+        self.reports = ReportSender(
+            store=self.store, hostname=config.hostname, relay=config.report_relay,
+            fbl_address=config.fbl_address, reporter=reporter,
+        )
+        self.hooks = _Hooks(config, self.store, self.reports)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -295,5 +326,6 @@ class MxEngine:
                 _abort(connection.transport)
             await asyncio.sleep(0)  # let connection_lost run for the aborted ones
             await self._server.wait_closed()
+        await self.reports.close()
         self.store.write_stats()
         self.store.close()

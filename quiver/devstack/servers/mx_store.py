@@ -7,6 +7,9 @@ Files under the store directory:
   can tell that an address was never tried.
 - `messages/<n>.eml`: the message bytes as received, after un-dot-stuffing.
 - `stats.json`: connection statistics per peer IP.
+- `reports.jsonl`: every outcome of a report the script mails after accepting
+  (`asyncbounce…` DSNs, `complain…` feedback reports): sent, retrying, failed,
+  not_sent, cancelled; see `mx_report_sender`. A demo or test waits on it.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class MxStore:
         self._next = _highest_message_number(self.messages_dir)
         self._log: IO[str] = (store_dir / "received.jsonl").open("a", encoding="utf-8")
         self._rcpt_log: IO[str] = (store_dir / "rcpts.jsonl").open("a", encoding="utf-8")
+        self._report_log: IO[str] = (store_dir / "reports.jsonl").open("a", encoding="utf-8")
         self._records: list[dict[str, Any]] = []
+        self._reports: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._total = _PeerStats()
         self._peers: dict[str, _PeerStats] = {}
@@ -97,6 +102,18 @@ class MxStore:
         self._rcpt_log.write(json.dumps({"rcpt": address, "reply": reply, "at": _now()}) + "\n")
         self._rcpt_log.flush()
 
+    def report_outcome(self, entry: dict[str, Any]) -> None:
+        """One outcome of a scripted report (reports.jsonl), flushed at once."""
+        record = {**entry, "at": _now()}
+        self._report_log.write(json.dumps(record) + "\n")
+        self._report_log.flush()
+        with self._lock:
+            self._reports.append(record)
+
+    def reports(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._reports]
+
     def connection_opened(self, ip: str) -> None:
         with self._lock:
             for s in (self._total, self._peers.setdefault(ip, _PeerStats())):
@@ -134,6 +151,7 @@ class MxStore:
     def close(self) -> None:
         self._log.close()
         self._rcpt_log.close()
+        self._report_log.close()
 
 
 def read_received(store_dir: Path) -> list[dict[str, Any]]:
@@ -152,6 +170,15 @@ def read_received(store_dir: Path) -> list[dict[str, Any]]:
 def read_rcpts(store_dir: Path) -> list[dict[str, Any]]:
     """Every RCPT TO the server was sent ({rcpt, reply, at}, rcpts.jsonl), in order."""
     path = store_dir / "rcpts.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.endswith("\n")]
+
+
+def read_reports(store_dir: Path) -> list[dict[str, Any]]:
+    """Every outcome of a scripted report (reports.jsonl), in order."""
+    path = store_dir / "reports.jsonl"
     if not path.exists():
         return []
     with path.open(encoding="utf-8") as fh:

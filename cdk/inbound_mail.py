@@ -1,17 +1,27 @@
-"""Inbound mail: SES receives bounces and complaints, stores them in the inbound bucket,
-and S3 notifies an intake queue per kind, which feeds that kind's Lambda.
+"""Inbound mail: SES receives bounces, complaints and mailed unsubscribe requests,
+stores them in the inbound bucket, and S3 notifies an intake queue per prefix, which
+feeds that prefix's Lambda.
 
     MX bounces.example.com → SES receipt rule → s3://<inbound>/bounce/<id>
         → S3 event → SQS <prefix>-bounce-intake (DLQ) → bounce intake Lambda
+    unsubscribe@bounces.example.com (a mailto) → its own rule → the same, bounce/
     fbl@fbl.example.com    → SES receipt rule → s3://<inbound>/fbl/<id>
         → S3 event → SQS <prefix>-fbl-intake (DLQ)    → FBL intake Lambda
-    Lambdas → events queue (async_bounce, complaint) and the suppression table
+    Lambdas → events queue (async_bounce, complaint, unsubscribed) and the
+        suppression table
+
+A mailto request shares the bounce prefix and Lambda: it needs exactly what a
+bounce needs (the key ring, a conditional PutItem on the suppression table, the
+events queue), so a prefix, queue and function of its own would add resources and
+grant nothing less. The bounce intake tells the two apart by the envelope recipient
+SES records (quiver.intake.by_recipient).
 
 Two constructs, stateful apart from stateless: `InboundQueues` (in QuiverStateful:
 the intake queues and DLQs, the bucket's notifications, and the bucket policy that
 lets SES write, scoped to this account's rule set by aws:SourceAccount and
 aws:SourceArn) and `InboundMail` (in QuiverService: the receipt rule set, a rule per
-FBL address and per bounce domain, and the two Lambdas). The queue between S3 and
+FBL address, per unsubscribe mailto address and per bounce domain, and the two
+Lambdas). The queue between S3 and
 Lambda holds a burst, and a Lambda that fails, for the queue's retention; a record
 that keeps failing moves to the DLQ after INTAKE_MAX_RECEIVES.
 
@@ -157,10 +167,25 @@ class _Shared:
     log_retention: logs.RetentionDays
 
 
-def receipt_recipients(policy: Policy) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(FBL addresses, bounce domains) that get a receipt rule, each once, in order."""
-    bounce = tuple(dict.fromkeys(d.bounce_domain for d in policy.return_path.domains))
-    return policy.feedback.addresses, bounce
+@dataclass(frozen=True)
+class ReceiptRecipients:
+    """What gets a receipt rule, each once, in order."""
+
+    fbl_addresses: tuple[str, ...]
+    mailto_addresses: tuple[str, ...]
+    bounce_domains: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.fbl_addresses or self.mailto_addresses or self.bounce_domains)
+
+
+def receipt_recipients(policy: Policy) -> ReceiptRecipients:
+    return ReceiptRecipients(
+        fbl_addresses=policy.feedback.addresses,
+        mailto_addresses=policy.unsubscribe.mailto_addresses(),
+        bounce_domains=tuple(dict.fromkeys(d.bounce_domain
+                                           for d in policy.return_path.domains)),
+    )
 
 
 class InboundMail(Construct):
@@ -199,20 +224,24 @@ class InboundMail(Construct):
             "Fbl", function="fbl_intake", code_dir=fbl_code_dir, queue=queues.fbl,
             prefix=INBOUND_FBL_PREFIX, shared=shared)
         self.rule_set: ses.ReceiptRuleSet | None = None
-        fbl_addresses, bounce_domains = receipt_recipients(policy)
-        if fbl_addresses or bounce_domains:
-            self.rule_set = self._rules(names, inbound_bucket, fbl_addresses, bounce_domains)
+        recipients = receipt_recipients(policy)
+        if recipients:
+            self.rule_set = self._rules(names, inbound_bucket, recipients)
 
-    def _rules(self, names: ResourceNames, bucket: s3.IBucket, fbl_addresses: tuple[str, ...],
-               bounce_domains: tuple[str, ...]) -> ses.ReceiptRuleSet:
+    def _rules(self, names: ResourceNames, bucket: s3.IBucket,
+               recipients: ReceiptRecipients) -> ses.ReceiptRuleSet:
         rule_set = ses.ReceiptRuleSet(self, "RuleSet", receipt_rule_set_name=names.receipt_rule_set)
         after: ses.IReceiptRule | None = None
-        # FBL addresses first, each stopping the set: an FBL address on a bounce domain
-        # must not also be stored as a bounce.
+        # FBL addresses first, then mailto addresses, each stopping the set: an FBL or
+        # mailto address on a bounce domain must not also be stored by that domain's
+        # rule (a second object for the same mail). The policy refuses a mailto that
+        # is an FBL address, or that is on no bounce or FBL domain (whose MX is SES's).
         rules = [(f"Fbl{logical_id_part(a)}", a, INBOUND_FBL_PREFIX, True)
-                 for a in fbl_addresses]
+                 for a in recipients.fbl_addresses]
+        rules += [(f"Unsubscribe{logical_id_part(a)}", a, INBOUND_BOUNCE_PREFIX, True)
+                  for a in recipients.mailto_addresses]
         rules += [(f"Bounce{logical_id_part(d)}", d, INBOUND_BOUNCE_PREFIX, False)
-                  for d in bounce_domains]
+                  for d in recipients.bounce_domains]
         for rule_id, recipient, prefix, stop in rules:
             actions: list[ses.IReceiptRuleAction] = [
                 _StoreRaw(bucket=bucket, object_key_prefix=prefix)]
@@ -280,7 +309,8 @@ class InboundMail(Construct):
                                 resources=[inbound_bucket.arn_for_objects(f"{prefix}*")]),
             iam.PolicyStatement(sid="PublishEvents", actions=["sqs:SendMessage"],
                                 resources=[events_queue.queue_arn]),
-            # Entries are put whole (the same values on a retry); never read or removed.
+            # Entries are put whole (the same values on a retry; an unsubscribe's put is
+            # conditional, which PutItem covers); never read or removed.
             iam.PolicyStatement(sid="Suppress", actions=["dynamodb:PutItem"],
                                 resources=[suppression_table.table_arn]),
             # Only the return-path references (items rp#<reference>), read one at a time.

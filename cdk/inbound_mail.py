@@ -1,17 +1,27 @@
-"""Inbound mail: SES receives bounces and complaints, stores them in the inbound bucket,
-and S3 notifies an intake queue per kind, which feeds that kind's Lambda.
+"""Inbound mail: SES receives bounces, complaints and mailed unsubscribe requests,
+stores them in the inbound bucket, and S3 notifies an intake queue per prefix, which
+feeds that prefix's Lambda.
 
     MX bounces.example.com → SES receipt rule → s3://<inbound>/bounce/<id>
         → S3 event → SQS <prefix>-bounce-intake (DLQ) → bounce intake Lambda
+    unsubscribe@bounces.example.com (a mailto) → its own rule → the same, bounce/
     fbl@fbl.example.com    → SES receipt rule → s3://<inbound>/fbl/<id>
         → S3 event → SQS <prefix>-fbl-intake (DLQ)    → FBL intake Lambda
-    Lambdas → events queue (async_bounce, complaint) and the suppression table
+    Lambdas → events queue (async_bounce, complaint, unsubscribed) and the
+        suppression table
+
+A mailto request shares the bounce prefix and Lambda: it needs exactly what a
+bounce needs (the key ring, a conditional PutItem on the suppression table, the
+events queue), so a prefix, queue and function of its own would add resources and
+grant nothing less. The bounce intake tells the two apart by the envelope recipient
+SES records (quiver.intake.by_recipient).
 
 Two constructs, stateful apart from stateless: `InboundQueues` (in QuiverStateful:
 the intake queues and DLQs, the bucket's notifications, and the bucket policy that
 lets SES write, scoped to this account's rule set by aws:SourceAccount and
 aws:SourceArn) and `InboundMail` (in QuiverService: the receipt rule set, a rule per
-FBL address and per bounce domain, and the two Lambdas). The queue between S3 and
+FBL address, per unsubscribe mailto address and per bounce domain, and the two
+Lambdas). The queue between S3 and
 Lambda holds a burst, and a Lambda that fails, for the queue's retention; a record
 that keeps failing moves to the DLQ after INTAKE_MAX_RECEIVES.
 
@@ -202,14 +212,17 @@ class InboundMail(Construct):
                rules: tuple[ReceiptRule, ...]) -> ses.ReceiptRuleSet:
         rule_set = ses.ReceiptRuleSet(self, "RuleSet", receipt_rule_set_name=names.receipt_rule_set)
         after: ses.IReceiptRule | None = None
+        # FBL addresses first, then mailto addresses, each stopping the set: an FBL or
+        # mailto address on a bounce domain must not also be stored by that domain's
+        # rule (a second object for the same mail). The policy refuses a mailto that
+        # is an FBL address, or that is on no bounce or FBL domain (whose MX is SES's).
         for rule in rules:
-            kind = "Fbl" if rule.prefix == INBOUND_FBL_PREFIX else "Bounce"
             actions: list[ses.IReceiptRuleAction] = [
                 _StoreRaw(bucket=bucket, object_key_prefix=rule.prefix)]
             if rule.stop:
                 actions.append(ses_actions.Stop())
             after = rule_set.add_rule(
-                f"{kind}{logical_id_part(rule.recipient)}", recipients=[rule.recipient],
+                f"{rule.kind}{logical_id_part(rule.recipient)}", recipients=[rule.recipient],
                 actions=actions, after=after,
                 enabled=True, scan_enabled=True, tls_policy=ses.TlsPolicy.OPTIONAL,
             )
@@ -271,7 +284,8 @@ class InboundMail(Construct):
                                 resources=[inbound_bucket.arn_for_objects(f"{prefix}*")]),
             iam.PolicyStatement(sid="PublishEvents", actions=["sqs:SendMessage"],
                                 resources=[events_queue.queue_arn]),
-            # Entries are put whole (the same values on a retry); never read or removed.
+            # Entries are put whole (the same values on a retry; an unsubscribe's put is
+            # conditional, which PutItem covers); never read or removed.
             iam.PolicyStatement(sid="Suppress", actions=["dynamodb:PutItem"],
                                 resources=[suppression_table.table_arn]),
             # Only the return-path references (items rp#<reference>), read one at a time.

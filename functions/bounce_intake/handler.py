@@ -1,5 +1,6 @@
 """Bounce intake Lambda: DSNs SES stored in the inbound bucket → async_bounce events and
-hard-bounce suppression.
+hard-bounce suppression; unsubscribe requests mailed to a List-Unsubscribe mailto
+address (stored under the same prefix) → unsubscribed events and suppression.
 
 Thin by design: the SQS messages carry S3 event notifications for the objects SES
 wrote; each goes to `quiver.intake.build.InboundProcessor`, and the records that

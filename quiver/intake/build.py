@@ -5,6 +5,8 @@ start; the local stack and the integration tests build the same one against moto
 server. Its `handle` reads each object an S3 notification names from the inbound
 bucket, runs the intake on it, counts the outcome and logs it; a store failure
 raises, so only that SQS message is retried (and, after its retries, dead-lettered).
+The bounce Lambda's also reads the unsubscribe requests mailed to the policy's
+mailto addresses (quiver.intake.by_recipient), with the same key ring.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from quiver.intake.bounce import BounceIntake
-from quiver.intake.counts import IntakeCounts, Outcome
+from quiver.intake.by_recipient import ByRecipient
+from quiver.intake.counts import IntakeCounts, Kind, Outcome
 from quiver.intake.mail import InboundMail
 from quiver.intake.s3_event import InboundEventError, object_refs
+from quiver.intake.unsubscribe import MailtoIntake
 from quiver.policy.model import Policy
 from quiver.policy.source import SSM_PREFIX, read_policy
 from quiver.returnpath import KeyRing, KeyRingError, ReturnPathVerifier, load_key_ring
@@ -27,11 +31,6 @@ from quiver.storage.aws import BotoEventSink, secret_reader
 from quiver.storage.base import EventSink, StorageError, SuppressionStore
 from quiver.storage.boto_calls import call_sync, error_code
 from quiver.storage.dynamo import DynamoReturnPaths, DynamoSuppression
-
-if TYPE_CHECKING:
-    # Imported where used at run time: the complaint intake needs dkimpy and dnspython,
-    # which only the FBL Lambda carries (cdk/lambda_code.py), not the bounce one.
-    from quiver.intake.complaint import ComplaintIntake
 
 _log = logging.getLogger("quiver.intake")
 
@@ -50,6 +49,18 @@ class SqsMessage(Protocol):
     def body(self) -> str: ...
 
 
+class Intake(Protocol):
+    """BounceIntake, ComplaintIntake, ByRecipient: what one object becomes."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def max_bytes(self) -> int: ...
+
+    async def process(self, mail: InboundMail) -> Outcome: ...
+
+
 class IntakeLog(Protocol):
     """A `logging.Logger` or Powertools' `Logger`."""
 
@@ -60,27 +71,43 @@ def _no_ring() -> KeyRing:
     raise KeyRingError("policy return_path names no bounce domain")
 
 
-def verifier_from_policy(policy: Policy, *, store: DynamoReturnPaths,
-                         read_secret: Callable[[str], bytes] | None) -> ReturnPathVerifier:
-    """A verifier for the policy's bounce domains. Without any, every address is
-    refused (wrong_domain) before a key is needed."""
+def key_ring_from_policy(policy: Policy, *,
+                         read_secret: Callable[[str], bytes] | None) -> CachedRing | None:
+    """The return-path key ring (it signs return paths and unsubscribe tokens), read
+    now: a ring that cannot be read stops the start. None when the policy names none."""
     section = policy.return_path
-    if not section.enabled:
-        _log.warning("policy return_path names no bounce domain: every inbound report "
-                     "will be refused (wrong_domain)")
-        return ReturnPathVerifier(keys=_no_ring, store=store, bounce_domains={})
+    if section.key_secret is None and section.key_file is None:
+        return None
 
     def load() -> KeyRing:
         return load_key_ring(key_secret=section.key_secret, key_file=section.key_file,
                              read_secret=read_secret)
 
     keys = CachedRing(load)
-    keys()  # read at cold start: a ring that cannot be read stops the start
-    return ReturnPathVerifier(keys=keys, store=store, bounce_domains=section.bounce_domains())
+    keys()
+    return keys
+
+
+def verifier_from_policy(policy: Policy, *, store: DynamoReturnPaths,
+                         read_secret: Callable[[str], bytes] | None = None,
+                         keys: Callable[[], KeyRing] | None = None) -> ReturnPathVerifier:
+    """A verifier for the policy's bounce domains, with `keys` or the ring the policy
+    names. Without bounce domains, every address is refused (wrong_domain) before a
+    key is needed."""
+    section = policy.return_path
+    if not section.enabled:
+        _log.warning("policy return_path names no bounce domain: every inbound report "
+                     "will be refused (wrong_domain)")
+        return ReturnPathVerifier(keys=_no_ring, store=store, bounce_domains={})
+    ring = keys if keys is not None else key_ring_from_policy(policy,
+                                                              read_secret=read_secret)
+    # An enabled section has a key (quiver.policy.return_path refuses one without).
+    return ReturnPathVerifier(keys=ring or _no_ring, store=store,
+                              bounce_domains=section.bounce_domains())
 
 
 class InboundProcessor:
-    def __init__(self, *, intake: BounceIntake | ComplaintIntake, s3: Any, bucket: str,
+    def __init__(self, *, intake: Intake, s3: Any, bucket: str,
                  counts: IntakeCounts | None = None, log: IntakeLog = _log) -> None:
         self.intake = intake
         self._s3 = s3
@@ -98,13 +125,23 @@ class InboundProcessor:
         ddb = session.client("dynamodb")
         store = DynamoReturnPaths(ddb, deployment.finals_table)
         reader = secret_reader(session) if policy.return_path.key_secret else None
-        verifier = verifier_from_policy(policy, store=store, read_secret=reader)
+        addresses = policy.unsubscribe.mailto_addresses() if kind == "bounce" else ()
+        # One ring for both kinds of token; read only when something will verify one.
+        keys = key_ring_from_policy(policy, read_secret=reader) if (
+            policy.return_path.enabled or addresses) else None
+        verifier = verifier_from_policy(policy, store=store, keys=keys)
         suppression: SuppressionStore = DynamoSuppression(ddb, deployment.suppression_table)
         sink: EventSink = BotoEventSink(session.client("sqs"), deployment.events_queue_url)
-        intake: BounceIntake | ComplaintIntake
+        intake: Intake
         if kind == "bounce":
             intake = BounceIntake(verifier=verifier, suppression=suppression, sink=sink)
+            # A policy with mailto addresses names a ring (quiver.policy.unsubscribe).
+            if addresses and keys is not None:
+                intake = ByRecipient(bounce=intake, mailto=MailtoIntake(
+                    addresses=addresses, keys=keys, suppression=suppression, sink=sink))
         else:
+            # Imported here: the complaint intake needs dkimpy and dnspython, which only
+            # the FBL Lambda carries (cdk/lambda_code.py), not the bounce one.
             from quiver.intake.complaint import ComplaintIntake
             from quiver.routing.mx import MxResolver
             from quiver.routing.providers import ProviderMatcher

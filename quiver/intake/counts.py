@@ -1,14 +1,16 @@
 """What the intakes did with each inbound mail, counted by outcome and reason.
 
-Every object ends in exactly one outcome: `accepted` (events published), `ignored`
-(not a report: an auto-reply, an out-of-office, a delay warning, too large...),
-`refused` (a return path that does not verify: forged, expired key, another
-tenant's...) or `untrusted` (a complaint whose reporter the [feedback] policy does
-not trust: kept in the bucket, acting on nothing). The counts go out as CloudWatch
-EMF metrics, namespace `Quiver`, metric `inbound_<outcome>`, dimensions `kind`
-(bounce, complaint) and `reason`, so a wave of forged bounces is a graph, not a
-guess. An accepted complaint is also counted as `complaints` per (tenant, campaign,
-provider), the complaint rate's numerator (quiver.complaint_rate).
+Every object ends in exactly one outcome: `accepted` (acted on: events published,
+or, for an unsubscribe request, nothing left to do), `ignored` (not a report or not
+a request: an auto-reply, an out-of-office, a delay warning, too large...),
+`refused` (a return path or unsubscribe token that does not verify: forged,
+expired key, another tenant's...) or `untrusted` (a complaint whose reporter the
+[feedback] policy does not trust: kept in the bucket, acting on nothing). The counts
+go out as CloudWatch EMF metrics, namespace `Quiver`, metric `inbound_<outcome>`,
+dimensions `kind` (bounce, complaint, unsubscribe) and `reason`, so a wave of
+forged bounces is a graph, not a guess. An accepted complaint is also counted as
+`complaints` per (tenant, campaign, provider), the complaint rate's numerator
+(quiver.complaint_rate).
 
 Counted when an object's outcome is known, after its events are published; an
 object processed twice (a duplicate notification that is not a retry of a failure)
@@ -31,7 +33,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from quiver.complaint_rate import COMPLAINTS, RateCounts, RateKey
 
 NAMESPACE = "Quiver"
-Kind = Literal["bounce", "complaint"]
+Kind = Literal["bounce", "complaint", "unsubscribe"]
 OutcomeName = Literal["accepted", "ignored", "refused", "untrusted"]
 
 

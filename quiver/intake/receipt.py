@@ -22,6 +22,8 @@ class ReceiptRule:
     prefix: str
     # Stop evaluating later rules once this one matched.
     stop: bool
+    # What the rule is for (its CDK logical id starts with it): Fbl, Unsubscribe, Bounce.
+    kind: str
 
     def matches(self, address: str) -> bool:
         address = address.lower()
@@ -31,11 +33,15 @@ class ReceiptRule:
 
 
 def receipt_rules(policy: Policy) -> tuple[ReceiptRule, ...]:
-    """FBL addresses first, each stopping the set (an FBL address on a bounce domain must
-    not also be stored as a bounce), then each bounce domain once."""
-    rules = [ReceiptRule(a, INBOUND_FBL_PREFIX, True) for a in policy.feedback.addresses]
+    """FBL addresses first, then unsubscribe mailto addresses (stored for the bounce
+    intake, which routes them by recipient), each stopping the set so mail to such an
+    address on a bounce domain is not stored twice; then each bounce domain once."""
+    rules = [ReceiptRule(a, INBOUND_FBL_PREFIX, True, "Fbl")
+             for a in policy.feedback.addresses]
+    rules += [ReceiptRule(a, INBOUND_BOUNCE_PREFIX, True, "Unsubscribe")
+              for a in policy.unsubscribe.mailto_addresses()]
     bounce = dict.fromkeys(d.bounce_domain for d in policy.return_path.domains)
-    rules += [ReceiptRule(d, INBOUND_BOUNCE_PREFIX, False) for d in bounce]
+    rules += [ReceiptRule(d, INBOUND_BOUNCE_PREFIX, False, "Bounce") for d in bounce]
     return tuple(rules)
 
 

@@ -255,7 +255,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     feedback, feedback_problems = feedback_section(data.get("feedback"))
     c.problems.extend(feedback_problems)
     unsubscribe, unsubscribe_problems = parse_unsubscribe(
-        data.get("unsubscribe"), return_path=return_path, dkim=dkim, local_only=local_only)
+        data.get("unsubscribe"), return_path=return_path, dkim=dkim, local_only=local_only,
+        feedback_addresses=feedback.addresses)
     c.problems.extend(unsubscribe_problems)
 
     if c.problems:

@@ -4,7 +4,7 @@ domain and tenant.
     [[unsubscribe.domains]]
     from = "example.com"                        # the From: header's domain
     url = "https://unsubscribe.example.com/u/"  # the endpoint; the token follows
-    mailto = "unsubscribe@bounces.example.com"  # optional, on the bounce/FBL domain
+    mailto = "unsubscribe@bounces.example.com"  # optional, on a bounce or FBL domain
     # tenant = "acme"                           # only this tenant's mail (optional)
     # add = "when_missing"                      # or "never"
 
@@ -16,7 +16,10 @@ With an entry, the sender adds to a message that has neither header
 
 before DKIM signing. The token names tenant, campaign, message id and recipient
 and is signed with the return-path key ring (`[return_path] key_secret` or
-`key_file`), so an entry needs one. A message that carries either header
+`key_file`), so an entry needs one. A `mailto` address must be on a domain that
+SES receives for Quiver, a `[return_path]` bounce domain or the domain of a
+`[feedback]` address: the deploy gives it a receipt rule, and the bounce intake
+reads its mail (quiver.intake.unsubscribe). A message that carries either header
 already keeps its own and gets neither: one pair of headers that agree is what
 a mailbox provider acts on.
 """
@@ -80,6 +83,12 @@ class UnsubscribePolicy:
     def enabled(self) -> bool:
         return any(r.add != "never" for r in self.rules)
 
+    def mailto_addresses(self) -> tuple[str, ...]:
+        """Every rule's mailto address, lower case, each once, in order. A rule with
+        add = "never" counts too: mail sent under it before still names its address."""
+        return tuple(dict.fromkeys(r.mailto.lower() for r in self.rules
+                                   if r.mailto is not None))
+
     def rule(self, from_domain: str, *, tenant: str | None) -> UnsubscribeRule | None:
         """The rule for mail From `from_domain` (lower case) of `tenant`: the tenant's
         own entry, else the entry without a tenant; None: no headers are added."""
@@ -93,11 +102,15 @@ class UnsubscribePolicy:
 
 def parse_unsubscribe(raw: Any, *, return_path: ReturnPathPolicy,
                       dkim: Sequence[_SigningKey] = (), local_only: bool = False,
+                      feedback_addresses: Sequence[str] = (),
                       ) -> tuple[UnsubscribePolicy, list[str]]:
     """The section and its problems as `path: why`. `return_path` holds the key ring
-    that signs the tokens; `dkim` are the policy's DKIM keys, whose signed headers
-    must include both (a key naming none signs the defaults, which do); a
-    `local_only` policy may point at a loopback http endpoint (the local stack's)."""
+    that signs the tokens and, with `feedback_addresses`, the domains SES receives
+    for, where a mailto address must be; `dkim` are the policy's DKIM keys, whose
+    signed headers must include both (a key naming none signs the defaults, which
+    do); a `local_only` policy may point at a loopback http endpoint (the local
+    stack's), and name any mailto domain: it is never deployed, so no receipt rule
+    is made for it either way."""
     problems: list[str] = []
     if raw is None:
         return UnsubscribePolicy(), problems
@@ -122,6 +135,11 @@ def parse_unsubscribe(raw: Any, *, return_path: ReturnPathPolicy,
                             + (f" for tenant {rule.tenant}" if rule.tenant else ""))
         seen.add((rule.tenant, rule.from_domain))
         rules.append(rule)
+        if rule.mailto is not None and not local_only:
+            problem = _mailto_received(rule.mailto, return_path=return_path,
+                                       feedback_addresses=feedback_addresses)
+            if problem:
+                problems.append(f"{path}.mailto: {problem}")
         if rule.add == "never":
             continue
         for key in dkim:
@@ -203,6 +221,25 @@ def check_url(url: Any, *, local_only: bool = False) -> str | None:
     if not _URL_PATH.match(parts.path):
         return f"{url!r}: the path must end with '/' (the token is appended), like /u/"
     return None
+
+
+def _mailto_received(mailto: str, *, return_path: ReturnPathPolicy,
+                     feedback_addresses: Sequence[str]) -> str | None:
+    """Why mail to `mailto` would reach no intake, or None."""
+    address = mailto.lower()
+    domain = address.rpartition("@")[2]
+    fbl = {a.lower() for a in feedback_addresses}
+    if address in fbl:
+        return (f"{mailto} is a [feedback] address, whose mail the FBL intake reads as "
+                f"reports; use another one, like unsubscribe@{domain}")
+    receiving = {d.bounce_domain for d in return_path.domains} | {
+        a.rpartition("@")[2] for a in fbl}
+    if domain in receiving:
+        return None
+    known = ", ".join(sorted(receiving)) or "none in this policy"
+    return (f"{domain} is not a domain SES receives for Quiver (a [return_path] bounce "
+            f"domain or the domain of a [feedback] address: {known}); requests mailed "
+            "there would reach nobody")
 
 
 def _check_mailto(value: Any) -> str | None:

@@ -156,10 +156,13 @@ class SuppressionStore(Protocol):
         StorageError if any could not be written (the others may have been)."""
         ...
 
-    async def add(self, entry: Suppression) -> bool:
+    async def add(self, entry: Suppression, *, rewrite_own: bool = False) -> bool:
         """Write the entry unless (entry.tenant, entry.address) has one for the same
         reason already: True if written. Atomic, so of two concurrent requests to
-        suppress (a double click) exactly one reports the change."""
+        suppress (a double click) exactly one reports the change. With `rewrite_own`,
+        an entry for the same reason whose source is entry.source (not empty) does
+        not stop the write: the writer that made it is running again (an inbound
+        object processed twice) and finishes what it began, with the same values."""
         ...
 
     async def remove(self, address: str, *, tenant: str = ALL_TENANTS) -> None:

@@ -225,13 +225,19 @@ class DynamoSuppression:
             else:
                 raise StorageError(f"{self.table}: BatchWriteItem left items unprocessed")
 
-    async def add(self, entry: Suppression) -> bool:
+    async def add(self, entry: Suppression, *, rewrite_own: bool = False) -> bool:
+        if rewrite_own and not entry.source:
+            raise ValueError("rewrite_own needs the entry's source: it tells its own apart")
+        condition = "attribute_not_exists(pk) OR #reason <> :reason"
+        names, values = {"#reason": "reason"}, {":reason": {"S": entry.reason}}
+        if rewrite_own:
+            condition += " OR #source = :source"
+            names["#source"] = "source"
+            values[":source"] = {"S": entry.source}
         try:
             await call(self._client.put_item, TableName=self.table,
-                       Item=_suppression_item(entry),
-                       ConditionExpression="attribute_not_exists(pk) OR #reason <> :reason",
-                       ExpressionAttributeNames={"#reason": "reason"},
-                       ExpressionAttributeValues={":reason": {"S": entry.reason}})
+                       Item=_suppression_item(entry), ConditionExpression=condition,
+                       ExpressionAttributeNames=names, ExpressionAttributeValues=values)
         except StorageError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False

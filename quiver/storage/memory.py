@@ -247,11 +247,14 @@ class MemorySuppression:
             address = entry.address.lower()
             self.entries[(entry.tenant, address)] = replace(entry, address=address)
 
-    async def add(self, entry: Suppression) -> bool:
+    async def add(self, entry: Suppression, *, rewrite_own: bool = False) -> bool:
+        if rewrite_own and not entry.source:
+            raise ValueError("rewrite_own needs the entry's source: it tells its own apart")
         if self.fail is not None:
             raise self.fail
         old = self.entries.get((entry.tenant, entry.address.lower()))
-        if old is not None and old.reason == entry.reason:
+        own = rewrite_own and old is not None and old.source == entry.source
+        if old is not None and old.reason == entry.reason and not own:
             return False
         await self.put(entry)
         return True

@@ -12,6 +12,7 @@ A second POST for the same recipient and tenant changes nothing and sends no
 event: the store's conditional write decides which request made the change.
 Should the event not reach the queue, the suppression just written is taken back
 and the answer is 503, so a retried POST starts over and nothing is half-done.
+What the POST writes is quiver.unsubscribe.apply's, shared with the mailto intake.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from email.policy import HTTP
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-from quiver.events import VERSION, Record, rfc3339_ms
 from quiver.returnpath.keys import KeyRing, KeyRingError, load_key_ring
 from quiver.returnpath.refresh import CachedRing
 from quiver.settings import Deployment
 from quiver.storage.aws import BotoEventSink, secret_reader
-from quiver.storage.base import ALL_TENANTS, EventSink, StorageError, Suppression, SuppressionStore
+from quiver.storage.base import EventSink, StorageError, SuppressionStore
 from quiver.storage.dynamo import DynamoSuppression
-from quiver.unsubscribe import page
+from quiver.unsubscribe import apply, page
 from quiver.unsubscribe.token import Subject
 from quiver.unsubscribe.verify import Refusal, UnsubscribeVerifier
 
@@ -41,8 +41,6 @@ log = logging.getLogger("quiver.unsubscribe")
 # RFC 8058's body is 26 octets; a form with a little more fits easily. Larger
 # bodies are not one-click requests and are refused unread.
 MAX_BODY = 4096
-REASON = "unsubscribe"
-EVENT_REASON = "one-click (RFC 8058)"
 
 Outcome = Literal["confirm", "unsubscribed", "already", "refused", "bad_request",
                   "unavailable", "method"]
@@ -117,30 +115,8 @@ class Unsubscriber:
         """Suppress the recipient and send its event; False if it was unsubscribed
         already (nothing written, no event). StorageError if either write failed,
         with the suppression taken back when it was the event that failed."""
-        now = self._clock()
-        tenant = subject.tenant if subject.tenant is not None else ALL_TENANTS
-        entry = Suppression(address=subject.recipient, reason=REASON, created_at=now,
-                            tenant=tenant,
-                            source=f"{EVENT_REASON}, message {subject.message_id}")
-        if not await self._suppression.add(entry):
-            return False
-        try:
-            await self._events.publish([unsubscribed_event(subject, at=now)])
-        except StorageError:
-            await self._suppression.remove(subject.recipient, tenant=tenant)
-            raise
-        return True
-
-
-def unsubscribed_event(subject: Subject, *, at: float) -> Record:
-    """The post-delivery `unsubscribed` record for `subject` (no attempt of its own:
-    attempt 0, no pool; `from` is not in the token)."""
-    return {
-        "v": VERSION, "event": "unsubscribed", "at": rfc3339_ms(at),
-        "id": subject.message_id, "rcpt": subject.recipient, "from": None,
-        "tenant": subject.tenant, "campaign": subject.campaign, "pool": None, "meta": {},
-        "attempt": 0, "reason": EVENT_REASON,
-    }
+        return await apply.unsubscribe(subject, suppression=self._suppression,
+                                       events=self._events, at=self._clock())
 
 
 def one_click(body: bytes, content_type: str | None) -> bool:

@@ -1,7 +1,7 @@
 """Inbound mail in the deployed stacks: the active receipt rule set with a rule per FBL
-address and bounce domain, the bucket policy SES needs (this account's rule set
-only), S3 → queue (with DLQ) → Lambda per kind, and intake roles with exactly what
-they use."""
+address, unsubscribe mailto address and bounce domain, the bucket policy SES needs
+(this account's rule set only), S3 → queue (with DLQ) → Lambda per kind, and intake
+roles with exactly what they use."""
 
 from __future__ import annotations
 
@@ -46,8 +46,21 @@ from = "example.com"
 bounce = "bounces.example.com"
 tenant = "acme"
 [feedback]
-addresses = ["fbl@bounces.example.com"]
+addresses = ["fbl@bounces.example.com", "fbl@fbl.example.net"]
 trusted_reporters = [{ domain = "yahoo.com" }]
+[[unsubscribe.domains]]
+from = "example.com"
+url = "https://unsubscribe.example.com/u/"
+mailto = "unsubscribe@bounces.example.com"
+[[unsubscribe.domains]]
+from = "example.org"
+url = "https://unsubscribe.example.com/u/"
+mailto = "Unsubscribe@Bounces.example.com"
+[[unsubscribe.domains]]
+from = "example.com"
+tenant = "acme"
+url = "https://unsubscribe.example.com/u/"
+mailto = "leave@fbl.example.net"
 """
 
 
@@ -65,20 +78,44 @@ def rules(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: r["Properties"] for k, r in resources(service, "AWS::SES::ReceiptRule").items()}
 
 
-def test_one_rule_per_fbl_address_then_per_bounce_domain_in_order(templates: Any) -> None:
+def in_order(found: dict[str, dict[str, Any]]) -> list[str]:
+    """The rules' recipients in the order SES evaluates them (each names its `After`)."""
+    after = {p.get("After", {}).get("Ref"): k for k, p in found.items()}
+    order, current = [], after[None]
+    while current is not None:
+        order.append(found[current]["Rule"]["Recipients"][0])
+        current = after.get(current)
+    assert len(order) == len(found)
+    return order
+
+
+def test_one_rule_per_fbl_address_then_per_mailto_then_per_bounce_domain_in_order(
+        templates: Any) -> None:
     stateful, service = templates
     (set_id, rule_set), = resources(service, "AWS::SES::ReceiptRuleSet").items()
     assert rule_set["Properties"]["RuleSetName"] == "quiver-inbound"
     found = rules(service)
     by_recipient = {tuple(p["Rule"]["Recipients"]): (k, p) for k, p in found.items()}
-    assert set(by_recipient) == {("fbl@bounces.example.com",), ("bounces.example.com",),
-                                 ("bounces.example.org",)}
-    _, fbl = by_recipient[("fbl@bounces.example.com",)]
-    # The FBL address shares a bounce domain: its rule comes first and stops the set.
-    s3_action, stop = fbl["Rule"]["Actions"]
-    assert stop == {"StopAction": {"Scope": "RuleSet"}}
-    assert s3_action["S3Action"]["ObjectKeyPrefix"] == "fbl/"
-    assert "After" not in fbl
+    # Two rules name the same mailto (in two cases): one receipt rule.
+    assert in_order(found) == [
+        "fbl@bounces.example.com", "fbl@fbl.example.net", "unsubscribe@bounces.example.com",
+        "leave@fbl.example.net", "bounces.example.com", "bounces.example.org"]
+    for fbl_address in ("fbl@bounces.example.com", "fbl@fbl.example.net"):
+        _, fbl = by_recipient[(fbl_address,)]
+        # The FBL address shares a bounce domain: its rule comes first and stops the set.
+        s3_action, stop = fbl["Rule"]["Actions"]
+        assert stop == {"StopAction": {"Scope": "RuleSet"}}
+        assert s3_action["S3Action"]["ObjectKeyPrefix"] == "fbl/"
+    # Each mailto is stored for the bounce intake, once: its rule stops the set before
+    # its bounce domain's rule would store it again. The one on the FBL-only domain
+    # has no domain rule behind it at all.
+    for mailto in ("unsubscribe@bounces.example.com", "leave@fbl.example.net"):
+        _, rule = by_recipient[(mailto,)]
+        s3_action, stop = rule["Rule"]["Actions"]
+        assert stop == {"StopAction": {"Scope": "RuleSet"}}
+        assert s3_action["S3Action"]["ObjectKeyPrefix"] == "bounce/"
+        assert output_source(stateful, s3_action["S3Action"]["BucketName"]) == {
+            "Ref": "InboundBucket"}
     for domain in ("bounces.example.com", "bounces.example.org"):
         _, rule = by_recipient[(domain,)]
         (action,) = rule["Rule"]["Actions"]
@@ -221,7 +258,8 @@ def test_cfn_lint_is_clean_on_the_inbound_templates(
 
 
 @pytest.mark.parametrize(("function", "imports"), [
-    ("bounce_intake", "import quiver.intake.bounce, quiver.policy"),
+    # The bounce function also reads the mailed unsubscribe requests.
+    ("bounce_intake", "import quiver.intake.bounce, quiver.intake.by_recipient, quiver.policy"),
     # The FBL function also carries dkimpy and dnspython, which the layer lacks.
     ("fbl_intake", "import quiver.intake.complaint, quiver.routing.txt, dkim, dns.resolver"),
 ])

@@ -1,7 +1,8 @@
-"""The intake Lambdas on moto's server over HTTP, as in AWS: raw DSNs and ARF reports
-put into the inbound bucket, S3's notifications on the intake queues, the handlers
-run on the SQS event shape; events read back from the events queue (and through the
-export), suppression rows from DynamoDB, drop reasons from the EMF counts."""
+"""The intake Lambdas on moto's server over HTTP, as in AWS: raw DSNs, ARF reports and
+mailed unsubscribe requests put into the inbound bucket, S3's notifications on the
+intake queues, the handlers run on the SQS event shape; events read back from the
+events queue (and through the export), suppression rows from DynamoDB, drop reasons
+from the EMF counts."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from inbound_mail import FBL_ADDRESS, arf, dsn, forged, ses_stored
+from inbound_mail import FBL_ADDRESS, MAILTO, arf, dsn, forged, ses_stored, unsubscribe_request
 
 from functions.bounce_intake import handler as bounce_handler
 from functions.fbl_intake import handler as fbl_handler
@@ -45,6 +46,8 @@ from quiver.names import resource_names
 from quiver.returnpath import KeyRing, ReturnPathKey, ReturnPaths
 from quiver.settings import Deployment, deployment_env
 from quiver.storage.dynamo import DynamoReturnPaths
+from quiver.unsubscribe import Subject
+from quiver.unsubscribe.headers import UnsubscribeHeaders
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +80,11 @@ yahoo = ["*.yahoodns.test"]
 addresses = ["{FBL_ADDRESS}"]
 own_domains = ["example.com"]
 trusted_reporters = [{{ domain = "yahoo.com" }}]
+
+[[unsubscribe.domains]]
+from = "example.com"
+url = "https://unsubscribe.example.com/u/"
+mailto = "{MAILTO}"
 """
 
 
@@ -397,3 +405,92 @@ def test_a_message_that_keeps_failing_ends_in_the_intake_dlq(
     dead = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10,
                                WaitTimeSeconds=1).get("Messages", [])
     assert [m["Body"] for m in dead] == ['{"Records": "not a list"}']
+
+
+def unsubscribe_token(*, message_id: str, recipient: str,
+                      key: tuple[int, bytes] = (2, LIVE)) -> str:
+    """The token a sender puts in List-Unsubscribe, signed with a key of the ring."""
+    key_id, secret = key
+    signer = UnsubscribeHeaders(KeyRing([ReturnPathKey(id=key_id, secret=secret, created=0.0)]))
+    return signer.token(Subject(tenant="acme", campaign="december", message_id=message_id,
+                                recipient=recipient))
+
+
+def run_bounce(aws: Aws) -> None:
+    """The bounce Lambda on what the bounce intake queue holds."""
+    batch = receive_all(aws, aws.names.bounce_queue)
+    assert batch
+    assert bounce_handler.handler({"Records": batch}, Context()) == {"batchItemFailures": []}
+
+
+def test_a_mailed_unsubscribe_request_suppresses_and_records_an_event(
+        aws: Aws, lambda_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    events(aws)
+    fay = f"Fay-{uuid.uuid4().hex[:6]}@example.org"
+    token = unsubscribe_token(message_id="m-mailto", recipient=fay)
+    key = f"bounce/{uuid.uuid4().hex}"
+    put_inbound(aws, key, unsubscribe_request(subject=f"Re: unsubscribe-{token}",
+                                              sender=fay.lower()))
+    capsys.readouterr()
+    run_bounce(aws)
+
+    (row,) = suppressed(aws, fay)
+    assert (row["pk"]["S"], row["reason"]["S"]) == ("tenant:acme", "unsubscribe")
+    uri = f"s3://{aws.deployment.inbound_bucket}/{key}"
+    assert row["source"]["S"] == f"mailto (RFC 2369), message m-mailto, {uri}"
+    records, _ = events(aws)
+    (event,) = records
+    assert (event["event"], event["id"], event["rcpt"], event["tenant"], event["campaign"],
+            event["reason"], event["inbound_object"]) == (
+        "unsubscribed", "m-mailto", fay, "acme", "december", "mailto (RFC 2369)", uri)
+    assert emf_counts(capsys.readouterr().out) == {
+        ("inbound_accepted", "unsubscribe", "unsubscribed"): 1}
+
+
+def test_the_same_request_object_twice_unsubscribes_once(aws: Aws, lambda_env: None) -> None:
+    events(aws)
+    gus = f"gus-{uuid.uuid4().hex[:6]}@example.org"
+    token = unsubscribe_token(message_id="m-mailto-twice", recipient=gus)
+    put_inbound(aws, f"bounce/{uuid.uuid4().hex}",
+                unsubscribe_request(subject=f"unsubscribe-{token}", sender=gus))
+    batch = receive_all(aws, aws.names.bounce_queue)
+    # S3 may notify twice and SQS may deliver twice: the handler sees the object again.
+    for _ in range(2):
+        assert bounce_handler.handler({"Records": batch}, Context()) == {
+            "batchItemFailures": []}
+    assert len(suppressed(aws, gus)) == 1
+    records, messages = events(aws)
+    assert len(records) == 2 and records[0] == records[1]
+    assert len({unpack_batch(m["body"])[0] for m in messages}) == 1
+    # Through the export, as in AWS: one object, one record.
+    s3 = aws.client("s3")
+    exporter = Exporter(s3=s3, bucket=aws.deployment.events_bucket, finals=None)
+    (key,) = {k for m in messages for k in exporter.export_record(_Body(m["body"]))}
+    exported = read_object(s3.get_object(Bucket=aws.deployment.events_bucket, Key=key)[
+        "Body"].read())
+    assert [(r["event"], r["id"], r["rcpt"]) for r in exported] == [
+        ("unsubscribed", "m-mailto-twice", gus)]
+
+
+def test_forged_expired_and_auto_reply_requests_are_counted_and_change_nothing(
+        aws: Aws, lambda_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    events(aws)
+    victims = [f"w{i}-{uuid.uuid4().hex[:6]}@example.org" for i in range(3)]
+    good = unsubscribe_token(message_id="m-forged", recipient=victims[0])
+    forged_token = good[:-2] + ("AA" if good[-2:] != "AA" else "BA")
+    expired = unsubscribe_token(message_id="m-expired", recipient=victims[1], key=(1, OLD))
+    auto = unsubscribe_token(message_id="m-auto", recipient=victims[2])
+    for raw in (unsubscribe_request(subject=f"unsubscribe-{forged_token}"),
+                unsubscribe_request(subject=f"unsubscribe-{expired}"),
+                unsubscribe_request(subject=f"Re: unsubscribe-{auto}",
+                                    extra="Auto-Submitted: auto-replied\n")):
+        put_inbound(aws, f"bounce/{uuid.uuid4().hex}", raw)
+    capsys.readouterr()
+    run_bounce(aws)
+    assert emf_counts(capsys.readouterr().out) == {
+        ("inbound_refused", "unsubscribe", "bad_hmac"): 1,
+        ("inbound_refused", "unsubscribe", "expired_key"): 1,
+        ("inbound_ignored", "unsubscribe", "auto_reply"): 1,
+    }
+    assert events(aws)[0] == []
+    assert all(suppressed(aws, v) == [] for v in victims)

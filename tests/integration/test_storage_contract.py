@@ -240,3 +240,23 @@ async def test_add_writes_once_per_reason_and_says_whether_it_did(
                                        source="one-click, m3"))
     found = await suppression.lookup(["bob@x.test"], tenant="t1")
     assert found["bob@x.test"].reason == "unsubscribe"
+
+
+async def test_add_rewrite_own_lets_the_writer_of_an_entry_finish_and_no_one_else(
+        suppression: SuppressionStore) -> None:
+    """An inbound object processed again finds the entry it wrote: it writes it again
+    (True, so it sends its event again under the same batch id); an entry that
+    another request wrote still stops it."""
+    mine = entry("Cy@x.test", tenant="t1", reason="unsubscribe",
+                 source="mailto (RFC 2369), message m1, s3://inbound/bounce/a")
+    assert await suppression.add(mine, rewrite_own=True)
+    assert await suppression.add(mine, rewrite_own=True)
+    assert not await suppression.add(mine)
+    theirs = entry("cy@x.test", tenant="t1", reason="unsubscribe",
+                   source="mailto (RFC 2369), message m1, s3://inbound/bounce/b")
+    assert not await suppression.add(theirs, rewrite_own=True)
+    found = await suppression.lookup(["cy@x.test"], tenant="t1")
+    assert found["cy@x.test"].source == mine.source
+    with pytest.raises(ValueError, match="source"):
+        await suppression.add(entry("dee@x.test", reason="unsubscribe", source=""),
+                              rewrite_own=True)

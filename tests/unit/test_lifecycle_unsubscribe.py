@@ -43,6 +43,8 @@ ehlo = "o1.example.com"
 sources = ["s1"]
 [return_path]
 key_file = "unused.json"
+[feedback]
+addresses = ["fbl@bounces.example.com"]  # SES receives for the mailto's domain
 [[unsubscribe.domains]]
 from = "example.com"
 url = "https://unsubscribe.example.com/u/"

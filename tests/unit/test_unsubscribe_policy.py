@@ -15,6 +15,7 @@ ehlo = "o1.example.com"
 sources = ["s1"]
 """
 KEYS = '[return_path]\nkey_secret = "quiver/return-path/keys"\n'
+BOUNCES = KEYS + '[[return_path.domains]]\nfrom = "example.com"\nbounce = "bounces.example.com"\n'
 
 
 def policy(section: str, keys: str = KEYS):  # type: ignore[no-untyped-def]
@@ -41,7 +42,7 @@ url = "https://acme.example.com:8443/leave/"
 from = "quiet.example"
 url = "https://u.example.com/u/"
 add = "never"
-""").unsubscribe
+""", keys=BOUNCES).unsubscribe
     assert p.enabled
     rule = p.rule("example.com", tenant=None)
     assert rule is not None and rule.url == "https://u.example.com/u/"
@@ -143,3 +144,50 @@ def test_only_a_local_only_policy_may_name_a_loopback_http_endpoint() -> None:
     assert rule is not None and rule.url == "http://127.0.0.1:8080/u/"
     with pytest.raises(PolicyError, match="must be https"):
         parse_policy(local + entry.replace("127.0.0.1", "192.0.2.1"))
+
+
+def rule_with_mailto(mailto: str) -> str:
+    return ('[[unsubscribe.domains]]\nfrom = "example.com"\nurl = "https://u.example.com/u/"\n'
+            f'mailto = "{mailto}"\n')
+
+
+FBL = '[feedback]\naddresses = ["fbl@fbl.example.com"]\n'
+
+
+def test_a_mailto_on_a_bounce_or_fbl_domain_is_received_and_listed_once() -> None:
+    p = policy(FBL + rule_with_mailto("unsubscribe@bounces.example.com") + """
+[[unsubscribe.domains]]
+from = "example.com"
+tenant = "acme"
+url = "https://u.example.com/u/"
+mailto = "Unsubscribe@Bounces.example.com"
+[[unsubscribe.domains]]
+from = "example.org"
+url = "https://u.example.com/u/"
+mailto = "leave@fbl.example.com"
+add = "never"
+""", keys=BOUNCES).unsubscribe
+    # add = "never" still counts: mail sent under the rule earlier names its address.
+    assert p.mailto_addresses() == ("unsubscribe@bounces.example.com", "leave@fbl.example.com")
+
+
+def test_a_mailto_that_nothing_receives_is_refused_naming_the_domains_that_are() -> None:
+    text = problems(FBL + rule_with_mailto("unsubscribe@example.com"), keys=BOUNCES)
+    assert ("unsubscribe.domains[0].mailto: example.com is not a domain SES receives for "
+            "Quiver") in text
+    assert "bounces.example.com, fbl.example.com" in text
+    assert "none in this policy" in problems(rule_with_mailto("u@bounces.example.com"))
+
+
+def test_a_mailto_that_is_an_fbl_address_is_refused() -> None:
+    text = problems(FBL + rule_with_mailto("FBL@fbl.example.com"), keys=BOUNCES)
+    assert "unsubscribe.domains[0].mailto: FBL@fbl.example.com is a [feedback] address" in text
+    assert "like unsubscribe@fbl.example.com" in text
+
+
+def test_a_local_only_policy_may_name_any_mailto_domain() -> None:
+    """The local stack advertises a mailto it never receives: a local_only policy is
+    never deployed (cdk synth refuses one), so no receipt rule would exist anyway."""
+    local = "local_only = true\n" + BASE + KEYS
+    rules = parse_policy(local + rule_with_mailto("unsubscribe@bounces.demo.test")).unsubscribe
+    assert rules.mailto_addresses() == ("unsubscribe@bounces.demo.test",)

@@ -132,6 +132,25 @@ async def test_greylist_refuses_first_attempt_and_accepts_the_retry(mx: MxServer
     assert [r["rcpt_tos"] for r in mx.received()] == [[address]]
 
 
+async def test_defer2_refuses_the_first_two_rcpts_for_the_address_then_accepts(
+        mx: MxServer) -> None:
+    address = "Defer2-trace@example.test"
+    codes = []
+    for _ in range(2):
+        async with client(mx.address) as smtp:
+            await start_transaction(smtp)
+            # Another case of the same address counts as the same address.
+            rcpt = address.lower() if codes else address
+            response = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode() + b">")
+            codes.append((response.code, response.message[:5]))
+    assert codes == [(451, "4.3.0"), (451, "4.3.0")]
+    async with client(mx.address) as smtp:
+        errors, _ = await smtp.sendmail(SENDER, [address, "defer-other@example.test"], MESSAGE)
+    # `defer-…` without a count defers once; the address deferred twice is taken now.
+    assert {a: r.code for a, r in errors.items()} == {"defer-other@example.test": 451}
+    assert [r["rcpt_tos"] for r in mx.received()] == [[address]]
+
+
 async def test_close421_after_n_accepted_messages(mx: MxServer) -> None:
     smtp = client(mx.address)
     await smtp.connect()

@@ -17,6 +17,7 @@ class Action(enum.Enum):
     ACCEPT = "accept"
     REFUSE_RCPT = "refuse_rcpt"  # reply at RCPT, recipient not added
     GREYLIST = "greylist"  # refuse the first RCPT for this exact address, accept later ones
+    DEFER_N = "defer_n"  # refuse the first `limit` RCPTs for this exact address, then accept
     CLOSE_421_AFTER = "close_421_after"  # after `limit` accepted messages: 421 and close
     DISCONNECT_IN_DATA = "disconnect_in_data"  # drop TCP after reading part of the body
     TARPIT = "tarpit"  # delay every reply of the transaction
@@ -46,6 +47,9 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour("permfail", Action.REFUSE_RCPT, "550 5.1.1 user unknown"),
     Behaviour("permfail-data", Action.REFUSE_DATA, "550 5.1.1 user unknown"),
     Behaviour("greylist", Action.GREYLIST, "451 4.7.1 greylisted, try again later"),
+    # `defer2-x@…`: 451 to the first two RCPTs for the address, 250 from the third on
+    # (a recipient deferred twice, then delivered); `defer-x` defers once.
+    Behaviour("defer", Action.DEFER_N, "451 4.3.0 deferred, try again later", limit=1),
     Behaviour("close421-", Action.CLOSE_421_AFTER, "421 4.7.0 closing connection", limit=1),
     Behaviour("disconnect-in-data", Action.DISCONNECT_IN_DATA),
     Behaviour("tarpit", Action.TARPIT),
@@ -60,6 +64,7 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
 
 _BY_LENGTH = sorted(BEHAVIOURS, key=lambda b: len(b.prefix), reverse=True)
 _CLOSE_AFTER = re.compile(r"close421-(\d{1,6})")
+_DEFER_N = re.compile(r"defer(\d{1,3})-")
 
 
 def local_part(address: str) -> str:
@@ -75,5 +80,8 @@ def behaviour_for(address: str) -> Behaviour:
                 match = _CLOSE_AFTER.match(local)
                 # `close421-x` without a count closes after the first message.
                 return replace(behaviour, limit=max(1, int(match.group(1)))) if match else behaviour
+            if behaviour.action is Action.DEFER_N:
+                match = _DEFER_N.match(local)
+                return replace(behaviour, limit=int(match.group(1))) if match else behaviour
             return behaviour
     return ACCEPT

@@ -98,6 +98,7 @@ class _Hooks:
         self.store = store
         self.reports = reports
         self.greylisted: set[str] = set()
+        self.deferred: dict[str, int] = {}  # RCPTs refused so far per defer<N>- address
         self.live: set[_Connection] = set()
         self.connections = 0
 
@@ -150,6 +151,12 @@ class _Hooks:
             key = address.lower()
             if key not in self.greylisted:
                 self.greylisted.add(key)
+                return behaviour.reply
+        if behaviour.action is Action.DEFER_N:
+            key = address.lower()
+            refused = self.deferred.get(key, 0)
+            if refused < behaviour.limit:
+                self.deferred[key] = refused + 1
                 return behaviour.reply
         txn.rcpt_limit = limit
         if behaviour.action is Action.TARPIT:

@@ -225,6 +225,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.suppression.command import add_parser as add_suppression_parser
 
     add_suppression_parser(sub)
+    from quiver.trace.command import add_parser as add_trace_parser
+
+    add_trace_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

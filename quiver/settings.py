@@ -29,6 +29,10 @@ ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 ENV_KEY_RING_SECRET = "QUIVER_KEY_RING_SECRET"  # noqa: S105 (a variable name)
 # Where SES receipt rules store inbound mail (bounces, complaints) for the intakes.
 ENV_INBOUND_BUCKET = "QUIVER_INBOUND_BUCKET"
+# The Athena workgroup and Glue database over the exported events (cdk/event_analytics.py);
+# set, `quiver trace` queries them instead of listing the events bucket.
+ENV_ATHENA_WORKGROUP = "QUIVER_ATHENA_WORKGROUP"
+ENV_ATHENA_DATABASE = "QUIVER_ATHENA_DATABASE"
 # The outbound queue's redrive maxReceiveCount, set by the CDK app from the value it
 # gives the queue, so the sender gives a message up (`failed`) before SQS moves it.
 ENV_OUTBOUND_MAX_RECEIVES = "QUIVER_OUTBOUND_MAX_RECEIVES"
@@ -58,6 +62,9 @@ class Deployment:
     key_ring_secret: str = ""
     # Raw inbound mail (SES receipt rules write it); the intakes read only from here.
     inbound_bucket: str = ""
+    # Athena over the events bucket, for tools (`quiver trace`); empty: not configured.
+    athena_workgroup: str = ""
+    athena_database: str = ""
 
 
 class SettingsError(ValueError):
@@ -116,6 +123,8 @@ def deployment_from_env(
         outbound_max_receives=max_receives,
         key_ring_secret=env.get(ENV_KEY_RING_SECRET, ""),
         inbound_bucket=env.get(ENV_INBOUND_BUCKET, ""),
+        athena_workgroup=env.get(ENV_ATHENA_WORKGROUP, ""),
+        athena_database=env.get(ENV_ATHENA_DATABASE, ""),
     )
 
 
@@ -170,5 +179,7 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
         ENV_KEY_RING_SECRET: deployment.key_ring_secret,
         ENV_INBOUND_BUCKET: deployment.inbound_bucket,
+        ENV_ATHENA_WORKGROUP: deployment.athena_workgroup,
+        ENV_ATHENA_DATABASE: deployment.athena_database,
         "AWS_REGION": deployment.region,
     }

@@ -102,6 +102,8 @@ def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict
     names = {value for key, value in vars(settings).items() if key.startswith("ENV_")}
     # The inbound bucket is the intakes' (cdk/inbound_mail.py sets it on them).
     names.discard(settings.ENV_INBOUND_BUCKET)
+    # Athena is for operators' `quiver trace`, not the task (its role may not query).
+    names -= {settings.ENV_ATHENA_WORKGROUP, settings.ENV_ATHENA_DATABASE}
     environment = {e["Name"]: e["Value"] for e in container(service)["Environment"]}
     assert names <= set(environment)
     resolved = {

@@ -228,6 +228,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.trace.command import add_parser as add_trace_parser
 
     add_trace_parser(sub)
+    from quiver.dlq.command import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

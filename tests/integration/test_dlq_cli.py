@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,3 +171,27 @@ def test_usage_errors_exit_2_and_say_what_is_wrong(
                                 "QUIVER_OUTBOUND_QUEUE_URL": ""},
                            capture_output=True, text=True, timeout=120)
     assert unset.returncode == 2 and "QUIVER_OUTBOUND_QUEUE_URL" in unset.stderr
+
+
+def test_the_readmes_dlq_commands_run(moto: tuple[MotoServer, Deployment]) -> None:
+    server, deployment = moto
+    sqs = client(server.endpoint, "sqs")
+    events_dlq = sqs.get_queue_url(QueueName="quiver-events-dlq")["QueueUrl"]
+    for n in (10, 11):
+        sqs.send_message(QueueUrl=deployment.outbound_dlq_url, MessageBody=envelope_body(n))
+    sqs.send_message(QueueUrl=events_dlq, MessageBody='{"format": "not a batch"}')
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (shell,) = [block for block in readme.split("```sh\n")[1:]
+                if block.startswith("quiver dlq ")]
+    env = {**os.environ, **aws_env(server.endpoint), **deployment_env(deployment),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for line in shell.split("```")[0].splitlines():
+        done = subprocess.run(shlex.split(line.partition("#")[0]), env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (line, done.stderr)
+    # One outbound message moved back, the other still dead; the events DLQ emptied.
+    assert depth(sqs, deployment.outbound_dlq_url) == 1
+    assert depth(sqs, events_dlq) == 0
+    assert len(drain(sqs, deployment.outbound_queue_url)) == 1
+    drain(sqs, deployment.events_queue_url)
+    drain(sqs, deployment.outbound_dlq_url)

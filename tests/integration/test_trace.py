@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,14 +18,15 @@ from stackrig import Running, enqueue, message, running_stack
 
 pytestmark = pytest.mark.integration
 
-DEFERRED = "Defer2-Trace@alpha.test"  # any case: the trace matches it in another
-REFUSED = "permfail-trace@alpha.test"
+# The README's example: any case, as the trace matches it in another.
+DEFERRED = "Defer2-Ann@alpha.test"
+REFUSED = "permfail-bob@alpha.test"
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, str]]:
     with running_stack(tmp_path_factory.mktemp("trace"), max_age="60s") as running:
-        msg = message(0, [DEFERRED, REFUSED], prefix="trace")
+        msg = message(0, [DEFERRED, REFUSED], prefix="welcome")
         enqueue(running, [msg])
         events = running.events_for({msg.id}, finals=2, timeout=180)
         assert sum(e["event"] in ("delivered", "bounced") for e in events) == 2, events
@@ -40,7 +42,7 @@ def trace(running: Running, *args: str) -> subprocess.CompletedProcess[str]:
 def test_an_address_shows_deferred_deferred_delivered_with_attempts_1_2_3(
         traced: tuple[Running, str]) -> None:
     running, message_id = traced
-    done = trace(running, "defer2-trace@ALPHA.test", "--json")
+    done = trace(running, "defer2-ann@ALPHA.test", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["reader"] == "s3"
@@ -88,3 +90,44 @@ def test_nothing_found_exits_1_and_bad_input_exits_2(traced: tuple[Running, str]
     no_athena = trace(running, "someone@alpha.test", "--athena")
     assert no_athena.returncode == 2
     assert "QUIVER_ATHENA_WORKGROUP" in no_athena.stderr
+
+
+def readme_blocks(lang: str) -> list[str]:
+    out, current, info = [], None, ""
+    for line in (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines():
+        if current is None and line.startswith("```"):
+            current, info = [], line[3:].strip()
+        elif current is not None and line.strip() == "```":
+            if info == lang:
+                out.append("\n".join(current) + "\n")
+            current = None
+        elif current is not None:
+            current.append(line)
+    return out
+
+
+def test_the_readmes_trace_commands_run_and_its_output_is_what_they_print(
+        traced: tuple[Running, str]) -> None:
+    running, message_id = traced
+    (shell,) = [b for b in readme_blocks("sh") if "quiver trace " in b]
+    assert message_id in shell
+    env = {**os.environ, **running.stack.env(),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    outputs = []
+    for line in shell.splitlines():
+        command = line.partition("#")[0]
+        done = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, (line, done.stderr)
+        outputs.append(done.stdout)
+    json.loads(outputs[1])
+    (shown,) = [b for b in readme_blocks("") if b.startswith("$ quiver trace ")]
+
+    def shape(text: str) -> tuple[list[str], list[list[str]], list[str]]:
+        lines = text.splitlines()
+        header = [line for line in lines if line.startswith("AT ")]
+        rows = [line.split()[1:5] for line in lines if line.startswith("20")]
+        verdicts = [line.split(" at ")[0] for line in lines if line.startswith(message_id)]
+        return header, rows, verdicts
+
+    assert shape(shown) == shape(outputs[0])

@@ -22,7 +22,7 @@ from quiver.settings import (
     deployment_from_env,
 )
 from quiver.trace.athena import DEFAULT_TIMEOUT, AthenaEventReader
-from quiver.trace.claims import Claim, read_claims
+from quiver.trace.claims import MAX_MESSAGES, Claim, read_claims
 from quiver.trace.reader import EventReader, Progress, no_progress
 from quiver.trace.render import Trace, write_json, write_text
 from quiver.trace.s3_reader import DEFAULT_MAX_OBJECTS, S3EventReader
@@ -108,15 +108,27 @@ def run_trace(target: Target, window: Window, *, reader: EventReader, deployment
     events = reader.read(target, window, progress=progress)
     notes = []
     claims: list[Claim] = []
+    # The events are the answer; the claims and the backlog only add to it, so a store
+    # this operator cannot read becomes a note rather than the end of the trace.
     if deployment.finals_table:
         ids = list(dict.fromkeys([target.value, *(str(e.get("id")) for e in events)]))
-        claims = [c for c in read_claims(session.client("dynamodb"),
-                                         table=deployment.finals_table, message_ids=ids)
-                  if c.id == target.value or c.rcpt.lower() == target.address]
+        try:
+            claims = [c for c in read_claims(session.client("dynamodb"),
+                                             table=deployment.finals_table, message_ids=ids)
+                      if c.id == target.value or c.rcpt.lower() == target.address]
+        except TraceError as exc:
+            notes.append(f"final claims not read: {exc}")
+        if len(ids) > MAX_MESSAGES:
+            notes.append(f"final claims read for the first {MAX_MESSAGES} of {len(ids)} "
+                         "messages")
     else:
         notes.append("no finals table configured: final claims not read")
     if deployment.events_queue_url:
-        waiting = _backlog(session.client("sqs"), deployment.events_queue_url)
+        try:
+            waiting = _backlog(session.client("sqs"), deployment.events_queue_url)
+        except TraceError as exc:
+            notes.append(f"events queue not read: {exc}")
+            waiting = 0
         if waiting:
             notes.append(f"{waiting} event batches on the events queue are not exported "
                          "yet: the newest events may be missing")

@@ -155,3 +155,40 @@ def test_athena_query_past_the_timeout_is_stopped(
     query_id = str(caught.value).split()[2]
     state = athena.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]
     assert state["State"] == "CANCELLED"
+
+
+class _Session:
+    """What run_trace asks of a boto3 session, on moto's server."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def client(self, service: str) -> Any:
+        return client(self.endpoint, service)
+
+
+def test_claims_give_a_verdict_past_the_window_and_a_missing_table_is_a_note(
+        moto: tuple[MotoServer, Deployment]) -> None:
+    from dataclasses import replace
+
+    from quiver.storage.dynamo import DynamoFinals
+    from quiver.trace.command import run_trace
+
+    server, deployment = moto
+    old = {**event("delivered", "2026-11-01T10:00:00.000Z", "carl@x.test", 1), "id": "m-old"}
+    DynamoFinals(client(server.endpoint, "dynamodb"), deployment.finals_table).claim("b0", [old])
+    window = Window(start=epoch("2026-11-25T22:30:00Z"), end=epoch("2026-11-26T01:10:00Z"))
+    s3 = S3EventReader(client(server.endpoint, "s3"), bucket=deployment.events_bucket)
+    session = _Session(server.endpoint)
+    trace = run_trace(Target.parse("m-old"), window, reader=s3, deployment=deployment,
+                      session=session)
+    (recipient,) = trace.recipients
+    assert (recipient.rcpt, recipient.state) == ("carl@x.test", "delivered")
+    assert recipient.verdict() == ("delivered at 2026-11-01T10:00:00.000Z (claimed in the "
+                                   "finals table; its event is not in the window: widen "
+                                   "--since)")
+    lost = run_trace(Target.parse("m-old"), window, reader=s3, session=session,
+                     deployment=replace(deployment, finals_table="no-such-table"))
+    assert lost.recipients == []
+    assert [n for n in lost.notes if n.startswith("final claims not read: finals table "
+                                                  "no-such-table")]

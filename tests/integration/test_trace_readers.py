@@ -5,7 +5,7 @@ it are never read). Athena: the query goes out with its execution parameters, th
 wait polls through QUEUED and RUNNING, a query past the timeout is stopped, and the
 rows come back parsed. Moto runs no SQL: its Athena returns the rows it was given
 (`/moto-api/static/athena/query-results`), so these tests prove the calls and the
-parsing, not the query's meaning (tests/unit/test_trace.py checks its text)."""
+parsing, not the query's meaning (tests/unit/test_trace_query.py checks its text)."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def build_sender(
     # updates it (the other readers above are restart-only).
     live = PolicyHandle(policy)
     transport = Scheduler(
-        policy=live, resolver=resolver, picker=picker, share=membership.share, health=health,
+        policy=live, resolver=resolver, picker=picker, seat=membership.position, health=health,
     )
     signers = signers_from_policy(
         policy.dkim,

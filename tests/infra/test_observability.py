@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,3 +273,25 @@ def test_dashboard_shows_each_source_at_each_provider(
     assert all(m[:2] == ["Quiver", "proxy_node_healthy"] for m in nodes["metrics"])
     gauges = widgets["mail in hand per task: held, and sendable now"]
     assert sorted(m[1] for m in gauges["metrics"]) == ["held", "sendable_now"]
+
+
+def test_the_readme_states_the_deferral_math_and_the_scaling_metric_the_app_builds(
+    service: dict[str, Any]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (alarm, *_) = [a for k, a in alarms(service).items()
+                   if k.startswith("ObservabilityDeferralRate")]
+    (expression,) = [m["Expression"] for m in alarm["Metrics"] if "Expression" in m]
+    plain = re.sub(r"([dfb])_\w+", r"\1", expression)  # the ids without their pair
+    assert f"`{plain}` > {alarm['Threshold']:.2f}" in readme
+    (policy,) = [r["Properties"] for r in
+                 resources(service, "AWS::ApplicationAutoScaling::ScalingPolicy").values()
+                 if r["Properties"]["PolicyType"] == "TargetTrackingScaling"]
+    metrics = policy["TargetTrackingScalingPolicyConfiguration"][
+        "CustomizedMetricSpecification"]["Metrics"]
+    names = {m["Id"]: m["MetricStat"]["Metric"]["MetricName"] for m in metrics
+             if "MetricStat" in m}
+    (per_task,) = [m["Expression"] for m in metrics if "Expression" in m]
+    shown = per_task.replace("sendable", f"{names['sendable']} (Average, the mean per task)")
+    shown = shown.replace("visible", names["visible"]).replace("tasks", names["tasks"])
+    assert f"\n{shown}\n" in readme

@@ -10,6 +10,19 @@ The complaint rate divides the FBL intake's `complaints` by the sender's `delive
 both written per (tenant, campaign, provider) and also per tenant, per provider and
 with no dimension (quiver.complaint_rate): its alarms, fleet-wide and per provider
 of the policy, each read two metrics, and the finest set feeds the dashboard's ranking.
+
+Per egress source (IP) and provider (quiver.sender.source_metrics): the deferral
+rate, deferred / (delivered + deferred + bounced), alarms for each source of the
+policy at each of its providers and at `none` (every other domain), all known at
+synth. Each alarm's math reads three metrics (the limit is 10), and each is billed
+as three alarm metrics: 5 sources x 4 providers cost 20 alarms, about $6 a month;
+they roll up into one composite that pages. Deferrals come before bounces: a
+provider that starts refusing an IP defers it first (421 4.7.28, TSS04).
+
+Proxy node health as the senders see it (quiver.sender.gauges): every task writes
+1 or 0 per node at each flush; a node whose Average stays below one half (most
+observations found HAProxy not serving) for PROXY_NODE_DOWN_MINUTES pages. The EC2
+status check does not see a dead HAProxy on a live instance; this does.
 """
 
 from __future__ import annotations
@@ -28,9 +41,11 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.logical_ids import logical_id_part
-from quiver.complaint_rate import COMPLAINTS, DELIVERED, PROVIDER
+from quiver.complaint_rate import COMPLAINTS, DELIVERED
 from quiver.complaint_rate import NAMESPACE as COMPLAINT_RATE_NAMESPACE
 from quiver.policy import Policy
+from quiver.sender.gauges import HELD, NODE, PROXY_NODE_HEALTHY, SENDABLE_NOW
+from quiver.sender.source_metrics import CONNECTION_SECONDS, PROVIDER, SOURCE, UNKNOWN
 
 NAMESPACE = "Quiver"
 OUTCOMES = ("delivered", "deferred", "bounced", "expired", "rejected", "failed")
@@ -57,6 +72,16 @@ TOP_COMPLAINTS_QUERY = (
     "SELECT SUM(complaints) FROM SCHEMA(Quiver, tenant, campaign, provider) "
     "GROUP BY tenant, campaign, provider ORDER BY SUM() DESC LIMIT 10"
 )
+# Deferral rate per (source, provider) = deferred / attempts over 15 minutes, judged
+# from this many attempts: a slow hour at a small provider is not a block. A fifth of
+# attempts deferred for a quarter of an hour is a provider pushing back on that IP
+# (a healthy source defers a few percent: greylisting, full mailboxes).
+DEFERRAL_RATE_PERIOD = Duration.minutes(15)
+DEFERRAL_RATE_MIN_VOLUME = 100
+DEFERRAL_RATE_THRESHOLD = 0.20
+# A node most senders find not serving for this long pages; shorter would page for a
+# restart that a policy change causes (HAProxy reloads in seconds, a node in ~2 min).
+PROXY_NODE_DOWN_MINUTES = 3
 # Outbound mail this old means senders are down, throttled or too few.
 OLDEST_OUTBOUND_AGE = Duration.minutes(30)
 OLDEST_EVENT_AGE = Duration.minutes(15)
@@ -81,6 +106,7 @@ class Observability(Construct):
         oldest_outbound_age: Duration = OLDEST_OUTBOUND_AGE,
         oldest_event_age: Duration = OLDEST_EVENT_AGE,
         bounce_rate_threshold: float = 0.05,
+        deferral_rate_threshold: float = DEFERRAL_RATE_THRESHOLD,
         intake_dlqs: Sequence[tuple[str, sqs.IQueue, str]] = (),
     ) -> None:
         super().__init__(scope, construct_id)
@@ -181,6 +207,31 @@ class Observability(Construct):
             ))
         for alarm in self._complaint_alarms(policy):
             page(alarm)
+        self.deferral_alarms = self._deferral_alarms(policy, deferral_rate_threshold)
+        if self.deferral_alarms:
+            page(cw.CompositeAlarm(
+                self, "DeferralRateHigh",
+                alarm_description=(
+                    f"deferral rate above {deferral_rate_threshold:.0%} for an (egress source, "
+                    "provider) pair over 15 minutes: the dashboard's deferral-rate alarms "
+                    "name it; read its deferred events' responses, and slow or pause it"
+                ),
+                alarm_rule=cw.AlarmRule.any_of(*self.deferral_alarms),
+            ))
+        for node in sorted(policy.proxy.nodes):
+            page(proxy_node_healthy(node, statistic="Average").create_alarm(
+                self, f"ProxyNode{logical_id_part(node)}NotServing",
+                alarm_description=(
+                    f"most sender probes of egress node {node} have found HAProxy not "
+                    f"serving for {PROXY_NODE_DOWN_MINUTES} minutes; its sources carry no "
+                    "mail (the pools' other sources carry on): check haproxy on the node"
+                ),
+                threshold=0.5, evaluation_periods=PROXY_NODE_DOWN_MINUTES,
+                datapoints_to_alarm=PROXY_NODE_DOWN_MINUTES,
+                comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                # No data: no sender is running, which SendersNotRunning reports.
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ))
         self.dashboard = self._dashboard(
             policy=policy,
             dashboard_name=dashboard_name,
@@ -214,6 +265,23 @@ class Observability(Construct):
                 alarms.append(rate.create_alarm(
                     self, alarm_id,
                     alarm_description=f"bounce rate of pool {pool} at {provider}",
+                    threshold=threshold, evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ))
+        return alarms
+
+    def _deferral_alarms(self, policy: Policy, threshold: float) -> list[cw.Alarm]:
+        """One alarm per (source, provider) of the policy, `none` included; they page
+        through the composite."""
+        alarms: list[cw.Alarm] = []
+        for source in sorted(policy.sources):
+            for provider in [*sorted(policy.providers), UNKNOWN]:
+                alarm_id = (f"DeferralRate{logical_id_part(source)}"
+                            f"{logical_id_part(provider)}")
+                alarms.append(deferral_rate(source, provider).create_alarm(
+                    self, alarm_id,
+                    alarm_description=f"deferral rate of source {source} at {provider}",
                     threshold=threshold, evaluation_periods=1,
                     comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                     treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
@@ -316,11 +384,23 @@ class Observability(Construct):
                                         period=COMPLAINT_RATE_PERIOD)],
             ),
         )
+        self._source_widgets(dashboard, policy)
         dashboard.add_widgets(
             cw.GraphWidget(
                 title="senders", width=8,
                 left=[running_tasks.with_(statistic="Average")],
                 right=[sender_service.metric_cpu_utilization(period=minute)],
+            ),
+            cw.GraphWidget(
+                title="mail in hand per task: held, and sendable now", width=8,
+                left=[task_gauge(HELD), task_gauge(SENDABLE_NOW)],
+            ),
+            cw.GraphWidget(
+                title="egress nodes: HAProxy serving (share of sender probes)", width=8,
+                left=[proxy_node_healthy(node, statistic="Average").with_(label=node)
+                      for node in sorted(policy.proxy.nodes)],
+                left_y_axis=cw.YAxisProps(min=0, max=1),
+                left_annotations=[cw.HorizontalAnnotation(value=0.5, label="alarm")],
             ),
         )
         dashboard.add_widgets(
@@ -348,6 +428,81 @@ class Observability(Construct):
             ),
         )
         return dashboard
+
+
+    def _source_widgets(self, dashboard: cw.Dashboard, policy: Policy) -> None:
+        """Which IP is in trouble at which provider: outcomes, open connections and the
+        deferral rate per (source, provider), and the deferral alarms' states."""
+        def search(metric: str, statistic: str, seconds: int) -> str:
+            return (f"SEARCH('{{{NAMESPACE},{SOURCE},{PROVIDER}}} "
+                    f"MetricName=\"{metric}\"', '{statistic}', {seconds})")
+
+        dashboard.add_widgets(*(
+            cw.GraphWidget(
+                title=f"{outcome} per source and provider", width=8,
+                left=[cw.MathExpression(expression=search(outcome, "Sum", 300), label="",
+                                        period=Duration.minutes(5))],
+            )
+            for outcome in ("delivered", "deferred", "bounced")
+        ))
+        providers = [*sorted(policy.providers), UNKNOWN]
+        dashboard.add_widgets(*(
+            cw.GraphWidget(
+                title=f"deferral rate per source at {provider}",
+                width=max(6, 24 // len(providers)),
+                left=[deferral_rate(source, provider).with_(label=source)
+                      for source in sorted(policy.sources)],
+                left_y_axis=cw.YAxisProps(min=0, max=1),
+                left_annotations=[cw.HorizontalAnnotation(
+                    value=DEFERRAL_RATE_THRESHOLD, label="default alarm")],
+            )
+            for provider in providers
+        ))
+        dashboard.add_widgets(
+            cw.GraphWidget(
+                title="open connections per source and provider (fleet)", width=12,
+                # connection-seconds per minute / 60 = the minute's average connections.
+                left=[cw.MathExpression(
+                    expression=f"{search(CONNECTION_SECONDS, 'Sum', 60)} / 60",
+                    label="", period=Duration.minutes(1))],
+            ),
+            cw.AlarmStatusWidget(
+                title="deferral rate alarms (source, provider)", width=12, height=6,
+                alarms=list(self.deferral_alarms),
+            ),
+        )
+
+
+def deferral_rate(source: str, provider: str) -> cw.MathExpression:
+    """deferred / (delivered + deferred + bounced) of one (source, provider) over
+    DEFERRAL_RATE_PERIOD; 0 below DEFERRAL_RATE_MIN_VOLUME attempts. The sender writes
+    the three counts together (zeros included), so they meet at every timestamp."""
+    suffix = f"_{logical_id_part(source).lower()}_{logical_id_part(provider).lower()}"
+    d, f, b = f"d{suffix}", f"f{suffix}", f"b{suffix}"
+
+    def count(name: str) -> cw.Metric:
+        return cw.Metric(namespace=NAMESPACE, metric_name=name,
+                         dimensions_map={SOURCE: source, PROVIDER: provider},
+                         period=DEFERRAL_RATE_PERIOD, statistic="Sum")
+
+    total = f"({d} + {f} + {b})"
+    return cw.MathExpression(
+        expression=f"IF({total} >= {DEFERRAL_RATE_MIN_VOLUME}, {f} / {total}, 0)",
+        using_metrics={d: count("delivered"), f: count("deferred"), b: count("bounced")},
+        label=f"deferral rate {source}/{provider}", period=DEFERRAL_RATE_PERIOD,
+    )
+
+
+def proxy_node_healthy(node: str, *, statistic: str) -> cw.Metric:
+    return cw.Metric(namespace=NAMESPACE, metric_name=PROXY_NODE_HEALTHY,
+                     dimensions_map={NODE: node}, period=Duration.minutes(1),
+                     statistic=statistic)
+
+
+def task_gauge(name: str) -> cw.Metric:
+    """A per-task gauge without dimensions; its Average is the mean per task."""
+    return cw.Metric(namespace=NAMESPACE, metric_name=name, period=Duration.minutes(1),
+                     statistic="Average", label=f"{name} (mean per task)")
 
 
 def complaint_rate(provider: str | None, *, label: str) -> cw.MathExpression:

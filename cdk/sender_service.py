@@ -4,8 +4,9 @@ Rollouts keep full capacity (new tasks start before old ones stop) and roll back
 by themselves when new tasks do not stay up. A stopping task gets SIGTERM, stops
 receiving, drains within the policy's drain deadline and makes every unfinished
 message visible again; ECS waits `stopTimeout` (drain deadline + 5 s) before SIGKILL.
-Capacity follows the backlog per task and the age of the oldest message. A task has
-one vCPU for its event loop and one per DKIM signing thread of the policy.
+Capacity follows the mail that more tasks would send sooner, per task, and the age of
+the oldest message. A task has one vCPU for its event loop and one per DKIM signing
+thread of the policy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from cdk.deploy_checks import MEMORY_MIB_PER_VCPU, stop_timeout_seconds, task_vc
 from cdk.network import Network
 from quiver import settings
 from quiver.policy import Policy
+from quiver.sender.emf import NAMESPACE
+from quiver.sender.gauges import SENDABLE_NOW
 
 CONTAINER_NAME = "sender"
 # Scale out fast when the oldest message waits this long: mail is getting late.
@@ -306,11 +309,19 @@ class SenderService(Construct):
         stat = appscaling.CfnScalingPolicy.TargetTrackingMetricStatProperty
         metric = appscaling.CfnScalingPolicy.TargetTrackingMetricProperty
         dim = appscaling.CfnScalingPolicy.TargetTrackingMetricDimensionProperty
-        # Backlog per task = visible messages / running tasks. Target tracking holds it
-        # near the number of messages one task keeps in flight.
+        # Sendable mail per task = the mean per task of the senders' sendable_now (mail in
+        # hand that no connection limit, rate or backoff holds back) + the visible
+        # backlog / running tasks. Visible excludes delayed messages, and every deferral
+        # and not-yet-due retry waits in the queue with DelaySeconds (lifecycle), so what
+        # is visible is due now. Mail that waits on a throttle in a task's hands is left
+        # out: more tasks divide a cluster-wide limit, they do not raise it. Target
+        # tracking holds the sum near one task's in-flight messages. Visible mail behind
+        # a fleet whose hands are full of throttled mail still counts: a new task takes
+        # in the mail for other destinations queued behind it, and holds no slot of a
+        # limit already spread over more tasks than it has connections.
         appscaling.CfnScalingPolicy(
-            self, "BacklogPerTask",
-            policy_name="quiver-sender-backlog-per-task",
+            self, "SendablePerTask",
+            policy_name="quiver-sender-sendable-per-task",
             policy_type="TargetTrackingScaling",
             scaling_target_id=target.scalable_target_id,
             target_tracking_scaling_policy_configuration=(
@@ -343,8 +354,13 @@ class SenderService(Construct):
                                         ],
                                     ),
                                 )),
-                                query(id="backlog", expression="visible / tasks",
-                                      label="Outbound backlog per task", return_data=True),
+                                query(id="sendable", return_data=False, metric_stat=stat(
+                                    stat="Average",
+                                    metric=metric(namespace=NAMESPACE,
+                                                  metric_name=SENDABLE_NOW),
+                                )),
+                                query(id="per_task", expression="sendable + visible / tasks",
+                                      label="Sendable mail per task", return_data=True),
                             ],
                         )
                     ),

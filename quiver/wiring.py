@@ -26,8 +26,10 @@ from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.scheduler import Scheduler
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
+from quiver.sender.gauges import TaskGauges
 from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
+from quiver.sender.source_metrics import SourceMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
@@ -90,8 +92,14 @@ def build_sender(
     # updates it (the other readers above are restart-only).
     live = PolicyHandle(policy)
     transport = Scheduler(
-        policy=live, resolver=resolver, picker=picker, share=membership.share, health=health,
+        policy=live, resolver=resolver, picker=picker, seat=membership.position, health=health,
     )
+    # Sources, providers and nodes are restart-only: the metrics' bounds are fixed here.
+    metrics.sources = SourceMetrics(sources=policy.sources, providers=policy.providers,
+                                    connections=transport.connections)
+    metrics.gauges = TaskGauges(held=lambda: sender.in_hand,
+                                waiting=transport.waiting_on_limits,
+                                nodes=sorted(policy.proxy.nodes), down=lambda: health.down)
     signers = signers_from_policy(
         policy.dkim,
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
@@ -145,7 +153,7 @@ def build_sender(
     if policy_source is not None and policy_source.interval > 0:
         services.append(PolicyWatcher(policy_source, current=live,
                                       apply=lambda _: transport.rebind()).run)
-    return Sender(
+    sender = Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
         on_start=[membership.join],
@@ -153,6 +161,7 @@ def build_sender(
                   *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
     )
+    return sender
 
 
 def _return_paths(

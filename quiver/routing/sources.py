@@ -6,6 +6,8 @@ receiving MX sees each pool's IPs mixed evenly at any time scale.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from quiver.policy import Policy, Source
 
 
@@ -26,14 +28,19 @@ class SourcePicker:
     def mark_up(self, source: str) -> None:
         self._down.pop(source, None)
 
-    def pick(self, pool_name: str) -> Source:
+    def pick(self, pool_name: str, *, avoid: Collection[str] = ()) -> Source:
+        """The pool's next source, among those up and not in `avoid` (the caller's
+        sources already tried and passed over for one delivery)."""
         pool = self._policy.pools.get(pool_name)
         if pool is None:
             raise NoSourceAvailable(f"unknown pool {pool_name!r}")
-        candidates = [(s, w) for s, w in pool.sources if s not in self._down]
+        candidates = [(s, w) for s, w in pool.sources if s not in self._down and s not in avoid]
         if not candidates:
             reasons = sorted({self._down[s] for s, _ in pool.sources if self._down.get(s)})
             detail = f" ({'; '.join(reasons)})" if reasons else ""
+            if any(s in avoid for s, _ in pool.sources):
+                raise NoSourceAvailable(f"no source of pool {pool_name!r} can take this "
+                                        f"mail on this sender task{detail}")
             raise NoSourceAvailable(f"every source of pool {pool_name!r} is down{detail}")
         total = 0
         best: str | None = None

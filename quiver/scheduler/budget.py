@@ -1,8 +1,10 @@
 """Shared budgets: connection slots and send rates, keyed by throttle limit key.
 
 A budget is shared by every ready queue whose traffic the same throttle rule
-matches (see throttle.py). `share` scales every limit to this task's part of a
-cluster-wide limit (1/live tasks; see membership.py).
+matches (see throttle.py). Each limit is cluster-wide: a rate is split evenly
+(1/live tasks; see membership.py), a connection limit by `task_slots`, whole
+connections that add up to the limit, some of them zero when the limit is below the
+number of tasks.
 
 Times come from an injected clock and are only ever compared with other readings
 of it: nothing depends on where the clock starts (time.monotonic() starts near 0
@@ -13,7 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
+from typing import NamedTuple
+
+
+class Seat(NamedTuple):
+    """This task's place in the fleet: `rank` (0-based) among `tasks` live tasks, in
+    the order every task sees (sorted task ids; see membership.py)."""
+
+    rank: int = 0
+    tasks: int = 1
+
+
+SOLO = Seat()
+
+
+def task_slots(limit: int, *, seat: tuple[int, int], key: tuple[str, ...]) -> int:
+    """This task's connections of a cluster-wide `limit` split among the fleet.
+
+    Every task gets limit // tasks; the remainder goes one each to `limit % tasks`
+    consecutive ranks, starting at a rank drawn from the budget's key. The slots of
+    all tasks add up to `limit` exactly: a limit of 10 among 20 tasks is one
+    connection on 10 of them and none on the other 10 (never one on each, which
+    would double the limit), and which 10 differs from one budget to the next, so no
+    task carries every small limit. The key is hashed with CRC-32, the same in every
+    process (Python's str hash is salted per process).
+    """
+    rank, tasks = seat
+    tasks = max(1, tasks)
+    base, extra = divmod(max(0, limit), tasks)
+    if not extra:
+        return base
+    start = zlib.crc32("\x1f".join(key).encode()) % tasks
+    return base + (1 if (rank - start) % tasks < extra else 0)
 
 
 class ConnectionBudget:

@@ -23,6 +23,12 @@ CROWDED_HOLD, to the connections the task still has there: the queued jobs wait
 for those (idle ones close early to make room) instead of being deferred, and
 nothing backs off. With no other connection there, the 421 is a connection
 failure like any other.
+
+Limits are cluster-wide: this task holds `task_slots` of each connection limit
+(budget.py), which is zero on some tasks when the limit is below the task count. A
+queue with no slot in its source's budget or its site's opens nothing: its jobs go
+back to the scheduler (`Reroute`) for another source of the pool, and are deferred
+unattempted if none has a slot here, for a task that holds one to send.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from quiver.policy import Source, TlsMode
 from quiver.policy.handle import PolicyHandle
 from quiver.routing.mx import Route
 from quiver.scheduler.attribution import Forbidden, ProxyDown, attribute
-from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
+from quiver.scheduler.budget import SOLO, Budgets, ConnectionBudget, RateLimiter, task_slots
 from quiver.scheduler.connection import Connection
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.throttle import Destination, Limits, resolve
@@ -101,7 +107,7 @@ class ReadyQueue:
         budgets: Budgets,
         connector: Connector,
         policy: PolicyHandle,
-        share: Callable[[], float] = lambda: 1.0,
+        seat: Callable[[], tuple[int, int]] = lambda: SOLO,
         destination: Destination,
         proxy_check: Callable[[str], Awaitable[bool]] | None = None,
         proxy_down: Callable[[str, str], None] | None = None,
@@ -123,7 +129,8 @@ class ReadyQueue:
         self.source = source
         self.route = route
         self._connector = connector
-        self._share = share
+        # This task's (rank, tasks) in the fleet: its part of each cluster-wide limit.
+        self._seat = seat
         self.jobs: deque[Job] = deque()
         self.active = 0
         self.idle = 0
@@ -183,6 +190,7 @@ class ReadyQueue:
             else DEFAULT_MAX_CONNECTIONS
         )
         key = conn.key if conn else (self.source.name, "default", f"site:{self.route.site}")
+        self._conn_key = key
         self._budget: ConnectionBudget = budgets.connections(key, self._conn_limit)
         self._per_conn = limits.max_messages_per_connection or DEFAULT_MAX_MESSAGES_PER_CONNECTION
         rate = limits.max_rate
@@ -190,12 +198,16 @@ class ReadyQueue:
             budgets.rate(rate.key, rate.value.per_second)
             if rate is not None and not isinstance(rate.value, int) else None
         )
+        # A rate set by the rule that sets the connection limit goes with that limit's
+        # slots: the tasks that hold none of a small limit send none of its rate.
+        self._rate_follows_slots = rate is not None and rate.key == key
         cap = limits.max_mx_connections
         if cap is not None and isinstance(cap.value, int):
             self._site_limit = cap.value
             site_key = cap.key
         else:
             self._site_limit, site_key = UNCAPPED, ("*", "uncapped", f"site:{self.route.site}")
+        self._site_key = site_key
         self._site_budget: ConnectionBudget = budgets.connections(site_key, self._site_limit)
 
     @property
@@ -214,21 +226,63 @@ class ReadyQueue:
             assert self.backoff_reply is not None
             self.finish(job, self._deferrals(job, self.backoff_reply))
             return
+        if not self.seated():
+            self._reroute_all(self.unseated_reply(), also=job)
+            return
         self.jobs.append(job)
         self._wakeup.set()
         self._maybe_start()
 
     def _effective_limit(self) -> int:
-        # Never below one connection per task: a queue must be able to make progress.
-        return max(1, int(self._budget.limit * self._share()))
+        """This task's slots of its source's connection limit: zero on some tasks when
+        the limit is below the task count (never one on each: that multiplies it)."""
+        return task_slots(self._budget.limit, seat=self._seat(), key=self._conn_key)
 
     def _site_limit_now(self) -> int:
-        """The site's cap for this task (its share), lower while the site is crowded."""
-        share = max(1, int(self._site_budget.limit * self._share()))
-        return self._site_budget.ceiling(share, self._clock())
+        """The site's cap for this task (its slots), lower while the site is crowded."""
+        if self._site_budget.limit >= UNCAPPED:
+            return UNCAPPED
+        slots = task_slots(self._site_budget.limit, seat=self._seat(), key=self._site_key)
+        return self._site_budget.ceiling(slots, self._clock()) if slots else 0
+
+    def seated(self) -> bool:
+        """This task holds a connection slot here, in its source's budget and its
+        site's: otherwise this queue opens nothing, and its jobs go elsewhere."""
+        return self._effective_limit() > 0 and self._site_limit_now() > 0
+
+    def unseated_reply(self) -> Reply:
+        _, tasks = self._seat()
+        what = ("max_connections" if self._effective_limit() == 0 else "max_mx_connections")
+        limit = self._budget.limit if what == "max_connections" else self._site_budget.limit
+        return local_reply(
+            451, "4.4.5", f"{self.source.name} → {self.route.site}: {what} {limit} is held "
+            f"by other sender tasks ({tasks} tasks, this one holds none)")
+
+    def _rate_share(self) -> float:
+        _, tasks = self._seat()
+        if self._rate_follows_slots and self._budget.limit > 0:
+            return self._effective_limit() / self._budget.limit
+        return 1.0 / max(1, tasks)
+
+    def waiting_on_limits(self) -> int:
+        """Queued jobs that cannot start now: more than this queue's idle connections
+        and the connections its budgets still have room for (all of them while it backs
+        off or holds no slot). An estimate where queues share a budget: each counts the
+        room as its own."""
+        if self.backing_off() or not self.seated():
+            return len(self.jobs)
+        room = min(self._effective_limit() - self._budget.open,
+                   self._site_limit_now() - self._site_budget.open)
+        return max(0, len(self.jobs) - self.idle - max(0, room))
 
     def _maybe_start(self) -> None:
         if self._closing or self.backing_off():
+            return
+        if not self.seated():
+            # The fleet grew past a limit: this task's slot went to another. Open
+            # connections close as over the limit; waiting jobs go to another source.
+            if self.jobs:
+                self._reroute_all(self.unseated_reply())
             return
         while len(self.jobs) > self.idle:
             for budget, limit in ((self._budget, self._effective_limit()),
@@ -260,7 +314,7 @@ class ReadyQueue:
     async def rate_token(self) -> None:
         """Wait for the rate limit's next token, if one applies."""
         if self._rate is not None:
-            await self._rate.acquire(self._share())
+            await self._rate.acquire(self._rate_share())
 
     @property
     def per_connection(self) -> int:
@@ -353,7 +407,7 @@ class ReadyQueue:
         while jobs and jobs[0].future.done():
             jobs.popleft()  # cancelled by a stopping sender
         if len(jobs) <= self.idle or (
-                self._rate is not None and not self._rate.try_acquire(self._share())):
+                self._rate is not None and not self._rate.try_acquire(self._rate_share())):
             return None
         return jobs.popleft()
 
@@ -444,8 +498,8 @@ class ReadyQueue:
                  self.route.site, reply, self._site_limit_now(), CROWDED_HOLD)
         return True
 
-    def _reroute_all(self, reply: Reply) -> None:
-        for job in self._take_all():
+    def _reroute_all(self, reply: Reply, *, also: Job | None = None) -> None:
+        for job in self._take_all() + ([also] if also is not None else []):
             if job.done:
                 # Part of it was already attempted on this source: report what happened
                 # and defer the rest (not counted) rather than splitting the job.

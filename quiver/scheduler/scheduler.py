@@ -7,12 +7,17 @@ messages and throttles hold per (source, destination).
 The resolved route is screened by the destination guard before a source is
 chosen: forbidden MX addresses never reach a ready queue, a proxy or a source,
 and a domain whose every MX address is forbidden is bounced (5.4.4) at once.
+
+A source whose proxy is down, or whose ready queue holds no slot of a cluster-wide
+connection limit on this task (ready.py), is passed over for the pool's other
+sources; with none left the recipients are deferred, unattempted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from quiver.delivery import Attempt
@@ -21,7 +26,7 @@ from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.routing.mx import MxResolver, Route, RouteError
 from quiver.routing.safety import DestinationGuard, ForbiddenRoute, screen
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
-from quiver.scheduler.budget import Budgets
+from quiver.scheduler.budget import SOLO, Budgets
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
@@ -41,7 +46,7 @@ class Scheduler:
         resolver: MxResolver,
         picker: SourcePicker,
         connector: Connector | None = None,
-        share: Callable[[], float] = lambda: 1.0,
+        seat: Callable[[], tuple[int, int]] = lambda: SOLO,
         health: ProxyHealth | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -56,7 +61,7 @@ class Scheduler:
         self._clock = clock
         self._connector = connector or Connector(policy, clock=clock)
         self._guard = DestinationGuard(policy.delivery.allow_networks)
-        self._share = share
+        self._seat = seat
         self.budgets = Budgets(clock=clock)
         self.queues: dict[tuple[str, str], ReadyQueue] = {}
 
@@ -73,23 +78,44 @@ class Scheduler:
             tried = not isinstance(exc, ForbiddenRoute)
             return [Attempt(rcpt=r, reply=reply, counts=tried) for r in recipients]
         last: Reroute | None = None
+        # Sources passed over for this delivery: their proxy is down, or they hold no
+        # slot here (a small limit's slots are on other tasks).
+        avoid: set[str] = set()
         for _ in range(MAX_REROUTES):
             try:
-                source = self._picker.pick(pool)
+                source = self._picker.pick(pool, avoid=avoid)
             except NoSourceAvailable as exc:
                 text = str(exc) if last is None else f"{exc}; last: {last.reply.text}"
                 reply = local_reply(451, "4.4.1", text)
                 return [Attempt(rcpt=r, reply=reply, counts=False) for r in recipients]
             queue = self._queue(source, route, domain)
+            if not queue.seated():
+                avoid.add(source.name)
+                last = Reroute(queue.unseated_reply())
+                continue
             future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
             queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
                              future=future, seven_bit=seven_bit))
             try:
                 return await future
             except Reroute as exc:
-                last = exc  # the source's proxy is down: the pool's next source
+                last = exc  # the source's proxy is down, or its slot went: the next source
+                avoid.add(source.name)
         assert last is not None
         return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
+
+    def connections(self) -> Counter[tuple[str, str | None]]:
+        """Open connections per (source, provider) now (None: no provider matched)."""
+        out: Counter[tuple[str, str | None]] = Counter()
+        for queue in self.queues.values():
+            if queue.active:
+                out[(queue.source.name, queue.destination.provider)] += queue.active
+        return out
+
+    def waiting_on_limits(self) -> int:
+        """Jobs queued behind a connection limit, a rate or a backoff (ready.py): mail in
+        hand that more sender tasks would not send sooner."""
+        return sum(q.waiting_on_limits() for q in self.queues.values())
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: update the handle, then rebind."""
@@ -116,7 +142,7 @@ class Scheduler:
             queue = self.queues[key] = ReadyQueue(
                 source=source, route=route, limits=resolve(policy.throttles, destination),
                 budgets=self.budgets, destination=destination, connector=self._connector,
-                policy=self.policy, share=self._share,
+                policy=self.policy, seat=self._seat,
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
                 tls_mode=tls_mode_for(policy.tls, destination), clock=self._clock,

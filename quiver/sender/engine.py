@@ -74,6 +74,11 @@ class Sender:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = SenderStats()
 
+    @property
+    def in_hand(self) -> int:
+        """Messages received and not yet completed or returned."""
+        return len(self._held)
+
     def _has_room(self) -> bool:
         return (
             len(self._held) < self._intake.max_inflight_messages

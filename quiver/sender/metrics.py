@@ -8,7 +8,9 @@ CloudWatch Logs, which extracts the metrics. Namespace `Quiver`, metric names
 
 `delivered` is also counted per (tenant, campaign, provider), the complaint rate's
 denominator (quiver.complaint_rate), with the dimensions the FBL intake gives its
-numerator.
+numerator. The same flush writes the per-source documents (quiver.sender.source_metrics:
+outcomes and connections per source x provider) and the task's gauges
+(quiver.sender.gauges: sendable mail, proxy node health), when given.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from quiver.complaint_rate import DELIVERED, RateCounts, RateKey
 from quiver.events import Record
+from quiver.sender import emf
+from quiver.sender.gauges import TaskGauges
+from quiver.sender.source_metrics import SourceMetrics
 
 NAMESPACE = "Quiver"
 FLUSH_INTERVAL = 10.0
@@ -33,13 +38,18 @@ FLUSH_INTERVAL = 10.0
 
 class OutcomeMetrics:
     def __init__(self, *, out: TextIO | None = None, interval: float = FLUSH_INTERVAL,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sources: SourceMetrics | None = None, gauges: TaskGauges | None = None) -> None:
+        self.sources = sources
+        self.gauges = gauges
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._delivered = RateCounts(DELIVERED, clock=clock)
         self._out = out
         self.interval = interval
 
     def count(self, records: Sequence[Record]) -> None:
+        if self.sources is not None:
+            self.sources.count(records)
         for r in records:
             self._counts[(r["event"], r.get("pool") or "none", r.get("provider") or "none")] += 1
             if r["event"] == DELIVERED:
@@ -48,8 +58,9 @@ class OutcomeMetrics:
                                                  provider=r.get("provider")))
 
     def flush(self) -> int:
-        """Emit one EMF document per (event, pool, provider) and one per (tenant,
-        campaign, provider) delivered to; returns how many."""
+        """Emit one EMF document per (event, pool, provider), one per (tenant,
+        campaign, provider) delivered to, then the per-source documents and the
+        gauges; returns how many."""
         counts, self._counts = self._counts, Counter()
         out = self._out or sys.stdout
         for (event, pool, provider), n in sorted(counts.items()):
@@ -62,6 +73,10 @@ class OutcomeMetrics:
                 metric.add_dimension(name="provider", value=provider)
             out.write(buffer.getvalue())
         written = self._delivered.flush(out)
+        if self.sources is not None:
+            written += emf.write(out, self.sources.documents())
+        if self.gauges is not None:
+            written += emf.write(out, self.gauges.documents())
         out.flush()
         return len(counts) + written
 

@@ -100,6 +100,12 @@ class Membership(Protocol):
 
     def share(self) -> float: ...
 
+    def position(self) -> tuple[int, int]:
+        """(rank, tasks): this task's place among the live tasks, in the order every
+        task sees; where a connection limit's remainder, or a limit below the task
+        count, is held (quiver.scheduler.budget.task_slots)."""
+        ...
+
     async def join(self, stop: asyncio.Event) -> None:
         """Learn this task's share before it sends anything (bounded; see the module)."""
         ...

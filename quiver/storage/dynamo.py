@@ -124,7 +124,7 @@ class DynamoMembership(HeartbeatMembership):
         self._table = table
         self._clock = clock
 
-    async def beat(self) -> int:
+    async def beat(self) -> list[str]:
         now = self._clock()
         await call(self._client.put_item, TableName=self._table, Item={
             "pk": {"S": PARTITION}, "sk": {"S": self.task_id},
@@ -132,15 +132,23 @@ class DynamoMembership(HeartbeatMembership):
             # DynamoDB TTL removes items of tasks that died long ago.
             "expires_at": {"N": str(int(now + _HEARTBEAT_TTL))},
         })
-        response = await call(
-            self._client.query,
-            TableName=self._table,
-            KeyConditionExpression="pk = :p",
-            FilterExpression="heartbeat > :h",
-            ExpressionAttributeValues={":p": {"S": PARTITION}, ":h": {"N": f"{now - self.stale}"}},
-            Select="COUNT",
-        )
-        return max(1, int(response.get("Count", 1)))
+        # The ids, not a count: a task's rank among them places its connection slots.
+        # The read costs the same (a query is billed for the items it reads either way).
+        live: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :p",
+            "FilterExpression": "heartbeat > :h",
+            "ExpressionAttributeValues": {":p": {"S": PARTITION},
+                                          ":h": {"N": f"{now - self.stale}"}},
+            "ProjectionExpression": "sk",
+        }
+        while True:
+            response = await call(self._client.query, **kwargs)
+            live.extend(item["sk"]["S"] for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return live
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     async def leave(self) -> None:
         await call(self._client.delete_item, TableName=self._table, Key={

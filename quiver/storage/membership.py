@@ -1,12 +1,15 @@
 """Cluster share: each sender task enforces 1/N of every throttle, N = live tasks.
 
 Tasks heartbeat into a table (one item per task, refreshed every `interval`,
-considered dead after `stale`; DynamoDB's is `dynamo.DynamoMembership`). Error
-bound, stated in the README: in steady state the cluster-wide rate equals the
-limit and connections are at most the limit (each task is still allowed one
-connection per budget when the limit is below N). When a task joins, the
-others learn of it within one interval, so for at most `interval` seconds the
-cluster can exceed a limit by one task's share (limit/N). A task counts the
+considered dead after `stale`; DynamoDB's is `dynamo.DynamoMembership`). Each
+heartbeat also reads the live tasks' ids: a task's rank among them (sorted, so
+every task sees the same order) decides which tasks hold the remainder of a
+connection limit that does not divide evenly (scheduler.budget.task_slots), and
+which hold none of a limit below N. Error bound, stated in the README: in steady
+state the cluster-wide rate equals the limit and connections are at most the
+limit. When a task joins, the others learn of it within one interval, so for at
+most `interval` seconds the cluster can exceed a limit by one task's share
+(limit/N, rounded up to a connection). A task counts the
 live tasks once before its intake starts (`join`), so it does not send at a
 whole limit while it is one of N; if the table does not answer within one
 interval it starts anyway, at the last known share (1/1 for a new task) until
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 log = logging.getLogger("quiver.sender")
 
@@ -27,11 +31,16 @@ log = logging.getLogger("quiver.sender")
 class FixedShare:
     """A fixed share: a single task (no fleet table), or tests."""
 
-    def __init__(self, tasks: int = 1) -> None:
+    def __init__(self, tasks: int = 1, *, rank: int = 0) -> None:
         self.tasks = max(1, tasks)
+        self.rank = min(max(0, rank), self.tasks - 1)
 
     def share(self) -> float:
         return 1.0 / self.tasks
+
+    def position(self) -> tuple[int, int]:
+        """(rank, tasks): this task's place in the order every task sees."""
+        return self.rank, self.tasks
 
     async def join(self, stop: asyncio.Event) -> None:
         """A fixed share is known from the start."""
@@ -51,8 +60,9 @@ class HeartbeatMembership(FixedShare, ABC):
         self._beating: asyncio.Task[None] | None = None
 
     @abstractmethod
-    async def beat(self) -> int:
-        """Record this task's heartbeat; return the live tasks (this one included)."""
+    async def beat(self) -> Sequence[str]:
+        """Record this task's heartbeat; return the live tasks' ids (this one's
+        included)."""
 
     @abstractmethod
     async def leave(self) -> None:
@@ -82,15 +92,17 @@ class HeartbeatMembership(FixedShare, ABC):
 
     async def _beat(self) -> None:
         try:
-            tasks = await self.beat()
+            live = sorted(set(await self.beat()) | {self.task_id})
         except Exception as exc:
             # Keep the last known share: a table hiccup must not stop delivery.
             log.warning("membership heartbeat failed: %s", exc)
             return
+        tasks = len(live)
         if tasks != self.tasks:
             log.info("live sender tasks: %d (this task enforces 1/%d of each limit)",
                      tasks, tasks)
-        self.tasks = tasks
+        # Rank and count change together: a reader never sees a rank past the count.
+        self.rank, self.tasks = live.index(self.task_id), tasks
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeat every `interval` after `join`, then leave the table on stop."""

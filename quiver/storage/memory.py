@@ -195,11 +195,10 @@ class MemoryMembership(HeartbeatMembership):
         super().__init__(task_id=task_id, interval=interval, stale=stale)
         self.fleet = fleet
 
-    async def beat(self) -> int:
+    async def beat(self) -> list[str]:
         now = self.fleet.clock()
         self.fleet.heartbeats[self.task_id] = now
-        live = sum(1 for at in self.fleet.heartbeats.values() if at > now - self.stale)
-        return max(1, live)
+        return [task for task, at in self.fleet.heartbeats.items() if at > now - self.stale]
 
     async def leave(self) -> None:
         self.fleet.heartbeats.pop(self.task_id, None)

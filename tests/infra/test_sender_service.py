@@ -135,7 +135,7 @@ def test_sender_knows_the_outbound_queues_receive_limit(
     }).outbound_max_receives == redrive["maxReceiveCount"]
 
 
-def test_scales_on_backlog_per_task_and_oldest_message(
+def test_scales_on_sendable_mail_per_task_and_oldest_message(
     service: dict[str, Any], stateful: dict[str, Any], policy: Policy
 ) -> None:
     by_type = {
@@ -146,7 +146,13 @@ def test_scales_on_backlog_per_task_and_oldest_message(
     tracking = target_tracking["TargetTrackingScalingPolicyConfiguration"]
     assert tracking["TargetValue"] == policy.intake.max_inflight_messages
     metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
-    assert metrics["backlog"]["Expression"] == "visible / tasks"
+    # Mail that more tasks would send sooner: what the senders hold that no limit holds
+    # back, plus what is due in the queue (delayed retries are not visible).
+    assert metrics["per_task"]["Expression"] == "sendable + visible / tasks"
+    assert metrics["per_task"]["ReturnData"] is True
+    sendable = metrics["sendable"]["MetricStat"]
+    assert sendable["Metric"] == {"Namespace": "Quiver", "MetricName": "sendable_now"}
+    assert sendable["Stat"] == "Average"  # the mean per task: every task writes each flush
     visible = metrics["visible"]["MetricStat"]["Metric"]
     assert visible["MetricName"] == "ApproximateNumberOfMessagesVisible"
     (queue,) = visible["Dimensions"]

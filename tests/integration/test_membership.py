@@ -57,6 +57,8 @@ def test_join_counts_the_tasks_already_live_and_others_learn_at_their_next_beat(
         assert b.share() == 0.5  # before b's first send, not after its first interval
         run_b = asyncio.create_task(b.run(stop_b))
         await until(lambda: a.share() == 0.5)
+        # Both read the same ids: one order, a rank each (where connection slots go).
+        assert {a.position(), b.position()} == {(0, 2), (1, 2)}
         stop_b.set()
         await run_b  # leaves the table
         await until(lambda: a.share() == 1.0)

@@ -127,11 +127,11 @@ class _Connector:
 
 
 def make_queue(mx: FakeMx, budgets: Budgets, connections: int,
-               share: list[float] | None = None) -> ReadyQueue:
-    shares = share if share is not None else [1.0]
+               seat: list[tuple[int, int]] | None = None) -> ReadyQueue:
+    seats = seat if seat is not None else [(0, 1)]
     return ReadyQueue(source=SOURCE, route=ROUTE, limits=limits(connections), budgets=budgets,
                       connector=_Connector(mx), policy=POLICY,  # type: ignore[arg-type]
-                      share=lambda: shares[0], destination=DESTINATION)
+                      seat=lambda: seats[0], destination=DESTINATION)
 
 
 def submit(queue: ReadyQueue, count: int) -> list[Job]:
@@ -173,11 +173,11 @@ async def test_a_lowered_limit_with_a_backlog_keeps_delivering_within_it() -> No
 
 
 async def test_a_task_joining_the_cluster_halves_the_connections_and_keeps_delivering() -> None:
-    mx, budgets, share = FakeMx(), Budgets(), [1.0]
-    queue = make_queue(mx, budgets, 4, share)
+    mx, budgets, seat = FakeMx(), Budgets(), [(0, 1)]
+    queue = make_queue(mx, budgets, 4, seat)
     jobs = submit(queue, 200)
     await until(lambda: mx.delivered >= 20)
-    share[0] = 0.5  # membership: a second sender task is live; no reload at all
+    seat[0] = (0, 2)  # membership: a second sender task is live; no reload at all
     await until(lambda: mx.open <= 2)
     mx.peak_open, opened = mx.open, mx.opened
     assert await answered(jobs) == [250] * 200

@@ -66,10 +66,13 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         elapsed = time.monotonic() - started
         # The feedback loop: one-click POSTs, then every DSN, report and click as an
         # event, then a second message to each address acted on.
-        loop = FeedbackLoop(tally=tally, received=stack.mx.received)
+        assert stack.inbound is not None
+        loop = FeedbackLoop(tally=tally, received=stack.mx.received,
+                            inbound=stack.inbound.address)
         if sender.poll() is None and tally.finals >= expected:
-            print_(f"unsubscribe: {len(loop.click_unsubscribe())} one-click POSTs; waiting "
-                   "for bounces, complaints and unsubscribes to come back as events ...")
+            print_(f"unsubscribe: {len(loop.click_unsubscribe())} one-click POSTs, "
+                   f"{len(loop.mail_unsubscribe())} mailto requests; waiting for bounces, "
+                   "complaints and unsubscribes to come back as events ...")
             loop.wait_for_events(timeout=FEEDBACK_TIMEOUT)
             # Every answer the sender cached for these addresses predates their events
             # (it was cached before the first delivery); after the cache's bound it

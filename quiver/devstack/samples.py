@@ -59,6 +59,8 @@ def recipient(i: int, domain: str) -> str:
         return f"complain-{i}@{domain}"  # delivered, then an ARF report → complaint
     if i % 50 == 37:
         return f"unsub-{i}@{domain}"  # delivered; the demo clicks one-click → unsubscribed
+    if i % 50 == 47:
+        return f"mailunsub-{i}@{domain}"  # delivered; the demo mails the mailto → unsubscribed
     if i % 50 == 17:
         return f"greylist-{i}@{domain}"  # 451 once → deferred, then delivered
     if i % 100 == 29:

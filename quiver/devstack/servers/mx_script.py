@@ -60,6 +60,8 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     # A plain accept: the reader "unsubscribes" afterwards, and a demo does that for
     # it by POSTing the List-Unsubscribe URL of the stored message (RFC 8058).
     Behaviour("unsub", Action.ACCEPT),
+    # The same, for a reader whose client mails the List-Unsubscribe mailto instead.
+    Behaviour("mailunsub", Action.ACCEPT),
 )
 
 _BY_LENGTH = sorted(BEHAVIOURS, key=lambda b: len(b.prefix), reverse=True)

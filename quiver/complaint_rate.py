@@ -16,10 +16,10 @@ the last flush, carrying that key's count, never one per message. Namespace
 `delivered` per (pool, provider) documents are apart from these (quiver.sender.metrics)
 and unchanged: the same metric name under other dimensions is another metric.
 
-Written as JSON here rather than through Powertools' metrics, which add a `service`
-dimension to every set wherever POWERTOOLS_SERVICE_NAME is set (the intake Lambdas):
-the intake's sets would then differ from the sender's, and the math would divide
-metrics that never meet.
+Written as JSON (quiver.emf) rather than through Powertools' metrics, which add a
+`service` dimension to every set wherever POWERTOOLS_SERVICE_NAME is set (the intake
+Lambdas): the intake's sets would then differ from the sender's, and the math would
+divide metrics that never meet.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TextIO
+
+from quiver.emf import emf_document
 
 NAMESPACE: Final = "Quiver"
 DELIVERED: Final = "delivered"
@@ -85,17 +87,6 @@ class RateCounts:
 
 
 def _document(metric: str, key: RateKey, n: int, at: int) -> dict[str, Any]:
-    return {
-        "_aws": {
-            "Timestamp": at,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [list(names) for names in DIMENSION_SETS],
-                "Metrics": [{"Name": metric, "Unit": "Count"}],
-            }],
-        },
-        TENANT: key.tenant,
-        CAMPAIGN: key.campaign,
-        PROVIDER: key.provider,
-        metric: n,
-    }
+    return emf_document(
+        metric=metric, value=n, at_ms=at, dimension_sets=DIMENSION_SETS,
+        dimensions={TENANT: key.tenant, CAMPAIGN: key.campaign, PROVIDER: key.provider})

@@ -19,8 +19,7 @@ is counted twice, as CloudWatch's own at-least-once extraction of EMF may.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import sys
 import time
 from collections import Counter
@@ -28,9 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
-
 from quiver.complaint_rate import COMPLAINTS, RateCounts, RateKey
+from quiver.emf import emf_document
 
 NAMESPACE = "Quiver"
 Kind = Literal["bounce", "complaint", "unsubscribe"]
@@ -59,6 +57,7 @@ class Outcome:
 class IntakeCounts:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self._clock = clock
         self.complaints = RateCounts(COMPLAINTS, clock=clock)
 
     def count(self, outcome: Outcome) -> None:
@@ -71,16 +70,11 @@ class IntakeCounts:
         campaign, provider) complained about; returns how many."""
         counts, self.counts = self.counts, Counter()
         target = out or sys.stdout
+        at_ms = int(self._clock() * 1000)
         for (kind, outcome, reason), n in sorted(counts.items()):
-            buffer = io.StringIO()
-            # single_metric prints its EMF blob; capture it so it goes where we say.
-            with contextlib.redirect_stdout(buffer), single_metric(
-                name=f"inbound_{outcome}", unit=MetricUnit.Count, value=n,
-                namespace=NAMESPACE,
-            ) as metric:
-                metric.add_dimension(name="kind", value=kind)
-                metric.add_dimension(name="reason", value=reason)
-            target.write(buffer.getvalue())
+            target.write(json.dumps(emf_document(
+                metric=f"inbound_{outcome}", value=n, at_ms=at_ms,
+                dimensions={"kind": kind, "reason": reason}), separators=(",", ":")) + "\n")
         written = self.complaints.flush(target)
         target.flush()
         return len(counts) + written

@@ -208,7 +208,7 @@ def emf_counts(text: str) -> dict[tuple[str, str, str], float]:
         for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
             name = metric["Name"]
             if name.startswith("inbound_"):
-                out[(name, doc["kind"], doc["reason"])] = sum(doc[name])
+                out[(name, doc["kind"], doc["reason"])] = float(doc[name])
     return out
 
 

@@ -364,9 +364,13 @@ def test_counts_are_emitted_as_emf_per_kind_outcome_and_reason() -> None:
     assert counts.flush(out) == 2
     docs = [json.loads(line) for line in out.getvalue().splitlines() if line]
     assert [(d["kind"], d["reason"], d.get("inbound_refused"), d.get("inbound_untrusted"))
-            for d in docs] == [("bounce", "bad_hmac", [2.0], None),
-                               ("complaint", "unsigned", None, [1.0])]
+            for d in docs] == [("bounce", "bad_hmac", 2, None),
+                               ("complaint", "unsigned", None, 1)]
     assert {d["_aws"]["CloudWatchMetrics"][0]["Namespace"] for d in docs} == {"Quiver"}
+    # Exactly the documented dimensions, also in Lambda, where Powertools' metrics
+    # would add `service` (POWERTOOLS_SERVICE_NAME) and the alarms would miss them.
+    assert [d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] for d in docs] == [
+        [["kind", "reason"]], [["kind", "reason"]]]
     assert counts.flush(io.StringIO()) == 0  # flushed counts start again from zero
 
 

@@ -58,9 +58,17 @@ def cmd_sender(args: argparse.Namespace) -> int:
             policy=policy, policy_dir=policy_dir, deployment=deployment, session=session,
             nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
             policy_source=source,
+            status_address=None if args.status_port is None
+            else (args.status_bind, args.status_port),
+            loop_stall=args.loop_stall,
         )
     except (PolicyError, SettingsError, DkimError, KeyRingError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"quiver sender: cannot serve the status endpoint on {args.status_bind}:"
+              f"{args.status_port}: {exc.strerror or exc} (choose another --status-port, "
+              "or 'off')", file=sys.stderr)
         return 2
     _run(serve(sender))
     return 0
@@ -205,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--policy-poll", type=float, default=30.0, metavar="SECONDS",
                    help="re-read the policy this often; throttles and retry apply live "
                         "(default 30; 0: never)")
+    from quiver.status.command import add_sender_arguments
+
+    add_sender_arguments(s)
     s.set_defaults(func=cmd_sender)
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
@@ -225,6 +236,10 @@ def parser() -> argparse.ArgumentParser:
     from quiver.suppression.command import add_parser as add_suppression_parser
 
     add_suppression_parser(sub)
+
+    from quiver.status.command import add_parser as add_status_parser
+
+    add_status_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

@@ -44,6 +44,7 @@ from quiver.scheduler.attribution import Forbidden, ProxyDown, attribute
 from quiver.scheduler.budget import Budgets, ConnectionBudget, RateLimiter
 from quiver.scheduler.connection import Connection
 from quiver.scheduler.connector import Connector
+from quiver.scheduler.outcomes import OutcomeWindow
 from quiver.scheduler.throttle import Destination, Limits, resolve
 from quiver.scheduler.tls import tls_mode_for
 from quiver.smtp.reply import Reply, local_reply
@@ -134,6 +135,8 @@ class ReadyQueue:
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connections: set[Connection] = set()
+        # Recipients' recent outcomes here, for the live status (the scheduler adds).
+        self.outcomes = OutcomeWindow(clock=clock)
         self._bind(limits, budgets)
         # Another queue waiting for this site wakes this one's idle connections.
         self._site_budget.nudges.add(self._wakeup.set)
@@ -205,6 +208,20 @@ class ReadyQueue:
     @property
     def site_budget(self) -> ConnectionBudget:
         return self._site_budget
+
+    def held_by(self) -> str | None:
+        """Which limit keeps queued jobs waiting now, if one does: "connections" (the
+        source's budget), "site connections" (the site's cap, or its crowded hold) or
+        "rate". Read-only: takes no place and no token."""
+        if len(self.jobs) <= self.idle:
+            return None
+        if not self._budget.has_room(self._effective_limit()):
+            return "connections"
+        if not self._site_budget.has_room(self._site_limit_now()):
+            return "site connections"
+        if self._rate is not None and not self._rate.due():
+            return "rate"
+        return None
 
     def backing_off(self) -> bool:
         return self.backoff_until is not None and self._clock() < self.backoff_until

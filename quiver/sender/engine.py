@@ -74,6 +74,11 @@ class Sender:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = SenderStats()
 
+    @property
+    def inflight(self) -> tuple[int, int]:
+        """Messages held now (received, not finished) and their bytes."""
+        return len(self._held), self._bytes
+
     def _has_room(self) -> bool:
         return (
             len(self._held) < self._intake.max_inflight_messages

@@ -210,17 +210,19 @@ class ReadyQueue:
         return self._site_budget
 
     def held_by(self) -> str | None:
-        """Which limit keeps queued jobs waiting now, if one does: "connections" (the
-        source's budget), "site connections" (the site's cap, or its crowded hold) or
-        "rate". Read-only: takes no place and no token."""
-        if len(self.jobs) <= self.idle:
+        """Which limit keeps queued jobs waiting now, if one does: "rate" (the send
+        rate's next token is not due), "connections" (the source's budget is full) or
+        "site connections" (the site's cap, or its crowded hold). Read-only: takes no
+        place and no token."""
+        if not self.jobs:
             return None
-        if not self._budget.has_room(self._effective_limit()):
-            return "connections"
-        if not self._site_budget.has_room(self._site_limit_now()):
-            return "site connections"
         if self._rate is not None and not self._rate.due():
             return "rate"
+        if len(self.jobs) > self.idle:
+            if not self._budget.has_room(self._effective_limit()):
+                return "connections"
+            if not self._site_budget.has_room(self._site_limit_now()):
+                return "site connections"
         return None
 
     def backing_off(self) -> bool:

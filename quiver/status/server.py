@@ -51,7 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(line) > MAX_REQUEST_LINE:
             self.requestline = ""
             self.request_version = "HTTP/1.0"
-            self.send_error(414)
+            self.close_connection = True
+            self._json(414, {"error": f"request line over {MAX_REQUEST_LINE} bytes"})
             return
         if not line:
             self.close_connection = True
@@ -60,10 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.parse_request():
             return
         if len(self.headers) > MAX_HEADERS:
-            self.send_error(431)
+            self._json(431, {"error": f"over {MAX_HEADERS} headers"})
             return
         if self.command != "GET":
-            self.send_error(405)
+            self._json(405, {"error": "GET only"})
             return
         self._get()
 

@@ -14,8 +14,9 @@ Queue states, the first that holds:
   `until`, with `why`;
 - "throttled": jobs wait and a limit holds them (`held_by`: "connections",
   "site connections" or "rate");
-- "sending": connections are open or jobs are queued;
-- "idle": nothing queued, nothing open.
+- "sending": jobs are queued or a connection is carrying one;
+- "idle": nothing queued, no transaction under way (connections may be open,
+  waiting for mail, until they time out).
 
 Operator controls are another module's; the snapshot only takes hooks: `controls`
 lists the active ones (each a JSON-ready dict) and `paused` says, for a queue's
@@ -134,7 +135,7 @@ class StatusBoard:
                        why=reply.text if reply is not None else None)
         elif held is not None:
             out.update(state="throttled", held_by=held)
-        elif queue.active or queue.jobs:
+        elif queue.jobs or queue.active > queue.idle:
             out["state"] = "sending"
         else:
             out["state"] = "idle"

@@ -34,6 +34,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy.source import read_policy, read_policy_text
     from quiver.returnpath import KeyRingError
     from quiver.settings import SettingsError, deployment_from_env
+    from quiver.status.server import StatusBindError
     from quiver.wiring import build_sender, serve
 
     logging.basicConfig(
@@ -65,10 +66,9 @@ def cmd_sender(args: argparse.Namespace) -> int:
     except (PolicyError, SettingsError, DkimError, KeyRingError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"quiver sender: cannot serve the status endpoint on {args.status_bind}:"
-              f"{args.status_port}: {exc.strerror or exc} (choose another --status-port, "
-              "or 'off')", file=sys.stderr)
+    except StatusBindError as exc:
+        print(f"quiver sender: {exc} (choose another --status-port, or 'off')",
+              file=sys.stderr)
         return 2
     _run(serve(sender))
     return 0

@@ -50,6 +50,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = _table(args, "quiver status")
     if table is None:
         return 2
+    if args.limit < 1:
+        print("quiver status: --limit must be at least 1", file=sys.stderr)
+        return 2
     try:
         fleet = fleet_reader(table)()
     except StorageError as exc:
@@ -72,8 +75,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
         print("quiver top: --iterations must be at least 1", file=sys.stderr)
         return 2
-    if not args.interval > 0:
-        print("quiver top: --interval must be above 0", file=sys.stderr)
+    if not 0 < args.interval < 3600:
+        print("quiver top: --interval must be above 0 and below an hour", file=sys.stderr)
         return 2
     top = Top(read=fleet_reader(table), interval=args.interval, sort=args.sort,
               iterations=args.iterations)

@@ -40,6 +40,10 @@ MAX_CONCURRENT = 8
 Snapshot = Callable[[], dict[str, Any]]
 
 
+class StatusBindError(RuntimeError):
+    """The status endpoint's address cannot be served (in use, not an address here)."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = SOCKET_TIMEOUT
@@ -161,7 +165,11 @@ class StatusServer:
 
     def __init__(self, *, host: str, port: int, beat: LoopBeat, snapshot: Snapshot) -> None:
         self.beat = beat
-        self._httpd = _Server((host, port), beat=beat, snapshot=snapshot)
+        try:
+            self._httpd = _Server((host, port), beat=beat, snapshot=snapshot)
+        except OSError as exc:
+            raise StatusBindError(f"cannot serve the status endpoint on {host}:{port}: "
+                                  f"{exc.strerror or exc}") from exc
         self._thread: threading.Thread | None = None
 
     @property

@@ -259,3 +259,16 @@ def test_the_readme_snippet_runs(fleet: Fleet) -> None:
         done = fleet.quiver(*command[1:])
         assert done.returncode == 0, (command, done.stderr)
         assert "SOURCE" in done.stdout or '"queues"' in done.stdout
+
+
+def test_a_sender_whose_status_port_is_taken_stops_at_once_saying_so(fleet: Fleet) -> None:
+    stack = fleet.running.stack
+    process = stack.start_sender(name="port-taken",
+                                 extra=["--status-port", str(fleet.ports[0])])
+    try:
+        assert process.wait(timeout=DEADLINE) == 2
+    finally:
+        stack.stop_sender(process)
+    log = (stack.root / "logs" / "port-taken.log").read_text()
+    assert (f"quiver sender: cannot serve the status endpoint on 127.0.0.1:{fleet.ports[0]}: "
+            "Address already in use (choose another --status-port, or 'off')") in log

@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 from quiver.status.liveness import LoopBeat
-from quiver.status.server import MAX_REQUEST_LINE, STATUS_TIMEOUT, StatusServer
+from quiver.status.server import (
+    MAX_REQUEST_LINE,
+    STATUS_TIMEOUT,
+    StatusBindError,
+    StatusServer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +164,8 @@ def test_a_port_in_use_is_an_error_at_construction() -> None:
     beat = LoopBeat()
     first = StatusServer(host="127.0.0.1", port=0, beat=beat, snapshot=dict)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(StatusBindError, match=r"cannot serve the status endpoint on "
+                           r"127\.0\.0\.1:\d+: Address already in use"):
             StatusServer(host="127.0.0.1", port=first.address[1], beat=beat, snapshot=dict)
     finally:
         first.close()

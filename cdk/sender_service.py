@@ -32,8 +32,20 @@ from quiver import settings
 from quiver.policy import Policy
 from quiver.sender.emf import NAMESPACE
 from quiver.sender.gauges import SENDABLE_NOW
+from quiver.status.server import DEFAULT_PORT as STATUS_PORT
 
 CONTAINER_NAME = "sender"
+# ECS runs this inside the container (so loopback reaches the status endpoint) with
+# the image's own Python: python:3.11-slim has no curl. urlopen raises on a 503, so
+# a stalled event loop fails the check.
+HEALTH_CHECK = (
+    "python -c \"import urllib.request; urllib.request.urlopen("
+    f"'http://127.0.0.1:{STATUS_PORT}/healthz', timeout=4)\" || exit 1"
+)
+# A failed check (the loop stalled past --loop-stall, 30 s) is retried twice 30 s
+# apart before ECS replaces the task: a wedged sender goes within about 2 minutes, a
+# slow moment does not. The start period covers the policy read and the first join.
+HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES, HEALTH_START = 30, 5, 3, 60
 # Scale out fast when the oldest message waits this long: mail is getting late.
 OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
 
@@ -136,8 +148,19 @@ class SenderService(Construct):
                 # Built by `cdk deploy` for Fargate's X86_64, whatever the deploying machine.
                 platform=ecr_assets.Platform.LINUX_AMD64,
             ),
-            command=["sender", "--config", f"ssm:{policy_parameter.parameter_name}"],
+            # The status endpoint listens on every interface of the task's own network
+            # namespace, but the security group admits nothing in: only the health
+            # check (run inside the container) and tools on the task reach it.
+            command=["sender", "--config", f"ssm:{policy_parameter.parameter_name}",
+                     "--status-port", str(STATUS_PORT), "--status-bind", "0.0.0.0"],
             environment=environment,
+            health_check=ecs.HealthCheck(
+                command=["CMD-SHELL", HEALTH_CHECK],
+                interval=Duration.seconds(HEALTH_INTERVAL),
+                timeout=Duration.seconds(HEALTH_TIMEOUT),
+                retries=HEALTH_RETRIES,
+                start_period=Duration.seconds(HEALTH_START),
+            ),
             essential=True,
             stop_timeout=self.stop_timeout,
             readonly_root_filesystem=True,

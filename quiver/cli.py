@@ -34,6 +34,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy.source import read_policy, read_policy_text
     from quiver.returnpath import KeyRingError
     from quiver.settings import SettingsError, deployment_from_env
+    from quiver.status.server import StatusBindError
     from quiver.wiring import build_sender, serve
 
     logging.basicConfig(
@@ -58,9 +59,16 @@ def cmd_sender(args: argparse.Namespace) -> int:
             policy=policy, policy_dir=policy_dir, deployment=deployment, session=session,
             nameservers=_nameservers(args.nameserver or os.environ.get("QUIVER_NAMESERVERS")),
             policy_source=source,
+            status_address=None if args.status_port is None
+            else (args.status_bind, args.status_port),
+            loop_stall=args.loop_stall,
         )
     except (PolicyError, SettingsError, DkimError, KeyRingError) as exc:
         print(f"quiver sender: {exc}", file=sys.stderr)
+        return 2
+    except StatusBindError as exc:
+        print(f"quiver sender: {exc} (choose another --status-port, or 'off')",
+              file=sys.stderr)
         return 2
     _run(serve(sender))
     return 0
@@ -205,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--policy-poll", type=float, default=30.0, metavar="SECONDS",
                    help="re-read the policy this often; throttles and retry apply live "
                         "(default 30; 0: never)")
+    from quiver.status.command import add_sender_arguments
+
+    add_sender_arguments(s)
     s.set_defaults(func=cmd_sender)
 
     e = sub.add_parser("enqueue", help="enqueue a rendered message (.eml)")
@@ -231,6 +242,10 @@ def parser() -> argparse.ArgumentParser:
     from quiver.dlq.command import add_parser as add_dlq_parser
 
     add_dlq_parser(sub)
+
+    from quiver.status.command import add_parser as add_status_parser
+
+    add_status_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

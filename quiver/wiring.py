@@ -31,6 +31,10 @@ from quiver.sender.lifecycle import MessageHandler
 from quiver.sender.metrics import OutcomeMetrics
 from quiver.sender.source_metrics import SourceMetrics
 from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
+from quiver.status import record
+from quiver.status.liveness import DEFAULT_STALL, LoopBeat
+from quiver.status.server import StatusServer
+from quiver.status.snapshot import Controls, Paused, StatusBoard
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
 from quiver.storage.dynamo import (
@@ -56,8 +60,23 @@ def build_sender(
     session: Any,
     nameservers: list[tuple[str, int]] | None,
     policy_source: PolicySource | None = None,
+    status_address: tuple[str, int] | None = None,
+    loop_stall: float = DEFAULT_STALL,
+    controls: Controls | None = None,
+    paused: Paused | None = None,
 ) -> Sender:
+    """The sender, with its status endpoint on `status_address` when given (bound
+    here: a port in use is an OSError now, not a failure later). `controls` and
+    `paused` are the operator controls' hooks into the status (snapshot.py)."""
     from botocore.config import Config
+
+    board: StatusBoard | None = None
+    server: StatusServer | None = None
+    if status_address is not None:
+        beat = LoopBeat(stall=loop_stall)
+        # The board is built below; the server only calls this once the sender runs.
+        server = StatusServer(host=status_address[0], port=status_address[1], beat=beat,
+                              snapshot=lambda: _board(board).snapshot())
 
     # One connection per concurrent AWS call; the default pool of 10 would queue them.
     config = Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5})
@@ -81,10 +100,13 @@ def build_sender(
         routes=dict(policy.delivery.routes),
     )
     membership: Membership = FixedShare()
+    me = task_id()
     if deployment.senders_table:
         membership = DynamoMembership(
             client=session.client("dynamodb", config=config), table=deployment.senders_table,
-            task_id=task_id(), interval=policy.intake.heartbeat, stale=3 * policy.intake.heartbeat,
+            task_id=me, interval=policy.intake.heartbeat, stale=3 * policy.intake.heartbeat,
+            # Each heartbeat carries the status record: fleet-wide status from the table.
+            status=lambda: record.encode(_board(board).snapshot()),
         )
     picker = SourcePicker(policy)
     health = ProxyHealth(policy=policy, picker=picker)
@@ -100,6 +122,10 @@ def build_sender(
     metrics.gauges = TaskGauges(held=lambda: sender.in_hand,
                                 waiting=transport.waiting_on_limits,
                                 nodes=sorted(policy.proxy.nodes), down=lambda: health.down)
+    board = StatusBoard(task_id=me, policy=live, scheduler=transport, health=health,
+                        share=membership.share, controls=controls, paused=paused)
+    if server is not None:
+        board.loop_age = server.beat.age
     signers = signers_from_policy(
         policy.dkim,
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
@@ -151,8 +177,11 @@ def build_sender(
                 *([refresher.run] if refresher is not None else []),
                 *([writer.run] if writer else [])]
     if policy_source is not None and policy_source.interval > 0:
-        services.append(PolicyWatcher(policy_source, current=live,
-                                      apply=lambda _: transport.rebind()).run)
+        watcher = PolicyWatcher(policy_source, current=live, apply=lambda _: transport.rebind())
+        board.policy_digest = lambda: watcher.digest
+        services.append(watcher.run)
+    if server is not None:
+        services.append(server.run)
     sender = Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
@@ -161,7 +190,13 @@ def build_sender(
                   *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
     )
+    board.inflight = lambda: sender.inflight
     return sender
+
+
+def _board(board: StatusBoard | None) -> StatusBoard:
+    assert board is not None, "the status board is built before the sender runs"
+    return board
 
 
 def _return_paths(

@@ -462,9 +462,13 @@ class LocalStack:
                      extra: list[str] | None = None) -> subprocess.Popen[bytes]:
         assert self.policy_path is not None
         log = (self.root / "logs" / f"{name}.log").open("ab")
+        extra = list(extra or [])
+        if "--status-port" not in extra:
+            # Several senders share the host here: each takes a free port (logged).
+            extra += ["--status-port", "0"]
         process = subprocess.Popen(
             [sys.executable, "-m", "quiver", "sender", "--config",
-             str(config or self.policy_path), *(extra or [])],
+             str(config or self.policy_path), *extra],
             env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )

@@ -103,6 +103,9 @@ class PolicyWatcher:
         # source is not parsed again, and a refused one is not logged at every poll.
         self._seen: str | None = _digest(source.text)
         self._refused: str | None = None
+        # The digest of the text whose live sections are in force (the live status
+        # shows it beside the handle's version).
+        self.digest: str = _digest(source.text)
         self.reloads = 0
         self.failures = 0
 
@@ -153,6 +156,7 @@ class PolicyWatcher:
                 self.handle.update(previous)  # not marked seen: the next poll tries again
                 raise
             self.reloads += 1
+            self.digest = digest
             log.info("policy %s reloaded: %s applied", self.origin, ", ".join(change.applied))
         self._seen, self._refused = digest, None
         if change.restart:

@@ -159,6 +159,10 @@ class RateLimiter:
             assert self._next is not None
             await asyncio.sleep(max(0.0, self._next - self._clock()))
 
+    def due(self) -> bool:
+        """Whether a send would be allowed now (nothing is taken)."""
+        return self._next is None or self._clock() >= self._next
+
     def try_acquire(self, share: float = 1.0) -> bool:
         """Take a send now if the pace allows one; never waits."""
         interval = 1.0 / max(1e-9, self.per_second * share)

@@ -32,6 +32,12 @@ class ProxyHealth:
         self.interval = interval
         self.timeout = timeout
         self.down: set[str] = set()
+        # Why each node in `down` is down, for the live status.
+        self.why: dict[str, str] = {}
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._policy.proxy.nodes)
 
     def _sources_of(self, node: str) -> list[str]:
         return [s.name for s in self._policy.sources.values() if s.node == node]
@@ -41,9 +47,11 @@ class ProxyHealth:
             return
         if healthy:
             self.down.discard(node)
+            self.why.pop(node, None)
             log.info("proxy %s is healthy again; its sources are back in their pools", node)
         else:
             self.down.add(node)
+            self.why[node] = why
             log.warning("proxy %s is down (%s); its sources are skipped", node, why)
         for source in self._sources_of(node):
             if healthy:

@@ -50,6 +50,7 @@ from quiver.scheduler.attribution import Forbidden, ProxyDown, attribute
 from quiver.scheduler.budget import SOLO, Budgets, ConnectionBudget, RateLimiter, task_slots
 from quiver.scheduler.connection import Connection
 from quiver.scheduler.connector import Connector
+from quiver.scheduler.outcomes import OutcomeWindow
 from quiver.scheduler.throttle import Destination, Limits, resolve
 from quiver.scheduler.tls import tls_mode_for
 from quiver.smtp.reply import Reply, local_reply
@@ -141,6 +142,8 @@ class ReadyQueue:
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connections: set[Connection] = set()
+        # Recipients' recent outcomes here, for the live status (the scheduler adds).
+        self.outcomes = OutcomeWindow(clock=clock)
         self._bind(limits, budgets)
         # Another queue waiting for this site wakes this one's idle connections.
         self._site_budget.nudges.add(self._wakeup.set)
@@ -217,6 +220,22 @@ class ReadyQueue:
     @property
     def site_budget(self) -> ConnectionBudget:
         return self._site_budget
+
+    def held_by(self) -> str | None:
+        """Which limit keeps queued jobs waiting now, if one does: "rate" (the send
+        rate's next token is not due), "connections" (the source's budget is full) or
+        "site connections" (the site's cap, or its crowded hold). Read-only: takes no
+        place and no token."""
+        if not self.jobs:
+            return None
+        if self._rate is not None and not self._rate.due():
+            return "rate"
+        if len(self.jobs) > self.idle:
+            if not self._budget.has_room(self._effective_limit()):
+                return "connections"
+            if not self._site_budget.has_room(self._site_limit_now()):
+                return "site connections"
+        return None
 
     def backing_off(self) -> bool:
         return self.backoff_until is not None and self._clock() < self.backoff_until

@@ -29,6 +29,7 @@ from quiver.routing.sources import NoSourceAvailable, SourcePicker
 from quiver.scheduler.budget import SOLO, Budgets
 from quiver.scheduler.connector import Connector
 from quiver.scheduler.health import ProxyHealth
+from quiver.scheduler.outcomes import LastErrors
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
 from quiver.scheduler.tls import tls_mode_for
@@ -64,6 +65,8 @@ class Scheduler:
         self._seat = seat
         self.budgets = Budgets(clock=clock)
         self.queues: dict[tuple[str, str], ReadyQueue] = {}
+        # For the live status (quiver.status): what each site said last when it failed.
+        self.last_errors = LastErrors(clock=clock)
 
     async def deliver(
         self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes,
@@ -76,7 +79,10 @@ class Scheduler:
             # A DNS answer (or its failure) is the destination's; a route refused here
             # for its forbidden addresses tried nothing there.
             tried = not isinstance(exc, ForbiddenRoute)
-            return [Attempt(rcpt=r, reply=reply, counts=tried) for r in recipients]
+            attempts = [Attempt(rcpt=r, reply=reply, counts=tried) for r in recipients]
+            # No route, no site: the domain stands for it.
+            self.last_errors.add(domain, attempts)
+            return attempts
         last: Reroute | None = None
         # Sources passed over for this delivery: their proxy is down, or they hold no
         # slot here (a small limit's slots are on other tasks).
@@ -97,10 +103,14 @@ class Scheduler:
             queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
                              future=future, seven_bit=seven_bit))
             try:
-                return await future
+                attempts = await future
             except Reroute as exc:
                 last = exc  # the source's proxy is down, or its slot went: the next source
                 avoid.add(source.name)
+                continue
+            queue.outcomes.add(attempts)
+            self.last_errors.add(route.site, attempts)
+            return attempts
         assert last is not None
         return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
 

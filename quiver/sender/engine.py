@@ -79,6 +79,11 @@ class Sender:
         """Messages received and not yet completed or returned."""
         return len(self._held)
 
+    @property
+    def inflight(self) -> tuple[int, int]:
+        """Messages held now (received, not finished) and their bytes."""
+        return len(self._held), self._bytes
+
     def _has_room(self) -> bool:
         return (
             len(self._held) < self._intake.max_inflight_messages

@@ -9,8 +9,10 @@ through `boto_calls`, so a failure is a StorageError whatever the store.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from quiver.events import Record
@@ -25,6 +27,8 @@ from quiver.storage.boto_calls import call, call_sync, error_code
 from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
+
+log = logging.getLogger("quiver.sender")
 
 _GET_BATCH = 100  # BatchGetItem limit
 _WRITE_BATCH = 25  # BatchWriteItem limit
@@ -113,25 +117,36 @@ PARTITION = "senders"
 
 class DynamoMembership(HeartbeatMembership):
     """Heartbeats in the senders table: pk "senders", sk the task id, heartbeat,
-    expires_at."""
+    expires_at, stale (seconds after which readers count the task dead), and
+    `status`, the task's status record (quiver.status.record), when given one."""
 
     def __init__(
         self, *, client: Any, table: str, task_id: str, interval: float = 10.0,
         stale: float = 30.0, clock: Callable[[], float] = time.time,
+        status: Callable[[], bytes] | None = None,
     ) -> None:
         super().__init__(task_id=task_id, interval=interval, stale=stale)
         self._client = client
         self._table = table
         self._clock = clock
+        self._status = status
 
     async def beat(self) -> list[str]:
         now = self._clock()
-        await call(self._client.put_item, TableName=self._table, Item={
+        item: dict[str, Any] = {
             "pk": {"S": PARTITION}, "sk": {"S": self.task_id},
             "heartbeat": {"N": f"{now:.3f}"},
+            "stale": {"N": f"{self.stale:g}"},
             # DynamoDB TTL removes items of tasks that died long ago.
             "expires_at": {"N": str(int(now + _HEARTBEAT_TTL))},
-        })
+        }
+        if self._status is not None:
+            try:
+                item["status"] = {"B": self._status()}
+            except Exception:
+                # The status is for people; the heartbeat keeps the fleet's shares.
+                log.exception("status record not written with the heartbeat")
+        await call(self._client.put_item, TableName=self._table, Item=item)
         # The ids, not a count: a task's rank among them places its connection slots.
         # The read costs the same (a query is billed for the items it reads either way).
         live: list[str] = []
@@ -153,6 +168,38 @@ class DynamoMembership(HeartbeatMembership):
     async def leave(self) -> None:
         await call(self._client.delete_item, TableName=self._table, Key={
             "pk": {"S": PARTITION}, "sk": {"S": self.task_id}})
+
+
+@dataclass(frozen=True, slots=True)
+class SenderItem:
+    """One task's item in the senders table, as `quiver status` reads it."""
+
+    task_id: str
+    heartbeat: float
+    # Seconds after its heartbeat that the task counts as dead (0: not written).
+    stale: float
+    status: bytes | None
+
+
+def read_senders(client: Any, table: str) -> list[SenderItem]:
+    """Every item of the senders table's partition, live or not (a strongly
+    consistent query: a heartbeat written just before is seen)."""
+    out: list[SenderItem] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table, "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": PARTITION}}, "ConsistentRead": True,
+    }
+    while True:
+        response = call_sync(client.query, **kwargs)
+        for item in response.get("Items", []):
+            status = item.get("status", {}).get("B")
+            out.append(SenderItem(
+                task_id=item["sk"]["S"], heartbeat=float(item["heartbeat"]["N"]),
+                stale=float(item.get("stale", {}).get("N", "0")),
+                status=bytes(status) if status is not None else None))
+        if "LastEvaluatedKey" not in response:
+            return out
+        kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def _suppression_key(tenant: str, address: str) -> dict[str, dict[str, str]]:

@@ -201,3 +201,61 @@ def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None
     # The dev stack (local servers, moto, the demo) is not in the sender image.
     assert not [p for p in staged if p.startswith("quiver/devstack/")]
     assert not [p for p in staged if "__pycache__" in p]
+
+
+def test_the_container_health_check_calls_healthz_on_loopback(service: dict[str, Any]) -> None:
+    from cdk.sender_service import HEALTH_CHECK
+
+    definition = container(service)
+    check = definition["HealthCheck"]
+    assert check["Command"] == ["CMD-SHELL", HEALTH_CHECK]
+    assert "http://127.0.0.1:8080/healthz" in HEALTH_CHECK and HEALTH_CHECK.startswith("python -c")
+    assert (check["Interval"], check["Timeout"], check["Retries"], check["StartPeriod"]) == \
+        (30, 5, 3, 60)
+    # The sender serves what the check calls: on the port, inside the task.
+    command = definition["Command"]
+    assert command[3:] == ["--status-port", "8080", "--status-bind", "0.0.0.0"]
+    # Not exposed: no port mapping, and no ingress rule on the sender's security group.
+    assert not definition.get("PortMappings")
+    groups = [props for props in resources(service, "AWS::EC2::SecurityGroup").values()
+              if "Quiver senders" in props["Properties"].get("GroupDescription", "")]
+    assert groups and all(not g["Properties"].get("SecurityGroupIngress") for g in groups)
+    ingress = resources(service, "AWS::EC2::SecurityGroupIngress")
+    sender_group = next(logical for logical, props in
+                        resources(service, "AWS::EC2::SecurityGroup").items()
+                        if "Quiver senders" in props["Properties"].get("GroupDescription", ""))
+    assert not [i for i in ingress.values()
+                if ref_target(i["Properties"].get("GroupId")) == sender_group]
+
+
+def test_the_health_check_command_runs_against_a_status_endpoint(tmp_path: Path) -> None:
+    """The check's own shell command, against a live endpoint: 0 when healthy, not 0
+    when the endpoint answers 503 (its loop never ticked) or nothing listens."""
+    import subprocess
+    import sys
+
+    from cdk.sender_service import HEALTH_CHECK
+    from quiver.status.liveness import LoopBeat
+    from quiver.status.server import StatusServer
+
+    def run_check(port: int) -> int:
+        # The image's `python` is the interpreter running this test.
+        command = HEALTH_CHECK.replace(":8080/", f":{port}/").replace(
+            "python -c", f"{sys.executable} -c", 1)
+        return subprocess.run(["sh", "-c", command], capture_output=True, timeout=60,
+                              check=False).returncode
+
+    beat = LoopBeat()
+    server = StatusServer(host="127.0.0.1", port=0, beat=beat, snapshot=dict)
+    import asyncio
+    loop = asyncio.new_event_loop()
+    server.start(loop)  # served, but its loop never runs: no tick yet, 503
+    try:
+        port = server.address[1]
+        assert run_check(port) != 0
+        beat.tick()
+        assert run_check(port) == 0
+    finally:
+        server.close()
+        loop.close()
+    assert run_check(port) != 0  # nothing listens

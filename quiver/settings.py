@@ -22,6 +22,7 @@ ENV_EVENTS_BUCKET = "QUIVER_EVENTS_BUCKET"
 ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
+ENV_CONTROLS_TABLE = "QUIVER_CONTROLS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 # The Secrets Manager id of the return-path key ring, for functions that verify its
 # tokens (the unsubscribe endpoint). Senders read it from policy; their tasks carry
@@ -58,6 +59,9 @@ class Deployment:
     key_ring_secret: str = ""
     # Raw inbound mail (SES receipt rules write it); the intakes read only from here.
     inbound_bucket: str = ""
+    # Operator controls (pause, admin bounce, stop); empty: this task sees none, and
+    # `quiver ctl` cannot reach it (a tool's sender; deployed, the CDK app sets it).
+    controls_table: str = ""
 
 
 class SettingsError(ValueError):
@@ -116,6 +120,7 @@ def deployment_from_env(
         outbound_max_receives=max_receives,
         key_ring_secret=env.get(ENV_KEY_RING_SECRET, ""),
         inbound_bucket=env.get(ENV_INBOUND_BUCKET, ""),
+        controls_table=env.get(ENV_CONTROLS_TABLE, ""),
     )
 
 
@@ -152,6 +157,7 @@ def local_deployment(
         finals_table=names.finals_table,
         outbound_max_receives=outbound_max_receives,
         inbound_bucket=names.inbound_bucket,
+        controls_table=names.controls_table,
     )
 
 
@@ -170,5 +176,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_OUTBOUND_MAX_RECEIVES: str(deployment.outbound_max_receives or ""),
         ENV_KEY_RING_SECRET: deployment.key_ring_secret,
         ENV_INBOUND_BUCKET: deployment.inbound_bucket,
+        ENV_CONTROLS_TABLE: deployment.controls_table,
         "AWS_REGION": deployment.region,
     }

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from quiver.bounce import default_classifier
+from quiver.controls.active import ActiveControls
+from quiver.controls.poller import ControlPoller
 from quiver.dkim import signers_from_policy
 from quiver.dkim.pool import SigningPool
 from quiver.policy import Policy
@@ -32,6 +34,7 @@ from quiver.settings import ENV_OUTBOUND_MAX_RECEIVES, Deployment
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
 from quiver.storage.dynamo import (
+    DynamoControls,
     DynamoFinals,
     DynamoMembership,
     DynamoReturnPaths,
@@ -89,8 +92,10 @@ def build_sender(
     # The live sections' one holder: the scheduler and the handler read it, a reload
     # updates it (the other readers above are restart-only).
     live = PolicyHandle(policy)
+    controls, poller = _controls(deployment, session, config, live)
     transport = Scheduler(
         policy=live, resolver=resolver, picker=picker, share=membership.share, health=health,
+        controls=controls,
     )
     signers = signers_from_policy(
         policy.dkim,
@@ -134,6 +139,7 @@ def build_sender(
         suppression=check,
         suppression_writer=writer,
         unsubscribe=unsubscribe,
+        controls=controls,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
@@ -141,18 +147,35 @@ def build_sender(
                     ENV_OUTBOUND_MAX_RECEIVES)
     services = [membership.run, metrics.run, health.run,
                 *([refresher.run] if refresher is not None else []),
-                *([writer.run] if writer else [])]
+                *([writer.run] if writer else []),
+                *([poller.run] if poller is not None else [])]
     if policy_source is not None and policy_source.interval > 0:
         services.append(PolicyWatcher(policy_source, current=live,
                                       apply=lambda _: transport.rebind()).run)
     return Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
-        on_start=[membership.join],
+        # The controls first: a task started during an emergency stop sends nothing.
+        on_start=[*([poller.load] if poller is not None else []), membership.join],
+        gate=controls.wait_running if controls is not None else None,
         on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
                   *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
     )
+
+
+def _controls(deployment: Deployment, session: Any, config: Any,
+              live: PolicyHandle) -> tuple[ActiveControls | None, ControlPoller | None]:
+    """Operator controls (`quiver ctl`) from the controls table, polled every
+    `[controls] poll`; none without a table (a tool's sender)."""
+    if not deployment.controls_table:
+        log.warning("no controls table (QUIVER_CONTROLS_TABLE): operator controls "
+                    "(pause, admin bounce, stop) are not followed")
+        return None, None
+    controls = ActiveControls()
+    store = DynamoControls(session.client("dynamodb", config=config), deployment.controls_table)
+    return controls, ControlPoller(store, controls,
+                                   interval=lambda: live.current.controls.poll)
 
 
 def _return_paths(

@@ -26,9 +26,10 @@ from quiver.controls.model import Control, Kind
 
 log = logging.getLogger("quiver.controls")
 
-# What the scheduler knows of a recipient: a selector naming another field cannot
-# match there (None).
-RECEIPT_FIELDS = ("pool", "tenant", "campaign", "domain")
+# The enhanced status of the reply a held recipient carries (never sent by a server:
+# RFC 3463's "system not accepting network messages"): an `expired` event's reason
+# names the control that held it last.
+HOLD_STATUS = "4.3.2"
 
 
 class ActiveControls:
@@ -57,6 +58,14 @@ class ActiveControls:
 
     def replace(self, controls: Iterable[Control]) -> None:
         """The set just read from the store (expired ones are dropped here)."""
+        self._apply(controls)
+        self.loaded = True
+
+    def refresh(self) -> None:
+        """Re-check expiry without a read (the table could not be read)."""
+        self._apply(self.controls())
+
+    def _apply(self, controls: Iterable[Control]) -> None:
         now = self._clock()
         live = [c for c in controls if c.active(now)]
         ids = frozenset(c.id for c in live)
@@ -67,7 +76,6 @@ class ActiveControls:
             by_kind.setdefault(control.kind, []).append(control)
         self._by_kind = {k: tuple(v) for k, v in by_kind.items()}
         self._ids = ids
-        self.loaded = True
         for control in added:
             until = "until lifted" if control.expires_at is None else \
                 f"for {max(0.0, control.expires_at - now):.0f}s"
@@ -78,10 +86,6 @@ class ActiveControls:
         if added:
             for callback in self._listeners:
                 callback()
-
-    def refresh(self) -> None:
-        """Re-check expiry without a read (the table could not be read)."""
-        self.replace(self.controls())
 
     def stopped(self) -> Control | None:
         """The emergency stop in force, if any."""

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from quiver.controls.active import ActiveControls, hold_reason, hold_until
+from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hold_until
 from quiver.controls.model import Control
 from quiver.delivery import Attempt, Hold, Path
 from quiver.policy import Policy, Source
@@ -118,7 +118,7 @@ class Scheduler:
         why = hold_reason(control)
         hold = Hold(until=hold_until(control, now=self._wall_clock(),
                                      recheck=self.policy.current.controls.recheck), why=why)
-        reply = local_reply(451, "4.3.2", why)
+        reply = local_reply(451, HOLD_STATUS, why)
         return [Attempt(rcpt=r, reply=reply, path=path, counts=False, hold=hold)
                 for r in recipients]
 

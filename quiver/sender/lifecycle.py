@@ -46,7 +46,7 @@ from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
 from quiver.bounce import Classifier
 from quiver.content import ContentError, prepare, seven_bit
-from quiver.controls.active import ActiveControls, hold_reason, hold_until
+from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hold_until
 from quiver.controls.model import Control
 from quiver.delivery import Attempt, Transport
 from quiver.dkim import DkimError, SignerSet
@@ -699,7 +699,7 @@ class MessageHandler:
             for rcpt in rcpts:
                 previous = last.get(rcpt)
                 if previous is None or not previous.tried:
-                    last[rcpt] = LastReply.of(code=451, enhanced="4.3.2", text=why, tried=False)
+                    last[rcpt] = LastReply.of(code=451, enhanced=HOLD_STATUS, text=why, tried=False)
             if now >= deadline:
                 reason = self._held_expiry_reason(env, now=now, why=why)
                 records.extend(make_event(
@@ -788,8 +788,8 @@ class MessageHandler:
         records = [
             make_event(
                 "expired", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
-                response=_final_response(env.last.get(r), unknown=reason), reason=reason,
-                queued_ms=queued_ms,
+                response=_final_response(env.last.get(r), unknown=reason),
+                reason=_held_by(reason, env.last.get(r)), queued_ms=queued_ms,
             )
             for r in env.recipients
         ]
@@ -896,6 +896,14 @@ class MessageHandler:
             attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
         )
         return Completion(received=received, records=records, dead=[dead])
+
+
+def _held_by(reason: str, last: LastReply | None) -> str:
+    """An expiry's reason, naming the operator control (a pause, a stop) that held the
+    recipient back last, if one did since its last try."""
+    if last is not None and not last.tried and last.enhanced == HOLD_STATUS:
+        return f"{reason} while {last.text}"
+    return reason
 
 
 def _shared_replies(attempts: Iterable[Attempt]) -> set[int]:

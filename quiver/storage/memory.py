@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -314,6 +315,9 @@ class MemoryControls:
     async def put(self, control: Control) -> None:
         if self.fail is not None:
             raise self.fail
+        if control.expires_at is not None:
+            # As DynamoControls keeps it: whole seconds, rounded up.
+            control = replace(control, expires_at=float(math.ceil(control.expires_at)))
         self.controls[control.id] = control
 
     async def remove(self, control_id: str) -> Control | None:

@@ -217,3 +217,23 @@ def test_usage_errors_exit_2(ctl) -> None:
         capture_output=True, text=True, timeout=120)
     assert no_table.returncode == 2 and "QUIVER_CONTROLS_TABLE" in no_table.stderr
     assert listed(ctl) == []
+
+
+def test_the_readme_commands_run_as_shown(ctl, moto: tuple[MotoServer, Deployment]) -> None:
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Operator controls\n"):]
+    shell = section[section.index("```sh\n") + 6:section.index("```", section.index("```sh\n") + 6)]
+    lines = [line for line in shell.splitlines() if line.strip()]
+    assert lines and all(line.startswith("quiver ctl ") for line in lines)
+    events(moto)
+    for line in lines:
+        result = ctl(*shlex.split(line)[2:])
+        assert result.returncode == 0, (line, result.stderr)
+    # What is left in force: the pause of yahoo from bulk1 and the admin bounce.
+    assert sorted(e["kind"] for e in listed(ctl)) == ["bounce", "pause"]
+    assert [r["action"] for r in events(moto)] == ["pause", "pause", "resume", "bounce",
+                                                   "stop", "start"]
+    for entry in listed(ctl):
+        assert ctl("cancel", entry["id"]).returncode == 0

@@ -266,3 +266,56 @@ async def test_a_new_pause_releases_the_jobs_already_queued() -> None:
     assert attempt.hold is not None and not attempt.counts
     assert list(queue.jobs) == [other] and not other.future.done()
     other.future.cancel()
+
+
+class RecordingQueue:
+    """Counts receives; the first ends the run (a stop request)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.receives = 0
+
+    async def receive(self, **kwargs: object) -> list[object]:
+        self.receives += 1
+        self.stop.set()
+        return []
+
+    async def change_visibility(self, receipts: list[str], *, seconds: int) -> None:
+        pass
+
+
+class IdleCompleter:
+    def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_no_receiver_receives_while_a_stop_is_in_force() -> None:
+    from quiver.policy import Intake
+    from quiver.sender.engine import Sender
+
+    controls = ActiveControls(clock=lambda: T0)
+    controls.replace([Control(id="s1", kind="stop", selector=Selector(), reason="",
+                              who=WHO, created_at=T0 - 1)])
+    stop = asyncio.Event()
+    queue = RecordingQueue(stop)
+    gated = asyncio.Event()
+
+    async def gate(given: asyncio.Event) -> None:
+        gated.set()
+        await controls.wait_running(given)
+
+    sender = Sender(intake=Intake(receivers=2, drain_deadline=1.0),
+                    queue=queue,  # type: ignore[arg-type]
+                    handler=None,  # type: ignore[arg-type]
+                    completer=IdleCompleter(),  # type: ignore[arg-type]
+                    gate=gate)
+    run = asyncio.create_task(sender.run(stop))
+    await asyncio.wait_for(gated.wait(), 10)
+    await asyncio.sleep(0)  # a turn for the other receiver, which waits at the gate too
+    assert queue.receives == 0
+    controls.replace([])  # `quiver ctl start`, as the next poll reads it
+    await asyncio.wait_for(run, 10)
+    assert queue.receives >= 1

@@ -44,6 +44,9 @@ _TYPES: dict[str, str] = {
     "reason": "string",
     # The SQS message id of a rejected or failed message (its DLQ copy's attribute).
     "sqs_message_id": "string",
+    # Operator controls (`control` events).
+    "action": "string", "actor": "string", "selector": "map<string,string>",
+    "until": "string",
 }
 # Fields that are not columns: `event` is the partition column (Athena forbids both);
 # `tls_mode` and `return_path` (added in v1, optional for readers) are not columns

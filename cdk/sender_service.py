@@ -77,6 +77,7 @@ class SenderService(Construct):
         max_tasks: int = 20,
         backlog_per_task: int | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        controls_table: dynamodb.ITable | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if min_tasks < 2:
@@ -130,6 +131,8 @@ class SenderService(Construct):
             settings.ENV_SUPPRESSION_TABLE: suppression_table.table_name,
             settings.ENV_SENDERS_TABLE: senders_table.table_name,
             settings.ENV_FINALS_TABLE: finals_table.table_name,
+            # Operator controls (`quiver ctl`), polled by every task; "" without one.
+            settings.ENV_CONTROLS_TABLE: controls_table.table_name if controls_table else "",
             settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
             # The queue's redrive limit: the sender records `failed` finals one receive
             # before SQS would move a message to the DLQ without them.
@@ -192,6 +195,14 @@ class SenderService(Construct):
             if policy.return_path.enabled or policy.unsubscribe.enabled else None,
             return_path_references=policy.return_path.enabled,
         )
+        if controls_table is not None:
+            # Read-only: a sender only follows controls; `quiver ctl`, run with an
+            # operator's credentials, writes them.
+            self.task_role.add_to_principal_policy(iam.PolicyStatement(
+                sid="ReadOperatorControls",
+                actions=["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"],
+                resources=[controls_table.table_arn],
+            ))
         self.service = ecs.FargateService(
             self, "Service",
             cluster=self.cluster,

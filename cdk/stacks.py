@@ -127,6 +127,7 @@ class ServiceStack(Stack):
             suppression_table=stateful.tables.suppression,
             senders_table=stateful.tables.senders,
             finals_table=stateful.tables.finals,
+            controls_table=stateful.tables.controls,
             policy_parameter=policy_parameter.parameter,
             dkim_secret_prefix=dkim_secret_prefix,
             return_path_secret_prefix=return_path_secret_prefix,

@@ -1,4 +1,5 @@
-"""The DynamoDB tables: the suppression list, live-sender heartbeats, final-event claims.
+"""The DynamoDB tables: the suppression list, live-sender heartbeats, final-event claims,
+operator controls.
 
 All use the key schema of the local stack (quiver/devstack/moto_server.py), so
 the same store code runs against either: partition key `pk` (S), sort key `sk` (S),
@@ -26,6 +27,13 @@ event here (BatchGetItem, then BatchWriteItem of the unclaimed ones) and drops
 copies another batch has claimed; the sender Queries a redelivered message's pk and
 skips the recipients already final. The 15 days exceed SQS's 14-day maximum
 retention, so a claim outlives every redelivery of its message.
+
+Control items (quiver.storage.dynamo.DynamoControls): pk = "control", sk = the
+control's id, `kind` (pause, bounce, stop), `selector` (a map of the fields it
+names), `reason`, `who`, `created_at` and, for a control that lapses, `expires_at`.
+Every sender Queries the one partition every `[controls] poll` (2 s): a handful of
+items, read-only for the senders; only `quiver ctl` (an operator's credentials)
+writes them.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ TTL_ATTRIBUTE = "expires_at"
 
 LOGICAL_IDS = {
     "suppression": "SuppressionTable", "senders": "SendersTable", "finals": "FinalsTable",
+    "controls": "ControlsTable",
 }
 
 
@@ -62,6 +71,11 @@ class Tables(Construct):
         # item per final event the table is large, and backups would bill for all of it.
         self.finals = self._table(
             "FinalsTable", names.finals_table, point_in_time_recovery=False,
+        )
+        # Operator controls: few items, but an emergency stop or a pause lost with
+        # the table would resume sending nobody asked for. Backed up, hard to delete.
+        self.controls = self._table(
+            "ControlsTable", names.controls_table, point_in_time_recovery=True,
         )
         for attr, logical_id in LOGICAL_IDS.items():
             pin_logical_id(getattr(self, attr), logical_id)

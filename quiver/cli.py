@@ -1,4 +1,5 @@
-"""`quiver` command line: sender, enqueue, suppression list, local stack, demo, config check.
+"""`quiver` command line: sender, enqueue, suppression list, operator controls, local
+stack, demo, config check.
 
 A proxy node's haproxy.cfg is the proxy tier's: `python -m proxy_tier render`."""
 
@@ -246,6 +247,10 @@ def parser() -> argparse.ArgumentParser:
     from quiver.status.command import add_parser as add_status_parser
 
     add_status_parser(sub)
+
+    from quiver.controls.command import add_parser as add_ctl_parser
+
+    add_ctl_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

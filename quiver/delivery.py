@@ -49,6 +49,16 @@ NOWHERE = Path()
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """An operator control (a pause, a stop) held a recipient back before its
+    transaction: not tried, it goes back to the queue until `until` (epoch seconds),
+    with `why` (naming the control) as its last reply."""
+
+    until: float
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     rcpt: str
     reply: Reply
@@ -60,6 +70,8 @@ class Attempt:
     # site) was backing off, rerouted off a dead proxy, or refused here before any
     # connection (a forbidden MX address, an argument that cannot go on the wire).
     counts: bool = True
+    # Set when an operator control held it back (never with `counts`).
+    hold: Hold | None = None
 
     def delivery_fields(self) -> EventFields:
         fields = self.path.fields.copy()

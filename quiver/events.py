@@ -25,7 +25,7 @@ from quiver.smtp.reply import Response
 VERSION = 1
 EventType = Literal[
     "delivered", "deferred", "bounced", "expired", "suppressed", "rejected", "failed",
-    "async_bounce", "complaint", "unsubscribed",
+    "async_bounce", "complaint", "unsubscribed", "control",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # One final event per recipient of an accepted message (ARCHITECTURE.md). `failed`:
@@ -38,6 +38,11 @@ FINAL_EVENTS: frozenset[EventType] = frozenset(
 POST_DELIVERY_EVENTS: frozenset[EventType] = frozenset(
     {"async_bounce", "complaint", "unsubscribed"}
 )
+# Not about a recipient: an operator's change to the controls (`quiver ctl`): `id` is
+# the control's id, `rcpt` and `from` are null, tenant/campaign/pool are the
+# selector's (null when it names none), `attempt` 0; `action`, `actor`, `selector`,
+# `reason` and `until` say what changed.
+CONTROL_EVENTS: frozenset[EventType] = frozenset({"control"})
 # SQS caps a message at 256 KiB; leave room for the JSON wrapper around the payload.
 MAX_BATCH_BODY = 240 * 1024
 MAX_BATCH_RECORDS = 5000
@@ -115,8 +120,16 @@ class EventFields(TypedDict, total=False):
     reporter: str
     inbound_object: str
     # Why a message was rejected, failed or expired, and the queue message it was.
+    # On a `control` event: the operator's reason.
     reason: str
     sqs_message_id: str
+    # `control` events: pause, resume, bounce, cancel, stop or start; the caller's
+    # identity (an IAM ARN, or user@host); the selector's named fields; when the
+    # control lapses (RFC 3339; null: until lifted).
+    action: str
+    actor: str
+    selector: dict[str, str]
+    until: str | None
 
 
 class EventRecord(CommonFields, EventFields):

@@ -28,6 +28,8 @@ class ResourceNames:
     suppression_table: str
     senders_table: str
     finals_table: str
+    # Operator controls (`quiver ctl`): read by every sender, written by the CLI.
+    controls_table: str
     policy_parameter: str
     # The intake queues S3 notifies of new inbound mail, and their DLQs.
     bounce_queue: str
@@ -51,6 +53,7 @@ def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -
         suppression_table=f"{prefix}-suppression",
         senders_table=f"{prefix}-senders",
         finals_table=f"{prefix}-finals",
+        controls_table=f"{prefix}-controls",
         policy_parameter=f"/{prefix}/policy",
         bounce_queue=f"{prefix}-bounce-intake",
         bounce_dlq=f"{prefix}-bounce-intake-dlq",

@@ -22,6 +22,7 @@ ENV_EVENTS_BUCKET = "QUIVER_EVENTS_BUCKET"
 ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
+ENV_CONTROLS_TABLE = "QUIVER_CONTROLS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 # The Secrets Manager id of the return-path key ring, for functions that verify its
 # tokens (the unsubscribe endpoint). Senders read it from policy; their tasks carry
@@ -65,6 +66,9 @@ class Deployment:
     # Athena over the events bucket, for tools (`quiver trace`); empty: not configured.
     athena_workgroup: str = ""
     athena_database: str = ""
+    # Operator controls (pause, admin bounce, stop); empty: this task sees none, and
+    # `quiver ctl` cannot reach it (a tool's sender; deployed, the CDK app sets it).
+    controls_table: str = ""
 
 
 class SettingsError(ValueError):
@@ -125,6 +129,7 @@ def deployment_from_env(
         inbound_bucket=env.get(ENV_INBOUND_BUCKET, ""),
         athena_workgroup=env.get(ENV_ATHENA_WORKGROUP, ""),
         athena_database=env.get(ENV_ATHENA_DATABASE, ""),
+        controls_table=env.get(ENV_CONTROLS_TABLE, ""),
     )
 
 
@@ -161,6 +166,7 @@ def local_deployment(
         finals_table=names.finals_table,
         outbound_max_receives=outbound_max_receives,
         inbound_bucket=names.inbound_bucket,
+        controls_table=names.controls_table,
     )
 
 
@@ -181,5 +187,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_INBOUND_BUCKET: deployment.inbound_bucket,
         ENV_ATHENA_WORKGROUP: deployment.athena_workgroup,
         ENV_ATHENA_DATABASE: deployment.athena_database,
+        ENV_CONTROLS_TABLE: deployment.controls_table,
         "AWS_REGION": deployment.region,
     }

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from quiver.bounce import default_classifier
+from quiver.controls.active import ActiveControls, hold_reason
+from quiver.controls.poller import ControlPoller
 from quiver.dkim import signers_from_policy
 from quiver.dkim.pool import SigningPool
 from quiver.policy import Policy
@@ -24,6 +26,7 @@ from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.health import ProxyHealth
 from quiver.scheduler.scheduler import Scheduler
+from quiver.scheduler.throttle import Destination
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.gauges import TaskGauges
@@ -38,6 +41,7 @@ from quiver.status.snapshot import Controls, Paused, StatusBoard
 from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_reader
 from quiver.storage.base import Membership
 from quiver.storage.dynamo import (
+    DynamoControls,
     DynamoFinals,
     DynamoMembership,
     DynamoReturnPaths,
@@ -62,12 +66,9 @@ def build_sender(
     policy_source: PolicySource | None = None,
     status_address: tuple[str, int] | None = None,
     loop_stall: float = DEFAULT_STALL,
-    controls: Controls | None = None,
-    paused: Paused | None = None,
 ) -> Sender:
     """The sender, with its status endpoint on `status_address` when given (bound
-    here: a port in use is an OSError now, not a failure later). `controls` and
-    `paused` are the operator controls' hooks into the status (snapshot.py)."""
+    here: a port in use is an OSError now, not a failure later)."""
     from botocore.config import Config
 
     board: StatusBoard | None = None
@@ -113,8 +114,10 @@ def build_sender(
     # The live sections' one holder: the scheduler and the handler read it, a reload
     # updates it (the other readers above are restart-only).
     live = PolicyHandle(policy)
+    controls, poller = _controls(deployment, session, config, live)
     transport = Scheduler(
         policy=live, resolver=resolver, picker=picker, seat=membership.position, health=health,
+        controls=controls,
     )
     # Sources, providers and nodes are restart-only: the metrics' bounds are fixed here.
     metrics.sources = SourceMetrics(sources=policy.sources, providers=policy.providers,
@@ -123,7 +126,9 @@ def build_sender(
                                 waiting=transport.waiting_on_limits,
                                 nodes=sorted(policy.proxy.nodes), down=lambda: health.down)
     board = StatusBoard(task_id=me, policy=live, scheduler=transport, health=health,
-                        share=membership.share, controls=controls, paused=paused)
+                        share=membership.share,
+                        controls=_control_rows(controls) if controls is not None else None,
+                        paused=_paused(controls) if controls is not None else None)
     if server is not None:
         board.loop_age = server.beat.age
     signers = signers_from_policy(
@@ -168,6 +173,7 @@ def build_sender(
         suppression=check,
         suppression_writer=writer,
         unsubscribe=unsubscribe,
+        controls=controls,
     )
     if not deployment.outbound_max_receives:
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
@@ -175,7 +181,8 @@ def build_sender(
                     ENV_OUTBOUND_MAX_RECEIVES)
     services = [membership.run, metrics.run, health.run,
                 *([refresher.run] if refresher is not None else []),
-                *([writer.run] if writer else [])]
+                *([writer.run] if writer else []),
+                *([poller.run] if poller is not None else [])]
     if policy_source is not None and policy_source.interval > 0:
         watcher = PolicyWatcher(policy_source, current=live, apply=lambda _: transport.rebind())
         board.policy_digest = lambda: watcher.digest
@@ -185,7 +192,9 @@ def build_sender(
     sender = Sender(
         intake=policy.intake, queue=outbound, handler=handler, completer=completer,
         services=services,
-        on_start=[membership.join],
+        # The controls first: a task started during an emergency stop sends nothing.
+        on_start=[*([poller.load] if poller is not None else []), membership.join],
+        gate=controls.wait_running if controls is not None else None,
         on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
                   *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
@@ -197,6 +206,39 @@ def build_sender(
 def _board(board: StatusBoard | None) -> StatusBoard:
     assert board is not None, "the status board is built before the sender runs"
     return board
+
+
+def _control_rows(controls: ActiveControls) -> Controls:
+    """The status's list of controls in force."""
+    return lambda: [c.as_dict() for c in controls.controls()]
+
+
+def _paused(controls: ActiveControls) -> Paused:
+    """Why the status shows a ready queue paused: a control that would hold its next
+    delivery. A queue serves every pool, so a pause by pool alone is not shown here
+    (it holds mail on receipt)."""
+
+    def paused(destination: Destination) -> str | None:
+        control = controls.before_attempt(pool="", domain=destination.domain,
+                                          source=destination.source,
+                                          provider=destination.provider)
+        return hold_reason(control) if control is not None else None
+
+    return paused
+
+
+def _controls(deployment: Deployment, session: Any, config: Any,
+              live: PolicyHandle) -> tuple[ActiveControls | None, ControlPoller | None]:
+    """Operator controls (`quiver ctl`) from the controls table, polled every
+    `[controls] poll`; none without a table (a tool's sender)."""
+    if not deployment.controls_table:
+        log.warning("no controls table (QUIVER_CONTROLS_TABLE): operator controls "
+                    "(pause, admin bounce, stop) are not followed")
+        return None, None
+    controls = ActiveControls()
+    store = DynamoControls(session.client("dynamodb", config=config), deployment.controls_table)
+    return controls, ControlPoller(store, controls,
+                                   interval=lambda: live.current.controls.poll)
 
 
 def _return_paths(

@@ -18,6 +18,7 @@ from typing import Any
 from quiver.devstack import moto_server
 from quiver.devstack.lambda_pump import LambdaPump
 from quiver.events import (
+    CONTROL_EVENTS,
     FINAL_EVENTS,
     POST_DELIVERY_EVENTS,
     EventBatchError,
@@ -51,13 +52,15 @@ class Tally:
         with self.lock:
             for r in records:
                 rcpt = r.get("rcpt") or ""
-                domain = rcpt.rpartition("@")[2] if rcpt else "(undecodable)"
                 event = r["event"]
+                domain = (rcpt.rpartition("@")[2] if rcpt else
+                          "(control)" if event in CONTROL_EVENTS else "(undecodable)")
                 self.counts[(event, domain)] += 1
                 self.records += 1
                 if event in FINAL_EVENTS:
                     self.finals += 1
-                if r.get("attempt", 0) <= 1 and event not in POST_DELIVERY_EVENTS:
+                if (r.get("attempt", 0) <= 1 and event not in POST_DELIVERY_EVENTS
+                        and event not in CONTROL_EVENTS):
                     # Each recipient has exactly one record of its first attempt
                     # (or a rejected/expired record at attempt 0).
                     self.first_attempts += 1

@@ -146,7 +146,8 @@ def create_resources(endpoint: str, *, max_receive_count: int = MAX_RECEIVE_COUN
     s3.put_bucket_notification_configuration(
         Bucket=names.inbound_bucket, NotificationConfiguration={"QueueConfigurations": routes})
     existing = ddb.list_tables()["TableNames"]
-    for table in (names.suppression_table, names.senders_table, names.finals_table):
+    for table in (names.suppression_table, names.senders_table, names.finals_table,
+                  names.controls_table):
         if table not in existing:
             ddb.create_table(
                 TableName=table,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quiver.policy.controls import parse_controls
 from quiver.policy.feedback import feedback_section
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
@@ -57,7 +58,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
-    "local_only", "return_path", "suppression", "unsubscribe",
+    "local_only", "return_path", "suppression", "unsubscribe", "controls",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -249,6 +250,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     tls = _tls(c, c.table(data, "tls", ""), providers, verify_tls=delivery.verify_tls)
     content = _content(c, c.table(data, "content", ""))
     suppression = parse_suppression(c.table(data, "suppression", ""), error=c.error)
+    controls = parse_controls(c.table(data, "controls", ""), error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -274,6 +276,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         intake=intake,
         content=content,
         suppression=suppression,
+        controls=controls,
         warnings=tuple(c.warnings),
         tls=tls,
         local_only=local_only,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.controls import ControlsPolicy
 from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
@@ -221,6 +222,8 @@ class Policy:
     intake: Intake = field(default_factory=Intake)
     content: Content = field(default_factory=Content)
     suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
+    # How senders follow operator controls (quiver/policy/controls.py).
+    controls: ControlsPolicy = field(default_factory=ControlsPolicy)
     warnings: tuple[str, ...] = ()
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     # Signed VERP envelope senders per sending domain (quiver/policy/return_path.py).

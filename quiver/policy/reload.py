@@ -1,12 +1,12 @@
 """Policy changes while mail is in flight: poll the policy's source, apply what can change live.
 
-Live: `throttles`, `retry`, `tls`, `suppression` and `delivery.pipeline_next`. Ready queues rebind
-to their new limits (open connections above a lowered `max_connections` finish their
-current message and close as they go idle; a new `max_rate` paces the next send),
-new TLS modes apply to each queue's next connection, and new retry rules apply to
-every outcome from then on. Everything else (sources,
-pools, DKIM keys, intake, the rest of `delivery`, providers, the proxy tier)
-shapes objects built at start, so a change there is reported as needing a
+Live: `throttles`, `retry`, `tls`, `suppression`, `controls` and
+`delivery.pipeline_next`. Ready queues rebind to their new limits (open connections
+above a lowered `max_connections` finish their current message and close as they
+go idle; a new `max_rate` paces the next send), new TLS modes apply to each
+queue's next connection, and new retry rules apply to every outcome from then on.
+Everything else (sources, pools, DKIM keys, intake, the rest of `delivery`,
+providers, the proxy tier) shapes objects built at start, so a change there is reported as needing a
 restart and not applied; a rolling deploy does that without losing mail.
 
 A policy that fails validation changes nothing: every problem is logged with its
@@ -30,7 +30,7 @@ from quiver.policy.model import Policy
 log = logging.getLogger("quiver.policy")
 
 DEFAULT_INTERVAL = 30.0
-_LIVE = frozenset({"throttles", "retry", "tls", "suppression"})
+_LIVE = frozenset({"throttles", "retry", "tls", "suppression", "controls"})
 # What throttle and TLS rules are matched against: while these differ, they wait too.
 _MATCHED = ("sources", "providers")
 _RULES = frozenset({"throttles", "tls"})
@@ -77,7 +77,7 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
         else:
             restart.append(name)
     merged = replace(
-        current, retry=new.retry, suppression=new.suppression,
+        current, retry=new.retry, suppression=new.suppression, controls=new.controls,
         tls=new.tls if "tls" in applied else current.tls,
         throttles=new.throttles if "throttles" in applied else current.throttles,
         delivery=replace(current.delivery, pipeline_next=new.delivery.pipeline_next),

@@ -96,6 +96,9 @@ class Job:
     resubmits: int = 0
     # Set when `message` has 8-bit data: its 7-bit form, for servers without 8BITMIME.
     seven_bit: Callable[[], Awaitable[bytes]] | None = None
+    # The message's pool and the recipients' domain: what operator controls match.
+    pool: str = ""
+    domain: str = ""
 
 
 class ReadyQueue:
@@ -547,6 +550,24 @@ class ReadyQueue:
                tried: Job | None = None) -> None:
         for job in self._take_all():
             self.finish(job, self._deferrals(job, reply, template, tried=job is tried))
+
+    def release(self, held: Callable[[Job], list[Attempt] | None]) -> int:
+        """Finish the queued jobs for which `held` gives attempts (an operator control
+        now holds them); the others keep their places. Jobs already on a connection
+        (sending, or pipelined behind a body) finish their transactions. Returns how
+        many were released."""
+        kept: deque[Job] = deque()
+        released = 0
+        for job in self.jobs:
+            attempts = None if job.future.done() else held(job)
+            if attempts is None:
+                kept.append(job)
+            else:
+                self.finish(job, job.done + attempts)
+                released += 1
+        self.jobs.clear()
+        self.jobs.extend(kept)
+        return released
 
     def _take_all(self) -> list[Job]:
         jobs = list(self.jobs)

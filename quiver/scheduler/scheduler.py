@@ -11,16 +11,25 @@ and a domain whose every MX address is forbidden is bounced (5.4.4) at once.
 A source whose proxy is down, or whose ready queue holds no slot of a cluster-wide
 connection limit on this task (ready.py), is passed over for the pool's other
 sources; with none left the recipients are deferred, unattempted.
+
+Operator controls (quiver.controls) are checked once a recipient is routed, before
+its job is queued: a stop, or a pause by pool, domain, source or provider, hands it
+back unattempted with a `Hold` (the lifecycle re-enqueues it, no attempt counted).
+A control that appears releases the queued jobs it holds the same way; jobs already
+on a connection finish their transactions (no session is cut mid-DATA).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
-from quiver.delivery import Attempt
+from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hold_until
+from quiver.controls.model import Control
+from quiver.delivery import Attempt, Hold, Path
 from quiver.policy import Policy, Source
 from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.routing.mx import MxResolver, Route, RouteError
@@ -34,6 +43,8 @@ from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
 from quiver.scheduler.tls import tls_mode_for
 from quiver.smtp.reply import local_reply
+
+log = logging.getLogger("quiver.scheduler")
 
 # A job whose source's proxy died is offered to this many sources before deferring.
 MAX_REROUTES = 4
@@ -50,8 +61,15 @@ class Scheduler:
         seat: Callable[[], tuple[int, int]] = lambda: SOLO,
         health: ProxyHealth | None = None,
         clock: Callable[[], float] = time.monotonic,
+        controls: ActiveControls | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.health = health
+        # None: no operator controls (tools, tests of other parts).
+        self.controls = controls
+        self._wall_clock = wall_clock
+        if controls is not None:
+            controls.listen(self._controls_changed)
         # Live sections (throttles, retry, tls, delivery.pipeline_next) are read through
         # the shared handle; the rest is restart-only (the connector and the guard keep
         # the start-up policy).
@@ -94,6 +112,11 @@ class Scheduler:
                 text = str(exc) if last is None else f"{exc}; last: {last.reply.text}"
                 reply = local_reply(451, "4.4.1", text)
                 return [Attempt(rcpt=r, reply=reply, counts=False) for r in recipients]
+            if self.controls is not None and (held := self.controls.before_attempt(
+                    pool=pool, domain=domain, source=source.name,
+                    provider=route.provider)) is not None:
+                return self._held(held, recipients, Path(source=source.name,
+                                                         provider=route.provider))
             queue = self._queue(source, route, domain)
             if not queue.seated():
                 avoid.add(source.name)
@@ -101,7 +124,7 @@ class Scheduler:
                 continue
             future: asyncio.Future[list[Attempt]] = asyncio.get_running_loop().create_future()
             queue.submit(Job(sender=sender, recipients=list(recipients), message=message,
-                             future=future, seven_bit=seven_bit))
+                             future=future, seven_bit=seven_bit, pool=pool, domain=domain))
             try:
                 attempts = await future
             except Reroute as exc:
@@ -126,6 +149,35 @@ class Scheduler:
         """Jobs queued behind a connection limit, a rate or a backoff (ready.py): mail in
         hand that more sender tasks would not send sooner."""
         return sum(q.waiting_on_limits() for q in self.queues.values())
+
+    def _held(self, control: Control, recipients: Sequence[str], path: Path) -> list[Attempt]:
+        why = hold_reason(control)
+        hold = Hold(until=hold_until(control, now=self._wall_clock(),
+                                     recheck=self.policy.current.controls.recheck), why=why)
+        reply = local_reply(451, HOLD_STATUS, why)
+        return [Attempt(rcpt=r, reply=reply, path=path, counts=False, hold=hold)
+                for r in recipients]
+
+    def _controls_changed(self) -> None:
+        """A control appeared: the queued jobs it holds go back, unattempted."""
+        controls = self.controls
+        assert controls is not None
+        released = 0
+        for queue in self.queues.values():
+            source, provider = queue.source.name, queue.route.provider
+
+            def held(job: Job, source: str = source,
+                     provider: str | None = provider) -> list[Attempt] | None:
+                control = controls.before_attempt(pool=job.pool, domain=job.domain,
+                                                  source=source, provider=provider)
+                if control is None:
+                    return None
+                return self._held(control, job.recipients,
+                                  Path(source=source, provider=provider))
+
+            released += queue.release(held)
+        if released:
+            log.info("operator controls: %d queued deliveries held back", released)
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: update the handle, then rebind."""

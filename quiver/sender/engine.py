@@ -57,7 +57,11 @@ class Sender:
         services: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
         on_start: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
         on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+        gate: Callable[[asyncio.Event], Awaitable[None]] | None = None,
     ) -> None:
+        # Awaited before each receive: returns while sending may go on (an operator's
+        # emergency stop holds it; quiver.controls), or once `stop` is set.
+        self._gate = gate
         self._services = services
         self._on_start = on_start
         self._on_close = on_close
@@ -137,6 +141,10 @@ class Sender:
             while not self._has_room():
                 self._room.clear()
                 await self._room.wait()
+            if self._gate is not None:
+                await self._gate(stop)
+                if stop.is_set():
+                    break
             want = min(10, self._intake.max_inflight_messages - len(self._held))
             try:
                 batch = await self._queue.receive(

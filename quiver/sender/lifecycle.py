@@ -46,6 +46,8 @@ from quiver import envelope as envelope_mod
 from quiver.addresses import domain_of
 from quiver.bounce import Classifier
 from quiver.content import ContentError, prepare, seven_bit
+from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hold_until
+from quiver.controls.model import Control
 from quiver.delivery import Attempt, Transport
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
@@ -133,6 +135,9 @@ class _Prepared:
     # Per recipient, when each has its own copy (unsubscribe headers on a message of
     # several recipients); None: `message` goes to every recipient.
     copies: dict[str, _Copy] | None = None
+    # Re-enqueues of the recipients an operator control holds back on receipt (a
+    # pause, a stop): sent with the completion, whatever happens to the others.
+    held: tuple[Outgoing, ...] = ()
 
 
 class _SevenBit:
@@ -179,7 +184,10 @@ class MessageHandler:
         suppression: SuppressionCheck | None = None,
         suppression_writer: SuppressionWriter | None = None,
         unsubscribe: UnsubscribeHeaders | None = None,
+        controls: ActiveControls | None = None,
     ) -> None:
+        # Operator controls in force (quiver.controls); None: none are followed.
+        self._controls = controls
         # None: no suppression list (tools, tests of other parts); see `_suppress`.
         self._suppression = suppression
         self._suppression_writer = suppression_writer
@@ -272,6 +280,23 @@ class MessageHandler:
                 if not pending:
                     return Completion(received=received)
                 env = replace(env, recipients=pending)
+        if self._controls is not None and not self._controls.empty:
+            env, taken, held = await self._controlled(received, env, queued_at=queued_at,
+                                                      now=now)
+            if not env.recipients:
+                return Completion(received=received, records=taken, retry=held)
+            result = await self._checked(received, env, queued_at=queued_at, now=now)
+            if isinstance(result, Completion):
+                result.records[:0] = taken
+                result.retry.extend(held)
+                return result
+            return replace(result, suppressed=(*taken, *result.suppressed),
+                           held=(*result.held, *held))
+        return await self._checked(received, env, queued_at=queued_at, now=now)
+
+    async def _checked(self, received: Received, env: Envelope, *, queued_at: float,
+                       now: float) -> Completion | _Prepared:
+        """`_prepare` from the expiry check on: deadline, suppression, body, signing."""
         if self._expired(env, queued_at, now):
             return self._expire(received, env, queued_at, now)
         suppressed: tuple[Record, ...] = ()
@@ -405,9 +430,14 @@ class MessageHandler:
         if prepared.inline and any(not a.reply.positive and not a.reply.permanent
                                    for a in attempts):
             env = replace(env, raw=prepared.original or message[prepared.signature_length:])
-        return await self._outcomes(received, env, attempts, pool=pool,
-                                    queued_at=prepared.queued_at, return_paths=return_paths,
-                                    suppressed=prepared.suppressed)
+        completion = await self._outcomes(received, env, attempts, pool=pool,
+                                          queued_at=prepared.queued_at,
+                                          return_paths=return_paths,
+                                          suppressed=prepared.suppressed)
+        # After _keep (release_after set) the original carries the held ones too.
+        if prepared.held and completion.release_after is None:
+            completion.retry.extend(prepared.held)
+        return completion
 
     async def _return_paths_for(self, env: Envelope,
                                 domain: str | None) -> dict[str, str] | None:
@@ -552,6 +582,8 @@ class MessageHandler:
         # Pending recipients by their attempt count, and each count's next attempt time.
         pending: dict[int, list[str]] = defaultdict(list)
         next_at: dict[int, float] = {}
+        # Recipients held by operator controls, by when they are due again.
+        held: dict[float, list[str]] = defaultdict(list)
         last = dict(env.last)
         for a in _one_per_recipient(attempts):
             tried = a.counts or a.reply.positive
@@ -563,6 +595,18 @@ class MessageHandler:
             kind: EventType | None
             if a.reply.positive:
                 kind = "delivered"
+            elif a.hold is not None and not tried:
+                # Held back by an operator control before its transaction: no attempt,
+                # no event; back in the queue when the control may be lifted, and
+                # expired, naming the control, once it has held it past its deadline.
+                last[a.rcpt] = _remember(last.get(a.rcpt), a, tried=False)
+                if now >= deadline:
+                    kind = "expired"
+                    fields["response"] = _final_response(last[a.rcpt], unknown=None)
+                    fields["reason"] = self._held_expiry_reason(env, now=now, why=a.hold.why)
+                else:
+                    kind = None
+                    held[min(a.hold.until, deadline)].append(a.rcpt)
             elif a.reply.permanent:
                 kind = "bounced"
                 bounce = self._classifier.classify(
@@ -601,9 +645,77 @@ class MessageHandler:
                 completion.retry.append(Outgoing(
                     body=await self._encode_bounded(retry),
                     delay_seconds=_delay(next_at[count] - now)))
+            for when, rcpts in held.items():
+                retry = env.retry(recipients=tuple(rcpts), attempt=env.attempt,
+                                  not_before=when, queued_at=queued_at, last=last)
+                completion.retry.append(Outgoing(body=await self._encode_bounded(retry),
+                                                 delay_seconds=_delay(when - now)))
         except StorageError as exc:
-            return self._keep(completion, exc, due=min(next_at[c] for c in pending), now=now)
+            due = min([*(next_at[c] for c in pending), *held])
+            return self._keep(completion, exc, due=due, now=now)
         return completion
+
+    def _held_expiry_reason(self, env: Envelope, *, now: float, why: str) -> str:
+        """An `expired` event's reason for a recipient an operator control held past its
+        deadline: the deadline, and the control (`why` names it)."""
+        return f"{self._expiry_reason(env, at=now, upcoming=False)} while {why}"
+
+    async def _controlled(
+        self, received: Received, env: Envelope, *, queued_at: float, now: float,
+    ) -> tuple[Envelope, list[Record], list[Outgoing]]:
+        """Operator controls on receipt, per recipient: an admin bounce gives it a
+        `bounced` final event (no SMTP, no attempt counted); a pause or a stop sends it
+        back to the queue until the control may be lifted (`[controls] recheck`, or
+        its expiry if sooner; never past its deadline), with no attempt counted and no
+        event, the control as its last reply; past its deadline, `expired` naming the
+        control. Returns the envelope of the recipients that go on, the events, and
+        the re-enqueues."""
+        assert self._controls is not None
+        pool = env.pool or self._policy.current.default_pool
+        recheck = self._policy.current.controls.recheck
+        deadline = self._deadline(env, queued_at)
+        records: list[Record] = []
+        groups: dict[str, tuple[Control, list[str]]] = {}
+        rest: list[str] = []
+        for rcpt in env.recipients:
+            control = self._controls.on_receipt(pool=pool, tenant=env.tenant,
+                                                campaign=env.campaign, domain=domain_of(rcpt))
+            if control is None:
+                rest.append(rcpt)
+            elif control.kind == "bounce":
+                reason = f"admin bounce: {control.reason} (control {control.id} by {control.who})"
+                records.append(make_event(
+                    "bounced", envelope=env, rcpt=rcpt, attempt=env.attempt, pool=pool, at=now,
+                    response=None, reason=reason,
+                    bounce={"kind": "admin", "category": "admin-bounce", "reason": reason}))
+            else:
+                groups.setdefault(control.id, (control, []))[1].append(rcpt)
+        if not groups and not records:
+            return env, [], []
+        held: list[Outgoing] = []
+        last = dict(env.last)
+        for control, rcpts in groups.values():
+            why = hold_reason(control)
+            for rcpt in rcpts:
+                previous = last.get(rcpt)
+                if previous is None or not previous.tried:
+                    last[rcpt] = LastReply.of(code=451, enhanced=HOLD_STATUS, text=why, tried=False)
+            if now >= deadline:
+                reason = self._held_expiry_reason(env, now=now, why=why)
+                records.extend(make_event(
+                    "expired", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
+                    response=_final_response(last[r], unknown=why), reason=reason,
+                    queued_ms=max(0, int((now - queued_at) * 1000))) for r in rcpts)
+                continue
+            when = min(hold_until(control, now=now, recheck=recheck), deadline)
+            retry = env.retry(recipients=tuple(rcpts), attempt=env.attempt, not_before=when,
+                              queued_at=queued_at, last=last)
+            held.append(Outgoing(body=await self._encode_bounded(retry),
+                                 delay_seconds=_delay(when - now)))
+        log.debug("message %s: %d recipients held, %d finished by operator controls",
+                  received.message_id, sum(len(r) for _, r in groups.values()), len(records))
+        return (replace(env, recipients=tuple(rest),
+                        last={r: v for r, v in env.last.items() if r in rest}), records, held)
 
     def _keep(self, completion: Completion, error: StorageError, *, due: float,
               now: float) -> Completion:
@@ -676,8 +788,8 @@ class MessageHandler:
         records = [
             make_event(
                 "expired", envelope=env, rcpt=r, attempt=env.attempt, pool=pool, at=now,
-                response=_final_response(env.last.get(r), unknown=reason), reason=reason,
-                queued_ms=queued_ms,
+                response=_final_response(env.last.get(r), unknown=reason),
+                reason=_held_by(reason, env.last.get(r)), queued_ms=queued_ms,
             )
             for r in env.recipients
         ]
@@ -784,6 +896,14 @@ class MessageHandler:
             attributes={"quiver-reason": reason[:256], "quiver-message-id": received.message_id},
         )
         return Completion(received=received, records=records, dead=[dead])
+
+
+def _held_by(reason: str, last: LastReply | None) -> str:
+    """An expiry's reason, naming the operator control (a pause, a stop) that held the
+    recipient back last, if one did since its last try."""
+    if last is not None and not last.tried and last.enhanced == HOLD_STATUS:
+        return f"{reason} while {last.text}"
+    return reason
 
 
 def _shared_replies(attempts: Iterable[Attempt]) -> set[int]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
+from quiver.controls.model import Control
 from quiver.events import Record
 
 
@@ -210,4 +211,21 @@ class ReturnPathStore(Protocol):
     def get(self, reference: bytes) -> ReturnPathRecord | None:
         """The record for `reference`, None if there is none (never written, or lapsed).
         Synchronous: the intake Lambdas have no event loop."""
+        ...
+
+
+class ControlStore(Protocol):
+    """Operator controls (quiver.controls): few items, read whole by every sender on a
+    short poll, written only by `quiver ctl`."""
+
+    async def all(self) -> list[Control]:
+        """Every stored control, expired ones included (the table's TTL removes them
+        up to days late): readers compare `expires_at` with their clock. A strongly
+        consistent read: a control written before it is in what it returns."""
+        ...
+
+    async def put(self, control: Control) -> None: ...
+
+    async def remove(self, control_id: str) -> Control | None:
+        """Delete a control; the control that was removed, None if there was none."""
         ...

@@ -1,5 +1,5 @@
 """The DynamoDB stores: final-event claims, fleet membership, the suppression list,
-return-path references.
+return-path references, operator controls.
 
 Every table has the key schema of cdk/tables.py (partition key `pk`, sort key
 `sk`, TTL on `expires_at`), which documents each store's items. Calls go
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quiver.controls.model import Control, Selector
 from quiver.events import Record
 from quiver.storage.base import (
     ALL_TENANTS,
@@ -30,6 +32,8 @@ from quiver.storage.membership import HeartbeatMembership
 
 log = logging.getLogger("quiver.sender")
 
+
+_log = logging.getLogger("quiver.storage")
 _GET_BATCH = 100  # BatchGetItem limit
 _WRITE_BATCH = 25  # BatchWriteItem limit
 _RETRIES = 5
@@ -449,3 +453,76 @@ class DynamoReturnPaths:
             tenant=tenant["S"] if tenant is not None else None,
             campaign=campaign["S"] if campaign is not None else None,
         )
+
+
+# Every control is one item under this partition key: a sender's poll is one Query.
+_CONTROL_PK = "control"
+
+
+class DynamoControls:
+    """`ControlStore` on the controls table: pk "control", sk "<control id>", kind,
+    selector (a map of the fields it names), reason, who, created_at, expires_at (TTL;
+    absent for a control without expiry). Operators keep tens of controls at most, so
+    the one partition never grows past a page."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self.table = table
+
+    async def all(self) -> list[Control]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _CONTROL_PK}}, "ConsistentRead": True,
+        }
+        out: list[Control] = []
+        while True:
+            response = await call(self._client.query, **kwargs)
+            for item in response.get("Items", []):
+                control = _control(item)
+                if control is not None:
+                    out.append(control)
+            if "LastEvaluatedKey" not in response:
+                return out
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    async def put(self, control: Control) -> None:
+        await call(self._client.put_item, TableName=self.table, Item=_control_item(control))
+
+    async def remove(self, control_id: str) -> Control | None:
+        response = await call(self._client.delete_item, TableName=self.table,
+                              Key={"pk": {"S": _CONTROL_PK}, "sk": {"S": control_id}},
+                              ReturnValues="ALL_OLD")
+        item = response.get("Attributes")
+        return _control(item) if item else None
+
+
+def _control_item(control: Control) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": {"S": _CONTROL_PK}, "sk": {"S": control.id}, "kind": {"S": control.kind},
+        "selector": {"M": {k: {"S": v} for k, v in control.selector.named().items()}},
+        "reason": {"S": control.reason}, "who": {"S": control.who},
+        "created_at": {"N": repr(float(control.created_at))},
+    }
+    if control.expires_at is not None:
+        # Whole seconds, rounded up: DynamoDB's TTL reads a number of seconds, and a
+        # control must not lapse before the time it was given.
+        item["expires_at"] = {"N": str(math.ceil(control.expires_at))}
+    return item
+
+
+def _control(item: dict[str, Any]) -> Control | None:
+    """The control an item holds; None (logged) for an item no sender can apply, so
+    one bad item written by hand does not hide the others."""
+    try:
+        expires = item.get("expires_at")
+        named = item.get("selector", {}).get("M", {})
+        selector = Selector.of({k: v["S"] for k, v in named.items()})
+        return Control(
+            id=item["sk"]["S"], kind=item["kind"]["S"], selector=selector,
+            reason=item.get("reason", {}).get("S", ""), who=item["who"]["S"],
+            created_at=float(item["created_at"]["N"]),
+            expires_at=float(expires["N"]) if expires is not None else None,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        _log.warning("controls table: item %r skipped: %s", item.get("sk"), exc)
+        return None

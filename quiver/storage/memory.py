@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from quiver.controls.model import Control
 from quiver.envelope import parse_s3_uri
 from quiver.events import Record
 from quiver.storage.base import (
@@ -292,3 +294,32 @@ class MemoryReturnPaths:
         if found is None or found[1] <= self._clock():
             return None
         return found[0]
+
+
+class MemoryControls:
+    """Operator controls in a dict by id. `fail`, when set, is raised by every call
+    (an unreachable table); `reads` counts `all` calls (a poll each)."""
+
+    def __init__(self) -> None:
+        self.controls: dict[str, Control] = {}
+        self.fail: StorageError | None = None
+        self.reads = 0
+
+    async def all(self) -> list[Control]:
+        if self.fail is not None:
+            raise self.fail
+        self.reads += 1
+        return [self.controls[k] for k in sorted(self.controls)]
+
+    async def put(self, control: Control) -> None:
+        if self.fail is not None:
+            raise self.fail
+        if control.expires_at is not None:
+            # As DynamoControls keeps it: whole seconds, rounded up.
+            control = replace(control, expires_at=float(math.ceil(control.expires_at)))
+        self.controls[control.id] = control
+
+    async def remove(self, control_id: str) -> Control | None:
+        if self.fail is not None:
+            raise self.fail
+        return self.controls.pop(control_id, None)

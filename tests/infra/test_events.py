@@ -168,6 +168,8 @@ def test_columns_follow_the_v1_record(service: dict[str, Any]) -> None:
         "next_attempt_at", "queued_ms", "bounce", "feedback_type", "reason", "sqs_message_id",
         # Post-delivery events (async_bounce, complaint).
         "dsn", "reporter", "inbound_object",
+        # Operator controls (control).
+        "action", "actor", "selector", "until",
     }
 
 

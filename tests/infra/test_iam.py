@@ -182,6 +182,11 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
         "FinalEventsOfRedeliveredMessages": (
             ["dynamodb:Query"], ["{'Fn::GetAtt': ['FinalsTable', 'Arn']}"],
         ),
+        # Read-only: `quiver ctl` writes the controls with an operator's credentials.
+        "ReadOperatorControls": (
+            ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
+            ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
+        ),
         "ReadPolicy": (
             ["ssm:GetParameter"],
             [f"arn:aws:ssm:us-east-1:${{AWS::AccountId}}:parameter${{{parameter}}}"],

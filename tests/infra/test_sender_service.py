@@ -118,6 +118,7 @@ def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict
     assert resolved[settings.ENV_SUPPRESSION_TABLE] == {"Ref": "SuppressionTable"}
     assert resolved[settings.ENV_SENDERS_TABLE] == {"Ref": "SendersTable"}
     assert resolved[settings.ENV_FINALS_TABLE] == {"Ref": "FinalsTable"}
+    assert resolved[settings.ENV_CONTROLS_TABLE] == {"Ref": "ControlsTable"}
 
 
 def test_sender_knows_the_outbound_queues_receive_limit(

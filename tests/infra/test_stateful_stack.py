@@ -21,7 +21,7 @@ PINNED = {
     "BounceIntakeQueue", "BounceIntakeDeadLetterQueue", "FblIntakeQueue",
     "FblIntakeDeadLetterQueue",
     "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket",
-    "SuppressionTable", "SendersTable", "FinalsTable",
+    "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }
 
@@ -156,7 +156,7 @@ def test_events_are_kept(stateful: dict[str, Any]) -> None:
 
 def test_tables_use_the_local_stack_key_schema(stateful: dict[str, Any]) -> None:
     tables = resources(stateful, "AWS::DynamoDB::Table")
-    assert set(tables) == {"SuppressionTable", "SendersTable", "FinalsTable"}
+    assert set(tables) == {"SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable"}
     for logical_id, table in tables.items():
         props = table["Properties"]
         assert props["KeySchema"] == [
@@ -172,6 +172,16 @@ def test_suppression_list_is_backed_up_and_protected(stateful: dict[str, Any]) -
     props = stateful["Resources"]["SuppressionTable"]["Properties"]
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert props["DeletionProtectionEnabled"] is True
+
+
+def test_operator_controls_are_backed_up_and_protected(stateful: dict[str, Any]) -> None:
+    # A stop or a pause lost with the table would resume sending nobody asked for.
+    props = stateful["Resources"]["ControlsTable"]["Properties"]
+    names = resource_names(account="${AWS::AccountId}", region="${AWS::Region}")
+    assert props["TableName"] == names.controls_table
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["DeletionProtectionEnabled"] is True
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
 def test_final_event_claims_outlive_every_redelivery(stateful: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """Operator controls on the local stack: how soon `quiver ctl pause` and `quiver ctl
 stop` are in force across two sender processes, and that nothing is lost or bounced.
 
-Each cycle: mail flows to two demo domains; `pause --domain alpha.test` (timed from
-the command to the last RCPT the local MX saw for it, while bravo.test keeps
-flowing), `resume`; then `stop` (to the last RCPT anywhere) and `start`. After the
-cycles the feeder stops and every message must reach its final event. Printed:
+Each cycle: mail flows to two demo domains at two providers; `pause --provider
+quiver-remote` (delta.test's MX; timed from the command to the last RCPT the local MX
+saw for it, while alpha.test keeps flowing), `resume`; then `stop` (to the last
+RCPT anywhere) and `start`. After the cycles the feeder stops and every message
+must reach its final event. Printed:
 pause_effective_s_max, stop_effective_s_max (and the per-cycle figures),
 messages_lost, bounced_by_pause. Everything runs on loopback, bounded in count and
 time. Prints figures; never fails on time.

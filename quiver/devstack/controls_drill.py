@@ -1,6 +1,6 @@
-"""The operator-controls drill on the local stack: mail flows to two demo domains
-through two (or more) sender processes while `quiver ctl` pauses one domain, resumes
-it, stops all sending and starts it again. What the local MX saw (its rcpts.jsonl,
+"""The operator-controls drill on the local stack: mail flows to two demo domains at
+two providers through two (or more) sender processes while `quiver ctl` pauses one
+provider, resumes it, stops all sending and starts it again. What the local MX saw (its rcpts.jsonl,
 timestamped) tells how soon each control was in force on every sender.
 
 Used by the integration test (tests/integration/test_controls_stack.py) and the
@@ -25,8 +25,14 @@ from quiver.client import OutboundMessage, QuiverClient
 from quiver.devstack.samples import render
 from quiver.devstack.stack import LocalStack
 
-PAUSED_DOMAIN = "alpha.test"
-OTHER_DOMAIN = "bravo.test"
+# delta.test's MX set starts with mx2, which the drill's policy makes a provider of
+# its own (providers match in policy order); alpha.test stays on mx1, quiver-local.
+PAUSED_DOMAIN = "delta.test"
+PAUSED_PROVIDER = "quiver-remote"
+OTHER_DOMAIN = "alpha.test"
+LOCAL_PROVIDERS = '[providers]\nquiver-local = ["*.quiver.local.test"]'
+DRILL_PROVIDERS = (f'[providers]\n{PAUSED_PROVIDER} = ["mx2.quiver.local.test"]\n'
+                   'quiver-local = ["*.quiver.local.test"]')
 # How long after a command the MX is watched: past the 10 s the controls promise.
 WINDOW = 12.0
 # What the drill's senders run with: a paused message is looked at again soon, so a
@@ -39,8 +45,14 @@ class DrillError(AssertionError):
 
 
 def policy_with_controls(stack: LocalStack) -> Path:
-    """A copy of the stack's policy with the drill's `[controls]` section."""
-    return stack.policy_variant("controls", lambda text: text + POLICY_ADDITION)
+    """A copy of the stack's policy with the drill's two providers and `[controls]`."""
+
+    def edit(text: str) -> str:
+        if LOCAL_PROVIDERS not in text:
+            raise DrillError("the local stack's [providers] table is not as the drill expects")
+        return text.replace(LOCAL_PROVIDERS, DRILL_PROVIDERS) + POLICY_ADDITION
+
+    return stack.policy_variant("controls", edit)
 
 
 @dataclass
@@ -139,22 +151,22 @@ class Drill:
         return any(d == domain and at > after for d, at in self.rcpts())
 
     def pause_cycle(self) -> dict[str, float]:
-        """Pause PAUSED_DOMAIN while OTHER_DOMAIN flows, then resume it. Returns
-        pause_effective_s (command issued → last RCPT to it) and resume_s (resume
-        issued → first RCPT to it again)."""
+        """Pause PAUSED_PROVIDER (PAUSED_DOMAIN's) while OTHER_DOMAIN flows, then resume
+        it. Returns pause_effective_s (command issued → last RCPT to it) and resume_s
+        (resume issued → first RCPT to it again)."""
         start = time.time()
         self.wait_until("mail to both domains", lambda: self.flowing(PAUSED_DOMAIN, after=start)
                         and self.flowing(OTHER_DOMAIN, after=start))
         issued = time.time()
-        self.ctl("pause", "--domain", PAUSED_DOMAIN, "--reason", "controls drill")
-        self.say(f"paused {PAUSED_DOMAIN}")
+        self.ctl("pause", "--provider", PAUSED_PROVIDER, "--reason", "controls drill")
+        self.say(f"paused {PAUSED_PROVIDER} ({PAUSED_DOMAIN})")
         # The other domain still flows past the window: that is the proof of both.
         self.wait_until(f"mail to {OTHER_DOMAIN} during the pause",
                         lambda: self.flowing(OTHER_DOMAIN, after=issued + WINDOW))
         last = max((at for d, at in self.rcpts() if d == PAUSED_DOMAIN), default=issued)
         effective = max(0.0, last - issued)
         resumed = time.time()
-        self.ctl("resume", "--domain", PAUSED_DOMAIN)
+        self.ctl("resume", "--provider", PAUSED_PROVIDER)
         self.wait_until(f"mail to {PAUSED_DOMAIN} after the resume",
                         lambda: self.flowing(PAUSED_DOMAIN, after=resumed))
         back = min(at for d, at in self.rcpts() if d == PAUSED_DOMAIN and at > resumed)

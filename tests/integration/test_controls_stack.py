@@ -1,10 +1,11 @@
 """Operator controls on the local stack, as an operator uses them: two sender
 processes, mail flowing to two demo domains, and `quiver ctl` in between.
 
-- `pause --domain alpha.test` stops new attempts to it on both senders within 10 s
-  (from the command to the last RCPT the local MX saw for it) while bravo.test keeps
-  flowing; `resume` brings it back; the paused mail is delivered on its first
-  attempt (waiting was never counted) and nothing is bounced or lost.
+- `pause --provider quiver-remote` (delta.test's MX) stops new attempts to it on both
+  senders within 10 s (from the command to the last RCPT the local MX saw for it)
+  while alpha.test, at the other provider, keeps flowing; `resume` brings it back;
+  the paused mail is delivered on its first attempt (waiting was never counted) and
+  nothing is bounced or lost.
 - `stop` halts every sender within 10 s, and a sender started during the stop (as
   autoscaling would) sends nothing; `start` resumes.
 Conditions with generous deadlines; the 10 s is the bound the controls promise."""
@@ -20,6 +21,7 @@ from stackrig import running_stack
 from quiver.devstack.controls_drill import (
     OTHER_DOMAIN,
     PAUSED_DOMAIN,
+    PAUSED_PROVIDER,
     Drill,
     DrillError,
     Feeder,
@@ -72,5 +74,5 @@ def test_pause_resume_stop_start_across_two_senders(tmp_path: Path) -> None:
         controls = sorted((e for e in events if e["event"] == "control"),
                           key=lambda e: e["at"])
         assert [e["action"] for e in controls] == ["pause", "resume", "stop", "start"]
-        assert controls[0]["selector"] == {"domain": PAUSED_DOMAIN}
+        assert controls[0]["selector"] == {"provider": PAUSED_PROVIDER}
         assert controls[0]["reason"] == "controls drill" and controls[0]["actor"]

@@ -29,8 +29,8 @@ from constructs import Construct
 from cdk.deploy_checks import MEMORY_MIB_PER_VCPU, stop_timeout_seconds, task_vcpus
 from cdk.network import Network
 from quiver import settings
+from quiver.emf import NAMESPACE
 from quiver.policy import Policy
-from quiver.sender.emf import NAMESPACE
 from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TextIO
 
-from quiver.emf import emf_document
+from quiver.emf import COUNT, document
 
 NAMESPACE: Final = "Quiver"
 DELIVERED: Final = "delivered"
@@ -87,6 +87,6 @@ class RateCounts:
 
 
 def _document(metric: str, key: RateKey, n: int, at: int) -> dict[str, Any]:
-    return emf_document(
-        metric=metric, value=n, at_ms=at, dimension_sets=DIMENSION_SETS,
+    return document(
+        at_ms=at, values={metric: (n, COUNT)}, dimension_sets=DIMENSION_SETS,
         dimensions={TENANT: key.tenant, CAMPAIGN: key.campaign, PROVIDER: key.provider})

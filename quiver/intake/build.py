@@ -142,7 +142,7 @@ class InboundProcessor:
         else:
             # Imported here: the complaint intake needs dkimpy and dnspython, which only
             # the FBL Lambda carries (cdk/lambda_code.py), not the bounce one.
-            from quiver.intake.complaint import ComplaintIntake
+            from quiver.intake.complaint import ComplaintIntake, source_by_ip
             from quiver.routing.mx import MxResolver
             from quiver.routing.providers import ProviderMatcher
             from quiver.routing.txt import TxtResolver
@@ -155,7 +155,7 @@ class InboundProcessor:
             intake = ComplaintIntake(
                 verifier=verifier, suppression=suppression, sink=sink, policy=policy.feedback,
                 dnsfunc=TxtResolver(nameservers=nameservers).dkimpy_dnsfunc,
-                provider_of=routes.provider)
+                provider_of=routes.provider, source_of=source_by_ip(policy.sources))
         return cls(intake=intake, s3=session.client("s3"), bucket=deployment.inbound_bucket,
                    log=log)
 

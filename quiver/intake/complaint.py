@@ -23,7 +23,8 @@ only if the domain moved its mail in between; a domain with no route now is `non
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from quiver.addresses import domain_of
 from quiver.complaint_rate import RateKey
@@ -38,11 +39,37 @@ from quiver.intake.records import complaint_event
 from quiver.intake.recover import recover
 from quiver.intake.suppress import entry as suppression_entry
 from quiver.policy.feedback import FeedbackPolicy
+from quiver.policy.model import Source
 from quiver.returnpath import Refusal, ReturnPathVerifier
 from quiver.storage.base import EventSink, SuppressionStore
 
 # A recipient domain → the policy's provider for it (routing.mx.MxResolver.provider).
 ProviderOf = Callable[[str], Awaitable[str | None]]
+# A report's Source-IP → the policy's source with that `ip`, if any.
+SourceOf = Callable[[str | None], str | None]
+
+
+def source_by_ip(sources: Mapping[str, Source]) -> SourceOf:
+    """The source a report names by its Source-IP: the address the reporter's MX saw
+    the message come from, which is a source's public `ip`. The reporter's word, but
+    only a trusted reporter's report is counted, and it moves no mail: it says which
+    IP the complaints come in on."""
+    by_ip: dict[str, str] = {}
+    for name, source in sources.items():
+        try:
+            by_ip[str(ipaddress.ip_address(source.ip))] = name
+        except ValueError:
+            continue
+
+    def source_of(ip: str | None) -> str | None:
+        if not ip:
+            return None
+        try:
+            return by_ip.get(str(ipaddress.ip_address(ip.strip().strip("[]"))))
+        except ValueError:
+            return None
+
+    return source_of
 
 
 class ComplaintIntake:
@@ -52,7 +79,7 @@ class ComplaintIntake:
 
     def __init__(self, *, verifier: ReturnPathVerifier, suppression: SuppressionStore,
                  sink: EventSink, policy: FeedbackPolicy, dnsfunc: DnsFunc,
-                 provider_of: ProviderOf,
+                 provider_of: ProviderOf, source_of: SourceOf = lambda _: None,
                  id_headers: Sequence[str] = DEFAULT_ID_HEADERS) -> None:
         self._verifier = verifier
         self._suppression = suppression
@@ -60,6 +87,7 @@ class ComplaintIntake:
         self._policy = policy
         self._dnsfunc = dnsfunc
         self._provider_of = provider_of
+        self._source_of = source_of
         self._id_headers = id_headers
 
     async def process(self, mail: InboundMail) -> Outcome:
@@ -91,4 +119,5 @@ class ComplaintIntake:
         return Outcome("complaint", "accepted", decision.reason,
                        f"{report.feedback_type} {found.message_id}", events=1, suppressed=1,
                        complaint=RateKey.of(tenant=found.tenant, campaign=found.campaign,
-                                            provider=provider))
+                                            provider=provider),
+                       source=self._source_of(report.source_ip))

@@ -19,7 +19,6 @@ is counted twice, as CloudWatch's own at-least-once extraction of EMF may.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -27,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
-from quiver.complaint_rate import COMPLAINTS, RateCounts, RateKey
-from quiver.emf import emf_document
+from quiver.complaint_rate import COMPLAINTS, UNKNOWN, RateCounts, RateKey
+from quiver.emf import COUNT, document, write
 
 NAMESPACE = "Quiver"
 Kind = Literal["bounce", "complaint", "unsubscribe"]
@@ -48,6 +47,9 @@ class Outcome:
     suppressed: int = 0
     # What an accepted complaint counts against in the complaint rate.
     complaint: RateKey | None = None
+    # An accepted complaint's egress source, by the report's Source-IP (policy sources'
+    # `ip`); None when the report names none or an address of no source.
+    source: str | None = None
 
     @property
     def dropped(self) -> bool:
@@ -59,11 +61,15 @@ class IntakeCounts:
         self.counts: Counter[tuple[str, str, str]] = Counter()
         self._clock = clock
         self.complaints = RateCounts(COMPLAINTS, clock=clock)
+        # Accepted complaints per (source, provider), beside the sender's outcomes per
+        # source (quiver.sender.source_metrics): which IP the complaints come in on.
+        self.by_source: Counter[tuple[str, str]] = Counter()
 
     def count(self, outcome: Outcome) -> None:
         self.counts[(outcome.kind, outcome.outcome, outcome.reason)] += 1
         if outcome.complaint is not None and outcome.outcome == "accepted":
             self.complaints.count(outcome.complaint)
+            self.by_source[(outcome.source or UNKNOWN, outcome.complaint.provider)] += 1
 
     def flush(self, out: TextIO | None = None) -> int:
         """Emit one EMF document per (kind, outcome, reason) and one per (tenant,
@@ -72,9 +78,13 @@ class IntakeCounts:
         target = out or sys.stdout
         at_ms = int(self._clock() * 1000)
         for (kind, outcome, reason), n in sorted(counts.items()):
-            target.write(json.dumps(emf_document(
-                metric=f"inbound_{outcome}", value=n, at_ms=at_ms,
-                dimensions={"kind": kind, "reason": reason}), separators=(",", ":")) + "\n")
-        written = self.complaints.flush(target)
+            write(target, [document(at_ms=at_ms, values={f"inbound_{outcome}": (n, COUNT)},
+                                    dimensions={"kind": kind, "reason": reason})])
+        by_source, self.by_source = self.by_source, Counter()
+        written = write(target, [
+            document(at_ms=at_ms, values={COMPLAINTS: (n, COUNT)},
+                     dimensions={"source": source, "provider": provider})
+            for (source, provider), n in sorted(by_source.items())])
+        written += self.complaints.flush(target)
         target.flush()
         return len(counts) + written

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final
 
-from quiver.sender.emf import COUNT, NONE, document
+from quiver.emf import COUNT, NONE, document
 
 HELD: Final = "held"
 SENDABLE_NOW: Final = "sendable_now"

@@ -26,9 +26,9 @@ from typing import TextIO
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from quiver import emf
 from quiver.complaint_rate import DELIVERED, RateCounts, RateKey
 from quiver.events import Record
-from quiver.sender import emf
 from quiver.sender.gauges import TaskGauges
 from quiver.sender.source_metrics import SourceMetrics
 

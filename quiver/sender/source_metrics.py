@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
+from quiver.emf import COUNT, SECONDS, document
 from quiver.events import Record
-from quiver.sender.emf import COUNT, SECONDS, document
 
 SOURCE, PROVIDER = "source", "provider"
 UNKNOWN: Final = "none"

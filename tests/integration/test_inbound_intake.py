@@ -58,7 +58,7 @@ YAHOO = new_key("yahoo.com")
 POLICY = f"""
 default_pool = "p"
 [sources.s1]
-ip = "192.0.2.1"
+ip = "198.51.100.11"  # the Source-IP of the reports in tests/inbound_mail.py
 ehlo = "o1.example.com"
 [pools.p]
 sources = ["s1"]
@@ -247,10 +247,15 @@ def test_a_hard_bounce_and_a_complaint_become_events_and_suppression(
     metrics = io.StringIO()
     fbl.counts.flush(metrics)
     # The complaint rate's numerator, its provider resolved from example.org's MX.
-    (complaints,) = [json.loads(line) for line in metrics.getvalue().splitlines()
-                     if '"complaints"' in line]
+    docs = [json.loads(line) for line in metrics.getvalue().splitlines()
+            if '"complaints"' in line]
+    (complaints,) = [d for d in docs if "tenant" in d]
     assert (complaints["tenant"], complaints["campaign"], complaints["provider"],
             complaints["complaints"]) == ("acme", "december", "yahoo", 1)
+    # And per egress source, by the report's Source-IP.
+    (per_source,) = [d for d in docs if "source" in d]
+    assert (per_source["source"], per_source["provider"], per_source["complaints"]) == (
+        "s1", "yahoo", 1)
 
     records, _ = events(aws)
     by_event = {r["event"]: r for r in records}

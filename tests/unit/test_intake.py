@@ -30,10 +30,11 @@ from inbound_mail import (
 from quiver.complaint_rate import RateKey
 from quiver.events import validate_record
 from quiver.intake.bounce import BounceIntake
-from quiver.intake.complaint import ComplaintIntake
+from quiver.intake.complaint import ComplaintIntake, source_by_ip
 from quiver.intake.counts import IntakeCounts, Outcome
 from quiver.intake.mail import InboundMail
 from quiver.policy.feedback import FeedbackPolicy, TrustedReporter
+from quiver.policy.model import Source
 from quiver.returnpath import RETIRED_GRACE, ReturnPathVerifier
 from quiver.storage.base import ALL_TENANTS
 from quiver.storage.memory import MemoryEventSink, MemorySuppression
@@ -384,10 +385,11 @@ def test_accepted_complaints_are_emf_per_tenant_campaign_and_provider_per_flush(
                     Outcome("complaint", "untrusted", "unsigned")):
         counts.count(outcome)
     out = io.StringIO()
-    # Three (kind, outcome, reason) documents and two complaint documents: one per key.
-    assert counts.flush(out) == 5
+    # Three (kind, outcome, reason) documents, two per (source, provider) and two
+    # complaint-rate documents: one per key.
+    assert counts.flush(out) == 7
     docs = [json.loads(line) for line in out.getvalue().splitlines() if line]
-    rate = [d for d in docs if "complaints" in d]
+    rate = [d for d in docs if "complaints" in d and "tenant" in d]
     assert [(d["tenant"], d["campaign"], d["provider"], d["complaints"]) for d in rate] == [
         ("acme", "december", "yahoo", 2), ("none", "none", "none", 1)]
     for d in rate:
@@ -424,3 +426,36 @@ def test_hostile_mail_gives_an_outcome_never_an_exception_nor_an_unsigned_event(
         assert outcome.outcome in ("ignored", "refused", "untrusted")
     assert rig.sink.records == []
     assert rig.suppression.entries == {}
+
+
+def test_accepted_complaints_are_counted_per_source_by_the_reports_source_ip() -> None:
+    counts = IntakeCounts(clock=lambda: 1_790_000_000.0)
+    yahoo = RateKey("acme", "december", "yahoo")
+    for outcome in (Outcome("complaint", "accepted", "trusted_dkim", complaint=yahoo,
+                            source="tx1"),
+                    Outcome("complaint", "accepted", "trusted_dkim", complaint=yahoo,
+                            source="tx1"),
+                    Outcome("complaint", "accepted", "trusted_dkim", complaint=yahoo),
+                    Outcome("complaint", "untrusted", "unsigned", source="tx1")):
+        counts.count(outcome)
+    out = io.StringIO()
+    counts.flush(out)
+    docs = [json.loads(line) for line in out.getvalue().splitlines() if line]
+    by_source = [d for d in docs if "source" in d]
+    assert [(d["source"], d["provider"], d["complaints"]) for d in by_source] == [
+        ("none", "yahoo", 1), ("tx1", "yahoo", 2)]
+    assert all(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["source", "provider"]]
+               for d in by_source)
+
+
+def test_a_reports_source_ip_names_the_source_with_that_address() -> None:
+    sources = {"tx1": Source(name="tx1", ip="198.51.100.7", ehlo="o1.example.com", az="a"),
+               "tx6": Source(name="tx6", ip="2001:db8::25", ehlo="o6.example.com", az="b")}
+    source_of = source_by_ip(sources)
+    assert source_of("198.51.100.7") == "tx1"
+    assert source_of(" 198.51.100.7 ") == "tx1"
+    assert source_of("2001:0db8:0:0:0:0:0:25") == "tx6"  # the same address, spelt out
+    assert source_of("[2001:db8::25]") == "tx6"
+    assert source_of("203.0.113.9") is None  # not ours: another sender's mail
+    assert source_of("not an address") is None
+    assert source_of(None) is None

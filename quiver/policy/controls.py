@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quiver.units import parse_duration
+from quiver.policy.durations import bounded_duration
 
 KEYS = frozenset({"poll", "recheck"})
 # A control is in effect on every sender within poll + the time its read takes; the
@@ -38,17 +38,8 @@ def parse_controls(t: Mapping[str, Any], *, error: Callable[[str, str], None]) -
             error(f"controls.{key}", "unknown key (allowed: " + ", ".join(sorted(KEYS)) + ")")
 
     def duration(key: str, default: float, low: float, high: float) -> float:
-        if key not in t:
-            return default
-        try:
-            value = parse_duration(t[key])
-        except (ValueError, TypeError) as exc:
-            error(f"controls.{key}", str(exc))
-            return default
-        if not low <= value <= high:
-            error(f"controls.{key}", f"must be between {low:g}s and {high:g}s")
-            return default
-        return value
+        return bounded_duration(t, key, section="controls", default=default, low=low,
+                                high=high, error=error)
 
     return ControlsPolicy(poll=duration("poll", d.poll, MIN_POLL, MAX_POLL),
                           recheck=duration("recheck", d.recheck, MIN_RECHECK, MAX_RECHECK))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from quiver.units import parse_duration
+from quiver.policy.durations import bounded_duration
 
 OnError = Literal["defer", "send"]
 ON_ERROR: tuple[OnError, ...] = ("defer", "send")
@@ -62,17 +62,8 @@ def parse_suppression(
         on_error = d.on_error
 
     def duration(key: str, default: float, low: float, high: float) -> float:
-        if key not in t:
-            return default
-        try:
-            value = parse_duration(t[key])
-        except (ValueError, TypeError) as exc:
-            error(f"suppression.{key}", str(exc))
-            return default
-        if not low <= value <= high:
-            error(f"suppression.{key}", f"must be between {low:g}s and {high:g}s")
-            return default
-        return value
+        return bounded_duration(t, key, section="suppression", default=default, low=low,
+                                high=high, error=error)
 
     entries = t.get("cache_entries", d.cache_entries)
     if (isinstance(entries, bool) or not isinstance(entries, int)

@@ -27,10 +27,13 @@ MAX_DIMENSION_VALUE = 1024
 
 
 def documents(text: str, metric: str) -> list[dict[str, Any]]:
+    """The complaint rate's documents of `metric` (not the same metric name under the
+    per-pool or per-source dimensions)."""
     docs = [json.loads(line) for line in text.splitlines() if line]
     return [d for d in docs
             if d["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == metric
-            and d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] != [["pool", "provider"]]]
+            and d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0] == [
+                "tenant", "campaign", "provider"]]
 
 
 def identities(doc: dict[str, Any]) -> set[tuple[tuple[str, str], ...]]:

@@ -8,6 +8,9 @@ keys (set in cdk.json or with `-c key=value`):
   quiver:vpc-cidr          the VPC's CIDR (default 10.60.0.0/16; policy addresses must fit)
   quiver:alarm-email       address subscribed to the alarm topic (optional)
   quiver:public-ipv4-pool  BYOIP pool to allocate the policy's exact addresses from (optional)
+  quiver:region            the region, required when the policy's nodes name AZ IDs (use1-az1)
+  quiver:dark              "true": deploy with no sender running (first deploy, before DNS
+                           and port 25 are ready); "false" (default) to go live
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from quiver.names import DEFAULT_PREFIX
 from quiver.policy import PolicyError
 
 ROOT = Path(__file__).resolve().parent
+
+
+def dark_flag(value: str | None) -> bool:
+    """`-c quiver:dark=true|false`; anything else is refused, never read as "live"."""
+    text = (value or "false").strip().lower()
+    if text not in ("true", "false"):
+        raise DeploymentError([f"quiver:dark: expected true or false, got {value!r}"],
+                              origin="context")
+    return text == "true"
 
 
 def main() -> int:
@@ -45,6 +57,8 @@ def main() -> int:
             vpc_cidr=context("quiver:vpc-cidr", DEFAULT_VPC_CIDR) or DEFAULT_VPC_CIDR,
             public_ipv4_pool=context("quiver:public-ipv4-pool"),
             alarm_email=context("quiver:alarm-email"),
+            dark=dark_flag(context("quiver:dark", "false")),
+            region=context("quiver:region"),
         )
     except (PolicyError, DeploymentError, RenderError) as exc:
         print(f"error: {exc}", file=sys.stderr)

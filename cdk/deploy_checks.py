@@ -19,7 +19,12 @@ STOP_MARGIN_S = 5
 # Fargate refuses a container stopTimeout above 120 s.
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 
+# An AZ name (us-east-1a) names a different physical zone in each account; an AZ ID
+# (use1-az1) names the same one everywhere, so capacity checks made with
+# `describe-instance-type-offerings --location-type availability-zone-id` hold.
 _AZ = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")
+_AZ_ID = re.compile(r"^([a-z]{2,5}\d+)-az\d+$")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d+$")
 
 
 class DeploymentError(ValueError):
@@ -37,7 +42,9 @@ class Placement:
     """Where the policy puts the system: one region, the AZs of its proxy nodes."""
 
     region: str
+    # AZ names, or AZ IDs when `by_id` (subnets are then placed with AvailabilityZoneId).
     availability_zones: tuple[str, ...]
+    by_id: bool = False
 
 
 def stop_timeout_seconds(policy: Policy) -> int:
@@ -62,9 +69,13 @@ def task_vcpus(policy: Policy) -> int:
 
 def check_deployable(
     policy: Policy, *, dkim_secret_prefix: str, return_path_secret_prefix: str = "",
-    origin: str = "policy",
+    origin: str = "policy", region: str | None = None,
 ) -> Placement:
-    """Check the deploy-only rules; return the region and AZs the policy implies."""
+    """Check the deploy-only rules; return the region and AZs the policy implies.
+
+    With AZ names the region is theirs (`region`, if given, must agree); AZ IDs do
+    not spell their region, so `region` (context `quiver:region`) is required.
+    """
     problems: list[str] = []
     if policy.local_only:
         problems.append(
@@ -79,17 +90,39 @@ def check_deployable(
             "define one node per AZ"
         )
     regions: set[str] = set()
+    id_prefixes: set[str] = set()
     for name, node in nodes.items():
         match = _AZ.match(node.az)
-        if match is None:
-            problems.append(
-                f"proxy.nodes.{name}.az: {node.az!r} is not an AZ name like 'us-east-1a'"
-            )
-        else:
+        by_id = _AZ_ID.match(node.az)
+        if match is not None:
             regions.add(match.group(1))
-    if len(regions) > 1:
+        elif by_id is not None:
+            id_prefixes.add(by_id.group(1))
+        else:
+            problems.append(
+                f"proxy.nodes.{name}.az: {node.az!r} is neither an AZ name like 'us-east-1a' "
+                "nor an AZ ID like 'use1-az1'"
+            )
+    if regions and id_prefixes:
+        problems.append("proxy.nodes: give every node an AZ name or every node an AZ ID, "
+                        "not both")
+    if len(regions) > 1 or len(id_prefixes) > 1:
         problems.append(
-            "proxy.nodes: all nodes must be in one region, found " + ", ".join(sorted(regions))
+            "proxy.nodes: all nodes must be in one region, found "
+            + ", ".join(sorted(regions | id_prefixes))
+        )
+    if region is not None and not _REGION.match(region):
+        problems.append(f"quiver:region: {region!r} is not a region name like 'us-east-1'")
+    elif region is not None and regions and region not in regions:
+        problems.append(
+            f"quiver:region: {region} differs from the region of the nodes' AZs "
+            f"({', '.join(sorted(regions))})"
+        )
+    if id_prefixes and region is None:
+        problems.append(
+            "proxy.nodes: AZ IDs do not name their region; deploy with "
+            "-c quiver:region=<region> (the region whose AZ IDs start "
+            f"{', '.join(sorted(id_prefixes))}-)"
         )
     azs = tuple(sorted({node.az for node in nodes.values()}))
     if nodes and len(azs) < 2:
@@ -134,4 +167,5 @@ def check_deployable(
         )
     if problems:
         raise DeploymentError(problems, origin)
-    return Placement(region=regions.pop(), availability_zones=azs)
+    return Placement(region=region or regions.pop(), availability_zones=azs,
+                     by_id=bool(id_prefixes))

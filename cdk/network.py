@@ -46,6 +46,7 @@ class Network(Construct):
         *,
         cidr: str,
         availability_zones: Sequence[str],
+        by_id: bool = False,
         flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -91,6 +92,8 @@ class Network(Construct):
             },
             restrict_default_security_group=True,
         )
+        if by_id:
+            self._place_subnets_by_zone_id()
         self.endpoint_security_group = ec2.SecurityGroup(
             self, "EndpointSecurityGroup",
             vpc=self.vpc,
@@ -116,9 +119,20 @@ class Network(Construct):
         self.s3_prefix_list = self._prefix_list("S3PrefixList", "s3")
         self.dynamodb_prefix_list = self._prefix_list("DynamoDbPrefixList", "dynamodb")
 
+    def _place_subnets_by_zone_id(self) -> None:
+        """The VPC was laid out over AZ IDs as if they were names (the CIDR plan and the
+        subnet per zone are the same); CloudFormation takes them as AvailabilityZoneId,
+        which maps to this account's AZ name at deploy time, never at synth."""
+        for subnet in (*self.vpc.public_subnets, *self.vpc.isolated_subnets):
+            cfn = subnet.node.default_child
+            if not isinstance(cfn, ec2.CfnSubnet):
+                raise TypeError(f"{subnet.node.path}: expected a CfnSubnet")
+            cfn.add_property_override("AvailabilityZoneId", subnet.availability_zone)
+            cfn.add_property_deletion_override("AvailabilityZone")
+
     @property
     def proxy_subnets(self) -> dict[str, ec2.ISubnet]:
-        """The public subnet of each AZ, by AZ name."""
+        """The public subnet of each AZ, by the AZ name or ID the policy gives."""
         return {subnet.availability_zone: subnet for subnet in self.vpc.public_subnets}
 
     @property

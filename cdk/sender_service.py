@@ -78,8 +78,13 @@ class SenderService(Construct):
         backlog_per_task: int | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         controls_table: dynamodb.ITable | None = None,
+        dark: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
+        # Dark: everything is deployed but no sender runs and autoscaling cannot start
+        # one, so nothing sends from addresses whose PTR, SPF and port 25 are not ready
+        # (the first deploy allocates the addresses those depend on).
+        self.dark = dark
         if min_tasks < 2:
             raise ValueError("min_tasks must be at least 2: one task per AZ survives an AZ loss")
         self.stop_timeout = Duration.seconds(stop_timeout_seconds(policy))
@@ -215,11 +220,12 @@ class SenderService(Construct):
             circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
             availability_zone_rebalancing=ecs.AvailabilityZoneRebalancing.ENABLED,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
+            desired_count=0 if dark else None,
         )
         self._autoscale(
             outbound_queue=outbound_queue,
-            min_tasks=min_tasks,
-            max_tasks=max_tasks,
+            min_tasks=0 if dark else min_tasks,
+            max_tasks=0 if dark else max_tasks,
             backlog_per_task=backlog_per_task or policy.intake.max_inflight_messages,
         )
 

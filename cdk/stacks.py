@@ -95,6 +95,7 @@ class ServiceStack(Stack):
         repo_root: Path,
         vpc_cidr: str,
         alarm_email: str | None,
+        dark: bool = False,
     ) -> None:
         super().__init__(
             scope, construct_id, env=env,
@@ -106,6 +107,7 @@ class ServiceStack(Stack):
         return_path_secret_prefix = f"{prefix}/return-path/"
         network = Network(
             self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
+            by_id=placement.by_id,
         )
         policy_parameter = PolicyParameter(
             self, "Policy",
@@ -131,6 +133,7 @@ class ServiceStack(Stack):
             policy_parameter=policy_parameter.parameter,
             dkim_secret_prefix=dkim_secret_prefix,
             return_path_secret_prefix=return_path_secret_prefix,
+            dark=dark,
         )
         proxies = ProxyNodes(
             self, "Proxies",
@@ -239,6 +242,8 @@ def add_quiver_stacks(
     vpc_cidr: str = DEFAULT_VPC_CIDR,
     public_ipv4_pool: str | None = None,
     alarm_email: str | None = None,
+    dark: bool = False,
+    region: str | None = None,
 ) -> QuiverStacks:
     """Validate the policy and add both stacks; raises PolicyError or DeploymentError."""
     origin = str(policy_path)
@@ -246,9 +251,10 @@ def add_quiver_stacks(
     policy = parse_policy(policy_text, origin=origin)
     placement = check_deployable(policy, dkim_secret_prefix=f"{prefix}/dkim/",
                                  return_path_secret_prefix=f"{prefix}/return-path/",
-                                 origin=origin)
+                                 origin=origin, region=region)
     # Account-agnostic (the deploying credentials decide it), but pinned to the region
-    # the policy's AZs are in: no lookups, so synth needs no AWS account.
+    # the policy's AZs are in (or quiver:region, for AZ IDs): no lookups, so synth
+    # needs no AWS account.
     env = Environment(region=placement.region)
     names = resource_names(account=Aws.ACCOUNT_ID, region=Aws.REGION, prefix=prefix)
     stack_prefix = logical_id_part(prefix)
@@ -260,7 +266,7 @@ def add_quiver_stacks(
         app, f"{stack_prefix}Service",
         env=env, names=names, prefix=prefix, policy=policy, policy_text=policy_text,
         policy_origin=origin, placement=placement, stateful=stateful, repo_root=repo_root,
-        vpc_cidr=vpc_cidr, alarm_email=alarm_email,
+        vpc_cidr=vpc_cidr, alarm_email=alarm_email, dark=dark,
     )
     service.add_stack_dependency(stateful)
     return QuiverStacks(stateful=stateful, service=service, policy=policy, placement=placement)

@@ -252,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_ctl_parser(sub)
 
+    from quiver.preflight.command import add_parser as add_preflight_parser
+
+    add_preflight_parser(sub)
+
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a policy file; list every problem")

@@ -65,7 +65,7 @@ class Answers:
                     dns.rdataclass.IN, dns.rdatatype.MX, record.value.preference, exchange
                 )
             elif isinstance(record.value, str):
-                rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, record.value)
+                rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, record.text())
             else:
                 rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, record.value)
             _, rdatas = self.rrsets.setdefault((record.name, rdtype), (record.ttl, []))

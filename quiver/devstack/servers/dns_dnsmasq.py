@@ -9,7 +9,11 @@ What its command line cannot say, `zone_args` refuses with the reason, and
 `start_dns` then uses the builtin responder instead:
 - per-record TTLs on MX and TXT (one `--local-ttl` applies to all of them);
 - TXT character-strings that are empty, contain a comma (the separator on the
-  command line), or bytes outside printable ASCII.
+  command line), or bytes outside printable ASCII;
+- a zone with PTR records in which some A/AAAA address has none: `--host-record`
+  also answers the address's PTR, and only an explicit `--ptr-record` for that
+  address replaces that answer (so a reverse record the zone leaves out on purpose
+  would be served anyway).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Literal
 
 from quiver.devstack.processes import child_process_options, free_port, stop_process
 from quiver.devstack.servers.dns_builtin import wait_until_answering
-from quiver.devstack.servers.dns_zone import DEFAULT_TTL, Mx, Zone
+from quiver.devstack.servers.dns_zone import DEFAULT_TTL, Mx, Zone, reverse_name
 
 DNSMASQ_PATHS = ("/usr/sbin/dnsmasq", "/usr/local/sbin/dnsmasq")
 START_TIMEOUT = 10.0
@@ -55,15 +59,28 @@ def _txt_string_ok(data: bytes) -> bool:
 
 def zone_args(zone: Zone) -> list[str]:
     """dnsmasq options serving exactly this zone; ZoneNotExpressible if it cannot."""
-    shared_ttls = {r.ttl for r in zone if r.type in ("MX", "TXT")}
+    shared_ttls = {r.ttl for r in zone if r.type in ("MX", "TXT", "PTR")}
     if len(shared_ttls) > 1:
         raise ZoneNotExpressible(
-            f"MX and TXT records have different TTLs {sorted(shared_ttls)}; "
+            f"MX, TXT and PTR records have different TTLs {sorted(shared_ttls)}; "
             "dnsmasq has one --local-ttl for all of them"
         )
     args = [f"--local-ttl={shared_ttls.pop() if shared_ttls else DEFAULT_TTL}"]
+    reverse = {r.name for r in zone if r.type == "PTR"}
+    if reverse:
+        unreversed = sorted(
+            r.value for r in zone if r.type in ("A", "AAAA") and isinstance(r.value, str)
+            and reverse_name(r.value) not in reverse
+        )
+        if unreversed:
+            raise ZoneNotExpressible(
+                f"address {unreversed[0]} has no PTR in a zone that has PTR records; "
+                "dnsmasq's --host-record would answer one for it"
+            )
     for record in zone:
-        if isinstance(record.value, Mx):
+        if record.type == "PTR":
+            args.append(f"--ptr-record={record.name},{record.value}")
+        elif isinstance(record.value, Mx):
             exchange = record.value.exchange or "."
             args.append(f"--mx-host={record.name},{exchange},{record.value.preference}")
         elif isinstance(record.value, str):

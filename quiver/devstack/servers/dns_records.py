@@ -23,7 +23,8 @@ from typing import Any, cast, get_args
 
 from quiver.devstack.servers.dns_zone import DEFAULT_TTL, MAX_TTL, RecordType, Zone, normalise_name
 
-RECORD_TYPES: tuple[str, ...] = get_args(RecordType)
+# PTR records come from `Zone.add_ptr` (rigs that check reverse DNS), not from files.
+RECORD_TYPES: tuple[str, ...] = tuple(t for t in get_args(RecordType) if t != "PTR")
 _FIELDS = ("name", "type", "value", "preference", "ttl")
 DEFAULT_PREFERENCE = 10
 

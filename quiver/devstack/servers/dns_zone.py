@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-RecordType = Literal["MX", "A", "AAAA", "TXT"]
+RecordType = Literal["MX", "A", "AAAA", "TXT", "PTR"]
 
 DEFAULT_TTL = 300
 # RFC 1035 3.3: a <character-string> carries at most 255 bytes; longer TXT data
@@ -58,14 +58,14 @@ class Record:
     name: str
     type: RecordType
     ttl: int
-    value: Mx | str | tuple[bytes, ...]  # MX | address text | TXT character-strings
+    value: Mx | str | tuple[bytes, ...]  # MX | address text or PTR target | TXT strings
 
     def text(self) -> str:
         """Presentation format of the data, as in a zone file."""
         if isinstance(self.value, Mx):
             return f"{self.value.preference} {self.value.exchange}."
         if isinstance(self.value, str):
-            return self.value
+            return f"{self.value}." if self.type == "PTR" else self.value
         return " ".join(
             '"' + s.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"') + '"'
             for s in self.value
@@ -80,6 +80,11 @@ def split_txt(text: str | bytes) -> tuple[bytes, ...]:
     return tuple(
         data[i : i + MAX_CHARACTER_STRING] for i in range(0, len(data), MAX_CHARACTER_STRING)
     )
+
+
+def reverse_name(ip: str) -> str:
+    """The PTR owner name of an IPv4 or IPv6 address, without the final dot."""
+    return ipaddress.ip_address(ip).reverse_pointer
 
 
 def _check_ttl(ttl: int) -> int:
@@ -142,6 +147,13 @@ class Zone:
     def add_txt(self, name: str, text: str | bytes, *, ttl: int = DEFAULT_TTL) -> Record:
         """One TXT record; text over 255 bytes is split into several character-strings."""
         return self._add(name, "TXT", split_txt(text), ttl)
+
+    def add_ptr(self, ip: str, host: str, *, ttl: int = DEFAULT_TTL) -> Record:
+        """The reverse record of `ip` (its in-addr.arpa or ip6.arpa name) naming `host`."""
+        target = normalise_name(host)
+        if not target:
+            raise ValueError(f"PTR target for {ip} is the root")
+        return self._add(reverse_name(ip), "PTR", target, ttl)
 
     def rrset(self, name: str, rtype: RecordType) -> list[Record]:
         return list(self._rrsets.get((normalise_name(name), rtype), ()))

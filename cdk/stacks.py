@@ -69,7 +69,10 @@ class StatefulStack(Stack):
             outbound_visibility_timeout=Duration.seconds(int(policy.intake.visibility_timeout)),
             events_visibility_timeout=events_queue_visibility_timeout(),
         )
-        self.buckets = Buckets(self, "Buckets", names=names)
+        self.buckets = Buckets(
+            self, "Buckets", names=names,
+            events_retention=Duration.days(policy.data.events_retention_days),
+        )
         self.tables = Tables(self, "Tables", names=names)
         self.inbound = InboundQueues(self, "Inbound", names=names,
                                      inbound_bucket=self.buckets.inbound)

@@ -22,11 +22,12 @@ versioning or access logs: see the suppressions below.
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Validations
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.logical_ids import pin_logical_id
+from cdk.nag import acknowledge
 from quiver.export import PREFIX as EXPORT_PREFIX
 from quiver.names import ResourceNames
 
@@ -67,19 +68,15 @@ class Buckets(Construct):
         # nothing itself: its own access logs would have to go somewhere, and into
         # itself would be a loop (every delivered log object a new request to log).
         self.access_logs = self._bucket("AccessLogsBucket", None, expiry=ACCESS_LOGS_EXPIRY)
-        Validations.of(self.access_logs).acknowledge(Acknowledgment(
-            id="AwsSolutions-S1",
-            reason="The access-logs bucket itself: logging it into itself would loop, and "
-                   "into another bucket only moves the question; only S3's log delivery "
-                   "writes here (bucket policy) and the bucket blocks public access.",
-        ))
+        acknowledge(self.access_logs, "S1",
+                    "The access-logs bucket itself: logging it into itself would loop, and "
+                    "into another bucket only moves the question; only S3's log delivery "
+                    "writes here (bucket policy) and the bucket blocks public access.")
         self.spill = self._bucket("SpillBucket", names.spill_bucket, expiry=SPILL_EXPIRY)
-        Validations.of(self.spill).acknowledge(Acknowledgment(
-            id="AwsSolutions-S1",
-            reason="Spilled bodies are read and written once per large message at the send "
-                   "rate and expire within 15 days; a log record per request would cost "
-                   "more than the bodies. Only the senders' task role can reach them.",
-        ))
+        acknowledge(self.spill, "S1",
+                    "Spilled bodies are read and written once per large message at the send "
+                    "rate and expire within 15 days; a log record per request would cost "
+                    "more than the bodies. Only the senders' task role can reach them.")
         self.events = self._bucket(
             "EventsBucket", names.events_bucket, expiry=events_retention, versioned=True,
             access_log_prefix=ACCESS_LOG_PREFIXES["events"],
@@ -92,12 +89,10 @@ class Buckets(Construct):
         self.athena_results = self._bucket(
             "AthenaResultsBucket", None, expiry=ATHENA_RESULTS_EXPIRY,
         )
-        Validations.of(self.athena_results).acknowledge(Acknowledgment(
-            id="AwsSolutions-S1",
-            reason="Query results only, written by Athena for the workgroup and expired "
-                   "after 30 days; the reads that matter are of the events bucket, which "
-                   "is logged. Athena's own query history names who ran what.",
-        ))
+        acknowledge(self.athena_results, "S1",
+                    "Query results only, written by Athena for the workgroup and expired "
+                    "after 30 days; the reads that matter are of the events bucket, which "
+                    "is logged. Athena's own query history names who ran what.")
         for attr, logical_id in LOGICAL_IDS.items():
             pin_logical_id(getattr(self, attr), logical_id)
 

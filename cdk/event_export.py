@@ -23,6 +23,7 @@ from constructs import Construct
 
 from cdk.buckets import EVENTS_PREFIX
 from cdk.lambda_code import handler_path
+from cdk.nag import acknowledge, acknowledge_lambda_logging, object_wildcard
 from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
 
 EXPORT_TIMEOUT = Duration.seconds(60)
@@ -121,6 +122,10 @@ class EventExport(Construct):
             actions=["s3:PutObject"],
             resources=[events_bucket.arn_for_objects(f"{EVENTS_PREFIX}*")],
         ))
+        acknowledge_lambda_logging(self.function)
+        acknowledge(self.function, object_wildcard(events_bucket, f"{EVENTS_PREFIX}*"),
+                    "Event objects have generated keys: the grant is PutObject under the "
+                    "export's prefix, the only place the Glue table reads.")
         # Claims are read in batches and written in batches, never one by one and
         # never updated or deleted (TTL removes them).
         self.function.add_to_role_policy(iam.PolicyStatement(

@@ -27,10 +27,29 @@ def findings(pack: AwsSolutionsChecks, app: App) -> list[str]:
             for v in report.violations for r in v.violating_resources]
 
 
-@pytest.fixture(scope="module")
-def nag_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, AwsSolutionsChecks]]:
-    app = App(context=cdk_context(), outdir=str(tmp_path_factory.mktemp("nag.out")))
-    add_quiver_stacks(app, policy_path=POLICY_PATH, repo_root=ROOT)
+# The example policy, and the same with what it leaves out: the return-path key ring
+# (the senders' and intakes' secret grants) and the one-click unsubscribe endpoint.
+WITH_UNSUBSCRIBE = """
+[return_path]
+key_secret = "quiver/return-path/keys"
+
+[[unsubscribe.domains]]
+from = "example.com"
+url = "https://unsubscribe.example.com/u/"
+"""
+
+
+@pytest.fixture(scope="module", params=["example", "with-unsubscribe"])
+def nag_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[App, AwsSolutionsChecks]]:
+    tmp = tmp_path_factory.mktemp("nag")
+    policy_path = POLICY_PATH
+    if request.param == "with-unsubscribe":
+        policy_path = tmp / "policy.toml"
+        policy_path.write_text(POLICY_PATH.read_text() + WITH_UNSUBSCRIBE)
+    app = App(context=cdk_context(), outdir=str(tmp / "out"))
+    stacks = add_quiver_stacks(app, policy_path=policy_path, repo_root=ROOT)
+    assert (stacks.service.unsubscribe is not None) == (request.param == "with-unsubscribe")
     pack = AwsSolutionsChecks(app)
     Validations.of(app).add_plugins(pack)
     yield app, pack

@@ -23,6 +23,7 @@ from constructs import Construct
 
 from cdk.buckets import EVENTS_PREFIX
 from cdk.lambda_code import handler_path
+from cdk.nag import acknowledge, acknowledge_lambda_logging, object_wildcard
 from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
 
 EXPORT_TIMEOUT = Duration.seconds(60)
@@ -34,8 +35,21 @@ METRICS_NAMESPACE = "Quiver"
 # in every commercial region under this account. Bump the version deliberately.
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 POWERTOOLS_LAYER_VERSION = 27
-RUNTIME = lambda_.Runtime.PYTHON_3_12
+# The newest Python Lambda runtime this aws-cdk-lib offers. The code needs 3.11 or
+# later (pyproject.toml); what the functions import besides it, the Powertools layer
+# and the vendored dnspython and dkimpy, each declare 3.14. The layer is built per
+# Python version, so its name follows the runtime (powertools_layer_arn).
+RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCHITECTURE = lambda_.Architecture.ARM_64
+# At most this many export invocations at once, enforced by the SQS poller (the
+# event source's maximum concurrency): a burst waits in the queue instead of taking
+# the account's Lambda concurrency from every other function. Reserved concurrency
+# would bound it too, but the poller would go on handing batches to a throttled
+# function; each throttle returns the batch to the queue as one more receive, and
+# after EVENTS_MAX_RECEIVES (cdk/queues.py) a burst's events end in the DLQ.
+# Twenty invocations of BATCH_SIZE queue messages per BATCHING_WINDOW is far above
+# what the senders publish (one message carries a sender's batch of events).
+MAX_CONCURRENCY = 20
 
 
 def events_queue_visibility_timeout() -> Duration:
@@ -48,9 +62,11 @@ def events_queue_visibility_timeout() -> Duration:
 
 
 def powertools_layer_arn(version: int = POWERTOOLS_LAYER_VERSION) -> str:
+    """The Powertools layer built for RUNTIME ("python3.14" -> "python314") and ARM."""
+    python = RUNTIME.name.replace(".", "")
     return (
         f"arn:aws:lambda:{Aws.REGION}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
-        f"AWSLambdaPowertoolsPythonV3-python312-arm64:{version}"
+        f"AWSLambdaPowertoolsPythonV3-{python}-arm64:{version}"
     )
 
 
@@ -66,6 +82,7 @@ class EventExport(Construct):
         finals_table: dynamodb.ITable,
         powertools_layer_version: int = POWERTOOLS_LAYER_VERSION,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        max_concurrency: int = MAX_CONCURRENCY,
     ) -> None:
         super().__init__(scope, construct_id)
         log_group = logs.LogGroup(
@@ -98,12 +115,17 @@ class EventExport(Construct):
             batch_size=BATCH_SIZE,
             max_batching_window=BATCHING_WINDOW,
             report_batch_item_failures=True,
+            max_concurrency=max_concurrency,
         ))
         self.function.add_to_role_policy(iam.PolicyStatement(
             sid="WriteEventObjects",
             actions=["s3:PutObject"],
             resources=[events_bucket.arn_for_objects(f"{EVENTS_PREFIX}*")],
         ))
+        acknowledge_lambda_logging(self.function)
+        acknowledge(self.function, object_wildcard(events_bucket, f"{EVENTS_PREFIX}*"),
+                    "Event objects have generated keys: the grant is PutObject under the "
+                    "export's prefix, the only place the Glue table reads.")
         # Claims are read in batches and written in batches, never one by one and
         # never updated or deleted (TTL removes them).
         self.function.add_to_role_policy(iam.PolicyStatement(

@@ -61,6 +61,12 @@ from cdk.event_export import (
 )
 from cdk.lambda_code import handler_path
 from cdk.logical_ids import logical_id_part, pin_logical_id
+from cdk.nag import (
+    acknowledge,
+    acknowledge_lambda_logging,
+    object_wildcard,
+    secret_wildcard,
+)
 from cdk.queues import DLQ_RETENTION
 from quiver.intake.receipt import ReceiptRule, receipt_rules
 from quiver.names import INBOUND_BOUNCE_PREFIX, INBOUND_FBL_PREFIX, ResourceNames
@@ -247,6 +253,9 @@ class InboundMail(Construct):
             install_latest_aws_sdk=False,
         )
         active.node.add_dependency(rule_set)
+        acknowledge(active, "IAM5[Resource::*]",
+                    "ses:SetActiveReceiptRuleSet has no resource-level permissions; the "
+                    "deploy-time call may do nothing else.")
 
     def _intake(
         self, construct_id: str, *, function: str, code_dir: Path, queue: sqs.IQueue,
@@ -308,6 +317,13 @@ class InboundMail(Construct):
         ]
         for statement in statements:
             fn.add_to_role_policy(statement)
+        acknowledge_lambda_logging(fn)
+        acknowledge(fn, object_wildcard(inbound_bucket, f"{prefix}*"),
+                    "Inbound objects are keyed by SES message id: the grant is GetObject "
+                    f"under {prefix} only, the mail this intake parses.")
+        acknowledge(fn, secret_wildcard(fn, return_path_secret_prefix),
+                    "Secret ARNs end in a random suffix, so the grant is a name prefix: "
+                    f"only the return-path key ring under {return_path_secret_prefix}.")
         return fn
 
 

@@ -110,7 +110,10 @@ class Observability(Construct):
         intake_dlqs: Sequence[tuple[str, sqs.IQueue, str]] = (),
     ) -> None:
         super().__init__(scope, construct_id)
-        self.topic = sns.Topic(self, "AlarmTopic", display_name="Quiver alarms")
+        # Publishing over plain HTTP is refused by the topic's policy (CloudWatch
+        # publishes over TLS; anyone else must too).
+        self.topic = sns.Topic(self, "AlarmTopic", display_name="Quiver alarms",
+                               enforce_ssl=True)
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         action = cw_actions.SnsAction(self.topic)

@@ -22,6 +22,7 @@ from cdk.event_export import EventExport, events_queue_visibility_timeout
 from cdk.inbound_mail import BOUNCE_VENDORED, FBL_VENDORED, InboundMail, InboundQueues
 from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
+from cdk.nag import acknowledge_generated_handlers, acknowledge_service_constructs
 from cdk.network import Network
 from cdk.observability import Observability
 from cdk.policy_parameter import PolicyParameter
@@ -69,13 +70,17 @@ class StatefulStack(Stack):
             outbound_visibility_timeout=Duration.seconds(int(policy.intake.visibility_timeout)),
             events_visibility_timeout=events_queue_visibility_timeout(),
         )
-        self.buckets = Buckets(self, "Buckets", names=names)
+        self.buckets = Buckets(
+            self, "Buckets", names=names,
+            events_retention=Duration.days(policy.data.events_retention_days),
+        )
         self.tables = Tables(self, "Tables", names=names)
         self.inbound = InboundQueues(self, "Inbound", names=names,
                                      inbound_bucket=self.buckets.inbound)
         self.addresses = EgressAddresses(
             self, "EgressAddresses", policy=policy, public_ipv4_pool=public_ipv4_pool,
         )
+        acknowledge_generated_handlers(self)
 
 
 class ServiceStack(Stack):
@@ -210,6 +215,13 @@ class ServiceStack(Stack):
                  "complaint reports kept failing the FBL intake"),
             ),
         )
+        acknowledge_service_constructs(
+            network=network, senders=senders, proxies=proxies,
+            proxy_instances=proxies.instances, spill_bucket=buckets.spill,
+            dkim_secret_prefix=dkim_secret_prefix,
+            return_path_secret_prefix=return_path_secret_prefix,
+        )
+        acknowledge_generated_handlers(self)
         self.network = network
         self.senders = senders
         self.proxies = proxies

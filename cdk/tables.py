@@ -43,6 +43,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
 from cdk.logical_ids import pin_logical_id
+from cdk.nag import acknowledge
 from quiver.names import ResourceNames
 
 PARTITION_KEY = "pk"
@@ -79,6 +80,11 @@ class Tables(Construct):
         )
         for attr, logical_id in LOGICAL_IDS.items():
             pin_logical_id(getattr(self, attr), logical_id)
+        acknowledge(self.senders, "DDB3", "Heartbeats only, each expiring within the hour: "
+                    "a restore would bring back senders that are gone.")
+        acknowledge(self.finals, "DDB3", "Dedup claims expiring within 15 days; losing them "
+                    "costs at most a duplicate final event, and backups would bill for one "
+                    "item per final event.")
 
     def _table(
         self, construct_id: str, name: str, *, point_in_time_recovery: bool

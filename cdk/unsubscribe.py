@@ -28,6 +28,7 @@ from constructs import Construct
 
 from cdk.event_export import ARCHITECTURE, POWERTOOLS_LAYER_VERSION, RUNTIME, powertools_layer_arn
 from cdk.lambda_code import handler_path
+from cdk.nag import acknowledge_lambda_logging
 from quiver.settings import ENV_EVENTS_QUEUE_URL, ENV_KEY_RING_SECRET, ENV_SUPPRESSION_TABLE
 
 # Requests in flight at once, at most: one-click POSTs come one per recipient who
@@ -77,6 +78,7 @@ class Unsubscribe(Construct):
                 "POWERTOOLS_SERVICE_NAME": "unsubscribe",
             },
         )
+        acknowledge_lambda_logging(self.function)
         self.url = self.function.add_function_url(auth_type=lambda_.FunctionUrlAuthType.NONE)
         self.function.add_to_role_policy(iam.PolicyStatement(
             sid="SuppressUnsubscribed",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quiver.policy.controls import parse_controls
+from quiver.policy.data import parse_data
 from quiver.policy.feedback import feedback_section
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
@@ -58,7 +59,7 @@ _DEFAULT_DKIM_HEADERS = (
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
-    "local_only", "return_path", "suppression", "unsubscribe", "controls",
+    "local_only", "return_path", "suppression", "unsubscribe", "controls", "data",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -251,6 +252,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     content = _content(c, c.table(data, "content", ""))
     suppression = parse_suppression(c.table(data, "suppression", ""), error=c.error)
     controls = parse_controls(c.table(data, "controls", ""), error=c.error)
+    data_policy = parse_data(c.table(data, "data", ""), error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -283,6 +285,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         return_path=return_path,
         feedback=feedback,
         unsubscribe=unsubscribe,
+        data=data_policy,
     )
 
 

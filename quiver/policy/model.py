@@ -7,6 +7,7 @@ from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.policy.controls import ControlsPolicy
+from quiver.policy.data import DataPolicy
 from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
@@ -238,6 +239,8 @@ class Policy:
     feedback: FeedbackPolicy = field(default_factory=FeedbackPolicy)
     # One-click unsubscribe headers per sending domain (quiver/policy/unsubscribe.py).
     unsubscribe: UnsubscribePolicy = field(default_factory=UnsubscribePolicy)
+    # How long recorded data is kept; applied at deploy (quiver/policy/data.py).
+    data: DataPolicy = field(default_factory=DataPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk import aws_lambda as lambda_
 from infra_helpers import only, output_source, ref_target, render, resources
 
 from cdk.event_analytics import COLUMNS
@@ -45,11 +46,14 @@ def code_dir(synth: Any, function_id: str) -> Path:
 
 def test_export_function_runtime_layer_and_settings(service: dict[str, Any]) -> None:
     _, function = export_function(service)
-    assert function["Runtime"] in ("python3.11", "python3.12")
+    # The newest Python runtime aws-cdk-lib offers, and the Powertools layer built for it.
+    newest = max((r for r in dir(lambda_.Runtime) if r.startswith("PYTHON_3_")),
+                 key=lambda r: int(r.rsplit("_", 1)[1]))
+    assert function["Runtime"] == getattr(lambda_.Runtime, newest).name == "python3.14"
     assert function["Architectures"] == ["arm64"]
     (layer,) = function["Layers"]
     assert render(layer).startswith(
-        "arn:aws:lambda:${AWS::Region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python312-arm64:"
+        "arn:aws:lambda:${AWS::Region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python314-arm64:"
     )
     variables = function["Environment"]["Variables"]
     assert set(variables) >= {ENV_EVENTS_BUCKET, ENV_FINALS_TABLE}

@@ -79,9 +79,14 @@ def test_star_resources_only_for_actions_without_resource_scoping(
                 assert "*" not in as_list(statement["Resource"]), (logical_id, action)
 
 
-def own_resource(rendered: str, governs: tuple[str, ...]) -> bool:
+# Resource types whose Ref is their ARN (a queue's Ref is its URL, a bucket's its name).
+REF_IS_ARN = {"AWS::SNS::TopicPolicy"}
+
+
+def own_resource(rendered: str, governs: tuple[str, ...], *, ref_is_arn: bool = False) -> bool:
     """An ARN of a governed resource, or of what is inside it (a bucket's objects)."""
     return any(rendered == f"${{{target}.Arn}}" or rendered.startswith(f"${{{target}.Arn}}/")
+               or (ref_is_arn and rendered == f"${{{target}}}")
                for target in governs)
 
 
@@ -105,7 +110,8 @@ def test_resource_policies_speak_only_of_their_own_resource_and_allow_no_one(
         for statement in policy.statements:
             effect = allow_or_deny(statement)
             for resource in as_list(statement["Resource"]):
-                assert own_resource(str(render(resource)), policy.governs), (
+                assert own_resource(str(render(resource)), policy.governs,
+                                    ref_is_arn=policy.type in REF_IS_ARN), (
                     policy.logical_id, resource)
             if effect == "Allow":
                 assert not anyone(statement.get("Principal")), (policy.logical_id, statement)

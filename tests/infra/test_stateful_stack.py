@@ -20,7 +20,7 @@ PINNED = {
     "OutboundQueue", "OutboundDeadLetterQueue", "EventsQueue", "EventsDeadLetterQueue",
     "BounceIntakeQueue", "BounceIntakeDeadLetterQueue", "FblIntakeQueue",
     "FblIntakeDeadLetterQueue",
-    "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket",
+    "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket", "AccessLogsBucket",
     "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }
@@ -121,7 +121,7 @@ def test_outbound_queue_follows_the_policy(stateful: dict[str, Any], policy: Pol
 
 def test_buckets_block_public_access_encrypt_and_require_tls(stateful: dict[str, Any]) -> None:
     buckets = resources(stateful, "AWS::S3::Bucket")
-    assert len(buckets) == 4
+    assert len(buckets) == 5
     for logical_id, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == {
@@ -147,11 +147,6 @@ def test_spilled_bodies_expire_after_15_days(stateful: dict[str, Any]) -> None:
     # Longer than any queue keeps the message that points at the body.
     queues = resources(stateful, "AWS::SQS::Queue").values()
     assert max(q["Properties"]["MessageRetentionPeriod"] for q in queues) < 15 * 86400
-
-
-def test_events_are_kept(stateful: dict[str, Any]) -> None:
-    rules = stateful["Resources"]["EventsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
-    assert not [r for r in rules if "ExpirationInDays" in r]
 
 
 def test_tables_use_the_local_stack_key_schema(stateful: dict[str, Any]) -> None:

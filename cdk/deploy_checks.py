@@ -8,10 +8,12 @@ policy key to change, so a policy that would deploy a broken system fails synth.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
 from quiver.policy import Policy
+from quiver.proxy.blocks import NODE_BLOCK_PREFIX, node_block
 
 # ECS waits this long after SIGTERM before SIGKILL: the sender's drain deadline plus
 # time to make unfinished messages visible again and flush the last event batch.
@@ -169,3 +171,66 @@ def check_deployable(
         raise DeploymentError(problems, origin)
     return Placement(region=region or regions.pop(), availability_zones=azs,
                      by_id=bool(id_prefixes))
+
+
+# Private IPv4 addresses per network interface, by instance type (EC2's "IPv4
+# addresses per interface"; `aws ec2 describe-instance-types --instance-types T
+# --query 'InstanceTypes[].NetworkInfo.Ipv4AddressesPerInterface'`). Synth is
+# offline, so the table is here: a type missing from it is refused, not guessed.
+ADDRESSES_PER_ENI: dict[str, int] = {
+    **{f"{family}.medium": 4 for family in ("c7g", "c6g", "m7g", "m6g", "r7g")},
+    **{f"{family}.{size}": n
+       for family in ("c7g", "c6g", "c7i", "c6i", "m7g", "m6g", "m7i", "m6i", "r7g")
+       for size, n in (("large", 10), ("xlarge", 15), ("2xlarge", 15), ("4xlarge", 30),
+                       ("8xlarge", 30), ("12xlarge", 30), ("16xlarge", 50))},
+    **{f"{family}.{size}": n
+       for family in ("t3", "t4g")
+       for size, n in (("micro", 2), ("small", 4), ("medium", 6), ("large", 12),
+                       ("xlarge", 15), ("2xlarge", 15))},
+}
+
+
+def check_proxy_capacity(policy: Policy, *, instance_type: str) -> None:
+    """Each node's addresses fit one interface of `instance_type` and its fixed block,
+    and no two nodes' blocks overlap. An interface update that asks for more addresses
+    than the type carries fails at deploy, half way; here it fails synth."""
+    problems: list[str] = []
+    limit = ADDRESSES_PER_ENI.get(instance_type)
+    if limit is None:
+        problems.append(
+            f"instance type {instance_type}: its addresses per interface are unknown here; "
+            "add it to ADDRESSES_PER_ENI in cdk/deploy_checks.py (aws ec2 "
+            "describe-instance-types ... Ipv4AddressesPerInterface)"
+        )
+    blocks: dict[str, str] = {}
+    for name, node in sorted(policy.proxy.nodes.items()):
+        sources = [(s.name, s.local_ip) for s in policy.sources.values()
+                   if s.node == name and s.local_ip]
+        # One address is the node's primary; a failover may add one standby per
+        # source of another node, which is the operator's call at the time.
+        if limit is not None and 1 + len(sources) > limit:
+            problems.append(
+                f"proxy.nodes.{name}: 1 primary + {len(sources)} source addresses exceed "
+                f"{instance_type}'s {limit} addresses per interface; move sources to "
+                f"another node or use a larger instance type"
+            )
+        block = node_block(node.address)
+        for source, local_ip in sources:
+            if ipaddress.ip_address(local_ip) not in block:
+                problems.append(
+                    f"sources.{source}.local_ip: {local_ip} is outside node "
+                    f"{name}'s fixed block {block} (the /{NODE_BLOCK_PREFIX} of its address "
+                    f"{node.address}); the subnet reservation holding it cannot grow in place, "
+                    f"so pick a free address in {block}"
+                )
+        key = str(block)
+        if key in blocks:
+            problems.append(
+                f"proxy.nodes.{name}: its fixed block {block} is node {blocks[key]}'s too "
+                f"(reservations may not overlap); give it an address in another "
+                f"/{NODE_BLOCK_PREFIX} of its subnet"
+            )
+        else:
+            blocks[key] = name
+    if problems:
+        raise DeploymentError(problems)

@@ -94,6 +94,15 @@ class Network(Construct):
         )
         if by_id:
             self._place_subnets_by_zone_id()
+        # What the proxy tier waits for: an Elastic IP cannot be associated before the
+        # internet gateway is attached (Gateway.NotAttached), and a node's first boot
+        # installs HAProxy from S3 through the gateway endpoint's routes.
+        attachment = self.vpc.node.find_child("VPCGW")
+        assert isinstance(attachment, ec2.CfnVPCGatewayAttachment)
+        self.gateway_attachment = attachment
+        s3_endpoint = self.vpc.node.find_child("S3").node.default_child
+        assert isinstance(s3_endpoint, ec2.CfnVPCEndpoint)
+        self.s3_endpoint = s3_endpoint
         self.endpoint_security_group = ec2.SecurityGroup(
             self, "EndpointSecurityGroup",
             vpc=self.vpc,

@@ -4,8 +4,17 @@ Each node has one network interface with the node's primary private IP (health
 endpoint) and one secondary private IP per source placed on it; each secondary IP
 is associated with that source's Elastic IP. The interface is a resource of its
 own so the addresses and associations are independent of the instance. Those
-addresses sit in an explicit subnet CIDR reservation so AWS never hands them to
-another interface before the node claims them.
+addresses sit in the node's fixed block (quiver.proxy.blocks), an explicit subnet
+CIDR reservation, so AWS never hands them to another interface, and the block
+never needs to grow when a source is added (a reservation cannot change in place).
+
+Resilience: termination protection; EC2 recovers a node whose host fails
+(StatusCheckFailed_System) and reboots one whose OS stops answering
+(StatusCheckFailed_Instance); HAProxy's log is shipped to CloudWatch Logs; a new
+node must signal CloudFormation that HAProxy passes its health check within
+NODE_SIGNAL_TIMEOUT, or the deploy fails. The logical IDs of the reservations,
+interfaces, associations and instances are pinned (a refactor must not replace
+them: a replaced instance cannot take over an interface at device index 0).
 
 Reachability: the frontends and the health port accept only the senders' security
 group. Egress is the destination ports the policy allows (25) to anywhere, plus
@@ -19,14 +28,30 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from aws_cdk import Acknowledgment, CfnOutput, Fn, Validations
+from aws_cdk import (
+    Acknowledgment,
+    CfnCreationPolicy,
+    CfnOutput,
+    CfnResourceSignal,
+    Duration,
+    Fn,
+    RemovalPolicy,
+    Stack,
+    Validations,
+)
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk.logical_ids import logical_id_part
+from cdk.deploy_checks import check_proxy_capacity
+from cdk.logical_ids import logical_id_part, pin_logical_id
 from cdk.network import Network
+from proxy_tier.bootstrap import ResourceSignal, render_user_data
 from quiver.policy import Policy, ProxyNode
+from quiver.proxy.blocks import node_block
 
 DEFAULT_INSTANCE_TYPE = "c7g.large"
 # Graviton families carry a `g` after the generation digit (c7g, m7gd, c6gn).
@@ -38,6 +63,11 @@ AL2023_IMAGE = {
     "x86_64": "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
 }
 ROOT_VOLUME_GIB = 16
+# A new node's bootstrap installs HAProxy (and the CloudWatch agent), waits for its
+# addresses and the health check; ten minutes is ample, and a node that has not
+# signalled by then is broken.
+NODE_SIGNAL_TIMEOUT = Duration.minutes(15)
+HAPROXY_LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 # EC2's limit on user data, before base64.
 USER_DATA_LIMIT = 16 * 1024
 # Template linters expect `ami-...` in ImageId; `resolve:ssm:<public parameter>` is
@@ -49,13 +79,9 @@ _IMAGE_ID_REASON = (
 )
 
 
-def reservation_cidr(addresses: list[str]) -> str:
-    """The smallest CIDR block that holds every address."""
-    ips = [ipaddress.ip_address(a) for a in addresses]
-    network = ipaddress.ip_network(f"{min(ips)}/32")
-    while max(ips) not in network:
-        network = network.supernet()
-    return str(network)
+def node_logical_id(node: str, what: str) -> str:
+    """The pinned logical ID of one of a node's resources: EgressNode<Node><What>."""
+    return f"EgressNode{logical_id_part(node)}{what}"
 
 
 def every_boot(script: str) -> str:
@@ -108,7 +134,6 @@ class ProxyNodes(Construct):
         network: Network,
         elastic_ips: Mapping[str, ec2.CfnEIP],
         sender_security_group: ec2.ISecurityGroup,
-        user_data: Mapping[str, str],
         instance_type: str = DEFAULT_INSTANCE_TYPE,
         image_id: str | None = None,
     ) -> None:
@@ -116,6 +141,8 @@ class ProxyNodes(Construct):
         proxy = policy.proxy
         subnets = network.proxy_subnets
         self._check_addresses(policy, subnets)
+        check_proxy_capacity(policy, instance_type=instance_type)
+        self.network = network
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup",
             vpc=network.vpc,
@@ -144,6 +171,17 @@ class ProxyNodes(Construct):
                 iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore"),
             ],
         )
+        # Named at synth: the nodes' bootstrap carries the name as plain text.
+        self.log_group = logs.LogGroup(
+            self, "HaproxyLogs", retention=HAPROXY_LOG_RETENTION,
+            log_group_name=f"/quiver/{Stack.of(self).stack_name}/egress-haproxy",
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        # The CloudWatch agent writes the nodes' HAProxy log here and nowhere else.
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            resources=[self.log_group.log_group_arn, f"{self.log_group.log_group_arn}:*"],
+        ))
         profile = iam.CfnInstanceProfile(self, "InstanceProfile", roles=[self.role.role_name])
         if image_id is None:
             Validations.of(self).acknowledge(Acknowledgment(
@@ -155,7 +193,7 @@ class ProxyNodes(Construct):
         for name, node in sorted(proxy.nodes.items()):
             instance = self._node(
                 name=name, node=node, policy=policy, subnet=subnets[node.az],
-                elastic_ips=elastic_ips, user_data=user_data[name],
+                elastic_ips=elastic_ips,
                 instance_type=instance_type, image_id=image_id or image_for(instance_type),
                 profile=profile,
             )
@@ -173,7 +211,6 @@ class ProxyNodes(Construct):
         policy: Policy,
         subnet: ec2.ISubnet,
         elastic_ips: Mapping[str, ec2.CfnEIP],
-        user_data: str,
         instance_type: str,
         image_id: str,
         profile: iam.CfnInstanceProfile,
@@ -182,14 +219,14 @@ class ProxyNodes(Construct):
         sources = sorted(
             (s for s in policy.sources.values() if s.node == name), key=lambda s: s.name,
         )
-        addresses = [node.address] + [s.local_ip for s in sources if s.local_ip]
         reservation = ec2.CfnSubnetCidrReservation(
             self, f"{part}AddressReservation",
             subnet_id=subnet.subnet_id,
-            cidr=reservation_cidr(addresses),
+            cidr=str(node_block(node.address)),
             reservation_type="explicit",
-            description=f"Fixed addresses of Quiver egress node {name}",
+            description=f"Fixed address block of Quiver egress node {name}",
         )
+        pin_logical_id(reservation, node_logical_id(name, "Reservation"))
         interface = ec2.CfnNetworkInterface(
             self, f"{part}Interface",
             subnet_id=subnet.subnet_id,
@@ -206,16 +243,31 @@ class ProxyNodes(Construct):
                     for s in sources if s.local_ip
                 ),
             ],
-            tags=[{"key": "Name", "value": f"quiver-{name}"}],
+            # quiver:node: how `quiver proxy failover` finds a node's interface.
+            tags=[{"key": "Name", "value": f"quiver-{name}"},
+                  {"key": "quiver:node", "value": name}],
         )
+        pin_logical_id(interface, node_logical_id(name, "Interface"))
         interface.add_resource_dependency(reservation)
         for source in sources:
-            ec2.CfnEIPAssociation(
+            association = ec2.CfnEIPAssociation(
                 self, f"{part}{logical_id_part(source.name)}Association",
                 allocation_id=elastic_ips[source.name].attr_allocation_id,
                 network_interface_id=interface.ref,
                 private_ip_address=source.local_ip,
             )
+            pin_logical_id(association, node_logical_id(
+                name, f"{logical_id_part(source.name)}Association"))
+            # AssociateAddress fails with Gateway.NotAttached before the VPC's internet
+            # gateway is attached, and nothing else orders the two.
+            association.add_dependency(self.network.gateway_attachment)
+        instance_id = node_logical_id(name, "Instance")
+        user_data = render_user_data(
+            policy, name,
+            signal=ResourceSignal(stack=Stack.of(self).stack_name, resource=instance_id,
+                                  region=Stack.of(self).region),
+            log_group=f"/quiver/{Stack.of(self).stack_name}/egress-haproxy",
+        )
         instance = ec2.CfnInstance(
             self, f"{part}Instance",
             image_id=image_id,
@@ -238,12 +290,24 @@ class ProxyNodes(Construct):
             )],
             # One-minute metrics: the status-check alarm reacts in minutes, not tens.
             monitoring=True,
+            # A node owns sending addresses: terminating it by mistake takes them off
+            # the air until a deploy recreates it.
+            disable_api_termination=True,
             user_data=Fn.base64(every_boot(user_data)),
             tags=[
                 {"key": "Name", "value": f"quiver-{name}"},
                 {"key": "quiver:node", "value": name},
             ],
         )
+        pin_logical_id(instance, instance_id)
+        instance.cfn_options.creation_policy = CfnCreationPolicy(
+            resource_signal=CfnResourceSignal(
+                count=1, timeout=f"PT{int(NODE_SIGNAL_TIMEOUT.to_minutes())}M"),
+        )
+        # The first boot installs its packages from S3 through the gateway endpoint's
+        # routes; without them `dnf install` fails and the node never serves.
+        instance.add_dependency(self.network.s3_endpoint)
+        self._status_actions(name, instance)
         if image_id.startswith("resolve:ssm:"):
             instance.add_metadata("cfn-lint", {"config": {
                 "ignore_checks": [_IMAGE_ID_RULE],
@@ -254,6 +318,29 @@ class ProxyNodes(Construct):
         CfnOutput(self, f"{part}InstanceId", value=instance.ref,
                   description=f"Egress node {name}: `aws ssm start-session --target <id>`")
         return instance
+
+    def _status_actions(self, name: str, instance: ec2.CfnInstance) -> None:
+        """EC2 acts on its own status checks: recover onto new hardware when the host
+        fails (same instance ID, interface and addresses), reboot when the OS stops
+        answering. Paging stays with the observability alarms."""
+        for metric, action, what in (
+            ("StatusCheckFailed_System", cw_actions.Ec2InstanceAction.RECOVER, "Recover"),
+            ("StatusCheckFailed_Instance", cw_actions.Ec2InstanceAction.REBOOT, "Reboot"),
+        ):
+            alarm = cw.Metric(
+                namespace="AWS/EC2", metric_name=metric,
+                dimensions_map={"InstanceId": instance.ref},
+                period=Duration.minutes(1), statistic="Maximum",
+            ).create_alarm(
+                self, f"{logical_id_part(name)}{what}",
+                alarm_description=f"egress node {name}: {metric}; EC2 {what.lower()}s it",
+                threshold=1, evaluation_periods=2, datapoints_to_alarm=2,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                # Missing data is a stopped node: an action would only fight an operator.
+                treat_missing_data=cw.TreatMissingData.MISSING,
+            )
+            alarm.add_alarm_action(cw_actions.Ec2Action(action))
+            pin_logical_id(alarm, node_logical_id(name, what))
 
     @staticmethod
     def _check_addresses(policy: Policy, subnets: Mapping[str, ec2.ISubnet]) -> None:

@@ -16,6 +16,7 @@ from constructs import Construct
 
 from cdk.buckets import Buckets
 from cdk.deploy_checks import Placement, check_deployable
+from cdk.deployed_record import ALLOW_REMOVE_CONTEXT, check_against_record
 from cdk.egress_addresses import EgressAddresses
 from cdk.event_analytics import EventAnalytics
 from cdk.event_export import EventExport, events_queue_visibility_timeout
@@ -26,12 +27,11 @@ from cdk.nag import acknowledge_generated_handlers, acknowledge_service_construc
 from cdk.network import Network
 from cdk.observability import Observability
 from cdk.policy_parameter import PolicyParameter
-from cdk.proxy_tier import ProxyNodes
+from cdk.proxy_tier import DEFAULT_INSTANCE_TYPE, ProxyNodes, image_for
 from cdk.queues import Queues
 from cdk.sender_service import SenderService
 from cdk.tables import Tables
 from cdk.unsubscribe import Unsubscribe
-from proxy_tier.bootstrap import render_user_data
 from quiver.names import DEFAULT_PREFIX, ResourceNames, resource_names
 from quiver.policy import Policy, parse_policy
 
@@ -146,7 +146,6 @@ class ServiceStack(Stack):
             network=network,
             elastic_ips=stateful.addresses.by_source,
             sender_security_group=senders.security_group,
-            user_data={name: render_user_data(policy, name) for name in policy.proxy.nodes},
         )
         export = EventExport(
             self, "EventExport",
@@ -264,6 +263,10 @@ def add_quiver_stacks(
     placement = check_deployable(policy, dkim_secret_prefix=f"{prefix}/dkim/",
                                  return_path_secret_prefix=f"{prefix}/return-path/",
                                  origin=origin, region=region)
+    allowed = str(app.node.try_get_context(ALLOW_REMOVE_CONTEXT) or "")
+    check_against_record(policy, policy_path=policy_path,
+                         image=image_for(DEFAULT_INSTANCE_TYPE),
+                         allow_remove={n.strip() for n in allowed.split(",") if n.strip()})
     # Account-agnostic (the deploying credentials decide it), but pinned to the region
     # the policy's AZs are in (or quiver:region, for AZ IDs): no lookups, so synth
     # needs no AWS account.

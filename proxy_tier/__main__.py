@@ -1,4 +1,5 @@
-"""python -m proxy_tier render --config FILE --node NAME [--user-data] [rig options]"""
+"""python -m proxy_tier render --config FILE --node NAME [--user-data] [rig options]
+python -m proxy_tier record --config FILE [--accept]"""
 
 from __future__ import annotations
 
@@ -34,11 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"connections per source frontend (default {DEFAULT_MAXCONN_PER_SOURCE}; "
              "test rigs only)",
     )
+    record = commands.add_parser(
+        "record", help="compare the policy with its record of deployed sources and nodes "
+                       "(<policy>.deployed.json); --accept writes the record")
+    record.add_argument("--config", required=True, help="policy TOML file")
+    record.add_argument("--accept", action="store_true",
+                        help="write the policy's sources and nodes as deployed")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "record":
+        from proxy_tier.record import record_command
+
+        return record_command(args.config, accept=args.accept)
     return render_command(
         args.config, args.node, sys.stdout,
         allow_networks=args.allow_networks, user_data=args.user_data,

@@ -251,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.controls.command import add_parser as add_ctl_parser
 
     add_ctl_parser(sub)
+    from quiver.proxy.command import add_parser as add_proxy_parser
+
+    add_proxy_parser(sub)
 
     from quiver.preflight.command import add_parser as add_preflight_parser
 

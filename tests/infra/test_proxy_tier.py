@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from infra_helpers import output_source, ref_target, resources, statements
+from infra_helpers import output_source, ref_target, render, resources, statements
 
-from proxy_tier.bootstrap import render_user_data
+from proxy_tier.bootstrap import ResourceSignal, render_user_data
 from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
@@ -80,8 +80,14 @@ def test_user_data_runs_the_rendered_bootstrap_at_every_boot(
         assert set(parts) == {"text/cloud-config", "text/x-shellscript"}
         config = yaml.safe_load(parts["text/cloud-config"])
         assert config == {"cloud_final_modules": [["scripts-user", "always"]]}
-        # The bootstrap exactly as proxy_tier renders it.
-        assert parts["text/x-shellscript"] == render_user_data(policy, name)
+        # The bootstrap exactly as proxy_tier renders it, signalling this instance.
+        (instance_id,) = [k for k, r in resources(service, "AWS::EC2::Instance").items()
+                          if r["Properties"] is props]
+        assert parts["text/x-shellscript"] == render_user_data(
+            policy, name,
+            signal=ResourceSignal(stack="QuiverService", resource=instance_id,
+                                  region="us-east-1"),
+            log_group="/quiver/QuiverService/egress-haproxy")
 
 
 def test_nodes_are_updated_one_at_a_time(service: dict[str, Any]) -> None:
@@ -148,7 +154,9 @@ def test_proxy_egress_is_smtp_to_anywhere_and_https_to_aws_only(
                 or ref_target(rule["DestinationSecurityGroupId"]) == endpoint_sg)
 
 
-def test_instance_role_is_session_manager_only(service: dict[str, Any]) -> None:
+def test_instance_role_is_session_manager_and_its_own_log_group_only(
+    service: dict[str, Any]
+) -> None:
     (profile,) = resources(service, "AWS::IAM::InstanceProfile").values()
     (role_ref,) = profile["Properties"]["Roles"]
     role_id = ref_target(role_ref)
@@ -156,9 +164,18 @@ def test_instance_role_is_session_manager_only(service: dict[str, Any]) -> None:
     (managed,) = role["ManagedPolicyArns"]
     assert "AmazonSSMManagedInstanceCore" in str(managed)
     assert "Policies" not in role
-    assert [s for logical_id, s in statements(service) if logical_id == role_id] == []
-    for policy in resources(service, "AWS::IAM::Policy").values():
-        assert {"Ref": role_id} not in policy["Properties"]["Roles"]
+    (log_group_id,) = [k for k, r in resources(service, "AWS::Logs::LogGroup").items()
+                       if r["Properties"].get("LogGroupName")
+                       == "/quiver/QuiverService/egress-haproxy"]
+    granted = []
+    for policy_id, policy in resources(service, "AWS::IAM::Policy").items():
+        if {"Ref": role_id} in policy["Properties"]["Roles"]:
+            granted += [s for logical_id, s in statements(service) if logical_id == policy_id]
+    (statement,) = granted
+    assert sorted(statement["Action"]) == [
+        "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+    assert sorted(render(r) for r in statement["Resource"]) == [
+        f"${{{log_group_id}.Arn}}", f"${{{log_group_id}.Arn}}:*"]
 
 
 def test_each_node_has_a_status_check_alarm(service: dict[str, Any], policy: Policy) -> None:

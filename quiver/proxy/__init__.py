@@ -1,0 +1,1 @@
+"""Operating the HAProxy egress tier from outside the nodes: address blocks, failover."""

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnElement, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_s3 as s3
 from constructs import IConstruct
@@ -117,6 +117,12 @@ def acknowledge_service_constructs(
                 "AmazonSSMManagedInstanceCore]",
                 "Session Manager is the only way onto a proxy node (no SSH, no key pairs); "
                 "this is the policy AWS maintains for its agent.")
+    log_group = proxies.node.find_child("HaproxyLogs").node.default_child
+    assert isinstance(log_group, CfnElement)
+    acknowledge(proxies.node.find_child("Role"),
+                f"IAM5[Resource::<{Stack.of(proxies).get_logical_id(log_group)}.Arn>:*]",
+                "The CloudWatch agent writes log streams, whose names it makes per instance, "
+                "into the one HAProxy log group; `:*` names that group's streams and no other.")
     for instance in proxy_instances.values():
         if instance.disable_api_termination is None:
             acknowledge(instance, "EC29",

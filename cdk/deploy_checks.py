@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from quiver.policy import Policy
 
 # ECS waits this long after SIGTERM before SIGKILL: the sender's drain deadline plus
-# time to make unfinished messages visible again and flush the last event batch.
-STOP_MARGIN_S = 5
+# time to make unfinished messages visible again (up to intake.max_inflight_messages,
+# in batches of 10) and flush the last event batch.
+STOP_MARGIN_S = 20
 # Fargate refuses a container stopTimeout above 120 s.
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 

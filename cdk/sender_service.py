@@ -3,7 +3,8 @@
 Rollouts keep full capacity (new tasks start before old ones stop) and roll back
 by themselves when new tasks do not stay up. A stopping task gets SIGTERM, stops
 receiving, drains within the policy's drain deadline and makes every unfinished
-message visible again; ECS waits `stopTimeout` (drain deadline + 5 s) before SIGKILL.
+message visible again; ECS waits `stopTimeout` (drain deadline + 20 s, 120 s by
+default) before SIGKILL.
 Capacity follows the mail that more tasks would send sooner, per task, and the age of
 the oldest message. A task has one vCPU for its event loop and one per DKIM signing
 thread of the policy.
@@ -23,11 +24,11 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk.deploy_checks import MEMORY_MIB_PER_VCPU, stop_timeout_seconds, task_vcpus
 from cdk.network import Network
+from cdk.policy_object import PolicyObject
 from quiver import settings
 from quiver.emf import NAMESPACE
 from quiver.policy import Policy
@@ -35,6 +36,7 @@ from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
 
 CONTAINER_NAME = "sender"
+ENV_POLICY_RESTART_DIGEST = "QUIVER_POLICY_RESTART_DIGEST"
 # ECS runs this inside the container (so loopback reaches the status endpoint) with
 # the image's own Python: python:3.11-slim has no curl. urlopen raises on a 503, so
 # a stalled event loop fails the check.
@@ -68,7 +70,7 @@ class SenderService(Construct):
         suppression_table: dynamodb.ITable,
         senders_table: dynamodb.ITable,
         finals_table: dynamodb.ITable,
-        policy_parameter: ssm.IStringParameter,
+        policy_object: PolicyObject,
         dkim_secret_prefix: str,
         return_path_secret_prefix: str = "",
         cpu: int | None = None,
@@ -133,7 +135,11 @@ class SenderService(Construct):
             settings.ENV_FINALS_TABLE: finals_table.table_name,
             # Operator controls (`quiver ctl`), polled by every task; "" without one.
             settings.ENV_CONTROLS_TABLE: controls_table.table_name if controls_table else "",
-            settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
+            settings.ENV_POLICY_SOURCE: policy_object.spec,
+            # The hash of the policy sections a sender takes only at start: a change
+            # there changes the task definition, so ECS rolls the senders by itself;
+            # a change to live sections only (throttles, retry...) leaves it as is.
+            ENV_POLICY_RESTART_DIGEST: policy_object.restart_digest,
             # The queue's redrive limit: the sender records `failed` finals one receive
             # before SQS would move a message to the DLQ without them.
             settings.ENV_OUTBOUND_MAX_RECEIVES: str(outbound_max_receives),
@@ -154,7 +160,7 @@ class SenderService(Construct):
             # The status endpoint listens on every interface of the task's own network
             # namespace, but the security group admits nothing in: only the health
             # check (run inside the container) and tools on the task reach it.
-            command=["sender", "--config", f"ssm:{policy_parameter.parameter_name}",
+            command=["sender", "--config", policy_object.spec,
                      "--status-port", str(STATUS_PORT), "--status-bind", "0.0.0.0"],
             environment=environment,
             health_check=ecs.HealthCheck(
@@ -186,7 +192,6 @@ class SenderService(Construct):
             queues=(outbound_queue, outbound_dlq, events_queue),
             spill_bucket=spill_bucket,
             tables=(suppression_table, senders_table, finals_table),
-            policy_parameter=policy_parameter,
             dkim_secret_prefix=dkim_secret_prefix,
             # Only a policy with bounce domains signs return paths, and only one with
             # unsubscribe rules signs unsubscribe tokens (deploy_checks holds the
@@ -195,6 +200,7 @@ class SenderService(Construct):
             if policy.return_path.enabled or policy.unsubscribe.enabled else None,
             return_path_references=policy.return_path.enabled,
         )
+        policy_object.grant_read(self.task_role)
         if controls_table is not None:
             # Read-only: a sender only follows controls; `quiver ctl`, run with an
             # operator's credentials, writes them.
@@ -229,7 +235,6 @@ class SenderService(Construct):
         queues: tuple[sqs.IQueue, sqs.IQueue, sqs.IQueue],
         spill_bucket: s3.IBucket,
         tables: tuple[dynamodb.ITable, dynamodb.ITable, dynamodb.ITable],
-        policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
         return_path_secret_prefix: str | None,
         return_path_references: bool = False,
@@ -271,11 +276,6 @@ class SenderService(Construct):
                 sid="FinalEventsOfRedeliveredMessages",
                 actions=["dynamodb:Query"],
                 resources=[finals.table_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ReadPolicy",
-                actions=["ssm:GetParameter"],
-                resources=[policy_parameter.parameter_arn],
             ),
             iam.PolicyStatement(
                 sid="ReadDkimKeys",

@@ -24,7 +24,7 @@ from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
 from cdk.network import Network
 from cdk.observability import Observability
-from cdk.policy_parameter import PolicyParameter
+from cdk.policy_object import PolicyObject
 from cdk.proxy_tier import ProxyNodes
 from cdk.queues import Queues
 from cdk.sender_service import SenderService
@@ -107,11 +107,8 @@ class ServiceStack(Stack):
         network = Network(
             self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
         )
-        policy_parameter = PolicyParameter(
-            self, "Policy",
-            parameter_name=names.policy_parameter,
-            policy_text=policy_text,
-            origin=policy_origin,
+        policy_object = PolicyObject(
+            self, "Policy", policy_text=policy_text, origin=policy_origin,
         )
         senders = SenderService(
             self, "Senders",
@@ -128,10 +125,12 @@ class ServiceStack(Stack):
             senders_table=stateful.tables.senders,
             finals_table=stateful.tables.finals,
             controls_table=stateful.tables.controls,
-            policy_parameter=policy_parameter.parameter,
+            policy_object=policy_object,
             dkim_secret_prefix=dkim_secret_prefix,
             return_path_secret_prefix=return_path_secret_prefix,
         )
+        # New tasks read the policy at start: the object is uploaded before ECS rolls.
+        senders.service.node.add_dependency(policy_object.deployment)
         proxies = ProxyNodes(
             self, "Proxies",
             policy=policy,
@@ -185,9 +184,10 @@ class ServiceStack(Stack):
             events_queue=queues.events,
             suppression_table=stateful.tables.suppression,
             finals_table=stateful.tables.finals,
-            policy_parameter_name=names.policy_parameter,
+            policy_object=policy_object,
             return_path_secret_prefix=return_path_secret_prefix,
         )
+        self.inbound.node.add_dependency(policy_object.deployment)
         self.observability = Observability(
             self, "Observability",
             policy=policy,
@@ -211,7 +211,7 @@ class ServiceStack(Stack):
         self.senders = senders
         self.proxies = proxies
         self.export = export
-        self.policy_parameter = policy_parameter
+        self.policy_object = policy_object
 
 
 def _assembly_dir(scope: Construct) -> Path:

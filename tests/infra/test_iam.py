@@ -95,7 +95,8 @@ def test_resource_policies_speak_only_of_their_own_resource_and_allow_no_one(
     """Bucket and queue policies (and any other resource policy): every statement is about
     the resource the policy is attached to, and '*' as principal only ever in a Deny."""
     policies = resource_policies(stateful) + resource_policies(service)
-    buckets = set(resources(stateful, "AWS::S3::Bucket"))
+    buckets = set(resources(stateful, "AWS::S3::Bucket")) | set(
+        resources(service, "AWS::S3::Bucket"))
     queues = set(resources(stateful, "AWS::SQS::Queue"))
     # Every bucket and queue has its policy (the TLS-only deny), so each is checked here.
     assert {g for p in policies if p.type == "AWS::S3::BucketPolicy" for g in p.governs} == buckets
@@ -156,7 +157,8 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
                 )
             targets.append(str(value))
         granted[statement["Sid"]] = (sorted(as_list(statement["Action"])), sorted(targets))
-    (parameter,) = resources(service, "AWS::SSM::Parameter")
+    (policy_bucket,) = [b for b in resources(service, "AWS::S3::Bucket")
+                        if b.startswith("PolicyBucket")]
     assert granted == {
         "ConsumeAndRequeueOutbound": (
             ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage",
@@ -187,10 +189,8 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
-        "ReadPolicy": (
-            ["ssm:GetParameter"],
-            [f"arn:aws:ssm:us-east-1:${{AWS::AccountId}}:parameter${{{parameter}}}"],
-        ),
+        # The policy object's key only: no listing, no other object, no version.
+        "ReadPolicy": (["s3:GetObject"], [f"${{{policy_bucket}.Arn}}/policy/quiver.toml"]),
         "ReadDkimKeys": (
             ["secretsmanager:GetSecretValue"],
             ["arn:aws:secretsmanager:us-east-1:${AWS::AccountId}:secret:quiver/dkim/*"],

@@ -229,7 +229,8 @@ def test_each_intake_reads_its_queue_with_partial_batch_failures_and_only_what_i
         "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rp#*"]}}
     assert output_source(stateful, references["Resource"]) == {
         "Fn::GetAtt": ["FinalsTable", "Arn"]}
-    assert str(render(granted["ReadPolicy"]["Resource"])).endswith(":parameter/quiver/policy")
+    assert granted["ReadPolicy"]["Action"] == "s3:GetObject"
+    assert str(render(granted["ReadPolicy"]["Resource"])).endswith(".Arn}/policy/quiver.toml")
     assert str(render(granted["ReadReturnPathKeys"]["Resource"])).endswith(
         ":secret:quiver/return-path/*")
     assert sorted(as_list(granted["consume"]["Action"])) == [

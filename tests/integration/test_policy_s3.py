@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from cdk.policy_parameter import ADVANCED_TIER_MAX_BYTES
 from quiver.devstack.moto_server import MotoServer, client, start_moto
 from quiver.policy import PolicyError
 from quiver.policy.reload import PolicySource, PolicyWatcher
 from quiver.policy.source import MAX_POLICY_BYTES, S3PolicyReader, policy_reader, read_policy
 
 pytestmark = pytest.mark.integration
+
+# The largest SSM parameter (advanced tier), the policy's earlier home.
+SSM_ADVANCED_MAX_BYTES = 8192
 
 BUCKET = "quiver-config-test"
 KEY = "policy/quiver.toml"
@@ -89,7 +91,7 @@ def put(moto: MotoServer, text: str | bytes) -> str:
 
 def test_a_fleet_policy_too_large_for_ssm_loads_from_s3(moto: MotoServer) -> None:
     text = fleet_policy(50)
-    assert len(text.encode()) > ADVANCED_TIER_MAX_BYTES
+    assert len(text.encode()) > SSM_ADVANCED_MAX_BYTES
     version = put(moto, text)
     s3 = functools.cache(lambda: client(moto.endpoint, "s3"))
     reader = policy_reader(SPEC, s3=s3)

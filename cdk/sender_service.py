@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
+import re
+
+from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -48,6 +50,10 @@ HEALTH_CHECK = (
 # apart before ECS replaces the task: a wedged sender goes within about 2 minutes, a
 # slow moment does not. The start period covers the policy read and the first join.
 HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES, HEALTH_START = 30, 5, 3, 60
+# The image's base, pinned by digest (scripts/pin-base-image.sh writes it): the
+# Dockerfile's BASE_IMAGE build argument.
+BASE_IMAGE_FILE = "image/base-image"
+PINNED_BASE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 # Scale out fast when the oldest message waits this long: mail is getting late.
 OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
 
@@ -154,6 +160,7 @@ class SenderService(Construct):
             image=ecs.ContainerImage.from_asset(
                 str(image_directory),
                 file="Dockerfile",
+                build_args={"BASE_IMAGE": base_image(image_directory, scope=self)},
                 # Built by `cdk deploy` for Fargate's X86_64, whatever the deploying machine.
                 platform=ecr_assets.Platform.LINUX_AMD64,
             ),
@@ -414,3 +421,19 @@ class SenderService(Construct):
             adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             cooldown=Duration.minutes(3),
         )
+
+
+def base_image(image_directory: Path, *, scope: Construct) -> str:
+    """The base image reference recorded in the repo; a synth warning while it names a
+    tag without a digest (a rebuild of the same commit could then differ)."""
+    reference = (image_directory / BASE_IMAGE_FILE).read_text(encoding="utf-8").strip()
+    if not reference.startswith("python:3.11-slim"):
+        raise ValueError(f"{BASE_IMAGE_FILE}: expected python:3.11-slim[@sha256:...], "
+                         f"got {reference!r}")
+    if not PINNED_BASE.match(reference):
+        Annotations.of(scope).add_warning_v2(
+            "quiver:unpinned-base-image",
+            f"{BASE_IMAGE_FILE} names {reference!r} without a digest: run "
+            "scripts/pin-base-image.sh on a machine with registry access and commit it",
+        )
+    return reference

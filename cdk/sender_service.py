@@ -12,9 +12,8 @@ thread of the policy.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling

@@ -67,7 +67,7 @@ def test_a_base_other_than_python_311_slim_is_refused(tmp_path: Path) -> None:
 
     (tmp_path / "image").mkdir()
     (tmp_path / BASE_IMAGE_FILE).write_text("python:3.12-slim\n")
-    with pytest.raises(ValueError, match="expected python:3.11-slim"):
+    with pytest.raises(ValueError, match=r"expected python:3\.11-slim"):
         base_image(tmp_path, scope=Stack(App(), "T"))
 
 

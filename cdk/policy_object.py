@@ -21,6 +21,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
+from cdk.logical_ids import pin_logical_id
 from quiver.policy import parse_policy
 from quiver.policy.reload import restart_digest
 
@@ -29,25 +30,37 @@ POLICY_KEY = "policy/quiver.toml"
 NONCURRENT_VERSION_DAYS = 365
 
 
-class PolicyObject(Construct):
-    def __init__(
-        self, scope: Construct, construct_id: str, *, policy_text: str, origin: str = "policy",
-    ) -> None:
+class PolicyBucket(Construct):
+    """The versioned bucket the policy is published to. Stateful (its old versions are
+    the policy's history, what a rollback restores): retained, its logical ID pinned."""
+
+    def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
-        parse_policy(policy_text, origin=origin)  # raises PolicyError naming every problem
-        # Retained: a redeploy after `cdk destroy` makes a new bucket (its name is
-        # generated) and leaves the old history readable.
         self.bucket = s3.Bucket(
             self, "Bucket",
             versioned=True,
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             removal_policy=RemovalPolicy.RETAIN,
             lifecycle_rules=[s3.LifecycleRule(
                 noncurrent_version_expiration=Duration.days(NONCURRENT_VERSION_DAYS),
             )],
         )
+        pin_logical_id(self.bucket, "PolicyBucket")
+
+
+class PolicyObject(Construct):
+    """The repo's policy text as the object POLICY_KEY of `bucket`, validated first."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, policy_text: str,
+        origin: str = "policy",
+    ) -> None:
+        super().__init__(scope, construct_id)
+        parse_policy(policy_text, origin=origin)  # raises PolicyError naming every problem
+        self.bucket = bucket
         # The text as it is in the repo; prune off so an upload never deletes history.
         self.deployment = s3deploy.BucketDeployment(
             self, "Deploy",

@@ -24,7 +24,7 @@ from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
 from cdk.network import Network
 from cdk.observability import Observability
-from cdk.policy_object import PolicyObject
+from cdk.policy_object import PolicyBucket, PolicyObject
 from cdk.proxy_tier import ProxyNodes
 from cdk.queues import Queues
 from cdk.sender_service import SenderService
@@ -73,6 +73,7 @@ class StatefulStack(Stack):
         self.tables = Tables(self, "Tables", names=names)
         self.inbound = InboundQueues(self, "Inbound", names=names,
                                      inbound_bucket=self.buckets.inbound)
+        self.policy_bucket = PolicyBucket(self, "Policy").bucket
         self.addresses = EgressAddresses(
             self, "EgressAddresses", policy=policy, public_ipv4_pool=public_ipv4_pool,
         )
@@ -108,7 +109,8 @@ class ServiceStack(Stack):
             self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
         )
         policy_object = PolicyObject(
-            self, "Policy", policy_text=policy_text, origin=policy_origin,
+            self, "Policy", bucket=stateful.policy_bucket, policy_text=policy_text,
+            origin=policy_origin,
         )
         senders = SenderService(
             self, "Senders",

@@ -157,8 +157,6 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
                 )
             targets.append(str(value))
         granted[statement["Sid"]] = (sorted(as_list(statement["Action"])), sorted(targets))
-    (policy_bucket,) = [b for b in resources(service, "AWS::S3::Bucket")
-                        if b.startswith("PolicyBucket")]
     assert granted == {
         "ConsumeAndRequeueOutbound": (
             ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage",
@@ -190,7 +188,9 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
         # The policy object's key only: no listing, no other object, no version.
-        "ReadPolicy": (["s3:GetObject"], [f"${{{policy_bucket}.Arn}}/policy/quiver.toml"]),
+        "ReadPolicy": (
+            ["s3:GetObject"], ["{'Fn::GetAtt': ['PolicyBucket', 'Arn']}/policy/quiver.toml"],
+        ),
         "ReadDkimKeys": (
             ["secretsmanager:GetSecretValue"],
             ["arn:aws:secretsmanager:us-east-1:${AWS::AccountId}:secret:quiver/dkim/*"],

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from aws_cdk import App, Stack
-from infra_helpers import POLICY_PATH, ROOT, build, only, resources
+from infra_helpers import POLICY_PATH, ROOT, build, only, output_source, resources
 
 from cdk.deploy_checks import DeploymentError
-from cdk.policy_object import POLICY_KEY, PolicyObject
+from cdk.policy_object import POLICY_KEY, PolicyBucket, PolicyObject
 from cdk.sender_service import ENV_POLICY_RESTART_DIGEST
 from quiver.policy import PolicyError
 from quiver.policy.reload import restart_digest
@@ -27,12 +27,6 @@ SSM_ADVANCED_MAX_BYTES = 8192
 pytestmark = pytest.mark.infra
 
 
-def policy_bucket(service: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    (found,) = [(k, r) for k, r in resources(service, "AWS::S3::Bucket").items()
-                if k.startswith("PolicyBucket")]
-    return found
-
-
 def test_the_object_holds_exactly_the_repo_policy(synth: Any) -> None:
     _, props = only(synth.service, "Custom::CDKBucketDeployment")
     assert props["Prune"] is False and props["RetainOnDelete"] is True
@@ -40,12 +34,12 @@ def test_the_object_holds_exactly_the_repo_policy(synth: Any) -> None:
     # Source.data is an asset directory holding the file at its key.
     asset = synth.outdir / f"asset.{key.removesuffix('.zip')}"
     assert (asset / POLICY_KEY).read_text() == POLICY_PATH.read_text()
-    bucket, _ = policy_bucket(synth.service)
-    assert props["DestinationBucketName"] == {"Ref": bucket}
+    assert output_source(synth.stateful, props["DestinationBucketName"]) == {
+        "Ref": "PolicyBucket"}
 
 
-def test_the_bucket_is_versioned_private_and_retained(service: dict[str, Any]) -> None:
-    _, bucket = policy_bucket(service)
+def test_the_bucket_is_versioned_private_and_retained(stateful: dict[str, Any]) -> None:
+    bucket = stateful["Resources"]["PolicyBucket"]
     props = bucket["Properties"]
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
     assert props["PublicAccessBlockConfiguration"] == {
@@ -114,8 +108,9 @@ def test_a_fleet_policy_over_ssms_8_kb_deploys(
 
 def test_an_invalid_policy_never_becomes_an_object() -> None:
     stack = Stack(App(), "T")
+    bucket = PolicyBucket(stack, "B").bucket
     with pytest.raises(PolicyError, match="default_pool"):
-        PolicyObject(stack, "P", policy_text=POLICY_PATH.read_text().replace(
+        PolicyObject(stack, "P", bucket=bucket, policy_text=POLICY_PATH.read_text().replace(
             'default_pool = "transactional"', 'default_pool = "nope"'))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra_helpers import build, only, output_source, ref_target, render, resources
+from infra_helpers import build, only, output_source, ref_target, resources
 
 from cdk.deploy_checks import FARGATE_MAX_STOP_TIMEOUT_S, DeploymentError
 from quiver import settings
@@ -87,11 +87,14 @@ def test_tasks_run_in_three_azs_without_public_addresses(service: dict[str, Any]
     assert props["AvailabilityZoneRebalancing"] == "ENABLED"
 
 
-def test_container_runs_the_sender_with_the_deployed_policy(service: dict[str, Any]) -> None:
+def test_container_runs_the_sender_with_the_deployed_policy(
+    service: dict[str, Any], stateful: dict[str, Any],
+) -> None:
     definition = container(service)
-    (bucket,) = [b for b in resources(service, "AWS::S3::Bucket") if b.startswith("PolicyBucket")]
     assert definition["Command"][:2] == ["sender", "--config"]
-    assert render(definition["Command"][2]) == f"s3://${{{bucket}}}/policy/quiver.toml"
+    (_, parts) = definition["Command"][2]["Fn::Join"]
+    assert parts[0] == "s3://" and parts[2] == "/policy/quiver.toml"
+    assert output_source(stateful, parts[1]) == {"Ref": "PolicyBucket"}
     environment = {e["Name"]: e["Value"] for e in definition["Environment"]}
     assert environment[settings.ENV_POLICY_SOURCE] == definition["Command"][2]
     assert definition["ReadonlyRootFilesystem"] is True
@@ -205,8 +208,9 @@ def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None
     # The .dockerignore allow-list: the build context is the package, nothing else.
     assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py",
             "quiver/routing/proxy_probe.py"} <= staged
-    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver"}
-    assert all(p.split("/")[0] in allowed for p in staged), sorted(staged)
+    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver",
+               "image/requirements.lock"}
+    assert all(p.split("/")[0] in allowed or p in allowed for p in staged), sorted(staged)
     # The dev stack (local servers, moto, the demo) is not in the sender image.
     assert not [p for p in staged if p.startswith("quiver/devstack/")]
     assert not [p for p in staged if "__pycache__" in p]

@@ -20,7 +20,7 @@ PINNED = {
     "OutboundQueue", "OutboundDeadLetterQueue", "EventsQueue", "EventsDeadLetterQueue",
     "BounceIntakeQueue", "BounceIntakeDeadLetterQueue", "FblIntakeQueue",
     "FblIntakeDeadLetterQueue",
-    "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket",
+    "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket", "PolicyBucket",
     "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }
@@ -121,7 +121,7 @@ def test_outbound_queue_follows_the_policy(stateful: dict[str, Any], policy: Pol
 
 def test_buckets_block_public_access_encrypt_and_require_tls(stateful: dict[str, Any]) -> None:
     buckets = resources(stateful, "AWS::S3::Bucket")
-    assert len(buckets) == 4
+    assert len(buckets) == 5
     for logical_id, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == {

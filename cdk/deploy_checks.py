@@ -16,8 +16,9 @@ from quiver.policy import Policy
 from quiver.proxy.blocks import NODE_BLOCK_PREFIX, node_block
 
 # ECS waits this long after SIGTERM before SIGKILL: the sender's drain deadline plus
-# time to make unfinished messages visible again and flush the last event batch.
-STOP_MARGIN_S = 5
+# time to make unfinished messages visible again (up to intake.max_inflight_messages,
+# in batches of 10) and flush the last event batch.
+STOP_MARGIN_S = 20
 # Fargate refuses a container stopTimeout above 120 s.
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 

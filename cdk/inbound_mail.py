@@ -67,6 +67,7 @@ from cdk.nag import (
     object_wildcard,
     secret_wildcard,
 )
+from cdk.policy_object import PolicyObject
 from cdk.queues import DLQ_RETENTION
 from quiver.intake.receipt import ReceiptRule, receipt_rules
 from quiver.names import INBOUND_BOUNCE_PREFIX, INBOUND_FBL_PREFIX, ResourceNames
@@ -75,7 +76,7 @@ from quiver.settings import (
     ENV_EVENTS_QUEUE_URL,
     ENV_FINALS_TABLE,
     ENV_INBOUND_BUCKET,
-    ENV_POLICY_PARAMETER,
+    ENV_POLICY_SOURCE,
     ENV_SUPPRESSION_TABLE,
 )
 
@@ -169,7 +170,7 @@ class _Shared:
     events_queue: sqs.IQueue
     suppression_table: dynamodb.ITable
     finals_table: dynamodb.ITable
-    policy_parameter_name: str
+    policy_object: PolicyObject
     return_path_secret_prefix: str
     log_retention: logs.RetentionDays
 
@@ -189,7 +190,7 @@ class InboundMail(Construct):
         events_queue: sqs.IQueue,
         suppression_table: dynamodb.ITable,
         finals_table: dynamodb.ITable,
-        policy_parameter_name: str,
+        policy_object: PolicyObject,
         return_path_secret_prefix: str,
         powertools_layer_version: int = POWERTOOLS_LAYER_VERSION,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
@@ -200,7 +201,7 @@ class InboundMail(Construct):
         shared = _Shared(
             inbound_bucket=inbound_bucket, events_queue=events_queue,
             suppression_table=suppression_table, finals_table=finals_table,
-            policy_parameter_name=policy_parameter_name,
+            policy_object=policy_object,
             return_path_secret_prefix=return_path_secret_prefix, log_retention=log_retention,
         )
         self.bounce_function = self._intake(
@@ -263,7 +264,7 @@ class InboundMail(Construct):
     ) -> lambda_.Function:
         inbound_bucket, events_queue = shared.inbound_bucket, shared.events_queue
         suppression_table, finals_table = shared.suppression_table, shared.finals_table
-        policy_parameter_name = shared.policy_parameter_name
+        policy_object = shared.policy_object
         return_path_secret_prefix = shared.return_path_secret_prefix
         log_retention = shared.log_retention
         log_group = logs.LogGroup(self, f"{construct_id}Logs", retention=log_retention,
@@ -279,7 +280,7 @@ class InboundMail(Construct):
                 ENV_EVENTS_QUEUE_URL: events_queue.queue_url,
                 ENV_SUPPRESSION_TABLE: suppression_table.table_name,
                 ENV_FINALS_TABLE: finals_table.table_name,
-                ENV_POLICY_PARAMETER: policy_parameter_name,
+                ENV_POLICY_SOURCE: policy_object.spec,
                 ENV_INBOUND_BUCKET: inbound_bucket.bucket_name,
                 "POWERTOOLS_SERVICE_NAME": function.replace("_", "-"),
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
@@ -302,11 +303,8 @@ class InboundMail(Construct):
                 sid="ReadReturnPathReferences", actions=["dynamodb:GetItem"],
                 resources=[finals_table.table_arn],
                 conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rp#*"]}}),
-            iam.PolicyStatement(
-                sid="ReadPolicy", actions=["ssm:GetParameter"],
-                resources=[stack.format_arn(
-                    service="ssm", resource="parameter",
-                    resource_name=policy_parameter_name.lstrip("/"))]),
+            iam.PolicyStatement(sid="ReadPolicy", actions=["s3:GetObject"],
+                                resources=[policy_object.object_arn]),
             iam.PolicyStatement(
                 sid="ReadReturnPathKeys", actions=["secretsmanager:GetSecretValue"],
                 # Secret ARNs end in `-<6 random characters>`, hence the trailing `*`.

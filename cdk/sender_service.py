@@ -3,7 +3,8 @@
 Rollouts keep full capacity (new tasks start before old ones stop) and roll back
 by themselves when new tasks do not stay up. A stopping task gets SIGTERM, stops
 receiving, drains within the policy's drain deadline and makes every unfinished
-message visible again; ECS waits `stopTimeout` (drain deadline + 5 s) before SIGKILL.
+message visible again; ECS waits `stopTimeout` (drain deadline + 20 s, 120 s by
+default) before SIGKILL.
 Capacity follows the mail that more tasks would send sooner, per task, and the age of
 the oldest message. A task has one vCPU for its event loop and one per DKIM signing
 thread of the policy.
@@ -11,9 +12,10 @@ thread of the policy.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
+from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -23,11 +25,11 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
-from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk.deploy_checks import MEMORY_MIB_PER_VCPU, stop_timeout_seconds, task_vcpus
 from cdk.network import Network
+from cdk.policy_object import PolicyObject
 from quiver import settings
 from quiver.emf import NAMESPACE
 from quiver.policy import Policy
@@ -35,6 +37,7 @@ from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
 
 CONTAINER_NAME = "sender"
+ENV_POLICY_RESTART_DIGEST = "QUIVER_POLICY_RESTART_DIGEST"
 # ECS runs this inside the container (so loopback reaches the status endpoint) with
 # the image's own Python: python:3.11-slim has no curl. urlopen raises on a 503, so
 # a stalled event loop fails the check.
@@ -46,6 +49,10 @@ HEALTH_CHECK = (
 # apart before ECS replaces the task: a wedged sender goes within about 2 minutes, a
 # slow moment does not. The start period covers the policy read and the first join.
 HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_RETRIES, HEALTH_START = 30, 5, 3, 60
+# The image's base, pinned by digest (scripts/pin-base-image.sh writes it): the
+# Dockerfile's BASE_IMAGE build argument.
+BASE_IMAGE_FILE = "image/base-image"
+PINNED_BASE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 # Scale out fast when the oldest message waits this long: mail is getting late.
 OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
 
@@ -68,7 +75,7 @@ class SenderService(Construct):
         suppression_table: dynamodb.ITable,
         senders_table: dynamodb.ITable,
         finals_table: dynamodb.ITable,
-        policy_parameter: ssm.IStringParameter,
+        policy_object: PolicyObject,
         dkim_secret_prefix: str,
         return_path_secret_prefix: str = "",
         cpu: int | None = None,
@@ -138,7 +145,11 @@ class SenderService(Construct):
             settings.ENV_FINALS_TABLE: finals_table.table_name,
             # Operator controls (`quiver ctl`), polled by every task; "" without one.
             settings.ENV_CONTROLS_TABLE: controls_table.table_name if controls_table else "",
-            settings.ENV_POLICY_PARAMETER: policy_parameter.parameter_name,
+            settings.ENV_POLICY_SOURCE: policy_object.spec,
+            # The hash of the policy sections a sender takes only at start: a change
+            # there changes the task definition, so ECS rolls the senders by itself;
+            # a change to live sections only (throttles, retry...) leaves it as is.
+            ENV_POLICY_RESTART_DIGEST: policy_object.restart_digest,
             # The queue's redrive limit: the sender records `failed` finals one receive
             # before SQS would move a message to the DLQ without them.
             settings.ENV_OUTBOUND_MAX_RECEIVES: str(outbound_max_receives),
@@ -153,13 +164,14 @@ class SenderService(Construct):
             image=ecs.ContainerImage.from_asset(
                 str(image_directory),
                 file="Dockerfile",
+                build_args={"BASE_IMAGE": base_image(image_directory, scope=self)},
                 # Built by `cdk deploy` for Fargate's X86_64, whatever the deploying machine.
                 platform=ecr_assets.Platform.LINUX_AMD64,
             ),
             # The status endpoint listens on every interface of the task's own network
             # namespace, but the security group admits nothing in: only the health
             # check (run inside the container) and tools on the task reach it.
-            command=["sender", "--config", f"ssm:{policy_parameter.parameter_name}",
+            command=["sender", "--config", policy_object.spec,
                      "--status-port", str(STATUS_PORT), "--status-bind", "0.0.0.0"],
             environment=environment,
             health_check=ecs.HealthCheck(
@@ -191,7 +203,6 @@ class SenderService(Construct):
             queues=(outbound_queue, outbound_dlq, events_queue),
             spill_bucket=spill_bucket,
             tables=(suppression_table, senders_table, finals_table),
-            policy_parameter=policy_parameter,
             dkim_secret_prefix=dkim_secret_prefix,
             # Only a policy with bounce domains signs return paths, and only one with
             # unsubscribe rules signs unsubscribe tokens (deploy_checks holds the
@@ -200,6 +211,7 @@ class SenderService(Construct):
             if policy.return_path.enabled or policy.unsubscribe.enabled else None,
             return_path_references=policy.return_path.enabled,
         )
+        policy_object.grant_read(self.task_role)
         if controls_table is not None:
             # Read-only: a sender only follows controls; `quiver ctl`, run with an
             # operator's credentials, writes them.
@@ -235,7 +247,6 @@ class SenderService(Construct):
         queues: tuple[sqs.IQueue, sqs.IQueue, sqs.IQueue],
         spill_bucket: s3.IBucket,
         tables: tuple[dynamodb.ITable, dynamodb.ITable, dynamodb.ITable],
-        policy_parameter: ssm.IStringParameter,
         dkim_secret_prefix: str,
         return_path_secret_prefix: str | None,
         return_path_references: bool = False,
@@ -277,11 +288,6 @@ class SenderService(Construct):
                 sid="FinalEventsOfRedeliveredMessages",
                 actions=["dynamodb:Query"],
                 resources=[finals.table_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ReadPolicy",
-                actions=["ssm:GetParameter"],
-                resources=[policy_parameter.parameter_arn],
             ),
             iam.PolicyStatement(
                 sid="ReadDkimKeys",
@@ -420,3 +426,19 @@ class SenderService(Construct):
             adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             cooldown=Duration.minutes(3),
         )
+
+
+def base_image(image_directory: Path, *, scope: Construct) -> str:
+    """The base image reference recorded in the repo; a synth warning while it names a
+    tag without a digest (a rebuild of the same commit could then differ)."""
+    reference = (image_directory / BASE_IMAGE_FILE).read_text(encoding="utf-8").strip()
+    if not reference.startswith("python:3.11-slim"):
+        raise ValueError(f"{BASE_IMAGE_FILE}: expected python:3.11-slim[@sha256:...], "
+                         f"got {reference!r}")
+    if not PINNED_BASE.match(reference):
+        Annotations.of(scope).add_warning_v2(
+            "quiver:unpinned-base-image",
+            f"{BASE_IMAGE_FILE} names {reference!r} without a digest: run "
+            "scripts/pin-base-image.sh on a machine with registry access and commit it",
+        )
+    return reference

@@ -26,7 +26,7 @@ from cdk.logical_ids import logical_id_part
 from cdk.nag import acknowledge_generated_handlers, acknowledge_service_constructs
 from cdk.network import Network
 from cdk.observability import Observability
-from cdk.policy_parameter import PolicyParameter
+from cdk.policy_object import PolicyBucket, PolicyObject
 from cdk.proxy_tier import DEFAULT_INSTANCE_TYPE, ProxyNodes, image_for
 from cdk.queues import Queues
 from cdk.sender_service import SenderService
@@ -77,6 +77,7 @@ class StatefulStack(Stack):
         self.tables = Tables(self, "Tables", names=names)
         self.inbound = InboundQueues(self, "Inbound", names=names,
                                      inbound_bucket=self.buckets.inbound)
+        self.policy_bucket = PolicyBucket(self, "Policy").bucket
         self.addresses = EgressAddresses(
             self, "EgressAddresses", policy=policy, public_ipv4_pool=public_ipv4_pool,
         )
@@ -114,10 +115,8 @@ class ServiceStack(Stack):
             self, "Network", cidr=vpc_cidr, availability_zones=placement.availability_zones,
             by_id=placement.by_id,
         )
-        policy_parameter = PolicyParameter(
-            self, "Policy",
-            parameter_name=names.policy_parameter,
-            policy_text=policy_text,
+        policy_object = PolicyObject(
+            self, "Policy", bucket=stateful.policy_bucket, policy_text=policy_text,
             origin=policy_origin,
         )
         senders = SenderService(
@@ -135,11 +134,13 @@ class ServiceStack(Stack):
             senders_table=stateful.tables.senders,
             finals_table=stateful.tables.finals,
             controls_table=stateful.tables.controls,
-            policy_parameter=policy_parameter.parameter,
+            policy_object=policy_object,
             dkim_secret_prefix=dkim_secret_prefix,
             return_path_secret_prefix=return_path_secret_prefix,
             dark=dark,
         )
+        # New tasks read the policy at start: the object is uploaded before ECS rolls.
+        senders.service.node.add_dependency(policy_object.deployment)
         proxies = ProxyNodes(
             self, "Proxies",
             policy=policy,
@@ -192,9 +193,10 @@ class ServiceStack(Stack):
             events_queue=queues.events,
             suppression_table=stateful.tables.suppression,
             finals_table=stateful.tables.finals,
-            policy_parameter_name=names.policy_parameter,
+            policy_object=policy_object,
             return_path_secret_prefix=return_path_secret_prefix,
         )
+        self.inbound.node.add_dependency(policy_object.deployment)
         self.observability = Observability(
             self, "Observability",
             policy=policy,
@@ -225,7 +227,7 @@ class ServiceStack(Stack):
         self.senders = senders
         self.proxies = proxies
         self.export = export
-        self.policy_parameter = policy_parameter
+        self.policy_object = policy_object
 
 
 def _assembly_dir(scope: Construct) -> Path:

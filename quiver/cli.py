@@ -32,7 +32,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.dkim import DkimError
     from quiver.policy import PolicyError
     from quiver.policy.reload import PolicySource
-    from quiver.policy.source import read_policy, read_policy_text
+    from quiver.policy.source import policy_reader, read_policy
     from quiver.returnpath import KeyRingError
     from quiver.settings import SettingsError, deployment_from_env
     from quiver.status.server import StatusBindError
@@ -47,14 +47,17 @@ def cmd_sender(args: argparse.Namespace) -> int:
         deployment = deployment_from_env(os.environ)
         # Short timeouts: a poll that hangs must not hold the process past its stop.
         ssm_config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
-        # One SSM client per process, made on first use.
+        # One SSM or S3 client per process, made on first use.
         ssm_client = functools.cache(lambda: session.client("ssm", config=ssm_config))
-        policy, policy_dir, text = read_policy(args.config, ssm=ssm_client)
+        s3_client = functools.cache(lambda: session.client("s3", config=ssm_config))
+        # One reader for the start and every poll: an S3 reader keeps the ETag it saw.
+        reader = policy_reader(args.config, ssm=ssm_client, s3=s3_client)
+        policy, policy_dir, text = read_policy(args.config, read=reader)
         for warning in policy.warnings:
             logging.getLogger("quiver").warning("policy: %s", warning)
         source = PolicySource(
             origin=args.config, text=text, interval=args.policy_poll,
-            read=lambda: read_policy_text(args.config, ssm=ssm_client),
+            read=reader,
         )
         sender = build_sender(
             policy=policy, policy_dir=policy_dir, deployment=deployment, session=session,
@@ -209,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sender", help="deliver messages from the outbound queue")
-    s.add_argument("--config", required=True, help="policy file, or ssm:<parameter name>")
+    s.add_argument("--config", required=True, help="policy file, ssm:<parameter name> or s3://<bucket>/<key>")
     s.add_argument("--nameserver", help="DNS server(s) host:port[,host:port] (default: system)")
     s.add_argument("--policy-poll", type=float, default=30.0, metavar="SECONDS",
                    help="re-read the policy this often; throttles and retry apply live "

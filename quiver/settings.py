@@ -24,6 +24,9 @@ ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_CONTROLS_TABLE = "QUIVER_CONTROLS_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
+# Where a deployed policy is: `s3://<bucket>/<key>` (or `ssm:<name>`, a file path).
+# Unset, functions read the SSM parameter ENV_POLICY_PARAMETER names.
+ENV_POLICY_SOURCE = "QUIVER_POLICY_SOURCE"
 # The Secrets Manager id of the return-path key ring, for functions that verify its
 # tokens (the unsubscribe endpoint). Senders read it from policy; their tasks carry
 # it too, for tools run there.
@@ -69,6 +72,13 @@ class Deployment:
     # Operator controls (pause, admin bounce, stop); empty: this task sees none, and
     # `quiver ctl` cannot reach it (a tool's sender; deployed, the CDK app sets it).
     controls_table: str = ""
+    # The policy's source spec (`s3://...`); empty: the SSM parameter `policy_parameter`.
+    policy_source: str = ""
+
+    @property
+    def policy_spec(self) -> str:
+        """What `quiver.policy.source` reads the deployed policy from."""
+        return self.policy_source or f"ssm:{self.policy_parameter}"
 
 
 class SettingsError(ValueError):
@@ -95,7 +105,7 @@ INTAKE_VARIABLES = (
     ENV_EVENTS_QUEUE_URL,
     ENV_SUPPRESSION_TABLE,
     ENV_FINALS_TABLE,
-    ENV_POLICY_PARAMETER,
+    ENV_POLICY_SOURCE,
     ENV_INBOUND_BUCKET,
 )
 
@@ -130,6 +140,7 @@ def deployment_from_env(
         athena_workgroup=env.get(ENV_ATHENA_WORKGROUP, ""),
         athena_database=env.get(ENV_ATHENA_DATABASE, ""),
         controls_table=env.get(ENV_CONTROLS_TABLE, ""),
+        policy_source=env.get(ENV_POLICY_SOURCE, ""),
     )
 
 
@@ -161,6 +172,8 @@ def local_deployment(
         events_bucket=names.events_bucket,
         suppression_table=names.suppression_table,
         policy_parameter=names.policy_parameter,
+        # The local stack publishes its policy as an SSM parameter (a small policy).
+        policy_source=f"ssm:{names.policy_parameter}",
         region=region,
         senders_table=names.senders_table,
         finals_table=names.finals_table,
@@ -188,5 +201,6 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_ATHENA_WORKGROUP: deployment.athena_workgroup,
         ENV_ATHENA_DATABASE: deployment.athena_database,
         ENV_CONTROLS_TABLE: deployment.controls_table,
+        ENV_POLICY_SOURCE: deployment.policy_source,
         "AWS_REGION": deployment.region,
     }

@@ -1,9 +1,9 @@
 """DKIM signing (RFC 6376; ed25519-sha256 per RFC 8463), relaxed/relaxed, on the send path.
 
     signers = signers_from_policy(policy.dkim, load_secret=read_secret, base_dir=policy_dir)
-    signer = signers.for_domain(from_domain)
-    if signer is not None:
-        message = signer.sign(message) + message
+    # One DKIM-Signature per key of the domain (RSA and ed25519 side by side).
+    signatures = b"".join(s.sign(message) for s in signers.for_domain(from_domain))
+    message = signatures + message
 """
 
 from quiver.dkim.errors import DkimError

@@ -1,4 +1,11 @@
-"""The signers a sender holds: one per From domain, built from the policy's [[dkim]] keys."""
+"""The signers a sender holds, by From domain, built from the policy's [[dkim]] keys.
+
+A domain may have more than one key (an RSA and an ed25519 selector, or an old and a
+new one during a rotation): each adds its own DKIM-Signature, and a verifier that
+knows one algorithm or selector finds the signature it can check (RFC 8463 3;
+RFC 6376 4.2). Each signature is one private-key operation, so keys per domain are
+few: MAX_KEYS_PER_DOMAIN.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,13 @@ from quiver.dkim.errors import DkimError
 from quiver.dkim.signer import DEFAULT_SIGNED_HEADERS, DkimSigner
 from quiver.policy import DkimKey
 
+# RSA + ed25519, plus a new selector of one of them while it is rotated in.
+MAX_KEYS_PER_DOMAIN = 3
+
 
 class SignerSet:
-    """Picks the signer for a message's From domain (exact match, case-insensitive).
+    """Picks the signers for a message's From domain (exact match, case-insensitive),
+    in the policy's order.
 
     A subdomain does not fall back to its parent's key: which domains are signed
     is the policy's decision.
@@ -20,20 +31,26 @@ class SignerSet:
     __slots__ = ("_by_domain",)
 
     def __init__(self, signers: Iterable[DkimSigner]) -> None:
-        self._by_domain: dict[str, DkimSigner] = {}
+        self._by_domain: dict[str, tuple[DkimSigner, ...]] = {}
         for signer in signers:
-            if signer.domain in self._by_domain:
-                raise DkimError(f"two DKIM signers for {signer.domain}; keep one per domain")
-            self._by_domain[signer.domain] = signer
+            present = self._by_domain.get(signer.domain, ())
+            if any(s.selector == signer.selector for s in present):
+                raise DkimError(f"two DKIM signers for {signer.domain} with selector "
+                                f"{signer.selector}; keep one per selector")
+            if len(present) >= MAX_KEYS_PER_DOMAIN:
+                raise DkimError(f"more than {MAX_KEYS_PER_DOMAIN} DKIM signers for "
+                                f"{signer.domain}; each costs a signature per message")
+            self._by_domain[signer.domain] = (*present, signer)
 
-    def for_domain(self, domain: str) -> DkimSigner | None:
-        return self._by_domain.get(domain.lower().rstrip("."))
+    def for_domain(self, domain: str) -> tuple[DkimSigner, ...]:
+        """The domain's signers, each adding one DKIM-Signature; () if it has none."""
+        return self._by_domain.get(domain.lower().rstrip("."), ())
 
     def __len__(self) -> int:
-        return len(self._by_domain)
+        return sum(len(s) for s in self._by_domain.values())
 
     def __iter__(self) -> Iterator[DkimSigner]:
-        return iter(self._by_domain.values())
+        return (s for signers in self._by_domain.values() for s in signers)
 
 
 def signers_from_policy(

@@ -23,7 +23,7 @@ from quiver.intake.mail import InboundMail
 from quiver.intake.s3_event import InboundEventError, object_refs
 from quiver.intake.unsubscribe import MailtoIntake
 from quiver.policy.model import Policy
-from quiver.policy.source import SSM_PREFIX, read_policy
+from quiver.policy.source import read_policy
 from quiver.returnpath import KeyRing, KeyRingError, ReturnPathVerifier, load_key_ring
 from quiver.returnpath.refresh import CachedRing
 from quiver.settings import Deployment
@@ -120,8 +120,8 @@ class InboundProcessor:
         cls, kind: IntakeKind, deployment: Deployment, *, session: Any,
         nameservers: list[tuple[str, int]] | None = None, log: IntakeLog = _log,
     ) -> InboundProcessor:
-        policy, _, _ = read_policy(SSM_PREFIX + deployment.policy_parameter,
-                                   ssm=lambda: session.client("ssm"))
+        policy, _, _ = read_policy(deployment.policy_spec, ssm=lambda: session.client("ssm"),
+                                   s3=lambda: session.client("s3"))
         ddb = session.client("dynamodb")
         store = DynamoReturnPaths(ddb, deployment.finals_table)
         reader = secret_reader(session) if policy.return_path.key_secret else None

@@ -56,6 +56,8 @@ _DEFAULT_DKIM_HEADERS = (
     "mime-version", "content-type", "content-transfer-encoding", "list-unsubscribe",
     "list-unsubscribe-post", "feedback-id",
 )
+# What quiver.dkim.keyring.MAX_KEYS_PER_DOMAIN allows (RSA + ed25519 + one rotating in).
+_MAX_DKIM_KEYS_PER_DOMAIN = 3
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
@@ -497,7 +499,7 @@ def _dkim(c: _Checker, raw: Any) -> tuple[DkimKey, ...]:
         c.error("dkim", "expected an array of tables ([[dkim]])")
         return ()
     keys: list[DkimKey] = []
-    seen: set[str] = set()
+    seen: dict[str, list[tuple[str, str]]] = {}  # domain -> (selector, algorithm)
     for i, item in enumerate(raw):
         path = f"dkim[{i}]"
         if not isinstance(item, dict):
@@ -510,13 +512,19 @@ def _dkim(c: _Checker, raw: Any) -> tuple[DkimKey, ...]:
             c.error(f"{path}.domain", "required")
         if not selector:
             c.error(f"{path}.selector", "required")
-        if domain in seen:
-            c.error(f"{path}.domain", f"{domain} has a key already (one signing key per domain)")
-        seen.add(domain)
         algorithm = item.get("algorithm", "rsa-sha256")
         if algorithm not in ("rsa-sha256", "ed25519-sha256"):
             c.error(f"{path}.algorithm", f"expected rsa-sha256 or ed25519-sha256: {algorithm!r}")
             algorithm = "rsa-sha256"
+        # Several keys per domain sign side by side (RSA + ed25519, or an old and a new
+        # selector while rotating); each is a signature per message, so a few at most.
+        present = seen.setdefault(domain, [])
+        if domain and any(selector == s for s, _ in present):
+            c.error(f"{path}.selector", f"{domain} has a key with selector {selector} already")
+        elif domain and len(present) >= _MAX_DKIM_KEYS_PER_DOMAIN:
+            c.error(f"{path}.domain", f"{domain} has {len(present)} keys already; at most "
+                    f"{_MAX_DKIM_KEYS_PER_DOMAIN} sign side by side")
+        present.append((selector, algorithm))
         key_file, key_secret = item.get("key_file"), item.get("key_secret")
         if (key_file is None) == (key_secret is None):
             c.error(path, "set exactly one of key_file (a PEM path) or key_secret (a secret id)")

@@ -182,9 +182,11 @@ class Intake:
     max_inflight_bytes: int = 256 * 1024**2
     # How long a received message stays invisible; extended while it is worked on.
     visibility_timeout: float = 300.0
-    # Time allowed, after SIGTERM, to finish open transactions (Fargate's stop
-    # timeout is 30 s; the rest is for making messages visible and flushing events).
-    drain_deadline: float = 25.0
+    # Time allowed, after SIGTERM, to finish open transactions. RFC 5321 lets a
+    # receiver take minutes after the final dot, and an abandoned transaction may be
+    # delivered twice; Fargate stops a task after at most 120 s, and the last 20 s
+    # are for making messages visible and flushing events (cdk/deploy_checks.py).
+    drain_deadline: float = 100.0
     # Bodies above this go to S3 as raw_s3 when a client enqueues (SQS caps at 256 KiB).
     spill_threshold: int = 200 * 1024
     # Membership heartbeat: how soon other tasks learn that one joined, which bounds

@@ -8,6 +8,8 @@ queue's next connection, and new retry rules apply to every outcome from then on
 Everything else (sources, pools, DKIM keys, intake, the rest of `delivery`,
 providers, the proxy tier) shapes objects built at start, so a change there is reported as needing a
 restart and not applied; a rolling deploy does that without losing mail.
+`restart_digest` names that part of a text, so a deploy can put it in the task
+definition and roll the senders exactly when it changes.
 
 A policy that fails validation changes nothing: every problem is logged with its
 path, once per distinct text, and the running policy stays in force. A source that
@@ -19,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -165,6 +169,23 @@ class PolicyWatcher:
         for warning in new.warnings:
             log.warning("policy: %s", _one_line(warning))
         return change
+
+
+def restart_digest(text: str) -> str:
+    """A SHA-256 of the sections a running sender cannot take live (everything but
+    `throttles`, `retry`, `tls`, `suppression`, `controls` and
+    `delivery.pipeline_next`), over the parsed TOML: comments, layout and key order
+    do not change it. `throttles` and `tls` wait for a restart only when `sources` or
+    `providers` change too, and those are in the digest."""
+    data = tomllib.loads(text)
+    for name in _LIVE:
+        data.pop(name, None)
+    delivery = data.get("delivery")
+    if isinstance(delivery, dict):
+        delivery.pop("pipeline_next", None)
+    # default=str: TOML dates and times have no JSON form; their text is stable.
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _one_line(text: str) -> str:

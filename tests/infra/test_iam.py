@@ -100,7 +100,8 @@ def test_resource_policies_speak_only_of_their_own_resource_and_allow_no_one(
     """Bucket and queue policies (and any other resource policy): every statement is about
     the resource the policy is attached to, and '*' as principal only ever in a Deny."""
     policies = resource_policies(stateful) + resource_policies(service)
-    buckets = set(resources(stateful, "AWS::S3::Bucket"))
+    buckets = set(resources(stateful, "AWS::S3::Bucket")) | set(
+        resources(service, "AWS::S3::Bucket"))
     queues = set(resources(stateful, "AWS::SQS::Queue"))
     # Every bucket and queue has its policy (the TLS-only deny), so each is checked here.
     assert {g for p in policies if p.type == "AWS::S3::BucketPolicy" for g in p.governs} == buckets
@@ -162,7 +163,6 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
                 )
             targets.append(str(value))
         granted[statement["Sid"]] = (sorted(as_list(statement["Action"])), sorted(targets))
-    (parameter,) = resources(service, "AWS::SSM::Parameter")
     assert granted == {
         "ConsumeAndRequeueOutbound": (
             ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage",
@@ -193,9 +193,9 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
+        # The policy object's key only: no listing, no other object, no version.
         "ReadPolicy": (
-            ["ssm:GetParameter"],
-            [f"arn:aws:ssm:us-east-1:${{AWS::AccountId}}:parameter${{{parameter}}}"],
+            ["s3:GetObject"], ["{'Fn::GetAtt': ['PolicyBucket', 'Arn']}/policy/quiver.toml"],
         ),
         "ReadDkimKeys": (
             ["secretsmanager:GetSecretValue"],

@@ -229,7 +229,10 @@ def test_each_intake_reads_its_queue_with_partial_batch_failures_and_only_what_i
         "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["rp#*"]}}
     assert output_source(stateful, references["Resource"]) == {
         "Fn::GetAtt": ["FinalsTable", "Arn"]}
-    assert str(render(granted["ReadPolicy"]["Resource"])).endswith(":parameter/quiver/policy")
+    assert granted["ReadPolicy"]["Action"] == "s3:GetObject"
+    (_, (bucket_arn, key)) = granted["ReadPolicy"]["Resource"]["Fn::Join"]
+    assert output_source(stateful, bucket_arn) == {"Fn::GetAtt": ["PolicyBucket", "Arn"]}
+    assert key == "/policy/quiver.toml"
     assert str(render(granted["ReadReturnPathKeys"]["Resource"])).endswith(
         ":secret:quiver/return-path/*")
     assert sorted(as_list(granted["consume"]["Action"])) == [

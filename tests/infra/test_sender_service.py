@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from infra_helpers import build, only, output_source, ref_target, render, resources
+from infra_helpers import build, only, output_source, ref_target, resources
 
-from cdk.deploy_checks import DeploymentError
+from cdk.deploy_checks import FARGATE_MAX_STOP_TIMEOUT_S, DeploymentError
 from quiver import settings
 from quiver.policy import Policy
+from quiver.policy.model import Intake
 
 pytestmark = pytest.mark.infra
 
@@ -23,11 +24,13 @@ def container(service: dict[str, Any]) -> dict[str, Any]:
     return definition
 
 
-def test_stop_timeout_is_drain_deadline_plus_five_seconds(
+def test_stop_timeout_is_fargates_limit_with_a_drain_deadline_near_it(
     service: dict[str, Any], policy: Policy
 ) -> None:
-    assert policy.intake.drain_deadline == 25
-    assert container(service)["StopTimeout"] == 30
+    # Slow receivers get 100 s to finish their transaction, the rest of Fargate's
+    # 120 s goes to making unfinished messages visible and flushing events.
+    assert policy.intake.drain_deadline == 100 == Intake().drain_deadline
+    assert container(service)["StopTimeout"] == 120 == FARGATE_MAX_STOP_TIMEOUT_S
 
 
 def test_stop_timeout_follows_the_policy(
@@ -35,9 +38,9 @@ def test_stop_timeout_follows_the_policy(
 ) -> None:
     from aws_cdk.assertions import Template
 
-    path = policy_variant(('drain_deadline = "25s"', 'drain_deadline = "55s"'))
+    path = policy_variant(('drain_deadline = "100s"', 'drain_deadline = "55s"'))
     template = Template.from_stack(build(path, tmp_path / "out").service).to_json()
-    assert container(template)["StopTimeout"] == 60
+    assert container(template)["StopTimeout"] == 75
 
 
 def test_a_task_has_a_vcpu_for_the_loop_and_one_per_signing_thread(
@@ -58,8 +61,8 @@ def test_a_task_has_a_vcpu_for_the_loop_and_one_per_signing_thread(
 def test_a_drain_deadline_beyond_fargate_limits_fails_synth(
     policy_variant: Callable[..., Path], tmp_path: Path
 ) -> None:
-    path = policy_variant(('drain_deadline = "25s"', 'drain_deadline = "2m"'))
-    with pytest.raises(DeploymentError, match="the stop timeout would be 125s"):
+    path = policy_variant(('drain_deadline = "100s"', 'drain_deadline = "101s"'))
+    with pytest.raises(DeploymentError, match="the stop timeout would be 121s"):
         build(path, tmp_path / "out")
 
 
@@ -84,11 +87,16 @@ def test_tasks_run_in_three_azs_without_public_addresses(service: dict[str, Any]
     assert props["AvailabilityZoneRebalancing"] == "ENABLED"
 
 
-def test_container_runs_the_sender_with_the_deployed_policy(service: dict[str, Any]) -> None:
+def test_container_runs_the_sender_with_the_deployed_policy(
+    service: dict[str, Any], stateful: dict[str, Any],
+) -> None:
     definition = container(service)
-    (parameter,) = resources(service, "AWS::SSM::Parameter")
     assert definition["Command"][:2] == ["sender", "--config"]
-    assert render(definition["Command"][2]) == f"ssm:${{{parameter}}}"
+    (_, parts) = definition["Command"][2]["Fn::Join"]
+    assert parts[0] == "s3://" and parts[2] == "/policy/quiver.toml"
+    assert output_source(stateful, parts[1]) == {"Ref": "PolicyBucket"}
+    environment = {e["Name"]: e["Value"] for e in definition["Environment"]}
+    assert environment[settings.ENV_POLICY_SOURCE] == definition["Command"][2]
     assert definition["ReadonlyRootFilesystem"] is True
     assert definition["LogConfiguration"]["LogDriver"] == "awslogs"
     (log_group,) = [
@@ -104,6 +112,9 @@ def test_every_deployment_setting_is_set(service: dict[str, Any], stateful: dict
     names.discard(settings.ENV_INBOUND_BUCKET)
     # Athena is for operators' `quiver trace`, not the task (its role may not query).
     names -= {settings.ENV_ATHENA_WORKGROUP, settings.ENV_ATHENA_DATABASE}
+    # Deployed, the policy is an S3 object (ENV_POLICY_SOURCE); the SSM parameter's
+    # name is only the fallback of older or local setups.
+    names.discard(settings.ENV_POLICY_PARAMETER)
     environment = {e["Name"]: e["Value"] for e in container(service)["Environment"]}
     assert names <= set(environment)
     resolved = {
@@ -197,8 +208,9 @@ def test_image_is_built_from_the_repo_dockerfile_for_fargate(synth: Any) -> None
     # The .dockerignore allow-list: the build context is the package, nothing else.
     assert {"Dockerfile", "pyproject.toml", "README.md", "quiver/policy/load.py",
             "quiver/routing/proxy_probe.py"} <= staged
-    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver"}
-    assert all(p.split("/")[0] in allowed for p in staged), sorted(staged)
+    allowed = {"Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "quiver",
+               "image/requirements.lock"}
+    assert all(p.split("/")[0] in allowed or p in allowed for p in staged), sorted(staged)
     # The dev stack (local servers, moto, the demo) is not in the sender image.
     assert not [p for p in staged if p.startswith("quiver/devstack/")]
     assert not [p for p in staged if "__pycache__" in p]

@@ -21,6 +21,7 @@ PINNED = {
     "BounceIntakeQueue", "BounceIntakeDeadLetterQueue", "FblIntakeQueue",
     "FblIntakeDeadLetterQueue",
     "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket", "AccessLogsBucket",
+    "PolicyBucket",
     "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }

@@ -511,12 +511,11 @@ def test_signers_from_policy_reads_files_and_secrets(tmp_path: Path, rsa_pem: by
     ]
     signers = signers_from_policy(keys, load_secret=load_secret, base_dir=tmp_path)
     assert len(signers) == 2 and asked == ["quiver/dkim/b"]
-    a, b = signers.for_domain("A.Example."), signers.for_domain("b.example")
-    assert a is not None and (a.selector, a.algorithm, a.headers) == (
-        "s1", "rsa-sha256", ("from", "subject"))
-    assert b is not None and (b.selector, b.headers) == ("s2", DEFAULT_SIGNED_HEADERS)
-    assert signers.for_domain("c.example") is None
-    assert signers.for_domain("sub.a.example") is None
+    (a,), (b,) = signers.for_domain("A.Example."), signers.for_domain("b.example")
+    assert (a.selector, a.algorithm, a.headers) == ("s1", "rsa-sha256", ("from", "subject"))
+    assert (b.selector, b.headers) == ("s2", DEFAULT_SIGNED_HEADERS)
+    assert signers.for_domain("c.example") == ()
+    assert signers.for_domain("sub.a.example") == ()
     z = Zone()
     z.add(b, ed_pem)
     message = MESSAGE.replace(b"example.com", b"b.example")
@@ -554,10 +553,18 @@ def test_secret_errors_name_the_secret() -> None:
         signers_from_policy(keys)
 
 
-def test_signer_set_refuses_two_signers_for_one_domain(rsa_pem: bytes, ed_pem: bytes) -> None:
-    one = DkimSigner.from_pem(domain="a.example", selector="r", algorithm="rsa-sha256",
-                              pem=rsa_pem, headers=["from"])
-    two = DkimSigner.from_pem(domain="A.example", selector="e", algorithm="ed25519-sha256",
-                              pem=ed_pem, headers=["from"])
-    with pytest.raises(DkimError, match=r"two DKIM signers for a\.example"):
-        SignerSet([one, two])
+def test_signer_set_holds_several_selectors_per_domain_but_not_one_twice(
+    rsa_pem: bytes, ed_pem: bytes,
+) -> None:
+    def signer(selector: str, algorithm: str, pem: bytes) -> DkimSigner:
+        return DkimSigner.from_pem(domain="A.example", selector=selector, algorithm=algorithm,
+                                   pem=pem, headers=["from"])
+
+    rsa, ed = signer("r", "rsa-sha256", rsa_pem), signer("e", "ed25519-sha256", ed_pem)
+    signers = SignerSet([rsa, ed])
+    assert signers.for_domain("a.example") == (rsa, ed) and len(signers) == 2
+    with pytest.raises(DkimError, match=r"two DKIM signers for a\.example with selector r"):
+        SignerSet([rsa, ed, signer("r", "ed25519-sha256", ed_pem)])
+    with pytest.raises(DkimError, match=r"more than 3 DKIM signers for a\.example"):
+        SignerSet([rsa, ed, signer("r2", "rsa-sha256", rsa_pem),
+                   signer("e2", "ed25519-sha256", ed_pem)])

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     p = parse_policy(MINIMAL)
     assert p.retry.first == 300 and p.retry.cap == 4 * 3600 and p.retry.max_age == 3 * 86400
     assert [p.retry.delay(n) for n in (1, 2, 3, 7, 8)] == [300, 600, 1200, 14400, 14400]
-    assert p.intake.drain_deadline == 25 and p.delivery.port == 25
+    assert p.intake.drain_deadline == 100 and p.delivery.port == 25
     assert p.frontend(p.sources["s1"]) is None
     assert p.delivery.signing_threads == 1
     assert p.delivery.pipeline_next is True

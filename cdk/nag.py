@@ -56,6 +56,27 @@ def acknowledge_generated_handlers(stack: Stack) -> None:
                         "at deploy time); " + LAMBDA_LOGGING_REASON)
 
 
+def acknowledge_policy_upload(stack: Stack, *, policy_bucket: s3.IBucket) -> None:
+    """The handler aws-cdk-lib adds for BucketDeployment (cdk/policy_object.py): it
+    copies the policy object from the CDK asset bucket at deploy time."""
+    why = ("BucketDeployment's deploy-time handler (aws-cdk-lib's) copies the policy "
+           "object from the CDK asset bucket into the policy bucket; ")
+    for child in stack.node.children:
+        if not child.node.id.startswith("Custom::CDKBucketDeployment"):
+            continue
+        acknowledge(child, LAMBDA_BASIC_EXECUTION, why + LAMBDA_LOGGING_REASON)
+        acknowledge(child, "L1", why + "its runtime is aws-cdk-lib's choice and moves "
+                    "with aws-cdk-lib upgrades, not ours.")
+        for grant in ("Action::s3:GetObject*", "Action::s3:GetBucket*", "Action::s3:List*",
+                      "Action::s3:DeleteObject*", "Action::s3:Abort*",
+                      f"Resource::arn:aws:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-"
+                      f"{stack.region}/*"):
+            acknowledge(child, f"IAM5[{grant}]", why + "aws-cdk-lib grants it these action "
+                        "groups on the asset bucket and the destination bucket only.")
+        acknowledge(child, object_wildcard(policy_bucket, "*"),
+                    why + "it writes the one policy key (prune off), in that bucket only.")
+
+
 def object_wildcard(bucket: s3.IBucket, pattern: str) -> str:
     """The IAM5 finding for `bucket.arn_for_objects(pattern)` granted in another stack.
 

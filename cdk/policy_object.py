@@ -22,6 +22,7 @@ from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
 from cdk.logical_ids import pin_logical_id
+from cdk.nag import acknowledge
 from quiver.policy import parse_policy
 from quiver.policy.reload import restart_digest
 
@@ -49,6 +50,10 @@ class PolicyBucket(Construct):
             )],
         )
         pin_logical_id(self.bucket, "PolicyBucket")
+        acknowledge(self.bucket, "S1",
+                    "Only deploys write here and senders read one key; the bucket's "
+                    "versions are the record of what changed when, so access logs would "
+                    "add cost and nothing to look at.")
 
 
 class PolicyObject(Construct):

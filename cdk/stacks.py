@@ -23,7 +23,11 @@ from cdk.event_export import EventExport, events_queue_visibility_timeout
 from cdk.inbound_mail import BOUNCE_VENDORED, FBL_VENDORED, InboundMail, InboundQueues
 from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
-from cdk.nag import acknowledge_generated_handlers, acknowledge_service_constructs
+from cdk.nag import (
+    acknowledge_generated_handlers,
+    acknowledge_policy_upload,
+    acknowledge_service_constructs,
+)
 from cdk.network import Network
 from cdk.observability import Observability
 from cdk.policy_object import PolicyBucket, PolicyObject
@@ -223,6 +227,7 @@ class ServiceStack(Stack):
             return_path_secret_prefix=return_path_secret_prefix,
         )
         acknowledge_generated_handlers(self)
+        acknowledge_policy_upload(self, policy_bucket=stateful.policy_bucket)
         self.network = network
         self.senders = senders
         self.proxies = proxies

@@ -88,12 +88,18 @@ def test_a_fleet_policy_over_ssms_8_kb_deploys(
 ) -> None:
     from aws_cdk.assertions import Template
 
+    # 45 more sources on 6 more nodes: 8 each, within each node's fixed /27 and one
+    # interface of the default instance type (cdk/deploy_checks.py refuses more).
     extra = []
+    for k in range(6):
+        third = k % 3
+        extra.append(f'[proxy.nodes.fleet-{k}]\naz = "us-east-1{"abc"[third]}"\n'
+                     f'address = "10.60.{third}.{32 * (1 + k // 3) + 10}"\n')
     for i in range(45):
-        node = "abc"[i % 3]
+        k, third = i // 8, (i // 8) % 3
         extra.append(f'[sources.fleet{i:02d}]\nip = "203.0.113.{10 + i}"\n'
-                     f'local_ip = "10.60.{i % 3}.{40 + i // 3}"\nnode = "egress-{node}"\n'
-                     f'ehlo = "fleet{i:02d}.mail.example.com"\n')
+                     f'local_ip = "10.60.{third}.{32 * (1 + k // 3) + 11 + i % 8}"\n'
+                     f'node = "fleet-{k}"\nehlo = "fleet{i:02d}.mail.example.com"\n')
     path = policy_variant(("[pools.transactional]", "".join(extra) + "[pools.transactional]"),
                           ("bulk3 = 1 }", "bulk3 = 1, " + ", ".join(
                               f"fleet{i:02d} = 1" for i in range(45)) + " }"))

@@ -122,7 +122,8 @@ def test_outbound_queue_follows_the_policy(stateful: dict[str, Any], policy: Pol
 
 def test_buckets_block_public_access_encrypt_and_require_tls(stateful: dict[str, Any]) -> None:
     buckets = resources(stateful, "AWS::S3::Bucket")
-    assert len(buckets) == 5
+    # spill, events, inbound, Athena results, access logs, policy
+    assert len(buckets) == 6
     for logical_id, bucket in buckets.items():
         props = bucket["Properties"]
         assert props["PublicAccessBlockConfiguration"] == {

@@ -70,6 +70,32 @@ def powertools_layer_arn(version: int = POWERTOOLS_LAYER_VERSION) -> str:
     )
 
 
+def quiver_function(
+    scope: Construct, construct_id: str, *, description: str, function: str, code_dir: Path,
+    layer: lambda_.ILayerVersion, timeout: Duration, memory_size: int,
+    environment: dict[str, str], log_retention: logs.RetentionDays,
+    reserved_concurrency: int | None = None,
+) -> lambda_.Function:
+    """One of Quiver's Lambdas: `functions/<function>/handler.py` on RUNTIME and
+    ARCHITECTURE with the Powertools `layer`, logging to a log group of its own
+    (`<construct_id>Logs`, kept `log_retention`, removed with the stack)."""
+    log_group = logs.LogGroup(scope, f"{construct_id}Logs", retention=log_retention,
+                              removal_policy=RemovalPolicy.DESTROY)
+    return lambda_.Function(
+        scope, f"{construct_id}Function",
+        description=description, runtime=RUNTIME, architecture=ARCHITECTURE,
+        handler=handler_path(function), code=lambda_.Code.from_asset(str(code_dir)),
+        layers=[layer], timeout=timeout, memory_size=memory_size,
+        reserved_concurrent_executions=reserved_concurrency, log_group=log_group,
+        environment=environment,
+    )
+
+
+def powertools_layer(scope: Construct, version: int) -> lambda_.ILayerVersion:
+    return lambda_.LayerVersion.from_layer_version_arn(
+        scope, "Powertools", powertools_layer_arn(version))
+
+
 class EventExport(Construct):
     def __init__(
         self,
@@ -85,24 +111,12 @@ class EventExport(Construct):
         max_concurrency: int = MAX_CONCURRENCY,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.function = lambda_.Function(
-            self, "Function",
+        self.function = quiver_function(
+            self, "",
             description="Quiver event export: events queue -> s3://<events bucket>/events/",
-            runtime=RUNTIME,
-            architecture=ARCHITECTURE,
-            handler=handler_path("event_export"),
-            code=lambda_.Code.from_asset(str(code_dir)),
-            layers=[
-                lambda_.LayerVersion.from_layer_version_arn(
-                    self, "Powertools", powertools_layer_arn(powertools_layer_version),
-                ),
-            ],
-            timeout=EXPORT_TIMEOUT,
-            memory_size=512,
-            log_group=log_group,
+            function="event_export", code_dir=code_dir,
+            layer=powertools_layer(self, powertools_layer_version),
+            timeout=EXPORT_TIMEOUT, memory_size=512, log_retention=log_retention,
             environment={
                 ENV_EVENTS_BUCKET: events_bucket.bucket_name,
                 ENV_FINALS_TABLE: finals_table.table_name,

@@ -53,13 +53,11 @@ from aws_cdk.interfaces.aws_ses import IReceiptRuleRef
 from constructs import Construct
 
 from cdk.event_export import (
-    ARCHITECTURE,
     METRICS_NAMESPACE,
     POWERTOOLS_LAYER_VERSION,
-    RUNTIME,
-    powertools_layer_arn,
+    powertools_layer,
+    quiver_function,
 )
-from cdk.lambda_code import handler_path
 from cdk.logical_ids import logical_id_part, pin_logical_id
 from cdk.nag import (
     acknowledge,
@@ -196,8 +194,7 @@ class InboundMail(Construct):
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
-        self._layer = lambda_.LayerVersion.from_layer_version_arn(
-            self, "Powertools", powertools_layer_arn(powertools_layer_version))
+        self._layer = powertools_layer(self, powertools_layer_version)
         shared = _Shared(
             inbound_bucket=inbound_bucket, events_queue=events_queue,
             suppression_table=suppression_table, finals_table=finals_table,
@@ -267,15 +264,12 @@ class InboundMail(Construct):
         policy_object = shared.policy_object
         return_path_secret_prefix = shared.return_path_secret_prefix
         log_retention = shared.log_retention
-        log_group = logs.LogGroup(self, f"{construct_id}Logs", retention=log_retention,
-                                  removal_policy=RemovalPolicy.DESTROY)
-        fn = lambda_.Function(
-            self, f"{construct_id}Function",
+        fn = quiver_function(
+            self, construct_id,
             description=f"Quiver {function.replace('_', ' ')}: s3://<inbound>/{prefix} -> "
                         "events and suppression",
-            runtime=RUNTIME, architecture=ARCHITECTURE, handler=handler_path(function),
-            code=lambda_.Code.from_asset(str(code_dir)), layers=[self._layer],
-            timeout=INTAKE_TIMEOUT, memory_size=512, log_group=log_group,
+            function=function, code_dir=code_dir, layer=self._layer,
+            timeout=INTAKE_TIMEOUT, memory_size=512, log_retention=log_retention,
             environment={
                 ENV_EVENTS_QUEUE_URL: events_queue.queue_url,
                 ENV_SUPPRESSION_TABLE: suppression_table.table_name,

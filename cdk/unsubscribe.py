@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import ArnFormat, CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnOutput, Duration, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -26,8 +26,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from cdk.event_export import ARCHITECTURE, POWERTOOLS_LAYER_VERSION, RUNTIME, powertools_layer_arn
-from cdk.lambda_code import handler_path
+from cdk.event_export import POWERTOOLS_LAYER_VERSION, powertools_layer, quiver_function
 from cdk.nag import acknowledge_lambda_logging
 from quiver.settings import ENV_EVENTS_QUEUE_URL, ENV_KEY_RING_SECRET, ENV_SUPPRESSION_TABLE
 
@@ -52,25 +51,13 @@ class Unsubscribe(Construct):
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
     ) -> None:
         super().__init__(scope, construct_id)
-        log_group = logs.LogGroup(
-            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.function = lambda_.Function(
-            self, "Function",
+        self.function = quiver_function(
+            self, "",
             description="Quiver one-click unsubscribe (RFC 8058): GET confirms, POST suppresses",
-            runtime=RUNTIME,
-            architecture=ARCHITECTURE,
-            handler=handler_path("unsubscribe"),
-            code=lambda_.Code.from_asset(str(code_dir)),
-            layers=[
-                lambda_.LayerVersion.from_layer_version_arn(
-                    self, "Powertools", powertools_layer_arn(powertools_layer_version),
-                ),
-            ],
-            timeout=TIMEOUT,
-            memory_size=256,
-            reserved_concurrent_executions=reserved_concurrency,
-            log_group=log_group,
+            function="unsubscribe", code_dir=code_dir,
+            layer=powertools_layer(self, powertools_layer_version),
+            timeout=TIMEOUT, memory_size=256, reserved_concurrency=reserved_concurrency,
+            log_retention=log_retention,
             environment={
                 ENV_EVENTS_QUEUE_URL: events_queue.queue_url,
                 ENV_SUPPRESSION_TABLE: suppression_table.table_name,

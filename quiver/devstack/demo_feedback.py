@@ -106,33 +106,35 @@ class FeedbackLoop:
     second_round: list[str] = field(default_factory=list)
 
     def _accepted(self, prefix: str) -> set[str]:
-        return {rcpt.lower() for r in self.received() for rcpt in r["rcpt_tos"]
-                if local_part(rcpt).startswith(prefix)}
+        return {rcpt for rcpt, _ in self._delivered(prefix)}
 
-    def click_unsubscribe(self) -> dict[str, int]:
-        """POST the one-click URL of every delivered `unsub-…` message, once per address."""
+    def _delivered(self, prefix: str) -> list[tuple[str, Path]]:
+        """(recipient, stored message) for each address with `prefix` the MX accepted,
+        lower-cased, once per address (its first message)."""
+        found: dict[str, Path] = {}
         for record in self.received():
             for rcpt in record["rcpt_tos"]:
                 key = rcpt.lower()
-                if not local_part(key).startswith(UNSUBSCRIBE) or key in self.clicked:
-                    continue
-                url = one_click_url(Path(record["file"]).read_bytes())
-                self.clicked[key] = post_one_click(url) if url else 0
+                if local_part(key).startswith(prefix):
+                    found.setdefault(key, Path(record["file"]))
+        return list(found.items())
+
+    def click_unsubscribe(self) -> dict[str, int]:
+        """POST the one-click URL of every delivered `unsub-…` message, once per address."""
+        for rcpt, message in self._delivered(UNSUBSCRIBE):
+            if rcpt not in self.clicked:
+                url = one_click_url(message.read_bytes())
+                self.clicked[rcpt] = post_one_click(url) if url else 0
         return self.clicked
 
     def mail_unsubscribe(self) -> dict[str, int]:
         """Mail the List-Unsubscribe mailto of every delivered `mailunsub-…` message."""
-        for record in self.received():
-            for rcpt in record["rcpt_tos"]:
-                key = rcpt.lower()
-                if not local_part(key).startswith(MAIL_UNSUBSCRIBE) or key in self.mailed:
-                    continue
-                request = mailto_request(Path(record["file"]).read_bytes())
-                self.mailed[key] = 0
-                if request is not None:
-                    address, subject = request
-                    self.mailed[key] = send_mailto(self.inbound, sender=key, address=address,
-                                                   subject=subject)
+        for rcpt, message in self._delivered(MAIL_UNSUBSCRIBE):
+            if rcpt in self.mailed:
+                continue
+            request = mailto_request(message.read_bytes())
+            self.mailed[rcpt] = 0 if request is None else send_mailto(
+                self.inbound, sender=rcpt, address=request[0], subject=request[1])
         return self.mailed
 
     def expected(self) -> dict[str, int]:

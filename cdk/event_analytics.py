@@ -47,6 +47,8 @@ _TYPES: dict[str, str] = {
     # Operator controls (`control` events).
     "action": "string", "actor": "string", "selector": "map<string,string>",
     "until": "string",
+    # Adaptive changes (`control` events whose actor is `adaptive`).
+    "rule": "string", "observed": "double", "old": "double", "new": "double",
 }
 # Fields that are not columns: `event` is the partition column (Athena forbids both);
 # `tls_mode` and `return_path` (added in v1, optional for readers) are not columns

@@ -130,6 +130,14 @@ class EventFields(TypedDict, total=False):
     actor: str
     selector: dict[str, str]
     until: str | None
+    # Added in v1, optional for readers: a `control` event whose actor is `adaptive`
+    # (quiver.adaptive) names the rule that acted, the rate it observed (a share of
+    # attempts, 0-1, or a rate per second, as the rule says), and the value it changed
+    # (old and new: a send rate per second, a warm-up day, or null for a suspension).
+    rule: str | None
+    observed: float | None
+    old: float | None
+    new: float | None
 
 
 class EventRecord(CommonFields, EventFields):

@@ -61,6 +61,11 @@ class ActiveControls:
         self._apply(controls)
         self.loaded = True
 
+    def add(self, control: Control) -> None:
+        """One control put in force by this process (an adaptive suspension): applied
+        now, without waiting for the next read of the table that holds it."""
+        self._apply([*(c for c in self.controls() if c.id != control.id), control])
+
     def refresh(self) -> None:
         """Re-check expiry without a read (the table could not be read)."""
         self._apply(self.controls())

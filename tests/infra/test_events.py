@@ -174,6 +174,8 @@ def test_columns_follow_the_v1_record(service: dict[str, Any]) -> None:
         "dsn", "reporter", "inbound_object",
         # Operator controls (control).
         "action", "actor", "selector", "until",
+        # Adaptive changes (control, actor adaptive).
+        "rule", "observed", "old", "new",
     }
 
 

@@ -37,6 +37,7 @@ from quiver.policy.model import (
 from quiver.policy.return_path import parse_return_path
 from quiver.policy.suppression import parse_suppression
 from quiver.policy.unsubscribe import parse_unsubscribe
+from quiver.policy.warmup import parse_warmup
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
@@ -61,7 +62,7 @@ _MAX_DKIM_KEYS_PER_DOMAIN = 3
 _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
-    "local_only", "return_path", "suppression", "unsubscribe", "controls", "data",
+    "local_only", "return_path", "suppression", "unsubscribe", "controls", "data", "warmup",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -255,6 +256,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     suppression = parse_suppression(c.table(data, "suppression", ""), error=c.error)
     controls = parse_controls(c.table(data, "controls", ""), error=c.error)
     data_policy = parse_data(c.table(data, "data", ""), error=c.error)
+    warmup = parse_warmup(c.table(data, "warmup", ""), c.table(data, "sources", ""),
+                          providers=providers, error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -288,6 +291,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         feedback=feedback,
         unsubscribe=unsubscribe,
         data=data_policy,
+        warmup=warmup,
     )
 
 
@@ -349,7 +353,8 @@ def _sources(
         if not isinstance(raw, dict):
             c.error(path, "expected a table")
             continue
-        c.keys(raw, {"ip", "ehlo", "az", "node", "local_ip"}, path)
+        # `warmup` is read by the [warmup] section (quiver/policy/warmup.py).
+        c.keys(raw, {"ip", "ehlo", "az", "node", "local_ip", "warmup"}, path)
         if "ip" not in raw:
             c.error(f"{path}.ip", "required: the public IP receiving MXes see")
         ip = c.get(raw, "ip", path, _ip, "0.0.0.0")

@@ -12,6 +12,7 @@ from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
 from quiver.policy.unsubscribe import UnsubscribePolicy
+from quiver.policy.warmup import WarmupPolicy
 from quiver.units import Rate
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -243,6 +244,8 @@ class Policy:
     unsubscribe: UnsubscribePolicy = field(default_factory=UnsubscribePolicy)
     # How long recorded data is kept; applied at deploy (quiver/policy/data.py).
     data: DataPolicy = field(default_factory=DataPolicy)
+    # Warming sources and their daily caps per provider (quiver/policy/warmup.py).
+    warmup: WarmupPolicy = field(default_factory=WarmupPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -10,7 +10,9 @@ and a domain whose every MX address is forbidden is bounced (5.4.4) at once.
 
 A source whose proxy is down, or whose ready queue holds no slot of a cluster-wide
 connection limit on this task (ready.py), is passed over for the pool's other
-sources; with none left the recipients are deferred, unattempted.
+sources; with none left the recipients are deferred, unattempted. So is a warming
+source whose cap for the provider is used up today (quiver.warmup): the recipients it
+was given and did not attempt go back to its cap.
 
 Operator controls (quiver.controls) are checked once a recipient is routed, before
 its job is queued: a stop, or a pause by pool, domain, source or provider, hands it
@@ -107,7 +109,8 @@ class Scheduler:
         avoid: set[str] = set()
         for _ in range(MAX_REROUTES):
             try:
-                source = self._picker.pick(pool, avoid=avoid)
+                source = await self._picker.pick(pool, provider=route.provider,
+                                                 recipients=len(recipients), avoid=avoid)
             except NoSourceAvailable as exc:
                 text = str(exc) if last is None else f"{exc}; last: {last.reply.text}"
                 reply = local_reply(451, "4.4.1", text)
@@ -115,10 +118,12 @@ class Scheduler:
             if self.controls is not None and (held := self.controls.before_attempt(
                     pool=pool, domain=domain, source=source.name,
                     provider=route.provider)) is not None:
+                self._picker.give_back(source.name, route.provider, len(recipients))
                 return self._held(held, recipients, Path(source=source.name,
                                                          provider=route.provider))
             queue = self._queue(source, route, domain)
             if not queue.seated():
+                self._picker.give_back(source.name, route.provider, len(recipients))
                 avoid.add(source.name)
                 last = Reroute(queue.unseated_reply())
                 continue
@@ -129,8 +134,10 @@ class Scheduler:
                 attempts = await future
             except Reroute as exc:
                 last = exc  # the source's proxy is down, or its slot went: the next source
+                self._picker.give_back(source.name, route.provider, len(recipients))
                 avoid.add(source.name)
                 continue
+            self._picker.settle(source.name, route.provider, attempts)
             queue.outcomes.add(attempts)
             self.last_errors.add(route.site, attempts)
             return attempts

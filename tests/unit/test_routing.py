@@ -44,7 +44,7 @@ def test_provider_patterns() -> None:
     assert m.match(["google.com"]) is None  # "*.google.com" needs a label before
 
 
-def test_weighted_round_robin_is_smooth_and_skips_down_sources() -> None:
+async def test_weighted_round_robin_is_smooth_and_skips_down_sources() -> None:
     policy = parse_policy("""
 default_pool = "p"
 [sources.a]
@@ -60,17 +60,17 @@ ehlo = "c.example.com"
 sources = { a = 3, b = 1, c = 1 }
 """)
     picker = SourcePicker(policy)
-    picks = [picker.pick("p").name for _ in range(500)]
+    picks = [(await picker.pick("p")).name for _ in range(500)]
     assert Counter(picks) == {"a": 300, "b": 100, "c": 100}
     assert "aaa" not in "".join(picks[:5])  # interleaved, not runs
     picker.mark_down("a")
-    assert {picker.pick("p").name for _ in range(10)} == {"b", "c"}
+    assert {(await picker.pick("p")).name for _ in range(10)} == {"b", "c"}
     picker.mark_down("b")
     picker.mark_down("c")
     with pytest.raises(NoSourceAvailable, match="every source of pool 'p' is down"):
-        picker.pick("p")
+        await picker.pick("p")
     picker.mark_up("b")
-    assert picker.pick("p").name == "b"
+    assert (await picker.pick("p")).name == "b"
 
 
 def test_reply_parsing() -> None:

@@ -1,0 +1,151 @@
+"""`WarmupStore` on the controls table, partition `warmup`:
+
+- sk `<source>|<provider>|<date>`: `taken`, the recipients senders reserved of that
+  day's cap. A reservation is one conditional ADD that only succeeds while the total
+  stays within the cap, so however many senders take blocks at once, a warming source
+  is given at most its cap (and, once every block is spent, exactly it);
+- sk `<source>#outcomes#<date>`: `attempts`, `bounced`, `deferred` of that day, added
+  by each sender as it goes (what the day's advance or hold is decided on);
+- sk `<source>#state`: `day`, `as_of`, `why`: the warm-up day, moved by a conditional
+  put so that one sender decides each date.
+
+A source name never holds `#` or `|` (policy names are [A-Za-z0-9_.-]), so no item of
+one source can be taken for another's. Count items expire (TTL) after a week.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from quiver.storage.base import StorageError
+from quiver.storage.boto_calls import call, error_code
+from quiver.storage.warmup import DayCounts, DayState
+
+PK: Final = "warmup"
+# Kept a week: the status shows today, a decision reads yesterday; older days are
+# the events' (every attempt is one) to tell.
+KEEP_DAYS = 7
+# A reserve that loses a race re-reads and tries again at most this often; each
+# retry is because another sender took part of the cap meanwhile.
+MAX_TRIES = 5
+_FAILED = "ConditionalCheckFailedException"
+
+
+def cap_key(source: str, provider: str, date: str) -> str:
+    return f"{source}|{provider}|{date}"
+
+
+def _expires(date: str) -> str:
+    day = dt.date.fromisoformat(date) + dt.timedelta(days=KEEP_DAYS + 1)
+    return str(int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()))
+
+
+class DynamoWarmup:
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self.table = table
+
+    def _key(self, sk: str) -> dict[str, dict[str, str]]:
+        return {"pk": {"S": PK}, "sk": {"S": sk}}
+
+    async def reserve(self, *, source: str, provider: str, date: str, want: int,
+                      cap: int) -> int:
+        key = self._key(cap_key(source, provider, date))
+        for _ in range(MAX_TRIES):
+            if want <= 0:
+                return 0
+            try:
+                await call(
+                    self._client.update_item, TableName=self.table, Key=key,
+                    UpdateExpression="ADD taken :n SET expires_at = :e",
+                    ConditionExpression="attribute_not_exists(taken) OR taken <= :room",
+                    ExpressionAttributeValues={":n": {"N": str(want)},
+                                               ":room": {"N": str(cap - want)},
+                                               ":e": {"N": _expires(date)}})
+                return want
+            except StorageError as exc:
+                if error_code(exc) != _FAILED:
+                    raise
+            # Less than `want` is left: take what is (another sender may take it first).
+            item = await self._get(key)
+            want = min(want, cap - int(item.get("taken", {}).get("N", "0")))
+        return 0
+
+    async def release(self, *, source: str, provider: str, date: str, count: int) -> None:
+        if count <= 0:
+            return
+        await call(self._client.update_item, TableName=self.table,
+                   Key=self._key(cap_key(source, provider, date)),
+                   UpdateExpression="ADD taken :n", ConditionExpression="taken >= :c",
+                   ExpressionAttributeValues={":n": {"N": str(-count)},
+                                              ":c": {"N": str(count)}})
+
+    async def used(self, *, source: str, date: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": PK}, ":prefix": {"S": f"{source}|"}},
+        }
+        while True:
+            response = await call(self._client.query, **kwargs)
+            for item in response.get("Items", []):
+                _, provider, day = item["sk"]["S"].split("|", 2)
+                if day == date:
+                    out[provider] = int(item.get("taken", {}).get("N", "0"))
+            if "LastEvaluatedKey" not in response:
+                return out
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    async def add_outcomes(self, *, source: str, date: str, counts: DayCounts) -> None:
+        await call(self._client.update_item, TableName=self.table,
+                   Key=self._key(f"{source}#outcomes#{date}"),
+                   UpdateExpression="ADD attempts :a, bounced :b, deferred :d "
+                                    "SET expires_at = :e",
+                   ExpressionAttributeValues={
+                       ":a": {"N": str(counts.attempts)}, ":b": {"N": str(counts.bounced)},
+                       ":d": {"N": str(counts.deferred)}, ":e": {"N": _expires(date)}})
+
+    async def outcomes(self, *, source: str, date: str) -> DayCounts:
+        item = await self._get(self._key(f"{source}#outcomes#{date}"))
+
+        def n(name: str) -> int:
+            return int(item.get(name, {}).get("N", "0"))
+
+        return DayCounts(attempts=n("attempts"), bounced=n("bounced"), deferred=n("deferred"))
+
+    async def state(self, *, source: str) -> DayState | None:
+        item = await self._get(self._key(f"{source}#state"))
+        if not item:
+            return None
+        try:
+            return DayState(day=int(item["day"]["N"]), as_of=item["as_of"]["S"],
+                            why=item.get("why", {}).get("S", ""))
+        except (KeyError, ValueError) as exc:
+            raise StorageError(f"warm-up state of {source} is not readable: {exc}") from exc
+
+    async def put_state(self, *, source: str, state: DayState,
+                        expected: DayState | None) -> bool:
+        item = {**self._key(f"{source}#state"), "day": {"N": str(state.day)},
+                "as_of": {"S": state.as_of}, "why": {"S": state.why}}
+        if expected is None:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(sk)"}
+        else:
+            condition = {"ConditionExpression": "#d = :d AND as_of = :a",
+                         "ExpressionAttributeNames": {"#d": "day"},
+                         "ExpressionAttributeValues": {":d": {"N": str(expected.day)},
+                                                       ":a": {"S": expected.as_of}}}
+        try:
+            await call(self._client.put_item, TableName=self.table, Item=item, **condition)
+        except StorageError as exc:
+            if error_code(exc) == _FAILED:
+                return False
+            raise
+        return True
+
+    async def _get(self, key: dict[str, Any]) -> dict[str, Any]:
+        response = await call(self._client.get_item, TableName=self.table, Key=key,
+                              ConsistentRead=True)
+        item: dict[str, Any] = response.get("Item", {})
+        return item

@@ -1,0 +1,1 @@
+"""IP warm-up: the day each warming source is on, its daily caps, and their status."""

@@ -8,9 +8,11 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+from quiver.adaptive.change import ChangeRecorder
 from quiver.bounce import default_classifier
 from quiver.controls.active import ActiveControls, hold_reason
 from quiver.controls.poller import ControlPoller
@@ -48,10 +50,14 @@ from quiver.storage.dynamo import (
     DynamoSuppression,
 )
 from quiver.storage.dynamo_lean import LeanDynamoClient
+from quiver.storage.dynamo_warmup import DynamoWarmup
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
+from quiver.storage.warmup import MemoryWarmup, WarmupStore
 from quiver.suppression import SuppressionCheck, SuppressionWriter
 from quiver.unsubscribe.headers import UnsubscribeHeaders
+from quiver.warmup.days import DayKeeper
+from quiver.warmup.gate import WarmupGate
 
 log = logging.getLogger("quiver.sender")
 
@@ -109,7 +115,8 @@ def build_sender(
             # Each heartbeat carries the status record: fleet-wide status from the table.
             status=lambda: record.encode(_board(board).snapshot()),
         )
-    picker = SourcePicker(policy)
+    warmup = _warmup(policy, deployment, session, config, sqs)
+    picker = SourcePicker(policy, warmup=warmup)
     health = ProxyHealth(policy=policy, picker=picker)
     # The live sections' one holder: the scheduler and the handler read it, a reload
     # updates it (the other readers above are restart-only).
@@ -182,7 +189,8 @@ def build_sender(
     services = [membership.run, metrics.run, health.run,
                 *([refresher.run] if refresher is not None else []),
                 *([writer.run] if writer else []),
-                *([poller.run] if poller is not None else [])]
+                *([poller.run] if poller is not None else []),
+                *([warmup.run] if warmup is not None else [])]
     if policy_source is not None and policy_source.interval > 0:
         watcher = PolicyWatcher(policy_source, current=live, apply=lambda _: transport.rebind())
         board.policy_digest = lambda: watcher.digest
@@ -195,7 +203,8 @@ def build_sender(
         # The controls first: a task started during an emergency stop sends nothing.
         on_start=[*([poller.load] if poller is not None else []), membership.join],
         gate=controls.wait_running if controls is not None else None,
-        on_close=[*([writer.close] if writer else []), transport.close, sqs.close,
+        on_close=[*([writer.close] if writer else []), transport.close,
+                  *([warmup.close] if warmup is not None else []), sqs.close,
                   *([lean_dynamo.close] if lean_dynamo else []),
                   *([signing.aclose] if signing else [])],
     )
@@ -239,6 +248,27 @@ def _controls(deployment: Deployment, session: Any, config: Any,
     store = DynamoControls(session.client("dynamodb", config=config), deployment.controls_table)
     return controls, ControlPoller(store, controls,
                                    interval=lambda: live.current.controls.poll)
+
+
+def _warmup(policy: Policy, deployment: Deployment, session: Any, config: Any,
+            sqs: LeanSqsClient) -> WarmupGate | None:
+    """The warm-up caps of the policy's warming sources, shared through the controls
+    table; each day's advance or hold is recorded as an adaptive change. None when no
+    source is warming."""
+    if not policy.warmup.enabled:
+        return None
+    store: WarmupStore
+    if deployment.controls_table:
+        store = DynamoWarmup(session.client("dynamodb", config=config),
+                             deployment.controls_table)
+    else:
+        log.warning("no controls table (QUIVER_CONTROLS_TABLE): warm-up caps are kept by "
+                    "this task alone, so a fleet gives a warming source its cap once per task")
+        store = MemoryWarmup()
+    recorder = ChangeRecorder(SqsEventSink(sqs.queue(deployment.events_queue_url)),
+                              metrics_out=sys.stdout)
+    days = DayKeeper(policy=policy.warmup, store=store, recorder=recorder)
+    return WarmupGate(policy=policy.warmup, store=store, days=days)
 
 
 def _return_paths(

@@ -101,8 +101,9 @@ class DynamoWarmup:
     async def add_outcomes(self, *, source: str, date: str, counts: DayCounts) -> None:
         await call(self._client.update_item, TableName=self.table,
                    Key=self._key(f"{source}#outcomes#{date}"),
-                   UpdateExpression="ADD attempts :a, bounced :b, deferred :d "
-                                    "SET expires_at = :e",
+                   # DEFERRED is a reserved word of DynamoDB's expressions.
+                   UpdateExpression="ADD attempts :a, bounced :b, #d :d SET expires_at = :e",
+                   ExpressionAttributeNames={"#d": "deferred"},
                    ExpressionAttributeValues={
                        ":a": {"N": str(counts.attempts)}, ":b": {"N": str(counts.bounced)},
                        ":d": {"N": str(counts.deferred)}, ":e": {"N": _expires(date)}})

@@ -14,6 +14,7 @@ next day's advance or hold (days.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -129,11 +130,14 @@ class WarmupGate:
                 self._outcomes[(source, date)] = self._outcomes.get(
                     (source, date), DayCounts()) + counts
 
-    async def run(self) -> None:
-        """A sender service: flush every `flush_every` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self._flush_every)
-            await self.flush()
+    async def run(self, stop: asyncio.Event) -> None:
+        """A sender service: flush every `flush_every` seconds until `stop` (the last
+        flush is `close`'s, after the last delivery)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._flush_every)
+            if not stop.is_set():
+                await self.flush()
 
     async def close(self) -> None:
         """Flush the outcomes and give today's unspent reservations back to the store."""

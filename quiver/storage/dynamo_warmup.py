@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from quiver.storage.base import StorageError
 from quiver.storage.boto_calls import call, error_code
-from quiver.storage.warmup import DayCounts, DayState
+from quiver.storage.warmup import CapUse, DayCounts, DayState, Plan
 
 PK: Final = "warmup"
 # Kept a week: the status shows today, a decision reads yesterday; older days are
@@ -50,19 +50,25 @@ class DynamoWarmup:
         return {"pk": {"S": PK}, "sk": {"S": sk}}
 
     async def reserve(self, *, source: str, provider: str, date: str, want: int,
-                      cap: int) -> int:
+                      plan: Plan) -> int:
         key = self._key(cap_key(source, provider, date))
+        cap = plan.cap
         for _ in range(MAX_TRIES):
             if want <= 0:
                 return 0
             try:
                 await call(
                     self._client.update_item, TableName=self.table, Key=key,
-                    UpdateExpression="ADD taken :n SET expires_at = :e",
+                    UpdateExpression="ADD taken :n SET expires_at = :e, cap = :c, "
+                                     "#d = :d, template = :t",
                     ConditionExpression="attribute_not_exists(taken) OR taken <= :room",
+                    ExpressionAttributeNames={"#d": "day"},
                     ExpressionAttributeValues={":n": {"N": str(want)},
                                                ":room": {"N": str(cap - want)},
-                                               ":e": {"N": _expires(date)}})
+                                               ":e": {"N": _expires(date)},
+                                               ":c": {"N": str(cap)},
+                                               ":d": {"N": str(plan.day)},
+                                               ":t": {"S": plan.template}})
                 return want
             except StorageError as exc:
                 if error_code(exc) != _FAILED:
@@ -116,15 +122,39 @@ class DynamoWarmup:
 
         return DayCounts(attempts=n("attempts"), bounced=n("bounced"), deferred=n("deferred"))
 
+    async def today(self, *, date: str) -> tuple[list[CapUse], dict[str, DayState]]:
+        uses: list[CapUse] = []
+        states: dict[str, DayState] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table, "ConsistentRead": True,
+            "KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": PK}},
+        }
+        while True:
+            response = await call(self._client.query, **kwargs)
+            for item in response.get("Items", []):
+                sk = item["sk"]["S"]
+                if sk.endswith("#state"):
+                    state = _state(item)
+                    if state is not None:
+                        states[sk.removesuffix("#state")] = state
+                elif sk.count("|") == 2 and sk.endswith(f"|{date}"):
+                    source, provider, _ = sk.split("|")
+                    uses.append(CapUse(
+                        source=source, provider=provider, date=date,
+                        taken=_number(item, "taken"), cap=_number(item, "cap"),
+                        day=_number(item, "day"), template=item.get("template", {}).get("S", "")))
+            if "LastEvaluatedKey" not in response:
+                return uses, states
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
     async def state(self, *, source: str) -> DayState | None:
         item = await self._get(self._key(f"{source}#state"))
         if not item:
             return None
-        try:
-            return DayState(day=int(item["day"]["N"]), as_of=item["as_of"]["S"],
-                            why=item.get("why", {}).get("S", ""))
-        except (KeyError, ValueError) as exc:
-            raise StorageError(f"warm-up state of {source} is not readable: {exc}") from exc
+        state = _state(item)
+        if state is None:
+            raise StorageError(f"warm-up state of {source} is not readable: {item!r}")
+        return state
 
     async def put_state(self, *, source: str, state: DayState,
                         expected: DayState | None) -> bool:
@@ -150,3 +180,15 @@ class DynamoWarmup:
                               ConsistentRead=True)
         item: dict[str, Any] = response.get("Item", {})
         return item
+
+
+def _number(item: dict[str, Any], name: str) -> int:
+    return int(item.get(name, {}).get("N", "0"))
+
+
+def _state(item: dict[str, Any]) -> DayState | None:
+    try:
+        return DayState(day=int(item["day"]["N"]), as_of=item["as_of"]["S"],
+                        why=item.get("why", {}).get("S", ""))
+    except (KeyError, ValueError):
+        return None

@@ -51,11 +51,35 @@ class DayState:
     why: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CapUse:
+    """One (source, provider) cap on one date: what was taken of it, and the day and
+    template it came from (for the status)."""
+
+    source: str
+    provider: str
+    date: str
+    taken: int
+    cap: int
+    day: int
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a reservation is against: the cap, and the warm-up day and template that
+    set it (kept beside the count for `quiver status`)."""
+
+    cap: int
+    day: int
+    template: str
+
+
 class WarmupStore(Protocol):
     async def reserve(self, *, source: str, provider: str, date: str, want: int,
-                      cap: int) -> int:
-        """Take up to `want` of the date's `cap` for (source, provider): the number
-        granted (0 when the cap is used up). All takers together never exceed `cap`."""
+                      plan: Plan) -> int:
+        """Take up to `want` of the date's `plan.cap` for (source, provider): the number
+        granted (0 when the cap is used up). All takers together never exceed it."""
         ...
 
     async def release(self, *, source: str, provider: str, date: str, count: int) -> None:
@@ -72,6 +96,10 @@ class WarmupStore(Protocol):
 
     async def state(self, *, source: str) -> DayState | None: ...
 
+    async def today(self, *, date: str) -> tuple[list[CapUse], dict[str, DayState]]:
+        """Every cap taken from on the date, and every source's state (the status)."""
+        ...
+
     async def put_state(self, *, source: str, state: DayState,
                         expected: DayState | None) -> bool:
         """Store `state` if the stored one is still `expected` (None: none stored); False
@@ -82,6 +110,7 @@ class WarmupStore(Protocol):
 class MemoryWarmup:
     def __init__(self) -> None:
         self.taken: dict[tuple[str, str, str], int] = {}
+        self.plans: dict[tuple[str, str, str], Plan] = {}
         self.counts: dict[tuple[str, str], DayCounts] = {}
         self.states: dict[str, DayState] = {}
         self.reservations = 0  # reserve calls, for tests of the block size
@@ -89,12 +118,13 @@ class MemoryWarmup:
         self.gate: asyncio.Event | None = None
 
     async def reserve(self, *, source: str, provider: str, date: str, want: int,
-                      cap: int) -> int:
+                      plan: Plan) -> int:
         self.reservations += 1
         if self.gate is not None:
             await self.gate.wait()
         key = (source, provider, date)
-        granted = max(0, min(want, cap - self.taken.get(key, 0)))
+        self.plans[key] = plan
+        granted = max(0, min(want, plan.cap - self.taken.get(key, 0)))
         self.taken[key] = self.taken.get(key, 0) + granted
         return granted
 
@@ -113,6 +143,12 @@ class MemoryWarmup:
 
     async def state(self, *, source: str) -> DayState | None:
         return self.states.get(source)
+
+    async def today(self, *, date: str) -> tuple[list[CapUse], dict[str, DayState]]:
+        uses = [CapUse(source=s, provider=p, date=d, taken=n, cap=self.plans[(s, p, d)].cap,
+                       day=self.plans[(s, p, d)].day, template=self.plans[(s, p, d)].template)
+                for (s, p, d), n in sorted(self.taken.items()) if d == date]
+        return uses, dict(self.states)
 
     async def put_state(self, *, source: str, state: DayState,
                         expected: DayState | None) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from quiver.delivery import Attempt
 from quiver.policy.warmup import WarmupPolicy
 from quiver.storage.base import StorageError
-from quiver.storage.warmup import DayCounts, WarmupStore, provider_key
+from quiver.storage.warmup import DayCounts, Plan, WarmupStore, provider_key
 from quiver.warmup.days import DayKeeper, utc_date
 
 log = logging.getLogger("quiver.warmup")
@@ -83,8 +83,9 @@ class WarmupGate:
         if self._allowance[key] < count and key not in self._spent:
             want = max(count - self._allowance[key], cap // BLOCK_SHARE, 1)
             try:
-                granted = await self._store.reserve(source=source, provider=key[1],
-                                                    date=key[2], want=want, cap=cap)
+                granted = await self._store.reserve(
+                    source=source, provider=key[1], date=key[2], want=want,
+                    plan=Plan(cap=cap, day=day, template=plan.template))
             except StorageError as exc:
                 log.warning("warm-up of %s: cap not reserved, source skipped: %s", source, exc)
                 return Capped(source, f"warm-up cap of {source} not reserved: {exc}")

@@ -13,7 +13,14 @@ import pytest
 
 from quiver.devstack.moto_server import MotoServer, client, start_moto
 from quiver.storage.dynamo_warmup import DynamoWarmup
-from quiver.storage.warmup import DayCounts, DayState, MemoryWarmup, WarmupStore
+from quiver.storage.warmup import (
+    CapUse,
+    DayCounts,
+    DayState,
+    MemoryWarmup,
+    Plan,
+    WarmupStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,18 +57,28 @@ def store(request: pytest.FixtureRequest) -> WarmupStore:
 
 
 async def test_reserve_takes_what_is_left_and_never_more(store: WarmupStore) -> None:
-    take = dict(source="ip1", provider="gmail", date=DATE, cap=10)
+    take = dict(source="ip1", provider="gmail", date=DATE, plan=Plan(10, 1, "standard"))
     assert await store.reserve(**take, want=4) == 4  # type: ignore[arg-type]
     assert await store.reserve(**take, want=4) == 4  # type: ignore[arg-type]
     assert await store.reserve(**take, want=4) == 2  # type: ignore[arg-type]
     assert await store.reserve(**take, want=1) == 0  # type: ignore[arg-type]
     await store.release(source="ip1", provider="gmail", date=DATE, count=3)
     assert await store.reserve(**take, want=5) == 3  # type: ignore[arg-type]
-    assert await store.reserve(source="ip1", provider="-", date=DATE, want=2, cap=5) == 2
+    assert await store.reserve(source="ip1", provider="-", date=DATE, want=2,
+                               plan=Plan(5, 1, "standard")) == 2
     assert await store.reserve(source="ip1", provider="gmail", date="2026-12-06", want=2,
-                               cap=5) == 2
-    assert await store.reserve(source="ip10", provider="gmail", date=DATE, want=1, cap=5) == 1
+                               plan=Plan(5, 2, "standard")) == 2
+    assert await store.reserve(source="ip10", provider="gmail", date=DATE, want=1,
+                               plan=Plan(5, 1, "standard")) == 1
     assert await store.used(source="ip1", date=DATE) == {"gmail": 10, "-": 2}
+    await store.put_state(source="ip1", state=DayState(day=1, as_of=DATE, why="held"),
+                          expected=None)
+    uses, states = await store.today(date=DATE)
+    assert sorted(uses, key=lambda u: (u.source, u.provider)) == [
+        CapUse("ip1", "-", DATE, taken=2, cap=5, day=1, template="standard"),
+        CapUse("ip1", "gmail", DATE, taken=10, cap=10, day=1, template="standard"),
+        CapUse("ip10", "gmail", DATE, taken=1, cap=5, day=1, template="standard")]
+    assert states == {"ip1": DayState(day=1, as_of=DATE, why="held")}
 
 
 async def test_outcomes_add_up(store: WarmupStore) -> None:
@@ -95,7 +112,8 @@ async def test_concurrent_reservations_are_given_exactly_the_cap(moto: MotoServe
         got = 0
         for _ in range(50):
             granted = await store.reserve(source="ip1", provider="gmail", date=DATE,
-                                          want=3, cap=50)
+                                          want=3,
+                               plan=Plan(50, 1, "standard"))
             if granted == 0:
                 return got
             got += granted

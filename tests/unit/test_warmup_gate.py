@@ -16,7 +16,7 @@ from quiver.policy import Policy, parse_policy
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
 from quiver.smtp.reply import local_reply
 from quiver.storage.base import StorageError
-from quiver.storage.warmup import DayCounts, MemoryWarmup
+from quiver.storage.warmup import DayCounts, MemoryWarmup, Plan
 from quiver.warmup.days import DayKeeper
 from quiver.warmup.gate import WarmupGate
 
@@ -148,7 +148,7 @@ caps = {{ default = [400] }}
 
 class BrokenStore(MemoryWarmup):
     async def reserve(self, *, source: str, provider: str, date: str, want: int,
-                      cap: int) -> int:
+                      plan: Plan) -> int:
         raise StorageError("controls table unavailable")
 
 

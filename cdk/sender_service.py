@@ -35,8 +35,12 @@ from quiver.emf import NAMESPACE
 from quiver.policy import Policy
 from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
+from quiver.storage.dynamo_warmup import PK as WARMUP_PARTITION
 
 CONTAINER_NAME = "sender"
+# The controls table's partitions a sender may write (shared counts); the rest of the
+# table, the operators' controls, it only reads.
+SENDER_WRITABLE_PARTITIONS = (WARMUP_PARTITION,)
 ENV_POLICY_RESTART_DIGEST = "QUIVER_POLICY_RESTART_DIGEST"
 # ECS runs this inside the container (so loopback reaches the status endpoint) with
 # the image's own Python: python:3.11-slim has no curl. urlopen raises on a 503, so
@@ -219,6 +223,15 @@ class SenderService(Construct):
                 sid="ReadOperatorControls",
                 actions=["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"],
                 resources=[controls_table.table_arn],
+            ))
+            # Counts senders share (warm-up caps taken, a day's outcomes, the warm-up
+            # day): written only under their own partition keys, never a control.
+            self.task_role.add_to_principal_policy(iam.PolicyStatement(
+                sid="WriteSharedCounts",
+                actions=["dynamodb:UpdateItem", "dynamodb:PutItem"],
+                resources=[controls_table.table_arn],
+                conditions={"ForAllValues:StringEquals": {
+                    "dynamodb:LeadingKeys": list(SENDER_WRITABLE_PARTITIONS)}},
             ))
         self.service = ecs.FargateService(
             self, "Service",

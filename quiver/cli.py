@@ -140,6 +140,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         f"{args.file}: ok ({len(policy.sources)} sources, {len(policy.pools)} pools, "
         f"{len(policy.throttles)} throttles, {len(policy.dkim)} DKIM keys)"
     )
+    if policy.warmup.enabled:
+        import datetime as dt
+
+        from quiver.warmup.describe import plan_lines
+
+        print("\n".join(plan_lines(policy.warmup, dt.datetime.now(dt.UTC).date())))
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from quiver.settings import ENV_SENDERS_TABLE
+from quiver.settings import ENV_CONTROLS_TABLE, ENV_SENDERS_TABLE
 
 if TYPE_CHECKING:
     from quiver.status.fleet import Fleet
@@ -58,12 +58,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"quiver status: cannot read {table}: {exc}", file=sys.stderr)
         return 2
+    try:
+        warmup = warmup_rows()
+    except StorageError as exc:
+        print(f"quiver status: cannot read the warm-up counts: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        json.dump(fleet.as_json(), sys.stdout, indent=2, sort_keys=True)
+        out = fleet.as_json()
+        if warmup is not None:
+            out["warmup"] = warmup[1]
+        json.dump(out, sys.stdout, indent=2, sort_keys=True)
         print()
         return 0
     print("\n".join(render(fleet, max_queues=args.limit)))
+    if warmup is not None:
+        from quiver.warmup.describe import status_lines
+
+        print("\n".join(status_lines(warmup[1], warmup[0])))
     return 0
+
+
+def warmup_rows() -> tuple[str, list[dict[str, Any]]] | None:
+    """Today's (UTC) warm-up rows from the controls table ($QUIVER_CONTROLS_TABLE, where
+    senders share them); None without the table."""
+    table = os.environ.get(ENV_CONTROLS_TABLE, "")
+    if not table:
+        return None
+    import asyncio
+    import datetime as dt
+
+    import boto3
+
+    from quiver.storage.dynamo_warmup import DynamoWarmup
+    from quiver.warmup.describe import status_rows
+
+    date = dt.datetime.now(dt.UTC).date().isoformat()
+    store = DynamoWarmup(boto3.session.Session().client("dynamodb"), table)
+    uses, states = asyncio.run(store.today(date=date))
+    return date, status_rows(uses, states, date)
 
 
 def cmd_top(args: argparse.Namespace) -> int:

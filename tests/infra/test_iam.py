@@ -193,6 +193,11 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
+        # Under its own partitions only (the condition is checked below).
+        "WriteSharedCounts": (
+            ["dynamodb:PutItem", "dynamodb:UpdateItem"],
+            ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
+        ),
         # The policy object's key only: no listing, no other object, no version.
         "ReadPolicy": (
             ["s3:GetObject"], ["{'Fn::GetAtt': ['PolicyBucket', 'Arn']}/policy/quiver.toml"],
@@ -202,6 +207,15 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["arn:aws:secretsmanager:us-east-1:${AWS::AccountId}:secret:quiver/dkim/*"],
         ),
     }
+
+
+def test_sender_writes_the_controls_table_only_under_its_shared_count_partitions(
+    service: dict[str, Any]
+) -> None:
+    role = role_of(service, "TaskRoleArn")
+    writes = [s for s in role_statements(service, role) if s["Sid"] == "WriteSharedCounts"]
+    assert [s["Condition"] for s in writes] == [
+        {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": "warmup"}}]
 
 
 def test_sender_execution_role_only_pulls_its_image_and_writes_its_logs(

@@ -8,6 +8,9 @@ is deferred: nothing waits for the cap."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -48,3 +51,10 @@ def test_a_warming_source_carries_exactly_its_cap_and_the_pool_the_rest(tmp_path
             TableName=running.deployment.controls_table, ConsistentRead=True,
             Key={"pk": {"S": "warmup"}, "sk": {"S": f"local1|quiver-local|{today}"}})
         assert table["Item"]["taken"]["N"] == str(DAY_ONE_CAP)
+        # The operator's view: `quiver status` shows the source's day and its used-up cap.
+        status = subprocess.run([sys.executable, "-m", "quiver", "status"],
+                                env={**os.environ, **stack.env()}, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert status.returncode == 0, status.stderr
+        assert (f"  local1: day 1 standard: quiver-local {DAY_ONE_CAP}/{DAY_ONE_CAP} "
+                "(used up)") in status.stdout.splitlines(), status.stdout

@@ -101,6 +101,9 @@ class DayKeeper:
             state = stored or first_state(plan)
             changes: list[AdaptiveChange] = []
             while state.as_of < today:
+                if state.day > plan.days:  # warm: no date left to decide
+                    state = DayState(day=state.day, as_of=today)
+                    break
                 previous = await self._store.outcomes(source=source, date=state.as_of)
                 after = step(plan, state, previous)
                 if state.day <= plan.days:

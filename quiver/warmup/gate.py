@@ -105,7 +105,10 @@ class WarmupGate:
         if source not in self._policy.sources:
             return
         key = (source, provider_key(provider), utc_date(self._clock()).isoformat())
-        self._allowance[key] += count
+        # Taken on an earlier date (a delivery across midnight): today's count never
+        # had them, so they do not come back into it.
+        if key in self._allowance:
+            self._allowance[key] += count
 
     def record(self, source: str, attempts: Sequence[Attempt]) -> None:
         """The outcomes of a warming source's attempts, toward its day's rates."""

@@ -215,7 +215,7 @@ def test_sender_writes_the_controls_table_only_under_its_shared_count_partitions
     role = role_of(service, "TaskRoleArn")
     writes = [s for s in role_statements(service, role) if s["Sid"] == "WriteSharedCounts"]
     assert [s["Condition"] for s in writes] == [
-        {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": "warmup"}}]
+        {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["warmup"]}}]
 
 
 def test_sender_execution_role_only_pulls_its_image_and_writes_its_logs(

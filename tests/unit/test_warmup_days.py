@@ -125,3 +125,11 @@ async def test_min_attempts_holds_a_day_that_says_nothing() -> None:
     await store.add_outcomes(source="w", date=str(day(2)), counts=DayCounts(attempts=5))
     assert await keeper.day("w", day(3)) == 2
     assert store.states["w"].why == "5 attempts, under the 20 needed to judge the day"
+
+
+async def test_a_source_warm_long_ago_is_settled_without_reading_every_date() -> None:
+    store = MemoryWarmup()
+    keeper = DayKeeper(policy=plan(), store=store, clock=Clock(day(400)))
+    w = plan().sources["w"]
+    assert await keeper.day("w", day(400)) == w.days + 1
+    assert store.states["w"] == DayState(day=w.days + 1, as_of=str(day(400)))

@@ -11,9 +11,13 @@ from collections import Counter
 
 import pytest
 
+from quiver.controls.active import ActiveControls
+from quiver.controls.model import Control, Selector
 from quiver.delivery import Attempt
 from quiver.policy import Policy, parse_policy
+from quiver.routing.mx import MxHost, Route
 from quiver.routing.sources import NoSourceAvailable, SourcePicker
+from quiver.scheduler.scheduler import Scheduler
 from quiver.smtp.reply import local_reply
 from quiver.storage.base import StorageError
 from quiver.storage.warmup import DayCounts, MemoryWarmup, Plan
@@ -155,3 +159,43 @@ class BrokenStore(MemoryWarmup):
 async def test_a_store_that_fails_skips_the_warming_source() -> None:
     picker = picker_for(policy(), BrokenStore())
     assert {(await picker.pick("p", provider="gmail")).name for _ in range(6)} == {"warm"}
+
+
+class GmailResolver:
+    async def route(self, domain: str) -> Route:
+        return Route(domain=domain, hosts=(MxHost("mx.gmail.test", 10, ("198.51.100.7",)),),
+                     site="mx.gmail.test", provider="gmail")
+
+
+async def test_the_scheduler_defers_unattempted_when_every_source_is_capped() -> None:
+    store = MemoryWarmup()
+    p = policy(both_warming=True)
+    store.taken[("new", "gmail", str(TODAY))] = 20
+    store.taken[("warm", "gmail", str(TODAY))] = 30
+    s = Scheduler(policy=p, resolver=GmailResolver(),  # type: ignore[arg-type]
+                  picker=picker_for(p, store))
+    (attempt,) = await asyncio.wait_for(s.deliver(
+        pool="p", domain="gmail.test", sender="a@news.test", recipients=["x@gmail.test"],
+        message=b"Subject: x\r\n\r\nx\r\n"), 10)
+    # Not an attempt: it goes back on the retry schedule, saying why.
+    assert not attempt.counts and attempt.hold is None
+    assert (attempt.reply.code, attempt.reply.enhanced) == (451, "4.4.1")
+    assert "capped by its warm-up today" in attempt.reply.text
+    assert s.queues == {}  # no ready queue, no connection
+
+
+async def test_a_paused_delivery_gives_its_recipients_back_to_the_cap() -> None:
+    store = MemoryWarmup()
+    p = policy()
+    controls = ActiveControls(clock=lambda: NOW)
+    controls.replace([Control(id="g1", kind="pause", selector=Selector(provider="gmail"),
+                              reason="", who="ops", created_at=NOW - 1)])
+    pick = picker_for(p, store)
+    s = Scheduler(policy=p, resolver=GmailResolver(),  # type: ignore[arg-type]
+                  picker=pick, controls=controls, wall_clock=lambda: NOW)
+    for _ in range(4):  # two picks of each source
+        (attempt,) = await s.deliver(pool="p", domain="gmail.test", sender="a@news.test",
+                                     recipients=["x@gmail.test"], message=b"x")
+        assert attempt.hold is not None
+    # The warming source's two picks came back: one reservation of 1 then none more.
+    assert store.taken[("new", "gmail", str(TODAY))] == 1

@@ -71,10 +71,6 @@ class DayKeeper:
         self._settled: dict[str, DayState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def known(self, source: str) -> DayState | None:
-        """The last state settled here (for the status), without a read."""
-        return self._settled.get(source)
-
     async def day(self, source: str, date: dt.date) -> int:
         """The source's warm-up day on `date` (1 before its start date)."""
         state = self._settled.get(source)

@@ -61,11 +61,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk.deploy_checks import DeploymentError, check_proxy_capacity
+from cdk.deploy_checks import check_node_user_data, check_proxy_capacity
 from cdk.logical_ids import logical_id_part, pin_logical_id
 from cdk.network import Network
 from proxy_tier.bootstrap import SIGNAL_URL_STAND_IN, render_user_data
-from proxy_tier.render import RenderError
 from quiver.policy import Policy, ProxyNode
 from quiver.proxy.blocks import node_block
 
@@ -303,11 +302,8 @@ class ProxyNodes(Construct):
             # gateway is attached, and nothing else orders the two.
             association.add_dependency(self.network.gateway_attachment)
         log_group = f"/quiver/{Stack.of(self).stack_name}/egress-haproxy"
-        try:
-            planned = every_boot(render_user_data(
-                policy, name, signal_url=SIGNAL_URL_STAND_IN, log_group=log_group))
-        except (RenderError, ValueError) as exc:
-            raise DeploymentError([f"proxy.nodes.{name}: {exc}"]) from None
+        planned = check_node_user_data(name, lambda: every_boot(render_user_data(
+            policy, name, signal_url=SIGNAL_URL_STAND_IN, log_group=log_group)))
         digest = ready_digest(user_data=planned, instance_type=instance_type,
                               image_id=image_id, timeout_s=NODE_READY_TIMEOUT_S)
         handle = CfnWaitConditionHandle(self, f"{part}Ready{digest}Handle")

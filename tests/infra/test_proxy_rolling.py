@@ -239,3 +239,39 @@ def test_cfn_lint_finds_nothing_on_the_nodes_with_every_rule_on(
     on_nodes = [f for f in findings
                 if "/EgressNode" in "/".join(map(str, f["Location"]["Path"]))]
     assert on_nodes == []
+
+
+def readme_section(title: str) -> str:
+    from infra_helpers import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"### {title}\n")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_the_readme_runbook_matches_the_code(policy: Policy) -> None:
+    from proxy_tier import bootstrap
+
+    text = " ".join(readme_section("Rolling update of the proxy tier").split())
+    assert f"timeout {NODE_READY_TIMEOUT_S} s" in text and NODE_READY_TIMEOUT_S == 15 * 60
+    assert "after 15 minutes" in text
+    assert (f"after {bootstrap.HEALTH_WAIT_ATTEMPTS} checks "
+            f"{bootstrap.HEALTH_WAIT_SECONDS} s apart") in text
+    assert (f"tried {bootstrap.SIGNAL_ATTEMPTS} times, "
+            f"{bootstrap.SIGNAL_RETRY_SECONDS} s apart") in text
+    assert "`EgressNode<Node>Ready<digest>`" in text and "(AZ, name) order" in text
+    # The messages it tells operators to look for are the ones the bootstrap prints.
+    script = bootstrap.render_user_data(policy, "egress-b", signal_url="https://x/y",
+                                        log_group="/quiver/QuiverService/egress-haproxy")
+    for message, printed in (
+        ("quiver: signalled SUCCESS to the deploy", 'echo "quiver: signalled $1 to the deploy"'),
+        ("quiver: egress node <node> ready", 'echo "quiver: egress node egress-b ready"'),
+        ("quiver: could not signal", 'echo "quiver: could not signal $1'),
+    ):
+        assert message in text and printed in script
+    # The failure it quotes is the one egress-b of the example policy would send.
+    reason = "node egress-b: HAProxy does not answer http://10.60.1.10:8500/health"
+    assert f"'{reason}' for uniqueId: egress-b" in text
+    check = bootstrap.render_ready_check(policy, "egress-b", signal_url="https://x/y")
+    assert 'fail "HAProxy does not answer http://10.60.1.10:8500/health"' in check
+    assert 'signal_ready FAILURE "node egress-b: ${failed' in check

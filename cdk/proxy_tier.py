@@ -219,7 +219,6 @@ class ProxyNodes(Construct):
             resources=[self.log_group.log_group_arn, f"{self.log_group.log_group_arn}:*"],
         ))
         profile = iam.CfnInstanceProfile(self, "InstanceProfile", roles=[self.role.role_name])
-        self._handles: dict[str, tuple[str, CfnWaitConditionHandle]] = {}
         if image_id is None:
             Validations.of(self).acknowledge(Acknowledgment(
                 id=f"CloudFormation-Validate::{_IMAGE_ID_RULE}", reason=_IMAGE_ID_REASON,
@@ -229,6 +228,7 @@ class ProxyNodes(Construct):
         self.ready: dict[str, CfnWaitCondition] = {}
         for name in rolling_order(policy):
             node = proxy.nodes[name]
+            earlier = list(self.ready.values())
             instance = self._node(
                 name=name, node=node, policy=policy, subnet=subnets[node.az],
                 elastic_ips=elastic_ips,
@@ -239,9 +239,8 @@ class ProxyNodes(Construct):
             # never takes every sending address down at once, and stops at the first
             # node that does not come back healthy. Every earlier node, not just the
             # previous one: an unchanged node in between must not break the chain.
-            for earlier in self.ready.values():
-                instance.add_resource_dependency(earlier)
-            self.ready[name] = self._ready_condition(name, instance)
+            for ready in earlier:
+                instance.add_resource_dependency(ready)
 
     def _node(
         self,
@@ -308,7 +307,6 @@ class ProxyNodes(Construct):
                               image_id=image_id, timeout_s=NODE_READY_TIMEOUT_S)
         handle = CfnWaitConditionHandle(self, f"{part}Ready{digest}Handle")
         pin_logical_id(handle, node_logical_id(name, f"Ready{digest}Handle"))
-        self._handles[name] = (digest, handle)
         user_data = render_user_data(policy, name, signal_url=handle.ref, log_group=log_group)
         instance = ec2.CfnInstance(
             self, f"{part}Instance",
@@ -342,6 +340,7 @@ class ProxyNodes(Construct):
             ],
         )
         pin_logical_id(instance, node_logical_id(name, "Instance"))
+        self.ready[name] = self._ready_condition(name, digest, handle, instance)
         # The first boot installs its packages from S3 through the gateway endpoint's
         # routes; without them `dnf install` fails and the node never serves.
         instance.add_dependency(self.network.s3_endpoint)
@@ -357,11 +356,12 @@ class ProxyNodes(Construct):
                   description=f"Egress node {name}: `aws ssm start-session --target <id>`")
         return instance
 
-    def _ready_condition(self, name: str, instance: ec2.CfnInstance) -> CfnWaitCondition:
+    def _ready_condition(
+        self, name: str, digest: str, handle: CfnWaitConditionHandle, instance: ec2.CfnInstance,
+    ) -> CfnWaitCondition:
         """The wait condition a deploy holds at until node `name` signals through its
         handle. It starts after the instance has (re)started: a signal the bootstrap
         sent before it existed is already in the handle's S3 object and counts."""
-        digest, handle = self._handles[name]
         ready = CfnWaitCondition(
             self, f"{logical_id_part(name)}Ready{digest}",
             handle=handle.ref, count=1, timeout=str(NODE_READY_TIMEOUT_S),

@@ -117,7 +117,8 @@ def render_user_data(
         policy, node, stats_socket=DEFAULT_STATS_SOCKET, run_as=HAPROXY_USER, chroot=HAPROXY_HOME
     )
     addresses = [s.local_ip for s in node_sources(policy, node) if s.local_ip]
-    extras = _Extras(signal_url=_signal_url(signal_url), log_group=log_group)
+    extras = _Extras(signal_url=None if signal_url is None else _signal_url(signal_url),
+                     log_group=log_group)
     # The URL is filled in at deploy: count it at its largest.
     budget = 0 if signal_url is None else SIGNAL_URL_BUDGET - len(signal_url.encode())
     script = _script(policy, node, addresses, _plain(config), extras)
@@ -144,7 +145,6 @@ def render_ready_check(
     if health_attempts < 1:
         raise ValueError("health_attempts must be at least 1")
     url = _signal_url(signal_url)
-    assert url is not None
     return (
         f"#!/bin/bash\n{_STRICT}\n"
         + _signal_prologue(node, url)
@@ -152,11 +152,11 @@ def render_ready_check(
     )
 
 
-def _signal_url(url: str | None) -> str | None:
+def _signal_url(url: str) -> str:
     # Single-quoted in the script: a presigned URL has no quote, space or newline.
-    if url is not None and (not url or any(c in url for c in "'\\\n\r\t ")):
+    if not url or any(c in url for c in "'\\\n\r\t "):
         raise RenderError("the signal URL has characters a bootstrap cannot carry")
-    if url is not None and len(url.encode()) > SIGNAL_URL_BUDGET:
+    if len(url.encode()) > SIGNAL_URL_BUDGET:
         raise RenderError(
             f"the signal URL is {len(url.encode())} bytes, over the {SIGNAL_URL_BUDGET} "
             "the user data was sized for"

@@ -138,6 +138,10 @@ def every_boot(script: str) -> str:
     return user_data
 
 
+# What the bootstrap may take of the user data: the MIME wrapper takes the rest.
+SCRIPT_ROOM = USER_DATA_LIMIT - len(every_boot("").encode())
+
+
 def ready_digest(*, user_data: str, instance_type: str, image_id: str, timeout_s: int) -> str:
     """What restarts or replaces a node, hashed: it names the node's wait condition.
 
@@ -302,12 +306,14 @@ class ProxyNodes(Construct):
             association.add_dependency(self.network.gateway_attachment)
         log_group = f"/quiver/{Stack.of(self).stack_name}/egress-haproxy"
         planned = check_node_user_data(name, lambda: every_boot(render_user_data(
-            policy, name, signal_url=SIGNAL_URL_STAND_IN, log_group=log_group)))
+            policy, name, signal_url=SIGNAL_URL_STAND_IN, log_group=log_group,
+            room=SCRIPT_ROOM)))
         digest = ready_digest(user_data=planned, instance_type=instance_type,
                               image_id=image_id, timeout_s=NODE_READY_TIMEOUT_S)
         handle = CfnWaitConditionHandle(self, f"{part}Ready{digest}Handle")
         pin_logical_id(handle, node_logical_id(name, f"Ready{digest}Handle"))
-        user_data = render_user_data(policy, name, signal_url=handle.ref, log_group=log_group)
+        user_data = render_user_data(policy, name, signal_url=handle.ref, log_group=log_group,
+                                     room=SCRIPT_ROOM)
         instance = ec2.CfnInstance(
             self, f"{part}Instance",
             image_id=image_id,

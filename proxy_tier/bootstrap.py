@@ -102,7 +102,7 @@ net.ipv6.ip_nonlocal_bind = 1
 
 def render_user_data(
     policy: Policy, node: str, *, signal_url: str | None = None,
-    log_group: str | None = None,
+    log_group: str | None = None, room: int = USER_DATA_LIMIT,
 ) -> str:
     """The bash user-data script of proxy node `node`. Raises RenderError.
 
@@ -111,7 +111,8 @@ def render_user_data(
     condition handle's presigned URL that gets SUCCESS once HAProxy is healthy (a
     CloudFormation token at synth: the size is checked as if the URL were
     SIGNAL_URL_BUDGET bytes); `log_group`: where the CloudWatch agent ships HAProxy's
-    log.
+    log; `room`: the bytes the script may take (less than EC2's limit when the caller
+    wraps it, as the CDK app does in MIME).
     """
     config = render_haproxy_config(
         policy, node, stats_socket=DEFAULT_STATS_SOCKET, run_as=HAPROXY_USER, chroot=HAPROXY_HOME
@@ -122,15 +123,17 @@ def render_user_data(
     # The URL is filled in at deploy: count it at its largest.
     budget = 0 if signal_url is None else SIGNAL_URL_BUDGET - len(signal_url.encode())
     script = _script(policy, node, addresses, _plain(config), extras)
-    if len(script.encode()) + budget > USER_DATA_LIMIT:
+    if len(script.encode()) + budget > room:
         script = _script(policy, node, addresses, _compressed(config), extras)
     size = len(script.encode()) + budget
-    if size > USER_DATA_LIMIT:
+    if size > room:
         with_url = "" if signal_url is None else (
             f" with room for the {SIGNAL_URL_BUDGET}-byte signal URL")
+        limit = f"EC2's {USER_DATA_LIMIT}" if room == USER_DATA_LIMIT else (
+            f"the {room} left of EC2's {USER_DATA_LIMIT} by what wraps it")
         raise RenderError(
-            f"user data for node {node!r} is {size} bytes{with_url}, over EC2's "
-            f"{USER_DATA_LIMIT}: place fewer sources on this node"
+            f"user data for node {node!r} is {size} bytes{with_url}, over {limit}: "
+            "place fewer sources on this node"
         )
     return script
 

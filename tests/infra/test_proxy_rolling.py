@@ -24,6 +24,7 @@ from cdk.logical_ids import logical_id_part
 from cdk.proxy_tier import (
     NODE_READY_TIMEOUT_S,
     READY_DIGEST_LENGTH,
+    SCRIPT_ROOM,
     every_boot,
     ready_digest,
     rolling_order,
@@ -205,7 +206,16 @@ def many_sources(count: int) -> Policy:
 
 def planned(policy: Policy) -> Callable[[], str]:
     return lambda: every_boot(render_user_data(
-        policy, "big", signal_url=SIGNAL_URL_STAND_IN, log_group="/quiver/QuiverService/x"))
+        policy, "big", signal_url=SIGNAL_URL_STAND_IN, log_group="/quiver/QuiverService/x",
+        room=SCRIPT_ROOM))
+
+
+def test_every_source_count_up_to_the_limit_fits_with_the_url_and_the_wrapper() -> None:
+    # The bootstrap picks a plain or compressed config by the room it is given: a
+    # plain script just under EC2's limit must not go over it once wrapped in MIME.
+    for count in range(1, 81):
+        user_data = check_node_user_data("big", planned(many_sources(count)))
+        assert len(user_data.encode()) - len(SIGNAL_URL_STAND_IN) + SIGNAL_URL_BUDGET <= 16384
 
 
 def test_user_data_without_room_for_the_signal_url_fails_synth_naming_the_node() -> None:
@@ -218,7 +228,8 @@ def test_user_data_without_room_for_the_signal_url_fails_synth_naming_the_node()
         check_node_user_data("big", planned(many_sources(90)))
     message = str(error.value)
     assert "proxy.nodes.big: user data for node 'big' is" in message
-    assert f"with room for the {SIGNAL_URL_BUDGET}-byte signal URL, over EC2's 16384" in message
+    assert (f"with room for the {SIGNAL_URL_BUDGET}-byte signal URL, over the {SCRIPT_ROOM} "
+            "left of EC2's 16384 by what wraps it") in message
     assert "place fewer sources on this node" in message
 
 

@@ -11,6 +11,7 @@ import yaml
 from infra_helpers import output_source, ref_target, render, resources, statements
 
 from cdk.logical_ids import logical_id_part
+from cdk.proxy_tier import SCRIPT_ROOM
 from proxy_tier.bootstrap import render_user_data
 from quiver.policy import Policy
 
@@ -87,7 +88,7 @@ def test_user_data_runs_the_rendered_bootstrap_at_every_boot(
                      if k.startswith(f"EgressNode{logical_id_part(name)}Ready")]
         assert parts["text/x-shellscript"] == render_user_data(
             policy, name, signal_url=f"${{{handle}}}",
-            log_group="/quiver/QuiverService/egress-haproxy")
+            log_group="/quiver/QuiverService/egress-haproxy", room=SCRIPT_ROOM)
 
 
 def test_nodes_are_updated_one_at_a_time(service: dict[str, Any], policy: Policy) -> None:

@@ -160,3 +160,10 @@ def test_user_data_is_sized_with_the_url_at_its_largest(policy: Policy) -> None:
     assert len(longest.encode()) <= USER_DATA_LIMIT
     with pytest.raises(RenderError, match="over the 2048"):
         render_user_data(policy, "egress-a", signal_url=SIGNAL_URL_STAND_IN + "x")
+
+
+def test_the_deployed_bootstrap_is_valid_bash(policy: Policy, tmp_path: Path) -> None:
+    for node in policy.proxy.nodes:
+        path = tmp_path / f"{node}.sh"
+        path.write_text(render_user_data(policy, node, signal_url=URL, log_group="/quiver/x"))
+        subprocess.run(["bash", "-n", str(path)], check=True, timeout=30)

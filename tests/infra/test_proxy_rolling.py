@@ -286,3 +286,14 @@ def test_the_readme_runbook_matches_the_code(policy: Policy) -> None:
     check = bootstrap.render_ready_check(policy, "egress-b", signal_url="https://x/y")
     assert 'fail "HAProxy does not answer http://10.60.1.10:8500/health"' in check
     assert 'signal_ready FAILURE "node egress-b: ${failed' in check
+
+
+def test_the_synth_refusals_name_the_user_data_limit() -> None:
+    text = " ".join(readme_section("Proxy tier update paths that synth refuses").split())
+    assert SIGNAL_URL_BUDGET == 2 * 1024
+    assert "once 2 KB are kept for its wait condition's URL" in text
+    # "About 80": 78 sources fit, 84 do not.
+    assert "(about 80 sources" in text
+    check_node_user_data("big", planned(many_sources(78)))
+    with pytest.raises(DeploymentError):
+        check_node_user_data("big", planned(many_sources(84)))

@@ -173,8 +173,11 @@ def test_only_a_node_whose_user_data_changes_gets_a_new_wait_condition(
 def test_a_change_that_leaves_the_nodes_alone_keeps_every_wait_condition(
     service: dict[str, Any], variants: Callable[..., dict[str, Any]],
 ) -> None:
-    # Pool weights are the senders' business: no node's config or user data changes.
-    changed = variants(("bulk1 = 2, bulk2 = 2, bulk3 = 1", "bulk1 = 3, bulk2 = 2, bulk3 = 1"))
+    # Pool weights and throttles are the senders' business: no node's config or user
+    # data changes.
+    changed = variants(("bulk1 = 2, bulk2 = 2, bulk3 = 1", "bulk1 = 3, bulk2 = 2, bulk3 = 1"),
+                       ('max_connections = 50\nmax_rate = "300/s"',
+                        'max_connections = 40\nmax_rate = "200/s"'))
     instances = node_ids(service)
     for name, instance in instances.items():
         assert user_data(changed, instance) == user_data(service, instance), name

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from proxy_tier.bootstrap import SIGNAL_URL_BUDGET
+from proxy_tier.render import RenderError
 from quiver.policy import Policy
 from quiver.proxy.blocks import NODE_BLOCK_PREFIX, node_block
 
@@ -235,3 +238,20 @@ def check_proxy_capacity(policy: Policy, *, instance_type: str) -> None:
             blocks[key] = name
     if problems:
         raise DeploymentError(problems)
+
+
+def check_node_user_data(name: str, render: Callable[[], str]) -> str:
+    """Node `name`'s user data as `render` plans it, or a DeploymentError naming the node.
+
+    EC2 refuses user data over 16 KB, and the node's wait condition URL, known only at
+    deploy, takes up to SIGNAL_URL_BUDGET bytes of it: with it a node carries about 80
+    sources (the compressed config of each takes ~100 bytes), more than any instance
+    type's interface in ADDRESSES_PER_ENI, so that limit is normally met first.
+    """
+    try:
+        return render()
+    except (RenderError, ValueError) as exc:
+        raise DeploymentError([
+            f"proxy.nodes.{name}: {exc} ({SIGNAL_URL_BUDGET} bytes are kept for the "
+            "URL the node signals its deploy through)"
+        ]) from None

@@ -10,11 +10,24 @@ never needs to grow when a source is added (a reservation cannot change in place
 
 Resilience: termination protection; EC2 recovers a node whose host fails
 (StatusCheckFailed_System) and reboots one whose OS stops answering
-(StatusCheckFailed_Instance); HAProxy's log is shipped to CloudWatch Logs; a new
-node must signal CloudFormation that HAProxy passes its health check within
-NODE_SIGNAL_TIMEOUT, or the deploy fails. The logical IDs of the reservations,
-interfaces, associations and instances are pinned (a refactor must not replace
-them: a replaced instance cannot take over an interface at device index 0).
+(StatusCheckFailed_Instance); HAProxy's log is shipped to CloudWatch Logs. The logical
+IDs of the reservations, interfaces, associations and instances are pinned (a
+refactor must not replace them: a replaced instance cannot take over an interface
+at device index 0).
+
+Rolling updates gated on health: a deploy that starts a node or restarts it (new
+user data or instance type) waits, before it touches the next node, for that node to
+report that HAProxy answers its health check, and stops and rolls back at the first
+node that does not. The report cannot be `cfn-signal` with a creation policy: a node
+has no public address on its primary IP, the VPC has no CloudFormation endpoint,
+and its security group allows HTTPS only to the interface endpoints and S3. So each
+node has a wait condition handle and a wait condition (`Ready<digest>`), and the
+bootstrap PUTs its signal to the handle's presigned S3 URL through the S3 gateway
+endpoint. A wait condition cannot be signalled twice, so its logical ID carries a
+digest of what restarts the node (user data without the URL, instance type, image,
+timeout): a change that restarts the node makes a new one, an unchanged node keeps
+its own. Each instance depends on the wait conditions of every node before it in
+(AZ, name) order, so a change rolls through the nodes one at a time.
 
 Reachability: the frontends and the health port accept only the senders' security
 group. Egress is the destination ports the policy allows (25) to anywhere, plus
@@ -24,15 +37,17 @@ gateway endpoint (the Amazon Linux package repositories are S3 buckets).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 
 from aws_cdk import (
     Acknowledgment,
-    CfnCreationPolicy,
     CfnOutput,
-    CfnResourceSignal,
+    CfnWaitCondition,
+    CfnWaitConditionHandle,
     Duration,
     Fn,
     RemovalPolicy,
@@ -46,10 +61,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from cdk.deploy_checks import check_proxy_capacity
+from cdk.deploy_checks import check_node_user_data, check_proxy_capacity
 from cdk.logical_ids import logical_id_part, pin_logical_id
 from cdk.network import Network
-from proxy_tier.bootstrap import ResourceSignal, render_user_data
+from proxy_tier.bootstrap import SIGNAL_URL_STAND_IN, render_user_data
 from quiver.policy import Policy, ProxyNode
 from quiver.proxy.blocks import node_block
 
@@ -65,8 +80,11 @@ AL2023_IMAGE = {
 ROOT_VOLUME_GIB = 16
 # A new node's bootstrap installs HAProxy (and the CloudWatch agent), waits for its
 # addresses and the health check; ten minutes is ample, and a node that has not
-# signalled by then is broken.
-NODE_SIGNAL_TIMEOUT = Duration.minutes(15)
+# signalled by then is broken. A restarted node needs a fraction of it.
+NODE_READY_TIMEOUT_S = 900
+# Hex digits of the digest in a wait condition's logical ID: unique among one
+# node's successive versions, short enough for CloudFormation's 255-character IDs.
+READY_DIGEST_LENGTH = 12
 HAPROXY_LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 # EC2's limit on user data, before base64.
 USER_DATA_LIMIT = 16 * 1024
@@ -118,6 +136,28 @@ def every_boot(script: str) -> str:
             "boundary: place fewer sources on this node"
         )
     return user_data
+
+
+# What the bootstrap may take of the user data: the MIME wrapper takes the rest.
+SCRIPT_ROOM = USER_DATA_LIMIT - len(every_boot("").encode())
+
+
+def ready_digest(*, user_data: str, instance_type: str, image_id: str, timeout_s: int) -> str:
+    """What restarts or replaces a node, hashed: it names the node's wait condition.
+
+    `user_data` is rendered with the stand-in signal URL (the real one is the
+    handle's, named by this digest). A change to any of these restarts the node, so
+    it must meet a new wait condition; a change to none keeps the old one, which
+    nothing would signal again.
+    """
+    material = json.dumps([user_data, instance_type, image_id, timeout_s])
+    return hashlib.sha256(material.encode()).hexdigest()[:READY_DIGEST_LENGTH]
+
+
+def rolling_order(policy: Policy) -> list[str]:
+    """The nodes in the order a deploy restarts them: by AZ, then name."""
+    nodes = policy.proxy.nodes
+    return sorted(nodes, key=lambda name: (nodes[name].az, name))
 
 
 def image_for(instance_type: str) -> str:
@@ -189,19 +229,22 @@ class ProxyNodes(Construct):
             ))
         self.instances: dict[str, ec2.CfnInstance] = {}
         self.interfaces: dict[str, ec2.CfnNetworkInterface] = {}
-        previous: ec2.CfnInstance | None = None
-        for name, node in sorted(proxy.nodes.items()):
+        self.ready: dict[str, CfnWaitCondition] = {}
+        for name in rolling_order(policy):
+            node = proxy.nodes[name]
+            earlier = list(self.ready.values())
             instance = self._node(
                 name=name, node=node, policy=policy, subnet=subnets[node.az],
                 elastic_ips=elastic_ips,
                 instance_type=instance_type, image_id=image_id or image_for(instance_type),
                 profile=profile,
             )
-            # One node at a time: an update that restarts nodes (new user data, new
-            # instance type) never takes every sending address down at once.
-            if previous is not None:
-                instance.add_resource_dependency(previous)
-            previous = instance
+            # One node at a time, each only once the ones before it serve: a change
+            # never takes every sending address down at once, and stops at the first
+            # node that does not come back healthy. Every earlier node, not just the
+            # previous one: an unchanged node in between must not break the chain.
+            for ready in earlier:
+                instance.add_resource_dependency(ready)
 
     def _node(
         self,
@@ -261,13 +304,16 @@ class ProxyNodes(Construct):
             # AssociateAddress fails with Gateway.NotAttached before the VPC's internet
             # gateway is attached, and nothing else orders the two.
             association.add_dependency(self.network.gateway_attachment)
-        instance_id = node_logical_id(name, "Instance")
-        user_data = render_user_data(
-            policy, name,
-            signal=ResourceSignal(stack=Stack.of(self).stack_name, resource=instance_id,
-                                  region=Stack.of(self).region),
-            log_group=f"/quiver/{Stack.of(self).stack_name}/egress-haproxy",
-        )
+        log_group = f"/quiver/{Stack.of(self).stack_name}/egress-haproxy"
+        planned = check_node_user_data(name, lambda: every_boot(render_user_data(
+            policy, name, signal_url=SIGNAL_URL_STAND_IN, log_group=log_group,
+            room=SCRIPT_ROOM)))
+        digest = ready_digest(user_data=planned, instance_type=instance_type,
+                              image_id=image_id, timeout_s=NODE_READY_TIMEOUT_S)
+        handle = CfnWaitConditionHandle(self, f"{part}Ready{digest}Handle")
+        pin_logical_id(handle, node_logical_id(name, f"Ready{digest}Handle"))
+        user_data = render_user_data(policy, name, signal_url=handle.ref, log_group=log_group,
+                                     room=SCRIPT_ROOM)
         instance = ec2.CfnInstance(
             self, f"{part}Instance",
             image_id=image_id,
@@ -299,11 +345,8 @@ class ProxyNodes(Construct):
                 {"key": "quiver:node", "value": name},
             ],
         )
-        pin_logical_id(instance, instance_id)
-        instance.cfn_options.creation_policy = CfnCreationPolicy(
-            resource_signal=CfnResourceSignal(
-                count=1, timeout=f"PT{int(NODE_SIGNAL_TIMEOUT.to_minutes())}M"),
-        )
+        pin_logical_id(instance, node_logical_id(name, "Instance"))
+        self.ready[name] = self._ready_condition(name, digest, handle, instance)
         # The first boot installs its packages from S3 through the gateway endpoint's
         # routes; without them `dnf install` fails and the node never serves.
         instance.add_dependency(self.network.s3_endpoint)
@@ -318,6 +361,20 @@ class ProxyNodes(Construct):
         CfnOutput(self, f"{part}InstanceId", value=instance.ref,
                   description=f"Egress node {name}: `aws ssm start-session --target <id>`")
         return instance
+
+    def _ready_condition(
+        self, name: str, digest: str, handle: CfnWaitConditionHandle, instance: ec2.CfnInstance,
+    ) -> CfnWaitCondition:
+        """The wait condition a deploy holds at until node `name` signals through its
+        handle. It starts after the instance has (re)started: a signal the bootstrap
+        sent before it existed is already in the handle's S3 object and counts."""
+        ready = CfnWaitCondition(
+            self, f"{logical_id_part(name)}Ready{digest}",
+            handle=handle.ref, count=1, timeout=str(NODE_READY_TIMEOUT_S),
+        )
+        pin_logical_id(ready, node_logical_id(name, f"Ready{digest}"))
+        ready.add_resource_dependency(instance)
+        return ready
 
     def _status_actions(self, name: str, instance: ec2.CfnInstance) -> None:
         """EC2 acts on its own status checks: recover onto new hardware when the host

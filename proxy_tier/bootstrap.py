@@ -8,10 +8,11 @@ policy it reloads without dropping connections.
 
 Deployed (the CDK app passes both): HAProxy's log goes to a file that the
 CloudWatch agent ships to `log_group`, so the node's logs outlive it; and once
-HAProxy answers its own health check the script sends CloudFormation the
-instance's creation signal (`signal`), so a node that never serves fails the
-deploy instead of sitting in the stack doing nothing. Any failure before that
-signals failure at once.
+HAProxy answers its own health check the script PUTs a SUCCESS signal to
+`signal_url`, the presigned S3 URL of the node's CloudFormation wait condition
+handle (cdk/proxy_tier.py), so a deploy that starts or restarts a node waits for it
+to serve before it touches the next one. Any failure before that signals FAILURE
+with the reason at once, and the deploy stops and rolls back.
 
 Use it verbatim (CDK: `ec2.UserData.custom(render_user_data(policy, node))`): it
 carries its own shebang.
@@ -51,18 +52,35 @@ UNIT_DROP_IN = "/etc/systemd/system/haproxy.service.d/quiver-log.conf"
 LOGROTATE_PATH = "/etc/logrotate.d/quiver-haproxy"
 CW_AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/quiver-haproxy.json"
 CW_AGENT_CTL = "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"
-CFN_SIGNAL = "/opt/aws/bin/cfn-signal"
 # The health check must pass within this (attempts x 2 s) before the node signals.
 HEALTH_WAIT_ATTEMPTS = 60
+HEALTH_WAIT_SECONDS = 2
+# The wait condition's presigned URL is known only at deploy time. Synth sizes the
+# user data with a stand-in this long: the documented URLs are under 1 KB (bucket,
+# stack ARN, logical ID, SigV4 query); twice that leaves room for a session token.
+SIGNAL_URL_BUDGET = 2048
+SIGNAL_URL_STAND_IN = "https://" + "x" * (SIGNAL_URL_BUDGET - len("https://"))
+# PUT attempts and the pause between them: S3 through the gateway endpoint may
+# refuse a first request while the route or DNS settles after boot; 5 tries over
+# ~1 minute, well inside the wait condition's timeout.
+SIGNAL_ATTEMPTS = 5
+SIGNAL_RETRY_SECONDS = 3
+SIGNAL_MAX_TIME_SECONDS = 10
+# CloudFormation shows the reason in the stack's events; a longer one is cut.
+SIGNAL_REASON_MAX = 200
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceSignal:
-    """The CloudFormation resource waiting for this node's signal (its instance)."""
-
-    stack: str
-    resource: str
-    region: str
+# Every script starts so: any failing command ends it (ERR traps included in
+# functions), and `fail` ends it with a reason the wait condition's signal carries.
+_STRICT = """\
+set -Eeuo pipefail
+failed=""
+fail() {
+  failed="$1"
+  echo "quiver: $1" >&2
+  exit 1
+}
+"""
 
 _SYSCTLS = """\
 # Outbound connections take their local port from here: a wider range allows
@@ -83,31 +101,70 @@ net.ipv6.ip_nonlocal_bind = 1
 
 
 def render_user_data(
-    policy: Policy, node: str, *, signal: ResourceSignal | None = None,
-    log_group: str | None = None,
+    policy: Policy, node: str, *, signal_url: str | None = None,
+    log_group: str | None = None, room: int = USER_DATA_LIMIT,
 ) -> str:
     """The bash user-data script of proxy node `node`. Raises RenderError.
 
     The config is embedded as text when the script fits EC2's 16 KB limit, and
-    gzip+base64 otherwise (a node with many sources). `signal`: the resource to send
-    CloudFormation's signal to once HAProxy is healthy; `log_group`: where the
-    CloudWatch agent ships HAProxy's log.
+    gzip+base64 otherwise (a node with many sources). `signal_url`: the wait
+    condition handle's presigned URL that gets SUCCESS once HAProxy is healthy (a
+    CloudFormation token at synth: the size is checked as if the URL were
+    SIGNAL_URL_BUDGET bytes); `log_group`: where the CloudWatch agent ships HAProxy's
+    log; `room`: the bytes the script may take (less than EC2's limit when the caller
+    wraps it, as the CDK app does in MIME).
     """
     config = render_haproxy_config(
         policy, node, stats_socket=DEFAULT_STATS_SOCKET, run_as=HAPROXY_USER, chroot=HAPROXY_HOME
     )
     addresses = [s.local_ip for s in node_sources(policy, node) if s.local_ip]
-    extras = _Extras(signal=signal, log_group=log_group)
+    extras = _Extras(signal_url=None if signal_url is None else _signal_url(signal_url),
+                     log_group=log_group)
+    # The URL is filled in at deploy: count it at its largest.
+    budget = 0 if signal_url is None else SIGNAL_URL_BUDGET - len(signal_url.encode())
     script = _script(policy, node, addresses, _plain(config), extras)
-    if len(script.encode()) > USER_DATA_LIMIT:
+    if len(script.encode()) + budget > room:
         script = _script(policy, node, addresses, _compressed(config), extras)
-    size = len(script.encode())
-    if size > USER_DATA_LIMIT:
+    size = len(script.encode()) + budget
+    if size > room:
+        with_url = "" if signal_url is None else (
+            f" with room for the {SIGNAL_URL_BUDGET}-byte signal URL")
+        limit = f"EC2's {USER_DATA_LIMIT}" if room == USER_DATA_LIMIT else (
+            f"the {room} left of EC2's {USER_DATA_LIMIT} by what wraps it")
         raise RenderError(
-            f"user data for node {node!r} is {size} bytes, over EC2's {USER_DATA_LIMIT}: "
+            f"user data for node {node!r} is {size} bytes{with_url}, over {limit}: "
             "place fewer sources on this node"
         )
     return script
+
+
+def render_ready_check(
+    policy: Policy, node: str, *, signal_url: str,
+    health_attempts: int = HEALTH_WAIT_ATTEMPTS,
+) -> str:
+    """The bootstrap's last step alone, as a script: wait for HAProxy's health check,
+    then PUT SUCCESS to `signal_url`, or FAILURE with the reason. The user data runs
+    exactly this text after it has started HAProxy; tests run it against a real one."""
+    if health_attempts < 1:
+        raise ValueError("health_attempts must be at least 1")
+    url = _signal_url(signal_url)
+    return (
+        f"#!/bin/bash\n{_STRICT}\n"
+        + _signal_prologue(node, url)
+        + _health_gate(policy, node, url, attempts=health_attempts)
+    )
+
+
+def _signal_url(url: str) -> str:
+    # Single-quoted in the script: a presigned URL has no quote, space or newline.
+    if not url or any(c in url for c in "'\\\n\r\t "):
+        raise RenderError("the signal URL has characters a bootstrap cannot carry")
+    if len(url.encode()) > SIGNAL_URL_BUDGET:
+        raise RenderError(
+            f"the signal URL is {len(url.encode())} bytes, over the {SIGNAL_URL_BUDGET} "
+            "the user data was sized for"
+        )
+    return url
 
 
 def _plain(config: str) -> str:
@@ -125,7 +182,7 @@ def _compressed(config: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Extras:
-    signal: ResourceSignal | None
+    signal_url: str | None
     log_group: str | None
 
 
@@ -136,27 +193,58 @@ def _token(value: str, what: str) -> str:
     return value
 
 
-def _signal_prologue(signal: ResourceSignal | None) -> str:
-    if signal is None:
-        return ""
-    stack = _token(signal.stack, "stack name")
-    resource = _token(signal.resource, "resource")
-    region = _token(signal.region, "region")
+def signal_functions(node: str) -> str:
+    """Shell functions that send the wait condition's signal: `signal_body STATUS
+    REASON` prints the JSON document CloudFormation reads, `signal_ready STATUS
+    REASON` PUTs it to `$signal_url` (bounded retries; never fails the script)."""
+    unique_id = _token(node, "node")
     return f"""\
-# CloudFormation waits for this node's signal when it creates the instance: any
-# failure below signals failure at once (the deploy fails and rolls back) instead
-# of leaving a node that serves nothing. At later boots nothing waits, and
-# cfn-signal's refusal is harmless.
-rpm -q aws-cfn-bootstrap >/dev/null 2>&1 || dnf install -y aws-cfn-bootstrap
-cfn_signal() {{
-  {CFN_SIGNAL} -e "$1" --stack {stack} --resource {resource} --region {region} \\
-    || echo "quiver: no deploy is waiting for this node's signal" >&2
+json_text() {{
+  # The contents of a JSON string: the first {SIGNAL_REASON_MAX} characters, printable
+  # ASCII only (a reason quotes shell commands), \\ and " escaped.
+  printf '%s' "${{1:0:{SIGNAL_REASON_MAX}}}" | tr -cd '\\040-\\176' \\
+    | sed -e 's/\\\\/\\\\\\\\/g' -e 's/"/\\\\"/g'
 }}
+signal_body() {{
+  local reason
+  reason=$(json_text "$2")
+  printf '{{"Status":"%s","Reason":"%s","UniqueId":"%s","Data":"%s"}}\\n' \\
+    "$1" "$reason" {unique_id} "$reason"
+}}
+signal_ready() {{
+  local body attempt
+  body=$(signal_body "$1" "$2")
+  # Content-Type empty: the URL was presigned without one. The S3 gateway endpoint
+  # carries the PUT; the node cannot reach CloudFormation's API.
+  for attempt in $(seq 1 {SIGNAL_ATTEMPTS}); do
+    if curl -fsS -o /dev/null --max-time {SIGNAL_MAX_TIME_SECONDS} -X PUT -H 'Content-Type:' \\
+        --data-binary "$body" "$signal_url"; then
+      echo "quiver: signalled $1 to the deploy"
+      return 0
+    fi
+    if [ "$attempt" != {SIGNAL_ATTEMPTS} ]; then sleep {SIGNAL_RETRY_SECONDS}; fi
+  done
+  # At a later boot the URL has expired (24 h) and nothing waits: not an error.
+  echo "quiver: could not signal $1 (no deploy waiting, or S3 unreachable)" >&2
+}}
+"""
+
+
+def _signal_prologue(node: str, signal_url: str | None) -> str:
+    if signal_url is None:
+        return ""
+    return f"""\
+# A deploy that starts or restarts this node waits for one signal (the node's wait
+# condition, cdk/proxy_tier.py): SUCCESS once HAProxy answers its health check, or
+# FAILURE with the reason as soon as a step fails; the deploy then stops at this
+# node and rolls back. A later boot's signal finds nothing waiting, harmlessly.
+signal_url='{signal_url}'
+{signal_functions(node)}trap 'failed=${{failed:-"exit $? at: $BASH_COMMAND"}}' ERR
 new=""
 on_exit() {{
-  rc=$?
+  local rc=$?
   rm -f "$new"
-  if [ "$rc" != 0 ]; then cfn_signal 1; fi
+  if [ "$rc" != 0 ]; then signal_ready FAILURE "node {node}: ${{failed:-exit $rc}}"; fi
   exit "$rc"
 }}
 trap on_exit EXIT
@@ -215,8 +303,10 @@ QUIVER_CW_AGENT
 """
 
 
-def _health_gate(policy: Policy, node: str, signal: ResourceSignal | None) -> str:
-    if signal is None:
+def _health_gate(
+    policy: Policy, node: str, signal_url: str | None, *, attempts: int = HEALTH_WAIT_ATTEMPTS,
+) -> str:
+    if signal_url is None:
         return ""
     address = policy.proxy.nodes[node].address
     host = f"[{address}]" if ":" in address else address
@@ -224,15 +314,14 @@ def _health_gate(policy: Policy, node: str, signal: ResourceSignal | None) -> st
     return f"""\
 # Signal success only once HAProxy answers the health check senders use.
 healthy=0
-for _ in $(seq 1 {HEALTH_WAIT_ATTEMPTS}); do
+for attempt in $(seq 1 {attempts}); do
   if curl -fsS -o /dev/null --max-time 2 {url}; then healthy=1; break; fi
-  sleep 2
+  if [ "$attempt" != {attempts} ]; then sleep {HEALTH_WAIT_SECONDS}; fi
 done
 if [ "$healthy" != 1 ]; then
-  echo "quiver: HAProxy does not answer {url}" >&2
-  exit 1
+  fail "HAProxy does not answer {url}"
 fi
-cfn_signal 0
+signal_ready SUCCESS "node {node}: HAProxy answers {url}"
 """
 
 
@@ -240,8 +329,8 @@ def _script(
     policy: Policy, node: str, addresses: list[str], write_config: str, extras: _Extras,
 ) -> str:
     az = policy.proxy.nodes[node].az
-    signal = extras.signal
-    cleanup = "" if signal is not None else "trap 'rm -f \"$new\"' EXIT\n"
+    signal_url = extras.signal_url
+    cleanup = "" if signal_url is not None else "trap 'rm -f \"$new\"' EXIT\n"
     logs = _log_shipping(extras.log_group)
     restart = ""
     if extras.log_group is not None:
@@ -266,8 +355,7 @@ for addr in {' '.join(addresses)}; do
     sleep {ADDRESS_WAIT_SECONDS}
   done
   if ! has_addr "$addr"; then
-    echo "quiver: $addr is not on any interface; check the ENI's secondary IPs" >&2
-    exit 1
+    fail "$addr is not on any interface; check the ENI's secondary IPs"
   fi
 done
 
@@ -277,9 +365,8 @@ done
 # Quiver egress node {node} ({az}): HAProxy with the config rendered from the
 # policy. Safe to run again: an unchanged config changes nothing, a new one is
 # validated and then reloaded without dropping connections.
-set -euo pipefail
-
-{_signal_prologue(signal)}rpm -q haproxy >/dev/null 2>&1 || dnf install -y haproxy
+{_STRICT}
+{_signal_prologue(node, signal_url)}rpm -q haproxy >/dev/null 2>&1 || dnf install -y haproxy
 
 cat > {SYSCTL_PATH} <<'QUIVER_SYSCTL'
 {_SYSCTLS}QUIVER_SYSCTL
@@ -304,5 +391,5 @@ if ! systemctl is-active --quiet haproxy; then
 {restart}elif [ "$changed" = 1 ]; then
   systemctl reload haproxy
 fi
-{_health_gate(policy, node, signal)}echo "quiver: egress node {node} ready"
+{_health_gate(policy, node, signal_url)}echo "quiver: egress node {node} ready"
 """

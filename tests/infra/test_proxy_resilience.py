@@ -1,5 +1,5 @@
 """Proxy-tier resilience and update paths: termination protection, EC2 recover and
-reboot actions, the creation signal, dependencies on the internet gateway and the S3
+reboot actions, HAProxy logs shipped, dependencies on the internet gateway and the S3
 route, pinned logical IDs, and the synth refusals (addresses per interface, the fixed
 block, a removed Elastic IP, a node replacement with its interface at index 0)."""
 
@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 from aws_cdk import App
-from infra_helpers import POLICY_PATH, ROOT, build, cdk_context, ref_target, resources
+from infra_helpers import (
+    POLICY_PATH,
+    ROOT,
+    build,
+    cdk_context,
+    ref_target,
+    render,
+    resources,
+)
 
 from cdk.deploy_checks import DeploymentError, check_proxy_capacity
 from cdk.deployed_record import record_path
@@ -25,18 +33,12 @@ pytestmark = pytest.mark.infra
 NODES = {"egress-a": "EgressA", "egress-b": "EgressB", "egress-c": "EgressC"}
 
 
-def test_instances_are_protected_and_wait_for_a_health_gated_signal(
-    service: dict[str, Any],
-) -> None:
+def test_instances_are_protected_and_ship_haproxy_logs(service: dict[str, Any]) -> None:
     instances = resources(service, "AWS::EC2::Instance")
     assert sorted(instances) == sorted(f"EgressNode{p}Instance" for p in NODES.values())
-    for logical_id, instance in instances.items():
+    for instance in instances.values():
         assert instance["Properties"]["DisableApiTermination"] is True
-        assert instance["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT15M"}}
-        script = instance["Properties"]["UserData"]["Fn::Base64"]
-        assert f"--stack QuiverService --resource {logical_id} --region us-east-1" in script
-        # Success is signalled after HAProxy answers its health check, never before.
-        assert script.index("curl -fsS") < script.index("cfn_signal 0")
+        script = render(instance["Properties"]["UserData"]["Fn::Base64"])
         assert "StandardOutput=append:/var/log/haproxy/haproxy.log" in script
         assert '"log_group_name": "/quiver/QuiverService/egress-haproxy"' in script
 

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from infra_helpers import output_source, ref_target, render, resources, statements
 
-from proxy_tier.bootstrap import ResourceSignal, render_user_data
+from cdk.logical_ids import logical_id_part
+from cdk.proxy_tier import SCRIPT_ROOM
+from proxy_tier.bootstrap import render_user_data
 from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
@@ -71,7 +73,7 @@ def test_user_data_runs_the_rendered_bootstrap_at_every_boot(
     service: dict[str, Any], policy: Policy
 ) -> None:
     for name, props in instances(service).items():
-        user_data = props["UserData"]["Fn::Base64"]
+        user_data = render(props["UserData"]["Fn::Base64"])
         assert len(user_data.encode()) <= 16 * 1024
         message = email.message_from_string(user_data)
         assert message.is_multipart()
@@ -80,23 +82,24 @@ def test_user_data_runs_the_rendered_bootstrap_at_every_boot(
         assert set(parts) == {"text/cloud-config", "text/x-shellscript"}
         config = yaml.safe_load(parts["text/cloud-config"])
         assert config == {"cloud_final_modules": [["scripts-user", "always"]]}
-        # The bootstrap exactly as proxy_tier renders it, signalling this instance.
-        (instance_id,) = [k for k, r in resources(service, "AWS::EC2::Instance").items()
-                          if r["Properties"] is props]
+        # The bootstrap exactly as proxy_tier renders it, signalling this node's
+        # wait condition handle (its presigned URL, known at deploy).
+        (handle,) = [k for k in resources(service, "AWS::CloudFormation::WaitConditionHandle")
+                     if k.startswith(f"EgressNode{logical_id_part(name)}Ready")]
         assert parts["text/x-shellscript"] == render_user_data(
-            policy, name,
-            signal=ResourceSignal(stack="QuiverService", resource=instance_id,
-                                  region="us-east-1"),
-            log_group="/quiver/QuiverService/egress-haproxy")
+            policy, name, signal_url=f"${{{handle}}}",
+            log_group="/quiver/QuiverService/egress-haproxy", room=SCRIPT_ROOM)
 
 
-def test_nodes_are_updated_one_at_a_time(service: dict[str, Any]) -> None:
+def test_nodes_are_updated_one_at_a_time(service: dict[str, Any], policy: Policy) -> None:
     ids = {tags["quiver:node"]: k for k, tags in (
         (k, {t["Key"]: t["Value"] for t in r["Properties"]["Tags"]})
         for k, r in resources(service, "AWS::EC2::Instance").items())}
-    names = sorted(ids)
+    names = sorted(ids, key=lambda n: (policy.proxy.nodes[n].az, n))
+    conditions = resources(service, "AWS::CloudFormation::WaitCondition")
     for earlier, later in itertools.pairwise(names):
-        assert ids[earlier] in service["Resources"][ids[later]].get("DependsOn", [])
+        (ready,) = [k for k, r in conditions.items() if r["DependsOn"] == [ids[earlier]]]
+        assert ready in service["Resources"][ids[later]]["DependsOn"]
 
 
 def test_sources_elastic_ips_are_associated_with_their_local_ip(

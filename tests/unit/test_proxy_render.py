@@ -426,7 +426,7 @@ def test_user_data_is_idempotent_and_validates_before_replacing(policy):
     ]
     positions = [script.index(step) for step in steps]
     assert positions == sorted(positions)
-    assert "set -euo pipefail" in script
+    assert "set -Eeuo pipefail" in script
     assert "for addr in 10.60.0.11 10.60.0.12; do" in script
     for setting in ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse",
                     "net.ipv4.ip_nonlocal_bind"):

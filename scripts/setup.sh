@@ -48,10 +48,17 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.quiver-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || [ image/requirements.lock -nt "$stamp" ]; then
   echo "==> installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev,cdk]'
+  # The runtime dependencies at the image lock's versions, so the tests run against
+  # what the image ships (pip refuses hashes in a constraints file: names and versions
+  # only; the dev tools stay free).
+  constraints=$(mktemp)
+  sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' image/requirements.lock > "$constraints"
+  .venv/bin/python -m pip install -q -c "$constraints" -e '.[dev,cdk]'
+  rm -f "$constraints"
   touch "$stamp"
 fi
 # npm keeps node_modules/.package-lock.json: a newer package-lock.json (a CLI bump)

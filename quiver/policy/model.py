@@ -9,6 +9,7 @@ from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.policy.controls import ControlsPolicy
 from quiver.policy.data import DataPolicy
 from quiver.policy.feedback import FeedbackPolicy
+from quiver.policy.guards import GuardsPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
 from quiver.policy.unsubscribe import UnsubscribePolicy
@@ -243,6 +244,8 @@ class Policy:
     unsubscribe: UnsubscribePolicy = field(default_factory=UnsubscribePolicy)
     # How long recorded data is kept; applied at deploy (quiver/policy/data.py).
     data: DataPolicy = field(default_factory=DataPolicy)
+    # When a tenant's or campaign's complaint or bounce rate pauses it (policy/guards.py).
+    guards: GuardsPolicy = field(default_factory=GuardsPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

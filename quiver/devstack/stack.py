@@ -110,6 +110,12 @@ max_inflight_messages = 1000
 visibility_timeout = "60s"
 drain_deadline = "10s"
 
+[guards]
+# The sample traffic scripts 2 % complaints and 2 % hard bounces so that every outcome
+# shows, far over any real threshold: the guards are off here unless a policy
+# fragment (`quiver local --policy`) sets `enabled = true` and its own limits.
+enabled = false
+
 {egress}
 [providers]
 quiver-local = ["*.quiver.local.test"]

@@ -109,3 +109,15 @@ def test_any_section_loads_or_names_its_key(section: dict[str, Any],
         assert 0 < limits.complaint_rate <= 1 and 0 < limits.hard_bounce_rate <= 1
         assert limits.min_volume >= 1
         assert guards.complaint_window % 600 == 0
+
+
+def test_the_readme_section_parses_as_it_says() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("\n### Tenant guards\n"):]
+    start = section.index("```toml\n") + len("```toml\n")
+    guards = parse_policy(BASE + section[start:section.index("```", start)]).guards
+    assert guards.defaults == GuardLimits()
+    assert guards.limits("tenant", "transactional").complaint_rate == 0.001
+    assert not guards.limits("campaign", "reactivation-2026").enabled

@@ -150,16 +150,15 @@ class Exporter:
         keys = write_batch(self._s3, bucket=self.bucket, batch_id=batch_id, records=records)
         self._log.debug("exported batch", extra={"batch": batch_id, "records": len(records)})
         if self._guard is not None:
-            self._guarded(batch_id, records)
+            self._guarded(self._guard, batch_id, records)
         return keys
 
-    def _guarded(self, batch_id: str, records: Sequence[Record]) -> None:
+    def _guarded(self, guard: Guard, batch_id: str, records: Sequence[Record]) -> None:
         """Count the batch in the guards and record the pauses it caused. A table
         failure is logged and the batch stays exported: the events are the record,
         the guards a safeguard over them, and a retry would only write them again."""
-        assert self._guard is not None
         try:
-            changes = self._guard.observe(batch_id, records)
+            changes = guard.observe(batch_id, records)
         except StorageError as exc:
             self._log.error("guards: batch not counted", extra={"batch": batch_id,
                                                                "error": str(exc)})

@@ -7,6 +7,9 @@ import io
 import json
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from quiver.events import rfc3339_ms
 from quiver.guards.counts import Counts, fold, record_counts
 from quiver.guards.guard import PAUSES_METRIC, Guard
@@ -159,3 +162,31 @@ def test_a_name_no_selector_can_hold_is_counted_not_paused() -> None:
     guard = Guard(store, policy=lambda: policy, clock=Clock())
     assert guard.observe("x", batch("bad name", delivered=1, complaints=1, at=T0)) == []
     assert store.controls == {} and store.buckets[("tenant", "bad name")]
+
+
+_KINDS = ["delivered", "bounced", "deferred", "async_bounce", "complaint", "suppressed",
+          "control", "expired"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_KINDS), st.sampled_from(["hard", "soft"]),
+                          st.sampled_from([None, "a", "b"]), st.sampled_from([None, "c"]),
+                          st.integers(0, 7200),
+                          st.sampled_from(["abuse", "not-spam", "other"])),
+                max_size=60))
+def test_folding_loses_and_invents_nothing(draws: list[tuple[Any, ...]]) -> None:
+    records = [event(kind, at=T0 + offset, tenant=tenant, campaign=campaign,
+                     bounce={"kind": bounce, "category": "x", "reason": ""},
+                     feedback_type=feedback)
+               for kind, bounce, tenant, campaign, offset, feedback in draws]
+    folded = fold(records, bucket_seconds=600)  # type: ignore[arg-type]
+    for scope in ("tenant", "campaign"):
+        total = Counts()
+        for (s, _, bucket), counts in folded.items():
+            assert bucket % 600 == 0 and not counts.empty
+            if s == scope:
+                total = total + counts
+        expected = Counts()
+        for record in records:
+            if record[scope]:
+                expected = expected + record_counts(record)
+        assert total == expected

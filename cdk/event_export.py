@@ -4,7 +4,10 @@ It reads the events queue through an SQS event source and reports partial batch
 failures, so one bad record is retried (and, after the queue's maxReceiveCount,
 dead-lettered) without redoing the whole batch. It can write only under `events/`
 in the events bucket, and read and write only the claims in the finals table that
-make final events exactly-once (cdk/tables.py).
+make final events exactly-once (cdk/tables.py). The tenant guards run in it
+(quiver.guards): it reads the deployed policy's object, keeps its counters in the
+controls table's `guard…` partitions, and may put (never change or delete) a pause
+in the controls partition.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from constructs import Construct
 from cdk.buckets import EVENTS_PREFIX
 from cdk.lambda_code import handler_path
 from cdk.nag import acknowledge, acknowledge_lambda_logging, object_wildcard
-from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
+from cdk.policy_object import PolicyObject
+from quiver.settings import (
+    ENV_CONTROLS_TABLE,
+    ENV_EVENTS_BUCKET,
+    ENV_FINALS_TABLE,
+    ENV_POLICY_SOURCE,
+)
 
 EXPORT_TIMEOUT = Duration.seconds(60)
 # Waiting up to this long for a fuller batch means fewer, larger S3 objects.
@@ -50,6 +59,14 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 # Twenty invocations of BATCH_SIZE queue messages per BATCHING_WINDOW is far above
 # what the senders publish (one message carries a sender's batch of events).
 MAX_CONCURRENCY = 20
+# What the export needs beyond the runtime and the Powertools layer: dnspython, for
+# the policy it loads to read `[guards]` (the policy's routes are dnspython types).
+EXPORT_VENDORED = ("dns",)
+# The controls table's partitions the guards write (quiver/guards/store.py): their
+# counters and crossing states, and their batch claims. A pause goes to the
+# operator controls' partition, put only.
+GUARD_PARTITIONS = ("guard|*", "guard-batch|*")
+CONTROL_PARTITION = "control"
 
 
 def events_queue_visibility_timeout() -> Duration:
@@ -106,6 +123,8 @@ class EventExport(Construct):
         events_queue: sqs.IQueue,
         events_bucket: s3.IBucket,
         finals_table: dynamodb.ITable,
+        controls_table: dynamodb.ITable,
+        policy_object: PolicyObject,
         powertools_layer_version: int = POWERTOOLS_LAYER_VERSION,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         max_concurrency: int = MAX_CONCURRENCY,
@@ -120,6 +139,8 @@ class EventExport(Construct):
             environment={
                 ENV_EVENTS_BUCKET: events_bucket.bucket_name,
                 ENV_FINALS_TABLE: finals_table.table_name,
+                ENV_CONTROLS_TABLE: controls_table.table_name,
+                ENV_POLICY_SOURCE: policy_object.spec,
                 "POWERTOOLS_SERVICE_NAME": "event-export",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
@@ -146,4 +167,23 @@ class EventExport(Construct):
             sid="ClaimFinalEvents",
             actions=["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"],
             resources=[finals_table.table_arn],
+        ))
+        policy_object.grant_read(self.function)
+        # Guard counters: added to (UpdateItem, in transactions with the batch claim's
+        # PutItem) and read a window at a time (Query), in the guard partitions only.
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            sid="CountGuards",
+            actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"],
+            resources=[controls_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys":
+                                                    list(GUARD_PARTITIONS)}},
+        ))
+        # A guard's pause is an operator control: put, in the same transaction as its
+        # crossing state; lifting it is an operator's (`quiver ctl resume`).
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            sid="PutGuardPauses",
+            actions=["dynamodb:PutItem"],
+            resources=[controls_table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys":
+                                                      [CONTROL_PARTITION]}},
         ))

@@ -23,6 +23,9 @@ Proxy node health as the senders see it (quiver.sender.gauges): every task write
 1 or 0 per node at each flush; a node whose Average stays below one half (most
 observations found HAProxy not serving) for PROXY_NODE_DOWN_MINUTES pages. The EC2
 status check does not see a dead HAProxy on a live instance; this does.
+
+Tenant guards (quiver.guards, in the export Lambda) write `guard_pauses` with no
+dimension for each tenant or campaign they pause: `GuardPaused` pages on any.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from constructs import Construct
 from cdk.logical_ids import logical_id_part
 from quiver.complaint_rate import COMPLAINTS, DELIVERED
 from quiver.complaint_rate import NAMESPACE as COMPLAINT_RATE_NAMESPACE
+from quiver.guards.guard import PAUSES_METRIC
 from quiver.policy import Policy
 from quiver.sender.gauges import HELD, NODE, PROXY_NODE_HEALTHY, SENDABLE_NOW
 from quiver.sender.source_metrics import CONNECTION_SECONDS, PROVIDER, SOURCE, UNKNOWN
@@ -162,6 +166,21 @@ class Observability(Construct):
             self, "ExportErrors",
             alarm_description="the event-export Lambda fails whole invocations",
             threshold=1, evaluation_periods=3, datapoints_to_alarm=3,
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+        ))
+        # Every pause a tenant guard puts in force (the export writes the EMF): a
+        # tenant's or campaign's mail now waits, which someone must look at.
+        page(cw.Metric(
+            namespace=NAMESPACE, metric_name=PAUSES_METRIC, period=five_minutes,
+            statistic="Sum",
+        ).create_alarm(
+            self, "GuardPaused",
+            alarm_description="a tenant guard paused a tenant or campaign (complaint or "
+                              "hard bounce rate over its threshold) and its mail waits: "
+                              "`quiver ctl list` gives the reason; fix the list, then "
+                              "`quiver ctl resume`",
+            threshold=1, evaluation_periods=1,
             comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
         ))

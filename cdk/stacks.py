@@ -19,7 +19,11 @@ from cdk.deploy_checks import Placement, check_deployable
 from cdk.deployed_record import ALLOW_REMOVE_CONTEXT, check_against_record
 from cdk.egress_addresses import EgressAddresses
 from cdk.event_analytics import EventAnalytics
-from cdk.event_export import EventExport, events_queue_visibility_timeout
+from cdk.event_export import (
+    EXPORT_VENDORED,
+    EventExport,
+    events_queue_visibility_timeout,
+)
 from cdk.inbound_mail import BOUNCE_VENDORED, FBL_VENDORED, InboundMail, InboundQueues
 from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
@@ -156,11 +160,16 @@ class ServiceStack(Stack):
             self, "EventExport",
             code_dir=assemble_function_code(
                 repo_root=repo_root, function="event_export", outdir=_assembly_dir(self),
+                vendor=EXPORT_VENDORED,
             ),
             events_queue=queues.events,
             events_bucket=buckets.events,
             finals_table=stateful.tables.finals,
+            controls_table=stateful.tables.controls,
+            policy_object=policy_object,
         )
+        # The export reads the policy's [guards] from its first invocation.
+        export.node.add_dependency(policy_object.deployment)
         # The unsubscribe endpoint verifies tokens signed with the return-path key ring,
         # so it exists once the policy names the ring's secret: deploy, read its URL
         # from the stack output, then add [unsubscribe] rules that point at it.

@@ -5,7 +5,7 @@ function a batch in the Lambda SQS event shape, delete the records it did not
 report as failed. The pump runs the Lambda's own record function
 (`Exporter.export_record`) under the same Powertools batch processing, with an
 Exporter of its own on this stack's clients. It also tallies records so the
-demo can show progress.
+demo can show progress. Its Exporter runs the tenant guards as the Lambda does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from quiver.events import (
     Record,
     unpack_batch,
 )
-from quiver.export import Exporter
+from quiver.export import Exporter, guards_of
 from quiver.settings import Deployment
 from quiver.storage.dynamo import DynamoFinals
 
@@ -90,8 +90,12 @@ class ExportPump(LambdaPump):
         finals = (DynamoFinals(moto_server.client(endpoint, "dynamodb"),
                                deployment.finals_table)
                   if deployment.finals_table else None)
-        self._exporter = Exporter(s3=moto_server.client(endpoint, "s3"),
-                                  bucket=deployment.events_bucket, finals=finals)
+        s3 = moto_server.client(endpoint, "s3")
+        # The Lambda's guards, on the policy the stack published and its controls table.
+        guard = guards_of(deployment, dynamodb=moto_server.client(endpoint, "dynamodb"),
+                          s3=s3, ssm=lambda: moto_server.client(endpoint, "ssm"))
+        self._exporter = Exporter(s3=s3, bucket=deployment.events_bucket, finals=finals,
+                                  guard=guard)
         super().__init__(sqs=sqs, queue_url=deployment.events_queue_url,
                          region=deployment.region, name="export-pump",
                          record_handler=self._exporter.export_record)

@@ -110,6 +110,12 @@ max_inflight_messages = 1000
 visibility_timeout = "60s"
 drain_deadline = "10s"
 
+[guards]
+# The sample traffic scripts 2 % complaints and 2 % hard bounces so that every outcome
+# shows, far over any real threshold: the guards are off here unless a policy
+# fragment (`quiver local --policy`) sets `enabled = true` and its own limits.
+enabled = false
+
 {egress}
 [providers]
 quiver-local = ["*.quiver.local.test"]
@@ -351,6 +357,7 @@ class LocalStack:
         if self.policy_fragment is not None:
             text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
         self.policy_path.write_text(text)
+        self._publish_policy(text)
         if self.feedback:
             self._start_intakes(text)
         if binary is not None:
@@ -386,15 +393,19 @@ class LocalStack:
                           dns_txt_value(path.read_bytes()))
         return path
 
-    def _start_intakes(self, text: str) -> None:
-        """The policy into SSM (where the Lambdas read it), the receipt rules into the
-        inbound server, and the intakes on their queues."""
-        assert self.moto is not None and self.deployment is not None
-        assert self.inbound is not None and self.dns is not None
+    def _publish_policy(self, text: str) -> None:
+        """The policy into SSM, where the Lambdas read it (the intakes, and the export
+        its `[guards]`)."""
+        assert self.deployment is not None
         # Parameters over 4 KB need the advanced tier, as in AWS.
         tier = "Advanced" if len(text.encode()) > 4096 else "Standard"
         self.client("ssm").put_parameter(Name=self.deployment.policy_parameter, Value=text,
                                          Type="String", Tier=tier, Overwrite=True)
+
+    def _start_intakes(self, text: str) -> None:
+        """The receipt rules into the inbound server, and the intakes on their queues."""
+        assert self.moto is not None and self.deployment is not None
+        assert self.inbound is not None and self.dns is not None
         self.inbound.set_rules(receipt_rules(parse_policy(text, origin=str(self.policy_path))))
         self.intakes = IntakePumps(endpoint=self.moto.endpoint, deployment=self.deployment,
                                    nameservers=[self.dns.address], log_dir=self.root / "logs")

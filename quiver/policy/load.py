@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from quiver.policy.controls import parse_controls
 from quiver.policy.data import parse_data
 from quiver.policy.feedback import feedback_section
+from quiver.policy.guards import parse_guards
 from quiver.policy.model import (
     SQS_MAX_RETENTION_S,
     TLS_MODES,
@@ -63,6 +64,7 @@ _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
     "local_only", "return_path", "suppression", "unsubscribe", "controls", "data", "warmup",
+    "guards",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -258,6 +260,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     data_policy = parse_data(c.table(data, "data", ""), error=c.error)
     warmup = parse_warmup(c.table(data, "warmup", ""), c.table(data, "sources", ""),
                           providers=providers, error=c.error)
+    guards = parse_guards(c.table(data, "guards", ""), error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -292,6 +295,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         unsubscribe=unsubscribe,
         data=data_policy,
         warmup=warmup,
+        guards=guards,
     )
 
 

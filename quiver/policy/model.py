@@ -9,6 +9,7 @@ from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
 from quiver.policy.controls import ControlsPolicy
 from quiver.policy.data import DataPolicy
 from quiver.policy.feedback import FeedbackPolicy
+from quiver.policy.guards import GuardsPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
 from quiver.policy.unsubscribe import UnsubscribePolicy
@@ -246,6 +247,8 @@ class Policy:
     data: DataPolicy = field(default_factory=DataPolicy)
     # Warming sources and their daily caps per provider (quiver/policy/warmup.py).
     warmup: WarmupPolicy = field(default_factory=WarmupPolicy)
+    # When a tenant's or campaign's complaint or bounce rate pauses it (policy/guards.py).
+    guards: GuardsPolicy = field(default_factory=GuardsPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -1,6 +1,6 @@
 """Policy changes while mail is in flight: poll the policy's source, apply what can change live.
 
-Live: `throttles`, `retry`, `tls`, `suppression`, `controls` and
+Live: `throttles`, `retry`, `tls`, `suppression`, `controls`, `guards` and
 `delivery.pipeline_next`. Ready queues rebind to their new limits (open connections
 above a lowered `max_connections` finish their current message and close as they
 go idle; a new `max_rate` paces the next send), new TLS modes apply to each
@@ -34,7 +34,8 @@ from quiver.policy.model import Policy
 log = logging.getLogger("quiver.policy")
 
 DEFAULT_INTERVAL = 30.0
-_LIVE = frozenset({"throttles", "retry", "tls", "suppression", "controls"})
+# `guards` is read by the export path, never by a sender: a change to it rolls nothing.
+_LIVE = frozenset({"throttles", "retry", "tls", "suppression", "controls", "guards"})
 # What throttle and TLS rules are matched against: while these differ, they wait too.
 _MATCHED = ("sources", "providers")
 _RULES = frozenset({"throttles", "tls"})
@@ -82,6 +83,7 @@ def merge_live(current: Policy, new: Policy) -> tuple[Policy, Change]:
             restart.append(name)
     merged = replace(
         current, retry=new.retry, suppression=new.suppression, controls=new.controls,
+        guards=new.guards,
         tls=new.tls if "tls" in applied else current.tls,
         throttles=new.throttles if "throttles" in applied else current.throttles,
         delivery=replace(current.delivery, pipeline_next=new.delivery.pipeline_next),
@@ -173,7 +175,7 @@ class PolicyWatcher:
 
 def restart_digest(text: str) -> str:
     """A SHA-256 of the sections a running sender cannot take live (everything but
-    `throttles`, `retry`, `tls`, `suppression`, `controls` and
+    `throttles`, `retry`, `tls`, `suppression`, `controls`, `guards` and
     `delivery.pipeline_next`), over the parsed TOML: comments, layout and key order
     do not change it. `throttles` and `tls` wait for a restart only when `sources` or
     `providers` change too, and those are in the digest."""

@@ -486,7 +486,7 @@ class DynamoControls:
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     async def put(self, control: Control) -> None:
-        await call(self._client.put_item, TableName=self.table, Item=_control_item(control))
+        await call(self._client.put_item, TableName=self.table, Item=control_item(control))
 
     async def remove(self, control_id: str) -> Control | None:
         response = await call(self._client.delete_item, TableName=self.table,
@@ -496,7 +496,8 @@ class DynamoControls:
         return _control(item) if item else None
 
 
-def _control_item(control: Control) -> dict[str, Any]:
+def control_item(control: Control) -> dict[str, Any]:
+    """The controls-table item of `control` (what `quiver ctl` writes and senders read)."""
     item: dict[str, Any] = {
         "pk": {"S": _CONTROL_PK}, "sk": {"S": control.id}, "kind": {"S": control.kind},
         "selector": {"M": {k: {"S": v} for k, v in control.selector.named().items()}},

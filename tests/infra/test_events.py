@@ -13,9 +13,15 @@ from aws_cdk import aws_lambda as lambda_
 from infra_helpers import only, output_source, ref_target, render, resources
 
 from cdk.event_analytics import COLUMNS
+from cdk.policy_object import POLICY_KEY
 from quiver.events import EVENT_TYPES
 from quiver.export import object_key
-from quiver.settings import ENV_EVENTS_BUCKET, ENV_FINALS_TABLE
+from quiver.settings import (
+    ENV_CONTROLS_TABLE,
+    ENV_EVENTS_BUCKET,
+    ENV_FINALS_TABLE,
+    ENV_POLICY_SOURCE,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -56,7 +62,20 @@ def test_export_function_runtime_layer_and_settings(service: dict[str, Any]) -> 
         "arn:aws:lambda:${AWS::Region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python314-arm64:"
     )
     variables = function["Environment"]["Variables"]
-    assert set(variables) >= {ENV_EVENTS_BUCKET, ENV_FINALS_TABLE}
+    assert set(variables) >= {ENV_EVENTS_BUCKET, ENV_FINALS_TABLE, ENV_CONTROLS_TABLE,
+                              ENV_POLICY_SOURCE}
+
+
+def test_export_reads_the_deployed_policy_and_the_controls_table(
+    service: dict[str, Any], stateful: dict[str, Any]
+) -> None:
+    function_id, function = export_function(service)
+    variables = function["Environment"]["Variables"]
+    assert output_source(stateful, variables[ENV_CONTROLS_TABLE]) == {"Ref": "ControlsTable"}
+    assert render(variables[ENV_POLICY_SOURCE]).endswith(f"/{POLICY_KEY}")
+    # Deployed after the policy object, so its first invocation finds the policy.
+    depends = service["Resources"][function_id].get("DependsOn", [])
+    assert any(d.startswith("PolicyDeployCustomResource") for d in depends), depends
 
 
 def test_export_claims_final_events_in_the_finals_table(
@@ -85,13 +104,15 @@ def test_export_reads_the_events_queue_with_partial_batch_failures(
     assert visibility >= 6 * function["Timeout"] + mapping["MaximumBatchingWindowInSeconds"]
 
 
-def test_code_is_the_handler_and_the_quiver_package_only(synth: Any) -> None:
+def test_code_is_the_handler_the_quiver_package_and_dnspython_only(synth: Any) -> None:
     function_id, _ = export_function(synth.service)
     root = code_dir(synth, function_id)
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert "functions/event_export/handler.py" in files
     assert "quiver/events.py" in files and "quiver/export.py" in files
-    assert {f.split("/")[0] for f in files} == {"functions", "quiver"}
+    assert "quiver/guards/guard.py" in files
+    # dnspython, for the policy the guards read (cdk/event_export.py EXPORT_VENDORED).
+    assert {f.split("/")[0] for f in files} == {"functions", "quiver", "dns"}
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
 
 
@@ -110,7 +131,8 @@ def test_packaged_handler_imports_with_only_what_lambda_provides(
         (site / source.name).symlink_to(source)
     function_id, _ = export_function(synth.service)
     root = code_dir(synth, function_id)
-    # -S: no site-packages, so dkimpy, dnspython, aiosmtplib ... are all missing.
+    # -S: no site-packages, so dkimpy, aiosmtplib ... are all missing (dnspython
+    # is packaged with the code).
     result = subprocess.run(
         [sys.executable, "-S", "-c",
          "import sys; sys.path[:0] = sys.argv[1:]; "

@@ -16,6 +16,9 @@ from infra_helpers import (
     trust_statements,
 )
 
+from cdk.policy_object import POLICY_KEY
+from quiver.guards.store import partition
+
 pytestmark = pytest.mark.infra
 
 DATA_SERVICES = ("sqs", "s3", "dynamodb", "secretsmanager", "ssm", "kms", "sns")
@@ -229,7 +232,7 @@ def test_sender_execution_role_only_pulls_its_image_and_writes_its_logs(
     ])
 
 
-def test_export_function_writes_only_event_objects_and_final_event_claims(
+def test_export_function_writes_only_event_objects_final_event_claims_and_guards(
     service: dict[str, Any], stateful: dict[str, Any]
 ) -> None:
     functions = {
@@ -238,23 +241,39 @@ def test_export_function_writes_only_event_objects_and_final_event_claims(
     }
     ((_, function),) = functions.items()
     role = ref_target(function["Properties"]["Role"])
-    s3 = [s for s in role_statements(service, role)
-          if any(a.startswith("s3:") for a in as_list(s["Action"]))]
-    (statement,) = s3
-    assert statement["Action"] == "s3:PutObject"
-    bucket, suffix = statement["Resource"]["Fn::Join"][1]
+    statements = {s.get("Sid"): s for s in role_statements(service, role)}
+    write = statements["WriteEventObjects"]
+    assert write["Action"] == "s3:PutObject"
+    bucket, suffix = write["Resource"]["Fn::Join"][1]
     assert output_source(stateful, bucket) == {"Fn::GetAtt": ["EventsBucket", "Arn"]}
     assert suffix == "/events/*"
-    dynamodb = [s for s in role_statements(service, role)
-                if any(a.startswith("dynamodb:") for a in as_list(s["Action"]))]
-    (claims,) = dynamodb
+    read = statements["ReadPolicy"]
+    assert read["Action"] == "s3:GetObject"
+    assert render(read["Resource"]).endswith(f"/{POLICY_KEY}")
+    claims = statements["ClaimFinalEvents"]
     # Batched reads and puts of claims only: no Query, Scan, Update or Delete.
     assert sorted(as_list(claims["Action"])) == ["dynamodb:BatchGetItem",
                                                   "dynamodb:BatchWriteItem"]
     (table,) = as_list(claims["Resource"])
     assert output_source(stateful, table) == {"Fn::GetAtt": ["FinalsTable", "Arn"]}
+    # The guards: their own partitions of the controls table, and a pause put in the
+    # controls partition; nothing there deleted, nothing else read.
+    count, pause = statements["CountGuards"], statements["PutGuardPauses"]
+    assert sorted(as_list(count["Action"])) == ["dynamodb:PutItem", "dynamodb:Query",
+                                                 "dynamodb:UpdateItem"]
+    assert count["Condition"] == {"ForAllValues:StringLike": {
+        "dynamodb:LeadingKeys": ["guard|*", "guard-batch|*"]}}
+    assert partition("tenant", "t").startswith("guard|")
+    assert partition("campaign", "c").startswith("guard|")
+    assert as_list(pause["Action"]) == ["dynamodb:PutItem"]
+    assert pause["Condition"] == {"ForAllValues:StringEquals": {
+        "dynamodb:LeadingKeys": ["control"]}}
+    for statement in (count, pause):
+        (table,) = as_list(statement["Resource"])
+        assert output_source(stateful, table) == {"Fn::GetAtt": ["ControlsTable", "Arn"]}
     others = {a for s in role_statements(service, role) for a in as_list(s["Action"])} - {
-        "s3:PutObject", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"}
+        "s3:PutObject", "s3:GetObject", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+        "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"}
     # The SQS event source's own permissions, on the events queue only.
     assert others == {"sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
                       "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"}

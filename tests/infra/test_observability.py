@@ -11,6 +11,7 @@ import pytest
 from infra_helpers import only, output_source, ref_target, resources
 
 from quiver.complaint_rate import DIMENSION_SETS
+from quiver.guards.guard import PAUSES_METRIC
 from quiver.policy import Policy
 
 pytestmark = pytest.mark.infra
@@ -297,3 +298,15 @@ def test_the_readme_states_the_deferral_math_and_the_scaling_metric_the_app_buil
     shown = per_task.replace("sendable", f"{names['sendable']} (Average, the mean per task)")
     shown = shown.replace("visible", names["visible"]).replace("tasks", names["tasks"])
     assert f"\n{shown}\n" in readme
+
+
+def test_a_guard_pause_pages_on_the_metric_the_export_writes(service: dict[str, Any]) -> None:
+    (alarm,) = [a for k, a in alarms(service).items() if k.startswith(
+        "ObservabilityGuardPaused")]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("Quiver", PAUSES_METRIC)
+    # The dimensionless set of what the guard writes (quiver/guards/guard.py).
+    assert "Dimensions" not in alarm
+    assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 1)
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] == [{"Ref": topic(service)}]

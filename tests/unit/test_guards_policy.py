@@ -115,7 +115,7 @@ def test_the_readme_section_parses_as_it_says() -> None:
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("\n### Tenant guards\n"):]
+    section = text[text.index("\n## Tenant guards\n"):]
     start = section.index("```toml\n") + len("```toml\n")
     guards = parse_policy(BASE + section[start:section.index("```", start)]).guards
     assert guards.defaults == GuardLimits()

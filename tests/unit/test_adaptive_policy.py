@@ -164,3 +164,18 @@ def test_any_section_is_a_policy_or_a_list_of_problems(section: dict[str, Any],
     assert all(isinstance(p, str) and p.startswith("adaptive") for p in found)
     if not found:
         assert all(r.provider in ("google", "*") for r in policy.rules)
+
+
+def test_config_check_says_what_the_engine_will_do() -> None:
+    from quiver.cli import adaptive_summary
+    summary = adaptive_summary(parse_policy(BASE + """
+[[throttles]]
+source = "*"
+provider = "google"
+max_rate = "300/s"
+"""))
+    assert summary.startswith("adaptive: on, 8 response rules (0 from this policy, 8 starter): "
+                              "google 4, microsoft 4")
+    assert "no throttle sets max_rate for microsoft" in summary
+    assert adaptive_summary(parse_policy(BASE + "[adaptive]\nenabled = false\n")) == \
+        "adaptive: off ([adaptive] enabled = false)"

@@ -41,9 +41,14 @@ def test_defaults_enable_the_engine_with_the_starter_rules_of_defined_providers(
     assert adaptive.rules_for("nobody") == ()
 
 
-def test_the_shipped_policy_defines_every_starter_provider() -> None:
-    from quiver.policy import load_policy
-    policy = load_policy("policy/quiver.toml")
+def test_the_shipped_policy_defines_or_offers_every_starter_provider() -> None:
+    """google, yahoo and microsoft are defined; the other four are there to uncomment
+    (each provider costs a deferral alarm per source in the service stack)."""
+    from pathlib import Path
+    text = Path("policy/quiver.toml").read_text()
+    for name in ("apple", "comcast", "gmx", "orange"):
+        text = text.replace(f"# {name} = ", f"{name} = ")
+    policy = parse_policy(text)
     for provider in ("google", "yahoo", "microsoft", "apple", "comcast", "gmx", "orange"):
         assert provider in policy.providers
         assert policy.adaptive.rules_for(provider), provider

@@ -114,6 +114,7 @@ class AdaptiveEngine:
         self._wake = asyncio.Event()
         self._no_max_warned: set[Key] = set()
         self._plan_for: AdaptivePolicy | None = None
+        self._enabled = policy.current.adaptive.enabled
         self._plans: dict[str | None, tuple[tuple[str, float], ...]] = {}
         self.fired = 0
 
@@ -230,12 +231,14 @@ class AdaptiveEngine:
     def shared(self, states: Sequence[RateState]) -> None:
         """The records the controls poll read: newer ones replace what this sender
         knows, and pace its throttles."""
+        enabled = self.policy.enabled
         for state in states:
             key = (state.source, state.provider)
             known = self.rates.get(key)
             if known is None or state.version > known.version:
                 self.rates[key] = state
-                self._apply_rate(state.source, state.provider, state.rate)
+                if enabled:
+                    self._apply_rate(state.source, state.provider, state.rate)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -246,6 +249,7 @@ class AdaptiveEngine:
     async def settle(self) -> None:
         """Carry out what fired, then raise what was quiet long enough."""
         self._wake.clear()
+        self._follow_switch()
         pending, self._pending = self._pending, []
         for fired in pending:
             if fired.control is not None:
@@ -253,6 +257,17 @@ class AdaptiveEngine:
             else:
                 await self._reduce(fired)
         await self._raise_quiet()
+
+    def _follow_switch(self) -> None:
+        """`[adaptive] enabled` turned off: the throttles go back to their static
+        limits (the records stay, and apply again when it is turned back on)."""
+        enabled = self.policy.enabled
+        if enabled == self._enabled:
+            return
+        self._enabled = enabled
+        for state in self.rates.values():
+            self._apply_rate(state.source, state.provider,
+                             state.rate if enabled else math.inf)
 
     async def _suspend(self, fired: _Fired) -> None:
         control = fired.control

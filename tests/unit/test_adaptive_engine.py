@@ -272,3 +272,17 @@ def test_a_table_that_refuses_writes_leaves_the_suspension_in_force_here() -> No
     rig.settle()
     assert not rig.controls.empty
     assert [e["action"] for e in rig.events.records] == ["suspend"]
+
+
+def test_turning_the_engine_off_restores_the_static_rates_and_on_applies_them_again() -> None:
+    rig = Rig()
+    rig.send(GOOGLE, [THROTTLE] * 10)
+    rig.settle()
+    assert rig.applied == [("s1", "google", 50.0)]
+    on = rig.handle.current
+    rig.handle.update(parse_policy(POLICY.replace("[adaptive]\n", "[adaptive]\nenabled = false\n")))
+    rig.settle()
+    assert rig.applied[-1] == ("s1", "google", float("inf"))
+    rig.handle.update(on)
+    rig.settle()
+    assert rig.applied[-1] == ("s1", "google", 50.0)

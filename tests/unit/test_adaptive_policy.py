@@ -184,3 +184,15 @@ max_rate = "300/s"
     assert "no throttle sets max_rate for microsoft" in summary
     assert adaptive_summary(parse_policy(BASE + "[adaptive]\nenabled = false\n")) == \
         "adaptive: off ([adaptive] enabled = false)"
+
+
+def test_the_readme_section_parses_and_replaces_two_starter_rules() -> None:
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("\n## Adaptive deliverability\n"):]
+    start = section.index("```toml\n") + len("```toml\n")
+    adaptive = parse_policy(BASE + section[start:section.index("```", start)]).adaptive
+    assert adaptive.enabled and (adaptive.floor, adaptive.step, adaptive.quiet) == (1, 1, 60)
+    names = [r.name for r in adaptive.rules]
+    assert names[:2] == ["gmail-rate-limited", "outlook-blocklisted"]
+    assert len(names) == len(set(names)) == 8  # the starter's versions were replaced

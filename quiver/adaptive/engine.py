@@ -244,7 +244,10 @@ class AdaptiveEngine:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
-            await self.settle()
+            try:
+                await self.settle()
+            except Exception:  # a bug here must not stop the sender's deliveries
+                log.exception("adaptive engine: a change was not carried out")
 
     async def settle(self) -> None:
         """Carry out what fired, then raise what was quiet long enough."""

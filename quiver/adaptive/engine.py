@@ -253,6 +253,9 @@ class AdaptiveEngine:
         """Carry out what fired, then raise what was quiet long enough."""
         self._wake.clear()
         self._follow_switch()
+        now = self._clock()
+        # Suspensions that ended are forgotten (tenants and campaigns come and go).
+        self._suspended = {k: until for k, until in self._suspended.items() if until > now}
         pending, self._pending = self._pending, []
         for fired in pending:
             if fired.control is not None:

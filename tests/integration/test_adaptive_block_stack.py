@@ -10,6 +10,10 @@ delta.test (both senders' mail goes through local1, the only source of the pool)
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -117,6 +121,16 @@ def test_a_block_reply_suspends_the_source_and_provider_on_both_senders(
         assert [(e["action"], e["rule"], e["selector"]) for e in suspensions] == [
             ("suspend", "test-blocklisted", {"source": "local1", "provider": PAUSED_PROVIDER})]
         assert suspensions[0]["until"] is not None
+
+        # `quiver trace` of the blocked recipient names the suspension beside its events.
+        traced = subprocess.run([sys.executable, "-m", "quiver", "trace", blocked_rcpt,
+                                 "--json"], env={**os.environ, **stack.env()},
+                                capture_output=True, text=True, timeout=120)
+        assert traced.returncode == 0, traced.stderr
+        shown = json.loads(traced.stdout)["events"]
+        assert [e["event"] for e in shown if e.get("rcpt")][-1] == "delivered"
+        assert [(e["event"], e.get("actor"), e.get("rule")) for e in shown
+                if not e.get("rcpt")] == [("control", "adaptive", "test-blocklisted")]
 
 
 def datetime_of(record: dict) -> float:

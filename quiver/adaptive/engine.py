@@ -38,7 +38,7 @@ from quiver.adaptive.state import RateState
 from quiver.adaptive.suspend import WHO, selector_for, suspension
 from quiver.adaptive.window import WindowCount
 from quiver.controls.active import ActiveControls
-from quiver.controls.model import Control
+from quiver.controls.model import Control, ControlError
 from quiver.delivery import MESSAGE_LABELS, Attempt
 from quiver.events import rfc3339_ms
 from quiver.policy.adaptive import AdaptivePolicy, ResponseRule
@@ -215,7 +215,12 @@ class AdaptiveEngine:
         held = tuple(sorted(selector.items()))
         if self._suspended.get(held, -math.inf) > now:
             return
-        control = suspension(rule, selector, reason=reason, now=now)
+        try:
+            control = suspension(rule, selector, reason=reason, now=now)
+        except ControlError as exc:
+            log.warning("adaptive: rule %s cannot suspend %s: %s", rule.name, selector, exc)
+            self._suspended[held] = now + (rule.duration or 0.0)  # said once per duration
+            return
         self._suspended[held] = control.expires_at or now
         if self._controls is not None:
             # In force here before the next delivery; the table tells the others.

@@ -301,6 +301,9 @@ def test_a_suspension_is_a_pause_by_adaptive_with_an_id_per_rule_selector_and_se
                                                                    700.2)
     assert one.id == same_second.id != later.id and one.id.startswith("adaptive-")
     assert selector_for(rule, source="s1", provider=None, tenant=None, campaign=None) is None
+    # A control's reason is one line, whatever the reply said.
+    assert suspension(rule, selector, reason="a\r\nb\0c " + "x" * 600, now=1.0).reason == \
+        ("a b c " + "x" * 600)[:500]
 
 
 def test_the_local_mx_blocks_a_blocklisted_address_once() -> None:
@@ -314,3 +317,13 @@ def test_the_local_mx_blocks_a_blocklisted_address_once() -> None:
     policy, _ = adaptive_section({}, providers={"microsoft"})
     rule = rule_for(policy, "microsoft", parse_reply(int(code), text))
     assert rule is not None and rule.name == "outlook-blocklisted" and rule.action == "suspend"
+
+
+def test_a_tenant_label_no_control_can_name_is_logged_not_raised() -> None:
+    rig = Rig()
+    token = MESSAGE_LABELS.set(Labels(tenant="acme corp!"))  # a space: not a selector value
+    try:
+        rig.send(GOOGLE, [Reply(550, "5.7.1", "too many user complaints\r\nsecond line")])
+    finally:
+        MESSAGE_LABELS.reset(token)
+    assert rig.controls.empty and rig.engine.fired == 0

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -36,9 +37,10 @@ from quiver.events import FINAL_EVENTS
 pytestmark = pytest.mark.integration
 
 PROMISED = 10.0
-# Long enough to see the pause hold past the 10 s on both senders, short enough to
-# see it lift.
-DURATION = 25.0
+# Long enough to see the pause hold past the 10 s on both senders and in `quiver
+# status` (each sender's record comes with its heartbeat, every 10 s), short enough
+# to see it lift.
+DURATION = 30.0
 ADAPTIVE = f"""
 [controls]
 poll = "2s"
@@ -99,6 +101,18 @@ def test_a_block_reply_suspends_the_source_and_provider_on_both_senders(
             print(f"adaptive suspension in force on both senders {latency:.2f}s after the "
                   "block reply")
             assert latency <= PROMISED, (latency, during)
+
+            def status_shows_it() -> bool:
+                done = subprocess.run([sys.executable, "-m", "quiver", "status"],
+                                      env={**os.environ, **stack.env()}, capture_output=True,
+                                      text=True, timeout=60)
+                return done.returncode == 0 and any(
+                    line.startswith("adaptive suspension: source=local1 provider="
+                                    f"{PAUSED_PROVIDER} until ")
+                    for line in done.stdout.splitlines())
+
+            drill.wait_until("the suspension in `quiver status`", status_shows_it,
+                             timeout=max(1.0, blocked + DURATION - 2 - time.time()))
             drill.wait_until(f"mail to {PAUSED_DOMAIN} after the suspension",
                              lambda: drill.flowing(PAUSED_DOMAIN, after=blocked + DURATION),
                              timeout=DURATION + 60)

@@ -31,7 +31,8 @@ from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
 from quiver.storage.base import RateStore
-from quiver.storage.dynamo import DynamoControls, DynamoRates
+from quiver.storage.dynamo import DynamoControls
+from quiver.storage.dynamo_rates import DynamoRates
 from quiver.storage.memory import MemoryControls, MemoryEventSink
 
 pytestmark = pytest.mark.integration

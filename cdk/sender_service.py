@@ -35,12 +35,10 @@ from quiver.emf import NAMESPACE
 from quiver.policy import Policy
 from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
+from quiver.storage.dynamo_rates import PK as RATE_PARTITION
 from quiver.storage.dynamo_warmup import PK as WARMUP_PARTITION
 
 CONTAINER_NAME = "sender"
-# The controls table's partitions a sender may write (shared counts); the rest of the
-# table, the operators' controls, it only reads.
-SENDER_WRITABLE_PARTITIONS = (WARMUP_PARTITION,)
 ENV_POLICY_RESTART_DIGEST = "QUIVER_POLICY_RESTART_DIGEST"
 # ECS runs this inside the container (so loopback reaches the status endpoint) with
 # the image's own Python: python:3.11-slim has no curl. urlopen raises on a 503, so
@@ -59,6 +57,11 @@ BASE_IMAGE_FILE = "image/base-image"
 PINNED_BASE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 # Scale out fast when the oldest message waits this long: mail is getting late.
 OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
+# The controls table's partitions a sender task may write (dynamodb:LeadingKeys): the
+# adaptive engine's suspensions ("control") and shared rates ("adaptive-rate"), and the
+# warm-up caps taken, a day's outcomes and the warm-up day ("warmup"). A new kind of
+# sender-written state adds its partition here.
+SENDER_WRITABLE_PARTITIONS: tuple[str, ...] = (RATE_PARTITION, "control", WARMUP_PARTITION)
 
 
 class SenderService(Construct):
@@ -217,18 +220,19 @@ class SenderService(Construct):
         )
         policy_object.grant_read(self.task_role)
         if controls_table is not None:
-            # Read-only: a sender only follows controls; `quiver ctl`, run with an
-            # operator's credentials, writes them.
+            # A sender reads every control; `quiver ctl`, run with an operator's
+            # credentials, writes the operator's.
             self.task_role.add_to_principal_policy(iam.PolicyStatement(
                 sid="ReadOperatorControls",
                 actions=["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"],
                 resources=[controls_table.table_arn],
             ))
-            # Counts senders share (warm-up caps taken, a day's outcomes, the warm-up
-            # day): written only under their own partition keys, never a control.
+            # The adaptive engine's suspensions and shared rates, and the warm-up counts,
+            # written only under their own partition keys. No delete, so a sender cannot
+            # lift an operator's pause or stop.
             self.task_role.add_to_principal_policy(iam.PolicyStatement(
-                sid="WriteSharedCounts",
-                actions=["dynamodb:UpdateItem", "dynamodb:PutItem"],
+                sid="WriteSenderPartitions",
+                actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
                 resources=[controls_table.table_arn],
                 conditions={"ForAllValues:StringEquals": {
                     "dynamodb:LeadingKeys": list(SENDER_WRITABLE_PARTITIONS)}},

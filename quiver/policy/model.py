@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.adaptive import AdaptivePolicy
 from quiver.policy.controls import ControlsPolicy
 from quiver.policy.data import DataPolicy
 from quiver.policy.feedback import FeedbackPolicy
@@ -249,6 +250,8 @@ class Policy:
     warmup: WarmupPolicy = field(default_factory=WarmupPolicy)
     # When a tenant's or campaign's complaint or bounce rate pauses it (policy/guards.py).
     guards: GuardsPolicy = field(default_factory=GuardsPolicy)
+    # Response rules and AIMD send rates (quiver/policy/adaptive.py, quiver/adaptive).
+    adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

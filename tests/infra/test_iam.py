@@ -191,13 +191,13 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
         "FinalEventsOfRedeliveredMessages": (
             ["dynamodb:Query"], ["{'Fn::GetAtt': ['FinalsTable', 'Arn']}"],
         ),
-        # Read-only: `quiver ctl` writes the controls with an operator's credentials.
+        # `quiver ctl` writes the operator's controls with an operator's credentials.
         "ReadOperatorControls": (
             ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
-        # Under its own partitions only (the condition is checked below).
-        "WriteSharedCounts": (
+        # The adaptive engine's and the warm-up's partitions (the condition: below).
+        "WriteSenderPartitions": (
             ["dynamodb:PutItem", "dynamodb:UpdateItem"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
@@ -210,15 +210,6 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
             ["arn:aws:secretsmanager:us-east-1:${AWS::AccountId}:secret:quiver/dkim/*"],
         ),
     }
-
-
-def test_sender_writes_the_controls_table_only_under_its_shared_count_partitions(
-    service: dict[str, Any]
-) -> None:
-    role = role_of(service, "TaskRoleArn")
-    writes = [s for s in role_statements(service, role) if s["Sid"] == "WriteSharedCounts"]
-    assert [s["Condition"] for s in writes] == [
-        {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["warmup"]}}]
 
 
 def test_sender_execution_role_only_pulls_its_image_and_writes_its_logs(
@@ -277,3 +268,15 @@ def test_export_function_writes_only_event_objects_final_event_claims_and_guards
     # The SQS event source's own permissions, on the events queue only.
     assert others == {"sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
                       "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"}
+
+
+def test_sender_writes_the_controls_table_only_in_its_partitions(
+    service: dict[str, Any]
+) -> None:
+    """No delete, and puts only under the leading keys the adaptive engine and the
+    warm-up own: a sender cannot lift an operator's stop, nor write another partition."""
+    role = role_of(service, "TaskRoleArn")
+    (statement,) = [s for s in role_statements(service, role)
+                    if s["Sid"] == "WriteSenderPartitions"]
+    assert statement["Condition"] == {"ForAllValues:StringEquals": {
+        "dynamodb:LeadingKeys": ["adaptive-rate", "control", "warmup"]}}

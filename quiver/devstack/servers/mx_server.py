@@ -281,6 +281,8 @@ class _Connection(SMTP):
         return None if ssl_object is None else str(ssl_object.version())
 
     async def push(self, status: str) -> None:  # type: ignore[override]
+        if self.close_after_reply and (self.transport is None or self.transport.is_closing()):
+            return  # closed after a gate's 421: commands already read get no reply
         if self.txn.tarpit:
             await asyncio.sleep(self.hooks.config.tarpit_seconds)
         await super().push(status)

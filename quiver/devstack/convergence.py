@@ -194,18 +194,30 @@ def run_once(root: Path, settings: RunSettings, *,
             feeder.start()
             try:
                 runner = Runner(stack, mx, settings, say=say)
-                phases = [runner.phase(runner.first_traffic(), settings.hidden_rate, feeder)]
+                first = runner.first_traffic()
+                starts = [first]
+                phases = [runner.phase(first, settings.hidden_rate, feeder)]
                 if settings.changed_rate > 0:
                     mx.set_rate(settings.changed_rate)
                     say(f"hidden rate now {settings.changed_rate:g}/s")
-                    start = math.ceil(mx.gate.now())
-                    phases.append(runner.phase(start, settings.changed_rate, feeder))
+                    starts.append(math.ceil(mx.gate.now()))
+                    phases.append(runner.phase(starts[-1], settings.changed_rate, feeder))
             finally:
                 feeder.stop()
+                # The sender stops before its MX does: nothing is mid-transaction there.
+                for process in stack.senders:
+                    stack.stop_sender(process)
+            end = math.floor(mx.gate.now())
+            rows = [(c.second, c.accepted, c.refused) for c in mx.gate.counts(since=first)]
+            seconds = per_second(rows, start=first, end=end)
             return {
                 "adaptive": settings.adaptive,
                 "messages_enqueued": feeder.sent,
                 "phases": [p.as_dict() for p in phases],
+                # Second by second from the first attempt: what the figures came from.
+                "phase_starts": [s - first for s in starts],
+                "accepted_per_second": [s.accepted for s in seconds],
+                "refused_per_second": [s.refused for s in seconds],
             }
     finally:
         stack.stop()

@@ -43,11 +43,29 @@ def _rate(value: float) -> str:
     return f"{value:g}/s"
 
 
+# How the sender adapts here. Compressed like the local stack's retry schedule: in
+# production a quiet window is a minute and a step 1/s, and finding a rate takes
+# that many minutes; here it takes seconds, so a test can watch it. The reduce
+# factor is gentle (0.85, not the default 0.7): after each cut the rate stays within
+# 20 % of the limit it just touched, instead of dropping a third below it.
+ADAPTIVE_SETTINGS: dict[str, Any] = {"floor": "1/s", "step": "2/s", "quiet": "2s"}
+REDUCE_FACTOR = 0.85
+# A rule window is also the least time between two cuts: the refusals of one
+# overshoot arrive together and count once.
+RULE_WINDOW = "2s"
+# The (source, site) backoff after a 421, shortened like the rest of the local retry
+# schedule (the stack's own is 2 s, production's 60 s). Every cut starts with a 421,
+# which closes the connection and backs the source off that MX: at 2 s, each one
+# leaves a gap that takes the rolling rate out of the band, and the run would
+# measure the backoff rather than the rate.
+SITE_BACKOFF = "500ms"
+
+
 def policy_fragment(*, hidden_rate: float, adaptive: bool,
                     adaptive_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merged over the local stack's policy (see policy_fragment): provider `sim`, its
     static limit for SOURCE, and adaptation on (with a rule for `sim`) or off."""
-    fragment: dict[str, Any] = {
+    return {
         "providers": {PROVIDER: [MX_HOST]},
         # A fragment's [[throttles]] replaces the generated list, so it restates the
         # generated catch-all beside the provider's limit.
@@ -56,10 +74,10 @@ def policy_fragment(*, hidden_rate: float, adaptive: bool,
             {"source": SOURCE, "provider": PROVIDER,
              "max_rate": _rate(STATIC_FACTOR * hidden_rate)},
         ],
+        "retry": {"site_backoff": SITE_BACKOFF},
+        "adaptive": (adaptive_fragment(adaptive_settings) if adaptive
+                     else {"enabled": False}),
     }
-    fragment["adaptive"] = (adaptive_fragment(adaptive_settings) if adaptive
-                            else {"enabled": False})
-    return fragment
 
 
 def adaptive_fragment(settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,11 +85,13 @@ def adaptive_fragment(settings: dict[str, Any] | None) -> dict[str, Any]:
     rule = {
         "name": "sim-rate-limited",
         "provider": PROVIDER,
+        "code": 421,
         "enhanced": "4.7.28",
+        "window": RULE_WINDOW,
         "action": "reduce",
-        "window": "10s",
+        "factor": REDUCE_FACTOR,
     }
-    return {"enabled": True, "rules": [rule], **(settings or {})}
+    return {"enabled": True, **ADAPTIVE_SETTINGS, **(settings or {}), "rules": [rule]}
 
 
 def start_sim_mx(stack: LocalStack, *, hidden_rate: float) -> ThrottledMx:

@@ -16,12 +16,19 @@ Prints figures, never fails on time.
     .venv/bin/python bench/sender_cpu.py --messages 2000 --runs 3 --json
     .venv/bin/python bench/sender_cpu.py --recipients 3 --return-path   # signed VERP
     .venv/bin/python bench/sender_cpu.py --recipients 3 --unsubscribe   # RFC 8058 headers
+    .venv/bin/python bench/sender_cpu.py --adaptive on --json            # the engine's cost
 
 `--return-path` turns on policy `return_path` for the From domain: a signed MAIL
 FROM per recipient and one transaction each, the tokens' references stored in
 the in-memory store; `--return-path dynamo` stores them as production does, in
 DynamoDB (moto's server, started here; its own CPU is not counted, the boto3
 client's is).
+
+`--adaptive on` runs the adaptive engine (quiver/adaptive) as the sender does: it
+sees every delivery's attempts and matches the refusals against the rules of the
+destination's provider (the sink is made provider "google", with the four starter
+rules for it). `--adaptive off` (the default) runs the same policy with `[adaptive]
+enabled = false`; compare the two for the engine's cost per message.
 
 `--unsubscribe` turns on policy `unsubscribe` for the From domain: List-Unsubscribe
 and List-Unsubscribe-Post with a signed token per recipient, added before DKIM
@@ -47,6 +54,8 @@ from typing import Any
 
 from rig import cpu_us_per_call, rsa_sign_us, start_sink
 
+from quiver.adaptive.change import ChangeRecorder
+from quiver.adaptive.engine import AdaptiveEngine
 from quiver.bounce import default_classifier
 from quiver.devstack.moto_server import client as moto_client
 from quiver.devstack.moto_server import start_moto
@@ -100,6 +109,10 @@ sources = ["a", "b"]
 source = "*"
 max_connections = 12
 max_messages_per_connection = 1000
+[providers]
+google = ["127.0.0.1"]
+[adaptive]
+enabled = {adaptive}
 """
 RETURN_PATH = """
 [return_path]
@@ -186,7 +199,8 @@ def cpu() -> float:
 
 
 async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
-    text = POLICY.format(port=port, rcpt_domain=RCPT_DOMAIN)
+    text = POLICY.format(port=port, rcpt_domain=RCPT_DOMAIN,
+                         adaptive="true" if args.adaptive == "on" else "false")
     if args.return_path:
         text += RETURN_PATH.format(from_domain=FROM_DOMAIN)
     elif args.unsubscribe:
@@ -201,6 +215,10 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     completer = Completer(queue=queue, dlq=ListQueue(), sink=SqsEventSink(events))
     scheduler = Scheduler(policy=policy, resolver=MxResolver(routes=dict(policy.delivery.routes)),
                           picker=SourcePicker(policy))
+    # As wiring builds it; with the engine off (the policy says so) it returns at once.
+    engine = AdaptiveEngine(policy=scheduler.policy, recorder=ChangeRecorder(None),
+                            static_max=scheduler.static_rate, apply_rate=scheduler.adapt)
+    scheduler.observe = engine.observe
     # As the sender runs it: private-key operations on delivery.signing_threads threads.
     threads = policy.delivery.signing_threads if args.signing_threads is None else (
         args.signing_threads)
@@ -263,7 +281,8 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     return {
         "messages": args.messages, "runs": args.runs, "message_bytes": MESSAGE_BYTES,
         "recipients": args.recipients, "return_path": args.return_path,
-        "unsubscribe": args.unsubscribe,
+        "unsubscribe": args.unsubscribe, "adaptive": args.adaptive,
+        "adaptive_rules_matched": engine.fired,
         "sender_cpu_us_per_msg": total,
         "rsa_sign_us": rsa_us,
         "dkim_sign_us": dkim_us,
@@ -289,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         "references stored in memory (default) or DynamoDB on moto")
     p.add_argument("--unsubscribe", action="store_true",
                    help="one-click unsubscribe headers, a signed copy per recipient")
+    p.add_argument("--adaptive", choices=["on", "off"], default="off",
+                   help="run the adaptive engine on every delivery (default off)")
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:

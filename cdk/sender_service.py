@@ -55,6 +55,10 @@ BASE_IMAGE_FILE = "image/base-image"
 PINNED_BASE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 # Scale out fast when the oldest message waits this long: mail is getting late.
 OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
+# The controls table's partitions a sender task may write (dynamodb:LeadingKeys): the
+# adaptive engine's suspensions ("control") and shared rates ("adaptive-rate"). A new
+# kind of sender-written state adds its partition here.
+SENDER_CONTROL_PARTITIONS: tuple[str, ...] = ("adaptive-rate", "control")
 
 
 class SenderService(Construct):
@@ -213,12 +217,22 @@ class SenderService(Construct):
         )
         policy_object.grant_read(self.task_role)
         if controls_table is not None:
-            # Read-only: a sender only follows controls; `quiver ctl`, run with an
-            # operator's credentials, writes them.
+            # A sender reads every control; `quiver ctl`, run with an operator's
+            # credentials, writes the operator's.
             self.task_role.add_to_principal_policy(iam.PolicyStatement(
                 sid="ReadOperatorControls",
                 actions=["dynamodb:Query", "dynamodb:Scan", "dynamodb:GetItem"],
                 resources=[controls_table.table_arn],
+            ))
+            # The adaptive engine writes its suspensions (partition "control") and the
+            # shared rates ("adaptive-rate"), and nothing else in the table: no delete,
+            # so a sender cannot lift an operator's pause or stop.
+            self.task_role.add_to_principal_policy(iam.PolicyStatement(
+                sid="WriteAdaptiveControls",
+                actions=["dynamodb:PutItem", "dynamodb:UpdateItem"],
+                resources=[controls_table.table_arn],
+                conditions={"ForAllValues:StringEquals": {
+                    "dynamodb:LeadingKeys": list(SENDER_CONTROL_PARTITIONS)}},
             ))
         self.service = ecs.FargateService(
             self, "Service",

@@ -12,7 +12,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quiver.policy import Policy
 
 
 def _nameservers(spec: str | None) -> list[tuple[str, int]] | None:
@@ -140,7 +143,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         f"{args.file}: ok ({len(policy.sources)} sources, {len(policy.pools)} pools, "
         f"{len(policy.throttles)} throttles, {len(policy.dkim)} DKIM keys)"
     )
+    print(adaptive_summary(policy))
     return 0
+
+
+def adaptive_summary(policy: Policy) -> str:
+    """What the adaptive engine will do under `policy`: its rules per provider, and the
+    providers whose reduce rules have no max_rate to cut (they only log)."""
+    from quiver.policy.adaptive import starter_rules
+    from quiver.scheduler.throttle import Destination, resolve
+
+    adaptive = policy.adaptive
+    if not adaptive.enabled:
+        return "adaptive: off ([adaptive] enabled = false)"
+    starter = {r.name for r in starter_rules()}
+    own = sum(1 for r in adaptive.rules if r.name not in starter)
+    by_provider: dict[str, int] = {}
+    for rule in adaptive.rules:
+        by_provider[rule.provider] = by_provider.get(rule.provider, 0) + 1
+    line = (f"adaptive: on, {len(adaptive.rules)} response rules ({own} from this policy, "
+            f"{len(adaptive.rules) - own} starter): "
+            + ", ".join(f"{p} {n}" for p, n in sorted(by_provider.items())))
+    no_max = sorted({r.provider for r in adaptive.rules
+                     if r.action == "reduce" and r.provider != "*"
+                     and resolve(policy.throttles, Destination(
+                         source="*", site="", domain="", provider=r.provider,
+                         mx_hosts=())).max_rate is None})
+    if no_max:
+        line += ("\nadaptive: no throttle sets max_rate for " + ", ".join(no_max)
+                 + ": their reduce rules have no rate to cut (suspend rules still act)")
+    return line
 
 
 def cmd_return_path_rotate(args: argparse.Namespace) -> int:

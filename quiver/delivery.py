@@ -9,6 +9,7 @@ neither half of the engine imports the other.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +47,21 @@ class Path:
 
 
 NOWHERE = Path()
+
+
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """The tenant and campaign of the message being delivered."""
+
+    tenant: str | None = None
+    campaign: str | None = None
+
+
+NO_LABELS = Labels()
+# Set by the lifecycle around each message's delivery, read by whoever watches its
+# attempts (the adaptive engine's tenant and campaign rules) without the transport's
+# signature carrying labels it does not route by. Tasks started under it inherit it.
+MESSAGE_LABELS: ContextVar[Labels] = ContextVar("quiver_message_labels", default=NO_LABELS)
 
 
 @dataclass(frozen=True, slots=True)

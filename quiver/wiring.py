@@ -8,9 +8,12 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+from quiver.adaptive.change import ChangeRecorder
+from quiver.adaptive.engine import AdaptiveEngine
 from quiver.bounce import default_classifier
 from quiver.controls.active import ActiveControls, hold_reason
 from quiver.controls.poller import ControlPoller
@@ -44,6 +47,7 @@ from quiver.storage.dynamo import (
     DynamoControls,
     DynamoFinals,
     DynamoMembership,
+    DynamoRates,
     DynamoReturnPaths,
     DynamoSuppression,
 )
@@ -89,11 +93,12 @@ def build_sender(
     )
     outbound = sqs.queue(deployment.outbound_queue_url)
     metrics = OutcomeMetrics()
+    events = SqsEventSink(sqs.queue(deployment.events_queue_url))
     completer = Completer(
         on_durable=metrics.count,
         queue=outbound,
         dlq=sqs.queue(deployment.outbound_dlq_url),
-        sink=SqsEventSink(sqs.queue(deployment.events_queue_url)),
+        sink=events,
     )
     resolver = MxResolver(
         nameservers=nameservers,
@@ -114,11 +119,20 @@ def build_sender(
     # The live sections' one holder: the scheduler and the handler read it, a reload
     # updates it (the other readers above are restart-only).
     live = PolicyHandle(policy)
-    controls, poller = _controls(deployment, session, config, live)
+    control_store, rate_store = _control_tables(deployment, session, config)
+    controls = ActiveControls() if control_store is not None else None
     transport = Scheduler(
         policy=live, resolver=resolver, picker=picker, seat=membership.position, health=health,
         controls=controls,
     )
+    engine = AdaptiveEngine(
+        policy=live, recorder=ChangeRecorder(events, metrics_out=sys.stdout),
+        static_max=transport.static_rate, apply_rate=transport.adapt, controls=controls,
+        control_store=control_store, rate_store=rate_store)
+    transport.observe = engine.observe
+    poller = ControlPoller(control_store, controls, rates=rate_store, on_rates=engine.shared,
+                           interval=lambda: live.current.controls.poll) \
+        if control_store is not None and controls is not None else None
     # Sources, providers and nodes are restart-only: the metrics' bounds are fixed here.
     metrics.sources = SourceMetrics(sources=policy.sources, providers=policy.providers,
                                     connections=transport.connections)
@@ -126,7 +140,7 @@ def build_sender(
                                 waiting=transport.waiting_on_limits,
                                 nodes=sorted(policy.proxy.nodes), down=lambda: health.down)
     board = StatusBoard(task_id=me, policy=live, scheduler=transport, health=health,
-                        share=membership.share,
+                        share=membership.share, adaptive=engine.status,
                         controls=_control_rows(controls) if controls is not None else None,
                         paused=_paused(controls) if controls is not None else None)
     if server is not None:
@@ -179,7 +193,7 @@ def build_sender(
         log.warning("the outbound queue's maxReceiveCount is not set (%s): a message that "
                     "keeps failing reaches the DLQ without `failed` events",
                     ENV_OUTBOUND_MAX_RECEIVES)
-    services = [membership.run, metrics.run, health.run,
+    services = [membership.run, metrics.run, health.run, engine.run,
                 *([refresher.run] if refresher is not None else []),
                 *([writer.run] if writer else []),
                 *([poller.run] if poller is not None else [])]
@@ -227,18 +241,18 @@ def _paused(controls: ActiveControls) -> Paused:
     return paused
 
 
-def _controls(deployment: Deployment, session: Any, config: Any,
-              live: PolicyHandle) -> tuple[ActiveControls | None, ControlPoller | None]:
-    """Operator controls (`quiver ctl`) from the controls table, polled every
-    `[controls] poll`; none without a table (a tool's sender)."""
+def _control_tables(deployment: Deployment, session: Any,
+                    config: Any) -> tuple[DynamoControls | None, DynamoRates | None]:
+    """Operator controls (`quiver ctl`) and the adaptive rates, both in the controls
+    table, polled every `[controls] poll`; none without a table (a tool's sender: its
+    adaptive rates stay its own)."""
     if not deployment.controls_table:
         log.warning("no controls table (QUIVER_CONTROLS_TABLE): operator controls "
                     "(pause, admin bounce, stop) are not followed")
         return None, None
-    controls = ActiveControls()
-    store = DynamoControls(session.client("dynamodb", config=config), deployment.controls_table)
-    return controls, ControlPoller(store, controls,
-                                   interval=lambda: live.current.controls.poll)
+    client = session.client("dynamodb", config=config)
+    return (DynamoControls(client, deployment.controls_table),
+            DynamoRates(client, deployment.controls_table))
 
 
 def _return_paths(

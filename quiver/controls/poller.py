@@ -18,8 +18,9 @@ import math
 import time
 from collections.abc import Callable
 
+from quiver.adaptive.state import RateState
 from quiver.controls.active import ActiveControls
-from quiver.storage.base import ControlStore, StorageError
+from quiver.storage.base import ControlStore, RateStore, StorageError
 
 log = logging.getLogger("quiver.controls")
 
@@ -29,8 +30,14 @@ WARNING_INTERVAL = 60.0
 class ControlPoller:
     def __init__(self, store: ControlStore, controls: ActiveControls, *,
                  interval: Callable[[], float],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rates: RateStore | None = None,
+                 on_rates: Callable[[list[RateState]], None] | None = None) -> None:
         self._store = store
+        # The adaptive rates beside the controls (same table), read on the same poll
+        # and handed to `on_rates` (the adaptive engine paces the throttles by them).
+        self._rates = rates
+        self._on_rates = on_rates
         self.controls = controls
         # Read at each wait: a policy reload changes it.
         self._interval = interval
@@ -54,6 +61,16 @@ class ControlPoller:
             return False
         self.reads += 1
         self.controls.replace(found)
+        if self._rates is not None and self._on_rates is not None:
+            try:
+                self._on_rates(await self._rates.rates())
+            except StorageError as exc:
+                self.failures += 1
+                now = self._clock()
+                if now - self._warned_at >= WARNING_INTERVAL or now < self._warned_at:
+                    self._warned_at = now
+                    log.warning("adaptive rates unreadable (%s): keeping the rates last "
+                                "read", exc)
         return True
 
     async def load(self, stop: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from quiver.policy.adaptive import adaptive_section
 from quiver.policy.controls import parse_controls
 from quiver.policy.data import parse_data
 from quiver.policy.feedback import feedback_section
@@ -62,6 +63,7 @@ _TOP_KEYS = {
     "version", "default_pool", "proxy", "sources", "pools", "providers", "throttles", "dkim",
     "retry", "delivery", "intake", "content", "tls", "feedback",
     "local_only", "return_path", "suppression", "unsubscribe", "controls", "data",
+    "adaptive",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -264,6 +266,8 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         data.get("unsubscribe"), return_path=return_path, dkim=dkim, local_only=local_only,
         feedback_addresses=feedback.addresses)
     c.problems.extend(unsubscribe_problems)
+    adaptive, adaptive_problems = adaptive_section(data.get("adaptive"), providers=providers)
+    c.problems.extend(adaptive_problems)
 
     if c.problems:
         raise PolicyError(c.problems, origin)
@@ -288,6 +292,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         feedback=feedback,
         unsubscribe=unsubscribe,
         data=data_policy,
+        adaptive=adaptive,
     )
 
 

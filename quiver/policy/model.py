@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, LongLines
+from quiver.policy.adaptive import AdaptivePolicy
 from quiver.policy.controls import ControlsPolicy
 from quiver.policy.data import DataPolicy
 from quiver.policy.feedback import FeedbackPolicy
@@ -243,6 +244,8 @@ class Policy:
     unsubscribe: UnsubscribePolicy = field(default_factory=UnsubscribePolicy)
     # How long recorded data is kept; applied at deploy (quiver/policy/data.py).
     data: DataPolicy = field(default_factory=DataPolicy)
+    # Response rules and AIMD send rates (quiver/policy/adaptive.py, quiver/adaptive).
+    adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

@@ -179,6 +179,9 @@ class Budgets:
         self.clock = clock
         self._connections: dict[tuple[str, ...], ConnectionBudget] = {}
         self._rates: dict[tuple[str, ...], RateLimiter] = {}
+        # Cluster-wide rates the adaptive engine set per (source, provider), messages
+        # per second: a queue's max_rate is paced at the lower of the two.
+        self.adapted: dict[tuple[str, str], float] = {}
 
     def connections(self, key: tuple[str, ...], limit: int) -> ConnectionBudget:
         budget = self._connections.get(key)

@@ -200,10 +200,16 @@ class ReadyQueue:
         self._budget: ConnectionBudget = budgets.connections(key, self._conn_limit)
         self._per_conn = limits.max_messages_per_connection or DEFAULT_MAX_MESSAGES_PER_CONNECTION
         rate = limits.max_rate
-        self._rate: RateLimiter | None = (
-            budgets.rate(rate.key, rate.value.per_second)
-            if rate is not None and not isinstance(rate.value, int) else None
-        )
+        self.static_rate = (rate.value.per_second
+                            if rate is not None and not isinstance(rate.value, int) else None)
+        self._rate: RateLimiter | None = None
+        if rate is not None and self.static_rate is not None:
+            per_second = self.static_rate
+            # The adaptive engine's rate for this source and provider, if it cut one.
+            adapted = budgets.adapted.get((self.source.name, self.destination.provider or ""))
+            if adapted is not None:
+                per_second = min(per_second, adapted)
+            self._rate = budgets.rate(rate.key, per_second)
         # A rate set by the rule that sets the connection limit goes with that limit's
         # slots: the tasks that hold none of a small limit send none of its rate.
         self._rate_follows_slots = rate is not None and rate.key == key

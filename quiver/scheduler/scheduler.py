@@ -85,6 +85,8 @@ class Scheduler:
         self.queues: dict[tuple[str, str], ReadyQueue] = {}
         # For the live status (quiver.status): what each site said last when it failed.
         self.last_errors = LastErrors(clock=clock)
+        # Sees every delivery's attempts (the adaptive engine); None: nobody watches.
+        self.observe: Callable[[Sequence[Attempt]], None] | None = None
 
     async def deliver(
         self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes,
@@ -133,6 +135,8 @@ class Scheduler:
                 continue
             queue.outcomes.add(attempts)
             self.last_errors.add(route.site, attempts)
+            if self.observe is not None:
+                self.observe(attempts)
             return attempts
         assert last is not None
         return [Attempt(rcpt=r, reply=last.reply, counts=False) for r in recipients]
@@ -178,6 +182,24 @@ class Scheduler:
             released += queue.release(held)
         if released:
             log.info("operator controls: %d queued deliveries held back", released)
+
+    def static_rate(self, source: str, provider: str) -> float | None:
+        """The max_rate (messages per second, cluster-wide) policy's throttles set for
+        `source` at `provider`, whatever the site: the adaptive engine's ceiling."""
+        limits = resolve(self.policy.current.throttles, Destination(
+            source=source, site="", domain="", provider=provider, mx_hosts=()))
+        rate = limits.max_rate
+        return None if rate is None or isinstance(rate.value, int) else rate.value.per_second
+
+    def adapt(self, source: str, provider: str, per_second: float) -> None:
+        """The cluster's adapted rate for (source, provider): the queues there pace at
+        the lower of it and their static rate from now on."""
+        if self.budgets.adapted.get((source, provider)) == per_second:
+            return
+        self.budgets.adapted[(source, provider)] = per_second
+        for queue in self.queues.values():
+            if queue.source.name == source and (queue.destination.provider or "") == provider:
+                queue.rebind(self.budgets)
 
     def apply_policy(self, policy: Policy) -> None:
         """Policy reload: update the handle, then rebind."""

@@ -48,7 +48,7 @@ from quiver.bounce import Classifier
 from quiver.content import ContentError, prepare, seven_bit
 from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hold_until
 from quiver.controls.model import Control
-from quiver.delivery import Attempt, Transport
+from quiver.delivery import MESSAGE_LABELS, NO_LABELS, Attempt, Labels, Transport
 from quiver.dkim import DkimError, SignerSet
 from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError, LastReply
@@ -386,6 +386,15 @@ class MessageHandler:
             return None
 
     async def _deliver(self, received: Received, prepared: _Prepared) -> Completion:
+        env = prepared.env
+        labels = MESSAGE_LABELS.set(Labels(env.tenant, env.campaign)
+                                    if env.tenant or env.campaign else NO_LABELS)
+        try:
+            return await self._deliver_labelled(received, prepared)
+        finally:
+            MESSAGE_LABELS.reset(labels)
+
+    async def _deliver_labelled(self, received: Received, prepared: _Prepared) -> Completion:
         env, message = prepared.env, prepared.message
         pool = env.pool or self._policy.current.default_pool
         return_paths = await self._return_paths_for(env, prepared.from_domain)

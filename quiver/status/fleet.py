@@ -31,6 +31,9 @@ class Fleet:
     proxies_down: dict[str, str] = field(default_factory=dict)
     # Active controls as the tasks report them, each once.
     controls: list[dict[str, Any]] = field(default_factory=list)
+    # The adaptive engine's rates below their static limit, per (source, provider):
+    # the newest record any task reports (tasks learn of a change a poll apart).
+    adaptive_rates: list[dict[str, Any]] = field(default_factory=list)
     # Live tasks without a readable record: task id -> why.
     unreadable: dict[str, str] = field(default_factory=dict)
     # Tasks whose heartbeat is past their stale bound (left out).
@@ -39,13 +42,15 @@ class Fleet:
     def as_json(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "queues": self.queues,
                 "queues_omitted": self.queues_omitted, "proxies_down": self.proxies_down,
-                "controls": self.controls, "unreadable": self.unreadable, "stale": self.stale}
+                "controls": self.controls, "adaptive_rates": self.adaptive_rates,
+                "unreadable": self.unreadable, "stale": self.stale}
 
 
 def aggregate(items: Sequence[SenderItem], *, now: float) -> Fleet:
     fleet = Fleet()
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     seen_controls: set[str] = set()
+    rates: dict[tuple[str, str], dict[str, Any]] = {}
     for item in sorted(items, key=lambda i: i.task_id):
         if now - item.heartbeat > (item.stale or DEFAULT_STALE):
             fleet.stale += 1
@@ -69,6 +74,10 @@ def aggregate(items: Sequence[SenderItem], *, now: float) -> Fleet:
             if key not in seen_controls:
                 seen_controls.add(key)
                 fleet.controls.append(control)
+        for rate in snap.get("adaptive", {}).get("rates", []):
+            pair = (str(rate.get("source")), str(rate.get("provider")))
+            if pair not in rates or rate.get("version", 0) > rates[pair].get("version", 0):
+                rates[pair] = rate
         errors = {e["site"]: e for e in snap.get("last_errors", [])}
         for queue in snap.get("queues", []):
             _merge(merged, queue, snap["task"], errors.get(queue["site"]))
@@ -76,6 +85,7 @@ def aggregate(items: Sequence[SenderItem], *, now: float) -> Fleet:
         total = queue["delivered"] + queue["deferred"] + queue["bounced"]
         queue["deferral_rate"] = round(queue["deferred"] / total, 4) if total else 0.0
     fleet.queues = sort_queues(list(merged.values()), "depth")
+    fleet.adaptive_rates = [rates[k] for k in sorted(rates)]
     return fleet
 
 

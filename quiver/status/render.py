@@ -4,13 +4,16 @@ status` prints and `quiver top` redraws)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from quiver.status.fleet import Fleet
 
 TASK_HEADER = ("TASK", "BEAT", "POLICY", "SHARE", "MSGS", "JOBS", "CONNS", "LOOP")
 QUEUE_HEADER = ("SOURCE", "SITE", "DEPTH", "RCPTS", "CONNS", "DEFER%", "STATE", "WHY / LAST ERROR")
 SORTS = {"depth": "depth", "deferrals": "deferral rate"}
+# The `who` of the adaptive engine's suspensions (quiver.adaptive.suspend.WHO).
+ADAPTIVE: Final = "adaptive"
 
 
 def _seconds(value: Any) -> str:
@@ -60,6 +63,22 @@ def _why(queue: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def adaptive_rate_line(rate: dict[str, Any]) -> str:
+    """`adaptive rate: local1 x google 20/s (static 40/s) since ...: why [rule]`."""
+    return (f"adaptive rate: {rate.get('source')} x {rate.get('provider')} "
+            f"{float(rate.get('rate', 0)):g}/s (static {float(rate.get('static_max', 0)):g}/s, "
+            f"{rate.get('action')}) since {rate.get('since')}: {rate.get('reason')} "
+            f"[rule {rate.get('rule')}]")
+
+
+def adaptive_suspension_line(control: dict[str, Any]) -> str:
+    what = " ".join(f"{k}={v}" for k, v in (control.get("selector") or {}).items())
+    until = control.get("expires_at")
+    when = "" if until is None else " until " + datetime.fromtimestamp(
+        float(until), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return f"adaptive suspension: {what}{when}: {control.get('reason') or '-'}"
+
+
 def queue_rows(queues: list[dict[str, Any]]) -> list[str]:
     rows: list[tuple[str, ...]] = [QUEUE_HEADER]
     for q in queues:
@@ -89,7 +108,11 @@ def render(fleet: Fleet, *, queues: list[dict[str, Any]] | None = None,
     for node, why in sorted(fleet.proxies_down.items()):
         lines.append(f"proxy {node} DOWN: {why or 'unknown'}")
     for control in fleet.controls:
-        lines.append(f"control: {json.dumps(control, sort_keys=True)}")
+        if control.get("who") == ADAPTIVE:
+            lines.append(adaptive_suspension_line(control))
+        else:
+            lines.append(f"control: {json.dumps(control, sort_keys=True)}")
+    lines += [adaptive_rate_line(rate) for rate in fleet.adaptive_rates]
     lines += ["", *queue_rows(shown)]
     if hidden:
         lines.append(f"... {hidden} more queue(s)")

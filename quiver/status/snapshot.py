@@ -41,6 +41,9 @@ from quiver.status.record import VERSION
 
 Controls = Callable[[], list[dict[str, Any]]]
 Paused = Callable[[Destination], str | None]
+# The adaptive engine's part: its adapted rates and the suspensions it put in force.
+Adaptive = Callable[[], dict[str, Any]]
+NO_ADAPTIVE: dict[str, Any] = {"enabled": False, "rates": [], "suspensions": []}
 
 
 def rfc3339(seconds: float) -> str:
@@ -63,6 +66,7 @@ class StatusBoard:
     loop_age: Callable[[], float | None] = lambda: None
     controls: Controls | None = None
     paused: Paused | None = None
+    adaptive: Adaptive | None = None
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
@@ -101,6 +105,7 @@ class StatusBoard:
             "queues_omitted": 0,
             "proxies": self._proxies(),
             "controls": self.controls() if self.controls is not None else [],
+            "adaptive": self.adaptive() if self.adaptive is not None else NO_ADAPTIVE,
             "last_errors": [
                 {"site": site, "at": at(e.at), "source": e.source, "code": e.code,
                  "enhanced": e.enhanced, "text": e.text}

@@ -115,7 +115,7 @@ class Top:
         fleet = self._fleet
         # Room for the queue rows: the screen less the header, tasks and notes.
         fixed = 6 + len(fleet.tasks) + len(fleet.unreadable) + len(fleet.proxies_down) \
-            + len(fleet.controls)
+            + len(fleet.controls) + len(fleet.adaptive_rates)
         lines = render(fleet, queues=sort_queues(fleet.queues, self.sort),
                        max_queues=max(1, size.lines - fixed), width=size.columns)
         screen = [head[:size.columns], *lines][:max(1, size.lines - 1)]

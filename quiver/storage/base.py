@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
+from quiver.adaptive.state import RateState
 from quiver.controls.model import Control
 from quiver.events import Record
 
@@ -228,4 +229,21 @@ class ControlStore(Protocol):
 
     async def remove(self, control_id: str) -> Control | None:
         """Delete a control; the control that was removed, None if there was none."""
+        ...
+
+
+class RateStore(Protocol):
+    """Adaptive send rates shared by every sender (quiver.adaptive.state), beside the
+    controls in the same table: read on the controls poll, written with a version
+    condition by the sender that changes one."""
+
+    async def rates(self) -> list[RateState]:
+        """Every (source, provider) record; a strongly consistent read."""
+        ...
+
+    async def rate(self, source: str, provider: str) -> RateState | None: ...
+
+    async def put_rate(self, state: RateState, *, expected: int | None) -> bool:
+        """Write `state` if the stored version is `expected` (None: if there is none);
+        False, nothing written, when another writer got there first."""
         ...

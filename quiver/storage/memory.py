@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from quiver.adaptive.state import RateState
 from quiver.controls.model import Control
 from quiver.envelope import parse_s3_uri
 from quiver.events import Record
@@ -302,6 +303,7 @@ class MemoryControls:
 
     def __init__(self) -> None:
         self.controls: dict[str, Control] = {}
+        self.rate_states: dict[str, RateState] = {}
         self.fail: StorageError | None = None
         self.reads = 0
 
@@ -323,3 +325,23 @@ class MemoryControls:
         if self.fail is not None:
             raise self.fail
         return self.controls.pop(control_id, None)
+
+    # RateStore: the adaptive rates kept beside the controls, as in the one table.
+    async def rates(self) -> list[RateState]:
+        if self.fail is not None:
+            raise self.fail
+        return [self.rate_states[k] for k in sorted(self.rate_states)]
+
+    async def rate(self, source: str, provider: str) -> RateState | None:
+        if self.fail is not None:
+            raise self.fail
+        return self.rate_states.get(f"{source}|{provider}")
+
+    async def put_rate(self, state: RateState, *, expected: int | None) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        stored = self.rate_states.get(state.key)
+        if (stored.version if stored is not None else None) != expected:
+            return False
+        self.rate_states[state.key] = state
+        return True

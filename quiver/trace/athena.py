@@ -42,6 +42,13 @@ SELECT = (
     ("feedback_type", "feedback_type"), ("sqs_message_id", "sqs_message_id"),
 )
 _INTEGERS = frozenset({"attempt", "response_code"})
+# What a control event adds, read for an actor's changes (quiver trace shows the
+# adaptive ones that held a recipient back).
+SELECTOR_FIELDS = ("source", "provider", "tenant", "campaign", "pool", "domain")
+CONTROL_SELECT = (
+    ("actor", "actor"), ("action", "action"), ("rule", "rule"), ('"until"', "until"),
+    *((f"element_at(selector, '{f}')", f"selector_{f}") for f in SELECTOR_FIELDS),
+)
 
 
 def literal(value: str) -> str:
@@ -60,8 +67,9 @@ def build_query(target: Target, window: Window, *, database: str,
                 table: str = DEFAULT_TABLE) -> tuple[str, list[str]]:
     """(query text with `?` placeholders, execution parameters in order)."""
     (first_date, first_hour), (last_date, last_hour) = window.hours()[0], window.hours()[-1]
+    select = SELECT + CONTROL_SELECT if target.actor is not None else SELECT
     columns = ", ".join(expr if expr == alias or expr == f'"{alias}"' else f"{expr} AS {alias}"
-                        for expr, alias in SELECT)
+                        for expr, alias in select)
     where = [
         # Partition predicates: only the window's days, and of its first and last
         # day only its hours (partition projection prunes on these).
@@ -71,7 +79,9 @@ def build_query(target: Target, window: Window, *, database: str,
         # `at` is RFC 3339 UTC with milliseconds: it orders as text.
         ('"at" BETWEEN ? AND ?', [window.start_at, window.end_at]),
     ]
-    if target.address is not None:
+    if target.actor is not None:
+        where.append(('"event" = ? AND actor = ?', ["control", target.actor]))
+    elif target.address is not None:
         where.append(("(id = ? OR lower(rcpt) = ?)", [target.value, target.address]))
     else:
         where.append(("id = ?", [target.value]))
@@ -115,6 +125,9 @@ def _record(row: dict[str, str | None]) -> Event:
     flat["response"] = response if any(v is not None for v in response.values()) else None
     if bounce["kind"] is not None:
         flat["bounce"] = bounce
+    if "actor" in flat:  # a control event: its selector's fields back in one map
+        selector = {f: flat.pop(f"selector_{f}", None) for f in SELECTOR_FIELDS}
+        flat["selector"] = {k: v for k, v in selector.items() if v is not None}
     return flat
 
 

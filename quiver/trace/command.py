@@ -21,6 +21,7 @@ from quiver.settings import (
     SettingsError,
     deployment_from_env,
 )
+from quiver.trace.adaptive import ADAPTIVE, affecting
 from quiver.trace.athena import DEFAULT_TIMEOUT, AthenaEventReader
 from quiver.trace.claims import MAX_MESSAGES, Claim, read_claims
 from quiver.trace.reader import EventReader, Progress, no_progress
@@ -106,7 +107,16 @@ def run_trace(target: Target, window: Window, *, reader: EventReader, deployment
 
         session = boto3.session.Session()
     events = reader.read(target, window, progress=progress)
+    read = reader.describe()
     notes = []
+    if any(e.get("rcpt") for e in events):
+        # The adaptive changes that held it back or slowed it: a second read, of the
+        # control events only.
+        try:
+            events += affecting(events, reader.read(Target.changes_by(ADAPTIVE), window))
+            read += f"; adaptive changes: {reader.describe()}"
+        except TraceError as exc:
+            notes.append(f"adaptive changes not read: {exc}")
     claims: list[Claim] = []
     # The events are the answer; the claims and the backlog only add to it, so a store
     # this operator cannot read becomes a note rather than the end of the trace.
@@ -133,7 +143,7 @@ def run_trace(target: Target, window: Window, *, reader: EventReader, deployment
             notes.append(f"{waiting} event batches on the events queue are not exported "
                          "yet: the newest events may be missing")
     return Trace(target=target.value, since=window.start_at, until=window.end_at,
-                 reader=reader.name, read=reader.describe(), events=events,
+                 reader=reader.name, read=read, events=events,
                  recipients=recipients(events, claims), notes=notes)
 
 

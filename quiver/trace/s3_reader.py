@@ -45,10 +45,11 @@ class S3EventReader:
         return (f"S3 listing of s3://{self._bucket}/{PREFIX}/: {self._listed} objects, "
                 f"{self._bytes} bytes read")
 
-    def keys(self, window: Window) -> list[str]:
-        """The keys of every object in the window's hour partitions."""
+    def keys(self, window: Window, *, types: tuple[str, ...] | None = None) -> list[str]:
+        """The keys of every object in the window's hour partitions (of `types`, or of
+        every event type this reader reads)."""
         keys: list[str] = []
-        for event in self._event_types:
+        for event in types if types is not None else self._event_types:
             for date, first, last in window.days():
                 prefix = f"{PREFIX}/event={event}/date={date}/"
                 keys.extend(self._list(prefix, first=first, last=last))
@@ -79,7 +80,8 @@ class S3EventReader:
 
     def read(self, target: Target, window: Window, *,
              progress: Progress = no_progress) -> list[Event]:
-        keys = self.keys(window)
+        # An actor's changes are control events: that partition only.
+        keys = self.keys(window, types=("control",) if target.actor is not None else None)
         self._listed = len(keys)
         self._bytes = 0
         needle = target.needle()

@@ -27,6 +27,13 @@ class Target:
     matches on either."""
 
     value: str
+    # Set instead of a value: every `control` event of this actor (the adaptive
+    # changes a trace shows beside the recipient's own events).
+    actor: str | None = None
+
+    @classmethod
+    def changes_by(cls, actor: str) -> Target:
+        return cls("", actor=actor)
 
     @classmethod
     def parse(cls, text: str) -> Target:
@@ -47,6 +54,8 @@ class Target:
         return self.value.lower() if "@" in self.value else None
 
     def matches(self, record: Event) -> bool:
+        if self.actor is not None:
+            return record.get("event") == "control" and record.get("actor") == self.actor
         if record.get("id") == self.value:
             return True
         rcpt = record.get("rcpt")
@@ -55,6 +64,8 @@ class Target:
     def needle(self) -> str:
         """Lowercased text every matching JSON line contains (the value as JSON writes
         it), to skip the other lines without parsing them."""
+        if self.actor is not None:
+            return json.dumps(self.actor, ensure_ascii=False).lower()
         return json.dumps(self.value, ensure_ascii=False)[1:-1].lower()
 
 

@@ -188,9 +188,14 @@ def test_sender_task_role_is_exactly_its_queues_bucket_tables_policy_and_keys(
         "FinalEventsOfRedeliveredMessages": (
             ["dynamodb:Query"], ["{'Fn::GetAtt': ['FinalsTable', 'Arn']}"],
         ),
-        # Read-only: `quiver ctl` writes the controls with an operator's credentials.
+        # `quiver ctl` writes the operator's controls with an operator's credentials.
         "ReadOperatorControls": (
             ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"],
+            ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
+        ),
+        # The adaptive engine's suspensions and shared rates (partitions: see below).
+        "WriteAdaptiveControls": (
+            ["dynamodb:PutItem", "dynamodb:UpdateItem"],
             ["{'Fn::GetAtt': ['ControlsTable', 'Arn']}"],
         ),
         # The policy object's key only: no listing, no other object, no version.
@@ -244,3 +249,15 @@ def test_export_function_writes_only_event_objects_and_final_event_claims(
     # The SQS event source's own permissions, on the events queue only.
     assert others == {"sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
                       "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"}
+
+
+def test_sender_writes_the_controls_table_only_in_its_partitions(
+    service: dict[str, Any]
+) -> None:
+    """No delete, and puts only under the leading keys the adaptive engine owns: a
+    sender cannot lift an operator's stop, nor write another partition."""
+    role = role_of(service, "TaskRoleArn")
+    (statement,) = [s for s in role_statements(service, role)
+                    if s["Sid"] == "WriteAdaptiveControls"]
+    assert statement["Condition"] == {"ForAllValues:StringEquals": {
+        "dynamodb:LeadingKeys": ["adaptive-rate", "control"]}}

@@ -156,3 +156,31 @@ def test_the_rendered_table() -> None:
     assert task_row.split() == ["task-a", "2.0s", "v2", "abcdef01", "1/2", "3", "45", "2",
                                 "0.4s"]
     assert all(len(line) <= 40 for line in render(fleet, width=40))
+
+
+def adaptive_rate(version: int, rate: float) -> dict[str, Any]:
+    return {"source": "ip-1", "provider": "gmail", "rate": rate, "static_max": 40.0,
+            "action": "reduce", "rule": "gmail-rate-limited", "version": version,
+            "reason": "421 4.7.28 on 7 of 60 attempts in 60s (11.7% >= 5.0%)",
+            "since": "2026-01-01T00:00:00.000Z"}
+
+
+def test_the_fleet_shows_each_adapted_rate_once_newest_first_and_adaptive_suspensions() -> None:
+    suspension = {"id": "adaptive-0123", "kind": "pause", "who": "adaptive",
+                  "selector": {"source": "ip-2", "provider": "outlook"},
+                  "reason": "451 4.7.500 matched rule outlook-blocklisted: (S3150)",
+                  "created_at": 1_767_225_600.0, "expires_at": 1_767_229_200.0}
+    a = snapshot("task-a", [], controls=[suspension],
+                 adaptive={"enabled": True, "rates": [adaptive_rate(3, 10.0)],
+                           "suspensions": [suspension]})
+    # task-b has not polled since the last cut: the newer record wins.
+    b = snapshot("task-b", [], adaptive={"enabled": True, "rates": [adaptive_rate(2, 20.0)],
+                                         "suspensions": []})
+    fleet = aggregate([item("task-a", a, beat=99.0), item("task-b", b, beat=99.0)], now=100.0)
+    assert [(r["rate"], r["version"]) for r in fleet.adaptive_rates] == [(10.0, 3)]
+    lines = render(fleet)
+    assert ("adaptive rate: ip-1 x gmail 10/s (static 40/s, reduce) since "
+            "2026-01-01T00:00:00.000Z: 421 4.7.28 on 7 of 60 attempts in 60s (11.7% >= 5.0%) "
+            "[rule gmail-rate-limited]") in lines
+    assert ("adaptive suspension: source=ip-2 provider=outlook until 2026-01-01T01:00:00Z: "
+            "451 4.7.500 matched rule outlook-blocklisted: (S3150)") in lines

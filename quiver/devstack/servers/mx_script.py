@@ -37,6 +37,8 @@ class Behaviour:
 
 
 TOO_MANY_REPLY = "452 4.5.3 too many recipients"
+BLOCKLISTED_REPLY = ("451 4.7.500 Access denied, banned sending IP. Part of their network is "
+                     "on our block list (S3150) blocklisted")
 ACCEPT = Behaviour("", Action.ACCEPT)
 
 # Longest matching prefix wins, so `permfail-data` is not read as `permfail`.
@@ -50,6 +52,10 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     # `defer2-x@…`: 451 to the first two RCPTs for the address, 250 from the third on
     # (a recipient deferred twice, then delivered); `defer-x` defers once.
     Behaviour("defer", Action.DEFER_N, "451 4.3.0 deferred, try again later", limit=1),
+    # `blocklisted-x@…`: an Outlook-style block of the sending IP (S3150) to the first
+    # RCPT for the address, then accepted: the adaptive engine's block rules meet the
+    # text they are written for, and the mail is delivered once the suspension ends.
+    Behaviour("blocklisted", Action.DEFER_N, BLOCKLISTED_REPLY, limit=1),
     Behaviour("close421-", Action.CLOSE_421_AFTER, "421 4.7.0 closing connection", limit=1),
     Behaviour("disconnect-in-data", Action.DISCONNECT_IN_DATA),
     Behaviour("tarpit", Action.TARPIT),

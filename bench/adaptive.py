@@ -25,6 +25,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 1")
     changed = 2 * args.hidden_rate if args.changed_rate is None else args.changed_rate
 
+    started = time.monotonic()
+
     def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     report: dict[str, Any] = {}
     raw: dict[str, list[dict[str, Any]]] = {}

@@ -35,6 +35,7 @@ from quiver.emf import NAMESPACE
 from quiver.policy import Policy
 from quiver.sender.gauges import SENDABLE_NOW
 from quiver.status.server import DEFAULT_PORT as STATUS_PORT
+from quiver.storage.dynamo_rates import PK as RATE_PARTITION
 
 CONTAINER_NAME = "sender"
 ENV_POLICY_RESTART_DIGEST = "QUIVER_POLICY_RESTART_DIGEST"
@@ -58,7 +59,7 @@ OLDEST_MESSAGE_STEPS = ((300, 2), (900, 4))
 # The controls table's partitions a sender task may write (dynamodb:LeadingKeys): the
 # adaptive engine's suspensions ("control") and shared rates ("adaptive-rate"). A new
 # kind of sender-written state adds its partition here.
-SENDER_CONTROL_PARTITIONS: tuple[str, ...] = ("adaptive-rate", "control")
+SENDER_CONTROL_PARTITIONS: tuple[str, ...] = (RATE_PARTITION, "control")
 
 
 class SenderService(Construct):

@@ -47,11 +47,11 @@ from quiver.storage.dynamo import (
     DynamoControls,
     DynamoFinals,
     DynamoMembership,
-    DynamoRates,
     DynamoReturnPaths,
     DynamoSuppression,
 )
 from quiver.storage.dynamo_lean import LeanDynamoClient
+from quiver.storage.dynamo_rates import DynamoRates
 from quiver.storage.membership import FixedShare
 from quiver.storage.sqs_lean import LeanSqsClient
 from quiver.suppression import SuppressionCheck, SuppressionWriter

@@ -38,7 +38,7 @@ from quiver.adaptive.state import RateState
 from quiver.adaptive.suspend import WHO, selector_for, suspension
 from quiver.adaptive.window import WindowCount
 from quiver.controls.active import ActiveControls
-from quiver.controls.model import Control
+from quiver.controls.model import Control, ControlError
 from quiver.delivery import MESSAGE_LABELS, Attempt
 from quiver.events import rfc3339_ms
 from quiver.policy.adaptive import AdaptivePolicy, ResponseRule
@@ -114,6 +114,7 @@ class AdaptiveEngine:
         self._wake = asyncio.Event()
         self._no_max_warned: set[Key] = set()
         self._plan_for: AdaptivePolicy | None = None
+        self._enabled = policy.current.adaptive.enabled
         self._plans: dict[str | None, tuple[tuple[str, float], ...]] = {}
         self.fired = 0
 
@@ -214,7 +215,12 @@ class AdaptiveEngine:
         held = tuple(sorted(selector.items()))
         if self._suspended.get(held, -math.inf) > now:
             return
-        control = suspension(rule, selector, reason=reason, now=now)
+        try:
+            control = suspension(rule, selector, reason=reason, now=now)
+        except ControlError as exc:
+            log.warning("adaptive: rule %s cannot suspend %s: %s", rule.name, selector, exc)
+            self._suspended[held] = now + (rule.duration or 0.0)  # said once per duration
+            return
         self._suspended[held] = control.expires_at or now
         if self._controls is not None:
             # In force here before the next delivery; the table tells the others.
@@ -230,22 +236,31 @@ class AdaptiveEngine:
     def shared(self, states: Sequence[RateState]) -> None:
         """The records the controls poll read: newer ones replace what this sender
         knows, and pace its throttles."""
+        enabled = self.policy.enabled
         for state in states:
             key = (state.source, state.provider)
             known = self.rates.get(key)
             if known is None or state.version > known.version:
                 self.rates[key] = state
-                self._apply_rate(state.source, state.provider, state.rate)
+                if enabled:
+                    self._apply_rate(state.source, state.provider, state.rate)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
-            await self.settle()
+            try:
+                await self.settle()
+            except Exception:  # a bug here must not stop the sender's deliveries
+                log.exception("adaptive engine: a change was not carried out")
 
     async def settle(self) -> None:
         """Carry out what fired, then raise what was quiet long enough."""
         self._wake.clear()
+        self._follow_switch()
+        now = self._clock()
+        # Suspensions that ended are forgotten (tenants and campaigns come and go).
+        self._suspended = {k: until for k, until in self._suspended.items() if until > now}
         pending, self._pending = self._pending, []
         for fired in pending:
             if fired.control is not None:
@@ -253,6 +268,17 @@ class AdaptiveEngine:
             else:
                 await self._reduce(fired)
         await self._raise_quiet()
+
+    def _follow_switch(self) -> None:
+        """`[adaptive] enabled` turned off: the throttles go back to their static
+        limits (the records stay, and apply again when it is turned back on)."""
+        enabled = self.policy.enabled
+        if enabled == self._enabled:
+            return
+        self._enabled = enabled
+        for state in self.rates.values():
+            self._apply_rate(state.source, state.provider,
+                             state.rate if enabled else math.inf)
 
     async def _suspend(self, fired: _Fired) -> None:
         control = fired.control

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from quiver.controls.model import Control, Selector
+from quiver.controls.model import MAX_REASON, Control, Selector
 from quiver.policy.adaptive import ResponseRule
 
 WHO: Final = "adaptive"
@@ -23,13 +23,17 @@ def suspension(rule: ResponseRule, selector: dict[str, str], *, reason: str,
                now: float) -> Control:
     """The pause `rule` puts in force for `selector` from `now`. Its id is derived from
     the rule, the selector and the second: two senders that see the same block in the
-    same second write one control."""
+    same second write one control. ControlError when the selector's values cannot be
+    a control's (a tenant label outside the selector's characters)."""
     assert rule.duration is not None, "a suspend rule has a duration (policy checks it)"
     key = "\x1f".join([rule.name, f"{int(now)}", *(f"{k}={v}" for k, v in sorted(
         selector.items()))])
+    # A control's reason is one line of at most MAX_REASON characters; a reply's text
+    # is cleaned by the wire parser, a local one may not be.
+    line = " ".join(reason.replace("\0", " ").split())[:MAX_REASON]
     return Control(
         id="adaptive-" + hashlib.sha256(key.encode()).hexdigest()[:20], kind="pause",
-        selector=Selector.of(dict(selector)), reason=reason[:500], who=WHO,
+        selector=Selector.of(dict(selector)), reason=line, who=WHO,
         created_at=now, expires_at=now + rule.duration)
 
 

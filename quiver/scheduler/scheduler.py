@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -193,10 +194,13 @@ class Scheduler:
 
     def adapt(self, source: str, provider: str, per_second: float) -> None:
         """The cluster's adapted rate for (source, provider): the queues there pace at
-        the lower of it and their static rate from now on."""
-        if self.budgets.adapted.get((source, provider)) == per_second:
+        the lower of it and their static rate from now on (infinite: the static rate)."""
+        if self.budgets.adapted.get((source, provider), math.inf) == per_second:
             return
-        self.budgets.adapted[(source, provider)] = per_second
+        if math.isinf(per_second):
+            del self.budgets.adapted[(source, provider)]
+        else:
+            self.budgets.adapted[(source, provider)] = per_second
         for queue in self.queues.values():
             if queue.source.name == source and (queue.destination.provider or "") == provider:
                 queue.rebind(self.budgets)

@@ -10,6 +10,11 @@ delta.test (both senders' mail goes through local1, the only source of the pool)
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -32,9 +37,10 @@ from quiver.events import FINAL_EVENTS
 pytestmark = pytest.mark.integration
 
 PROMISED = 10.0
-# Long enough to see the pause hold past the 10 s on both senders, short enough to
-# see it lift.
-DURATION = 25.0
+# Long enough to see the pause hold past the 10 s on both senders and in `quiver
+# status` (each sender's record comes with its heartbeat, every 10 s), short enough
+# to see it lift.
+DURATION = 30.0
 ADAPTIVE = f"""
 [controls]
 poll = "2s"
@@ -95,6 +101,18 @@ def test_a_block_reply_suspends_the_source_and_provider_on_both_senders(
             print(f"adaptive suspension in force on both senders {latency:.2f}s after the "
                   "block reply")
             assert latency <= PROMISED, (latency, during)
+
+            def status_shows_it() -> bool:
+                done = subprocess.run([sys.executable, "-m", "quiver", "status"],
+                                      env={**os.environ, **stack.env()}, capture_output=True,
+                                      text=True, timeout=60)
+                return done.returncode == 0 and any(
+                    line.startswith("adaptive suspension: source=local1 provider="
+                                    f"{PAUSED_PROVIDER} until ")
+                    for line in done.stdout.splitlines())
+
+            drill.wait_until("the suspension in `quiver status`", status_shows_it,
+                             timeout=max(1.0, blocked + DURATION - 2 - time.time()))
             drill.wait_until(f"mail to {PAUSED_DOMAIN} after the suspension",
                              lambda: drill.flowing(PAUSED_DOMAIN, after=blocked + DURATION),
                              timeout=DURATION + 60)
@@ -117,6 +135,16 @@ def test_a_block_reply_suspends_the_source_and_provider_on_both_senders(
         assert [(e["action"], e["rule"], e["selector"]) for e in suspensions] == [
             ("suspend", "test-blocklisted", {"source": "local1", "provider": PAUSED_PROVIDER})]
         assert suspensions[0]["until"] is not None
+
+        # `quiver trace` of the blocked recipient names the suspension beside its events.
+        traced = subprocess.run([sys.executable, "-m", "quiver", "trace", blocked_rcpt,
+                                 "--json"], env={**os.environ, **stack.env()},
+                                capture_output=True, text=True, timeout=120)
+        assert traced.returncode == 0, traced.stderr
+        shown = json.loads(traced.stdout)["events"]
+        assert [e["event"] for e in shown if e.get("rcpt")][-1] == "delivered"
+        assert [(e["event"], e.get("actor"), e.get("rule")) for e in shown
+                if not e.get("rcpt")] == [("control", "adaptive", "test-blocklisted")]
 
 
 def datetime_of(record: dict) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from test_smtp_wire import MESSAGE, Scripted
 
 from quiver.adaptive.change import ChangeRecorder
 from quiver.adaptive.engine import AdaptiveEngine
+from quiver.adaptive.state import RateState
 from quiver.controls.active import ActiveControls
 from quiver.controls.poller import ControlPoller
 from quiver.devstack.moto_server import MotoServer, client, start_moto
@@ -28,8 +30,10 @@ from quiver.routing.mx import MxResolver
 from quiver.routing.providers import ProviderMatcher
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
-from quiver.storage.dynamo import DynamoControls, DynamoRates
-from quiver.storage.memory import MemoryEventSink
+from quiver.storage.base import RateStore
+from quiver.storage.dynamo import DynamoControls
+from quiver.storage.dynamo_rates import DynamoRates
+from quiver.storage.memory import MemoryControls, MemoryEventSink
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +217,32 @@ async def test_a_rate_limit_burst_cuts_the_shared_rate_and_a_quiet_window_raises
         finally:
             await one.scheduler.close()
             await two.scheduler.close()
+
+
+@pytest.fixture(params=["memory", "dynamo"])
+def store(request: pytest.FixtureRequest) -> RateStore:
+    if request.param == "memory":
+        return MemoryControls()
+    server = request.getfixturevalue("moto")
+    ddb = client(server.endpoint, "dynamodb")
+    return DynamoRates(ddb, fresh_table(ddb))
+
+
+async def test_rate_records_are_written_only_over_the_version_read(store: RateStore) -> None:
+    """One contract, both stores: the first write needs no record, each later one the
+    version it was decided from; a stale writer is refused and nothing changes."""
+    first = RateState(source="s1", provider="google", rate=20.0, static_max=40.0,
+                      action="reduce", rule="r", reason="421 4.7.28 on 3 of 10",
+                      since=1_790_000_000.25, reduced_at=1_790_000_000.25)
+    assert await store.rates() == []
+    assert await store.rate("s1", "google") is None
+    assert await store.put_rate(first, expected=None)
+    assert not await store.put_rate(first, expected=None)  # someone wrote it first
+    second = replace(first, rate=10.0, version=2)
+    assert not await store.put_rate(second, expected=7)
+    assert await store.put_rate(second, expected=1)
+    assert await store.rate("s1", "google") == second
+    other = replace(first, provider="yahoo")
+    assert await store.put_rate(other, expected=None)
+    assert sorted((s.provider, s.rate, s.version) for s in await store.rates()) == [
+        ("google", 10.0, 2), ("yahoo", 20.0, 1)]

@@ -97,16 +97,17 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
 
 
 @pytest.mark.skipif(not installed("smtp-sink"), reason="smtp-sink is not installed (postfix)")
-@pytest.mark.parametrize("threads", [0, 1])
-def test_sender_cpu_bench_prints_its_figures(threads: int) -> None:
+@pytest.mark.parametrize(("threads", "adaptive"), [(0, "off"), (1, "on")])
+def test_sender_cpu_bench_prints_its_figures(threads: int, adaptive: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH.parent / "sender_cpu.py"), "--messages", "300", "--runs",
-         "1", "--signing-threads", str(threads), "--json"],
+         "1", "--signing-threads", str(threads), "--adaptive", adaptive, "--json"],
         capture_output=True, text=True, timeout=200, check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     data = json.loads(done.stdout.strip().splitlines()[-1])
     assert data["signing_threads"] == threads and data["runs"] == 1
+    assert data["adaptive"] == adaptive
     assert data["sender_cpu_us_per_msg"] > 0 and data["rsa_sign_us"] > 0
     assert data["msgs_per_s"] > 0 and data["event_batches_sent"] > 0
 

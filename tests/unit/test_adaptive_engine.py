@@ -272,3 +272,58 @@ def test_a_table_that_refuses_writes_leaves_the_suspension_in_force_here() -> No
     rig.settle()
     assert not rig.controls.empty
     assert [e["action"] for e in rig.events.records] == ["suspend"]
+
+
+def test_turning_the_engine_off_restores_the_static_rates_and_on_applies_them_again() -> None:
+    rig = Rig()
+    rig.send(GOOGLE, [THROTTLE] * 10)
+    rig.settle()
+    assert rig.applied == [("s1", "google", 50.0)]
+    on = rig.handle.current
+    rig.handle.update(parse_policy(POLICY.replace("[adaptive]\n", "[adaptive]\nenabled = false\n")))
+    rig.settle()
+    assert rig.applied[-1] == ("s1", "google", float("inf"))
+    rig.handle.update(on)
+    rig.settle()
+    assert rig.applied[-1] == ("s1", "google", 50.0)
+
+
+def test_a_suspension_is_a_pause_by_adaptive_with_an_id_per_rule_selector_and_second() -> None:
+    from quiver.adaptive.suspend import selector_for, suspension
+    rule = Rig().handle.current.adaptive.rules_for("microsoft")[0]
+    selector = selector_for(rule, source="s1", provider="microsoft", tenant="acme",
+                            campaign=None)
+    assert selector == {"source": "s1", "provider": "microsoft"}
+    one = suspension(rule, selector, reason="451 4.7.500 (S3150)", now=100.2)
+    same_second = suspension(rule, selector, reason="another sender's words", now=100.9)
+    later = suspension(rule, selector, reason="x", now=101.0)
+    assert (one.kind, one.who, one.created_at, one.expires_at) == ("pause", "adaptive", 100.2,
+                                                                   700.2)
+    assert one.id == same_second.id != later.id and one.id.startswith("adaptive-")
+    assert selector_for(rule, source="s1", provider=None, tenant=None, campaign=None) is None
+    # A control's reason is one line, whatever the reply said.
+    assert suspension(rule, selector, reason="a\r\nb\0c " + "x" * 600, now=1.0).reason == \
+        ("a b c " + "x" * 600)[:500]
+
+
+def test_the_local_mx_blocks_a_blocklisted_address_once() -> None:
+    from quiver.devstack.servers.mx_script import Action, behaviour_for
+    from quiver.smtp.reply import parse_reply
+    behaviour = behaviour_for("blocklisted-7@delta.test")
+    assert (behaviour.action, behaviour.limit) == (Action.DEFER_N, 1)
+    code, _, text = behaviour.reply.partition(" ")
+    from quiver.adaptive.rules import rule_for
+    from quiver.policy.adaptive import adaptive_section
+    policy, _ = adaptive_section({}, providers={"microsoft"})
+    rule = rule_for(policy, "microsoft", parse_reply(int(code), text))
+    assert rule is not None and rule.name == "outlook-blocklisted" and rule.action == "suspend"
+
+
+def test_a_tenant_label_no_control_can_name_is_logged_not_raised() -> None:
+    rig = Rig()
+    token = MESSAGE_LABELS.set(Labels(tenant="acme corp!"))  # a space: not a selector value
+    try:
+        rig.send(GOOGLE, [Reply(550, "5.7.1", "too many user complaints\r\nsecond line")])
+    finally:
+        MESSAGE_LABELS.reset(token)
+    assert rig.controls.empty and rig.engine.fired == 0

@@ -23,12 +23,17 @@ def change(at: str, **selector: str) -> dict:
             "rule": "outlook-blocklisted", "reason": "451 4.7.500 (S3150)"}
 
 
-def test_changes_whose_selector_the_attempts_matched_from_the_first_event_on() -> None:
-    suspension = change("2026-01-01T00:00:02.000Z", source="local1", provider="outlook")
+def test_changes_whose_selector_the_attempts_matched_while_the_recipient_was_in_hand() -> None:
+    delivered = {**DEFERRED, "event": "delivered", "at": "2026-01-01T00:00:09.000Z"}
+    # Drawn by its own attempt: recorded just before that attempt's event.
+    suspension = {**change("2026-01-01T00:00:00.900Z", source="local1", provider="outlook"),
+                  "until": "2026-01-01T00:00:05.000Z"}
     tenant = change("2026-01-01T00:00:03.000Z", tenant="acme")
     other_source = change("2026-01-01T00:00:02.000Z", source="local2", provider="outlook")
-    before = change("2025-12-31T23:00:00.000Z", source="local1", provider="outlook")
-    found = affecting([DEFERRED], [suspension, tenant, other_source, before])
+    ended = {**change("2025-12-31T23:00:00.000Z", source="local1", provider="outlook"),
+             "until": "2025-12-31T23:30:00.000Z"}
+    after = change("2026-01-01T00:00:10.000Z", source="local1", provider="outlook")
+    found = affecting([DEFERRED, delivered], [suspension, tenant, other_source, ended, after])
     assert found == [suspension, tenant]
     assert affecting([], [suspension]) == []
 

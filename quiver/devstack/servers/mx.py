@@ -40,6 +40,7 @@ from quiver.devstack.servers.mx_server import (
     DEFAULT_HOSTNAME,
     DEFAULT_MAX_RCPTS_PER_TXN,
     DEFAULT_TARPIT_SECONDS,
+    Gate,
     MxConfig,
     MxEngine,
 )
@@ -53,9 +54,9 @@ READY_PREFIX = "ready "
 class MxServer:
     """The MX in this process: aiosmtpd on its own event loop in a daemon thread."""
 
-    def __init__(self, config: MxConfig) -> None:
+    def __init__(self, config: MxConfig, *, gate: Gate | None = None) -> None:
         self.config = config
-        self._engine = MxEngine(config)
+        self._engine = MxEngine(config, gate=gate)
         self._thread = LoopThread("quiver-local-mx")
         self._stopped = False
         try:

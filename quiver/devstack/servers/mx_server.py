@@ -37,6 +37,9 @@ BUSY_BANNER = "421 4.7.0 too busy, try again later"
 LISTEN_BACKLOG = 1024
 
 _Handler = Callable[[str | None], Awaitable[None]]
+# Asked at the end of each DATA with the client's IP: None to accept the message, or
+# the reply that refuses it (a 421 also closes the connection, as RFC 5321 3.8 says).
+Gate = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,12 @@ class _Transaction:
 class _Hooks:
     """aiosmtpd handler: server-wide state (store, greylist) and the script."""
 
-    def __init__(self, config: MxConfig, store: MxStore, reports: ReportSender) -> None:
+    def __init__(self, config: MxConfig, store: MxStore, reports: ReportSender,
+                 gate: Gate | None = None) -> None:
         self.config = config
         self.store = store
         self.reports = reports
+        self.gate = gate
         self.greylisted: set[str] = set()
         self.deferred: dict[str, int] = {}  # RCPTs refused so far per defer<N>- address
         self.live: set[_Connection] = set()
@@ -180,6 +185,11 @@ class _Hooks:
             await asyncio.sleep(self.config.tarpit_seconds)
         if txn.data_reply:
             return txn.data_reply
+        if self.gate is not None:
+            refusal = self.gate(server.peer_ip)
+            if refusal is not None:
+                server.close_after_reply = refusal.startswith("421")
+                return refusal
         content: bytes = envelope.original_content or b""
         number = self.store.record(
             peer=(server.peer_ip, server.peer_port),
@@ -216,6 +226,8 @@ class _Connection(SMTP):
         self.accepted = 0
         self.close_after: int | None = None
         self.close_reply = ""
+        # Set by a gate's 421: the connection closes once that reply is written.
+        self.close_after_reply = False
         self._counted = False
         super().__init__(hooks, **kwargs)
         self._smtp_methods = {n: self._guard(m) for n, m in self._smtp_methods.items()}
@@ -269,9 +281,13 @@ class _Connection(SMTP):
         return None if ssl_object is None else str(ssl_object.version())
 
     async def push(self, status: str) -> None:  # type: ignore[override]
+        if self.close_after_reply and (self.transport is None or self.transport.is_closing()):
+            return  # closed after a gate's 421: commands already read get no reply
         if self.txn.tarpit:
             await asyncio.sleep(self.hooks.config.tarpit_seconds)
         await super().push(status)
+        if self.close_after_reply and self.transport is not None:
+            self.transport.close()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -289,7 +305,7 @@ class _Connection(SMTP):
 class MxEngine:
     """The listening server; runs on whichever event loop calls start()."""
 
-    def __init__(self, config: MxConfig) -> None:
+    def __init__(self, config: MxConfig, *, gate: Gate | None = None) -> None:
         self.config = config
         # Settings are checked and the key read before any file is opened.
         check_relay(config.report_relay)
@@ -302,7 +318,7 @@ class MxEngine:
             store=self.store, hostname=config.hostname, relay=config.report_relay,
             fbl_address=config.fbl_address, reporter=reporter,
         )
-        self.hooks = _Hooks(config, self.store, self.reports)
+        self.hooks = _Hooks(config, self.store, self.reports, gate)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> tuple[str, int]:

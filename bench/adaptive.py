@@ -3,7 +3,7 @@
 The local stack's sender mails `sim-provider.test`, whose MX accepts at most R
 messages/s from the sending IP and answers 421 4.7.28 past it; the sender's static
 limit for it is 5R. Each run (a fresh stack) watches the MX second by second until
-the accepted rate has stayed within 20 % of R, then doubles R and watches again
+its sending rate (attempts) has stayed within 20 % of R, then doubles R and watches again
 (quiver/devstack/convergence.py). Printed per mode (adaptation on, and off with
 `[adaptive] enabled = false`), medians over the runs:
 

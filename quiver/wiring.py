@@ -135,6 +135,7 @@ def build_sender(
         static_max=transport.static_rate, apply_rate=transport.adapt, controls=controls,
         control_store=control_store, rate_store=rate_store)
     transport.observe = engine.observe
+    transport.paces = engine.paces
     poller = ControlPoller(control_store, controls, rates=rate_store, on_rates=engine.shared,
                            interval=lambda: live.current.controls.poll) \
         if control_store is not None and controls is not None else None

@@ -43,6 +43,7 @@ from quiver.delivery import MESSAGE_LABELS, Attempt
 from quiver.events import rfc3339_ms
 from quiver.policy.adaptive import AdaptivePolicy, ResponseRule
 from quiver.policy.handle import PolicyHandle
+from quiver.smtp.reply import Reply
 from quiver.storage.base import ControlStore, RateStore, StorageError
 
 log = logging.getLogger("quiver.adaptive")
@@ -156,6 +157,17 @@ class AdaptiveEngine:
             matches.add()
             self._judge(rule, matches.total(), scope, attempt, now, source=source,
                         provider=provider, tenant=labels.tenant, campaign=labels.campaign)
+
+    def paces(self, source: str, provider: str | None, reply: Reply) -> bool:
+        """Whether a reduce rule answers `reply` from `source` at `provider` by cutting a
+        rate that exists (a static max_rate there): the scheduler then paces instead of
+        backing the site off (scheduler/ready.py, closed_by_server)."""
+        policy = self._policy.current.adaptive
+        if not policy.enabled or provider is None:
+            return False
+        rule = rule_for(policy, provider, reply)
+        return (rule is not None and rule.action == "reduce"
+                and self._static_max(source, provider) is not None)
 
     @staticmethod
     def _scope(rule: ResponseRule, source: str, provider: str | None, tenant: str | None,

@@ -4,8 +4,8 @@ The local stack's sender mails `sim-provider.test` (sim_provider) from one sourc
 whose static limit is five times the hidden rate R. A feeder keeps a bounded backlog
 waiting, so the sender always has more mail than R lets through. The MX counts
 what it accepted and refused each second; the figures (convergence_figures) say how
-soon the accepted rate settled within 20 % of R, on what rate, and what share of the
-attempts after that were still refused. Then R doubles while mail flows, and the
+soon the sending rate (attempts) settled within 20 % of R, on what rate, and what
+share of the attempts after that were still refused. Then R doubles while mail flows, and the
 same figures say whether the sender found the new rate.
 
 A phase starts at the first second the MX sees traffic (phase one: the sender's own

@@ -4,12 +4,16 @@ Input: for each whole second of a phase (0, 1, 2, ... from the phase's start), h
 many messages the receiver accepted and how many it refused; and the hidden rate R
 of that phase. Output (`PhaseFigures`):
 
-- seconds_to_converge: the first time after which the accepted rate, averaged over a
-  rolling window of `window` seconds, stays within `tolerance` of R until the end of
-  the phase. The time is the end of that first good window: the earliest moment an
-  observer could have said so. None when the phase never settles, or settled too
-  late to tell (less than `min_settled` seconds before its end).
-- converged_rate: the median accepted messages per second from then on.
+- seconds_to_converge: the first time after which the sender's rate (its attempts:
+  accepted and refused), averaged over a rolling window of `window` seconds, stays
+  within `tolerance` of R until the end of the phase. Attempts, not acceptances: a
+  receiver accepts R whenever it is offered more, so a sender far over R would look
+  converged by what it got through. The time is the end of that first good window:
+  the earliest moment an observer could have said so. None when the phase never
+  settles, or settled too late to tell (less than `min_settled` seconds before its
+  end).
+- converged_rate: the median attempts per second from then on (the sender's rate);
+  accepted_rate: the median accepted per second from then on.
 - deferred_share_after: refused / (accepted + refused) from then on: the receiver's
   deferrals of attempts the sender made after it had found the rate.
 
@@ -23,7 +27,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Seconds over which the accepted rate is averaged: long enough that one second's
+# Seconds over which the sender's rate is averaged: long enough that one second's
 # burst or gap (a connection reopened after a 421) does not count as leaving R.
 DEFAULT_WINDOW = 5
 # "Within 20 % of R", as the adaptive rate's promise says.
@@ -45,6 +49,7 @@ class PhaseFigures:
     seconds_to_converge: int | None
     settled_from: int  # the second the rate and deferred share are measured from
     converged_rate: float | None
+    accepted_rate: float | None
     deferred_share_after: float | None
     accepted: int
     refused: int
@@ -61,6 +66,7 @@ class PhaseFigures:
             "seconds_to_converge": self.seconds_to_converge,
             "settled_from": self.settled_from,
             "converged_rate": _round(self.converged_rate, 2),
+            "accepted_rate": _round(self.accepted_rate, 2),
             "deferred_share_after": _round(self.deferred_share_after, 4),
             "accepted": self.accepted,
             "refused": self.refused,
@@ -72,11 +78,11 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def rolling_rates(seconds: Sequence[Second], window: int) -> list[float]:
-    """The mean accepted per second over each full window: entry i covers seconds
+    """The mean attempts per second over each full window: entry i covers seconds
     i .. i + window - 1 (so there are len - window + 1 of them)."""
     if window < 1:
         raise ValueError(f"window must be at least 1 second, got {window}")
-    accepted = [s.accepted for s in seconds]
+    accepted = [s.accepted + s.refused for s in seconds]
     total = sum(accepted[:window])
     if len(accepted) < window:
         return []
@@ -122,7 +128,9 @@ def phase_figures(seconds: Sequence[Second], *, rate: float, window: int = DEFAU
         seconds=len(seconds),
         seconds_to_converge=converged_at,
         settled_from=settled_from,
-        converged_rate=float(statistics.median(s.accepted for s in after)) if after else None,
+        converged_rate=(float(statistics.median(s.accepted + s.refused for s in after))
+                        if after else None),
+        accepted_rate=float(statistics.median(s.accepted for s in after)) if after else None,
         deferred_share_after=(attempts - accepted) / attempts if attempts else None,
         accepted=sum(s.accepted for s in seconds),
         refused=sum(s.refused for s in seconds),

@@ -53,12 +53,9 @@ REDUCE_FACTOR = 0.85
 # A rule window is also the least time between two cuts: the refusals of one
 # overshoot arrive together and count once.
 RULE_WINDOW = "2s"
-# The (source, site) backoff after a 421, shortened like the rest of the local retry
-# schedule (the stack's own is 2 s, production's 60 s). Every cut starts with a 421,
-# which closes the connection and backs the source off that MX: at 2 s, each one
-# leaves a gap that takes the rolling rate out of the band, and the run would
-# measure the backoff rather than the rate.
-SITE_BACKOFF = "500ms"
+# No site backoff is set here: a 421 that the reduce rule answers by cutting the rate
+# does not back the source off that MX (scheduler/ready.py), so the stack's own
+# `site_backoff` only applies with adaptation off.
 
 
 def policy_fragment(*, hidden_rate: float, adaptive: bool,
@@ -74,7 +71,6 @@ def policy_fragment(*, hidden_rate: float, adaptive: bool,
             {"source": SOURCE, "provider": PROVIDER,
              "max_rate": _rate(STATIC_FACTOR * hidden_rate)},
         ],
-        "retry": {"site_backoff": SITE_BACKOFF},
         "adaptive": (adaptive_fragment(adaptive_settings) if adaptive
                      else {"enabled": False}),
     }

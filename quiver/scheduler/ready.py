@@ -9,7 +9,9 @@ is the connection's next transaction, and its own send reads what the server
 said to it (or finds the connection gone and queues it again, unattempted).
 
 A connection failure, a 421, or a server that closes a connection before its
-first transaction backs off the whole (source, site) for `backoff` seconds: the
+first transaction backs off the whole (source, site) for `backoff` seconds (except
+a rate-limit 421 after a transaction that the adaptive engine paces by cutting
+the source's rate there: the queued jobs wait for the next connection instead): the
 job the failed connection was for (the first queued) has its attempt counted,
 the other queued jobs are deferred without one (they were not tried), and new
 jobs are deferred at once until the backoff ends, so a dead destination costs
@@ -117,8 +119,11 @@ class ReadyQueue:
         proxy_down: Callable[[str, str], None] | None = None,
         tls_mode: TlsMode = "opportunistic",
         clock: Callable[[], float] = time.monotonic,
+        paced: Callable[[Reply], bool] = lambda reply: False,
     ) -> None:
         self._proxy_check = proxy_check
+        # A 421 the adaptive engine answers by cutting this source's rate there.
+        self._paced = paced
         # The destination's TLS mode (policy `tls`); a reload may change it.
         self.tls_mode: TlsMode = tls_mode
         self._clock = clock
@@ -483,6 +488,16 @@ class ReadyQueue:
         return None
 
     def closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
+        """The server closed the connection after `reply` (a 421). A rate limit answered
+        inside a transaction that a reduce rule paces (the adaptive engine cuts this
+        source's rate there) neither backs the site off nor defers the queued jobs:
+        they wait for the next connection at the cut rate. Backing off as well would
+        stop the source for `site_backoff` at each cut, and the rate would never be
+        found. Any other 421 backs off."""
+        if tried is None and self._paced(reply):
+            log.debug("%s → %s: %s; paced by the adaptive rate, no backoff",
+                      self.source.name, self.route.site, reply)
+            return
         self._start_backoff(reply)
         self._drain(reply, here, tried=tried)
 

@@ -45,7 +45,7 @@ from quiver.scheduler.outcomes import LastErrors
 from quiver.scheduler.ready import Job, ReadyQueue, Reroute
 from quiver.scheduler.throttle import Destination, resolve
 from quiver.scheduler.tls import tls_mode_for
-from quiver.smtp.reply import local_reply
+from quiver.smtp.reply import Reply, local_reply
 
 log = logging.getLogger("quiver.scheduler")
 
@@ -90,6 +90,9 @@ class Scheduler:
         self.last_errors = LastErrors(clock=clock)
         # Sees every delivery's attempts (the adaptive engine); None: nobody watches.
         self.observe: Callable[[Sequence[Attempt]], None] | None = None
+        # Whether a 421 from (source, provider) is a rate limit the adaptive engine
+        # answers by cutting the rate (then the site is not backed off); None: never.
+        self.paces: Callable[[str, str | None, Reply], bool] | None = None
 
     async def deliver(
         self, *, pool: str, domain: str, sender: str, recipients: Sequence[str], message: bytes,
@@ -241,10 +244,15 @@ class Scheduler:
                 proxy_check=self.health.check if self.health else None,
                 proxy_down=self._proxy_down,
                 tls_mode=tls_mode_for(policy.tls, destination), clock=self._clock,
+                paced=self._paced(source.name, route.provider),
             )
         else:
             queue.route = route  # the MX set's addresses may have changed (TTL)
         return queue
+
+    def _paced(self, source: str, provider: str | None) -> Callable[[Reply], bool]:
+        # Read at each 421 (the engine is attached after the scheduler is built).
+        return lambda reply: self.paces is not None and self.paces(source, provider, reply)
 
     def _proxy_down(self, node: str, why: str) -> None:
         if self.health is not None:

@@ -327,3 +327,17 @@ def test_a_tenant_label_no_control_can_name_is_logged_not_raised() -> None:
     finally:
         MESSAGE_LABELS.reset(token)
     assert rig.controls.empty and rig.engine.fired == 0
+
+
+def test_only_a_reply_a_reduce_rule_can_answer_by_a_cut_is_paced() -> None:
+    """The scheduler skips the site backoff only for these (scheduler/ready.py)."""
+    rig = Rig()
+    assert rig.engine.paces("s1", "google", THROTTLE)
+    assert not rig.engine.paces("s1", "google", Reply(421, "4.3.2", "not accepting"))
+    assert not rig.engine.paces("s1", "microsoft", BLOCK)  # a suspend rule
+    assert not rig.engine.paces("s1", None, THROTTLE)  # no provider, no rule
+    text = POLICY.replace('provider = "google"\ncode = 421', 'provider = "microsoft"\ncode = 421')
+    # A reduce rule with no static max_rate to cut: the backoff stands.
+    assert not Rig(text).engine.paces("s1", "microsoft", THROTTLE)
+    off = Rig(POLICY.replace("[adaptive]\n", "[adaptive]\nenabled = false\n"))
+    assert not off.engine.paces("s1", "google", THROTTLE)

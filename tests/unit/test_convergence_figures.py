@@ -45,13 +45,21 @@ def test_leaving_the_band_later_resets_convergence() -> None:
 
 
 def test_never_within_the_band() -> None:
-    figures = phase_figures(run(*[11] * 30, refused=5), rate=20)
+    figures = phase_figures(run(*[11] * 30, refused=20), rate=20)
     assert figures.seconds_to_converge is None
     assert not figures.converged
-    # Measured over the last half instead.
+    # Measured over the last half instead: the sender tried 31/s and got 11/s through.
     assert figures.settled_from == 15
-    assert figures.converged_rate == 11.0
-    assert figures.deferred_share_after == pytest.approx(5 / 16)
+    assert figures.converged_rate == 31.0
+    assert figures.accepted_rate == 11.0
+    assert figures.deferred_share_after == pytest.approx(20 / 31)
+
+
+def test_a_sender_far_over_the_rate_is_not_converged_by_what_got_through() -> None:
+    # The receiver accepts R whatever it is offered: the attempts are what converge.
+    figures = phase_figures(run(*[20] * 30, refused=25), rate=20)
+    assert figures.seconds_to_converge is None
+    assert figures.accepted_rate == 20.0
 
 
 def test_converging_in_the_last_seconds_is_not_enough() -> None:

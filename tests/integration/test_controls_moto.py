@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from moto_tables import fresh_table
 
 from quiver.controls.model import Control, Selector
 from quiver.devstack.moto_server import (
@@ -43,17 +43,6 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer,
     finally:
         server.stop()
 
-
-def fresh_table(ddb: Any) -> str:
-    name = f"controls-{uuid.uuid4().hex[:8]}"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST")
-    return name
 
 
 @pytest.fixture(params=["memory", "dynamo"])

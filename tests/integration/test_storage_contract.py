@@ -4,12 +4,12 @@ suppression list. Every test runs against both; a fresh table for each test."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from botocore.credentials import Credentials
+from moto_tables import fresh_table
 
 from quiver.devstack.moto_server import (
     FAKE_CREDENTIALS,
@@ -40,18 +40,6 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer,
     finally:
         server.stop()
 
-
-def fresh_table(ddb: Any, prefix: str) -> str:
-    """A table with cdk/tables.py's key schema (pk, sk)."""
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST")
-    return name
 
 
 class Clock:

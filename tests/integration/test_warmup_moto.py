@@ -5,11 +5,10 @@ exactly the cap between them, never more."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from moto_tables import fresh_table
 
 from quiver.devstack.moto_server import MotoServer, client, start_moto
 from quiver.storage.dynamo_warmup import DynamoWarmup
@@ -35,17 +34,6 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     finally:
         server.stop()
 
-
-def fresh_table(ddb: Any) -> str:
-    name = f"controls-{uuid.uuid4().hex[:8]}"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST")
-    return name
 
 
 @pytest.fixture(params=["memory", "dynamo"])

@@ -16,12 +16,20 @@ from quiver.events import FINAL_EVENTS
 pytestmark = pytest.mark.integration
 ROUNDS = 3
 PER_ROUND = 300  # messages enqueued for each sender that gets killed
+RATE = "25/s"  # per source (three of them): a round of 360 recipients takes about 5 s
 
 
-def short_visibility(text: str) -> str:
+def crash_policy(text: str) -> str:
     # Killed messages come back after the visibility timeout: keep it at SQS's
     # practical minimum for the test so the rounds finish quickly.
-    return text.replace('visibility_timeout = "60s"', 'visibility_timeout = "30s"')
+    text = text.replace('visibility_timeout = "60s"', 'visibility_timeout = "30s"')
+    # Paced, so a round takes seconds and the kill lands mid-stream however late this
+    # process (on a busy machine) sees the deliveries it waits for: unpaced, a sender
+    # can finish its whole round between the last look at the MX and the kill.
+    paced = text.replace('source = "*"\nmax_connections = 20\n',
+                         f'source = "*"\nmax_connections = 20\nmax_rate = "{RATE}"\n')
+    assert paced != text, "the stack's catch-all throttle moved: pace the crash policy anew"
+    return paced
 
 
 def test_kill_dash_nine_loses_nothing_and_keeps_final_events_exactly_once(
@@ -29,7 +37,7 @@ def test_kill_dash_nine_loses_nothing_and_keeps_final_events_exactly_once(
     rng = random.Random(20261126)
     with running_stack(tmp_path_factory.mktemp("crash"), max_age="10m",
                        start_sender=False) as stack:
-        config = stack.stack.policy_variant("crash", short_visibility)
+        config = stack.stack.policy_variant("crash", crash_policy)
         msgs = []
         # Per kill: messages left invisible on the queue once the sender is dead (its own
         # and any earlier kill's not yet visible again), and the part that was its own.

@@ -118,7 +118,10 @@ def build_sender(
             # Each heartbeat carries the status record: fleet-wide status from the table.
             status=lambda: record.encode(_board(board).snapshot()),
         )
-    warmup = _warmup(policy, deployment, session, config, events)
+    # One recorder for every adaptive change this sender makes (rates, suspensions,
+    # warm-up days): their events on the events queue, their EMF on stdout.
+    changes = ChangeRecorder(events, metrics_out=sys.stdout)
+    warmup = _warmup(policy, deployment, session, config, changes)
     picker = SourcePicker(policy, warmup=warmup)
     health = ProxyHealth(policy=policy, picker=picker)
     # The live sections' one holder: the scheduler and the handler read it, a reload
@@ -131,7 +134,7 @@ def build_sender(
         controls=controls,
     )
     engine = AdaptiveEngine(
-        policy=live, recorder=ChangeRecorder(events, metrics_out=sys.stdout),
+        policy=live, recorder=changes,
         static_max=transport.static_rate, apply_rate=transport.adapt, controls=controls,
         control_store=control_store, rate_store=rate_store)
     transport.observe = engine.observe
@@ -264,7 +267,7 @@ def _control_tables(deployment: Deployment, session: Any,
 
 
 def _warmup(policy: Policy, deployment: Deployment, session: Any, config: Any,
-            events: SqsEventSink) -> WarmupGate | None:
+            changes: ChangeRecorder) -> WarmupGate | None:
     """The warm-up caps of the policy's warming sources, shared through the controls
     table; each day's advance or hold is recorded as an adaptive change. None when no
     source is warming."""
@@ -278,8 +281,7 @@ def _warmup(policy: Policy, deployment: Deployment, session: Any, config: Any,
         log.warning("no controls table (QUIVER_CONTROLS_TABLE): warm-up caps are kept by "
                     "this task alone, so a fleet gives a warming source its cap once per task")
         store = MemoryWarmup()
-    recorder = ChangeRecorder(events, metrics_out=sys.stdout)
-    days = DayKeeper(policy=policy.warmup, store=store, recorder=recorder)
+    days = DayKeeper(policy=policy.warmup, store=store, recorder=changes)
     return WarmupGate(policy=policy.warmup, store=store, days=days)
 
 

@@ -101,22 +101,17 @@ def change_metric(change: AdaptiveChange) -> dict[str, Any]:
 class ChangeRecorder:
     """Records adaptive changes: logs each, writes its EMF line to `metrics_out`, and
     publishes its event to `events`. A failed publish is logged and the change stands
-    (as an operator's: a suspension must not wait for the events queue). The changes
-    recorded are kept (the last `keep`) for the live status."""
+    (as an operator's: a suspension must not wait for the events queue)."""
 
-    def __init__(self, events: EventSink | None, *, metrics_out: TextIO | None = None,
-                 keep: int = 50) -> None:
+    def __init__(self, events: EventSink | None, *, metrics_out: TextIO | None = None) -> None:
         self._events = events
         self._metrics_out = metrics_out
-        self._keep = keep
-        self.recent: list[AdaptiveChange] = []
 
     async def record(self, changes: Sequence[AdaptiveChange]) -> bool:
         if not changes:
             return True
         for change in changes:
             log.warning("%s", change.describe())
-        self.recent = (self.recent + list(changes))[-self._keep:]
         if self._metrics_out is not None:
             emf.write(self._metrics_out, (change_metric(c) for c in changes))
         if self._events is None:

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiver.adaptive import aimd
-from quiver.adaptive.change import AdaptiveChange, ChangeRecorder
+from quiver.adaptive.change import ACTOR, AdaptiveChange, ChangeRecorder
 from quiver.adaptive.rules import rule_for
 from quiver.adaptive.state import RateState
-from quiver.adaptive.suspend import WHO, selector_for, suspension
+from quiver.adaptive.suspend import selector_for, suspension
 from quiver.adaptive.window import WindowCount
 from quiver.controls.active import ActiveControls
 from quiver.controls.model import Control, ControlError
@@ -387,7 +387,7 @@ class AdaptiveEngine:
         now = self._clock()
         suspensions = [] if self._controls is None else [
             c.as_dict() for c in self._controls.controls()
-            if c.who == WHO and c.active(now)]
+            if c.who == ACTOR and c.active(now)]
         return {"enabled": self.policy.enabled,
                 "rates": [{**s.as_dict(), "since": rfc3339_ms(s.since)} for s in self.adapted()],
                 "suspensions": suspensions}

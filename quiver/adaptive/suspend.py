@@ -11,12 +11,10 @@ in the queue, unattempted, as under any pause: nothing bounces.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
 
+from quiver.adaptive.change import ACTOR
 from quiver.controls.model import MAX_REASON, Control, Selector
 from quiver.policy.adaptive import ResponseRule
-
-WHO: Final = "adaptive"
 
 
 def suspension(rule: ResponseRule, selector: dict[str, str], *, reason: str,
@@ -33,7 +31,7 @@ def suspension(rule: ResponseRule, selector: dict[str, str], *, reason: str,
     line = " ".join(reason.replace("\0", " ").split())[:MAX_REASON]
     return Control(
         id="adaptive-" + hashlib.sha256(key.encode()).hexdigest()[:20], kind="pause",
-        selector=Selector.of(dict(selector)), reason=line, who=WHO,
+        selector=Selector.of(dict(selector)), reason=line, who=ACTOR,
         created_at=now, expires_at=now + rule.duration)
 
 

@@ -51,12 +51,8 @@ class ControlPoller:
         try:
             found = await self._store.all()
         except StorageError as exc:
-            self.failures += 1
-            now = self._clock()
-            if now - self._warned_at >= WARNING_INTERVAL or now < self._warned_at:
-                self._warned_at = now
-                log.warning("controls table unreadable (%s): keeping the %d controls "
-                            "last read", exc, len(self.controls.controls()))
+            self._failed("controls table unreadable (%s): keeping the %d controls last read",
+                         exc, len(self.controls.controls()))
             self.controls.refresh()
             return False
         self.reads += 1
@@ -65,13 +61,18 @@ class ControlPoller:
             try:
                 self._on_rates(await self._rates.rates())
             except StorageError as exc:
-                self.failures += 1
-                now = self._clock()
-                if now - self._warned_at >= WARNING_INTERVAL or now < self._warned_at:
-                    self._warned_at = now
-                    log.warning("adaptive rates unreadable (%s): keeping the rates last "
-                                "read", exc)
+                self._failed("adaptive rates unreadable (%s): keeping the rates last read",
+                             exc)
         return True
+
+    def _failed(self, message: str, *args: object) -> None:
+        """Count a failed read; warn at most once per WARNING_INTERVAL (a clock that
+        went back warns again)."""
+        self.failures += 1
+        now = self._clock()
+        if now - self._warned_at >= WARNING_INTERVAL or now < self._warned_at:
+            self._warned_at = now
+            log.warning(message, *args)
 
     async def load(self, stop: asyncio.Event) -> None:
         """Before the first receive: read until it succeeds (or `stop`)."""

@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 from quiver.controls.model import Control
 from quiver.guards.counts import CountKey, Counts, Scope
 from quiver.storage.base import StorageError
-from quiver.storage.boto_calls import call_sync
+from quiver.storage.boto_calls import call_sync, query_all_sync
 from quiver.storage.dynamo import control_item
 
 # DynamoDB allows 100 items a transaction; moto's server and older regions 25. One
@@ -119,26 +119,20 @@ class DynamoGuardStore:
         return added
 
     def standing(self, scope: Scope, name: str, *, since: int) -> Standing:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "ConsistentRead": True,
-            "KeyConditionExpression": "pk = :pk AND sk >= :since",
-            "ExpressionAttributeValues": {":pk": {"S": partition(scope, name)},
-                                          ":since": {"S": bucket_sk(since)}},
-        }
         out = Standing()
-        while True:
-            response = call_sync(self._client.query, **kwargs)
-            for item in response.get("Items", []):
-                sk = item["sk"]["S"]
-                if sk == STATE_SK:
-                    out.tripped = item.get("tripped", {}).get("BOOL", False)
-                elif sk.startswith(_BUCKET_PREFIX):
-                    out.buckets[int(sk[len(_BUCKET_PREFIX):])] = Counts(
-                        attempts=_int(item, "attempts"), hard_bounces=_int(item, "hard"),
-                        complaints=_int(item, "complaints"))
-            if "LastEvaluatedKey" not in response:
-                return out
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        for item in query_all_sync(
+                self._client, TableName=self.table, ConsistentRead=True,
+                KeyConditionExpression="pk = :pk AND sk >= :since",
+                ExpressionAttributeValues={":pk": {"S": partition(scope, name)},
+                                           ":since": {"S": bucket_sk(since)}}):
+            sk = item["sk"]["S"]
+            if sk == STATE_SK:
+                out.tripped = item.get("tripped", {}).get("BOOL", False)
+            elif sk.startswith(_BUCKET_PREFIX):
+                out.buckets[int(sk[len(_BUCKET_PREFIX):])] = Counts(
+                    attempts=_int(item, "attempts"), hard_bounces=_int(item, "hard"),
+                    complaints=_int(item, "complaints"))
+        return out
 
     def trip(self, scope: Scope, name: str, control: Control) -> bool:
         return self._transact([

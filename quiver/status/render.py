@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
+from quiver.adaptive.change import ACTOR
 from quiver.status.fleet import Fleet
 
 TASK_HEADER = ("TASK", "BEAT", "POLICY", "SHARE", "MSGS", "JOBS", "CONNS", "LOOP")
 QUEUE_HEADER = ("SOURCE", "SITE", "DEPTH", "RCPTS", "CONNS", "DEFER%", "STATE", "WHY / LAST ERROR")
 SORTS = {"depth": "depth", "deferrals": "deferral rate"}
-# The `who` of the adaptive engine's suspensions (quiver.adaptive.suspend.WHO).
-ADAPTIVE: Final = "adaptive"
 
 
 def _seconds(value: Any) -> str:
@@ -108,7 +107,7 @@ def render(fleet: Fleet, *, queues: list[dict[str, Any]] | None = None,
     for node, why in sorted(fleet.proxies_down.items()):
         lines.append(f"proxy {node} DOWN: {why or 'unknown'}")
     for control in fleet.controls:
-        if control.get("who") == ADAPTIVE:
+        if control.get("who") == ACTOR:
             lines.append(adaptive_suspension_line(control))
         else:
             lines.append(f"control: {json.dumps(control, sort_keys=True)}")

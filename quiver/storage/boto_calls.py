@@ -43,6 +43,28 @@ async def call(fn: Callable[..., T], **kwargs: Any) -> T:
     return await loop.run_in_executor(aws_executor(), lambda: call_sync(fn, **kwargs))
 
 
+def query_all_sync(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every item a DynamoDB Query (`kwargs`) matches, page after page."""
+    items: list[dict[str, Any]] = []
+    while True:
+        response = call_sync(client.query, **kwargs)
+        items.extend(response.get("Items", []))
+        if "LastEvaluatedKey" not in response:
+            return items
+        kwargs = {**kwargs, "ExclusiveStartKey": response["LastEvaluatedKey"]}
+
+
+async def query_all(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """`query_all_sync` on the AWS thread pool, a page per call."""
+    items: list[dict[str, Any]] = []
+    while True:
+        response = await call(client.query, **kwargs)
+        items.extend(response.get("Items", []))
+        if "LastEvaluatedKey" not in response:
+            return items
+        kwargs = {**kwargs, "ExclusiveStartKey": response["LastEvaluatedKey"]}
+
+
 def error_code(exc: StorageError) -> str | None:
     """The AWS error code behind a translated error ("NoSuchKey", ...), if it had one."""
     cause = exc.__cause__

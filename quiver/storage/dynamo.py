@@ -25,7 +25,7 @@ from quiver.storage.base import (
     StorageError,
     Suppression,
 )
-from quiver.storage.boto_calls import call, call_sync, error_code
+from quiver.storage.boto_calls import call, call_sync, error_code, query_all, query_all_sync
 from quiver.storage.dynamo_lean import LeanDynamoClient
 from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
@@ -100,20 +100,11 @@ class DynamoFinals:
                 raise StorageError(f"{self.table}: BatchWriteItem left items unprocessed")
 
     async def finalized(self, message_id: str) -> set[str]:
-        out: set[str] = set()
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": f"final#{message_id}"}},
-            "ProjectionExpression": "sk",
-            "ConsistentRead": True,
-        }
-        while True:
-            response = await call(self._client.query, **kwargs)
-            out.update(item["sk"]["S"] for item in response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                return out
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = await query_all(
+            self._client, TableName=self.table, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": f"final#{message_id}"}},
+            ProjectionExpression="sk", ConsistentRead=True)
+        return {item["sk"]["S"] for item in items}
 
 
 PARTITION = "senders"
@@ -153,21 +144,13 @@ class DynamoMembership(HeartbeatMembership):
         await call(self._client.put_item, TableName=self._table, Item=item)
         # The ids, not a count: a task's rank among them places its connection slots.
         # The read costs the same (a query is billed for the items it reads either way).
-        live: list[str] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :p",
-            "FilterExpression": "heartbeat > :h",
-            "ExpressionAttributeValues": {":p": {"S": PARTITION},
-                                          ":h": {"N": f"{now - self.stale}"}},
-            "ProjectionExpression": "sk",
-        }
-        while True:
-            response = await call(self._client.query, **kwargs)
-            live.extend(item["sk"]["S"] for item in response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                return live
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = await query_all(
+            self._client, TableName=self._table, KeyConditionExpression="pk = :p",
+            FilterExpression="heartbeat > :h",
+            ExpressionAttributeValues={":p": {"S": PARTITION},
+                                       ":h": {"N": f"{now - self.stale}"}},
+            ProjectionExpression="sk")
+        return [item["sk"]["S"] for item in items]
 
     async def leave(self) -> None:
         await call(self._client.delete_item, TableName=self._table, Key={
@@ -189,21 +172,15 @@ def read_senders(client: Any, table: str) -> list[SenderItem]:
     """Every item of the senders table's partition, live or not (a strongly
     consistent query: a heartbeat written just before is seen)."""
     out: list[SenderItem] = []
-    kwargs: dict[str, Any] = {
-        "TableName": table, "KeyConditionExpression": "pk = :p",
-        "ExpressionAttributeValues": {":p": {"S": PARTITION}}, "ConsistentRead": True,
-    }
-    while True:
-        response = call_sync(client.query, **kwargs)
-        for item in response.get("Items", []):
-            status = item.get("status", {}).get("B")
-            out.append(SenderItem(
-                task_id=item["sk"]["S"], heartbeat=float(item["heartbeat"]["N"]),
-                stale=float(item.get("stale", {}).get("N", "0")),
-                status=bytes(status) if status is not None else None))
-        if "LastEvaluatedKey" not in response:
-            return out
-        kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+    for item in query_all_sync(client, TableName=table, KeyConditionExpression="pk = :p",
+                               ExpressionAttributeValues={":p": {"S": PARTITION}},
+                               ConsistentRead=True):
+        status = item.get("status", {}).get("B")
+        out.append(SenderItem(
+            task_id=item["sk"]["S"], heartbeat=float(item["heartbeat"]["N"]),
+            stale=float(item.get("stale", {}).get("N", "0")),
+            status=bytes(status) if status is not None else None))
+    return out
 
 
 def _suppression_key(tenant: str, address: str) -> dict[str, dict[str, str]]:
@@ -470,20 +447,10 @@ class DynamoControls:
         self.table = table
 
     async def all(self) -> list[Control]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": _CONTROL_PK}}, "ConsistentRead": True,
-        }
-        out: list[Control] = []
-        while True:
-            response = await call(self._client.query, **kwargs)
-            for item in response.get("Items", []):
-                control = _control(item)
-                if control is not None:
-                    out.append(control)
-            if "LastEvaluatedKey" not in response:
-                return out
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = await query_all(
+            self._client, TableName=self.table, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _CONTROL_PK}}, ConsistentRead=True)
+        return [c for c in map(_control, items) if c is not None]
 
     async def put(self, control: Control) -> None:
         await call(self._client.put_item, TableName=self.table, Item=control_item(control))

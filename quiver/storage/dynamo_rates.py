@@ -8,7 +8,7 @@ from typing import Any
 
 from quiver.adaptive.state import RateState
 from quiver.storage.base import StorageError
-from quiver.storage.boto_calls import call, error_code
+from quiver.storage.boto_calls import call, error_code, query_all
 
 _log = logging.getLogger("quiver.storage")
 
@@ -26,17 +26,10 @@ class DynamoRates:
         self.table = table
 
     async def rates(self) -> list[RateState]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": PK}}, "ConsistentRead": True,
-        }
-        out: list[RateState] = []
-        while True:
-            response = await call(self._client.query, **kwargs)
-            out.extend(s for s in map(_rate_state, response.get("Items", [])) if s is not None)
-            if "LastEvaluatedKey" not in response:
-                return out
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = await query_all(
+            self._client, TableName=self.table, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": PK}}, ConsistentRead=True)
+        return [s for s in map(_rate_state, items) if s is not None]
 
     async def rate(self, source: str, provider: str) -> RateState | None:
         response = await call(self._client.get_item, TableName=self.table, ConsistentRead=True,

@@ -19,7 +19,7 @@ import datetime as dt
 from typing import Any, Final
 
 from quiver.storage.base import StorageError
-from quiver.storage.boto_calls import call, error_code
+from quiver.storage.boto_calls import call, error_code, query_all
 from quiver.storage.warmup import CapUse, DayCounts, DayState, Plan
 
 PK: Final = "warmup"
@@ -89,20 +89,14 @@ class DynamoWarmup:
 
     async def used(self, *, source: str, date: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "ConsistentRead": True,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": {"S": PK}, ":prefix": {"S": f"{source}|"}},
-        }
-        while True:
-            response = await call(self._client.query, **kwargs)
-            for item in response.get("Items", []):
-                _, provider, day = item["sk"]["S"].split("|", 2)
-                if day == date:
-                    out[provider] = int(item.get("taken", {}).get("N", "0"))
-            if "LastEvaluatedKey" not in response:
-                return out
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        for item in await query_all(
+                self._client, TableName=self.table, ConsistentRead=True,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={":pk": {"S": PK}, ":prefix": {"S": f"{source}|"}}):
+            _, provider, day = item["sk"]["S"].split("|", 2)
+            if day == date:
+                out[provider] = int(item.get("taken", {}).get("N", "0"))
+        return out
 
     async def add_outcomes(self, *, source: str, date: str, counts: DayCounts) -> None:
         await call(self._client.update_item, TableName=self.table,
@@ -125,27 +119,21 @@ class DynamoWarmup:
     async def today(self, *, date: str) -> tuple[list[CapUse], dict[str, DayState]]:
         uses: list[CapUse] = []
         states: dict[str, DayState] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "ConsistentRead": True,
-            "KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": PK}},
-        }
-        while True:
-            response = await call(self._client.query, **kwargs)
-            for item in response.get("Items", []):
-                sk = item["sk"]["S"]
-                if sk.endswith("#state"):
-                    state = _state(item)
-                    if state is not None:
-                        states[sk.removesuffix("#state")] = state
-                elif sk.count("|") == 2 and sk.endswith(f"|{date}"):
-                    source, provider, _ = sk.split("|")
-                    uses.append(CapUse(
-                        source=source, provider=provider, date=date,
-                        taken=_number(item, "taken"), cap=_number(item, "cap"),
-                        day=_number(item, "day"), template=item.get("template", {}).get("S", "")))
-            if "LastEvaluatedKey" not in response:
-                return uses, states
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        for item in await query_all(
+                self._client, TableName=self.table, ConsistentRead=True,
+                KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": PK}}):
+            sk = item["sk"]["S"]
+            if sk.endswith("#state"):
+                state = _state(item)
+                if state is not None:
+                    states[sk.removesuffix("#state")] = state
+            elif sk.count("|") == 2 and sk.endswith(f"|{date}"):
+                source, provider, _ = sk.split("|")
+                uses.append(CapUse(
+                    source=source, provider=provider, date=date,
+                    taken=_number(item, "taken"), cap=_number(item, "cap"),
+                    day=_number(item, "day"), template=item.get("template", {}).get("S", "")))
+        return uses, states
 
     async def state(self, *, source: str) -> DayState | None:
         item = await self._get(self._key(f"{source}#state"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack.feeder import FeederThread
 from quiver.devstack.samples import render
 from quiver.devstack.stack import LocalStack
 
@@ -64,50 +65,39 @@ class Feeder:
     interval: float = 0.4
     limit: int = 1500
     sent: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    error: BaseException | None = None
+    _thread: FeederThread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="controls-feeder", daemon=True)
+        self._thread = FeederThread(self.stack, name="controls-feeder", feed=self._feed)
         self._thread.start()
 
-    def _run(self) -> None:
-        deployment = self.stack.deployment
-        assert deployment is not None
-        client = QuiverClient(sqs=self.stack.client("sqs"), s3=self.stack.client("s3"),
-                              queue_url=deployment.outbound_queue_url,
-                              spill_bucket=deployment.spill_bucket)
-        try:
-            for n in range(self.limit):
-                if self._stop.is_set():
-                    return
-                batch = []
-                for domain in (PAUSED_DOMAIN, OTHER_DOMAIN):
-                    mid = f"ctl-{domain.split('.')[0]}-{n:05d}"
-                    to = [f"user{n}@{domain}"]
-                    batch.append(OutboundMessage(
-                        id=mid, sender="bounces@news.quiver-demo.test", to=to,
-                        raw=render(message_id=mid, from_addr="hello@news.quiver-demo.test",
-                                   to=to, subject=f"controls drill {n}")))
-                result = client.enqueue_batch(batch)
-                if result.failed:
-                    raise RuntimeError(f"enqueue failed: {result.failed}")
-                for domain in (PAUSED_DOMAIN, OTHER_DOMAIN):
-                    self.sent[domain] = self.sent.get(domain, 0) + 1
-                self._stop.wait(self.interval)
-        except BaseException as exc:  # reported by `check`, not lost on the thread
-            self.error = exc
+    def _feed(self, client: QuiverClient, stop: threading.Event) -> None:
+        for n in range(self.limit):
+            if stop.is_set():
+                return
+            batch = []
+            for domain in (PAUSED_DOMAIN, OTHER_DOMAIN):
+                mid = f"ctl-{domain.split('.')[0]}-{n:05d}"
+                to = [f"user{n}@{domain}"]
+                batch.append(OutboundMessage(
+                    id=mid, sender="bounces@news.quiver-demo.test", to=to,
+                    raw=render(message_id=mid, from_addr="hello@news.quiver-demo.test",
+                               to=to, subject=f"controls drill {n}")))
+            result = client.enqueue_batch(batch)
+            if result.failed:
+                raise RuntimeError(f"enqueue failed: {result.failed}")
+            for domain in (PAUSED_DOMAIN, OTHER_DOMAIN):
+                self.sent[domain] = self.sent.get(domain, 0) + 1
+            stop.wait(self.interval)
 
     def check(self) -> None:
-        if self.error is not None:
-            raise DrillError(f"the feeder failed: {self.error!r}")
+        if self._thread is not None:
+            self._thread.check(DrillError)
 
     def stop(self) -> int:
         """Stop; the number of messages enqueued."""
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.stop()
         return sum(self.sent.values())
 
 

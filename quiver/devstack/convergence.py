@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from quiver.devstack.convergence_figures import (
     per_second,
     phase_figures,
 )
+from quiver.devstack.feeder import FeederThread
 from quiver.devstack.samples import render
 from quiver.devstack.servers.throttled_mx import ThrottledMx
 from quiver.devstack.sim_provider import DOMAIN, POOL, sim_stack, start_sim_mx
@@ -82,38 +83,27 @@ class Feeder:
     backlog: int
     limit: int
     sent: int = 0
-    error: BaseException | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _thread: FeederThread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sim-feeder", daemon=True)
+        self._thread = FeederThread(self.stack, name="sim-feeder", feed=self._feed)
         self._thread.start()
 
     def _accepted(self) -> int:
         return sum(c.accepted for c in self.mx.gate.counts())
 
-    def _run(self) -> None:
-        deployment = self.stack.deployment
-        assert deployment is not None
-        client = QuiverClient(sqs=self.stack.client("sqs"), s3=self.stack.client("s3"),
-                              queue_url=deployment.outbound_queue_url,
-                              spill_bucket=deployment.spill_bucket)
-        try:
-            while not self._stop.is_set() and self.sent < self.limit:
-                want = min(self.backlog - (self.sent - self._accepted()),
-                           self.limit - self.sent)
-                if want < ENQUEUE_BATCH:
-                    self._stop.wait(POLL)
-                    continue
-                for _ in range(want // ENQUEUE_BATCH):
-                    result = client.enqueue_batch([self._message(self.sent + i)
-                                                   for i in range(ENQUEUE_BATCH)])
-                    if result.failed:
-                        raise RuntimeError(f"enqueue failed: {result.failed}")
-                    self.sent += ENQUEUE_BATCH
-        except BaseException as exc:  # reported by `check`, not lost on the thread
-            self.error = exc
+    def _feed(self, client: QuiverClient, stop: threading.Event) -> None:
+        while not stop.is_set() and self.sent < self.limit:
+            want = min(self.backlog - (self.sent - self._accepted()), self.limit - self.sent)
+            if want < ENQUEUE_BATCH:
+                stop.wait(POLL)
+                continue
+            for _ in range(want // ENQUEUE_BATCH):
+                result = client.enqueue_batch([self._message(self.sent + i)
+                                               for i in range(ENQUEUE_BATCH)])
+                if result.failed:
+                    raise RuntimeError(f"enqueue failed: {result.failed}")
+                self.sent += ENQUEUE_BATCH
 
     @staticmethod
     def _message(n: int) -> OutboundMessage:
@@ -125,13 +115,12 @@ class Feeder:
                        subject=f"simulated provider {n}"))
 
     def check(self) -> None:
-        if self.error is not None:
-            raise ConvergenceError(f"the feeder failed: {self.error!r}")
+        if self._thread is not None:
+            self._thread.check(ConvergenceError)
 
     def stop(self) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.stop()
 
 
 @dataclass

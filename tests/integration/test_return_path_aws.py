@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from moto_tables import fresh_table
 
 from quiver.devstack.moto_server import MotoServer, client, session, start_moto
 from quiver.returnpath import (
@@ -60,15 +61,7 @@ def store(request: pytest.FixtureRequest, clock: Clock) -> ReturnPathStore:
         return MemoryReturnPaths(clock=clock)
     server = request.getfixturevalue("moto")
     ddb = client(server.endpoint, "dynamodb")
-    name = f"finals-{uuid.uuid4().hex[:8]}"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST")
-    return DynamoReturnPaths(ddb, name, clock=clock)
+    return DynamoReturnPaths(ddb, fresh_table(ddb, "finals"), clock=clock)
 
 
 def record(i: int, *, tenant: str | None = "acme", campaign: str | None = None

@@ -194,6 +194,7 @@ FIELDS: tuple[Field, ...] = (
        "recipient of one transaction", 212),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 # Fields that are not Glue columns: Athena forbids a column named as a partition key.
 NOT_COLUMNS = frozenset(name for name, _ in PARTITION_KEYS)
 
@@ -259,6 +260,44 @@ def stored(record: Mapping[str, Any]) -> Mapping[str, Any]:
     if not meta or all(v is None or isinstance(v, str) for v in meta.values()):
         return record
     return {**record, "meta": stored_meta(meta)}
+
+
+def conforms(value: Any, type_: str) -> bool:
+    """Whether a JSON value (null aside) reads as `type_` without loss."""
+    if type_ in ("string", "timestamp"):
+        return isinstance(value, str)
+    if type_ in ("int", "bigint"):
+        return isinstance(value, int) and not isinstance(value, bool) and (
+            type_ == "bigint" or -2**31 <= value < 2**31)
+    if type_ == "double":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if type_ == "boolean":
+        return isinstance(value, bool)
+    if type_ == "map<string,string>":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items())
+    match = re.fullmatch(r"struct<(.*)>", type_)
+    if match is None or not isinstance(value, dict):
+        return False
+    members = dict(m.split(":", 1) for m in match.group(1).split(","))
+    return set(value) <= set(members) and all(
+        v is None or conforms(v, members[k]) for k, v in value.items())
+
+
+def record_problems(record: Mapping[str, Any]) -> list[str]:
+    """How a record as stored departs from the schema: a field it does not define, a
+    value its column would not read, a field on an event type not said to carry it."""
+    problems = []
+    event = record.get("event")
+    for name, value in record.items():
+        spec = FIELDS_BY_NAME.get(name)
+        if spec is None:
+            problems.append(f"{name}: not a field of the schema")
+        elif value is not None and not conforms(value, spec.type):
+            problems.append(f"{name}: {value!r} is not {spec.type}")
+        elif event not in spec.events:
+            problems.append(f"{name}: not a field of {event!r} events")
+    return problems
 
 
 def _events_cell(events: frozenset[EventType]) -> str:

@@ -68,6 +68,9 @@ def _f(name: str, type_: str, events: frozenset[EventType], null: str, descripti
     return Field(name, type_, events, null, description, example)
 
 
+# The attempt fields are absent from the `expired` and admin `bounced` events decided
+# without a try (on receipt, or while an operator control held the recipient).
+_UNTRIED = "absent on an `expired` or admin `bounced` decided without a try"
 _RESPONSE = "struct<code:int,enhanced:string,text:string>"
 _BOUNCE = "struct<kind:string,category:string,reason:string>"
 _DSN = ("struct<recipient:string,status:string,diagnostic_code:string,"
@@ -100,11 +103,12 @@ FIELDS: tuple[Field, ...] = (
        "as its JSON text (`1`, `2.5`, `true`)", {"order": "1042", "vip": "true"}),
     _f("attempt", "int", EVERY, "",
        "real tries of this recipient so far, this event's included; 0 if never tried", 1),
-    _f("source", "string", ATTEMPTS, "no connection was made (DNS failure, forbidden MX)",
+    _f("source", "string", ATTEMPTS,
+       "no connection was made (DNS failure, forbidden MX); " + _UNTRIED,
        "the egress source's name", "local1"),
     _f("source_ip", "string", ATTEMPTS, "as `source`", "the egress source's address",
        "198.51.100.7"),
-    _f("proxy", "string", ATTEMPTS, "no proxy node (a direct source)",
+    _f("proxy", "string", ATTEMPTS, "no proxy node (a direct source); " + _UNTRIED,
        "the proxy node that carried the connection", "proxy-a"),
     _f("mx", "string", ATTEMPTS, "as `source`", "the receiving MX host",
        "mx1.alpha.test"),
@@ -112,7 +116,7 @@ FIELDS: tuple[Field, ...] = (
        "203.0.113.25"),
     _f("site", "string", ATTEMPTS, "as `source`", "the MX site (hosts sharing limits)",
        "alpha.test"),
-    _f("provider", "string", ATTEMPTS, "no provider rule matched the MX",
+    _f("provider", "string", ATTEMPTS, "no provider rule matched the MX; " + _UNTRIED,
        "the mailbox provider", "gmail"),
     _f("response", _RESPONSE,
        ATTEMPTS | {"failed", "rejected", "suppressed"},
@@ -120,11 +124,14 @@ FIELDS: tuple[Field, ...] = (
        "the reply to this recipient's own try; on `expired`/`failed` its last reply, or "
        "`{451, 4.4.7, never attempted: <why>}`",
        {"code": 250, "enhanced": "2.0.0", "text": "OK queued as 1"}),
-    _f("tls", "string", ATTEMPTS, "plaintext, or no connection",
+    _f("tls", "string", ATTEMPTS, "plaintext, or no connection; " + _UNTRIED,
        "the TLS protocol version", "TLSv1.3"),
-    _f("tls_mode", "string", ATTEMPTS, "no connection was involved",
-       "`opportunistic`, `required`, `verify`, or `plaintext-fallback`", "opportunistic"),
-    _f("return_path", "string", ATTEMPTS, "absent when the caller's `from` went on the wire",
+    _f("tls_mode", "string", ATTEMPTS, "no connection was involved; " + _UNTRIED,
+       "the TLS mode the connection used: the destination's (`opportunistic`, `required`, "
+       "`verify`), or `plaintext-fallback` (opportunistic, sent in plaintext because its MX "
+       "failed or refused STARTTLS, now or within the last hour)", "opportunistic"),
+    _f("return_path", "string", ATTEMPTS,
+       "absent when the caller's `from` went on the wire; " + _UNTRIED,
        "the signed envelope sender (VERP) this recipient's transaction used",
        "b-2x7k9q@bounce.example.com"),
     _f("next_attempt_at", "timestamp", frozenset({"deferred"}), "",
@@ -176,19 +183,23 @@ FIELDS: tuple[Field, ...] = (
        "the value changed, before (a send rate per second, a warm-up day)", 50.0),
     _f("new", "double", CONTROL, "not by `adaptive`, or a suspension",
        "the value changed, after", 25.0),
-    _f("message_size", "bigint", ATTEMPTS, "",
-       "bytes of the message as sent in DATA for this recipient (DKIM-Signature and "
-       "added headers included, before SMTP dot-stuffing)", 48213),
-    _f("dkim_domain", "string", ATTEMPTS, "the message went unsigned",
+    _f("message_size", "bigint", ATTEMPTS, _UNTRIED,
+       "bytes of the message as sent in DATA for this recipient (the DKIM-Signature and "
+       "added headers included, before SMTP dot-stuffing; the 7-bit form to a server "
+       "without 8BITMIME); without a transaction, the size it was handed to SMTP at",
+       48213),
+    _f("dkim_domain", "string", ATTEMPTS, "the message went unsigned; " + _UNTRIED,
        "the DKIM signing domain (d=)", "example.com"),
     _f("dkim_selector", "string", ATTEMPTS, "as `dkim_domain`",
-       "the DKIM selector (s=)", "q2026"),
-    _f("message_id_header", "string", ATTEMPTS, "the message has no Message-ID header",
+       "the DKIM selector (s=); several keys of one domain: their selectors, "
+       "comma-separated, in signing order", "q2026"),
+    _f("message_id_header", "string", ATTEMPTS,
+       "the message has no Message-ID header; " + _UNTRIED,
        "the message's RFC 5322 Message-ID, angle brackets included (to join with "
        "complaints and replies)", "<welcome-00042@example.com>"),
     _f("transaction_ms", "bigint", ATTEMPTS,
        "no transaction took place (the connection failed before MAIL FROM, or the "
-       "recipient was refused before anything went on the wire)",
+       "recipient was refused before anything went on the wire); " + _UNTRIED,
        "milliseconds from writing MAIL FROM to the transaction's last reply (the reply to "
        "DATA; the RCPT replies when every recipient was refused): the same for every "
        "recipient of one transaction", 212),
@@ -375,7 +386,8 @@ def markdown() -> str:
         "A `map<string,string>`. The export writes each value that is not a string as its "
         "JSON text: `1042` is `'1042'`, `true` is `'true'`, `2.5` is `'2.5'`; null stays "
         "null. Compare with strings (`meta['vip'] = 'true'`) or cast "
-        "(`CAST(meta['order'] AS bigint)`). Keys keep their case.",
+        "(`CAST(meta['order'] AS bigint)`). Keys keep their case in the objects and in "
+        "DuckDB's map.",
         "",
         "## DuckDB",
         "",

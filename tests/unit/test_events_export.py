@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quiver.envelope import Envelope, Readable
+from quiver.event_schema import stored
 from quiver.events import (
     BATCH_FORMAT,
     EVENT_TYPES,
@@ -23,7 +24,6 @@ from quiver.events import (
     unpack_batch,
     validate_record,
 )
-from quiver.event_schema import stored
 from quiver.export import object_key, partition, read_object
 
 ENV = Envelope(id="m-1", sender="a@example.com", recipients=("b@example.org",), raw=b"x",

@@ -12,32 +12,19 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from test_lifecycle import PATH, POLICY
 
 from quiver.bounce import default_classifier
-from quiver.delivery import Attempt, Path
+from quiver.delivery import Attempt
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
 from quiver.event_schema import record_problems
 from quiver.message import MAX_MESSAGE_ID, message_id
-from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MessageHandler
 from quiver.smtp.reply import parse_reply
 from quiver.storage.base import Outgoing
 from quiver.storage.memory import MemoryBodyStore, MemoryEventSink, MemoryQueue
 
-POLICY = parse_policy("""
-default_pool = "p"
-[sources.s1]
-ip = "192.0.2.1"
-ehlo = "o1.example.com"
-[pools.p]
-sources = ["s1"]
-[retry]
-first = "5m"
-max_age = "1h"
-""")
-PATH = Path(source="s1", source_ip="192.0.2.1", mx="mx.example.org", mx_ip="192.0.2.9",
-            site="mx.example.org")
 MESSAGE = (b"From: News <news@example.com>\r\nTo: x@example.org\r\n"
            b"Message-ID:\r\n <m-1.20261203@news.example.com>\r\nSubject: hi\r\n\r\nbody\r\n")
 REPLIES = {"ok": (250, "2.0.0 ok"), "temp": (451, "4.3.0 try later"),

@@ -68,9 +68,9 @@ def _f(name: str, type_: str, events: frozenset[EventType], null: str, descripti
     return Field(name, type_, events, null, description, example)
 
 
-# The attempt fields are absent from the `expired` and admin `bounced` events decided
-# without a try (on receipt, or while an operator control held the recipient).
-_UNTRIED = "absent on an `expired` or admin `bounced` decided without a try"
+# The attempt fields are absent from the events decided on receipt, before any
+# delivery: an `expired` past its deadline, an operator's admin `bounced`.
+_UNTRIED = "absent on an `expired` decided on receipt and on an admin `bounced`"
 _RESPONSE = "struct<code:int,enhanced:string,text:string>"
 _BOUNCE = "struct<kind:string,category:string,reason:string>"
 _DSN = ("struct<recipient:string,status:string,diagnostic_code:string,"

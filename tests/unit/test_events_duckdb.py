@@ -73,3 +73,21 @@ def _as_described(db: duckdb.DuckDBPyConnection) -> dict[str, str]:
         assert description is not None
         out[name] = str(description[0][1])
     return out
+
+
+def test_the_readme_query_runs_over_the_typed_read(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (query,) = [b.split("```", 1)[0] for b in readme.split("```sql\n")[1:]
+                if "FROM events WHERE id" in b.split("```", 1)[0]]
+    _export(tmp_path, "b1", [
+        _record("deferred", 1, id="welcome-00042", response={
+            "code": 451, "enhanced": "4.7.1", "text": "greylisted"},
+            next_attempt_at="2026-12-03T08:05:00.000Z"),
+        _record("delivered", 2, id="welcome-00042", attempt=2, response={
+            "code": 250, "enhanced": "2.0.0", "text": "OK"})])
+    db = duckdb.connect()
+    db.execute("CREATE VIEW events AS SELECT * FROM "
+               + duckdb_source(str(tmp_path / "events/event=*/date=*/hour=*/*.jsonl.gz")))
+    rows = db.execute(query).fetchall()
+    assert [(event, attempt, why) for _, event, _, attempt, why in rows] == [
+        ("deferred", 1, "greylisted"), ("delivered", 2, "OK")]

@@ -16,50 +16,19 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from cdk.buckets import ATHENA_RESULTS_PREFIX, EVENTS_PREFIX
-from quiver.events import EVENT_FIELDS, EVENT_TYPES
+from quiver.event_schema import PARTITION_KEYS as PARTITION_KEYS
+from quiver.event_schema import glue_columns as glue_columns
+from quiver.events import EVENT_TYPES
 
 # Projection starts here; earlier dates hold no events and would only cost listings.
 FIRST_DATE = "2025-01-01"
 # A query that forgets its partition filter stops here instead of scanning every day.
 BYTES_SCANNED_CUTOFF = 1024**4
 
-# Athena types of the v1 event record's fields (quiver.events.EventRecord, the one
-# schema). A field added there without a type here fails the synth.
-_TYPES: dict[str, str] = {
-    "v": "int", "at": "string", "id": "string", "rcpt": "string", "from": "string",
-    "tenant": "string", "campaign": "string", "pool": "string",
-    "meta": "map<string,string>", "attempt": "int",
-    "source": "string", "source_ip": "string", "proxy": "string", "mx": "string",
-    "mx_ip": "string", "site": "string", "provider": "string",
-    "response": "struct<code:int,enhanced:string,text:string>", "tls": "string",
-    "next_attempt_at": "string", "queued_ms": "bigint",
-    "bounce": "struct<kind:string,category:string,reason:string>",
-    "feedback_type": "string",
-    # Post-delivery events (async_bounce, complaint, unsubscribed).
-    "dsn": "struct<recipient:string,status:string,diagnostic_code:string,"
-           "remote_mta:string,reporting_mta:string,format:string>",
-    "reporter": "string",
-    "inbound_object": "string",
-    # Why a message was rejected, failed or expired (rejected, failed, expired).
-    "reason": "string",
-    # The SQS message id of a rejected or failed message (its DLQ copy's attribute).
-    "sqs_message_id": "string",
-    # Operator controls (`control` events).
-    "action": "string", "actor": "string", "selector": "map<string,string>",
-    "until": "string",
-    # Adaptive changes (`control` events whose actor is `adaptive`).
-    "rule": "string", "observed": "double", "old": "double", "new": "double",
-}
-# Fields that are not columns: `event` is the partition column (Athena forbids both);
-# `tls_mode` and `return_path` (added in v1, optional for readers) are not columns
-# yet: adding one changes the deployed table, which is a change of its own.
-NOT_COLUMNS = frozenset({"event", "tls_mode", "return_path"})
-COLUMNS: tuple[tuple[str, str], ...] = tuple(
-    (name, _TYPES[name]) for name in EVENT_FIELDS if name not in NOT_COLUMNS
-)
-PARTITION_KEYS: tuple[tuple[str, str], ...] = (
-    ("event", "string"), ("date", "string"), ("hour", "string"),
-)
+# The table's columns and partition keys come from the event schema
+# (quiver.event_schema), re-exported here for every table over the events:
+# `glue_columns()` is the one list, generated from the fields docs/events.md and the
+# DuckDB read are generated from, so a field added there is a column here.
 
 
 def projection_parameters(location: str) -> dict[str, str]:
@@ -124,7 +93,8 @@ class EventAnalytics(Construct):
                     serde_info=glue.CfnTable.SerdeInfoProperty(
                         serialization_library="org.openx.data.jsonserde.JsonSerDe",
                     ),
-                    columns=[glue.CfnTable.ColumnProperty(name=n, type=t) for n, t in COLUMNS],
+                    columns=[glue.CfnTable.ColumnProperty(name=n, type=t)
+                             for n, t in glue_columns()],
                 ),
             ),
         )

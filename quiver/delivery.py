@@ -88,10 +88,15 @@ class Attempt:
     counts: bool = True
     # Set when an operator control held it back (never with `counts`).
     hold: Hold | None = None
+    # When its transaction went on the wire: the bytes of the message sent (the 7-bit
+    # form, for a server without 8BITMIME) and the transaction's milliseconds.
+    size: int | None = None
+    transaction_ms: int | None = None
 
     def delivery_fields(self) -> EventFields:
         fields = self.path.fields.copy()
         fields["response"] = self.reply.as_event()
+        fields["transaction_ms"] = self.transaction_ms
         return fields
 
 

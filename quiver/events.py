@@ -69,10 +69,12 @@ class Bounce(TypedDict):
     reason: str
 
 
-# The event record, contract v1 (ARCHITECTURE.md, "Event record, v1"; the README's
-# Events section): the one definition of its fields. Every producer builds records
-# through these types, the export validates the common ones, and the Glue table's
-# columns follow them. At run time a record is a plain dict: typing it costs nothing.
+# The event record, contract v1: the one definition of its fields for the code.
+# quiver/event_schema.py describes the same fields, in the same order, with their
+# analyst-facing types (the Glue columns, docs/events.md and the DuckDB read are
+# generated from it; a unit test holds the two together). Every producer builds
+# records through these types and the export validates the common ones. At run time a
+# record is a plain dict: typing it costs nothing.
 # The common fields, on every event (functional form: `from` is a Python keyword).
 CommonFields = TypedDict("CommonFields", {
     "v": int,
@@ -138,6 +140,14 @@ class EventFields(TypedDict, total=False):
     observed: float | None
     old: float | None
     new: float | None
+    # Added in v1, optional for readers: on events of a try at the MX, what was sent
+    # (bytes in DATA, the DKIM signature's d= and s=, the Message-ID header) and how
+    # long its transaction took (MAIL FROM to its last reply; None: none took place).
+    message_size: int
+    dkim_domain: str | None
+    dkim_selector: str | None
+    message_id_header: str | None
+    transaction_ms: int | None
 
 
 class EventRecord(CommonFields, EventFields):

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from quiver.adaptive.change import ChangeRecorder
+from quiver.event_schema import stored
 from quiver.events import Record, unpack_batch
 from quiver.guards.guard import Guard
 from quiver.guards.policy_reader import GuardsPolicyReader
@@ -40,6 +41,11 @@ from quiver.storage.dynamo import DynamoFinals
 _log = logging.getLogger("quiver.export")
 
 PREFIX = "events"
+# The objects are gzip files, and say so: with `Content-Encoding: gzip` browsers,
+# `requests`, curl --compressed and console downloads would undo the gzip and save
+# plain text under a `.jsonl.gz` name. `application/gzip` (RFC 6713) names the bytes as
+# stored, so every HTTP client keeps them; Athena and DuckDB go by the `.gz` extension.
+CONTENT_TYPE = "application/gzip"
 
 
 def object_key(*, event: str, at: str, batch_id: str) -> str:
@@ -49,11 +55,13 @@ def object_key(*, event: str, at: str, batch_id: str) -> str:
 
 
 def partition(batch_id: str, records: Sequence[Record]) -> dict[str, bytes]:
-    """Group a batch's records by partition: {object key: gzip'd JSONL bytes}."""
+    """Group a batch's records by partition: {object key: gzip'd JSONL bytes}, each
+    record as the table types it (`meta` values as strings: event_schema.stored)."""
     groups: dict[str, list[bytes]] = defaultdict(list)
     for record in records:
         key = object_key(event=record["event"], at=record["at"], batch_id=batch_id)
-        groups[key].append(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+        groups[key].append(
+            json.dumps(stored(record), separators=(",", ":"), ensure_ascii=False).encode())
     return {
         key: gzip.compress(b"\n".join(lines) + b"\n", compresslevel=6, mtime=0)
         for key, lines in groups.items()
@@ -64,10 +72,7 @@ def write_batch(s3: Any, *, bucket: str, batch_id: str, records: Sequence[Record
     """Write one batch's objects (synchronously, for Lambda); returns the keys written."""
     objects = partition(batch_id, records)
     for key, data in objects.items():
-        s3.put_object(
-            Bucket=bucket, Key=key, Body=data,
-            ContentType="application/x-ndjson", ContentEncoding="gzip",
-        )
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=CONTENT_TYPE)
     return sorted(objects)
 
 

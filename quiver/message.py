@@ -13,7 +13,12 @@ from __future__ import annotations
 import re
 
 _FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+                         re.IGNORECASE | re.MULTILINE)
 _ANGLE = re.compile(rb"<([^<>]*)>")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+# An event carries at most this much of a Message-ID (RFC 5322 caps a line at 998).
+MAX_MESSAGE_ID = 998
 _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 CRLF = b"\r\n"
 
@@ -55,3 +60,12 @@ def from_domain(raw: bytes) -> str | None:
         return None
     text = domain.strip().rstrip(b">").decode("ascii", "replace").lower()
     return text or None
+
+
+def message_id(raw: bytes) -> str | None:
+    """The (first) Message-ID header's value, unfolded and trimmed, or None."""
+    match = _MESSAGE_ID.search(header_block(raw))
+    if not match:
+        return None
+    value = _FOLD.sub(b" ", match.group(1)).strip()
+    return value[:MAX_MESSAGE_ID].decode("utf-8", "replace") or None

@@ -19,6 +19,7 @@ from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.progress import Progress
 from quiver.devstack.samples import plan
 from quiver.devstack.stack import SUPPRESSION_CACHE_TTL, LocalStack
+from quiver.event_schema import record_problems
 from quiver.events import validate_record
 from quiver.export import read_object
 from quiver.units import parse_duration
@@ -159,7 +160,8 @@ def _first_attempts(tally: Tally) -> int:
 
 
 def _check_bucket(stack: LocalStack) -> tuple[int, list[str]]:
-    """Every object under events/ must parse as v1 records."""
+    """Every object under events/ must parse as v1 records that the schema (and so the
+    Glue table) reads: every field a column of a compatible type."""
     assert stack.deployment is not None
     s3 = stack.client("s3")
     bucket = stack.deployment.events_bucket
@@ -172,6 +174,8 @@ def _check_bucket(stack: LocalStack) -> tuple[int, list[str]]:
             try:
                 for record in read_object(data):
                     validate_record(record)
+                    if problems := record_problems(record):
+                        raise ValueError("; ".join(problems))
             except Exception as exc:
                 bad.append(f"{item['Key']}: {exc}")
     return objects, bad

@@ -457,7 +457,11 @@ class ReadyQueue:
                 closing = reply
             # A 421 in its own transaction is the server's answer to it: tried. Only a
             # recipient refused here, never named to the server, was not.
-            job.done.append(Attempt(rcpt, reply, here, rcpt not in result.unsent))
+            if rcpt in result.unsent:
+                job.done.append(Attempt(rcpt, reply, here, False))
+            else:
+                job.done.append(Attempt(rcpt, reply, here, True, size=result.size,
+                                        transaction_ms=result.elapsed_ms))
         if again:
             job.recipients = again
             job.resubmits += 1

@@ -54,13 +54,14 @@ from quiver.dkim.pool import SigningPool
 from quiver.envelope import Envelope, EnvelopeError, LastReply
 from quiver.events import (
     FINAL_EVENTS,
+    EventFields,
     EventType,
     Record,
     make_event,
     rejected_events,
     rfc3339_ms,
 )
-from quiver.message import from_domain
+from quiver.message import from_domain, message_id
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.returnpath import KeyRingError, ReturnPaths
@@ -138,6 +139,8 @@ class _Prepared:
     # Re-enqueues of the recipients an operator control holds back on receipt (a
     # pause, a stop): sent with the completion, whatever happens to the others.
     held: tuple[Outgoing, ...] = ()
+    # What its attempt events say of the message sent (`_sent_fields`).
+    sent: EventFields | None = None
 
 
 class _SevenBit:
@@ -344,6 +347,7 @@ class MessageHandler:
                                 suppressed=suppressed)
         # The signed copy is what travels; the envelope keeps no second copy (a retry
         # recovers the unsigned body from it, and is signed afresh on its attempt).
+        sent = self._sent_fields(signed, domain=domain)
         return _Prepared(env=replace(env, raw=None), message=signed,
                          signature_length=signature_length, inline=env.raw is not None,
                          queued_at=queued_at, suppressed=suppressed,
@@ -352,7 +356,20 @@ class MessageHandler:
                          else None,
                          original=raw if fields is not None and env.raw is not None
                          else original,
-                         from_domain=domain, copies=copies)
+                         from_domain=domain, copies=copies, sent=sent)
+
+    def _sent_fields(self, signed: bytes, *, domain: str | None) -> EventFields:
+        """The attempt events' fields about the message: its size as handed to SMTP (an
+        attempt that reached DATA reports its own), the DKIM signer's domain and
+        selectors (several keys of one domain: their selectors, comma-separated, in
+        signing order), and its Message-ID header."""
+        signers = self._signers.for_domain(domain) if domain else ()
+        return {
+            "message_size": len(signed),
+            "dkim_domain": signers[0].domain if signers else None,
+            "dkim_selector": ",".join(s.selector for s in signers) if signers else None,
+            "message_id_header": message_id(signed),
+        }
 
     async def _signed(self, message: bytes, *, domain: str | None) -> tuple[bytes, int]:
         signature = await self._sign(message, domain=domain)
@@ -442,7 +459,10 @@ class MessageHandler:
         completion = await self._outcomes(received, env, attempts, pool=pool,
                                           queued_at=prepared.queued_at,
                                           return_paths=return_paths,
-                                          suppressed=prepared.suppressed)
+                                          suppressed=prepared.suppressed,
+                                          sent=prepared.sent,
+                                          sizes=None if copies is None else {
+                                              r: len(c.message) for r, c in copies.items()})
         # After _keep (release_after set) the original carries the held ones too.
         if prepared.held and completion.release_after is None:
             completion.retry.extend(prepared.held)
@@ -578,7 +598,11 @@ class MessageHandler:
         queued_at: float,
         return_paths: dict[str, str] | None = None,
         suppressed: tuple[Record, ...] = (),
+        sent: EventFields | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> Completion:
+        """Each attempt's event, with `sent` (the message's fields) and, per recipient
+        with its own copy, `sizes`; then the re-enqueues of the pending."""
         now = self._clock()
         deadline = self._deadline(env, queued_at)
         queued_ms = max(0, int((now - queued_at) * 1000))
@@ -600,6 +624,12 @@ class MessageHandler:
             count = env.attempt + 1 if tried else env.attempt
             fields = a.delivery_fields()
             fields["queued_ms"] = queued_ms
+            if sent is not None:
+                fields.update(sent)
+                if a.size is not None:
+                    fields["message_size"] = a.size
+                elif sizes is not None:
+                    fields["message_size"] = sizes[a.rcpt]
             if return_paths is not None:
                 fields["return_path"] = return_paths[a.rcpt]
             kind: EventType | None

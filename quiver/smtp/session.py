@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, NamedTuple, NoReturn, Protocol, TypeVar
 
@@ -101,6 +102,10 @@ class TransactionResult:
 
     replies: dict[str, Reply] = field(default_factory=dict)
     unsent: frozenset[str] = frozenset()
+    # When a transaction went on the wire: the bytes of the message it carried, and
+    # milliseconds from writing MAIL FROM (an RSET before it included) to its last reply.
+    size: int | None = None
+    elapsed_ms: int | None = None
 
 
 class NextMessage(Protocol):
@@ -126,6 +131,7 @@ class _Ahead:
     # The connection failed after answering part of the group (`error.replies`).
     error: WireError | None = None
     eight_bit: bool = False  # its MAIL said BODY=8BITMIME
+    started: float = 0.0  # the session clock when its MAIL was written
 
 
 class _Next(NamedTuple):
@@ -219,6 +225,8 @@ class SmtpSession(Generic[E]):
         # Why the server is taken not to handle commands behind the end of data (no
         # reply to them, or "bad sequence" replies); the caller stops sending them.
         self.pipeline_next_failed: str | None = None
+        # Times transactions (TransactionResult.elapsed_ms); a test may set its own.
+        self.clock: Callable[[], float] = time.monotonic
 
     @classmethod
     async def open(
@@ -434,6 +442,7 @@ class SmtpSession(Generic[E]):
             result = TransactionResult(refusals, frozenset(refusals))
         if not safe:
             return result
+        started = ahead.started if ahead is not None else self.clock()
         try:
             if self.pipelining:
                 sent = await self._pipelined(
@@ -459,6 +468,8 @@ class SmtpSession(Generic[E]):
             # The server is closing (and may still be reading DATA): nothing more here.
             self._wire.abort()
         result.replies.update(sent.replies)
+        result.size = len(message)
+        result.elapsed_ms = max(0, round((self.clock() - started) * 1000))
         return result
 
     async def _first(self, data: bytes | list[bytes], replies: int) -> list[RawReply]:
@@ -572,6 +583,7 @@ class SmtpSession(Generic[E]):
         then: _Next | None = None,
     ) -> TransactionResult:
         group = self._next_group(then)
+        written = self.clock()
         if group is None:
             (final,) = await self._wire.exchange(
                 framing.data_payload(message), replies=1, timeout=self._timeout)
@@ -595,9 +607,10 @@ class SmtpSession(Generic[E]):
                         f"no reply to commands pipelined behind the end of data: {exc}")
                 if rest:
                     self._ahead = _Ahead(tuple(then.recipients), [],
-                                         type(exc)(str(exc), rest), then.eight_bit)
+                                         type(exc)(str(exc), rest), then.eight_bit, written)
             else:
-                self._ahead = _Ahead(tuple(then.recipients), got[1:], None, then.eight_bit)
+                self._ahead = _Ahead(tuple(then.recipients), got[1:], None, then.eight_bit,
+                                     written)
             final = got[0]
         # After the reply to the end of data the server has reset the transaction,
         # whatever the reply said.

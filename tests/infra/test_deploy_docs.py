@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from infra_helpers import ROOT, only
 
-from cdk.event_analytics import COLUMNS, PARTITION_KEYS
+from cdk.event_analytics import PARTITION_KEYS, glue_columns
 from cdk.observability import TOP_COMPLAINTS_QUERY
 from quiver.policy import Policy
 
@@ -61,7 +61,7 @@ def test_athena_query_uses_the_synthesized_table(service: dict[str, Any]) -> Non
     code = re.sub(r"--[^\n]*", "", sql)
     code = re.sub(r"'[^']*'", "", code).replace(qualified, "")
     aliases = set(re.findall(r"\bAS\s+(\w+)", code, flags=re.I))
-    columns = {name for name, _ in COLUMNS} | {name for name, _ in PARTITION_KEYS}
+    columns = {name for name, _ in glue_columns()} | {name for name, _ in PARTITION_KEYS}
     for word in re.findall(r"[A-Za-z_]+", code):
         assert (word.lower() in SQL_WORDS or word in columns or word in aliases
                 or word in STRUCT_FIELDS), f"{word!r} is not a column of {qualified}"

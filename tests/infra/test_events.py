@@ -12,9 +12,10 @@ import pytest
 from aws_cdk import aws_lambda as lambda_
 from infra_helpers import only, output_source, ref_target, render, resources
 
-from cdk.event_analytics import COLUMNS
+from cdk.event_analytics import PARTITION_KEYS, glue_columns
 from cdk.policy_object import POLICY_KEY
-from quiver.events import EVENT_TYPES
+from quiver.event_schema import FIELDS, athena_type
+from quiver.events import EVENT_FIELDS, EVENT_TYPES
 from quiver.export import object_key
 from quiver.settings import (
     ENV_CONTROLS_TABLE,
@@ -183,22 +184,21 @@ def test_projection_template_matches_the_export_keys(service: dict[str, Any]) ->
         assert prefix + key.rsplit("/", 1)[0] + "/" == expected
 
 
-def test_columns_follow_the_v1_record(service: dict[str, Any]) -> None:
-    columns = glue_table(service)["StorageDescriptor"]["Columns"]
-    assert [(c["Name"], c["Type"]) for c in columns] == list(COLUMNS)
-    names = {c["Name"] for c in columns}
-    # ARCHITECTURE.md, "Event record, v1" (`event` is the partition column).
-    assert names == {
-        "v", "at", "id", "rcpt", "from", "tenant", "campaign", "pool", "meta", "attempt",
-        "source", "source_ip", "proxy", "mx", "mx_ip", "site", "provider", "response", "tls",
-        "next_attempt_at", "queued_ms", "bounce", "feedback_type", "reason", "sqs_message_id",
-        # Post-delivery events (async_bounce, complaint).
-        "dsn", "reporter", "inbound_object",
-        # Operator controls (control).
-        "action", "actor", "selector", "until",
-        # Adaptive changes (control, actor adaptive).
-        "rule", "observed", "old", "new",
-    }
+def test_columns_are_generated_from_the_event_schema(service: dict[str, Any]) -> None:
+    table = glue_table(service)
+    columns = [(c["Name"], c["Type"]) for c in table["StorageDescriptor"]["Columns"]]
+    partitions = [(k["Name"], k["Type"]) for k in table["PartitionKeys"]]
+    assert columns == list(glue_columns())
+    assert partitions == list(PARTITION_KEYS)
+    # Every field of the schema is a column, or the partition key of the same name
+    # (`event`), with the schema's type: nothing is left out, as `reason` once was.
+    types = dict(columns) | dict(partitions)
+    assert [f.name for f in FIELDS] == [n for n in EVENT_FIELDS]
+    assert {f.name: athena_type(f.type) for f in FIELDS} == {
+        f.name: types[f.name] for f in FIELDS}
+    assert {"reason", "sqs_message_id", "tls_mode", "return_path", "message_size",
+            "dkim_domain", "dkim_selector", "message_id_header", "transaction_ms"} <= types.keys()
+    assert types["meta"] == "map<string,string>"
 
 
 def test_athena_workgroup_writes_results_to_its_bucket(

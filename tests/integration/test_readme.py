@@ -63,7 +63,9 @@ def test_client_snippet_enqueues_a_message_that_is_delivered(local_stack: Runnin
     exec(compile(code, "README.md", "exec"), namespace)
     events = local_stack.events_for({"order-42-confirmation"}, finals=1, timeout=60)
     assert [e["event"] for e in events if e["event"] in FINAL_EVENTS] == ["delivered"]
-    assert events[0]["meta"] == {"order": 42} and events[0]["campaign"] == "order-confirmation"
+    # `meta` as exported: the number as its JSON text (README, "Events").
+    assert events[0]["meta"] == {"order": "42"}
+    assert events[0]["campaign"] == "order-confirmation"
 
 
 def test_enqueue_snippet_from_the_shell(local_stack: Running, tmp_path: Path) -> None:

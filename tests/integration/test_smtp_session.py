@@ -82,3 +82,41 @@ async def test_guard_refuses_before_connecting(ip: str, monkeypatch) -> None:
     # Its own stage: a refusal made here is never a connection's (or a proxy's) failure.
     assert info.value.stage == "forbidden" and info.value.reply.permanent
     assert "refusing to connect" in info.value.reply.text
+
+
+class _Next:
+    def __init__(self, sender: str, recipients: list[str]) -> None:
+        self.sender = sender
+        self.recipients = recipients
+
+
+async def test_a_transaction_is_timed_from_its_mail_from_and_sized_as_sent(mx) -> None:
+    """`elapsed_ms` runs from writing MAIL FROM to the last reply, on the session's clock:
+    for a message whose envelope went out behind the previous body, from that write."""
+    server, context = mx
+    session = await open_session(server, context, "mx.right.test")
+    ticks: list[float] = []
+
+    def clock() -> float:  # one second per reading: the readings are the transaction's
+        ticks.append(float(len(ticks)))
+        return ticks[-1]
+
+    session.clock = clock
+    first, second = b"Subject: 1\r\n\r\none\r\n", b"Subject: 2\r\n\r\nsecond body\r\n"
+    try:
+        one = await session.send(sender="a@news.quiver-demo.test", recipients=["ok@right.test"],
+                                 message=first,
+                                 then=_Next("a@news.quiver-demo.test", ["ok-2@right.test"]))
+        # Read at its start, when the next envelope was written behind its body, and at
+        # its DATA reply.
+        assert ticks == [0.0, 1.0, 2.0]
+        assert (one.elapsed_ms, one.size) == (2000, len(first))
+        assert session.pipelined is not None
+        two = await session.send_pipelined(message=second)
+        assert two.replies["ok-2@right.test"].code == 250
+        # Pipelined behind the first body (tick 1) if the server offers PIPELINING;
+        # otherwise its MAIL went out at its own start (tick 3). Its end: tick 4.
+        started = 1.0 if session.pipelining else 3.0
+        assert (two.elapsed_ms, two.size) == (round((ticks[-1] - started) * 1000), len(second))
+    finally:
+        await session.close()

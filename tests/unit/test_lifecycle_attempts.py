@@ -7,6 +7,7 @@ limit and findable rejections: the lifecycle against scripted transports and a f
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
@@ -15,11 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quiver.bounce import default_classifier
 from quiver.delivery import Attempt, Path
 from quiver.dkim import SignerSet
 from quiver.envelope import decode
+from quiver.event_schema import record_problems, stored
 from quiver.events import FINAL_EVENTS
 from quiver.policy import parse_policy
 from quiver.sender.complete import Completer
@@ -372,3 +376,36 @@ async def test_an_unreadable_rejection_keeps_the_sqs_message_id(raw: str) -> Non
     assert event["event"] == "rejected" and event["rcpt"] is None
     assert event["id"] == event["sqs_message_id"] == "outbound-1"
     assert result.dead == [raw]
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12)),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.text(max_size=6), children, max_size=3)),
+    max_leaves=8,
+)
+# The other fields of a body, each possibly broken (or unknown: `colour`).
+others = st.dictionaries(
+    st.sampled_from(["v", "from", "raw", "pool", "meta", "expires", "_attempt", "colour"]),
+    json_values, max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.from_regex(r"[A-Za-z0-9._:@-]{1,40}", fullmatch=True),
+       st.lists(st.from_regex(r"[a-z0-9]{1,8}@[a-z]{1,8}\.example", fullmatch=True),
+                min_size=1, max_size=4, unique=True),
+       st.from_regex(r"[a-z]{1,10}", fullmatch=True), others)
+def test_a_body_with_a_readable_id_and_to_is_found_by_them_whatever_else_is_wrong(
+        message_id: str, to: list[str], tenant: str, other: dict[str, Any]) -> None:
+    life = Lifecycle(lambda rcpt, n: (OK, True))
+    raw = json.dumps({"v": 1, "id": message_id, "from": "bounce@example.com", "to": to,
+                      "raw": base64.b64encode(MESSAGE).decode(), "_queued_at": T0,
+                      "tenant": tenant, "campaign": "c1", **other})
+    result = asyncio.run(life.run(raw))
+    # Every recipient gets its event under the caller's id, rejected or not.
+    assert sorted(e["rcpt"] for e in result.records) == sorted(to)
+    for e in result.records:
+        assert e["id"] == message_id and e["tenant"] == tenant and e["campaign"] == "c1"
+        if e["event"] == "rejected":
+            assert e["sqs_message_id"] == "outbound-1" and e["reason"]
+            assert record_problems(stored(e)) == []

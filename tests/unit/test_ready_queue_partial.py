@@ -14,15 +14,9 @@ from quiver.routing.mx import Route
 from quiver.scheduler.budget import Budgets
 from quiver.scheduler.ready import Job
 from quiver.smtp.reply import Reply
-from quiver.smtp.session import SessionError
+from quiver.smtp.session import SessionError, TransactionResult
 
 DONE_WITHIN = 60.0  # a bound on a stuck queue, not a speed
-
-
-class _Result:
-    def __init__(self, replies: dict[str, Reply]) -> None:
-        self.replies = replies
-        self.unsent: frozenset[str] = frozenset()
 
 
 class _SplitThenLost:
@@ -40,13 +34,13 @@ class _SplitThenLost:
 
     async def send(self, *, sender: str, recipients: list[str], message: bytes,
                    eight_bit: bool = False, then: object = None,
-                   then_eight_bit: bool = False) -> _Result:
+                   then_eight_bit: bool = False) -> TransactionResult:
         self.sends += 1
         if self.sends == 1:
             first, *rest = recipients
             replies = {first: Reply(250, "2.0.0", "ok")}
             replies.update({r: Reply(452, "4.5.3", "too many recipients") for r in rest})
-            return _Result(replies)
+            return TransactionResult(replies)
         raise SessionError("transaction", Reply(451, "4.4.2", "connection lost: reset"))
 
     async def close(self) -> None:

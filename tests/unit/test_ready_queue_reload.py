@@ -17,7 +17,7 @@ from quiver.scheduler.budget import Budgets
 from quiver.scheduler.ready import Job, ReadyQueue
 from quiver.scheduler.throttle import Destination, Limit, Limits
 from quiver.smtp.reply import Reply
-from quiver.smtp.session import SessionError
+from quiver.smtp.session import SessionError, TransactionResult
 
 SOURCE = Source(name="a", ip="192.0.2.1", ehlo="a.test", az="az1")
 ROUTE = Route(domain="d.test", hosts=(MxHost("mx.d.test", 10, ("192.0.2.9",)),),
@@ -43,12 +43,6 @@ DONE_WITHIN = 60.0  # a bound on a stuck queue, not a speed: these finish in abo
 def limits(connections: int, rule: int = 0) -> Limits:
     return Limits(max_connections=Limit(connections, ("a", f"rule{rule}", "site:mx.d.test")),
                   max_messages_per_connection=None, max_rate=None)
-
-
-class _Result:
-    def __init__(self, recipients: list[str]) -> None:
-        self.replies = {r: Reply(250, "2.0.0", "ok") for r in recipients}
-        self.unsent: frozenset[str] = frozenset()
 
 
 class FakeMx:
@@ -87,7 +81,7 @@ class _Session:
 
     async def send(self, *, sender: str, recipients: list[str], message: bytes,
                    eight_bit: bool = False, then: Job | None = None,
-                   then_eight_bit: bool = False) -> _Result:
+                   then_eight_bit: bool = False) -> TransactionResult:
         assert self.pipelined is None, "a send that abandons the pipelined job"
         result = await self._transact(recipients)
         self.pipelined = then
@@ -95,14 +89,14 @@ class _Session:
 
     async def send_pipelined(self, *, message: bytes, eight_bit: bool = False,
                              then: Job | None = None,
-                             then_eight_bit: bool = False) -> _Result:
+                             then_eight_bit: bool = False) -> TransactionResult:
         held, self.pipelined = self.pipelined, None
         assert held is not None, "send_pipelined without a pipelined job"
         result = await self._transact(held.recipients)
         self.pipelined = then
         return result
 
-    async def _transact(self, recipients: list[str]) -> _Result:
+    async def _transact(self, recipients: list[str]) -> TransactionResult:
         if not self.is_open:
             raise SessionError("closed", Reply(421, "4.4.2", "closed before the first MAIL"))
         self.mx.busy += 1
@@ -112,7 +106,7 @@ class _Session:
         finally:
             self.mx.busy -= 1
         self.mx.delivered += 1
-        return _Result(recipients)
+        return TransactionResult({r: Reply(250, "2.0.0", "ok") for r in recipients})
 
     async def close(self) -> None:
         await asyncio.sleep(0.003)  # QUIT's round trip: the slot is released after it

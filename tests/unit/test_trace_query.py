@@ -53,9 +53,9 @@ def test_query_bounds_days_and_hours_and_carries_values_only_as_parameters() -> 
         "'O''Brien@Example.TEST'", "'o''brien@example.test'",  # quotes doubled
     ]
     # Every selected column is in the Glue table (cdk/event_analytics.py).
-    from cdk.event_analytics import COLUMNS, PARTITION_KEYS
+    from cdk.event_analytics import PARTITION_KEYS, glue_columns
 
-    names = {n for n, _ in COLUMNS} | {n for n, _ in PARTITION_KEYS}
+    names = {n for n, _ in glue_columns()} | {n for n, _ in PARTITION_KEYS}
     assert {expr.strip('"').split(".")[0] for expr, _ in SELECT} <= names
 
 

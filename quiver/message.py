@@ -18,32 +18,6 @@ _LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 CRLF = b"\r\n"
 
 
-class CrlfOnly(bytes):
-    """Bytes whose every line end is CRLF, as `crlf_only` and `crlf_join` made them.
-
-    A message is read through `to_crlf` three times on its way out (content checks,
-    DKIM, the DATA framing), and on a 5 KB message that check is the costliest pass
-    of the sender's own work. The type carries the result of the first check to the
-    others, which then skip it; only this module's functions should make one.
-    """
-
-    __slots__ = ()
-
-
-def crlf_only(message: bytes) -> CrlfOnly:
-    """`to_crlf(message)` marked as checked (one copy of it when it was CRLF-only already)."""
-    if type(message) is CrlfOnly:
-        return message
-    return CrlfOnly(to_crlf(message))
-
-
-def crlf_join(*parts: bytes) -> CrlfOnly:
-    """The parts, each through `to_crlf`, joined and marked as checked. Each part but the
-    last ends a line (a header field, say), so normalising them apart gives the bytes
-    normalising the whole would; a `CrlfOnly` part costs no check."""
-    return CrlfOnly(b"".join(map(to_crlf, parts)))
-
-
 def to_crlf(message: bytes) -> bytes:
     """`message` with every line end (CRLF, LF, lone CR) written as CRLF.
 
@@ -52,8 +26,6 @@ def to_crlf(message: bytes) -> bytes:
     exactly when dropping every CR and writing every LF as CRLF gives it back.
     (Two passes and a compare; `bytes.count` walks byte by byte, twice as slow.)
     """
-    if type(message) is CrlfOnly:
-        return message
     if b"\r" not in message:  # memchr
         return message.replace(b"\n", CRLF)
     if message.translate(None, b"\r").replace(b"\n", CRLF) == message:

@@ -17,7 +17,7 @@ from quiver.content.header import check_header
 from quiver.content.lines import MAX_LINE, first_long_line, has_long_line, line_number
 from quiver.content.mime import parse
 from quiver.content.reencode import check_convertible, reencode
-from quiver.message import crlf_only
+from quiver.message import to_crlf
 
 # The biggest providers refuse mail above 35-50 MB, and the sender holds each
 # message in memory while it is delivered.
@@ -53,8 +53,7 @@ def prepare(raw: bytes, *, max_size: int, long_lines: LongLines) -> Ready:
     check_size(len(raw), max_size=max_size)
     if not raw:
         raise ContentError("empty message")
-    # Marked: signing and the DATA framing read it again without checking again.
-    message: bytes = crlf_only(raw)
+    message = to_crlf(raw)
     if (nul := message.find(b"\0")) >= 0:
         raise ContentError("NUL byte (binary content goes base64-encoded in a MIME part)",
                            line=line_number(message, nul))

@@ -60,7 +60,7 @@ from quiver.events import (
     rejected_events,
     rfc3339_ms,
 )
-from quiver.message import crlf_join, from_domain
+from quiver.message import from_domain
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.returnpath import KeyRingError, ReturnPaths
@@ -321,8 +321,7 @@ class MessageHandler:
         if ready.eight_bit and not declare:
             message = seven_bit(message)
         domain = from_domain(message)
-        # Kept only if rewritten (`message` is a checked copy of `raw` at least).
-        original = raw if env.raw is not None and message != raw else None
+        original = raw if env.raw is not None and message is not raw else None
         fields = self._unsubscribe_fields(env, domain, message)
         copies: dict[str, _Copy] | None = None
         try:
@@ -357,8 +356,7 @@ class MessageHandler:
 
     async def _signed(self, message: bytes, *, domain: str | None) -> tuple[bytes, int]:
         signature = await self._sign(message, domain=domain)
-        # Marked CRLF-only, so the DATA framing does not check the whole message again.
-        return crlf_join(signature, message), len(signature)
+        return signature + message, len(signature)
 
     def _unsubscribe_fields(self, env: Envelope, domain: str | None,
                             message: bytes) -> dict[str, bytes] | None:

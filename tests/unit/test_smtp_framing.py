@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiver.message import CrlfOnly, crlf_join, crlf_only, to_crlf
+from quiver.message import to_crlf
 from quiver.smtp.framing import (
     UnsafeArgument,
     data_payload,
@@ -139,27 +139,6 @@ def test_line_ends_are_normalised_as_a_line_by_line_reading_would(message: bytes
     # Already normal: the very same object back (the hot path copies nothing).
     normal = _crlf_reference(message)
     assert to_crlf(normal) is normal or b"\r" not in normal
-
-
-_LINE_PIECES = st.lists(st.sampled_from([b"a", b" ", b".", b"\r", b"\n", b"\r\n", b"\n\r"]),
-                       max_size=40).map(b"".join)
-
-
-@given(_LINE_PIECES)
-def test_a_checked_message_frames_as_the_unchecked_one_does(message: bytes) -> None:
-    # The mark only saves the check: the receiver gets the same bytes either way.
-    checked = crlf_only(message)
-    assert type(checked) is CrlfOnly and checked == to_crlf(message)
-    assert to_crlf(checked) is checked and crlf_only(checked) is checked
-    assert data_payload(checked, then=b"MAIL") == data_payload(message, then=b"MAIL")
-
-
-@given(st.lists(_LINE_PIECES, max_size=4), _LINE_PIECES)
-def test_joined_parts_are_the_crlf_form_of_the_whole(fields: list[bytes], body: bytes) -> None:
-    # Parts that each end a line (header fields before a body), checked or not.
-    parts = [to_crlf(f) + b"\r\n" for f in fields] + [body]
-    joined = crlf_join(*parts[:1], *(crlf_only(p) for p in parts[1:]))
-    assert type(joined) is CrlfOnly and joined == to_crlf(b"".join(parts))
 
 
 def test_eight_bit_content_is_declared_on_mail_from() -> None:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from quiver.policy import Intake
@@ -171,7 +171,7 @@ class Sender:
                     self.stats.duplicates += 1
                     continue
                 size = len(received.body)
-                self._held[received.message_id] = _Held(replace(received, body=""), size, now)
+                self._held[received.message_id] = _Held(received.without_body(), size, now)
                 self._bytes += size
                 task = asyncio.create_task(self._work(received))
                 self._tasks.add(task)

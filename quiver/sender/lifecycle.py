@@ -239,7 +239,7 @@ class MessageHandler:
         try:
             prepared = await self._prepare(received)
             if isinstance(prepared, _Prepared):
-                receipt = replace(received, body="")
+                receipt = received.without_body()
                 del received
                 completion: Completion | None = await self._deliver(receipt, prepared)
             else:
@@ -348,7 +348,7 @@ class MessageHandler:
         # The signed copy is what travels; the envelope keeps no second copy (a retry
         # recovers the unsigned body from it, and is signed afresh on its attempt).
         sent = self._sent_fields(signed, domain=domain)
-        return _Prepared(env=replace(env, raw=None), message=signed,
+        return _Prepared(env=env.without_raw(), message=signed,
                          signature_length=signature_length, inline=env.raw is not None,
                          queued_at=queued_at, suppressed=suppressed,
                          seven_bit=_SevenBit(functools.partial(self._sign, domain=domain), signed,
@@ -581,6 +581,12 @@ class MessageHandler:
         signers = self._signers.for_domain(domain) if domain else ()
         if self._signing is None:
             return b"".join(signer.sign(raw) for signer in signers)
+        if len(signers) == 1:
+            # The common case, awaited directly: no task and no gather of its own.
+            (signer,) = signers
+            unsigned = signer.prepare(raw)
+            return signer.finish(unsigned, await self._signing.run(signer.key_sign,
+                                                                   unsigned.data))
         prepared = [(signer, signer.prepare(raw)) for signer in signers]
         # The key operations of one message run side by side on the signing threads.
         signatures = await asyncio.gather(*(

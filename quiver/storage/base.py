@@ -39,6 +39,12 @@ class Received:
     receive_count: int = 1
     sent_at: float = 0.0  # epoch seconds SQS accepted the message
 
+    def without_body(self) -> Received:
+        """This receipt without its SQS body: what is held while the message is worked
+        on. Built directly (a per-message copy; `dataclasses.replace` costs ~4x more)."""
+        return Received(body="", receipt=self.receipt, message_id=self.message_id,
+                        receive_count=self.receive_count, sent_at=self.sent_at)
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
 KEYS = ("sender_cpu_us_per_msg", "quiver_msgs_per_s", "postfix_msgs_per_s", "ratio_vs_postfix",
         "latency_p50_ms", "latency_p99_ms", "peak_rss_mb", "moto_cpu_share",
-        "postfix_cpu_us_per_msg", "per_run", "runs")
+        "postfix_cpu_us_per_msg", "per_run", "runs", "cpu_ratio_vs_postfix",
+        "overhead_per_rsa_sign", "per_run_ratios", "per_run_rsa_sign_us")
 MESSAGES = 200
 LATENCY_MESSAGES = 10
 
@@ -69,6 +70,11 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
 
     assert data["sender_cpu_us_per_msg"] > 0
     assert data["rsa_sign_us"] > 0 and data["sender_cpu_us_per_msg_without_rsa"] is not None
+    # One run: the median of the per-run ratio is that run's, from its own figures.
+    run = data["per_run"]["quiver"][0]
+    (rsa,) = data["per_run_rsa_sign_us"]
+    sender_us = run["sender_cpu_s"] / run["messages"] * 1e6
+    assert data["overhead_per_rsa_sign"] == pytest.approx((sender_us - rsa) / rsa, abs=0.01)
     assert data["quiver_msgs_per_s"] > 0
     assert 0 < data["moto_cpu_share"] < 1
     assert 0 < data["latency_p50_ms"] <= data["latency_p99_ms"]
@@ -82,9 +88,13 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
             data["quiver_msgs_per_s"] / data["postfix_msgs_per_s"], rel=0.01)
         # Postfix's queue is on tmpfs (its fastest setting) wherever /dev/shm is one.
         assert data["postfix_queue"] == ("tmpfs" if shm_is_tmpfs() else "disk")
+        postfix = data["per_run"]["postfix"][0]
+        assert data["cpu_ratio_vs_postfix"] == pytest.approx(
+            sender_us / (postfix["postfix_cpu_s"] / postfix["messages"] * 1e6), abs=0.01)
     else:
         assert os.geteuid() != 0 or not installed("postfix"), data["postfix_skipped"]
         assert data["ratio_vs_postfix"] is None
+        assert data["cpu_ratio_vs_postfix"] is None
 
     # Nothing left behind: the work directory is gone and no process still uses it.
     work = data["work_dir"]

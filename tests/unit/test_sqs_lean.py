@@ -212,6 +212,7 @@ def test_receive_body_matches_boto3() -> None:
         "receive_message", {}, QueueUrl=URL, MaxNumberOfMessages=10, WaitTimeSeconds=20,
         VisibilityTimeout=300,
         MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["quiver-copy", "quiver-reason"],
     )
     assert receive_payload(URL, max_messages=10, wait_seconds=20, visibility=300) == sent
     assert receive_payload(URL, max_messages=50, wait_seconds=0, visibility=1)[

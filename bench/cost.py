@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = CostBench(settings, root, exits, sizes)
         bench.run()
         data = summary(bench, prices, sizes)
+        data["work_dir"], data["work_dir_kept"] = str(root), settings.keep
         finished = True
     if not finished or data["runs"] == 0:
         print(f"bench/cost.py: no complete run; logs in {root / 'logs'}", file=sys.stderr)

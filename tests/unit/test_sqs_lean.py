@@ -286,6 +286,22 @@ def test_receive_answer_parses_as_boto3_parses_it() -> None:
     assert parse_received(b'{"Messages": []}') == []
 
 
+@pytest.mark.parametrize(("attributes", "copy"), [
+    (None, False), ({}, False),
+    ({"quiver-copy": {"DataType": "String", "StringValue": "1"}}, True),
+    ({"quiver-reason": {"DataType": "String", "StringValue": "given up"}}, True),
+    ({"other": {"DataType": "String", "StringValue": "x"}}, False),
+    ("unreadable", True),  # taken for a copy: its final events are then claimed
+])
+def test_a_message_quiver_sent_itself_is_received_as_a_copy(attributes: Any,
+                                                             copy: bool) -> None:
+    message: dict[str, Any] = {"MessageId": "m", "ReceiptHandle": "r", "Body": "b"}
+    if attributes is not None:
+        message["MessageAttributes"] = attributes
+    (received,) = parse_received(json.dumps({"Messages": [message]}).encode())
+    assert received.copy is copy
+
+
 @pytest.mark.parametrize("answer", [
     b"", b"null", b"[]", b"not json", b"\xff\xfe", b'{"Messages": {}}', b'{"Messages": [1]}',
     b'{"Messages": [{"MessageId": "m", "ReceiptHandle": "r"}]}',

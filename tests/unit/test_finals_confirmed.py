@@ -73,7 +73,7 @@ def finals(env: Envelope, rcpts: Sequence[str] | None = None) -> list[Record]:
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, confirm: Any = None) -> None:
         self.queue = FlakyQueue()
         self.dlq = MemoryQueue("dlq")
         self.sink = MemoryEventSink()
@@ -81,7 +81,7 @@ class Rig:
         self.clock = Clock()
         self.deadlines: dict[str, float] = {}
         self.completer = Completer(queue=self.queue, dlq=self.dlq, sink=self.sink,
-                                   confirm=self.finals.confirm, clock=self.clock)
+                                   confirm=confirm or self.finals.confirm, clock=self.clock)
         self.completer.deadline_of = self.deadlines.get
 
     async def receive(self, *, visibility: float = 60.0) -> Received:
@@ -89,6 +89,17 @@ class Rig:
         assert len(got) == 1
         self.deadlines[got[0].message_id] = self.clock.now + visibility
         return got[0]
+
+    def deliver_once(self, env: Envelope) -> None:
+        """A caller's message, received once and completed with a final event for each
+        of its recipients."""
+
+        async def go() -> None:
+            await self.queue.send([Outgoing(body="m")])
+            assert await self.complete(Completion(received=await self.receive(),
+                                                  records=finals(env)))
+
+        asyncio.run(go())
 
     async def complete(self, completion: Completion) -> bool:
         """Whether the completion was durable (its future's outcome)."""
@@ -118,13 +129,7 @@ def envelope(n: int = 1) -> Envelope:
 
 def test_a_message_received_once_and_deleted_in_time_is_confirmed_and_claims_nothing() -> None:
     rig = Rig()
-
-    async def go() -> None:
-        await rig.queue.send([Outgoing(body="m")])
-        received = await rig.receive()
-        assert await rig.complete(Completion(received=received, records=finals(envelope(2))))
-
-    asyncio.run(go())
+    rig.deliver_once(envelope(2))
     (producer, _), = rig.sink.published
     assert rig.finals.confirmations == {producer: Confirmation(risky=frozenset())}
     _, exported = rig.export()
@@ -196,30 +201,16 @@ def test_a_deletion_past_the_visibility_deadline_leaves_the_flush_unconfirmed() 
 def test_without_a_deadline_source_nothing_is_confirmed() -> None:
     rig = Rig()
     rig.completer.deadline_of = None
-
-    async def go() -> None:
-        await rig.queue.send([Outgoing(body="m")])
-        assert await rig.complete(Completion(received=await rig.receive(),
-                                             records=finals(envelope())))
-
-    asyncio.run(go())
+    rig.deliver_once(envelope())
     assert rig.finals.confirmations == {}
 
 
 def test_a_failed_confirmation_only_costs_claims() -> None:
-    rig = Rig()
-
     async def refuse(producer: str, risky: Any) -> None:
         raise StorageError("table unavailable (test)")
 
-    rig.completer._confirm = refuse
-
-    async def go() -> None:
-        await rig.queue.send([Outgoing(body="m")])
-        assert await rig.complete(Completion(received=await rig.receive(),
-                                             records=finals(envelope())))
-
-    asyncio.run(go())
+    rig = Rig(confirm=refuse)
+    rig.deliver_once(envelope())
     _, exported = rig.export()
     assert [r["rcpt"] for r in exported] == [RCPTS[0]]
     assert ("m-1", RCPTS[0]) in rig.finals.claims

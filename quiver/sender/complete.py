@@ -76,6 +76,8 @@ class Completer:
         # When a held message's visibility lapses, on `clock` (None: unknown, so its
         # flush is not confirmed); the engine that holds the messages sets it.
         self.deadline_of: Callable[[str], float | None] | None = None
+        # Confirmations being written: off the flush path, which they must not slow.
+        self._confirming: set[asyncio.Task[None]] = set()
         self._queue = queue
         self._dlq = dlq
         self._sink = sink
@@ -155,12 +157,24 @@ class Completer:
             if c.future is not None and not c.future.done():
                 c.future.set_result(None)
         if confirmable and self._confirm is not None:
-            try:
-                await self._confirm(producer, risky)
-            except StorageError as exc:
-                # Unconfirmed, the export claims every final event of the flush: the
-                # cost of before, never a duplicate.
-                log.warning("flush %s not confirmed: %s", producer, exc)
+            task = asyncio.create_task(self._confirm_flush(self._confirm, producer, risky))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+
+    @staticmethod
+    async def _confirm_flush(confirm: Callable[[str, Collection[str]], Awaitable[None]],
+                             producer: str, risky: Collection[str]) -> None:
+        try:
+            await confirm(producer, risky)
+        except StorageError as exc:
+            # Unconfirmed, the export claims every final event of the flush: the cost
+            # of before, never a duplicate.
+            log.warning("flush %s not confirmed: %s", producer, exc)
+
+    async def confirmations(self) -> None:
+        """Until the confirmations started so far are written (or failed)."""
+        while self._confirming:
+            await asyncio.gather(*self._confirming)
 
     def _at_risk(self, c: Completion) -> bool:
         """Whether another final event for a recipient of this completion can exist
@@ -203,6 +217,7 @@ class Completer:
         self._wake.set()
         if self._task is not None:
             await self._task
+        await self.confirmations()
 
 
 def _marked(message: Outgoing) -> Outgoing:

@@ -105,6 +105,7 @@ class Rig:
         """Whether the completion was durable (its future's outcome)."""
         completion.future = asyncio.get_running_loop().create_future()
         await self.completer.flush([completion])
+        await self.completer.confirmations()
         assert completion.future.done()
         return completion.future.exception() is None
 

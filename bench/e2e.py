@@ -298,6 +298,9 @@ class Bench:
         self.sender_pid = 0
         self.spy_out = root / "sender.pyspy.txt"
         self.log_path = root / "logs" / "sender.log"
+        # Set before start(): moto logs every request of every service there (bench/cost.py).
+        self.request_log: Path | None = None
+        self.sender_args: list[str] = []  # more `quiver sender` arguments
 
     # -- setup ---------------------------------------------------------------
 
@@ -307,7 +310,8 @@ class Bench:
         self.sink = start_sink(work_dir=self.root, port=free_port())
         self.exits.callback(self.sink.stop)
         self.moto, self.calls = lean_moto.start(log_dir=self.root / "logs",
-                                                lean=self.s.moto == "lean")
+                                                lean=self.s.moto == "lean",
+                                                requests=self.request_log)
         self.exits.callback(self.moto.stop)
         self.deployment = moto_server.create_resources(self.moto.endpoint)
         pem = generate_private_key("rsa-sha256")
@@ -353,7 +357,7 @@ class Bench:
     def _start_sender(self) -> None:
         host, port = self.dns.address
         command = [sys.executable, "-m", "quiver", "sender", "--config", str(self.policy_path),
-                   "--nameserver", f"{host}:{port}"]
+                   "--nameserver", f"{host}:{port}", *self.sender_args]
         if self.s.profile:
             spy = pyspy.available()
             if spy is None:

@@ -43,6 +43,8 @@ from quiver.devstack.processes import free_port
 
 ENV_CALLS = "QUIVER_BENCH_MOTO_CALLS"
 ENV_LEAN = "QUIVER_BENCH_MOTO_LEAN"
+# A JSON line per request of any service, with what it bills (bench/cost.py).
+ENV_REQUESTS = "QUIVER_BENCH_MOTO_REQUESTS"
 
 
 def make_lean() -> None:
@@ -516,6 +518,63 @@ def count_calls(path: Path) -> None:
     SQSResponse.call_action = counted
 
 
+def log_requests(path: Path) -> None:
+    """Append a JSON line per request moto serves: service, operation, target (queue,
+    table or bucket), payload bytes in and out, and what it bills (bench/cost_model)."""
+    import io
+    import json
+    import re
+
+    import cost_model
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    log = path.open("a", buffering=1)
+    lock = threading.Lock()
+    call = DomainDispatcherApplication.__call__
+    scope = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+
+    def logged(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        chunks = list(call(self, environ, start_response))
+        try:
+            line = _describe(environ, body, b"".join(chunks), scope, cost_model, json)
+        except Exception as exc:  # counting must never change an answer
+            line = {"svc": "unknown", "op": "unknown", "error": repr(exc)}
+        with lock:
+            log.write(json.dumps(line) + "\n")
+        return chunks
+
+    DomainDispatcherApplication.__call__ = logged
+
+
+def _describe(environ: dict[str, Any], body: bytes, answer: bytes, scope: Any,
+              cost_model: Any, json: Any) -> dict[str, Any]:
+    found = scope.search(environ.get("HTTP_AUTHORIZATION", ""))
+    svc = found.group(1) if found else "unknown"
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    op = target.rsplit(".", 1)[-1] if target else environ.get("REQUEST_METHOD", "")
+    out: dict[str, Any] = {"svc": svc, "op": op, "req": len(body), "resp": len(answer)}
+    if svc == "sqs":
+        request = json.loads(body or b"{}")
+        out["target"] = str(request.get("QueueUrl", "")).rsplit("/", 1)[-1]
+        payload = len(answer) if op == "ReceiveMessage" else len(body)
+        out["billed"] = (cost_model.sqs_billed_requests(payload)
+                         if op in cost_model.SQS_PAYLOAD_ACTIONS else 1)
+    elif svc == "dynamodb":
+        request = json.loads(body or b"{}")
+        response = json.loads(answer or b"{}")
+        out["target"] = request.get("TableName") or ",".join(
+            sorted(request.get("RequestItems", {})))
+        out["wru"], out["rru"] = cost_model.dynamodb_units(op, request, response)
+    elif svc == "s3":
+        path = environ.get("PATH_INFO", "")
+        out["target"] = path.strip("/").split("/", 1)[0]
+        out["op"] = cost_model.s3_request_class(environ.get("REQUEST_METHOD", ""), path)
+    return out
+
+
 class CallLog:
     """The SQS calls moto has served, read back by the benchmark between phases."""
 
@@ -543,8 +602,8 @@ class CallLog:
         return counts
 
 
-def start(*, log_dir: Path, lean: bool, host: str = "127.0.0.1"
-          ) -> tuple[MotoServer, CallLog]:
+def start(*, log_dir: Path, lean: bool, host: str = "127.0.0.1",
+          requests: Path | None = None) -> tuple[MotoServer, CallLog]:
     """Like quiver.devstack.moto_server.start_moto, with the call log, optionally lean."""
     port = free_port(host)
     log_path = log_dir / "moto.log"
@@ -554,7 +613,7 @@ def start(*, log_dir: Path, lean: bool, host: str = "127.0.0.1"
         [sys.executable, __file__, "-H", host, "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, **FAKE_CREDENTIALS, ENV_CALLS: str(calls.path),
-             ENV_LEAN: "1" if lean else ""},
+             ENV_LEAN: "1" if lean else "", ENV_REQUESTS: str(requests or "")},
     )
     log.close()
     endpoint = f"http://{host}:{port}"
@@ -567,6 +626,8 @@ if __name__ == "__main__":
         make_lean()
     if os.environ.get(ENV_CALLS):
         count_calls(Path(os.environ[ENV_CALLS]))
+    if os.environ.get(ENV_REQUESTS):
+        log_requests(Path(os.environ[ENV_REQUESTS]))
     from moto.server import main
 
     main(sys.argv[1:])

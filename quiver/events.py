@@ -283,10 +283,12 @@ def _batch_id(base: str | None, start: int, count: int) -> str:
 def _encode_split(lines: list[bytes], start: int, base: str | None) -> Iterator[tuple[str, str]]:
     batch_id = _batch_id(base, start, len(lines))
     payload = base64.b64encode(gzip.compress(b"".join(lines), compresslevel=5)).decode("ascii")
-    body = json.dumps(
-        {"format": BATCH_FORMAT, "batch": batch_id, "count": len(lines), "gz": payload},
-        separators=(",", ":"),
-    )
+    head: dict[str, object] = {"format": BATCH_FORMAT, "batch": batch_id, "count": len(lines)}
+    if base is not None:
+        # Optional, so a reader that predates it ignores it: where the export looks for
+        # the producer's confirmation (quiver.storage.finals).
+        head["producer"] = base
+    body = json.dumps({**head, "gz": payload}, separators=(",", ":"))
     if len(body) <= MAX_BATCH_BODY or len(lines) == 1:
         yield batch_id, body
         return
@@ -297,6 +299,14 @@ def _encode_split(lines: list[bytes], start: int, base: str | None) -> Iterator[
 
 def unpack_batch(body: str) -> tuple[str, list[Record]]:
     """(batch_id, records) from an events-queue body; EventBatchError if it is not one."""
+    batch_id, _, records = unpack_batch_from(body)
+    return batch_id, records
+
+
+def unpack_batch_from(body: str) -> tuple[str, str | None, list[Record]]:
+    """(batch_id, producer, records) from an events-queue body: `producer` is the
+    `batch_id` its producer packed it with (None: not given, or a batch written before
+    the key existed)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, RecursionError) as exc:  # nested past the parser's limit
@@ -306,6 +316,9 @@ def unpack_batch(body: str) -> tuple[str, list[Record]]:
     batch_id, payload = data.get("batch"), data.get("gz")
     if not isinstance(batch_id, str) or not batch_id.isalnum() or not isinstance(payload, str):
         raise EventBatchError("batch id or payload missing")
+    producer = data.get("producer")
+    if producer is not None and not (isinstance(producer, str) and producer.isalnum()):
+        raise EventBatchError("producer is not letters and digits")
     try:
         text = gzip.decompress(base64.b64decode(payload, validate=True)).decode("utf-8")
     # ValueError: bad base64 (binascii.Error), non-ASCII text, or bytes not UTF-8;
@@ -325,7 +338,7 @@ def unpack_batch(body: str) -> tuple[str, list[Record]]:
             raise EventBatchError(f"record {n} is not JSON: {exc}") from None
         validate_record(record, where=f"record {n}")
         records.append(record)
-    return batch_id, records
+    return batch_id, producer, records
 
 
 def validate_record(record: Any, *, where: str = "record") -> None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TextIO
 
 from quiver.adaptive.change import ChangeRecorder
 from quiver.event_schema import stored
-from quiver.events import Record, unpack_batch
+from quiver.events import Record, unpack_batch_from
 from quiver.guards.guard import Guard
 from quiver.guards.policy_reader import GuardsPolicyReader
 from quiver.guards.store import DynamoGuardStore
@@ -144,10 +144,11 @@ class Exporter:
     def export_record(self, record: SqsMessage) -> list[str]:
         """Export one event batch; returns the keys written. Raises on a batch that is
         not a v1 event batch or on a store failure, so only this record is retried."""
-        batch_id, records = unpack_batch(record.body)
+        batch_id, producer, records = unpack_batch_from(record.body)
         if self._finals is not None:
-            # Final events are exactly-once: a copy from a re-delivered message is dropped.
-            kept = self._finals.claim(batch_id, records)
+            # Final events are exactly-once: a copy from a re-delivered message is dropped
+            # (claims only where a copy can exist: quiver.storage.finals).
+            kept = self._finals.claim(batch_id, records, producer=producer)
             if len(kept) != len(records):
                 self._log.info("dropped duplicate final events",
                                extra={"batch": batch_id, "dropped": len(records) - len(kept)})

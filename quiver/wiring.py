@@ -98,11 +98,14 @@ def build_sender(
     outbound = sqs.queue(deployment.outbound_queue_url)
     metrics = OutcomeMetrics()
     events = SqsEventSink(sqs.queue(deployment.events_queue_url))
+    finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
+              if deployment.finals_table else None)
     completer = Completer(
         on_durable=metrics.count,
         queue=outbound,
         dlq=sqs.queue(deployment.outbound_dlq_url),
         sink=events,
+        confirm=finals.confirm if finals is not None else None,
     )
     resolver = MxResolver(
         nameservers=nameservers,
@@ -159,8 +162,6 @@ def build_sender(
         load_secret=secret_reader(session) if any(k.key_secret for k in policy.dkim) else None,
         base_dir=policy_dir,
     )
-    finals = (DynamoFinals(session.client("dynamodb", config=config), deployment.finals_table)
-              if deployment.finals_table else None)
     return_paths, unsubscribe, refresher = _return_paths(policy, policy_dir, deployment,
                                                          session, config)
     # Without a table (a tool's sender) nothing is checked; deployed, the CDK app sets it.

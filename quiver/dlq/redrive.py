@@ -18,6 +18,10 @@ from typing import Any
 
 from quiver.dlq.queues import DlqError, Pair, call
 from quiver.dlq.show import release
+from quiver.storage.base import COPY_ATTRIBUTE
+
+_MARK = {COPY_ATTRIBUTE: {"DataType": "String", "StringValue": "redrive"}}
+_MARK_BYTES = len(COPY_ATTRIBUTE) + len("String") + len("redrive")
 
 # Each batch is sent and deleted well within this; a message whose send went through
 # but whose delete comes later than this is redriven twice by a concurrent redrive.
@@ -65,12 +69,11 @@ def redrive(sqs: Any, pair: Pair, *, max_messages: int | None = None,
 
 
 def _move(sqs: Any, pair: Pair, messages: list[dict[str, Any]], result: Moved) -> None:
+    # Each is marked as quiver's copy: its final events may follow ones already exported
+    # for the same recipients, so the export claims them (quiver.storage.finals).
     entries = [{"Id": str(n), "MessageBody": m["Body"],
-                "MessageAttributes": sendable(m.get("MessageAttributes", {}))}
+                "MessageAttributes": {**sendable(m.get("MessageAttributes", {})), **_MARK}}
                for n, m in enumerate(messages)]
-    for entry in entries:
-        if not entry["MessageAttributes"]:
-            del entry["MessageAttributes"]
     try:
         sent = call(sqs.send_message_batch, QueueUrl=pair.source_url, Entries=entries)
     except DlqError as exc:
@@ -128,7 +131,7 @@ def _batches(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _size(message: dict[str, Any]) -> int:
-    total = len(str(message.get("Body", "")).encode())
+    total = len(str(message.get("Body", "")).encode()) + _MARK_BYTES
     for name, value in message.get("MessageAttributes", {}).items():
         total += len(name.encode()) + len(str(value.get("DataType", "")).encode())
         total += len(str(value.get("StringValue", "")).encode()) + len(value.get("BinaryValue",

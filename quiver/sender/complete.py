@@ -8,6 +8,12 @@ its events accepted the same way, and its message hidden instead of deleted, to
 come back for those recipients. Completions are batched across
 messages so one SQS request carries many: that is where most of the per-message
 AWS cost goes.
+
+Once a flush's messages are deleted, each before its visibility deadline, the
+flush is confirmed in the finals table with the ids of its messages at risk of a
+second final event; the export then claims only those ids' final events
+(quiver.storage.finals has the rules and why they keep final events exactly-once).
+Everything this sends to the outbound queue or its DLQ carries COPY_ATTRIBUTE.
 """
 
 from __future__ import annotations
@@ -15,12 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 
-from quiver.events import Record
-from quiver.storage.base import EventSink, Outgoing, Queue, Received, StorageError, Suppression
+from quiver.events import FINAL_EVENTS, Record
+from quiver.storage.base import (
+    COPY_ATTRIBUTE,
+    EventSink,
+    Outgoing,
+    Queue,
+    Received,
+    StorageError,
+    Suppression,
+)
 
 log = logging.getLogger("quiver.sender")
 
@@ -50,8 +66,18 @@ class Completer:
         max_batch: int = 200,
         max_delay: float = 0.05,
         on_durable: Callable[[Sequence[Record]], None] | None = None,
+        confirm: Callable[[str, Collection[str]], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_durable = on_durable
+        # FinalsStore.confirm (None: nothing confirmed, every final event claimed).
+        self._confirm = confirm
+        self._clock = clock
+        # When a held message's visibility lapses, on `clock` (None: unknown, so its
+        # flush is not confirmed); the engine that holds the messages sets it.
+        self.deadline_of: Callable[[str], float | None] | None = None
+        # Confirmations being written: off the flush path, which they must not slow.
+        self._confirming: set[asyncio.Task[None]] = set()
         self._queue = queue
         self._dlq = dlq
         self._sink = sink
@@ -96,18 +122,23 @@ class Completer:
                 await self.flush(batch)
 
     async def flush(self, batch: Sequence[Completion]) -> None:
+        producer = uuid.uuid4().hex
+        confirmable = False
         try:
             records = [r for c in batch for r in c.records]
-            await self._sink.publish(records)
-            dead = [m for c in batch for m in c.dead]
+            risky = {str(r["id"]) for c in batch if self._at_risk(c) for r in c.records}
+            await self._sink.publish(records, batch_id=producer)
+            dead = [_marked(m) for c in batch for m in c.dead]
             if dead:
                 await self._dlq.send(dead)
-            retry = [m for c in batch for m in c.retry]
+            retry = [_marked(m) for c in batch for m in c.retry]
             if retry:
                 await self._queue.send(retry)
-            done = [self.receipt_of(c.received) for c in batch if c.release_after is None]
-            if done:
-                await self._queue.delete(done)
+            deleted = [c for c in batch if c.release_after is None]
+            if deleted:
+                await self._queue.delete([self.receipt_of(c.received) for c in deleted])
+            confirmable = self._in_time(deleted) and any(
+                r["event"] in FINAL_EVENTS for r in records)
             await self._release([c for c in batch if c.release_after is not None])
         except StorageError as exc:
             # Nothing is lost: undeleted messages come back after their visibility
@@ -125,6 +156,44 @@ class Completer:
         for c in batch:
             if c.future is not None and not c.future.done():
                 c.future.set_result(None)
+        if confirmable and self._confirm is not None:
+            task = asyncio.create_task(self._confirm_flush(self._confirm, producer, risky))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+
+    @staticmethod
+    async def _confirm_flush(confirm: Callable[[str, Collection[str]], Awaitable[None]],
+                             producer: str, risky: Collection[str]) -> None:
+        try:
+            await confirm(producer, risky)
+        except StorageError as exc:
+            # Unconfirmed, the export claims every final event of the flush: the cost
+            # of before, never a duplicate.
+            log.warning("flush %s not confirmed: %s", producer, exc)
+
+    async def confirmations(self) -> None:
+        """Until the confirmations started so far are written (or failed)."""
+        while self._confirming:
+            await asyncio.gather(*self._confirming)
+
+    def _at_risk(self, c: Completion) -> bool:
+        """Whether another final event for a recipient of this completion can exist
+        (quiver.storage.finals, the cases 1 to 3)."""
+        return (c.received.receive_count > 1 or c.received.copy
+                or c.received.message_id in self._receipts  # a second copy came in
+                or c.release_after is not None or bool(c.dead))
+
+    def _in_time(self, deleted: Sequence[Completion]) -> bool:
+        """Whether every deletion (just returned) came before its message's visibility
+        deadline, so no other receive of it can have happened."""
+        if self.deadline_of is None:
+            return False
+        now = self._clock()
+        for c in deleted:
+            deadline = self.deadline_of(c.received.message_id)
+            if deadline is None or now >= deadline:
+                return False
+        return True
 
     async def _release(self, kept: Sequence[Completion]) -> None:
         """Hide each kept message until its `release_after`. A failure is no failure of
@@ -148,3 +217,9 @@ class Completer:
         self._wake.set()
         if self._task is not None:
             await self._task
+        await self.confirmations()
+
+
+def _marked(message: Outgoing) -> Outgoing:
+    """`message` as quiver's own copy (COPY_ATTRIBUTE)."""
+    return replace(message, attributes={**message.attributes, COPY_ATTRIBUTE: "1"})

@@ -77,6 +77,15 @@ class Sender:
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = SenderStats()
+        completer.deadline_of = self._deadline_of
+
+    def _deadline_of(self, message_id: str) -> float | None:
+        """When a held message becomes visible again (monotonic), at the earliest: its
+        receive or last extension was asked for no later than `extended_at`."""
+        held = self._held.get(message_id)
+        if held is None:
+            return None
+        return held.extended_at + int(self._intake.visibility_timeout)
 
     @property
     def in_hand(self) -> int:
@@ -146,6 +155,8 @@ class Sender:
                 if stop.is_set():
                     break
             want = min(10, self._intake.max_inflight_messages - len(self._held))
+            # Before the request: the visibility SQS starts can only start later.
+            asked = time.monotonic()
             try:
                 batch = await self._queue.receive(
                     max_messages=max(1, want), wait_seconds=POLL_WAIT, visibility=visibility
@@ -155,7 +166,6 @@ class Sender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
-            now = time.monotonic()
             duplicates = []
             for received in batch:
                 self.stats.received += 1
@@ -171,7 +181,7 @@ class Sender:
                     self.stats.duplicates += 1
                     continue
                 size = len(received.body)
-                self._held[received.message_id] = _Held(received.without_body(), size, now)
+                self._held[received.message_id] = _Held(received.without_body(), size, asked)
                 self._bytes += size
                 task = asyncio.create_task(self._work(received))
                 self._tasks.add(task)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
@@ -38,6 +38,16 @@ class Received:
     message_id: str
     receive_count: int = 1
     sent_at: float = 0.0  # epoch seconds SQS accepted the message
+    # Sent by quiver (a re-enqueue, a dead-letter copy, a redrive), not by a caller: it
+    # carries COPY_ATTRIBUTE or DEAD_LETTER_ATTRIBUTE (quiver.storage.finals).
+    copy: bool = False
+
+
+# Set on every message quiver itself sends to the outbound queue or its DLQ, and kept
+# by `quiver dlq redrive`: its final events may follow another's (quiver.storage.finals).
+COPY_ATTRIBUTE = "quiver-copy"
+# Set by the sender on what it dead-letters (the reason it gave up).
+DEAD_LETTER_ATTRIBUTE = "quiver-reason"
 
     def without_body(self) -> Received:
         """This receipt without its SQS body: what is held while the message is worked
@@ -91,10 +101,17 @@ class FinalsStore(Protocol):
     """Claims that make final events exactly-once per (message id, recipient); see
     `quiver.storage.finals` for the rules."""
 
-    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
+    def claim(self, batch_id: str, records: Sequence[Record], *,
+              producer: str | None = None) -> list[Record]:
         """The records to export: all but the final events that another batch (or this
-        batch, earlier in it) has claimed; claims the rest for `batch_id`. Re-running a
-        batch keeps what it claimed. Synchronous: the export Lambda has no event loop."""
+        batch, earlier in it) has claimed; claims the rest for `batch_id` (those of a
+        confirmed `producer` only where its confirmation says so). Re-running a batch
+        keeps what it claimed. Synchronous: the export Lambda has no event loop."""
+        ...
+
+    async def confirm(self, producer: str, risky: Collection[str]) -> None:
+        """Record that `producer`'s messages were deleted in time; the final events of
+        the message ids in `risky` are still claimed. Raises StorageError."""
         ...
 
     async def finalized(self, message_id: str) -> set[str]:

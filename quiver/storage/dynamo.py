@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,17 @@ from quiver.storage.base import (
 )
 from quiver.storage.boto_calls import call, call_sync, error_code, query_all, query_all_sync
 from quiver.storage.dynamo_lean import LeanDynamoClient
-from quiver.storage.finals import TTL_SECONDS, Claim, claim_batch
+from quiver.storage.finals import (
+    CONFIRMATION_PREFIX,
+    CONFIRMATION_SK,
+    TTL_SECONDS,
+    Claim,
+    claim_batch,
+    confirmation_item,
+    final_key,
+    must_claim,
+    parse_confirmation,
+)
 from quiver.storage.membership import HeartbeatMembership
 
 log = logging.getLogger("quiver.sender")
@@ -55,8 +65,20 @@ class DynamoFinals:
         self.table = table
         self._clock = clock
 
-    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
-        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write)
+    def claim(self, batch_id: str, records: Sequence[Record], *,
+              producer: str | None = None) -> list[Record]:
+        confirmation = None
+        if producer is not None and any(final_key(r) is not None for r in records):
+            item = call_sync(self._client.get_item, TableName=self.table, ConsistentRead=True,
+                             Key={"pk": {"S": CONFIRMATION_PREFIX + producer},
+                                  "sk": {"S": CONFIRMATION_SK}}).get("Item")
+            confirmation = parse_confirmation(item)
+        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write,
+                           claims=must_claim(confirmation))
+
+    async def confirm(self, producer: str, risky: Collection[str]) -> None:
+        await call(self._client.put_item, TableName=self.table, Item=confirmation_item(
+            producer, risky, expires=int(self._clock()) + TTL_SECONDS))
 
     def _claimed_by(self, keys: list[Claim]) -> dict[Claim, str]:
         out: dict[Claim, str] = {}

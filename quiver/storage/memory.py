@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 from quiver.adaptive.state import RateState
@@ -19,6 +19,8 @@ from quiver.envelope import parse_s3_uri
 from quiver.events import Record
 from quiver.storage.base import (
     ALL_TENANTS,
+    COPY_ATTRIBUTE,
+    DEAD_LETTER_ATTRIBUTE,
     RETURN_PATH_TTL,
     MissingObject,
     Outgoing,
@@ -28,7 +30,7 @@ from quiver.storage.base import (
     Suppression,
     TooLarge,
 )
-from quiver.storage.finals import Claim, claim_batch
+from quiver.storage.finals import Claim, Confirmation, claim_batch, must_claim
 from quiver.storage.membership import HeartbeatMembership
 
 
@@ -80,6 +82,8 @@ class MemoryQueue:
                     out.append(Received(
                         body=m.body, receipt=m.receipt, message_id=m.message_id,
                         receive_count=m.receive_count, sent_at=m.sent_at,
+                        copy=COPY_ATTRIBUTE in m.attributes
+                        or DEAD_LETTER_ATTRIBUTE in m.attributes,
                     ))
             if out or now >= deadline:
                 return out
@@ -165,9 +169,16 @@ class MemoryFinals:
 
     def __init__(self) -> None:
         self.claims: dict[Claim, str] = {}
+        self.confirmations: dict[str, Confirmation] = {}  # by producer id
 
-    def claim(self, batch_id: str, records: Sequence[Record]) -> list[Record]:
-        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write)
+    def claim(self, batch_id: str, records: Sequence[Record], *,
+              producer: str | None = None) -> list[Record]:
+        confirmation = self.confirmations.get(producer) if producer is not None else None
+        return claim_batch(batch_id, records, claimed_by=self._claimed_by, write=self._write,
+                           claims=must_claim(confirmation))
+
+    async def confirm(self, producer: str, risky: Collection[str]) -> None:
+        self.confirmations[producer] = Confirmation(risky=frozenset(risky))
 
     def _claimed_by(self, keys: list[Claim]) -> dict[Claim, str]:
         return {k: self.claims[k] for k in keys if k in self.claims}

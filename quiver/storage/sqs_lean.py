@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from quiver.storage.base import Outgoing, Received, StorageError
+from quiver.storage.base import (
+    COPY_ATTRIBUTE,
+    DEAD_LETTER_ATTRIBUTE,
+    Outgoing,
+    Received,
+    StorageError,
+)
 from quiver.storage.sigv4 import SigV4Signer, amz_date
 from quiver.storage.sqs import SQS_BATCH, chunk_messages
 
@@ -128,6 +134,16 @@ def _count(action: str, value: Any, what: str) -> int:
     return int(value)
 
 
+def _is_copy(attributes: Any) -> bool:
+    """Whether a message's attributes mark it as sent by quiver; anything unreadable
+    counts as marked (its finals are then claimed: the safe side)."""
+    if attributes is None:
+        return False
+    if not isinstance(attributes, dict):
+        return True
+    return COPY_ATTRIBUTE in attributes or DEAD_LETTER_ATTRIBUTE in attributes
+
+
 def parse_received(body: bytes) -> list[Received]:
     """A ReceiveMessage answer's messages."""
     action = "ReceiveMessage"
@@ -149,6 +165,7 @@ def parse_received(body: bytes) -> list[Received]:
             message_id=_text(action, m.get("MessageId"), "MessageId"),
             receive_count=1 if count is None else _count(action, count, "ApproximateReceiveCount"),
             sent_at=0.0 if sent is None else _count(action, sent, "SentTimestamp") / 1000.0,
+            copy=_is_copy(m.get("MessageAttributes")),
         ))
     return out
 
@@ -218,6 +235,7 @@ def receive_payload(
         "WaitTimeSeconds": wait_seconds,
         "VisibilityTimeout": visibility,
         "MessageSystemAttributeNames": list(SYSTEM_ATTRIBUTES),
+        "MessageAttributeNames": [COPY_ATTRIBUTE, DEAD_LETTER_ATTRIBUTE],
     }
 
 

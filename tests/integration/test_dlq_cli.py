@@ -21,6 +21,7 @@ from quiver import envelope as envelope_mod
 from quiver.devstack.moto_server import MotoServer, aws_env, client, create_resources, start_moto
 from quiver.events import pack_batches
 from quiver.settings import Deployment, deployment_env
+from quiver.storage.base import COPY_ATTRIBUTE
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,9 @@ def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
+REDRIVEN = {COPY_ATTRIBUTE: {"DataType": "String", "StringValue": "redrive"}}
+
+
 def test_outbound_show_then_redrive_one_then_the_rest(
         moto: tuple[MotoServer, Deployment], quiver) -> None:
     server, deployment = moto
@@ -118,7 +122,8 @@ def test_outbound_show_then_redrive_one_then_the_rest(
     assert depth(sqs, dlq) == 2
     (back,) = drain(sqs, outbound)
     assert back["Body"] in sent  # byte for byte: id, attempt count and bookkeeping kept
-    assert back.get("MessageAttributes", {}) == sent[back["Body"]]
+    # Attributes kept, and the redrive's mark added: its finals are claimed.
+    assert back.get("MessageAttributes", {}) == {**sent[back["Body"]], **REDRIVEN}
     assert envelope_mod.decode(back["Body"]).attempt == 3
 
     rest = quiver("redrive")
@@ -127,7 +132,8 @@ def test_outbound_show_then_redrive_one_then_the_rest(
     assert depth(sqs, dlq) == 0
     others = drain(sqs, outbound)
     assert sorted([back["Body"], *(m["Body"] for m in others)]) == sorted(sent)
-    assert all(m.get("MessageAttributes", {}) == sent[m["Body"]] for m in others)
+    assert all(m.get("MessageAttributes", {}) == {**sent[m["Body"]], **REDRIVEN}
+               for m in others)
 
     empty = quiver("redrive", "--json")
     assert (empty.returncode, json.loads(empty.stdout)["moved"]) == (0, 0)

@@ -110,6 +110,24 @@ def test_many_keys_span_batch_limits(finals: FinalsStore) -> None:
     assert finals.claim("other", records) == []
 
 
+async def test_a_confirmed_producer_claims_only_its_risky_ids(finals: FinalsStore) -> None:
+    records = [rec("delivered", "a@x.test"), rec("delivered", "b@x.test", mid="m2"),
+               rec("delivered", "b@x.test", mid="m2")]
+    await finals.confirm("flush1", ["m2"])
+    # Every record kept, the duplicate in the batch excepted; only m2 claimed.
+    assert finals.claim("batch1", records, producer="flush1") == records[:2]
+    assert await finals.finalized("m1") == set()
+    assert await finals.finalized("m2") == {"b@x.test"}
+    # A later copy of m2's final event, from any batch, is dropped by that claim.
+    assert finals.claim("batch2", [rec("bounced", "b@x.test", mid="m2")]) == []
+
+
+def test_an_unconfirmed_producer_claims_everything(finals: FinalsStore) -> None:
+    records = [rec("delivered", "a@x.test")]
+    assert finals.claim("batch1", records, producer="never") == records
+    assert finals.claim("batch2", records, producer="never") == []
+
+
 def entry(address: str, tenant: str = ALL_TENANTS, **kw: Any) -> Suppression:
     fields: dict[str, Any] = {"reason": "hard_bounce", "created_at": T0 - 60,
                               "source": "bounced m1: 550 5.1.1 no such user"}

@@ -247,7 +247,7 @@ async def test_a_synchronous_hard_bounce_suppresses_the_next_message() -> None:
 async def test_hard_bounces_wait_for_their_events_to_be_durable() -> None:
     rig = Rig()
 
-    async def refuse(records: object) -> None:
+    async def refuse(records: object, *, batch_id: str | None = None) -> None:
         raise StorageError("events queue down")
 
     rig.sink.publish = refuse  # type: ignore[method-assign]

@@ -212,6 +212,7 @@ def test_receive_body_matches_boto3() -> None:
         "receive_message", {}, QueueUrl=URL, MaxNumberOfMessages=10, WaitTimeSeconds=20,
         VisibilityTimeout=300,
         MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        MessageAttributeNames=["quiver-copy", "quiver-reason"],
     )
     assert receive_payload(URL, max_messages=10, wait_seconds=20, visibility=300) == sent
     assert receive_payload(URL, max_messages=50, wait_seconds=0, visibility=1)[
@@ -283,6 +284,22 @@ def test_receive_answer_parses_as_boto3_parses_it() -> None:
     assert (ours[1].receive_count, ours[1].sent_at) == (1, 0.0)
     assert parse_received(b"{}") == []
     assert parse_received(b'{"Messages": []}') == []
+
+
+@pytest.mark.parametrize(("attributes", "copy"), [
+    (None, False), ({}, False),
+    ({"quiver-copy": {"DataType": "String", "StringValue": "1"}}, True),
+    ({"quiver-reason": {"DataType": "String", "StringValue": "given up"}}, True),
+    ({"other": {"DataType": "String", "StringValue": "x"}}, False),
+    ("unreadable", True),  # taken for a copy: its final events are then claimed
+])
+def test_a_message_quiver_sent_itself_is_received_as_a_copy(attributes: Any,
+                                                             copy: bool) -> None:
+    message: dict[str, Any] = {"MessageId": "m", "ReceiptHandle": "r", "Body": "b"}
+    if attributes is not None:
+        message["MessageAttributes"] = attributes
+    (received,) = parse_received(json.dumps({"Messages": [message]}).encode())
+    assert received.copy is copy
 
 
 @pytest.mark.parametrize("answer", [

@@ -4,7 +4,7 @@ DuckDB spelling.
 The Glue tables' columns are built in cdk/event_analytics.py (`COLUMNS`). The code
 that writes Parquet for the compacted table, and the DuckDB views over either
 layout, need the same list at run time, where cdk/ is not packaged: they read
-quiver/data/event_columns.json, which `python -m cdk.event_analytics` writes from
+quiver/data/event_columns.json, which `python -m cdk.event_compaction` writes from
 `COLUMNS`. The synth refuses a snapshot that differs from `COLUMNS`
 (cdk/event_compaction.py), so a Parquet file never disagrees with its table.
 """
@@ -37,7 +37,8 @@ def event_columns() -> tuple[Column, ...]:
 
 def snapshot_text(columns: tuple[Column, ...]) -> str:
     """The snapshot file's text for `columns` (what cdk.event_analytics writes)."""
-    return json.dumps({"columns": [list(c) for c in columns]}, indent=1) + "\n"
+    rows = ",\n".join(f"  {json.dumps(list(c))}" for c in columns)
+    return f'{{"columns": [\n{rows}\n]}}\n'
 
 
 def duckdb_type(athena: str) -> str:

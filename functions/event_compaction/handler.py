@@ -51,16 +51,17 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         remaining=lambda: context.get_remaining_time_in_millis() / 1000,
     )
     done = [h for h in result.hours if h.outcome == "compacted"]
-    summary = {
+    failed = [f"{p.path}: {why}" for p, why in result.failed]
+    summary: dict[str, Any] = {
         "compacted": len(done),
         "unchanged": sum(1 for h in result.hours if h.outcome == "unchanged"),
         "input_objects": sum(h.inputs for h in done),
         "records": sum(h.records for h in done),
         "parts": sum(len(h.parts) for h in done),
         "deferred": len(result.deferred),
-        "failed": [f"{p.path}: {why}" for p, why in result.failed],
+        "failed": failed,
     }
     logger.info("compaction run", extra=summary)
     if result.failed:
-        raise CompactionFailed(f"{len(result.failed)} partitions failed: {summary['failed'][:3]}")
+        raise CompactionFailed(f"{len(result.failed)} partitions failed: {failed[:3]}")
     return summary

@@ -254,13 +254,13 @@ class Compactor:
                 threads=self._duckdb_threads, memory_limit=self._memory_limit,
                 temp_directory=str(source.parent))) as con:
             names = ", ".join(f'"{name}"' for name, _ in self._columns)
-            row = con.execute(
-                f"COPY (SELECT {names} FROM read_json(?, format='newline_delimited', "
-                f"compression='gzip', columns={duckdb_columns(tuple(self._columns))}) "
-                f'ORDER BY "at", "id", "rcpt") TO \'{_sql_path(target)}\' '
-                "(FORMAT parquet, COMPRESSION zstd)",
-                [str(source)],
-            ).fetchone()
+            # The column names and types are the packaged snapshot's, the target a path
+            # this process made (quoted); the raw file is a bound parameter.
+            reader = (f"read_json(?, format='newline_delimited', compression='gzip', "
+                      f"columns={duckdb_columns(tuple(self._columns))})")
+            select = f'SELECT {names} FROM {reader} ORDER BY "at", "id", "rcpt"'  # noqa: S608
+            copy = f"COPY ({select}) TO '{_sql_path(target)}' (FORMAT parquet, COMPRESSION zstd)"
+            row = con.execute(copy, [str(source)]).fetchone()
         return int(row[0]) if row else 0
 
     def _fetch(self, chunk: Sequence[RawObject]) -> Iterator[bytes]:

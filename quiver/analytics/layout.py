@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quiver.export import PREFIX as RAW_PREFIX
+from quiver.export import PREFIX
+
+RAW_PREFIX = PREFIX
 
 COMPACTED_PREFIX = "events-compacted"
 MANIFEST_PREFIX = "events-compaction"

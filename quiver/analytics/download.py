@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from quiver.analytics.layout import COMPACTED_PREFIX, RAW_PREFIX
@@ -27,8 +27,8 @@ class Downloaded:
 
 
 def local_path(root: Path, key: str) -> Path:
-    parts = PurePosixPath(key).parts
-    if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
+    parts = key.split("/")
+    if not key or any(p in ("", "..", ".") for p in parts):
         raise UnsafeKey(f"refusing object key {key!r}: it would land outside {root}")
     return root.joinpath(*parts)
 

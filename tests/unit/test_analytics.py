@@ -28,9 +28,10 @@ from quiver.analytics.compaction import (
 )
 from quiver.analytics.download import UnsafeKey, local_path
 from quiver.analytics.duck import events_view_sql
-from quiver.analytics.layout import Partition
+from quiver.analytics.layout import RAW_PREFIX, Partition
 from quiver.analytics.saved import SavedQueryError, saved_queries
 from quiver.events import EVENT_FIELDS
+from quiver.export import PREFIX, object_key
 
 NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 SCALARS = st.sampled_from(["string", "int", "bigint", "double", "boolean"])
@@ -135,3 +136,9 @@ def test_download_refuses_keys_outside_the_folder(key: str, tmp_path: Path) -> N
 def test_the_view_over_a_folder_reads_partitions_as_strings(tmp_path: Path) -> None:
     sql = events_view_sql(tmp_path / "it's", "raw")
     assert "it''s" in sql and "'hour': 'VARCHAR'" in sql
+
+
+def test_the_raw_layout_is_the_exports() -> None:
+    assert RAW_PREFIX == PREFIX
+    key = object_key(event="bounced", at="2026-12-05T09:59:59.999Z", batch_id="b")
+    assert key == Partition("bounced", "2026-12-05", "09").raw_prefix + "b.jsonl.gz"

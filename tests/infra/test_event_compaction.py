@@ -129,11 +129,13 @@ def test_the_compaction_reads_raw_and_writes_only_its_own_prefixes(
             if action.startswith("s3:"):
                 resources_ = statement["Resource"]
                 for r in resources_ if isinstance(resources_, list) else [resources_]:
-                    granted.setdefault(action, set()).add(str(render(r)).rsplit("/", 1)[-1]
-                                                          if "/" in str(render(r)) else "bucket")
-    assert granted["s3:GetObject"] == {"events*", "events-compaction*"}
-    assert granted["s3:DeleteObject"] == {"events-compacted*"}
-    assert granted["s3:PutObject"] == {"events-compacted*", "events-compaction*"}
+                    text = str(render(r))
+                    # "${<bucket ARN>}/<pattern>", or the bucket's ARN itself.
+                    granted.setdefault(action, set()).add(
+                        text.split("}/", 1)[1] if "}/" in text else "bucket")
+    assert granted["s3:GetObject"] == {"events/*", "events-compaction/*"}
+    assert granted["s3:DeleteObject"] == {"events-compacted/*"}
+    assert granted["s3:PutObject"] == {"events-compacted/*", "events-compaction/*"}
     assert granted["s3:ListBucket"] == {"bucket"}
 
 

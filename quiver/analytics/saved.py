@@ -2,10 +2,13 @@
 (`quiver events query --saved NAME`, over a view `events` of either layout) and for
 Athena (the named queries the CDK app creates, over the Glue tables).
 
-A query is `<name>.sql` when both dialects read it alike, else `<name>.duckdb.sql`
-and `<name>.athena.sql`. Its first line is a `-- ` comment describing it; each
-`-- param: NAME` line declares a parameter, written `$NAME` in DuckDB and `?` (in
-the declared order) in Athena.
+A query is `<name>.sql`, written for DuckDB over `FROM events` with one `WHERE`;
+its Athena text is derived: the table becomes the compacted one (or the one a
+`-- athena-table: NAME` line names), the `WHERE` gains the partition filter of the
+last ATHENA_DAYS days, and each `$NAME` parameter becomes `?`. A query whose
+dialects differ in more than that (a function of another name) is two files,
+`<name>.duckdb.sql` and `<name>.athena.sql`. Its first line is a `-- ` comment
+describing it; each `-- param: NAME` line declares a parameter, used once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ Dialect = Literal["duckdb", "athena"]
 DIALECTS: tuple[Dialect, ...] = ("duckdb", "athena")
 _PARAM = re.compile(r"^--\s*param:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_ATHENA_TABLE = re.compile(r"^--\s*athena-table:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+# What the Athena texts read by default, and how far back (the raw objects' expiry).
+ATHENA_TABLE = "events_compacted"
+ATHENA_DAYS = 7
+_SINCE = f"\"date\" >= date_format(current_date - INTERVAL '{ATHENA_DAYS}' DAY, '%Y-%m-%d')"
 
 
 class SavedQueryError(ValueError):
@@ -55,20 +63,35 @@ def saved_queries() -> dict[str, SavedQuery]:
     texts: dict[str, dict[Dialect, str]] = {}
     for entry in folder.iterdir():
         name, _, suffix = entry.name.partition(".")
-        if suffix == "sql":
-            dialects: tuple[Dialect, ...] = DIALECTS
-        elif suffix in ("duckdb.sql", "athena.sql"):
-            dialects = (suffix.split(".")[0],)  # type: ignore[assignment]
-        else:
+        if suffix not in ("sql", "duckdb.sql", "athena.sql"):
             continue
         if not _NAME.match(name):
             raise SavedQueryError(f"saved query file {entry.name}: name must match {_NAME.pattern}")
         text = entry.read_text(encoding="utf-8")
-        for dialect in dialects:
+        found: dict[Dialect, str] = (
+            {"duckdb": text, "athena": athena_text(name, text)} if suffix == "sql"
+            else {suffix.split(".")[0]: text})  # type: ignore[dict-item]
+        for dialect, dialect_text in found.items():
             if dialect in texts.setdefault(name, {}):
                 raise SavedQueryError(f"saved query {name!r} has two {dialect} texts")
-            texts[name][dialect] = text
+            texts[name][dialect] = dialect_text
     return {name: _parse(name, sql) for name, sql in sorted(texts.items())}
+
+
+def athena_text(name: str, duckdb: str) -> str:
+    """The Athena dialect of a DuckDB text over `FROM events` (see the module)."""
+    table_line = _ATHENA_TABLE.search(duckdb)
+    table = table_line.group(1) if table_line else ATHENA_TABLE
+    text, tables = re.subn(r"\bFROM events\b", f"FROM {table}", duckdb)
+    text, wheres = re.subn(r"^WHERE ", f"WHERE {_SINCE}\n  AND ", text, flags=re.MULTILINE)
+    if tables != 1 or wheres != 1:
+        raise SavedQueryError(f"saved query {name!r}: one `FROM events` and one line-leading "
+                              "`WHERE` are needed to derive its Athena text")
+    for param in _PARAM.findall(duckdb):
+        text, uses = re.subn(rf"\${param}\b", "?", text)
+        if uses != 1:
+            raise SavedQueryError(f"saved query {name!r} must use ${param} once")
+    return text
 
 
 def _parse(name: str, sql: dict[Dialect, str]) -> SavedQuery:

@@ -43,7 +43,8 @@ def layer_dir(synth: Any, key: Any) -> Path:
 
 
 def compacted_table(service: dict[str, Any]) -> dict[str, Any]:
-    (table,) = [t["Properties"]["TableInput"] for t in resources(service, "AWS::Glue::Table").values()
+    (table,) = [t["Properties"]["TableInput"]
+                for t in resources(service, "AWS::Glue::Table").values()
                 if t["Properties"]["TableInput"]["Name"] == COMPACTED_TABLE]
     result: dict[str, Any] = table
     return result
@@ -169,7 +170,7 @@ def test_the_compacted_table_is_the_raw_one_over_parquet(
     assert descriptor["SerdeInfo"]["SerializationLibrary"] == (
         "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
     assert descriptor["InputFormat"].endswith("MapredParquetInputFormat")
-    scheme, bucket, suffix = descriptor["Location"]["Fn::Join"][1]
+    _, bucket, suffix = descriptor["Location"]["Fn::Join"][1]
     assert output_source(stateful, bucket) == {"Ref": "EventsBucket"}
     assert suffix == "/events-compacted/"
     assert compacted["Name"] == COMPACTED_TABLE
@@ -179,7 +180,8 @@ def test_every_saved_query_is_a_named_query_in_the_workgroup(service: dict[str, 
     (database,) = [d["Properties"]["DatabaseInput"]["Name"]
                    for d in resources(service, "AWS::Glue::Database").values()]
     (workgroup_id, workgroup), = resources(service, "AWS::Athena::WorkGroup").items()
-    named = {q["Properties"]["Name"]: q for q in resources(service, "AWS::Athena::NamedQuery").values()}
+    named = {q["Properties"]["Name"]: q
+             for q in resources(service, "AWS::Athena::NamedQuery").values()}
     expected = {f"quiver-{n.replace('_', '-')}": q for n, q in saved_queries().items()}
     assert set(named) == set(expected)
     for name, query in expected.items():

@@ -1,4 +1,5 @@
 -- Every event of one message (the caller's id), for each of its recipients, in order.
+-- athena-table: events
 -- param: id
 SELECT "at", event, id, rcpt, attempt, source_ip, mx, provider,
        response.code AS code, response.enhanced AS enhanced,

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from demo_run import DemoRun
 
-from quiver.analytics.columns import event_columns
-from quiver.analytics.compaction import GRACE, Compactor
+from quiver.analytics.compaction import GRACE
 from quiver.analytics.duck import connect, run
 from quiver.analytics.saved import saved_queries
 from quiver.devstack import moto_server
@@ -55,8 +54,8 @@ def params_for(root: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def compacted(demo: DemoRun, moto: str,
               tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The kept events uploaded to moto's S3 as they are, compacted there, and brought
-    back with `quiver events download`."""
+    """The kept events uploaded to moto's S3 as they are, compacted there with `quiver
+    events compact`, and brought back with `quiver events download`."""
     s3 = moto_server.client(moto, "s3")
     bucket = "quiver-events-demo"
     s3.create_bucket(Bucket=bucket)
@@ -67,14 +66,19 @@ def compacted(demo: DemoRun, moto: str,
                                "%Y-%m-%d %H").replace(tzinfo=UTC)
              for p in demo.kept.rglob("*.jsonl.gz")]
     now = max(hours) + timedelta(hours=1) + GRACE
-    result = Compactor(s3=s3, bucket=bucket, columns=event_columns()).run(
-        now=now, lookback_hours=int((now - min(hours)).total_seconds() // 3600) + 1)
-    assert not result.failed and any(h.outcome == "compacted" for h in result.hours)
+    env = {**os.environ, **moto_server.aws_env(moto), ENV_EVENTS_BUCKET: bucket}
+    # As an operator runs it against the local stack (after `source env.sh`).
+    compact = subprocess.run(
+        [sys.executable, "-m", "quiver", "events", "compact",
+         "--now", now.isoformat().replace("+00:00", "Z"),
+         "--lookback-hours", str(int((now - min(hours)).total_seconds() // 3600) + 1)],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert compact.returncode == 0, compact.stderr
+    assert " compacted " in compact.stdout, compact.stdout
     target = tmp_path_factory.mktemp("downloaded")
     done = subprocess.run(
         [sys.executable, "-m", "quiver", "events", "download", "--to", str(target)],
-        env={**os.environ, **moto_server.aws_env(moto), ENV_EVENTS_BUCKET: bucket},
-        capture_output=True, text=True, timeout=120, check=False)
+        env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return target
 

@@ -51,7 +51,8 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--layout", choices=LAYOUTS, default="raw",
                    help="raw: the export's gzip'd JSON lines, up to the minute (default); "
                         "compacted: the hourly Parquet")
-    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default, long cells cut), csv, or one JSON object a row")
     q.set_defaults(func=cmd_query)
 
     c = esub.add_parser("compact", help="compact the closed hours now, as the hourly "

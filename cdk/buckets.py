@@ -47,6 +47,11 @@ NONCURRENT_EXPIRY = Duration.days(30)
 ACCESS_LOGS_EXPIRY = Duration.days(365)
 # Where the export writes (quiver.export); the Glue table reads from here.
 EVENTS_PREFIX = f"{EXPORT_PREFIX}/"
+# The export's raw objects are the landing zone: the hourly compaction copies each
+# closed hour into Parquet (cdk/event_compaction.py), which the events retention
+# keeps. A week of raw objects leaves time to notice and fix a compaction that
+# fails, and to re-run it, before an hour exists only in its compacted copy.
+RAW_EVENTS_EXPIRY = Duration.days(7)
 ATHENA_RESULTS_PREFIX = "athena/"
 # Each logged bucket's records under its own prefix of the access-logs bucket.
 ACCESS_LOG_PREFIXES = {"events": "events-bucket/", "inbound": "inbound-bucket/"}
@@ -77,9 +82,12 @@ class Buckets(Construct):
                     "Spilled bodies are read and written once per large message at the send "
                     "rate and expire within 15 days; a log record per request would cost "
                     "more than the bodies. Only the senders' task role can reach them.")
+        raw_expiry = Duration.days(min(RAW_EVENTS_EXPIRY.to_days(), events_retention.to_days()))
         self.events = self._bucket(
             "EventsBucket", names.events_bucket, expiry=events_retention, versioned=True,
             access_log_prefix=ACCESS_LOG_PREFIXES["events"],
+            extra_rules=[s3.LifecycleRule(id="expire-raw-events", prefix=EVENTS_PREFIX,
+                                          expiration=raw_expiry)],
         )
         self.inbound = self._bucket(
             "InboundBucket", names.inbound_bucket, expiry=INBOUND_EXPIRY, versioned=True,
@@ -97,11 +105,13 @@ class Buckets(Construct):
             pin_logical_id(getattr(self, attr), logical_id)
 
     def _bucket(self, construct_id: str, name: str | None, *, expiry: Duration,
-                versioned: bool = False, access_log_prefix: str | None = None) -> s3.Bucket:
+                versioned: bool = False, access_log_prefix: str | None = None,
+                extra_rules: list[s3.LifecycleRule] | None = None) -> s3.Bucket:
         rules = [
             s3.LifecycleRule(id="abort-incomplete-uploads",
                              abort_incomplete_multipart_upload_after=Duration.days(1)),
             s3.LifecycleRule(id="expire", expiration=expiry),
+            *(extra_rules or []),
         ]
         if versioned:
             # An expired or deleted object becomes a noncurrent version behind a delete

@@ -19,6 +19,7 @@ from cdk.deploy_checks import Placement, check_deployable
 from cdk.deployed_record import ALLOW_REMOVE_CONTEXT, check_against_record
 from cdk.egress_addresses import EgressAddresses
 from cdk.event_analytics import EventAnalytics
+from cdk.event_compaction import EventCompaction
 from cdk.event_export import (
     EXPORT_VENDORED,
     EventExport,
@@ -37,6 +38,7 @@ from cdk.observability import Observability
 from cdk.policy_object import PolicyBucket, PolicyObject
 from cdk.proxy_tier import DEFAULT_INSTANCE_TYPE, ProxyNodes, image_for
 from cdk.queues import Queues
+from cdk.saved_queries import SavedQueries
 from cdk.sender_service import SenderService
 from cdk.tables import Tables
 from cdk.unsubscribe import Unsubscribe
@@ -190,6 +192,19 @@ class ServiceStack(Stack):
             results_bucket=buckets.athena_results,
             database_name=f"{prefix.replace('-', '_')}_events",
             workgroup_name=prefix,
+        )
+        self.compaction = EventCompaction(
+            self, "EventCompaction",
+            code_dir=assemble_function_code(
+                repo_root=repo_root, function="event_compaction", outdir=_assembly_dir(self),
+            ),
+            repo_root=repo_root,
+            events_bucket=buckets.events,
+            analytics=self.analytics,
+        )
+        self.saved_queries = SavedQueries(
+            self, "SavedQueries", analytics=self.analytics,
+            compacted_table=self.compaction.table_name,
         )
         self.inbound = InboundMail(
             self, "InboundMail",

@@ -242,7 +242,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise
         return _devstack_missing("demo")
 
-    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json)
+    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json,
+                    keep=Path(args.keep) if args.keep else None)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -299,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.preflight.command import add_parser as add_preflight_parser
 
     add_preflight_parser(sub)
+    from quiver.analytics.command import add_parser as add_events_parser
+
+    add_events_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -351,6 +355,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--dir", default=".quiver/demo",
                       help="where the stack keeps its files (default .quiver/demo)")
+    demo.add_argument("--keep", metavar="DIR",
+                      help="copy the event objects to DIR (the bucket's key layout) before "
+                           "the local stack, and its in-memory bucket, stop; query them with "
+                           "`quiver events query --dir DIR`")
     demo.set_defaults(func=cmd_demo)
     return p
 

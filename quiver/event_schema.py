@@ -222,21 +222,57 @@ def glue_columns() -> tuple[tuple[str, str], ...]:
 
 _DUCKDB_SCALARS = {
     "string": "VARCHAR", "int": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE",
-    "boolean": "BOOLEAN", "timestamp": "TIMESTAMPTZ",
+    "boolean": "BOOLEAN", "float": "FLOAT", "smallint": "SMALLINT",
+    "timestamp": "TIMESTAMPTZ",
 }
 
 
+class ColumnTypeError(ValueError):
+    """A schema or Athena type that has no DuckDB spelling."""
+
+
 def duckdb_type(type_: str) -> str:
-    """The DuckDB type of a schema type (struct and map included)."""
-    if type_ in _DUCKDB_SCALARS:
-        return _DUCKDB_SCALARS[type_]
-    if type_ == "map<string,string>":
-        return "MAP(VARCHAR, VARCHAR)"
-    match = re.fullmatch(r"struct<(.*)>", type_)
-    if match is None:
-        raise ValueError(f"no DuckDB type for {type_!r}")
-    members = [m.split(":", 1) for m in match.group(1).split(",")]
-    return "STRUCT(" + ", ".join(f"{n} {duckdb_type(t)}" for n, t in members) + ")"
+    """The DuckDB type of a schema or Athena type: `map<string,string>` ->
+    `MAP(VARCHAR, VARCHAR)`; struct and array likewise, nested to any depth."""
+    type_ = type_.strip()
+    head, sep, rest = type_.partition("<")
+    if not sep:
+        try:
+            return _DUCKDB_SCALARS[type_.lower()]
+        except KeyError:
+            raise ColumnTypeError(f"unknown type {type_!r}") from None
+    if not rest.endswith(">"):
+        raise ColumnTypeError(f"unbalanced type {type_!r}")
+    args = _split_top(rest[:-1])
+    kind = head.strip().lower()
+    if kind == "map" and len(args) == 2:
+        return f"MAP({duckdb_type(args[0])}, {duckdb_type(args[1])})"
+    if kind == "array" and len(args) == 1:
+        return f"{duckdb_type(args[0])}[]"
+    if kind == "struct" and args:
+        members = []
+        for arg in args:
+            name, colon, inner = arg.partition(":")
+            if not colon or not name.strip():
+                raise ColumnTypeError(f"struct member without a type in {type_!r}")
+            members.append(f'"{name.strip()}" {duckdb_type(inner)}')
+        return f"STRUCT({', '.join(members)})"
+    raise ColumnTypeError(f"unknown type {type_!r}")
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at the commas that are not inside <...>."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in (part.strip() for part in parts) if p]
 
 
 def duckdb_columns() -> dict[str, str]:

@@ -68,6 +68,23 @@ if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && { [ ! -x node_modules/.bin/cdk ] \
   echo "==> installing the CDK CLI (npm ci, pinned by package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The event compaction's DuckDB layer (cdk/event_compaction.py): the Lambda's wheel
+# (Linux arm64), pinned and hashed in cdk/duckdb-layer.lock, unpacked where the synth
+# packages it; the synth itself never downloads.
+layer=.quiver-layers/duckdb
+if [ "${QUIVER_WITH_CDK:-0}" = 1 ] && { [ ! -f "$layer/.built" ] \
+    || [ cdk/duckdb-layer.lock -nt "$layer/.built" ]; }; then
+  echo "==> building the DuckDB layer from cdk/duckdb-layer.lock"
+  wheels=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --require-hashes \
+    --platform manylinux_2_28_aarch64 --python-version 3.14 --implementation cp \
+    -r cdk/duckdb-layer.lock -d "$wheels"
+  rm -rf "$layer"
+  mkdir -p "$layer/python"
+  .venv/bin/python -m zipfile -e "$wheels"/duckdb-*.whl "$layer/python"
+  rm -rf "$wheels"
+  touch "$layer/.built"
+fi
 # The interop tests' receiving MTAs (QUIVER_WITH_INTEROP=1, as scripts/test.sh sets):
 # Exim is unpacked into .interop/exim, not installed, because Debian's exim4 packages
 # conflict with postfix (its shared libraries conflict with nothing and are installed);

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from quiver.analytics.download import download
 from quiver.client import OutboundMessage, QuiverClient
 from quiver.devstack.demo_feedback import FeedbackLoop
 from quiver.devstack.export_pump import ExportPump, Tally
@@ -33,7 +34,7 @@ ENQUEUE_CHUNK = 100
 FEEDBACK_TIMEOUT = 90.0
 
 
-def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
+def run_demo(*, root: Path, messages: int, as_json: bool, keep: Path | None = None) -> int:
     if messages < 1:
         print("quiver demo: --messages must be at least 1")
         return 2
@@ -90,6 +91,8 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
             pass
         pump.stop()
         objects, bad_objects = _check_bucket(stack)
+        kept = (download(stack.client("s3"), bucket=stack.deployment.events_bucket, to=keep)
+                if keep is not None else None)
         by_source_ip = Counter(str(r["peer_ip"]) for r in stack.mx.received())
         dns_kind = stack.dns.kind
         egress = stack.egress_mode
@@ -102,6 +105,9 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
         by_source_ip=dict(sorted(by_source_ip.items())), dns=dns_kind, egress=egress,
     )
     summary.update(loop.summary())
+    summary["kept"] = (None if kept is None or keep is None else
+                       {"dir": str(keep), "objects": kept.objects + kept.skipped,
+                        "bytes": kept.bytes})
     summary["intake"] = intake
     if as_json:
         print(json.dumps(summary, sort_keys=True))
@@ -233,5 +239,8 @@ def _print_table(s: dict[str, Any], root: Path) -> None:
         print(f"NOT suppressed: {s['second_round_not_suppressed'][:5]}")
     print(f"event files: {s['event_objects']} objects in {s['events_bucket']} "
           f"(local moto server; logs in {root / 'logs'})")
+    if s["kept"]:
+        print(f"kept: {s['kept']['objects']} event objects in {s['kept']['dir']} (query them: "
+              f"quiver events query --dir {s['kept']['dir']} --saved outcome_rates_hourly)")
     if s["invalid_event_objects"]:
         print(f"INVALID event objects: {s['invalid_event_objects'][:5]}")

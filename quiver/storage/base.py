@@ -42,18 +42,19 @@ class Received:
     # carries COPY_ATTRIBUTE or DEAD_LETTER_ATTRIBUTE (quiver.storage.finals).
     copy: bool = False
 
+    def without_body(self) -> Received:
+        """This receipt without its SQS body: what is held while the message is worked
+        on. Built directly (a per-message copy; `dataclasses.replace` costs ~4x more)."""
+        return Received(body="", receipt=self.receipt, message_id=self.message_id,
+                        receive_count=self.receive_count, sent_at=self.sent_at,
+                        copy=self.copy)
+
 
 # Set on every message quiver itself sends to the outbound queue or its DLQ, and kept
 # by `quiver dlq redrive`: its final events may follow another's (quiver.storage.finals).
 COPY_ATTRIBUTE = "quiver-copy"
 # Set by the sender on what it dead-letters (the reason it gave up).
 DEAD_LETTER_ATTRIBUTE = "quiver-reason"
-
-    def without_body(self) -> Received:
-        """This receipt without its SQS body: what is held while the message is worked
-        on. Built directly (a per-message copy; `dataclasses.replace` costs ~4x more)."""
-        return Received(body="", receipt=self.receipt, message_id=self.message_id,
-                        receive_count=self.receive_count, sent_at=self.sent_at)
 
 
 @dataclass(frozen=True, slots=True)

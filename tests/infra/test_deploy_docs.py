@@ -53,7 +53,9 @@ def test_dns_records_cover_every_source(policy: Policy) -> None:
 
 def test_athena_query_uses_the_synthesized_table(service: dict[str, Any]) -> None:
     _, database = only(service, "AWS::Glue::Database")
-    _, table = only(service, "AWS::Glue::Table")
+    # The raw events' table (the compacted one has the same columns).
+    (table,) = [r["Properties"] for k, r in service["Resources"].items()
+                if r["Type"] == "AWS::Glue::Table" and k.startswith("EventAnalytics")]
     _, workgroup = only(service, "AWS::Athena::WorkGroup")
     qualified = f"{database['DatabaseInput']['Name']}.{table['TableInput']['Name']}"
     (sql,) = [b for b in blocks("sql") if f"FROM {qualified}" in b]

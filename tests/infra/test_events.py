@@ -146,8 +146,10 @@ def test_packaged_handler_imports_with_only_what_lambda_provides(
 
 
 def glue_table(service: dict[str, Any]) -> dict[str, Any]:
-    _, table = only(service, "AWS::Glue::Table")
-    table_input: dict[str, Any] = table["TableInput"]
+    """The raw events' table (the compacted one: tests/infra/test_event_compaction.py)."""
+    (table,) = [t for k, t in resources(service, "AWS::Glue::Table").items()
+                if k.startswith("EventAnalytics")]
+    table_input: dict[str, Any] = table["Properties"]["TableInput"]
     return table_input
 
 

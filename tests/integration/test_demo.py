@@ -4,32 +4,18 @@ complained or unsubscribed comes back `suppressed` without reaching the MX again
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from demo_run import DemoRun
 
 from quiver.devstack.servers.mx_store import read_rcpts
 
 pytestmark = pytest.mark.integration
 
-# 100 messages: two of each scripted mailbox (asyncbounce, complain, unsub, mailunsub,
-# permfail).
-MESSAGES = 100
-TIMEOUT = 600
 
-
-def test_the_demo_closes_the_feedback_loop(tmp_path: Path) -> None:
-    root = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "quiver", "demo", "--messages", str(MESSAGES), "--json",
-         "--dir", str(root)],
-        capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    summary = json.loads(done.stdout)
+def test_the_demo_closes_the_feedback_loop(demo: DemoRun) -> None:
+    root, summary = demo.root, demo.summary
     assert summary["final"] == summary["recipients"]
     assert summary["invalid_event_objects"] == []
     for field in ("delivered", "bounced", "rejected", "async_bounced", "complaints",
@@ -56,3 +42,13 @@ def test_the_demo_closes_the_feedback_loop(tmp_path: Path) -> None:
                                        "permfail")]
     assert len(scripted) == 10
     assert all(tried[a] == 1 for a in scripted), tried
+
+
+def test_the_demo_keeps_its_events(demo: DemoRun) -> None:
+    kept = sorted(demo.kept.rglob("*.jsonl.gz"))
+    assert demo.summary["kept"] == {"dir": str(demo.kept), "objects": len(kept),
+                                    "bytes": sum(p.stat().st_size for p in kept)}
+    assert len(kept) == demo.summary["event_objects"]
+    # As the export wrote them: gzip, under the bucket's key layout.
+    assert all(p.read_bytes()[:2] == b"\x1f\x8b" for p in kept)
+    assert all(p.relative_to(demo.kept).parts[0] == "events" for p in kept)

@@ -117,6 +117,17 @@ INTAKE_VARIABLES = (
     ENV_INBOUND_BUCKET,
 )
 
+# What the HTTP ingress cannot run without (cdk/ingress_http.py sets these): the
+# outbound queue and spill bucket it enqueues to, the policy (tenants, content
+# limits), the tenant keys and its replay records.
+INGRESS_VARIABLES = (
+    ENV_OUTBOUND_QUEUE_URL,
+    ENV_SPILL_BUCKET,
+    ENV_POLICY_SOURCE,
+    ENV_TENANT_KEYS_TABLE,
+    ENV_IDEMPOTENCY_TABLE,
+)
+
 
 def deployment_from_env(
     env: Mapping[str, str], *, required: tuple[str, ...] = SENDER_VARIABLES

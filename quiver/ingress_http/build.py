@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from botocore.config import Config
+
 from quiver.client import QuiverClient
 from quiver.ingress_http.idempotency import DynamoReplays
 from quiver.ingress_http.service import IngressService, IngressSettings
@@ -21,6 +23,7 @@ from quiver.storage.dynamo_keys import DynamoTenantKeys
 from quiver.tenants.keys import TenantKeys
 
 REFRESH = 60.0
+POOL = 16
 _log = logging.getLogger(__name__)
 
 
@@ -56,10 +59,16 @@ def ingress_from_deployment(deployment: Deployment, *, session: Any,
 
     settings = RefreshingSettings(read)
     first = settings()
-    ddb = session.client("dynamodb")
-    client = QuiverClient.from_settings(deployment, session=session,
-                                        max_message_size=first.max_message_size,
-                                        long_lines=first.long_lines)
+    # As many connections as the AWS thread pool runs calls: a batch's claims and
+    # sends run side by side.
+    config = Config(max_pool_connections=POOL)
+    ddb = session.client("dynamodb", config=config)
+    client = QuiverClient(sqs=session.client("sqs", config=config),
+                          s3=session.client("s3", config=config),
+                          queue_url=deployment.outbound_queue_url,
+                          spill_bucket=deployment.spill_bucket,
+                          max_message_size=first.max_message_size,
+                          long_lines=first.long_lines)
     return IngressService(
         settings=settings, keys=TenantKeys(DynamoTenantKeys(ddb, deployment.tenant_keys_table)),
         replays=DynamoReplays(ddb, deployment.idempotency_table), client=client, clock=clock)

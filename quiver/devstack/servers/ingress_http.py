@@ -30,8 +30,9 @@ class _MotoSession:
     def __init__(self, endpoint: str) -> None:
         self._endpoint = endpoint
 
-    def client(self, service: str, **_: Any) -> Any:
-        return moto_server.client(self._endpoint, service)
+    def client(self, service: str, **kwargs: Any) -> Any:
+        return moto_server.session(self._endpoint).client(
+            service, endpoint_url=self._endpoint, **kwargs)
 
 
 def local_ingress(*, endpoint: str, deployment: Deployment) -> IngressService:

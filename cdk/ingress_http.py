@@ -36,7 +36,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.event_export import POWERTOOLS_LAYER_VERSION, powertools_layer, quiver_function
-from cdk.nag import acknowledge, acknowledge_lambda_logging
+from cdk.nag import acknowledge, acknowledge_lambda_logging, object_wildcard
 from cdk.policy_object import PolicyObject
 from quiver.ingress_http.service import IAM_PATH, PATH
 from quiver.settings import (
@@ -114,7 +114,7 @@ class HttpIngress(Construct):
         ):
             self.function.add_to_role_policy(statement)
         assert self.function.role is not None
-        acknowledge(self.function.role, "IAM5",
+        acknowledge(self.function.role, object_wildcard(spill_bucket, "spill/*"),
                     "Spilled bodies are keyed by date and message id under spill/: the "
                     "grant is PutObject on that prefix.")
 
@@ -156,7 +156,7 @@ class HttpIngress(Construct):
 
     def _stage(self, access_logs: logs.LogGroup) -> apigw.HttpStage:
         stage = self.api.add_stage(
-            "Default", stage_name="$default", auto_deploy=True,
+            "Stage", stage_name="$default", auto_deploy=True,
             throttle=apigw.ThrottleSettings(rate_limit=THROTTLE_RATE,
                                             burst_limit=THROTTLE_BURST))
         cfn = stage.node.default_child

@@ -247,7 +247,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise
         return _devstack_missing("demo")
 
-    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json)
+    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json,
+                    via=args.via)
+
+
+# `quiver demo --via`: the ingress paths of quiver.devstack.injectors.VIA (named here
+# so that the CLI imports without the dev stack).
+DEMO_PATHS = ("sqs", "http")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -357,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=1000, metavar="N",
                       help="how many sample messages to enqueue (default 1000)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--via", choices=DEMO_PATHS, default="sqs",
+                      help="how messages go in: sqs (the queue client), http (the HTTP "
+                           "API with the demo tenant's key); the same outcome table")
     demo.add_argument("--dir", default=".quiver/demo",
                       help="where the stack keeps its files (default .quiver/demo)")
     demo.set_defaults(func=cmd_demo)

@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import negative_data_rejection
 from stackrig import Running, running_stack
 from test_walking_skeleton import dkim_dns
 
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with running_stack(tmp_path_factory.mktemp("ingress-stack"), http_ingress=True) as running:
+    with running_stack(tmp_path_factory.mktemp("ingress-stack"), max_age="10m",
+                       http_ingress=True) as running:
         yield running
 
 
@@ -47,7 +49,7 @@ def test_a_message_posted_over_http_is_delivered_signed_and_its_events_name_the_
     envelope_id = f"{DEMO_TENANT}:http-e2e-1"
     events = stack.events_for({envelope_id}, finals=2, timeout=120)
     finals = {e["rcpt"]: e for e in events if e["event"] in FINAL_EVENTS}
-    assert finals["user1@alpha.test"]["event"] == "delivered"
+    assert finals["user1@alpha.test"]["event"] == "delivered", events
     assert finals["permfail-2@alpha.test"]["event"] == "bounced"
     for event in events:
         assert event["id"] == envelope_id and event["tenant"] == DEMO_TENANT
@@ -76,6 +78,8 @@ def test_schemathesis_over_the_openapi_document(stack: Running) -> None:
     def check(case: schemathesis.Case) -> None:
         response = case.call(base_url=base_url, headers=auth)
         assert response.status_code < 500, response.text
-        case.validate_response(response)
+        # A message that breaks the schema is refused alone, in a 200 batch answer
+        # with its field and rule: the batch is not rejected for it (ST201's rule).
+        case.validate_response(response, excluded_checks=[negative_data_rejection])
 
     check()

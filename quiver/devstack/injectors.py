@@ -60,6 +60,13 @@ class HttpInjector:
         self.url = stack.ingress_server.url
         self._key = stack.demo_tenant_key
 
+    @classmethod
+    def for_url(cls, url: str, key: str) -> HttpInjector:
+        """An injector for an API at `url` with `key`, outside a LocalStack (the bench)."""
+        injector = cls.__new__(cls)
+        injector.url, injector._key = url, key
+        return injector
+
     def post(self, body: bytes, *, headers: dict[str, str] | None = None
              ) -> tuple[int, dict[str, Any]]:
         parts = urllib.parse.urlsplit(self.url)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import App, Aws, Duration, Environment, Stack, Stage
+from aws_cdk import aws_cloudwatch_actions as cw_actions
 from constructs import Construct
 
 from cdk.buckets import Buckets
@@ -26,6 +27,8 @@ from cdk.event_export import (
     events_queue_visibility_timeout,
 )
 from cdk.inbound_mail import BOUNCE_VENDORED, FBL_VENDORED, InboundMail, InboundQueues
+from cdk.ingress_http import VENDORED as INGRESS_VENDORED
+from cdk.ingress_http import HttpIngress
 from cdk.lambda_code import assemble_function_code
 from cdk.logical_ids import logical_id_part
 from cdk.nag import (
@@ -225,6 +228,19 @@ class ServiceStack(Stack):
             return_path_secret_prefix=return_path_secret_prefix,
         )
         self.inbound.node.add_dependency(policy_object.deployment)
+        # The HTTP injection API; it reads tenants (keys, domains) from the policy.
+        self.http_ingress = HttpIngress(
+            self, "HttpIngress",
+            code_dir=assemble_function_code(
+                repo_root=repo_root, function="ingress_http", outdir=_assembly_dir(self),
+                vendor=INGRESS_VENDORED),
+            outbound_queue=queues.outbound,
+            spill_bucket=buckets.spill,
+            tenant_keys_table=stateful.tables.tenant_keys,
+            idempotency_table=stateful.tables.idempotency,
+            policy_object=policy_object,
+        )
+        self.http_ingress.node.add_dependency(policy_object.deployment)
         self.observability = Observability(
             self, "Observability",
             policy=policy,
@@ -244,6 +260,9 @@ class ServiceStack(Stack):
                  "complaint reports kept failing the FBL intake"),
             ),
         )
+        for alarm in (self.http_ingress.server_errors, self.http_ingress.client_errors):
+            alarm.add_alarm_action(cw_actions.SnsAction(self.observability.topic))
+            alarm.add_ok_action(cw_actions.SnsAction(self.observability.topic))
         acknowledge_service_constructs(
             network=network, senders=senders, proxies=proxies,
             proxy_instances=proxies.instances, spill_bucket=buckets.spill,

@@ -150,6 +150,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
         print("\n".join(plan_lines(policy.warmup, dt.datetime.now(dt.UTC).date())))
     print(adaptive_summary(policy))
+    for tenant in policy.tenants.tenants.values():
+        print(f"tenant {tenant.name}: domains {', '.join(tenant.domains)}; "
+              f"{tenant.max_connections} connections, "
+              f"{tenant.max_messages_per_second:g} msg/s per listener"
+              + (f"; IAM roles {', '.join(tenant.iam_roles)}" if tenant.iam_roles else ""))
     return 0
 
 
@@ -243,7 +248,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _devstack_missing("demo")
 
     return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json,
-                    keep=Path(args.keep) if args.keep else None)
+                    via=args.via, keep=Path(args.keep) if args.keep else None)
+
+
+# `quiver demo --via`: the ingress paths of quiver.devstack.injectors.VIA (named here
+# so that the CLI imports without the dev stack).
+DEMO_PATHS = ("sqs", "http")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -297,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_proxy_parser(sub)
 
+    from quiver.tenants.command import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     from quiver.preflight.command import add_parser as add_preflight_parser
 
     add_preflight_parser(sub)
@@ -353,6 +366,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=1000, metavar="N",
                       help="how many sample messages to enqueue (default 1000)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--via", choices=DEMO_PATHS, default="sqs",
+                      help="how messages go in: sqs (the queue client), http (the HTTP "
+                           "API with the demo tenant's key); the same outcome table")
     demo.add_argument("--dir", default=".quiver/demo",
                       help="where the stack keeps its files (default .quiver/demo)")
     demo.add_argument("--keep", metavar="DIR",

@@ -137,7 +137,15 @@ class QuiverClient:
                 entries.append((message.id, self.build(message)))
             except envelope_mod.EnvelopeError as exc:
                 result.failed[message.id] = str(exc)
-        for batch in chunk(entries, lambda entry: text_size(entry[1])):
+        sent = self.send_built(entries)
+        result.accepted.update(sent.accepted)
+        result.failed.update(sent.failed)
+        return result
+
+    def send_built(self, entries: Sequence[tuple[str, str]]) -> BatchResult:
+        """Send (caller id, SQS body from `build`) pairs with SendMessageBatch."""
+        result = BatchResult()
+        for batch in chunk(list(entries), lambda entry: text_size(entry[1])):
             self._send_batch(batch, result)
         return result
 

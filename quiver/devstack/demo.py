@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from quiver.analytics.download import download
-from quiver.client import OutboundMessage, QuiverClient
+from quiver.client import OutboundMessage
 from quiver.devstack.demo_feedback import FeedbackLoop
 from quiver.devstack.export_pump import ExportPump, Tally
+from quiver.devstack.injectors import VIA, Injector
 from quiver.devstack.progress import Progress
 from quiver.devstack.samples import plan
 from quiver.devstack.stack import SUPPRESSION_CACHE_TTL, LocalStack
@@ -34,11 +35,12 @@ ENQUEUE_CHUNK = 100
 FEEDBACK_TIMEOUT = 90.0
 
 
-def run_demo(*, root: Path, messages: int, as_json: bool, keep: Path | None = None) -> int:
+def run_demo(*, root: Path, messages: int, as_json: bool, via: str = "sqs",
+             keep: Path | None = None) -> int:
     if messages < 1:
         print("quiver demo: --messages must be at least 1")
         return 2
-    stack = LocalStack(root, feedback=True)
+    stack = LocalStack(root, feedback=True, http_ingress=via == "http")
     print_ = _printer(as_json)
     print_(f"starting the local stack in {root} ...")
     with stack.start():
@@ -51,11 +53,8 @@ def run_demo(*, root: Path, messages: int, as_json: bool, keep: Path | None = No
         sender = stack.start_sender()
         valid, malformed = plan(messages)
         expected = sum(len(m.to) for m in valid) + len(malformed)
-        client = QuiverClient(
-            sqs=stack.client("sqs"), s3=stack.client("s3"),
-            queue_url=stack.deployment.outbound_queue_url,
-            spill_bucket=stack.deployment.spill_bucket,
-        )
+        client = VIA[via](stack)
+        print_(f"injecting via {via}")
         started = time.monotonic()
         refused = _enqueue(client, valid, "enqueue ")
         sqs = stack.client("sqs")
@@ -118,13 +117,12 @@ def run_demo(*, root: Path, messages: int, as_json: bool, keep: Path | None = No
     return 0 if ok else 1
 
 
-def _enqueue(client: QuiverClient, messages: list[OutboundMessage], label: str) -> int:
-    """Enqueue in batches with a progress bar; how many the client refused."""
+def _enqueue(client: Injector, messages: list[OutboundMessage], label: str) -> int:
+    """Inject in batches with a progress bar; how many were refused."""
     bar = Progress(label, len(messages))
     refused = 0
     for i in range(0, len(messages), ENQUEUE_CHUNK):
-        result = client.enqueue_batch(messages[i:i + ENQUEUE_CHUNK])
-        refused += len(result.failed)
+        refused += client.inject(messages[i:i + ENQUEUE_CHUNK])
         bar.update(min(len(messages), i + ENQUEUE_CHUNK))
     bar.finish(len(messages))
     return refused

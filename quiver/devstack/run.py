@@ -14,7 +14,13 @@ from typing import Any
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.policy_fragment import read_fragment
 from quiver.devstack.servers.dns_records import ExtraRecord, RecordsError, load_records
-from quiver.devstack.stack import FBL_ADDRESS, MX_DOMAINS, LocalStack
+from quiver.devstack.stack import (
+    DEMO_KEY_VARIABLE,
+    DEMO_TENANT,
+    FBL_ADDRESS,
+    MX_DOMAINS,
+    LocalStack,
+)
 from quiver.policy import PolicyError
 
 # How often the foreground loop wakes to report exported events (a signal wakes it
@@ -35,7 +41,7 @@ def run_local(*, root: Path, sender: bool = True, dns_file: Path | None = None,
         stack = LocalStack(
             root, max_age="1h", dns_records=records, dns_origin=str(dns_file),
             policy_fragment=fragment, fragment_origin=str(policy_file),
-            unsubscribe=unsubscribe, feedback=feedback,
+            unsubscribe=unsubscribe, feedback=feedback, http_ingress=True,
         )
         print(f"starting the local stack in {root} ...", flush=True)
         # Checks both files before any server starts: a broken one costs nothing to fix.
@@ -107,6 +113,9 @@ def _banner(stack: LocalStack, *, env_file: Path, records: tuple[ExtraRecord, ..
         host, port = stack.inbound.address
         unsubscribe_line += (f"  inbound (SES)       {host}:{port}   (bounce domains and "
                              f"{FBL_ADDRESS}; intakes log to {root / 'logs'})\n")
+    if stack.ingress_server is not None:
+        unsubscribe_line += (f"  HTTP ingress        POST {stack.ingress_server.url}   (tenant "
+                             f"{DEMO_TENANT}, its key ${DEMO_KEY_VARIABLE} in the env file)\n")
     sender_line = (f"  sender log          {root / 'logs' / 'sender.log'}\n" if sender
                    else "  sender              not started (--no-sender): run it as below\n")
     text = f"""

@@ -23,6 +23,7 @@ from quiver.devstack.processes import free_port, free_port_on
 from quiver.devstack.servers.dns import DnsServer, Zone, start_dns
 from quiver.devstack.servers.dns_records import ExtraRecord, add_records, host_names
 from quiver.devstack.servers.inbound import InboundSmtp
+from quiver.devstack.servers.ingress_http import IngressHttp, local_ingress
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
@@ -61,6 +62,18 @@ REPORTER_SELECTOR = "arf1"
 # How long the sender may answer from its cache of the suppression list (60 s in
 # production): what the demo waits, after the feedback events, before mailing again.
 SUPPRESSION_CACHE_TTL = "1s"
+
+
+# The tenant the HTTP ingress serves on the local stack: every demo From domain is a
+# subdomain of its verified domain. Its key is in the env file (DEMO_KEY_VARIABLE).
+DEMO_TENANT = "demo"
+DEMO_TENANT_DOMAIN = "quiver-demo.test"
+DEMO_KEY_VARIABLE = "QUIVER_DEMO_TENANT_KEY"
+INGRESS_URL_VARIABLE = "QUIVER_INGRESS_URL"
+
+
+def demo_tenant_toml() -> str:
+    return f'\n[tenants.{DEMO_TENANT}]\ndomains = ["{DEMO_TENANT_DOMAIN}"]\n'
 
 
 def bounce_domain(from_domain: str) -> str:
@@ -275,6 +288,10 @@ class LocalStack:
     feedback: bool = False
     inbound: InboundSmtp | None = None
     intakes: IntakePumps | None = None
+    # Serve the HTTP injection API on loopback, with a demo tenant and its key.
+    http_ingress: bool = False
+    ingress_server: IngressHttp | None = None
+    demo_tenant_key: str | None = None
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -354,12 +371,16 @@ class LocalStack:
             text += self._start_unsubscribe()
         if self.feedback:
             text += feedback_toml()
+        if self.http_ingress:
+            text += demo_tenant_toml()
         if self.policy_fragment is not None:
             text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
         self.policy_path.write_text(text)
         self._publish_policy(text)
         if self.feedback:
             self._start_intakes(text)
+        if self.http_ingress:
+            self._start_ingress()
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
@@ -382,6 +403,21 @@ class LocalStack:
             f'\n[[unsubscribe.domains]]\nfrom = "{domain}"\nurl = "{url}"\n'
             f'mailto = "unsubscribe@bounces.{domain}"\n'
             for domain, _, _ in DKIM_DOMAINS)
+
+    def _start_ingress(self) -> None:
+        """The demo tenant's key into the keys table, and the API on loopback."""
+        import asyncio
+
+        from quiver.storage.dynamo_keys import DynamoTenantKeys
+        from quiver.tenants.keys import TenantKeys
+
+        assert self.moto is not None and self.deployment is not None
+        keys = TenantKeys(DynamoTenantKeys(self.client("dynamodb"),
+                                           self.deployment.tenant_keys_table))
+        self.demo_tenant_key, _ = asyncio.run(keys.create(
+            tenant=DEMO_TENANT, who="quiver local", now=time.time()))
+        self.ingress_server = IngressHttp(local_ingress(endpoint=self.moto.endpoint,
+                                                        deployment=self.deployment))
 
     def _reporter_key(self) -> Path:
         """The complaint reporter's DKIM key, published in the zone."""
@@ -452,11 +488,15 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """Environment for a sender or client process using this stack."""
         assert self.moto is not None and self.deployment is not None
-        return {
+        env = {
             **moto_server.aws_env(self.moto.endpoint),
             **deployment_env(self.deployment),
             "QUIVER_NAMESERVERS": self.nameserver,
         }
+        if self.ingress_server is not None and self.demo_tenant_key is not None:
+            env[INGRESS_URL_VARIABLE] = self.ingress_server.url
+            env[DEMO_KEY_VARIABLE] = self.demo_tenant_key
+        return env
 
     def client(self, service: str) -> Any:
         assert self.moto is not None
@@ -510,13 +550,15 @@ class LocalStack:
         if self.intakes is not None:
             self.intakes.stop()
             self.intakes = None
-        for server in (self.unsubscribe_server, self.mx, self.inbound, self.dns, self.moto):
+        for server in (self.ingress_server, self.unsubscribe_server, self.mx, self.inbound,
+                       self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.
                 with contextlib.suppress(Exception):
                     server.stop()
         self.mx = self.dns = self.moto = None
         self.unsubscribe_server = None
+        self.ingress_server = None
         self.inbound = None
 
     def __enter__(self) -> LocalStack:

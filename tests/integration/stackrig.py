@@ -95,12 +95,14 @@ class Running:
 @contextmanager
 def running_stack(root: Path, *, max_age: str = "20s", start_sender: bool = True,
                   max_receives: int | None = None, feedback: bool = False,
-                  policy_fragment: dict[str, Any] | None = None) -> Iterator[Running]:
+                  policy_fragment: dict[str, Any] | None = None,
+                  http_ingress: bool = False) -> Iterator[Running]:
     # In CI the stack must run the production egress path (HAProxy); a missing haproxy
     # is an error there, not a silent switch to direct egress.
     stack = LocalStack(root, max_age=max_age, haproxy=True if require_all() else None,
                        feedback=feedback, policy_fragment=policy_fragment,
-                       fragment_origin="the test's policy fragment")
+                       fragment_origin="the test's policy fragment",
+                       http_ingress=http_ingress)
     if max_receives is not None:
         stack.max_receives = max_receives  # the outbound queue's maxReceiveCount
     stack.start()

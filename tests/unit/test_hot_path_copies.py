@@ -31,7 +31,7 @@ def test_envelope_without_raw_keeps_every_other_field() -> None:
 
 def test_received_without_body_keeps_every_other_field() -> None:
     received = Received(body='{"v":1}', receipt="r-1", message_id="m-1", receive_count=3,
-                        sent_at=1700000000.5)
+                        sent_at=1700000000.5, copy=True)
     for f in dataclasses.fields(Received):
         assert getattr(received, f.name) != f.default, f.name
     assert received.without_body() == dataclasses.replace(received, body="")

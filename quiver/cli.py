@@ -299,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.preflight.command import add_parser as add_preflight_parser
 
     add_preflight_parser(sub)
+    from quiver.ingress.smtp_command import add_parser as add_ingress_parser
+
+    add_ingress_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)

@@ -76,7 +76,8 @@ class DataReader:
         elif self._message:
             self._message = bytearray()  # over the limit: keep counting, stop holding
         self._tail = window[-2:]
-        self._at_line_start = piece.endswith(b"\r\n")
+        # window, not piece: a long line's last fragment may end at its CR, then "\n".
+        self._at_line_start = window.endswith(b"\r\n")
         return None
 
     def _end(self) -> DataEnd:

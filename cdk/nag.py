@@ -150,3 +150,21 @@ def acknowledge_service_constructs(
                         "Real, and left to the proxy tier's own change (termination "
                         "protection on each node); this lapses once DisableApiTermination "
                         "is set. Each node holds fixed addresses, so it cannot be in an ASG.")
+
+
+def acknowledge_smtp_ingress(ingress: IConstruct, *, spill_bucket: s3.IBucket) -> None:
+    """The findings on the SMTP ingress (cdk/smtp_ingress.py), with reasons."""
+    task = ingress.node.find_child("Task")
+    acknowledge(task, "IAM5[Resource::*]",
+                "The execution role's ecr:GetAuthorizationToken has no resource-level "
+                "permissions; image pulls and log writes are scoped to their resources.")
+    acknowledge(task, object_wildcard(spill_bucket, "spill/*"),
+                "The queue client writes spilled bodies under generated keys below spill/ "
+                "in the spill bucket; put only, never read or delete.")
+    acknowledge(task, "ECS2",
+                "The environment holds the queue URL, bucket name and region; the TLS key "
+                "comes from Secrets Manager at start, never from the task definition.")
+    acknowledge(ingress.node.find_child("LoadBalancer"), "ELB2",
+                "The listeners are plain TCP (STARTTLS is the task's own): a Network Load "
+                "Balancer writes access logs only for TLS listeners; the tasks log each "
+                "session with the client's address from the PROXY header.")

@@ -154,6 +154,9 @@ def acknowledge_service_constructs(
 
 def acknowledge_smtp_ingress(ingress: IConstruct, *, spill_bucket: s3.IBucket) -> None:
     """The findings on the SMTP ingress (cdk/smtp_ingress.py), with reasons."""
+    acknowledge(ingress.node.find_child("SecurityGroup"), "EC23",
+                "The rule cannot read the VPC CIDR token; the group admits only the VPC's "
+                "CIDR (the load balancer's nodes) on the SMTP ports, never 0.0.0.0/0.")
     task = ingress.node.find_child("Task")
     acknowledge(task, "IAM5[Resource::*]",
                 "The execution role's ecr:GetAuthorizationToken has no resource-level "

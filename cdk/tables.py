@@ -34,6 +34,15 @@ names), `reason`, `who`, `created_at` and, for a control that lapses, `expires_a
 Every sender Queries the one partition every `[controls] poll` (2 s): a handful of
 items, read-only for the senders; only `quiver ctl` (an operator's credentials)
 writes them.
+
+Tenant key items (quiver.storage.dynamo_keys.DynamoTenantKeys), in their own table
+so that no sender, which reads the controls table, sees them: pk = "key#<key id>",
+sk = "key", `tenant`, `digest` (HMAC-SHA256 of the key's secret), `created_at`,
+`who`, `revoked_at`. The ingresses GetItem one per login; `quiver keys` writes.
+
+Idempotency items (quiver.ingress.idempotency): pk = "<tenant>#<message id>", sk =
+"msg", the HTTP ingress's claim and then its result for one caller message, with
+`expires_at` a day later. A replay within the day returns the first result.
 """
 
 from __future__ import annotations
@@ -52,7 +61,8 @@ TTL_ATTRIBUTE = "expires_at"
 
 LOGICAL_IDS = {
     "suppression": "SuppressionTable", "senders": "SendersTable", "finals": "FinalsTable",
-    "controls": "ControlsTable",
+    "controls": "ControlsTable", "tenant_keys": "TenantKeysTable",
+    "idempotency": "IdempotencyTable",
 }
 
 
@@ -78,6 +88,16 @@ class Tables(Construct):
         self.controls = self._table(
             "ControlsTable", names.controls_table, point_in_time_recovery=True,
         )
+        # Tenants' keys: few items, and losing them locks every tenant out until new
+        # keys are made and handed out. Backed up, hard to delete.
+        self.tenant_keys = self._table(
+            "TenantKeysTable", names.tenant_keys_table, point_in_time_recovery=True,
+        )
+        # Replay records, each expiring after a day: restoring them would only let an
+        # old replay be refused as one instead of enqueued again.
+        self.idempotency = self._table(
+            "IdempotencyTable", names.idempotency_table, point_in_time_recovery=False,
+        )
         for attr, logical_id in LOGICAL_IDS.items():
             pin_logical_id(getattr(self, attr), logical_id)
         acknowledge(self.senders, "DDB3", "Heartbeats only, each expiring within the hour: "
@@ -85,6 +105,8 @@ class Tables(Construct):
         acknowledge(self.finals, "DDB3", "Dedup claims expiring within 15 days; losing them "
                     "costs at most a duplicate final event, and backups would bill for one "
                     "item per final event.")
+        acknowledge(self.idempotency, "DDB3", "Replay records expiring within a day; "
+                    "losing them lets a replay older than the loss enqueue again.")
 
     def _table(
         self, construct_id: str, name: str, *, point_in_time_recovery: bool

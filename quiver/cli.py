@@ -150,6 +150,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
         print("\n".join(plan_lines(policy.warmup, dt.datetime.now(dt.UTC).date())))
     print(adaptive_summary(policy))
+    for tenant in policy.tenants.tenants.values():
+        print(f"tenant {tenant.name}: domains {', '.join(tenant.domains)}; "
+              f"{tenant.max_connections} connections, "
+              f"{tenant.max_messages_per_second:g} msg/s per listener"
+              + (f"; IAM roles {', '.join(tenant.iam_roles)}" if tenant.iam_roles else ""))
     return 0
 
 
@@ -296,6 +301,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_proxy_parser(sub)
 
+    from quiver.tenants.command import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
     from quiver.preflight.command import add_parser as add_preflight_parser
 
     add_preflight_parser(sub)

@@ -30,6 +30,10 @@ class ResourceNames:
     finals_table: str
     # Operator controls (`quiver ctl`): read by every sender, written by the CLI.
     controls_table: str
+    # Tenants' API keys (hashes), read by the ingresses, written by `quiver keys`.
+    tenant_keys_table: str
+    # The HTTP ingress's (tenant, message id) records: a replayed request enqueues once.
+    idempotency_table: str
     policy_parameter: str
     # The intake queues S3 notifies of new inbound mail, and their DLQs.
     bounce_queue: str
@@ -54,6 +58,8 @@ def resource_names(*, account: str, region: str, prefix: str = DEFAULT_PREFIX) -
         senders_table=f"{prefix}-senders",
         finals_table=f"{prefix}-finals",
         controls_table=f"{prefix}-controls",
+        tenant_keys_table=f"{prefix}-tenant-keys",
+        idempotency_table=f"{prefix}-ingress-idempotency",
         policy_parameter=f"/{prefix}/policy",
         bounce_queue=f"{prefix}-bounce-intake",
         bounce_dlq=f"{prefix}-bounce-intake-dlq",

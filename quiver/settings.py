@@ -23,6 +23,10 @@ ENV_SUPPRESSION_TABLE = "QUIVER_SUPPRESSION_TABLE"
 ENV_SENDERS_TABLE = "QUIVER_SENDERS_TABLE"
 ENV_FINALS_TABLE = "QUIVER_FINALS_TABLE"
 ENV_CONTROLS_TABLE = "QUIVER_CONTROLS_TABLE"
+# Tenants' API keys (hashes only) for the ingresses (quiver/tenants/keys.py).
+ENV_TENANT_KEYS_TABLE = "QUIVER_TENANT_KEYS_TABLE"
+# The HTTP ingress's idempotency records, per (tenant, message id).
+ENV_IDEMPOTENCY_TABLE = "QUIVER_IDEMPOTENCY_TABLE"
 ENV_POLICY_PARAMETER = "QUIVER_POLICY_PARAMETER"
 # Where a deployed policy is: `s3://<bucket>/<key>` (or `ssm:<name>`, a file path).
 # Unset, functions read the SSM parameter ENV_POLICY_PARAMETER names.
@@ -74,6 +78,10 @@ class Deployment:
     controls_table: str = ""
     # The policy's source spec (`s3://...`); empty: the SSM parameter `policy_parameter`.
     policy_source: str = ""
+    # Tenants' API keys; empty: no key verifies (the ingresses refuse every key).
+    tenant_keys_table: str = ""
+    # The HTTP ingress's idempotency records; the ingress cannot run without it.
+    idempotency_table: str = ""
 
     @property
     def policy_spec(self) -> str:
@@ -141,6 +149,8 @@ def deployment_from_env(
         athena_database=env.get(ENV_ATHENA_DATABASE, ""),
         controls_table=env.get(ENV_CONTROLS_TABLE, ""),
         policy_source=env.get(ENV_POLICY_SOURCE, ""),
+        tenant_keys_table=env.get(ENV_TENANT_KEYS_TABLE, ""),
+        idempotency_table=env.get(ENV_IDEMPOTENCY_TABLE, ""),
     )
 
 
@@ -180,6 +190,8 @@ def local_deployment(
         outbound_max_receives=outbound_max_receives,
         inbound_bucket=names.inbound_bucket,
         controls_table=names.controls_table,
+        tenant_keys_table=names.tenant_keys_table,
+        idempotency_table=names.idempotency_table,
     )
 
 
@@ -201,6 +213,8 @@ def deployment_env(deployment: Deployment) -> dict[str, str]:
         ENV_ATHENA_WORKGROUP: deployment.athena_workgroup,
         ENV_ATHENA_DATABASE: deployment.athena_database,
         ENV_CONTROLS_TABLE: deployment.controls_table,
+        ENV_TENANT_KEYS_TABLE: deployment.tenant_keys_table,
+        ENV_IDEMPOTENCY_TABLE: deployment.idempotency_table,
         ENV_POLICY_SOURCE: deployment.policy_source,
         "AWS_REGION": deployment.region,
     }

@@ -147,7 +147,7 @@ def create_resources(endpoint: str, *, max_receive_count: int = MAX_RECEIVE_COUN
         Bucket=names.inbound_bucket, NotificationConfiguration={"QueueConfigurations": routes})
     existing = ddb.list_tables()["TableNames"]
     for table in (names.suppression_table, names.senders_table, names.finals_table,
-                  names.controls_table):
+                  names.controls_table, names.tenant_keys_table, names.idempotency_table):
         if table not in existing:
             ddb.create_table(
                 TableName=table,

@@ -38,6 +38,7 @@ from quiver.policy.model import (
 )
 from quiver.policy.return_path import parse_return_path
 from quiver.policy.suppression import parse_suppression
+from quiver.policy.tenants import parse_tenants
 from quiver.policy.unsubscribe import parse_unsubscribe
 from quiver.policy.warmup import parse_warmup
 from quiver.routing.safety import IPNetwork, forbidden_overlaps
@@ -66,7 +67,7 @@ _TOP_KEYS = {
     "retry", "delivery", "intake", "content", "tls", "feedback",
     "local_only", "return_path", "suppression", "unsubscribe", "controls", "data", "warmup",
     "guards",
-    "adaptive",
+    "adaptive", "tenants",
 }
 # A message is held in memory while it is delivered, and providers refuse far less.
 MAX_MESSAGE_SIZE = 100 * 1024**2
@@ -263,6 +264,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
     warmup = parse_warmup(c.table(data, "warmup", ""), c.table(data, "sources", ""),
                           providers=providers, error=c.error)
     guards = parse_guards(c.table(data, "guards", ""), error=c.error)
+    tenants = parse_tenants(c.table(data, "tenants", ""), error=c.error)
     local_only = _local_only(c, data)
     return_path, problems = parse_return_path(data.get("return_path"))
     c.problems.extend(f"{path}: {message}" for path, message in problems)
@@ -301,6 +303,7 @@ def build_policy(data: Mapping[str, Any], *, origin: str = "policy") -> Policy:
         warmup=warmup,
         guards=guards,
         adaptive=adaptive,
+        tenants=tenants,
     )
 
 

@@ -13,6 +13,7 @@ from quiver.policy.feedback import FeedbackPolicy
 from quiver.policy.guards import GuardsPolicy
 from quiver.policy.return_path import ReturnPathPolicy
 from quiver.policy.suppression import SuppressionPolicy
+from quiver.policy.tenants import TenantsPolicy
 from quiver.policy.unsubscribe import UnsubscribePolicy
 from quiver.policy.warmup import WarmupPolicy
 from quiver.units import Rate
@@ -252,6 +253,9 @@ class Policy:
     guards: GuardsPolicy = field(default_factory=GuardsPolicy)
     # Response rules and AIMD send rates (quiver/policy/adaptive.py, quiver/adaptive).
     adaptive: AdaptivePolicy = field(default_factory=AdaptivePolicy)
+    # Who may inject through the HTTP API and the SMTP listener, from which domains
+    # (quiver/policy/tenants.py); senders ignore it.
+    tenants: TenantsPolicy = field(default_factory=TenantsPolicy)
 
     def frontend(self, source: Source) -> tuple[str, int] | None:
         """Where a sender connects to leave from `source`; None for direct egress."""

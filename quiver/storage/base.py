@@ -11,6 +11,7 @@ from typing import Literal, Protocol, get_args
 from quiver.adaptive.state import RateState
 from quiver.controls.model import Control
 from quiver.events import Record
+from quiver.tenants.keys import KeyRecord
 
 
 class StorageError(RuntimeError):
@@ -247,3 +248,23 @@ class RateStore(Protocol):
         """Write `state` if the stored version is `expected` (None: if there is none);
         False, nothing written, when another writer got there first."""
         ...
+
+
+class TenantKeyStore(Protocol):
+    """Tenants' API key records (quiver.tenants.keys): one item per key, read by the
+    ingresses on every login, written only by `quiver keys`."""
+
+    async def put_new(self, record: KeyRecord) -> bool:
+        """Store `record` unless its key id is taken; False, nothing written, if it is."""
+        ...
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        """The record, revoked or not; None if there is none. Strongly consistent."""
+        ...
+
+    async def revoke(self, key_id: str, *, now: float) -> KeyRecord | None:
+        """Mark the key revoked at `now` (kept if it already was); the record, None if
+        there is none."""
+        ...
+
+    async def all(self) -> list[KeyRecord]: ...

@@ -30,6 +30,7 @@ from quiver.storage.base import (
 )
 from quiver.storage.finals import Claim, claim_batch
 from quiver.storage.membership import HeartbeatMembership
+from quiver.tenants.keys import KeyRecord
 
 
 @dataclass
@@ -345,3 +346,30 @@ class MemoryControls:
             return False
         self.rate_states[state.key] = state
         return True
+
+
+class MemoryTenantKeys:
+    """`TenantKeyStore` in a dict."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, KeyRecord] = {}
+
+    async def put_new(self, record: KeyRecord) -> bool:
+        if record.key_id in self.records:
+            return False
+        self.records[record.key_id] = record
+        return True
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        return self.records.get(key_id)
+
+    async def revoke(self, key_id: str, *, now: float) -> KeyRecord | None:
+        record = self.records.get(key_id)
+        if record is None:
+            return None
+        if record.revoked_at is None:
+            record = self.records[key_id] = replace(record, revoked_at=now)
+        return record
+
+    async def all(self) -> list[KeyRecord]:
+        return list(self.records.values())

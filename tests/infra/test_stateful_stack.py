@@ -22,7 +22,8 @@ PINNED = {
     "FblIntakeDeadLetterQueue",
     "SpillBucket", "EventsBucket", "InboundBucket", "AthenaResultsBucket", "AccessLogsBucket",
     "PolicyBucket",
-    "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
+    "SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable", "TenantKeysTable",
+    "IdempotencyTable",
     "EgressIpTx1", "EgressIpTx2", "EgressIpBulk1", "EgressIpBulk2", "EgressIpBulk3",
 }
 
@@ -153,7 +154,8 @@ def test_spilled_bodies_expire_after_15_days(stateful: dict[str, Any]) -> None:
 
 def test_tables_use_the_local_stack_key_schema(stateful: dict[str, Any]) -> None:
     tables = resources(stateful, "AWS::DynamoDB::Table")
-    assert set(tables) == {"SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable"}
+    assert set(tables) == {"SuppressionTable", "SendersTable", "FinalsTable", "ControlsTable",
+                           "TenantKeysTable", "IdempotencyTable"}
     for logical_id, table in tables.items():
         props = table["Properties"]
         assert props["KeySchema"] == [
@@ -194,3 +196,10 @@ def test_final_event_claims_are_not_backed_up(stateful: dict[str, Any]) -> None:
     # and at one item per final event, backups would bill for a very large table.
     props = stateful["Resources"]["FinalsTable"]["Properties"]
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is False
+
+
+def test_tenant_keys_are_backed_up_and_protected(stateful: dict[str, Any]) -> None:
+    props = stateful["Resources"]["TenantKeysTable"]["Properties"]
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["DeletionProtectionEnabled"] is True
+    assert props["TableName"] == resource_names(account="a", region="r").tenant_keys_table

@@ -19,7 +19,8 @@ from typing import Any
 from quiver.client import QuiverClient
 from quiver.ingress.smtp_server import AllowedNetwork, ListenerConfig, SmtpListener
 from quiver.ingress.smtp_tls import TlsSourceError, context_from_files, context_from_secret
-from quiver.ingress.tenant_gate import TenantGate
+from quiver.ingress.tenant_gate import PolicyTenantGate, TenantGate
+from quiver.policy.tenants import TenantsPolicy
 
 DEFAULT_STOP_TIMEOUT = 25.0  # ECS waits 30 s (stopTimeout) before SIGKILL
 log = logging.getLogger("quiver.ingress.smtp")
@@ -65,7 +66,8 @@ def cmd_ingress_smtp(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     try:
         deployment = deployment_from_env(os.environ)
-        content = read_policy(args.config)[0].content if args.config else Content()
+        policy = read_policy(args.config)[0] if args.config else None
+        content = policy.content if policy is not None else Content()
         allowed = tuple(AllowedNetwork.parse(spec) for spec in args.allow_network)
         tls = _tls(args, region=deployment.region)
     except (SettingsError, PolicyError, TlsSourceError, ValueError) as exc:
@@ -75,7 +77,8 @@ def cmd_ingress_smtp(args: argparse.Namespace) -> int:
                           long_lines=content.long_lines)
     config = ListenerConfig(host=args.host, port=args.port, hostname=args.hostname, tls=tls,
                             allowed=allowed, proxy_protocol=args.proxy_protocol)
-    return asyncio.run(serve(config, client=client, gate=tenant_gate(deployment),
+    gate = tenant_gate(deployment, tenants=policy.tenants if policy is not None else None)
+    return asyncio.run(serve(config, client=client, gate=gate,
                              stop_timeout=args.stop_timeout,
                              metrics_out=sys.stdout if args.metrics else None))
 
@@ -95,9 +98,19 @@ def queue_client(deployment: Any, **content: Any) -> QuiverClient:
                         spill_bucket=deployment.spill_bucket, **content)
 
 
-def tenant_gate(deployment: Any) -> TenantGate | None:
-    """No credential store yet: AUTH is refused, allowed networks may still send."""
-    return None
+def tenant_gate(deployment: Any, *, tenants: TenantsPolicy | None) -> PolicyTenantGate:
+    """The policy's [tenants] and the deployment's key table (without one, no key
+    verifies: AUTH is refused and only allowed networks send)."""
+    keys = None
+    if deployment.tenant_keys_table:
+        import boto3
+
+        from quiver.storage.dynamo_keys import DynamoTenantKeys
+        from quiver.tenants.keys import TenantKeys
+
+        dynamodb = boto3.session.Session(region_name=deployment.region).client("dynamodb")
+        keys = TenantKeys(DynamoTenantKeys(dynamodb, deployment.tenant_keys_table))
+    return PolicyTenantGate(tenants or TenantsPolicy(), keys)
 
 
 def _tls(args: argparse.Namespace, *, region: str) -> Any:

@@ -39,6 +39,8 @@ from quiver.ingress.proxy_read import read_proxy_header
 from quiver.ingress.smtp_metrics import SmtpCounts
 from quiver.ingress.tenant_gate import TenantGate, TenantLimits
 from quiver.smtp.proxy_header import ProxyProtocolError
+from quiver.storage.base import StorageError
+from quiver.tenants.keys import key_id_of
 
 log = logging.getLogger("quiver.ingress.smtp")
 
@@ -238,6 +240,7 @@ class Submission(SMTP):
         self._draining = False
         self._in_data = False
         self._close_after_reply = False
+        self._credentials: tuple[str, LoginPassword] | None = None
 
     # --- connection lifecycle -------------------------------------------------
 
@@ -261,7 +264,13 @@ class Submission(SMTP):
         if self.listener.config.proxy_protocol:
             try:
                 header = await asyncio.wait_for(read_proxy_header(self._reader), PROXY_TIMEOUT)
-            except (ProxyProtocolError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except asyncio.IncompleteReadError as exc:
+                # The load balancer's TCP health check connects and closes at once.
+                level = logging.DEBUG if not exc.partial else logging.WARNING
+                log.log(level, "%r: closed before a whole PROXY header", self.session.peer)
+                self.transport.close()
+                return
+            except (ProxyProtocolError, TimeoutError) as exc:
                 log.warning("%r: no valid PROXY header, dropped: %s", self.session.peer, exc)
                 self.transport.close()
                 return
@@ -298,32 +307,53 @@ class Submission(SMTP):
     # --- AUTH -------------------------------------------------------------------
 
     def _check_credentials(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+                           mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd asks synchronously; the key store answers asynchronously. The
+        # credentials are kept here and checked by smtp_AUTH once aiosmtpd returns,
+        # which then gives the reply (handled=True: aiosmtpd gives none).
+        if isinstance(auth_data, LoginPassword):
+            self._credentials = (mechanism, auth_data)
+        return AuthResult(success=False, handled=True)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        self._credentials = None
+        await super().smtp_AUTH(arg)
+        if self._credentials is None:
+            return  # refused or answered by aiosmtpd (no TLS, bad base64, cancelled)
+        mechanism, credentials = self._credentials
+        self._credentials = None
+        await self.push(await self._login(mechanism, credentials))
+        if self._close_after_reply:
+            self.close_now()
+
+    async def _login(self, mechanism: str, credentials: LoginPassword) -> str:
+        assert self.session is not None
         gate = self.listener.gate
+        user = credentials.login.decode("utf-8", "replace")
+        key = credentials.password.decode("utf-8", "replace")
         tenant = None
-        if gate is not None and isinstance(auth_data, LoginPassword):
-            user = auth_data.login.decode("utf-8", "replace")
-            tenant = gate.verify(auth_data.password.decode("utf-8", "replace"))
-            if tenant is not None and tenant != user:
-                tenant = None
-        if tenant is None:
+        if gate is not None:
+            try:
+                tenant = await gate.verify(key)
+            except StorageError as exc:
+                log.warning("%r: AUTH %s: key store unavailable: %s", self.client_address,
+                            mechanism, exc)
+                return "454 4.7.0 temporary authentication failure; try again later"
+        # The user name is the tenant's, or the key's id (as SES's SMTP user names are).
+        if tenant is None or user not in (tenant, key_id_of(key)):
             self.listener.counts.auth_refused += 1
-            log.info("%r: AUTH %s refused", self.client_address, mechanism)
-            return AuthResult(success=False, handled=False)
+            log.info("%r: AUTH %s refused for %r", self.client_address, mechanism, user)
+            return "535 5.7.8 authentication credentials invalid"
         if self._slot != tenant:
             if self._slot is not None:
                 self.listener.counters.close(self._slot)
                 self._slot = None
             if not self._take_slot(tenant):
                 self._close_after_reply = True
-                return AuthResult(success=False, handled=False, message=self._too_many(tenant))
+                return self._too_many(tenant)
         self.tenant = tenant
-        return AuthResult(success=True, auth_data=tenant)
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        await super().smtp_AUTH(arg)
-        if self._close_after_reply:
-            self.close_now()
+        self.session.authenticated = True
+        return "235 2.7.0 authentication successful"
 
     def _take_slot(self, tenant: str) -> bool:
         if not self.listener.counters.open(tenant, self.listener.limits(tenant).max_connections):
@@ -375,10 +405,9 @@ class Submission(SMTP):
 
     def _tenant_refuses(self, tenant: str, sender: str) -> str | None:
         gate = self.listener.gate
-        if gate is not None and not gate.may_send_from(tenant, sender):
-            domain = sender.rpartition("@")[2]
-            return (f"550 5.7.1 tenant {tenant} may not send from {domain}: not one of "
-                    "its sending domains")
+        reason = gate.sender_refusal(tenant, sender) if gate is not None else None
+        if reason is not None:
+            return f"550 5.7.1 {reason}"
         rate = self.listener.limits(tenant).max_messages_per_second
         if not self.listener.counters.take(tenant, rate):
             return (f"451 4.7.0 tenant {tenant} is over its rate of {rate:g} messages a "
@@ -446,6 +475,13 @@ class Submission(SMTP):
                 if refused is not None:
                     return refused
                 tenant = fields.tenant
+        gate = self.listener.gate
+        if tenant is not None and gate is not None:
+            # The From header too: one tenant never sends as another's domain.
+            reason = gate.message_refusal(tenant, envelope_from=envelope.mail_from or "",
+                                          raw=message)
+            if reason is not None:
+                return f"550 5.7.1 {reason}"
         message_id = _message_id(message)
         outbound = OutboundMessage(
             id=message_id, sender=envelope.mail_from or "", to=list(envelope.rcpt_tos),

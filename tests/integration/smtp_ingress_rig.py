@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,10 +54,10 @@ class IngressRig:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def listen(self, *, gate: TenantGate | None = None, client: QuiverClient | None = None,
-               **config: Any) -> SmtpListener:
+               clock: Callable[[], float] = time.monotonic, **config: Any) -> SmtpListener:
         config.setdefault("tls", self.server_tls())
         listener = SmtpListener(ListenerConfig(hostname="localhost", **config),
-                                client=client or self.client(), gate=gate)
+                                client=client or self.client(), gate=gate, clock=clock)
         self.thread.run(listener.start(), timeout=10)
         self.listeners.append(listener)
         return listener

@@ -247,7 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise
         return _devstack_missing("demo")
 
-    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json)
+    return run_demo(root=Path(args.dir), messages=args.messages, as_json=args.json,
+                    via=args.via)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -360,6 +361,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--messages", type=int, default=1000, metavar="N",
                       help="how many sample messages to enqueue (default 1000)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--via", choices=("sqs", "smtp"), default="sqs",
+                      help="inject with the queue client (sqs, the default) or through the "
+                           "SMTP submission listener (smtp: STARTTLS, AUTH as the demo "
+                           "tenant); the outcome table is the same")
     demo.add_argument("--dir", default=".quiver/demo",
                       help="where the stack keeps its files (default .quiver/demo)")
     demo.set_defaults(func=cmd_demo)

@@ -15,6 +15,7 @@ from typing import Any
 
 from quiver.client import OutboundMessage, QuiverClient
 from quiver.devstack.demo_feedback import FeedbackLoop
+from quiver.devstack.demo_smtp import submit
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.progress import Progress
 from quiver.devstack.samples import plan
@@ -32,7 +33,11 @@ ENQUEUE_CHUNK = 100
 FEEDBACK_TIMEOUT = 90.0
 
 
-def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
+# The ways into the queue the demo can take (`quiver demo --via`).
+VIA = ("sqs", "smtp")
+
+
+def run_demo(*, root: Path, messages: int, as_json: bool, via: str = "sqs") -> int:
     if messages < 1:
         print("quiver demo: --messages must be at least 1")
         return 2
@@ -55,7 +60,14 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
             spill_bucket=stack.deployment.spill_bucket,
         )
         started = time.monotonic()
-        refused = _enqueue(client, valid, "enqueue ")
+
+        def inject(batch: list[OutboundMessage], label: str) -> int:
+            if via == "smtp":
+                assert stack.smtp_ingress is not None
+                return submit(stack.smtp_ingress, batch, label)
+            return _enqueue(client, batch, label)
+
+        refused = inject(valid, "enqueue ")
         sqs = stack.client("sqs")
         for body in malformed:
             sqs.send_message(QueueUrl=stack.deployment.outbound_queue_url, MessageBody=body)
@@ -80,7 +92,7 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
             time.sleep(parse_duration(SUPPRESSION_CACHE_TTL))
             again = loop.again()
             again_started = time.monotonic()
-            refused += _enqueue(client, again, "again   ")
+            refused += inject(again, "again   ")
             expected += sum(len(m.to) for m in again)
             _wait_for_finals(tally, expected=expected, sender=sender,
                              started=again_started, timeout=timeout)
@@ -102,6 +114,7 @@ def run_demo(*, root: Path, messages: int, as_json: bool) -> int:
     )
     summary.update(loop.summary())
     summary["intake"] = intake
+    summary["via"] = via
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     else:

@@ -107,6 +107,11 @@ def _banner(stack: LocalStack, *, env_file: Path, records: tuple[ExtraRecord, ..
         host, port = stack.inbound.address
         unsubscribe_line += (f"  inbound (SES)       {host}:{port}   (bounce domains and "
                              f"{FBL_ADDRESS}; intakes log to {root / 'logs'})\n")
+    if stack.smtp_ingress is not None:
+        host, port = stack.smtp_ingress.address
+        unsubscribe_line += (f"  SMTP submission     {host}:{port}   (STARTTLS, then AUTH as "
+                             f"tenant {stack.smtp_ingress.tenant}: $QUIVER_SMTP_USER / "
+                             "$QUIVER_SMTP_PASSWORD in env.sh)\n")
     sender_line = (f"  sender log          {root / 'logs' / 'sender.log'}\n" if sender
                    else "  sender              not started (--no-sender): run it as below\n")
     text = f"""

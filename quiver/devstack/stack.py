@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quiver.client import QuiverClient
 from quiver.devstack import moto_server
 from quiver.devstack.haproxy import EgressNode, choose_haproxy, start_nodes, stop_nodes
 from quiver.devstack.intake_pump import IntakePumps
@@ -26,6 +27,7 @@ from quiver.devstack.servers.inbound import InboundSmtp
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
+from quiver.devstack.smtp_ingress import LocalSmtpIngress, demo_tenant_toml, start_smtp_ingress
 from quiver.dkim import dns_txt_value, generate_private_key
 from quiver.intake.receipt import receipt_rules
 from quiver.policy import parse_policy
@@ -275,6 +277,8 @@ class LocalStack:
     feedback: bool = False
     inbound: InboundSmtp | None = None
     intakes: IntakePumps | None = None
+    # The SMTP submission listener on loopback (AUTH as the demo tenant).
+    smtp_ingress: LocalSmtpIngress | None = None
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -350,6 +354,7 @@ class LocalStack:
         self.policy_path = self.root / "policy.toml"
         text = local_policy_text(mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age,
                                  proxy=proxy)
+        text += demo_tenant_toml([domain for domain, _, _ in DKIM_DOMAINS])
         if self.unsubscribe:
             text += self._start_unsubscribe()
         if self.feedback:
@@ -360,6 +365,13 @@ class LocalStack:
         self._publish_policy(text)
         if self.feedback:
             self._start_intakes(text)
+        self.smtp_ingress = start_smtp_ingress(
+            client=QuiverClient(sqs=self.client("sqs"), s3=self.client("s3"),
+                                queue_url=self.deployment.outbound_queue_url,
+                                spill_bucket=self.deployment.spill_bucket),
+            tenants=parse_policy(text, origin=str(self.policy_path)).tenants,
+            dynamodb=self.client("dynamodb"), keys_table=self.deployment.tenant_keys_table,
+            cert=cert, key=key, ca_file=ca_cert)
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
@@ -456,6 +468,7 @@ class LocalStack:
             **moto_server.aws_env(self.moto.endpoint),
             **deployment_env(self.deployment),
             "QUIVER_NAMESERVERS": self.nameserver,
+            **(self.smtp_ingress.env() if self.smtp_ingress is not None else {}),
         }
 
     def client(self, service: str) -> Any:
@@ -510,7 +523,8 @@ class LocalStack:
         if self.intakes is not None:
             self.intakes.stop()
             self.intakes = None
-        for server in (self.unsubscribe_server, self.mx, self.inbound, self.dns, self.moto):
+        for server in (self.smtp_ingress, self.unsubscribe_server, self.mx, self.inbound,
+                       self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.
                 with contextlib.suppress(Exception):
@@ -518,6 +532,7 @@ class LocalStack:
         self.mx = self.dns = self.moto = None
         self.unsubscribe_server = None
         self.inbound = None
+        self.smtp_ingress = None
 
     def __enter__(self) -> LocalStack:
         return self

@@ -11,6 +11,10 @@ keys (set in cdk.json or with `-c key=value`):
   quiver:region            the region, required when the policy's nodes name AZ IDs (use1-az1)
   quiver:dark              "true": deploy with no sender running (first deploy, before DNS
                            and port 25 are ready); "false" (default) to go live
+  quiver:smtp-tls-secret   Secrets Manager secret (name or ARN) with the SMTP ingress's
+                           certificate, JSON {certificate, private_key}; unset, the ingress
+                           offers no STARTTLS and no AUTH (allowed networks only)
+  quiver:smtp-allowed-networks  CIDR[=tenant],... that may submit without AUTH (optional)
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ def main() -> int:
             alarm_email=context("quiver:alarm-email"),
             dark=dark_flag(context("quiver:dark", "false")),
             region=context("quiver:region"),
+            smtp_tls_secret=context("quiver:smtp-tls-secret"),
+            smtp_allowed_networks=tuple(
+                n.strip() for n in (context("quiver:smtp-allowed-networks") or "").split(",")
+                if n.strip()),
         )
     except (PolicyError, DeploymentError, RenderError) as exc:
         print(f"error: {exc}", file=sys.stderr)

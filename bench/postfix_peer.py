@@ -136,9 +136,13 @@ def _tmpfs_base() -> Path | None:
 
 
 class PostfixPeer:
-    def __init__(self, *, work_dir: Path, port: int, sink_port: int, concurrency: int = 20
-                 ) -> None:
+    def __init__(self, *, work_dir: Path, port: int, sink_port: int, concurrency: int = 20,
+                 accept_only: bool = False) -> None:
         self.port = port
+        # Without the queue manager nothing leaves incoming/: Postfix's cost of accepting
+        # a message into its queue alone (smtpd, cleanup, trivial-rewrite), the figure an
+        # ingress that only enqueues is compared against (bench/ingress.py).
+        self.accept_only = accept_only
         self.sink_port = sink_port
         self.concurrency = concurrency
         self.config_dir = work_dir / "postfix-etc"
@@ -167,7 +171,11 @@ class PostfixPeer:
             command_dir=Path(self._postfix).parent, sink_port=self.sink_port,
             log_file=LOG_FILE, concurrency=self.concurrency,
         ))
-        (self.config_dir / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        master = MASTER_CF.format(port=self.port)
+        if self.accept_only:
+            master = "".join(line for line in master.splitlines(keepends=True)
+                             if not line.startswith(("qmgr ", "pickup ")))
+        (self.config_dir / "master.cf").write_text(master)
         # The log only matters for the current run; start it empty.
         LOG_FILE.write_bytes(b"")
         self._started = True

@@ -121,9 +121,7 @@ def acknowledge_service_constructs(
                     "ec2:DescribeManagedPrefixLists has no resource-level permissions; the "
                     "deploy-time lookup may call nothing else.")
     task = senders.node.find_child("Task")
-    acknowledge(task, "IAM5[Resource::*]",
-                "The execution role's ecr:GetAuthorizationToken has no resource-level "
-                "permissions; image pulls and log writes are scoped to their resources.")
+    acknowledge_execution_role(task)
     acknowledge(task, object_wildcard(spill_bucket, "*"),
                 "Spilled bodies are objects with generated keys; the senders read and write "
                 "them in the spill bucket only, which holds nothing else.")
@@ -150,3 +148,29 @@ def acknowledge_service_constructs(
                         "Real, and left to the proxy tier's own change (termination "
                         "protection on each node); this lapses once DisableApiTermination "
                         "is set. Each node holds fixed addresses, so it cannot be in an ASG.")
+
+
+def acknowledge_execution_role(task: IConstruct) -> None:
+    """A Fargate task definition's execution role (ECR pulls, log writes)."""
+    acknowledge(task, "IAM5[Resource::*]",
+                "The execution role's ecr:GetAuthorizationToken has no resource-level "
+                "permissions; image pulls and log writes are scoped to their resources.")
+
+
+def acknowledge_smtp_ingress(ingress: IConstruct, *, spill_bucket: s3.IBucket) -> None:
+    """The findings on the SMTP ingress (cdk/smtp_ingress.py), with reasons."""
+    acknowledge(ingress.node.find_child("SecurityGroup"), "EC23",
+                "The rule cannot read the VPC CIDR token; the group admits only the VPC's "
+                "CIDR (the load balancer's nodes) on the SMTP ports, never 0.0.0.0/0.")
+    task = ingress.node.find_child("Task")
+    acknowledge_execution_role(task)
+    acknowledge(task, object_wildcard(spill_bucket, "spill/*"),
+                "The queue client writes spilled bodies under generated keys below spill/ "
+                "in the spill bucket; put only, never read or delete.")
+    acknowledge(task, "ECS2",
+                "The environment holds the queue URL, bucket name and region; the TLS key "
+                "comes from Secrets Manager at start, never from the task definition.")
+    acknowledge(ingress.node.find_child("LoadBalancer"), "ELB2",
+                "The listeners are plain TCP (STARTTLS is the task's own): a Network Load "
+                "Balancer writes access logs only for TLS listeners; the tasks log each "
+                "session with the client's address from the PROXY header.")

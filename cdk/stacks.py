@@ -35,6 +35,7 @@ from cdk.nag import (
     acknowledge_generated_handlers,
     acknowledge_policy_upload,
     acknowledge_service_constructs,
+    acknowledge_smtp_ingress,
 )
 from cdk.network import Network
 from cdk.observability import Observability
@@ -43,6 +44,7 @@ from cdk.proxy_tier import DEFAULT_INSTANCE_TYPE, ProxyNodes, image_for
 from cdk.queues import Queues
 from cdk.saved_queries import SavedQueries
 from cdk.sender_service import SenderService
+from cdk.smtp_ingress import SmtpIngress
 from cdk.tables import Tables
 from cdk.unsubscribe import Unsubscribe
 from quiver.names import DEFAULT_PREFIX, ResourceNames, resource_names
@@ -278,6 +280,42 @@ class ServiceStack(Stack):
         self.policy_object = policy_object
 
 
+class IngressStack(Stack):
+    """The ingress listeners: stateless, in the service stack's VPC and cluster, deployed
+    on their own so a listener change never touches the senders."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env: Environment,
+        stateful: StatefulStack,
+        service: ServiceStack,
+        repo_root: Path,
+        smtp_tls_secret: str | None,
+        smtp_allowed_networks: tuple[str, ...],
+        dark: bool = False,
+    ) -> None:
+        super().__init__(scope, construct_id, env=env,
+                         description="Quiver ingress: the SMTP submission listener behind "
+                         "a Network Load Balancer")
+        # Without a TLS secret the listener offers no AUTH: only allowed networks send.
+        self.smtp = SmtpIngress(
+            self, "SmtpIngress",
+            network=service.network,
+            cluster=service.senders.cluster,
+            image_directory=repo_root,
+            outbound_queue=stateful.queues.outbound,
+            spill_bucket=stateful.buckets.spill,
+            tls_secret=smtp_tls_secret,
+            allowed_networks=smtp_allowed_networks,
+            alarm_topic=service.observability.topic,
+            dark=dark,
+        )
+        acknowledge_smtp_ingress(self.smtp, spill_bucket=stateful.buckets.spill)
+
+
 def _assembly_dir(scope: Construct) -> Path:
     """The cloud assembly directory (cdk.out) this scope is synthesized into."""
     stage = Stage.of(scope)
@@ -290,6 +328,7 @@ def _assembly_dir(scope: Construct) -> Path:
 class QuiverStacks:
     stateful: StatefulStack
     service: ServiceStack
+    ingress: IngressStack
     policy: Policy
     placement: Placement
 
@@ -305,6 +344,8 @@ def add_quiver_stacks(
     alarm_email: str | None = None,
     dark: bool = False,
     region: str | None = None,
+    smtp_tls_secret: str | None = None,
+    smtp_allowed_networks: tuple[str, ...] = (),
 ) -> QuiverStacks:
     """Validate the policy and add both stacks; raises PolicyError or DeploymentError."""
     origin = str(policy_path)
@@ -334,4 +375,12 @@ def add_quiver_stacks(
         vpc_cidr=vpc_cidr, alarm_email=alarm_email, dark=dark,
     )
     service.add_stack_dependency(stateful)
-    return QuiverStacks(stateful=stateful, service=service, policy=policy, placement=placement)
+    ingress = IngressStack(
+        app, f"{stack_prefix}Ingress",
+        env=env, stateful=stateful, service=service, repo_root=repo_root,
+        smtp_tls_secret=smtp_tls_secret, smtp_allowed_networks=smtp_allowed_networks,
+        dark=dark,
+    )
+    ingress.add_stack_dependency(service)
+    return QuiverStacks(stateful=stateful, service=service, ingress=ingress, policy=policy,
+                        placement=placement)

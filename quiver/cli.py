@@ -253,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # `quiver demo --via`: the ingress paths of quiver.devstack.injectors.VIA (named here
 # so that the CLI imports without the dev stack).
-DEMO_PATHS = ("sqs", "http")
+DEMO_PATHS = ("sqs", "http", "smtp")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -316,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     from quiver.analytics.command import add_parser as add_events_parser
 
     add_events_parser(sub)
+    from quiver.ingress.smtp_command import add_parser as add_ingress_parser
+
+    add_ingress_parser(sub)
 
     c = sub.add_parser("config", help="policy tools")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -367,8 +370,10 @@ def parser() -> argparse.ArgumentParser:
                       help="how many sample messages to enqueue (default 1000)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--via", choices=DEMO_PATHS, default="sqs",
-                      help="how messages go in: sqs (the queue client), http (the HTTP "
-                           "API with the demo tenant's key); the same outcome table")
+                      help="how messages go in: sqs (the queue client, the default), http "
+                           "(the HTTP API with the demo tenant's key), smtp (the submission "
+                           "listener: STARTTLS, AUTH as the demo tenant); the outcome table "
+                           "is the same")
     demo.add_argument("--dir", default=".quiver/demo",
                       help="where the stack keeps its files (default .quiver/demo)")
     demo.add_argument("--keep", metavar="DIR",

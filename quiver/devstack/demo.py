@@ -108,6 +108,7 @@ def run_demo(*, root: Path, messages: int, as_json: bool, via: str = "sqs",
                        {"dir": str(keep), "objects": kept.objects + kept.skipped,
                         "bytes": kept.bytes})
     summary["intake"] = intake
+    summary["via"] = via
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     else:

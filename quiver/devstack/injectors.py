@@ -1,6 +1,6 @@
 """How the demo (and the bench) put messages into the local stack: `--via sqs` through
 the queue client, `--via http` through the HTTP injection API with the demo tenant's
-key. Each path gives the same messages the same outcome; only the way in differs.
+key, `--via smtp` through the SMTP submission listener (quiver.devstack.demo_smtp). Each path gives the same messages the same outcome; only the way in differs.
 
 An injector takes a list of messages and returns how many were refused. A new path
 is a class here and one line in VIA.
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from quiver.client import OutboundMessage, QuiverClient
+from quiver.devstack.demo_smtp import SmtpInjector
 from quiver.devstack.stack import LocalStack
 
 HTTP_BATCH = 100
@@ -94,4 +95,5 @@ class HttpInjector:
 VIA: dict[str, Callable[[LocalStack], Injector]] = {
     "sqs": SqsInjector,
     "http": HttpInjector,
+    "smtp": SmtpInjector,
 }

@@ -14,13 +14,8 @@ from typing import Any
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.policy_fragment import read_fragment
 from quiver.devstack.servers.dns_records import ExtraRecord, RecordsError, load_records
-from quiver.devstack.stack import (
-    DEMO_KEY_VARIABLE,
-    DEMO_TENANT,
-    FBL_ADDRESS,
-    MX_DOMAINS,
-    LocalStack,
-)
+from quiver.devstack.demo_tenant import DEMO_KEY_VARIABLE, DEMO_TENANT
+from quiver.devstack.stack import FBL_ADDRESS, MX_DOMAINS, LocalStack
 from quiver.policy import PolicyError
 
 # How often the foreground loop wakes to report exported events (a signal wakes it
@@ -116,6 +111,11 @@ def _banner(stack: LocalStack, *, env_file: Path, records: tuple[ExtraRecord, ..
     if stack.ingress_server is not None:
         unsubscribe_line += (f"  HTTP ingress        POST {stack.ingress_server.url}   (tenant "
                              f"{DEMO_TENANT}, its key ${DEMO_KEY_VARIABLE} in the env file)\n")
+    if stack.smtp_ingress is not None:
+        host, port = stack.smtp_ingress.address
+        unsubscribe_line += (f"  SMTP submission     {host}:{port}   (STARTTLS, then AUTH as "
+                             f"tenant {stack.smtp_ingress.tenant}: $QUIVER_SMTP_USER / "
+                             "$QUIVER_SMTP_PASSWORD in env.sh)\n")
     sender_line = (f"  sender log          {root / 'logs' / 'sender.log'}\n" if sender
                    else "  sender              not started (--no-sender): run it as below\n")
     text = f"""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from quiver.client import QuiverClient
 from quiver.devstack import moto_server
 from quiver.devstack.haproxy import EgressNode, choose_haproxy, start_nodes, stop_nodes
 from quiver.devstack.intake_pump import IntakePumps
@@ -27,6 +28,13 @@ from quiver.devstack.servers.ingress_http import IngressHttp, local_ingress
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
+from quiver.devstack.demo_tenant import (
+    DEMO_KEY_VARIABLE,
+    DEMO_TENANT,
+    INGRESS_URL_VARIABLE,
+    demo_tenant_toml,
+)
+from quiver.devstack.smtp_ingress import LocalSmtpIngress, start_smtp_ingress
 from quiver.dkim import dns_txt_value, generate_private_key
 from quiver.intake.receipt import receipt_rules
 from quiver.policy import parse_policy
@@ -62,18 +70,6 @@ REPORTER_SELECTOR = "arf1"
 # How long the sender may answer from its cache of the suppression list (60 s in
 # production): what the demo waits, after the feedback events, before mailing again.
 SUPPRESSION_CACHE_TTL = "1s"
-
-
-# The tenant the HTTP ingress serves on the local stack: every demo From domain is a
-# subdomain of its verified domain. Its key is in the env file (DEMO_KEY_VARIABLE).
-DEMO_TENANT = "demo"
-DEMO_TENANT_DOMAIN = "quiver-demo.test"
-DEMO_KEY_VARIABLE = "QUIVER_DEMO_TENANT_KEY"
-INGRESS_URL_VARIABLE = "QUIVER_INGRESS_URL"
-
-
-def demo_tenant_toml() -> str:
-    return f'\n[tenants.{DEMO_TENANT}]\ndomains = ["{DEMO_TENANT_DOMAIN}"]\n'
 
 
 def bounce_domain(from_domain: str) -> str:
@@ -292,6 +288,8 @@ class LocalStack:
     http_ingress: bool = False
     ingress_server: IngressHttp | None = None
     demo_tenant_key: str | None = None
+    # The SMTP submission listener on loopback (AUTH as the demo tenant).
+    smtp_ingress: LocalSmtpIngress | None = None
     _senders: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, dns_prefer: Literal["dnsmasq", "builtin"] = "dnsmasq") -> LocalStack:
@@ -367,12 +365,11 @@ class LocalStack:
         self.policy_path = self.root / "policy.toml"
         text = local_policy_text(mx_port=mx_port, ca_file=ca_cert, max_age=self.max_age,
                                  proxy=proxy)
+        text += demo_tenant_toml()
         if self.unsubscribe:
             text += self._start_unsubscribe()
         if self.feedback:
             text += feedback_toml()
-        if self.http_ingress:
-            text += demo_tenant_toml()
         if self.policy_fragment is not None:
             text = merged_policy_text(text, self.policy_fragment, origin=self.fragment_origin)
         self.policy_path.write_text(text)
@@ -381,6 +378,13 @@ class LocalStack:
             self._start_intakes(text)
         if self.http_ingress:
             self._start_ingress()
+        self.smtp_ingress = start_smtp_ingress(
+            client=QuiverClient(sqs=self.client("sqs"), s3=self.client("s3"),
+                                queue_url=self.deployment.outbound_queue_url,
+                                spill_bucket=self.deployment.spill_bucket),
+            tenants=parse_policy(text, origin=str(self.policy_path)).tenants,
+            dynamodb=self.client("dynamodb"), keys_table=self.deployment.tenant_keys_table,
+            cert=cert, key=key, ca_file=ca_cert)
         if binary is not None:
             # The same policy object the sender will load decides what each node serves.
             self.proxy_nodes = start_nodes(
@@ -492,6 +496,7 @@ class LocalStack:
             **moto_server.aws_env(self.moto.endpoint),
             **deployment_env(self.deployment),
             "QUIVER_NAMESERVERS": self.nameserver,
+            **(self.smtp_ingress.env() if self.smtp_ingress is not None else {}),
         }
         if self.ingress_server is not None and self.demo_tenant_key is not None:
             env[INGRESS_URL_VARIABLE] = self.ingress_server.url
@@ -550,8 +555,8 @@ class LocalStack:
         if self.intakes is not None:
             self.intakes.stop()
             self.intakes = None
-        for server in (self.ingress_server, self.unsubscribe_server, self.mx, self.inbound,
-                       self.dns, self.moto):
+        for server in (self.ingress_server, self.smtp_ingress, self.unsubscribe_server,
+                       self.mx, self.inbound, self.dns, self.moto):
             if server is not None:
                 # Best effort: one server failing to stop must not keep the others up.
                 with contextlib.suppress(Exception):
@@ -560,6 +565,7 @@ class LocalStack:
         self.unsubscribe_server = None
         self.ingress_server = None
         self.inbound = None
+        self.smtp_ingress = None
 
     def __enter__(self) -> LocalStack:
         return self

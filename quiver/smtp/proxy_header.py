@@ -4,8 +4,8 @@ A sender opens TCP to the egress proxy that owns the chosen source address and
 writes one of these headers first: its *destination* is the receiving MX that
 the proxy connects onward to. Encoding is strict so a header never names
 something the caller did not mean (no hostnames, no zone ids, no out-of-range
-ports, no mixed families). The strict decoder a test MX uses to read these is in
-the dev stack (quiver.devstack.proxy_decode); the sender only ever writes them.
+ports, no mixed families). The strict decoder (the SMTP ingress reads the NLB's
+headers with it, a test MX the sender's) is quiver.smtp.proxy_decode.
 
 Limits are named constants below, where each bound's reason is given.
 """

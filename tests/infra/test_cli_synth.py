@@ -14,7 +14,7 @@ from infra_helpers import CFN_LINT_CONFIG, ROOT, CliSynth
 
 pytestmark = pytest.mark.infra
 
-STACKS = ("QuiverStateful", "QuiverService")
+STACKS = ("QuiverStateful", "QuiverService", "QuiverIngress")
 
 
 def template(outdir: Path, stack: str) -> dict[str, Any]:

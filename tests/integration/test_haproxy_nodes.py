@@ -36,9 +36,9 @@ from haproxy_util import (
 from proxy_tier.bootstrap import render_user_data
 from proxy_tier.render import render_all, render_haproxy_config
 from quiver.devstack.processes import free_port
-from quiver.devstack.proxy_decode import decode
 from quiver.policy import Policy, load_policy, parse_policy
 from quiver.routing.proxy_probe import probe
+from quiver.smtp.proxy_decode import decode
 from quiver.smtp.proxy_header import V2_SIGNATURE, encode
 
 pytestmark = pytest.mark.integration

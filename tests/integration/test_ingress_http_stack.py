@@ -21,7 +21,7 @@ from stackrig import Running, running_stack
 from test_walking_skeleton import dkim_dns
 
 from quiver.devstack.injectors import HttpInjector
-from quiver.devstack.stack import DEMO_TENANT
+from quiver.devstack.demo_tenant import DEMO_TENANT
 from quiver.events import FINAL_EVENTS
 from quiver.ingress_http.schema import document
 from quiver.ingress_http.service import PATH

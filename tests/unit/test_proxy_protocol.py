@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiver.devstack.proxy_decode import ProxyHeader, decode
+from quiver.smtp.proxy_decode import ProxyHeader, decode
 from quiver.smtp.proxy_header import (
     V1_MAX_LINE,
     V2_MAX_PAYLOAD,

@@ -1,8 +1,8 @@
-"""PROXY protocol headers, versions 1 and 2: strict decoding, for the dev stack's
-receiving MX and the tests.
+"""PROXY protocol headers, versions 1 and 2: strict decoding, for the SMTP ingress
+behind a Network Load Balancer, the dev stack's receiving MX and the tests.
 
-Decoding is strict so a test MX or a rig sees exactly what a real receiver would
-accept, and refuses the rest with a reason. The sender's encoder, and the limits
+Decoding is strict so the ingress, a test MX or a rig sees exactly what a real
+receiver would accept, and refuses the rest with a reason. The sender's encoder, and the limits
 both sides share, are in quiver.smtp.proxy_header.
 """
 

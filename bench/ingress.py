@@ -52,8 +52,8 @@ from rig import binary, tree_cpu_seconds
 from quiver.devstack import moto_server
 from quiver.devstack.demo_tenant import DEMO_TENANT, DEMO_TENANT_DOMAIN, demo_tenant_toml
 from quiver.devstack.injectors import HttpInjector
-from quiver.devstack.servers.ingress_http import IngressHttp, local_ingress
 from quiver.devstack.processes import free_port, stop_process
+from quiver.devstack.servers.ingress_http import IngressHttp, local_ingress
 from quiver.settings import deployment_env
 from quiver.storage.dynamo_keys import DynamoTenantKeys
 from quiver.tenants.keys import TenantKeys

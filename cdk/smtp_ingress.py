@@ -32,6 +32,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdk.network import Network
+from cdk.policy_object import PolicyObject
 from cdk.sender_service import base_image
 from quiver import settings
 from quiver.emf import NAMESPACE
@@ -62,6 +63,7 @@ class SmtpIngress(Construct):
         outbound_queue: sqs.IQueue,
         spill_bucket: s3.IBucket,
         key_table: dynamodb.ITable | None = None,
+        policy_object: PolicyObject | None = None,
         tls_secret: str | None = None,
         allowed_networks: Sequence[str] = (),
         ports: Sequence[int] = (SUBMISSION_PORT,),
@@ -106,12 +108,18 @@ class SmtpIngress(Construct):
                    "--stop-timeout", str(LISTENER_STOP_SECONDS)]
         if tls_secret:
             command += ["--tls-secret", tls_secret]
+        if policy_object is not None:
+            # [tenants] (who may send from which domain) and [content] (the size limit)
+            # are read at start; a policy change reaches the listener with its next task.
+            command += ["--config", policy_object.spec]
         for spec in allowed_networks:
             command += ["--allow-network", spec]
         environment = {
             settings.ENV_OUTBOUND_QUEUE_URL: outbound_queue.queue_url,
             settings.ENV_SPILL_BUCKET: spill_bucket.bucket_name,
             "AWS_REGION": Aws.REGION,
+            **({settings.ENV_TENANT_KEYS_TABLE: key_table.table_name}
+               if key_table is not None else {}),
         }
         container = task.add_container(
             CONTAINER_NAME, container_name=CONTAINER_NAME,
@@ -132,6 +140,8 @@ class SmtpIngress(Construct):
             container_path="/tmp", source_volume="tmp", read_only=False))  # noqa: S108
         self._grant(outbound_queue=outbound_queue, spill_bucket=spill_bucket,
                     key_table=key_table, tls_secret=tls_secret)
+        if policy_object is not None:
+            policy_object.grant_read(self.task_role)
         self.service = ecs.FargateService(
             self, "Service", cluster=cluster, task_definition=task,
             security_groups=[self.security_group], vpc_subnets=network.sender_subnets,

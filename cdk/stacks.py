@@ -308,6 +308,8 @@ class IngressStack(Stack):
             image_directory=repo_root,
             outbound_queue=stateful.queues.outbound,
             spill_bucket=stateful.buckets.spill,
+            key_table=stateful.tables.tenant_keys,
+            policy_object=service.policy_object,
             tls_secret=smtp_tls_secret,
             allowed_networks=smtp_allowed_networks,
             alarm_topic=service.observability.topic,

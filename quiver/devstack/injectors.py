@@ -1,6 +1,7 @@
 """How the demo (and the bench) put messages into the local stack: `--via sqs` through
 the queue client, `--via http` through the HTTP injection API with the demo tenant's
-key, `--via smtp` through the SMTP submission listener (quiver.devstack.demo_smtp). Each path gives the same messages the same outcome; only the way in differs.
+key, `--via smtp` through the SMTP submission listener (quiver.devstack.demo_smtp).
+Each path gives the same messages the same outcome; only the way in differs.
 
 An injector takes a list of messages and returns how many were refused. A new path
 is a class here and one line in VIA.

@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from quiver.devstack.demo_tenant import DEMO_KEY_VARIABLE, DEMO_TENANT
 from quiver.devstack.export_pump import ExportPump, Tally
 from quiver.devstack.policy_fragment import read_fragment
 from quiver.devstack.servers.dns_records import ExtraRecord, RecordsError, load_records
-from quiver.devstack.demo_tenant import DEMO_KEY_VARIABLE, DEMO_TENANT
 from quiver.devstack.stack import FBL_ADDRESS, MX_DOMAINS, LocalStack
 from quiver.policy import PolicyError
 

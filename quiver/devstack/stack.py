@@ -17,6 +17,12 @@ from typing import Any, Literal
 
 from quiver.client import QuiverClient
 from quiver.devstack import moto_server
+from quiver.devstack.demo_tenant import (
+    DEMO_KEY_VARIABLE,
+    DEMO_TENANT,
+    INGRESS_URL_VARIABLE,
+    demo_tenant_toml,
+)
 from quiver.devstack.haproxy import EgressNode, choose_haproxy, start_nodes, stop_nodes
 from quiver.devstack.intake_pump import IntakePumps
 from quiver.devstack.policy_fragment import merged_policy_text
@@ -28,12 +34,6 @@ from quiver.devstack.servers.ingress_http import IngressHttp, local_ingress
 from quiver.devstack.servers.mx import MxProcess, spawn_mx
 from quiver.devstack.servers.tls import issue_cert, make_local_ca
 from quiver.devstack.servers.unsubscribe import UnsubscribeHttp, local_unsubscriber
-from quiver.devstack.demo_tenant import (
-    DEMO_KEY_VARIABLE,
-    DEMO_TENANT,
-    INGRESS_URL_VARIABLE,
-    demo_tenant_toml,
-)
 from quiver.devstack.smtp_ingress import LocalSmtpIngress, start_smtp_ingress
 from quiver.dkim import dns_txt_value, generate_private_key
 from quiver.intake.receipt import receipt_rules

@@ -11,8 +11,10 @@ from aws_cdk import App
 from aws_cdk.assertions import Template
 from infra_helpers import POLICY_PATH, ROOT, cdk_context, only, resources
 
+from cdk.policy_object import POLICY_KEY
 from cdk.smtp_ingress import SUBMISSION_PORT
 from cdk.stacks import add_quiver_stacks
+from quiver import settings
 from quiver.ingress import smtp_metrics
 
 pytestmark = pytest.mark.infra
@@ -65,10 +67,27 @@ def test_the_task_role_may_enqueue_spill_and_read_its_certificate_only(
     assert actions["EnqueueOutbound"] == ["sqs:SendMessage"]
     assert actions["SpillLargeBodies"] == ["s3:PutObject"]
     assert actions["ReadTlsCertificate"] == ["secretsmanager:GetSecretValue"]
+    # The tenant keys are only read (AUTH), and the one object read is the policy.
+    assert actions["ReadTenantKeys"] == ["dynamodb:GetItem", "dynamodb:Query"]
+    assert actions["ReadPolicy"] == ["s3:GetObject"]
     text = json.dumps(resources(ingress, "AWS::IAM::Policy"))
-    for forbidden in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:GetObject",
-                      "dynamodb:PutItem", "secretsmanager:*"):
+    for forbidden in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "dynamodb:PutItem",
+                      "dynamodb:DeleteItem", "secretsmanager:*", "s3:*"):
         assert forbidden not in text
+    assert text.count("s3:GetObject") == 1
+
+
+def test_the_listener_knows_the_tenants_and_their_keys(ingress: dict[str, Any]) -> None:
+    """AUTH needs the key table and the sender-domain check the policy's [tenants]:
+    without either, every login would be refused or every domain allowed."""
+    _, task = only(ingress, "AWS::ECS::TaskDefinition")
+    (container,) = task["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env[settings.ENV_TENANT_KEYS_TABLE]
+    command = container["Command"]
+    # The policy object the senders read: s3://<policy bucket>/<POLICY_KEY>.
+    source = json.dumps(command[command.index("--config") + 1])
+    assert '"s3://"' in source and source.endswith(f'"/{POLICY_KEY}"]]}}')
 
 
 def test_alarms_on_refused_logins_and_reply_classes(ingress: dict[str, Any]) -> None:

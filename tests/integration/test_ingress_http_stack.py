@@ -20,8 +20,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 from stackrig import Running, running_stack
 from test_walking_skeleton import dkim_dns
 
-from quiver.devstack.injectors import HttpInjector
 from quiver.devstack.demo_tenant import DEMO_TENANT
+from quiver.devstack.injectors import HttpInjector
 from quiver.events import FINAL_EVENTS
 from quiver.ingress_http.schema import document
 from quiver.ingress_http.service import PATH

@@ -1,8 +1,9 @@
 """Hostile input to the bounce parser: whatever the bytes, parse_bounce returns a typed
-result (a report or an ignore reason) within generous time and memory bounds.
+result (a report or an ignore reason) within a generous memory bound.
 
-The figures are printed (run with -s); the bounds asserted are deliberately loose
-(< 5 s, < 200 MB per message on a busy machine) so they catch a blow-up, not noise.
+Time is printed (run with -s), not asserted: on a shared machine a wall-clock bound
+is noise. A blow-up shows as the parser's own limits (lines, parts, depth,
+recipients) not holding, which the results below assert, or as memory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from quiver.bounce.dsn_limits import (
 )
 from quiver.bounce.dsn_types import BounceReport, Ignored, IgnoreReason, ParseResult
 
-SECONDS_BOUND = 5.0
 PEAK_BYTES_BOUND = 200 * 1024 * 1024
 
 HEAD = (b"From: MAILER-DAEMON@mx.example.org\r\nTo: b-tok.k1@bounces.example.com\r\n"
@@ -50,7 +50,6 @@ def measured(name: str, build: Callable[[], bytes]) -> ParseResult:
                else f"report of {len(result.recipients)}")
     print(f"\n{name}: {len(raw):,} bytes -> {outcome} in {elapsed:.3f} s, "
           f"peak {peak / 2**20:.1f} MiB (traced)")
-    assert elapsed < SECONDS_BOUND
     assert peak < PEAK_BYTES_BOUND
     return result
 
@@ -252,10 +251,8 @@ _LINES = st.one_of(
 @given(st.lists(_LINES, max_size=60), st.sampled_from(["\r\n", "\n", "\r"]))
 def test_generated_mime_never_raises(lines: list[str], newline: str) -> None:
     raw = newline.join(lines).encode("utf-8", "surrogatepass")
-    started = time.perf_counter()
     result = parse_bounce(raw)
     assert isinstance(result, BounceReport | Ignored)
-    assert time.perf_counter() - started < SECONDS_BOUND
 
 
 @settings(max_examples=300)

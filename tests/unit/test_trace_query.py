@@ -52,8 +52,8 @@ def test_query_bounds_days_and_hours_and_carries_values_only_as_parameters() -> 
         "'2026-11-25T22:30:00.000Z'", "'2026-11-26T01:10:00.000Z'",
         "'O''Brien@Example.TEST'", "'o''brien@example.test'",  # quotes doubled
     ]
-    # Every selected column is in the Glue table (cdk/event_analytics.py).
-    from cdk.event_analytics import PARTITION_KEYS, glue_columns
+    # Every selected column is in the Glue table (generated from quiver.event_schema).
+    from quiver.event_schema import PARTITION_KEYS, glue_columns
 
     names = {n for n, _ in glue_columns()} | {n for n, _ in PARTITION_KEYS}
     assert {expr.strip('"').split(".")[0] for expr, _ in SELECT} <= names

@@ -15,6 +15,12 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 
+# What the standard library's header parser raises on malformed values: besides its
+# own errors, some hostile address lists make it fail inside itself (a TypeError or
+# AttributeError from its parse tree, as of Python 3.11-3.13); each is the caller's
+# header, refused as such, never a failed batch.
+_HEADER_ERRORS = (HeaderParseError, ValueError, IndexError, TypeError, AttributeError)
+
 # Headers the builder writes from the message's structure: a caller's copy would
 # contradict it. From, To, Date and Message-ID may be given; they replace the defaults.
 RESERVED = frozenset({"mime-version", "content-type", "content-transfer-encoding",
@@ -47,12 +53,12 @@ def build(*, sender: str, to: Sequence[str], subject: str, text: str | None,
         domain = sender.rpartition("@")[2] or None
         message["Message-ID"] = given.pop("message-id", ("Message-ID",
                                                          make_msgid(domain=domain)))[1]
-    except (HeaderParseError, ValueError, IndexError) as exc:
+    except _HEADER_ERRORS as exc:
         raise MimeError("headers", f"unusable header: {exc}") from None
     for name, value in given.values():
         try:
             message[name] = value
-        except (HeaderParseError, ValueError, IndexError) as exc:
+        except _HEADER_ERRORS as exc:
             raise MimeError(f"headers.{name}", f"unusable header: {exc}") from None
     if text is not None:
         message.set_content(text, subtype="plain", charset="utf-8")
@@ -62,5 +68,5 @@ def build(*, sender: str, to: Sequence[str], subject: str, text: str | None,
         message.set_content(html, subtype="html", charset="utf-8")
     try:
         return message.as_bytes(policy=SMTP)
-    except (HeaderParseError, ValueError, IndexError, UnicodeError) as exc:
+    except (*_HEADER_ERRORS, UnicodeError) as exc:
         raise MimeError("headers", f"cannot render the message: {exc}") from None

@@ -103,6 +103,7 @@ class Observability(Construct):
         events_queue: sqs.IQueue,
         events_dlq: sqs.IQueue,
         export_function: lambda_.IFunction,
+        compaction_function: lambda_.IFunction | None,
         sender_service: ecs.FargateService,
         proxy_instances: Mapping[str, ec2.CfnInstance],
         dashboard_name: str,
@@ -169,6 +170,19 @@ class Observability(Construct):
             comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
         ))
+        if compaction_function is not None:
+            # Hourly runs, each retrying the last day's closed hours not yet compacted: one
+            # failed run heals itself; two in a row leave the compacted table behind.
+            page(compaction_function.metric_errors(
+                period=Duration.hours(1), statistic="Sum",
+            ).create_alarm(
+                self, "CompactionErrors",
+                alarm_description="the event compaction failed two hourly runs in a row: "
+                                  "the compacted table falls behind (the raw one is whole)",
+                threshold=1, evaluation_periods=2, datapoints_to_alarm=2,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ))
         # Every pause a tenant guard puts in force (the export writes the EMF): a
         # tenant's or campaign's mail now waits, which someone must look at.
         page(cw.Metric(

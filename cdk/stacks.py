@@ -251,6 +251,7 @@ class ServiceStack(Stack):
             events_queue=queues.events,
             events_dlq=queues.events_dlq,
             export_function=export.function,
+            compaction_function=self.compaction.function,
             sender_service=senders.service,
             proxy_instances=proxies.instances,
             dashboard_name=prefix,

@@ -190,3 +190,17 @@ def test_every_saved_query_is_a_named_query_in_the_workgroup(service: dict[str, 
         assert props["WorkGroup"] == workgroup["Properties"]["Name"]
         assert workgroup_id in named[name].get("DependsOn", [])
         assert props["Description"] == query.description
+
+
+def test_two_failed_compaction_runs_in_a_row_page_the_alarm_topic(
+        service: dict[str, Any]) -> None:
+    function_id, _ = compaction_function(service)
+    (alarm,) = [a["Properties"] for a in resources(service, "AWS::CloudWatch::Alarm").values()
+                if a["Properties"].get("MetricName") == "Errors"
+                and a["Properties"].get("Dimensions") == [
+                    {"Name": "FunctionName", "Value": {"Ref": function_id}}]]
+    assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (
+        3600, 2, 2)
+    assert alarm["Statistic"] == "Sum" and alarm["Threshold"] == 1
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] and alarm["AlarmActions"] == alarm["OKActions"]

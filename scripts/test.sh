@@ -13,5 +13,9 @@ echo "==> ruff"
 .venv/bin/ruff check quiver functions proxy_tier cdk app.py tests bench
 echo "==> mypy --strict quiver/ functions/ proxy_tier/ cdk/ app.py"
 .venv/bin/mypy
-echo "==> pytest"
-exec .venv/bin/pytest -q -rs -p no:cacheprovider "$@"
+# Several test processes at once (pytest-xdist; tests/conftest.py keeps those that
+# share servers or a synth on one): the integration tests mostly wait on servers and
+# timers, so three workers fit two cores. QUIVER_TEST_WORKERS=0 runs in one process.
+workers="${QUIVER_TEST_WORKERS:-3}"
+echo "==> pytest ($workers workers)"
+exec .venv/bin/pytest -q -rs -p no:cacheprovider -n "$workers" --dist loadscope "$@"

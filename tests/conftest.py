@@ -8,6 +8,7 @@ that names the reason; on a laptop it stays a skip, listed by `pytest -rs`.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,17 +37,23 @@ def pytest_runtest_makereport(
     report = yield
     if not report.skipped or hasattr(report, "wasxfail") or not require_all():
         return report
-    reason = skip_reason(report)
-    if allowed_skip(reason):
-        _ALLOWED_SEEN.append((report.nodeid, reason))
+    if allowed_skip(skip_reason(report)):
         return report
     report.outcome = "failed"
     report.longrepr = (
-        f"skipped in a run that must prove everything ({REQUIRE_ALL_ENV} / CI): {reason}\n"
+        f"skipped in a run that must prove everything ({REQUIRE_ALL_ENV} / CI): "
+        f"{skip_reason(report)}\n"
         "Install what it needs (scripts/setup.sh as root), or, if skipping is fair on "
         "every CI host, add the reason to ALLOWED_SKIPS in tests/suite_mode.py with why."
     )
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Here rather than in makereport: with pytest-xdist the workers make the reports
+    # and only this hook runs where the summary is printed.
+    if report.skipped and require_all() and not hasattr(report, "wasxfail"):
+        _ALLOWED_SEEN.append((report.nodeid, skip_reason(report)))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -58,3 +65,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
     for nodeid, reason in _ALLOWED_SEEN:
         terminalreporter.write_line(f"  allowed: {nodeid}: {reason}")
+
+
+# pytest-xdist (`scripts/test.sh` runs with `-n`): most integration tests wait on
+# servers, timers and retries rather than on the CPU, so several run at once. Each
+# worker builds its own fixtures, so the tests that share them stay together on one
+# worker, in order: every test of a module (module fixtures start real servers, and
+# some tests read what an earlier one left), of an integration subpackage (interop/
+# shares one stack, the receivers and the port-53 resolver Exim reads), and of the
+# CDK tests (one synth per session). A module that uses the session's local stack
+# starts its own on a worker that has none yet.
+#
+# Grouping is by node id in a scheduler of our own: xdist's `xdist_group` marks
+# rewrite `item._nodeid`, which pytest 9.2's nodes no longer read.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def worker_scope(nodeid: str) -> str:
+    """The tests that must run on one worker share this scope."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if parts[:2] == ["tests", "infra"]:
+        return "tests/infra"
+    if parts[:2] == ["tests", "integration"] and len(parts) > 3:
+        return "/".join(parts[:3])
+    return path

@@ -44,8 +44,9 @@ STOP_TIMEOUT = 5.0
 # The local stack sends little: a low per-source limit keeps the fd need (2 per
 # connection) far under any ulimit, so haproxy never has to raise its own.
 LOCAL_MAXCONN_PER_SOURCE = 256
-# sun_path holds 108 bytes with its NUL; a longer stats socket path would not bind.
-_MAX_SOCKET_PATH = 107
+# sun_path holds 108 bytes with its NUL, and HAProxy binds "<path>.<pid>.tmp" first
+# and renames it, so it refuses a stats socket path over 97 characters.
+_MAX_SOCKET_PATH = 97
 
 
 class HAProxyUnavailable(RuntimeError):

@@ -19,7 +19,10 @@ from quiver.unsubscribe.mailto import MAX_REPLY_PREFIXES, token_from_subject
 from quiver.unsubscribe.token import MAX_TOKEN_CHARS
 
 T0 = 1_790_000_000.0
-TOKEN = UnsubscribeHeaders(rotated(None, now=T0 - 60), clock=lambda: T0).token(
+# A fixed secret: the token is in the test ids, which every pytest-xdist worker must
+# collect alike.
+TOKEN = UnsubscribeHeaders(
+    rotated(None, now=T0 - 60, random_bytes=lambda n: bytes(range(n))), clock=lambda: T0).token(
     Subject(tenant="acme", campaign="dec", message_id="m-1", recipient="ann@example.org"))
 
 

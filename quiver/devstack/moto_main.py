@@ -6,15 +6,27 @@ flight or not, every time it lists a queue's visible messages, several times per
 ReceiveMessage. At a depth of 400 a ReceiveMessage took 300-500 ms, so the
 emulator, not the sender, paced every test that queued a few hundred messages.
 `time.time()` is the same value; with it that call takes a few milliseconds.
+
+DynamoDB applies each write atomically: a conditional update that passes its
+condition changes the item it tested. moto's server answers requests on threads,
+and its UpdateItem tests the condition, parses the update and then applies it with
+no lock, so on a busy machine two conditional ADDs could both pass against the same
+value (a warm-up cap of 50 gave 58). DynamoDB's requests therefore go through one
+lock here; the other services (SQS long polls among them) stay concurrent.
 Everything else is moto's own server, unchanged.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Any
+
+# The X-Amz-Target of DynamoDB's JSON API (DynamoDB_20120810.UpdateItem, ...).
+_DYNAMODB_TARGET = "DynamoDB_"
 
 
 def _clock(original: Callable[..., float], scale: float) -> Callable[..., float]:
@@ -36,6 +48,25 @@ def patch_clock() -> bool:
     return True
 
 
+def serialize_dynamodb() -> None:
+    """One DynamoDB request at a time in this server, as DynamoDB's writes are atomic."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    original = DomainDispatcherApplication.__call__
+    lock = threading.Lock()
+
+    def call(self: DomainDispatcherApplication, environ: dict[str, Any],
+             start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith(_DYNAMODB_TARGET):
+            body: Iterable[bytes] = original(self, environ, start_response)
+            return body
+        with lock:
+            # The body is built inside the view; joined here, it is all under the lock.
+            return [b"".join(original(self, environ, start_response))]
+
+    DomainDispatcherApplication.__call__ = call  # type: ignore[method-assign]
+
+
 def main() -> None:
     from moto import server
 
@@ -44,6 +75,7 @@ def main() -> None:
         # the emulator again, and nothing would say so.
         sys.exit("moto_main: this moto has no moto.sqs.models.unix_time/unix_time_millis "
                  "to patch; pin a moto version that has them (see pyproject.toml)")
+    serialize_dynamodb()
     server.main(sys.argv[1:])
 
 

@@ -32,10 +32,11 @@ FAILURE_LOG_INTERVAL = 10.0
 # Addresses per lookup: with the global key beside the tenant's, one BatchGetItem
 # (at most 100 keys) answers them all.
 BATCH_ADDRESSES = 50
-# How long a lookup waits for other messages' addresses before it goes out (unless
-# it fills first). A busy task (~1,000 messages/s, four receivers) fills a good part
-# of a request in this time; a quiet one adds this much latency, nothing next to
-# one SMTP transaction.
+# Lookups of one tenant start at most this often: a lookup opened within this time
+# of the last one's start collects other messages' addresses until then (or until it
+# fills). A busy task (~1,000 messages/s, four receivers) fills a good part of a
+# request in this time; a quiet one's lookup goes out at once, after the messages of
+# the same loop turn joined it, so a lone message waits for no window.
 BATCH_WINDOW = 0.01
 
 
@@ -63,6 +64,7 @@ class SuppressionCheck:
         self._monotonic = monotonic
         self.cache = SuppressionCache()
         self._open: dict[str | None, _Lookup] = {}  # filling (BATCH_WINDOW), by tenant
+        self._last_start: dict[str | None, float] = {}  # monotonic, by tenant
         self._tasks: set[asyncio.Task[None]] = set()
         self.lookups = 0  # store calls made
         self.failures = 0  # store calls failed
@@ -113,7 +115,12 @@ class SuppressionCheck:
             # Mark a failure retrieved even if every waiter was cancelled.
             done.add_done_callback(lambda f: f.cancelled() or f.exception())
             lookup = self._open[tenant] = _Lookup(tenant, done=done)
-            loop.call_later(self._window, self._start, lookup)
+            last = self._last_start.get(tenant)
+            wait = 0.0 if last is None else last + self._window - self._monotonic()
+            if wait > 0:
+                loop.call_later(min(wait, self._window), self._start, lookup)
+            else:
+                loop.call_soon(self._start, lookup)
         lookup.addresses[address] = None
         assert lookup.done is not None
         if len(lookup.addresses) >= BATCH_ADDRESSES:
@@ -124,6 +131,7 @@ class SuppressionCheck:
         if self._open.get(lookup.tenant) is not lookup:
             return  # started already, when it filled up
         del self._open[lookup.tenant]
+        self._last_start[lookup.tenant] = self._monotonic()
         task = asyncio.get_running_loop().create_task(self._run(lookup))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

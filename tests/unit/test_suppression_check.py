@@ -161,12 +161,39 @@ async def test_messages_of_later_loop_turns_join_an_open_lookup_until_it_is_full
     store = MemorySuppression(clock=clock)
     # A window no test waits for: the lookup goes out because it filled up.
     check = SuppressionCheck(store, policy=policy(), clock=clock, monotonic=clock, window=3600)
+    await check.check(["busy@x.test"], tenant="t")  # a lookup started: the next one waits
+    assert store.calls == 1
     first = asyncio.ensure_future(check.check([f"a{i}@x.test" for i in range(30)], tenant="t"))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     second = asyncio.ensure_future(check.check([f"b{i}@x.test" for i in range(20)], tenant="t"))
     await asyncio.wait_for(asyncio.gather(first, second), 60)
-    assert store.calls == 1 and store.keys == 100
+    assert store.calls == 2 and store.keys == 2 + 100
+
+
+async def test_a_lookup_after_a_quiet_window_goes_out_at_once() -> None:
+    clock = Clock()
+    store = MemorySuppression(clock=clock)
+    # A window no test waits for: only a lookup that does not wait for it can finish.
+    check = SuppressionCheck(store, policy=policy(), clock=clock, monotonic=clock, window=3600)
+    await asyncio.wait_for(check.check(["first@x.test"], tenant="t"), 60)
+    clock.now += 3600  # the window since that lookup's start has passed
+    await asyncio.wait_for(check.check(["later@x.test"], tenant="t"), 60)
+    # Another tenant's lookups are paced apart: its first goes at once too.
+    await asyncio.wait_for(check.check(["other@x.test"], tenant="u"), 60)
+    assert store.calls == 3
+
+
+async def test_a_lookup_within_the_window_waits_for_its_turn() -> None:
+    clock = Clock()
+    store = MemorySuppression(clock=clock)
+    check = SuppressionCheck(store, policy=policy(), clock=clock, monotonic=clock, window=3600)
+    await check.check(["first@x.test"], tenant="t")
+    waiting = asyncio.ensure_future(check.check(["soon@x.test"], tenant="t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done() and store.calls == 1  # held for the rest of the window
+    waiting.cancel()
 
 
 async def test_a_large_message_is_split_into_bounded_lookups() -> None:

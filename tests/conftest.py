@@ -37,12 +37,12 @@ def pytest_runtest_makereport(
     report = yield
     if not report.skipped or hasattr(report, "wasxfail") or not require_all():
         return report
-    if allowed_skip(skip_reason(report)):
+    reason = skip_reason(report)
+    if allowed_skip(reason):
         return report
     report.outcome = "failed"
     report.longrepr = (
-        f"skipped in a run that must prove everything ({REQUIRE_ALL_ENV} / CI): "
-        f"{skip_reason(report)}\n"
+        f"skipped in a run that must prove everything ({REQUIRE_ALL_ENV} / CI): {reason}\n"
         "Install what it needs (scripts/setup.sh as root), or, if skipping is fair on "
         "every CI host, add the reason to ALLOWED_SKIPS in tests/suite_mode.py with why."
     )

@@ -131,7 +131,12 @@ class SuppressionCheck:
         if self._open.get(lookup.tenant) is not lookup:
             return  # started already, when it filled up
         del self._open[lookup.tenant]
-        self._last_start[lookup.tenant] = self._monotonic()
+        now = self._monotonic()
+        # A start older than the window holds nothing back any more: forgotten, so the
+        # map holds only the tenants looked up within the window, however many send.
+        self._last_start = {tenant: at for tenant, at in self._last_start.items()
+                            if now - at < self._window}
+        self._last_start[lookup.tenant] = now
         task = asyncio.get_running_loop().create_task(self._run(lookup))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

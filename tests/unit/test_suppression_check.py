@@ -179,9 +179,20 @@ async def test_a_lookup_after_a_quiet_window_goes_out_at_once() -> None:
     await asyncio.wait_for(check.check(["first@x.test"], tenant="t"), 60)
     clock.now += 3600  # the window since that lookup's start has passed
     await asyncio.wait_for(check.check(["later@x.test"], tenant="t"), 60)
-    # Another tenant's lookups are paced apart: its first goes at once too.
+    # Another tenant's lookups are paced on their own: its first goes at once too.
     await asyncio.wait_for(check.check(["other@x.test"], tenant="u"), 60)
     assert store.calls == 3
+
+
+async def test_only_tenants_looked_up_within_the_window_are_remembered() -> None:
+    clock = Clock()
+    store = MemorySuppression(clock=clock)
+    check = SuppressionCheck(store, policy=policy(), clock=clock, monotonic=clock, window=1)
+    for i in range(100):
+        await asyncio.wait_for(check.check([f"a{i}@x.test"], tenant=f"t{i}"), 60)
+        clock.now += 1  # each tenant's window has passed before the next lookup
+    assert store.calls == 100
+    assert len(check._last_start) == 1  # the last one's; the 99 before were forgotten
 
 
 async def test_a_lookup_within_the_window_waits_for_its_turn() -> None:

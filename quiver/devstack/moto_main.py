@@ -13,6 +13,14 @@ and its UpdateItem tests the condition, parses the update and then applies it wi
 no lock, so on a busy machine two conditional ADDs could both pass against the same
 value (a warm-up cap of 50 gave 58). DynamoDB's requests therefore go through one
 lock here; the other services (SQS long polls among them) stay concurrent.
+
+SQS hands a message to one receiver until its visibility timeout runs out. moto's
+ReceiveMessage tests each message's visibility and then marks it received with no
+lock, so two senders polling at once could both get the same message (two
+deliveries, and two final events for one recipient: 501 for 500 messages). Its
+DeleteMessage rebuilds the queue's list unlocked, so a message sent meanwhile
+could vanish. Each queue's scans, deletions and visibility changes therefore hold
+that queue's own lock (the one its sends take); a long poll waits outside it.
 Everything else is moto's own server, unchanged.
 """
 
@@ -67,6 +75,44 @@ def serialize_dynamodb() -> None:
     DomainDispatcherApplication.__call__ = call  # type: ignore[method-assign]
 
 
+def serialize_sqs_queues() -> None:
+    """A queue's receives, deletions and visibility changes one at a time, as SQS's are
+    atomic; long polls still wait side by side."""
+    from moto.sqs.models import Queue, SQSBackend
+
+    receive_once = SQSBackend.receive_message
+    delete = Queue.delete_message
+    change = SQSBackend.change_message_visibility
+
+    def receive(self: SQSBackend, queue_name: str, count: int, wait_seconds_timeout: int,
+                visibility_timeout: int, message_attribute_names: list[str] | None = None,
+                ) -> list[Any]:
+        queue = self.get_queue(queue_name)
+        deadline = time.time() + wait_seconds_timeout
+        while True:
+            with queue._messages_lock:
+                # A wait of 0 makes moto's receive one scan that never blocks.
+                found = receive_once(self, queue_name, count, 0, visibility_timeout,
+                                     message_attribute_names)
+            remaining = deadline - time.time()
+            if found or remaining <= 0:
+                return found
+            queue.wait_for_messages(min(1.0, remaining))  # type: ignore[arg-type]
+
+    def delete_locked(self: Queue, receipt_handle: str) -> None:
+        with self._messages_lock:
+            delete(self, receipt_handle)
+
+    def change_locked(self: SQSBackend, queue_name: str, receipt_handle: str,
+                      visibility_timeout: int) -> None:
+        with self.get_queue(queue_name)._messages_lock:
+            change(self, queue_name, receipt_handle, visibility_timeout)
+
+    SQSBackend.receive_message = receive  # type: ignore[method-assign]
+    Queue.delete_message = delete_locked  # type: ignore[method-assign]
+    SQSBackend.change_message_visibility = change_locked  # type: ignore[method-assign]
+
+
 def main() -> None:
     from moto import server
 
@@ -76,6 +122,7 @@ def main() -> None:
         sys.exit("moto_main: this moto has no moto.sqs.models.unix_time/unix_time_millis "
                  "to patch; pin a moto version that has them (see pyproject.toml)")
     serialize_dynamodb()
+    serialize_sqs_queues()
     server.main(sys.argv[1:])
 
 

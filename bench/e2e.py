@@ -83,7 +83,7 @@ MX_HOST = "mx.sink.bench.quiver.test"
 SELECTOR = "b1"
 MESSAGE_BYTES = 5000
 WARMUP_MESSAGES = 200
-# Feeder batches: SendMessageBatch carries 10; one enqueue_batch call at most this many.
+# Feeder batches: SendMessageBatch carries 10; one feeding step at most this many.
 FEED_CHUNK = 100
 # How long the feeder waits when enough messages are outstanding.
 FEED_IDLE = 0.02
@@ -268,10 +268,14 @@ class Feeder(threading.Thread):
                 if room < 10:
                     await asyncio.sleep(FEED_IDLE)
                     continue
-                # Whole batches of ten (but for the last): no part-filled calls to pay for.
-                take = min(room, FEED_CHUNK) // 10 * 10
-                chunk = self._outgoing[self.enqueued:self.enqueued + take]
-                for batch in chunk_messages(chunk):
+                chunk = self._outgoing[self.enqueued:self.enqueued + min(room, FEED_CHUNK)]
+                batches = chunk_messages(chunk)
+                if len(batches) > 1 and self.enqueued + len(chunk) < len(self._outgoing):
+                    # The last batch waits for company, as a caller that sends steadily
+                    # fills its batches: no part-filled 64 KB chunks to pay for.
+                    batches.pop()
+                    chunk = chunk[:sum(len(b) for b in batches)]
+                for batch in batches:
                     answer = await sqs.call(
                         url=self._url, action="SendMessageBatch",
                         payload={"QueueUrl": self._url, "Entries": send_entries(batch)})

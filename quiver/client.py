@@ -26,7 +26,7 @@ from typing import Any
 
 from quiver import envelope as envelope_mod
 from quiver.content import DEFAULT_MAX_MESSAGE_SIZE, ContentError, LongLines, prepare
-from quiver.storage.sqs import chunk, text_size
+from quiver.storage.sqs import chunk, wire_size
 
 DEFAULT_SPILL_THRESHOLD = 200 * 1024
 
@@ -145,7 +145,7 @@ class QuiverClient:
     def send_built(self, entries: Sequence[tuple[str, str]]) -> BatchResult:
         """Send (caller id, SQS body from `build`) pairs with SendMessageBatch."""
         result = BatchResult()
-        for batch in chunk(list(entries), lambda entry: text_size(entry[1])):
+        for batch in chunk(list(entries), lambda entry: wire_size(entry[1])):
             self._send_batch(batch, result)
         return result
 

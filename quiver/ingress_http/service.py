@@ -35,7 +35,7 @@ from quiver.ingress_http.idempotency import ReplayStore
 from quiver.policy.tenants import TenantsPolicy, message_refusal
 from quiver.storage.base import StorageError
 from quiver.storage.boto_calls import aws_executor
-from quiver.storage.sqs import chunk, text_size
+from quiver.storage.sqs import chunk, wire_size
 from quiver.tenants.keys import TenantKeys
 
 PATH = "/v1/messages"
@@ -314,7 +314,7 @@ class IngressService:
                 by_id[caller_id].refuse("message", "queue.refused", reason, retryable=True)
 
         batches = chunk([(i.data["id"], i.body) for i in ready],
-                        lambda entry: text_size(entry[1]))
+                        lambda entry: wire_size(entry[1]))
         await asyncio.gather(*(loop.run_in_executor(aws_executor(), send, b)
                                for b in batches))
 

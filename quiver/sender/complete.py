@@ -40,6 +40,13 @@ from quiver.storage.base import (
 
 log = logging.getLogger("quiver.sender")
 
+# A flush costs the same whatever it carries: an events-queue message, an S3 object
+# per event type at the export, a confirmation in the finals table. Waiting up to
+# MAX_DELAY for a fuller one holds each message that much longer (its delivery is
+# done; only its delete waits), and a busy sender fills MAX_BATCH sooner.
+MAX_BATCH = 500
+MAX_DELAY = 0.2
+
 
 @dataclass(slots=True)
 class Completion:
@@ -63,8 +70,8 @@ class Completer:
         queue: Queue,
         dlq: Queue,
         sink: EventSink,
-        max_batch: int = 200,
-        max_delay: float = 0.05,
+        max_batch: int = MAX_BATCH,
+        max_delay: float = MAX_DELAY,
         on_durable: Callable[[Sequence[Record]], None] | None = None,
         confirm: Callable[[str, Collection[str]], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,

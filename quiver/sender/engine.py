@@ -16,7 +16,7 @@ from typing import Any
 from quiver.policy import Intake
 from quiver.sender.complete import Completer
 from quiver.sender.lifecycle import MessageHandler
-from quiver.storage.base import Queue, Received, StorageError
+from quiver.storage.base import BilledReceives, Queue, Received, StorageError
 
 log = logging.getLogger("quiver.sender")
 
@@ -72,6 +72,7 @@ class Sender:
         self._held: dict[str, _Held] = {}  # by SQS message id
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
+        self._asking = 0  # messages the receivers' requests in progress may bring
         # Set while there is room for more messages; receivers wait on it when full.
         self._room = asyncio.Event()
         self._room.set()
@@ -103,6 +104,28 @@ class Sender:
             and self._bytes < self._intake.max_inflight_bytes
         )
 
+    def _receive_room(self) -> int:
+        """How many messages a receive may ask for now (0: wait for room).
+
+        The room is counted net of what the other receivers' requests in progress may
+        bring. A busy sender waits for room for a whole receive: one for the odd free
+        slot bills a request for a message or two, where a whole one bills one for
+        eight or ten (quiver.storage.sqs). A sender with nothing in hand asks at once."""
+        if not self._has_room():
+            return 0
+        whole = min(self._whole_receive, self._intake.max_inflight_messages)
+        room = min(whole, self._intake.max_inflight_messages - len(self._held) - self._asking)
+        if room < whole and (self._held or self._asking):
+            return 0
+        return max(0, room)
+
+    @property
+    def _whole_receive(self) -> int:
+        """The messages a receive asks for when there is room for any number."""
+        if isinstance(self._queue, BilledReceives):
+            return self._queue.receive_size(10)
+        return 10
+
     async def run(self, stop: asyncio.Event) -> None:
         for start in self._on_start:
             await start(stop)  # before the first receive; each returns early on stop
@@ -117,6 +140,7 @@ class Sender:
             asyncio.create_task(service(stop)) for service in self._services
         ]
         await stop.wait()
+        self._room.set()  # receivers waiting for room see the stop
         log.info("stopping: draining %d messages", len(self._held))
         deadline = time.monotonic() + self._intake.drain_deadline
         # Receivers finish their current poll (at most POLL_WAIT) so no message is
@@ -147,25 +171,35 @@ class Sender:
 
     async def _receive_loop(self, stop: asyncio.Event, visibility: int) -> None:
         while not stop.is_set():
-            while not self._has_room():
+            while not self._receive_room() and not stop.is_set():
                 self._room.clear()
                 await self._room.wait()
+            if stop.is_set():
+                break
             if self._gate is not None:
                 await self._gate(stop)
                 if stop.is_set():
                     break
-            want = min(10, self._intake.max_inflight_messages - len(self._held))
+            want = self._receive_room()
+            if not want:
+                continue  # others took the room while the gate was awaited
             # Before the request: the visibility SQS starts can only start later.
             asked = time.monotonic()
+            self._asking += want
             try:
                 batch = await self._queue.receive(
-                    max_messages=max(1, want), wait_seconds=POLL_WAIT, visibility=visibility
+                    max_messages=want, wait_seconds=POLL_WAIT, visibility=visibility
                 )
             except StorageError as exc:
                 log.warning("receive failed: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
+            finally:
+                # No await from here until the batch is held, so the room stays counted.
+                self._asking -= want
+                if self._receive_room():
+                    self._room.set()  # what this request did not bring, another may ask for
             duplicates = []
             for received in batch:
                 self.stats.received += 1
@@ -215,7 +249,7 @@ class Sender:
                 self._recent.popitem(last=False)
         else:
             self.stats.returned += 1
-        if self._has_room():
+        if self._receive_room():
             self._room.set()
 
     async def _extend_loop(self, stop: asyncio.Event, visibility: int) -> None:

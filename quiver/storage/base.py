@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from quiver.adaptive.state import RateState
 from quiver.controls.model import Control
@@ -78,6 +78,16 @@ class Queue(Protocol):
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
         """Send all messages or raise StorageError; a partial success may leave copies."""
+        ...
+
+
+@runtime_checkable
+class BilledReceives(Protocol):
+    """A queue whose receives are billed by the size of their answer (SQS's 64 KB
+    chunks): it says how many messages a receive should ask for."""
+
+    def receive_size(self, limit: int) -> int:
+        """Messages to ask for, at most `limit`, that bill the fewest requests each."""
         ...
 
 

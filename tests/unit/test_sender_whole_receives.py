@@ -97,18 +97,24 @@ async def until(condition: Any) -> None:
             await asyncio.sleep(0.005)
 
 
+def started(*, receivers: int, limit: int
+            ) -> tuple[BilledQueue, GatedHandler, Sender, asyncio.Event, asyncio.Task[None]]:
+    """A sender running on the fakes (inside a running event loop)."""
+    holder: list[Sender] = []
+    queue, handler = BilledQueue(holder), GatedHandler()
+    sender = Sender(intake=Intake(receivers=receivers, max_inflight_messages=limit,
+                                  drain_deadline=5.0),
+                    queue=queue,  # type: ignore[arg-type]
+                    handler=handler,  # type: ignore[arg-type]
+                    completer=Completer())  # type: ignore[arg-type]
+    holder.append(sender)
+    stop = asyncio.Event()
+    return queue, handler, sender, stop, asyncio.create_task(sender.run(stop))
+
+
 def test_a_busy_sender_waits_for_room_for_a_whole_receive() -> None:
     async def scenario() -> tuple[BilledQueue, Sender]:
-        holder: list[Sender] = []
-        queue, handler = BilledQueue(holder), GatedHandler()
-        sender = Sender(intake=Intake(receivers=3, max_inflight_messages=LIMIT,
-                                      drain_deadline=5.0),
-                        queue=queue,  # type: ignore[arg-type]
-                        handler=handler,  # type: ignore[arg-type]
-                        completer=Completer())  # type: ignore[arg-type]
-        holder.append(sender)
-        stop = asyncio.Event()
-        running = asyncio.create_task(sender.run(stop))
+        queue, handler, sender, stop, running = started(receivers=3, limit=LIMIT)
         queue.add(100, 0)
         await until(lambda: sender.in_hand == 16)  # two whole receives; room for 4 left
         asked = len(queue.asked)
@@ -134,16 +140,7 @@ def test_a_busy_sender_waits_for_room_for_a_whole_receive() -> None:
 
 def test_an_idle_sender_asks_at_once() -> None:
     async def scenario() -> BilledQueue:
-        holder: list[Sender] = []
-        queue, handler = BilledQueue(holder), GatedHandler()
-        sender = Sender(intake=Intake(receivers=2, max_inflight_messages=5,
-                                      drain_deadline=5.0),
-                        queue=queue,  # type: ignore[arg-type]
-                        handler=handler,  # type: ignore[arg-type]
-                        completer=Completer())  # type: ignore[arg-type]
-        holder.append(sender)
-        stop = asyncio.Event()
-        running = asyncio.create_task(sender.run(stop))
+        queue, handler, sender, stop, running = started(receivers=2, limit=5)
         queue.add(1, 0)
         await until(lambda: sender.in_hand == 1)
         handler.finish(1)

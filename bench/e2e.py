@@ -270,9 +270,10 @@ class Feeder(threading.Thread):
                     continue
                 chunk = self._outgoing[self.enqueued:self.enqueued + min(room, FEED_CHUNK)]
                 batches = chunk_messages(chunk)
-                if len(batches) > 1 and self.enqueued + len(chunk) < len(self._outgoing):
-                    # The last batch waits for company, as a caller that sends steadily
-                    # fills its batches: no part-filled 64 KB chunks to pay for.
+                if (len(batches) > 1 and len(batches[-1]) < len(batches[0])
+                        and self.enqueued + len(chunk) < len(self._outgoing)):
+                    # A short last batch waits for company, as a caller that sends
+                    # steadily fills its batches: no part-filled 64 KB chunks to pay for.
                     batches.pop()
                     chunk = chunk[:sum(len(b) for b in batches)]
                 for batch in batches:

@@ -112,12 +112,15 @@ class Sender:
         The room is counted net of what the other receivers' requests in progress may
         bring. A busy sender waits for room for a whole receive: one for the odd free
         slot bills a request for a message or two, where a whole one bills one for
-        eight or ten (quiver.storage.sqs). A sender with nothing in hand asks at once."""
+        eight or ten (quiver.storage.sqs). A sender with nothing in hand asks at once.
+        The wait leaves at most a quarter of the limit idle, so a small limit is not
+        held up by one slow delivery."""
         if not self._has_room():
             return 0
-        whole = min(self._whole_receive, self._intake.max_inflight_messages)
-        room = min(whole, self._intake.max_inflight_messages - len(self._held) - self._asking)
-        if room < whole and (self._held or self._asking):
+        limit = self._intake.max_inflight_messages
+        room = min(self._whole_receive, limit - len(self._held) - self._asking)
+        if room < min(self._whole_receive, max(1, limit // 4)) and (
+                self._held or self._asking):
             return 0
         return max(0, room)
 
@@ -186,20 +189,23 @@ class Sender:
             # Before the request: the visibility SQS starts can only start later.
             asked = time.monotonic()
             self._asking += want
+            failed: StorageError | None = None
             try:
                 batch = await self._queue.receive(
                     max_messages=want, wait_seconds=POLL_WAIT, visibility=visibility
                 )
             except StorageError as exc:
-                log.warning("receive failed: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
+                batch, failed = [], exc
             finally:
                 # No await from here until the batch is held, so the room stays counted.
                 self._asking -= want
                 if self._receive_room():
                     self._room.set()  # what this request did not bring, another may ask for
+            if failed is not None:
+                log.warning("receive failed: %s", failed)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
             duplicates = []
             for received in batch:
                 self.stats.received += 1

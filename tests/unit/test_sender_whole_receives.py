@@ -1,6 +1,7 @@
 """A busy sender asks SQS for whole receives: with messages in hand it waits for room
-for as many as fill the answer's 64 KB billing chunks, and the receivers' requests in
-progress count against the in-flight limit, so together they never overshoot it."""
+for as many as fill the answer's 64 KB billing chunks (never more than a quarter of
+its limit), and the receivers' requests in progress count against the in-flight
+limit, so together they never overshoot it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from quiver.sender.engine import Sender
 from quiver.storage.base import Received
 
 WHOLE = 8  # what the queue says fills a receive's billing chunks
-LIMIT = 20  # max_inflight_messages
+LIMIT = 40  # max_inflight_messages: a quarter of it is more than WHOLE
 WAIT = 10.0  # bounds a stuck test, not a speed
 
 
@@ -116,14 +117,14 @@ def test_a_busy_sender_waits_for_room_for_a_whole_receive() -> None:
     async def scenario() -> tuple[BilledQueue, Sender]:
         queue, handler, sender, stop, running = started(receivers=3, limit=LIMIT)
         queue.add(100, 0)
-        await until(lambda: sender.in_hand == 16)  # two whole receives; room for 4 left
+        await until(lambda: sender.in_hand == LIMIT)  # five whole receives
         asked = len(queue.asked)
-        handler.finish(3)  # room for 7: still not a whole receive
-        await until(lambda: sender.in_hand == 13)
+        handler.finish(WHOLE - 1)  # room for 7: not a whole receive
+        await until(lambda: sender.in_hand == LIMIT - WHOLE + 1)
         await asyncio.sleep(0.1)  # a receiver that would ask, asks now
-        assert len(queue.asked) == asked and sender.in_hand == 13
+        assert len(queue.asked) == asked and sender.in_hand == LIMIT - WHOLE + 1
         handler.finish(1)  # room for 8
-        await until(lambda: sender.in_hand == 20)
+        await until(lambda: sender.in_hand == LIMIT)
         handler.open = True
         handler.finish(LIMIT)
         await until(lambda: not queue.waiting and sender.in_hand == 0)
@@ -152,4 +153,24 @@ def test_an_idle_sender_asks_at_once() -> None:
     queue = asyncio.run(scenario())
     # A limit under a whole receive is asked for whole; nothing in hand, no waiting.
     assert queue.asked[0] == (5, 0)
+    assert queue.peak <= 5
+
+
+def test_a_small_limit_is_not_held_up_by_one_slow_delivery() -> None:
+    async def scenario() -> BilledQueue:
+        queue, handler, sender, stop, running = started(receivers=2, limit=5)
+        queue.add(1, 0)
+        await until(lambda: sender.in_hand == 1)  # a delivery that does not end yet
+        queue.add(20, 1)
+        # Room for four, under a whole receive: a quarter of 5 rounds down to 1, so
+        # the free slots are filled while the slow one goes on.
+        await until(lambda: sender.in_hand == 5)
+        handler.open = True
+        handler.finish(5)
+        await until(lambda: not queue.waiting and sender.in_hand == 0)
+        stop.set()
+        await asyncio.wait_for(running, WAIT)
+        return queue
+
+    queue = asyncio.run(scenario())
     assert queue.peak <= 5

@@ -118,9 +118,9 @@ class Sender:
         if not self._has_room():
             return 0
         limit = self._intake.max_inflight_messages
-        room = min(self._whole_receive, limit - len(self._held) - self._asking)
-        if room < min(self._whole_receive, max(1, limit // 4)) and (
-                self._held or self._asking):
+        whole = self._whole_receive  # asks the queue: once per call, on every completion
+        room = min(whole, limit - len(self._held) - self._asking)
+        if room < min(whole, max(1, limit // 4)) and (self._held or self._asking):
             return 0
         return max(0, room)
 

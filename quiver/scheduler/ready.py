@@ -36,7 +36,6 @@ unattempted if none has a slot here, for a task that holds one to send.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -78,6 +77,11 @@ CROWDED_HOLD = 300.0
 # Greeting texts of servers at their connection limit: Exim "Too many concurrent
 # SMTP connections", Postfix "Error: too many connections from ...", and others.
 TOO_MANY_CONNECTIONS = re.compile(r"too many (?:[\w-]+ ){0,3}connections", re.IGNORECASE)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Reroute(Exception):
@@ -146,7 +150,10 @@ class ReadyQueue:
         # None: not backing off (no sentinel time, whatever the clock's origin).
         self.backoff_until: float | None = None
         self.backoff_reply: Reply | None = None
-        self._wakeup = asyncio.Event()
+        # Idle connections waiting for a job, the one idle the shortest time last. A
+        # queued job wakes one of them, not all: every idle connection woken for each
+        # job would scan the queue and wait again, ten wake-ups for each message sent.
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connections: set[Connection] = set()
@@ -154,7 +161,7 @@ class ReadyQueue:
         self.outcomes = OutcomeWindow(clock=clock)
         self._bind(limits, budgets)
         # Another queue waiting for this site wakes this one's idle connections.
-        self._site_budget.nudges.add(self._wakeup.set)
+        self._site_budget.nudges.add(self._wake_all)
 
     @property
     def backoff(self) -> float:
@@ -188,10 +195,10 @@ class ReadyQueue:
         if new is not old:
             old.wake()
         if new_site is not old_site:
-            old_site.nudges.discard(self._wakeup.set)
-            new_site.nudges.add(self._wakeup.set)
+            old_site.nudges.discard(self._wake_all)
+            new_site.nudges.add(self._wake_all)
             old_site.wake()
-        self._wakeup.set()
+        self._wake_all()
         self._maybe_start()
 
     def _bind(self, limits: Limits, budgets: Budgets) -> None:
@@ -263,7 +270,7 @@ class ReadyQueue:
             self._reroute_all(self.unseated_reply(), also=job)
             return
         self.jobs.append(job)
-        self._wakeup.set()
+        self._wake_one()
         self._maybe_start()
 
     def _effective_limit(self) -> int:
@@ -366,6 +373,11 @@ class ReadyQueue:
             conn.site.retiring -= 1
         conn.budget.release()
         conn.site.release()
+        # Jobs it put back (pipelined, or to resend) go to the idle connections.
+        if not self._closing:
+            for _ in range(len(self.jobs)):
+                if not self._wake_one():
+                    break
         if self.jobs and not self._closing:
             if self.backing_off():
                 # Put back after another connection's failure drained the queue (a
@@ -473,23 +485,70 @@ class ReadyQueue:
     async def next_job(self, conn: Connection) -> Job | None:
         """The next job for this connection; None to close it (idle, closing, or one
         connection too many after a policy reload lowered the limit)."""
-        deadline = time.monotonic() + IDLE_TIMEOUT
-        while not self._closing and not self.over_limit(conn):
-            while self.jobs:
-                job = self.jobs.popleft()
-                if not job.future.done():  # cancelled by a stopping sender: skip it
-                    return job
-            if self.site_wanted(conn):
-                return None  # idle, and another queue waits for a connection to the site
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._wakeup.clear()
-            # asyncio.timeout, not wait_for: no task per wait on this per-message path.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
+        deadline: float | None = None
+        try:
+            while not self._closing and not self.over_limit(conn):
+                while self.jobs:
+                    job = self.jobs.popleft()
+                    if not job.future.done():  # cancelled by a stopping sender: skip it
+                        return job
+                if self.site_wanted(conn):
+                    break  # idle, and another queue waits for a connection to the site
+                now = time.monotonic()
+                deadline = now + IDLE_TIMEOUT if deadline is None else deadline
+                if now >= deadline:
+                    break
+                await self._idle(deadline - now)
+        except BaseException:
+            self._pass_on()
+            raise
+        self._pass_on()
         return None
+
+    def _pass_on(self) -> None:
+        """A connection leaves without a job while jobs wait (one too many, giving the
+        site up, or cancelled after its wake-up): the wake-up goes to another idle
+        connection, or a job would wait for an idle timeout."""
+        if self.jobs and not self._closing:
+            self._wake_one()
+
+    async def _idle(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, to be woken for a job (or a re-check)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        # A timer, not asyncio.timeout: no context manager per wait on this path.
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if not waiter.done():
+                waiter.cancel()  # skipped by the next wake-up
+
+    @property
+    def waiting_connections(self) -> int:
+        """Idle connections waiting for a job now."""
+        return sum(not waiter.done() for waiter in self._waiters)
+
+    def _wake_one(self) -> bool:
+        """Wake the connection idle the shortest time (it is the warmest; the others
+        reach their idle timeout and close when the load no longer needs them).
+        False if none was waiting."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    def _wake_all(self) -> None:
+        """Wake every idle connection to re-check its limits (a reload, a site wanted
+        by another queue, closing)."""
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            _wake(waiter)
 
     def closed_by_server(self, reply: Reply, here: Path, *, tried: Job | None = None) -> None:
         """The server closed the connection after `reply` (a 421). A rate limit answered
@@ -611,7 +670,7 @@ class ReadyQueue:
 
     async def close(self) -> None:
         self._closing = True
-        self._wakeup.set()
+        self._wake_all()
         if self._workers:
             # Past the drain deadline already: QUIT politely, but briefly (the task's
             # stop timeout leaves 5 s after the deadline for all of the shutdown).

@@ -69,6 +69,7 @@ from quiver.returnpath import ReturnPaths, rotated
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
+from quiver.sender.collector import tune_collector
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
@@ -238,6 +239,8 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
                              unsubscribe=UnsubscribeHeaders(rotated(None, now=time.time() - 60))
                              if args.unsubscribe else None)
     sender = Sender(intake=policy.intake, queue=queue, handler=handler, completer=completer)
+    if args.collector == "tuned":
+        tune_collector()  # as `quiver sender` does once it is built
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     sample = render(message_id="s", from_addr=f"hello@{FROM_DOMAIN}", to=["u@x.test"],
@@ -290,6 +293,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
         "sender_cpu_us_per_msg_without_dkim": round(total - dkim_us, 1),
         "msgs_per_s": median("msgs_per_s"),
         "signing_threads": threads,
+        "collector": args.collector,
         "event_batches_sent": events.resent,
         "per_run": [{k: round(v, 1) for k, v in r.items()} for r in runs],
     }
@@ -310,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one-click unsubscribe headers, a signed copy per recipient")
     p.add_argument("--adaptive", choices=["on", "off"], default="off",
                    help="run the adaptive engine on every delivery (default off)")
+    p.add_argument("--collector", choices=["tuned", "default"], default="tuned",
+                   help="the sender's garbage-collector tuning, or CPython's defaults")
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:

@@ -37,6 +37,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
     from quiver.policy.reload import PolicySource
     from quiver.policy.source import policy_reader, read_policy
     from quiver.returnpath import KeyRingError
+    from quiver.sender.collector import tune_collector
     from quiver.settings import SettingsError, deployment_from_env
     from quiver.status.server import StatusBindError
     from quiver.wiring import build_sender, serve
@@ -77,6 +78,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
         print(f"quiver sender: {exc} (choose another --status-port, or 'off')",
               file=sys.stderr)
         return 2
+    tune_collector()
     _run(serve(sender))
     return 0
 

@@ -17,7 +17,7 @@ from quiver.content.header import check_header
 from quiver.content.lines import MAX_LINE, first_long_line, has_long_line, line_number
 from quiver.content.mime import parse
 from quiver.content.reencode import check_convertible, reencode
-from quiver.message import to_crlf
+from quiver.message import WireReady, to_crlf
 
 # The biggest providers refuse mail above 35-50 MB, and the sender holds each
 # message in memory while it is delivered.
@@ -61,7 +61,8 @@ def prepare(raw: bytes, *, max_size: int, long_lines: LongLines) -> Ready:
     long = has_long_line(message)
     eight = not message.isascii()
     if not long and not eight:
-        return Ready(message, eight_bit=False)
+        # Checked whole: CRLF-only, no NUL, no long line. Signing and SMTP take it as is.
+        return Ready(WireReady(message), eight_bit=False)
     if long and long_lines == "refuse":
         offset, length = first_long_line(message) or (0, 0)
         raise ContentError(
@@ -69,8 +70,9 @@ def prepare(raw: bytes, *, max_size: int, long_lines: LongLines) -> Ready:
             "content.long_lines is 'refuse'", line=line_number(message, offset))
     if eight:
         check_convertible(message, parse(message))
-    if long:
-        message = reencode(message, seven_bit=False)
+    if not long:
+        return Ready(WireReady(message), eight_bit=True)
+    message = reencode(message, seven_bit=False)
     return Ready(message, eight_bit=eight and not message.isascii())
 
 

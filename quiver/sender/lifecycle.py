@@ -61,7 +61,7 @@ from quiver.events import (
     rejected_events,
     rfc3339_ms,
 )
-from quiver.message import from_domain, message_id
+from quiver.message import from_domain, message_id, prefixed
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle, handle_of
 from quiver.returnpath import KeyRingError, ReturnPaths
@@ -324,7 +324,9 @@ class MessageHandler:
         if ready.eight_bit and not declare:
             message = seven_bit(message)
         domain = from_domain(message)
-        original = raw if env.raw is not None and message is not raw else None
+        # Kept only if it differs from what is signed (a retry starts from it then).
+        # Equal bytes, not the same object: a checked message is a WireReady copy.
+        original = raw if env.raw is not None and message != raw else None
         fields = self._unsubscribe_fields(env, domain, message)
         copies: dict[str, _Copy] | None = None
         try:
@@ -373,7 +375,7 @@ class MessageHandler:
 
     async def _signed(self, message: bytes, *, domain: str | None) -> tuple[bytes, int]:
         signature = await self._sign(message, domain=domain)
-        return signature + message, len(signature)
+        return prefixed(signature, message), len(signature)
 
     def _unsubscribe_fields(self, env: Envelope, domain: str | None,
                             message: bytes) -> dict[str, bytes] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from quiver.content.lines import MAX_LINE, may_have_long_line
-from quiver.message import to_crlf
+from quiver.message import WireReady, to_crlf
 
 # Printable ASCII without space and without the path's own brackets. Addresses
 # are ASCII (domains as A-labels; SMTPUTF8 is not offered) by the time they get here.
@@ -58,12 +58,14 @@ def payload_problem(message: bytes, *, eight_bit: bool) -> str | None:
     """Why `message` may not be sent as DATA, or None. Whole-buffer scans: a NUL, an
     8-bit byte unless `eight_bit` (BODY=8BITMIME) was declared, a line (as CRLF, LF or
     a lone CR end it) over 998 octets; only a message that may have such a line is
-    normalised to measure its lines exactly."""
-    if b"\0" in message:
+    normalised to measure its lines exactly. WireReady bytes were checked for NUL and
+    long lines when they were made."""
+    ready = type(message) is WireReady
+    if not ready and b"\0" in message:
         return "the message has a NUL byte"
     if not eight_bit and not message.isascii():
         return "8-bit message content not declared with BODY=8BITMIME"
-    if may_have_long_line(message) and max(
+    if not ready and may_have_long_line(message) and max(
             map(len, to_crlf(message).split(b"\r\n"))) > MAX_LINE:
         return f"a line of the message is longer than {MAX_LINE} octets"
     return None

@@ -8,6 +8,7 @@ MX lookups and the wire see ASCII only.
 
 from __future__ import annotations
 
+import functools
 import re
 
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 path limit less the angle brackets
@@ -27,8 +28,12 @@ class AddressError(ValueError):
     """An address that cannot be used on the wire; the message says which rule."""
 
 
+# Recipients' domains repeat (a campaign goes to a few thousand domains, most of it
+# to a handful): each message checks its sender's and each recipient's.
+@functools.lru_cache(maxsize=8192)
 def normalize_domain(domain: str) -> str:
-    """Lower-case A-label form of a domain; IDNs are converted (IDNA 2003 via the codec)."""
+    """Lower-case A-label form of a domain; IDNs are converted (IDNA 2003 via the codec).
+    Cached: the same answer (or the same AddressError, made again) for the same text."""
     if not domain:
         raise AddressError("empty domain")
     if domain.endswith("."):

@@ -30,6 +30,7 @@ from quiver.policy import parse_policy
 from quiver.routing.mx import MxResolver
 from quiver.routing.sources import SourcePicker
 from quiver.scheduler.scheduler import Scheduler
+from quiver.sender.collector import tune_collector
 from quiver.sender.complete import Completer
 from quiver.sender.engine import Sender
 from quiver.sender.lifecycle import MessageHandler
@@ -99,7 +100,8 @@ def status(field: str) -> float:
     return 0.0
 
 
-async def measure(messages: int, mx_port: int, timeout: float) -> dict[str, float]:
+async def measure(messages: int, mx_port: int, timeout: float, *, collector: str
+                  ) -> dict[str, float | str]:
     policy = parse_policy(POLICY.format(port=mx_port, inflight=messages))
     queue, dlq = FeederQueue(messages), MemoryQueue("dlq")
     baseline = status("VmRSS")
@@ -110,6 +112,8 @@ async def measure(messages: int, mx_port: int, timeout: float) -> dict[str, floa
                              bodies=MemoryBodyStore(), completer=completer,
                              classifier=default_classifier(), rng=random.Random(1))
     sender = Sender(intake=policy.intake, queue=queue, handler=handler, completer=completer)
+    if collector == "tuned":
+        tune_collector()  # as `quiver sender` does once it is built
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     deadline = time.monotonic() + timeout
@@ -120,9 +124,10 @@ async def measure(messages: int, mx_port: int, timeout: float) -> dict[str, floa
         if held >= messages:
             await asyncio.sleep(2.0)  # let the connections fill up too
             break
-    result = {"messages": messages, "held": held, "rss_mb": round(status("VmRSS"), 1),
-              "peak_rss_mb": round(status("VmHWM"), 1),
-              "startup_rss_mb": round(baseline, 1)}
+    result: dict[str, float | str] = {
+        "messages": messages, "held": held, "collector": collector,
+        "rss_mb": round(status("VmRSS"), 1), "peak_rss_mb": round(status("VmHWM"), 1),
+        "startup_rss_mb": round(baseline, 1)}
     task.cancel()
     return result
 
@@ -131,13 +136,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--collector", choices=["tuned", "default"], default="tuned",
+                        help="the sender's garbage-collector tuning, or CPython's defaults")
     args = parser.parse_args()
     from quiver.devstack.servers.mx import spawn_mx
 
     with tempfile.TemporaryDirectory() as tmp:
         mx = spawn_mx(store_dir=Path(tmp) / "mx", tarpit_seconds=30.0)
         try:
-            result = asyncio.run(measure(args.messages, mx.address[1], args.timeout))
+            result = asyncio.run(measure(args.messages, mx.address[1], args.timeout,
+                                         collector=args.collector))
         finally:
             mx.stop()
     print(json.dumps(result))

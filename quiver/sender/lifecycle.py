@@ -333,7 +333,7 @@ class MessageHandler:
             if fields is not None and len(fields) > 1:
                 copies = {}
                 for rcpt, head in fields.items():
-                    copy, length = await self._signed(head + message, domain=domain)
+                    copy, length = await self._signed(prefixed(head, message), domain=domain)
                     copies[rcpt] = _Copy(message=copy, seven_bit=_SevenBit(
                         functools.partial(self._sign, domain=domain), copy, length)
                         if declare else None)
@@ -342,7 +342,7 @@ class MessageHandler:
                 signed, signature_length = copy, length
             else:
                 if fields is not None:
-                    message = next(iter(fields.values())) + message
+                    message = prefixed(next(iter(fields.values())), message)
                 signed, signature_length = await self._signed(message, domain=domain)
         except DkimError as exc:
             return self._reject(received, f"raw: cannot DKIM-sign: {exc}", env,

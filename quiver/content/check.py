@@ -60,9 +60,6 @@ def prepare(raw: bytes, *, max_size: int, long_lines: LongLines) -> Ready:
     check_header(message)
     long = has_long_line(message)
     eight = not message.isascii()
-    if not long and not eight:
-        # Checked whole: CRLF-only, no NUL, no long line. Signing and SMTP take it as is.
-        return Ready(WireReady(message), eight_bit=False)
     if long and long_lines == "refuse":
         offset, length = first_long_line(message) or (0, 0)
         raise ContentError(
@@ -71,7 +68,8 @@ def prepare(raw: bytes, *, max_size: int, long_lines: LongLines) -> Ready:
     if eight:
         check_convertible(message, parse(message))
     if not long:
-        return Ready(WireReady(message), eight_bit=True)
+        # Checked whole: CRLF-only, no NUL, no long line. Signing and SMTP take it as is.
+        return Ready(WireReady(message), eight_bit=eight)
     message = reencode(message, seven_bit=False)
     return Ready(message, eight_bit=eight and not message.isascii())
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 
-CRLF = b"\r\n"
-# RFC 5322 2.1.1 and RFC 5321 4.5.3.1.6: at most 998 octets before each CRLF.
-MAX_LINE = 998
+# Re-exported for the content modules; defined once, with the line limit's RFCs,
+# in quiver.message.
+from quiver.message import CRLF as CRLF
+from quiver.message import MAX_LINE as MAX_LINE
+
 # How much of an offending line an error quotes: enough to find it.
 QUOTE = 40
 # Half a line and one octet: see may_have_long_line.

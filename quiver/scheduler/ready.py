@@ -373,11 +373,6 @@ class ReadyQueue:
             conn.site.retiring -= 1
         conn.budget.release()
         conn.site.release()
-        # Jobs it put back (pipelined, or to resend) go to the idle connections.
-        if not self._closing:
-            for _ in range(len(self.jobs)):
-                if not self._wake_one():
-                    break
         if self.jobs and not self._closing:
             if self.backing_off():
                 # Put back after another connection's failure drained the queue (a
@@ -386,6 +381,11 @@ class ReadyQueue:
                 assert self.backoff_reply is not None
                 self._drain(self.backoff_reply)
             else:
+                # Jobs it put back (pipelined, or to resend) go to the idle
+                # connections first, then to new ones if they are too few.
+                for _ in range(len(self.jobs)):
+                    if not self._wake_one():
+                        break
                 self._maybe_start()
 
     async def body(self, job: Job, session: SmtpSession[Job],

@@ -687,6 +687,9 @@ class LeanSqsQueue:
         self.client = client
         self.url = url
         self.bytes_per_message: float | None = None
+        # receive_size's answers for the bytes per message they were worked out for.
+        self._planned_for: float | None = None
+        self._plan: dict[int, int] = {}
 
     async def receive(
         self, *, max_messages: int, wait_seconds: int, visibility: int
@@ -706,7 +709,16 @@ class LeanSqsQueue:
         return received
 
     def receive_size(self, limit: int) -> int:
-        return receive_count(limit, self.bytes_per_message)
+        # Asked on every completion (the sender's room for a whole receive), while the
+        # answer changes only when a receive moves the bytes per message: worked out
+        # once per receive, not ten prefixes per message.
+        per = self.bytes_per_message
+        if per != self._planned_for:
+            self._planned_for, self._plan = per, {}
+        size = self._plan.get(limit)
+        if size is None:
+            size = self._plan[limit] = receive_count(limit, per)
+        return size
 
     async def delete(self, receipts: Sequence[str]) -> None:
         await self._every_chunk("DeleteMessageBatch", delete_entries, receipts)

@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +150,31 @@ def test_the_queue_learns_its_answers_size_and_asks_for_whole_chunks() -> None:
     # Nothing known at first; then 9 KB answers: seven fill one chunk, ten would bill two.
     assert client.asked == [10, 7, 7]
     assert queue.receive_size(10) == 7 and queue.receive_size(3) == 3
+
+
+def test_the_receive_size_is_worked_out_once_per_answer_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender asks for the receive size on every completion: the plan is kept
+    until a receive changes the bytes per message, and follows it when it does."""
+    import quiver.storage.sqs_lean as lean
+
+    worked: list[tuple[int, float | None]] = []
+
+    def counting(limit: int, per: float | None) -> int:
+        worked.append((limit, per))
+        return receive_count(limit, per)
+
+    monkeypatch.setattr(lean, "receive_count", counting)
+    client = AnsweringClient(9 * KB)
+    queue = LeanSqsQueue(client, "http://127.0.0.1:4566/123456789012/outbound")  # type: ignore[arg-type]
+    assert [queue.receive_size(10) for _ in range(50)] == [10] * 50
+    assert worked == [(10, None)]
+    asyncio.run(queue.receive(max_messages=10, wait_seconds=0, visibility=30))
+    assert [queue.receive_size(10) for _ in range(50)] == [7] * 50
+    assert queue.receive_size(3) == 3
+    assert [limit for limit, _ in worked] == [10, 10, 3]
+    # An answer of another size moves the figure: worked out again, for it.
+    client.body = "x" * (2 * KB)
+    asyncio.run(queue.receive(max_messages=10, wait_seconds=0, visibility=30))
+    assert queue.receive_size(10) == receive_count(10, queue.bytes_per_message)
+    assert worked[-1] == (10, queue.bytes_per_message)

@@ -135,3 +135,24 @@ def test_round_trips_bench_counts_one_round_trip_per_message_with_pipeline_next(
     assert data["round_trips_per_msg_pipeline_next_off"] == 2.0
     assert data["round_trips_per_msg_pipeline_next_on"] <= 1.1
     assert data["msgs_per_s_pipeline_next_on"] > 0 and data["ratio_on_vs_off"] > 0
+
+
+@pytest.mark.skipif(not installed("smtp-sink"), reason="smtp-sink is not installed (postfix)")
+def test_python_floor_bench_sets_the_floor_beside_the_sender() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "python_floor.py"), "--messages", "200",
+         "--rounds", "1", "--connections", "2", "--json"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["rounds"] == 1 and len(data["per_round"]) == 1
+    # Both sides delivered all 200 (each raises otherwise) and were measured.
+    assert data["floor_us_per_msg"] > 0 and data["sender_us_per_msg"] > 0
+    assert data["rsa_sign_us"] > 0 and data["floor_msgs_per_s"] > 0
+    # A ratio is its round's two figures (printed rounded to 0.1 µs) divided.
+    one = data["per_round"][0]
+    assert data["floor_per_rsa_sign"] == pytest.approx(
+        one["floor_us_per_msg"] / one["rsa_sign_us"], abs=0.01)
+    assert data["sender_without_rsa_per_floor"] == pytest.approx(
+        one["sender_us_without_rsa"] / one["floor_us_per_msg"], abs=0.01)

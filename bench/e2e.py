@@ -103,7 +103,7 @@ verify_tls = false
 allow_networks = ["127.0.0.0/8"]
 connect_timeout = "5s"
 command_timeout = "30s"
-
+{signing}
 [intake]
 receivers = {receivers}
 max_inflight_messages = {inflight}
@@ -148,6 +148,8 @@ class Settings:
     latency_rate: float
     postfix_sessions: int
     moto: str
+    # delivery.signing_threads for the sender; None: the policy's default.
+    signing_threads: int | None
     profile: bool
     keep: bool
     as_json: bool
@@ -335,6 +337,8 @@ class Bench:
         self.policy_path.write_text(POLICY.format(
             sink_port=self.sink.port, receivers=self.s.receivers, inflight=self.s.inflight,
             connections=self.s.connections, from_domain=FROM_DOMAIN, selector=SELECTOR,
+            signing="" if self.s.signing_threads is None
+            else f"signing_threads = {self.s.signing_threads}\n",
         ))
         self._start_postfix()
         self._start_sender()
@@ -709,6 +713,7 @@ def summary(o: Outcome) -> dict[str, Any]:
         "postfix_skipped": o.postfix_skipped,
         "settings": {
             "receivers": s.receivers, "max_connections_per_source": s.connections,
+            "signing_threads": s.signing_threads,
             "sources": 2, "max_inflight_messages": s.inflight, "feed_depth": s.depth,
             "postfix_sessions": s.postfix_sessions, "dkim": "rsa-sha256 (2048 bits)",
             "moto": s.moto,
@@ -909,6 +914,9 @@ def parse_args(argv: list[str] | None) -> Settings:
                    help="smtp-source sessions and Postfix's destination concurrency")
     p.add_argument("--moto", choices=("lean", "plain"), default="lean",
                    help="lean: moto with its hot spots removed (bench/lean_moto.py)")
+    p.add_argument("--signing-threads", type=int, default=None,
+                   help="the sender's delivery.signing_threads (default: the policy's, 1; "
+                        "0 signs on the event loop)")
     p.add_argument("--profile", action="store_true",
                    help="run the sender under py-spy; print where its CPU goes")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -916,11 +924,13 @@ def parse_args(argv: list[str] | None) -> Settings:
     a = p.parse_args(argv)
     if a.messages < 1 or a.runs < 1 or a.latency_rate <= 0 or a.depth < 10:
         p.error("--messages and --runs must be ≥ 1, --depth ≥ 10, --latency-rate > 0")
+    if a.signing_threads is not None and not 0 <= a.signing_threads <= 16:
+        p.error("--signing-threads must be 0-16")
     return Settings(
         messages=a.messages, runs=a.runs, receivers=a.receivers, connections=a.connections,
         inflight=a.inflight, depth=a.depth, latency_messages=a.latency_messages,
         latency_rate=a.latency_rate, postfix_sessions=a.postfix_sessions, moto=a.moto,
-        profile=a.profile,
+        signing_threads=a.signing_threads, profile=a.profile,
         keep=a.keep, as_json=a.json,
     )
 

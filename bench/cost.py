@@ -348,7 +348,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Path | None]:
     return Settings(
         messages=a.messages, runs=a.runs, receivers=8, connections=12, inflight=300,
         depth=100, latency_messages=0, latency_rate=1.0, postfix_sessions=1, moto="lean",
-        profile=False, keep=a.keep, as_json=a.json,
+        signing_processes=None, signing_threads=None, profile=False, keep=a.keep,
+        as_json=a.json,
     ), a.prices
 
 

@@ -6,9 +6,10 @@ Postfix: smtp-source → Postfix (private instance, queue on tmpfs) → smtp-sin
 Both deliver N messages of about 5 KB to one `smtp-sink -c`, which counts them,
 in alternating runs; each figure is the median over the runs. Printed:
 messages per second end to end for both and their ratio; CPU per message of the
-sender process alone (user + system from /proc, excluding moto, the sink and the
-feeder) and of every Postfix process; moto's share of the CPU measured on the
-Quiver side; enqueue → delivered latency at a light load; the sender's peak RSS.
+sender process and its DKIM signing worker processes (user + system from /proc,
+excluding moto, the sink and the feeder) and of every Postfix process; moto's
+share of the CPU measured on the Quiver side; enqueue → delivered latency at a
+light load; the sender's peak RSS (and its workers').
 
 moto stands in for SQS on the same two cores, and it is slow: its cost per call
 grows with the number of messages in the queue, in flight included. So a feeder
@@ -56,12 +57,14 @@ from rig import (
     SmtpSink,
     binary,
     children_of,
+    children_peak_rss_mb,
     cpu_seconds,
     peak_rss_mb,
     percentile,
     rsa_sign_us,
     self_cpu_seconds,
     start_sink,
+    tree_cpu_seconds,
 )
 
 from quiver.client import OutboundMessage, QuiverClient
@@ -148,7 +151,8 @@ class Settings:
     latency_rate: float
     postfix_sessions: int
     moto: str
-    # delivery.signing_threads for the sender; None: the policy's default.
+    # delivery.signing_processes and signing_threads for the sender; None: the policy's.
+    signing_processes: int | None
     signing_threads: int | None
     profile: bool
     keep: bool
@@ -200,6 +204,7 @@ class Outcome:
     postfix_queue: str | None = None
     latency: Latency | None = None
     peak_rss_mb: float | None = None
+    workers_peak_rss_mb: float | None = None  # the sender's signing worker processes
     # One RSA-2048 signature with the run's key, timed in this process after each run.
     rsa_sign_us: list[float] = field(default_factory=list)
     sender_stats: dict[str, int] = field(default_factory=dict)
@@ -337,8 +342,9 @@ class Bench:
         self.policy_path.write_text(POLICY.format(
             sink_port=self.sink.port, receivers=self.s.receivers, inflight=self.s.inflight,
             connections=self.s.connections, from_domain=FROM_DOMAIN, selector=SELECTOR,
-            signing="" if self.s.signing_threads is None
-            else f"signing_threads = {self.s.signing_threads}\n",
+            signing="".join(f"{key} = {value}\n" for key, value in (
+                ("signing_processes", self.s.signing_processes),
+                ("signing_threads", self.s.signing_threads)) if value is not None),
         ))
         self._start_postfix()
         self._start_sender()
@@ -415,7 +421,7 @@ class Bench:
         self.sender = None
         if process.poll() is None:
             with contextlib.suppress(OSError):
-                self.outcome.sender_lifetime_cpu_s = cpu_seconds(self.sender_pid)
+                self.outcome.sender_lifetime_cpu_s = tree_cpu_seconds(self.sender_pid)
             # SIGTERM to the sender itself (not to py-spy): it drains, logs its stats
             # and exits, and py-spy then writes the profile and exits too.
             with contextlib.suppress(ProcessLookupError):
@@ -561,7 +567,8 @@ class Bench:
                         credentials=moto_server.session(self.moto.endpoint).get_credentials(),
                         outstanding=self.s.inflight + self.s.depth,
                         delivered=lambda: self.sink.count() - base, halt=stop)
-        cpu0 = (cpu_seconds(self.sender_pid), cpu_seconds(self.moto.process.pid),
+        # The sender's CPU includes its signing worker processes'.
+        cpu0 = (tree_cpu_seconds(self.sender_pid), cpu_seconds(self.moto.process.pid),
                 self.sink.cpu_seconds(), self_cpu_seconds())
         started = time.monotonic()
         feeder.start()
@@ -585,7 +592,7 @@ class Bench:
             return None
         if complete:
             self._wait_drained(timeout=60)
-        cpu1 = (cpu_seconds(self.sender_pid), cpu_seconds(self.moto.process.pid),
+        cpu1 = (tree_cpu_seconds(self.sender_pid), cpu_seconds(self.moto.process.pid),
                 self.sink.cpu_seconds(), self_cpu_seconds())
         run = QuiverRun(
             messages=n, seconds=seconds, complete=complete,
@@ -594,6 +601,7 @@ class Bench:
             enqueue_failures=feeder.failures, sqs_calls=dict(self.calls.since(mark)),
         )
         self.outcome.peak_rss_mb = peak_rss_mb(self.sender_pid)
+        self.outcome.workers_peak_rss_mb = children_peak_rss_mb(self.sender_pid)
         progress_done(f"{label}: {run.msgs_per_s:.0f} msg/s, sender "
                       f"{run.sender_cpu_s / n * 1e6:.0f} µs CPU/msg"
                       + ("" if complete else " (INCOMPLETE)"))
@@ -700,6 +708,7 @@ def summary(o: Outcome) -> dict[str, Any]:
         "latency_delivered": lat.delivered,
         "latency_rate_per_s": lat.rate,
         "peak_rss_mb": _r(o.peak_rss_mb),
+        "workers_peak_rss_mb": _r(o.workers_peak_rss_mb),
         "moto_cpu_share": _r(sum(r.moto_cpu_s for r in q) / measured, 3) if measured else None,
         "moto_cpu_us_per_msg": _r(moto_us),
         "sink_cpu_us_per_msg": _r(sink_us),
@@ -713,7 +722,7 @@ def summary(o: Outcome) -> dict[str, Any]:
         "postfix_skipped": o.postfix_skipped,
         "settings": {
             "receivers": s.receivers, "max_connections_per_source": s.connections,
-            "signing_threads": s.signing_threads,
+            "signing_processes": s.signing_processes, "signing_threads": s.signing_threads,
             "sources": 2, "max_inflight_messages": s.inflight, "feed_depth": s.depth,
             "postfix_sessions": s.postfix_sessions, "dkim": "rsa-sha256 (2048 bits)",
             "moto": s.moto,
@@ -829,7 +838,7 @@ def table(data: dict[str, Any], out: Any) -> None:
       f"median of {runs['quiver']} Quiver / {runs['postfix']} Postfix runs; "
       f"same smtp-sink, same machine\n\n")
     w(f"  {'':34} {'msg/s':>9} {'CPU µs/msg':>12}\n")
-    w(f"  {'quiver sender (process alone)':34} {f(data['quiver_msgs_per_s']):>9} "
+    w(f"  {'quiver sender (and its workers)':34} {f(data['quiver_msgs_per_s']):>9} "
       f"{f(data['sender_cpu_us_per_msg']):>12}\n")
     queue = data["postfix_queue"] or "n/a"
     w(f"  {'postfix, queue on ' + queue + ' (all procs)':34} "
@@ -854,7 +863,8 @@ def table(data: dict[str, Any], out: Any) -> None:
       f"p50 {f(data['latency_p50_ms'])} ms, p99 {f(data['latency_p99_ms'])} ms "
       f"(sender's queued_ms: p50 {f(data['latency_queued_ms_p50'])}, "
       f"p99 {f(data['latency_queued_ms_p99'])})\n")
-    w(f"  sender peak RSS: {f(data['peak_rss_mb'], '{:.0f}')} MiB; "
+    w(f"  sender peak RSS: {f(data['peak_rss_mb'], '{:.0f}')} MiB (its signing worker "
+      f"processes: {f(data['workers_peak_rss_mb'], '{:.0f}')} MiB more); "
       f"stats {data['sender_stats']}\n")
     if "sqs_calls_per_1000_msgs" in data:
         calls = ", ".join(f"{k} {v:g}" for k, v in data["sqs_calls_per_1000_msgs"].items()
@@ -914,9 +924,11 @@ def parse_args(argv: list[str] | None) -> Settings:
                    help="smtp-source sessions and Postfix's destination concurrency")
     p.add_argument("--moto", choices=("lean", "plain"), default="lean",
                    help="lean: moto with its hot spots removed (bench/lean_moto.py)")
+    p.add_argument("--signing-processes", type=int, default=None,
+                   help="the sender's delivery.signing_processes (default: the policy's, 1)")
     p.add_argument("--signing-threads", type=int, default=None,
-                   help="the sender's delivery.signing_threads (default: the policy's, 1; "
-                        "0 signs on the event loop)")
+                   help="the sender's delivery.signing_threads instead (0, and no "
+                        "--signing-processes: it signs on the event loop)")
     p.add_argument("--profile", action="store_true",
                    help="run the sender under py-spy; print where its CPU goes")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -924,13 +936,17 @@ def parse_args(argv: list[str] | None) -> Settings:
     a = p.parse_args(argv)
     if a.messages < 1 or a.runs < 1 or a.latency_rate <= 0 or a.depth < 10:
         p.error("--messages and --runs must be ≥ 1, --depth ≥ 10, --latency-rate > 0")
-    if a.signing_threads is not None and not 0 <= a.signing_threads <= 16:
-        p.error("--signing-threads must be 0-16")
+    for count in (a.signing_processes, a.signing_threads):
+        if count is not None and not 0 <= count <= 16:
+            p.error("--signing-processes and --signing-threads must be 0-16")
+    if a.signing_processes and a.signing_threads:
+        p.error("--signing-processes or --signing-threads, not both")
     return Settings(
         messages=a.messages, runs=a.runs, receivers=a.receivers, connections=a.connections,
         inflight=a.inflight, depth=a.depth, latency_messages=a.latency_messages,
         latency_rate=a.latency_rate, postfix_sessions=a.postfix_sessions, moto=a.moto,
-        signing_threads=a.signing_threads, profile=a.profile,
+        signing_processes=a.signing_processes, signing_threads=a.signing_threads,
+        profile=a.profile,
         keep=a.keep, as_json=a.json,
     )
 

@@ -14,7 +14,7 @@ the cheapest form Python offers:
 
 It skips what the sender does besides: validating the envelope, content checks,
 the scheduler's limits and connection choice, DSN classification, completion
-and SQS deletes, the per-message task, and signing on a thread.
+and SQS deletes, the per-message task, and signing in a worker process.
 
 Runs alternate between the floor and bench/sender_cpu.py's production engine, in
 this process and on the same `smtp-sink`, with one RSA-2048 signature timed
@@ -25,6 +25,7 @@ floor. Prints figures, never fails on time.
 
     .venv/bin/python bench/python_floor.py                      # 3,000 messages, 3 rounds
     .venv/bin/python bench/python_floor.py --messages 2000 --rounds 5 --json
+    .venv/bin/python bench/python_floor.py --signing-threads 0   # the sender signs inline too
 """
 
 from __future__ import annotations
@@ -162,10 +163,13 @@ async def floor_run(bodies: list[str], port: int, connections: int) -> tuple[flo
     return cpu1 - cpu0, wall1 - wall0
 
 
-def sender_args(messages: int) -> argparse.Namespace:
-    """bench/sender_cpu.py's defaults: one recipient, RSA-2048, the policy's threads."""
+def sender_args(messages: int, *, processes: int | None, threads: int | None
+                ) -> argparse.Namespace:
+    """bench/sender_cpu.py's defaults: one recipient, RSA-2048, the policy's signing
+    workers unless `processes` or `threads` say otherwise."""
     return argparse.Namespace(
-        messages=messages, runs=1, timeout=600, signing_threads=None, recipients=1,
+        messages=messages, runs=1, timeout=600, signing_processes=processes,
+        signing_threads=threads, recipients=1,
         return_path=None, unsubscribe=False, adaptive="off", collector="tuned",
         moto_endpoint="")
 
@@ -176,10 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of floor then sender; medians (default 3)")
     p.add_argument("--connections", type=int, default=8, help="the floor's (default 8)")
+    p.add_argument("--signing-processes", type=int, default=None,
+                   help="the sender's signing worker processes (default: the policy's, 1)")
+    p.add_argument("--signing-threads", type=int, default=None,
+                   help="the sender's signing threads instead; with 0 (and no "
+                        "--signing-processes) it signs on the event loop, as the floor does")
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.messages < 100 or args.rounds < 1 or not 1 <= args.connections <= 64:
         p.error("--messages >= 100, --rounds >= 1, --connections 1-64")
+    for count in (args.signing_processes, args.signing_threads):
+        if count is not None and not 0 <= count <= 16:
+            p.error("--signing-processes and --signing-threads must be 0-16")
+    if args.signing_processes and args.signing_threads:
+        p.error("--signing-processes or --signing-threads, not both")
     try:
         import uvloop
         run: Callable[[Any], Any] = uvloop.run
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     key = DkimSigner.from_pem(domain=sender_cpu.FROM_DOMAIN, selector="c1",
                               algorithm="rsa-sha256", pem=generate_private_key("rsa-sha256"))
     rows: list[dict[str, float]] = []
+    workers_used: set[tuple[int, int]] = set()  # (processes, threads), as the sender said
     with tempfile.TemporaryDirectory(prefix="quiver-floor-") as tmp:
         sink = start_sink(work_dir=Path(tmp), port=free_port())
         try:
@@ -197,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 bodies = sender_cpu.bodies(args.messages, f"f{number}")
                 cpu_s, wall_s = run(floor_run(bodies, sink.port, args.connections))
                 floor_rsa = rsa_sign_us(key.key_sign)
-                result = run(sender_cpu.run(sender_args(args.messages), sink.port))
+                result = run(sender_cpu.run(sender_args(
+                    args.messages, processes=args.signing_processes,
+                    threads=args.signing_threads), sink.port))
+                workers_used.add((result["signing_processes"], result["signing_threads"]))
                 row = {
                     "floor_us_per_msg": cpu_s / args.messages * 1e6,
                     "floor_msgs_per_s": args.messages / wall_s,
@@ -220,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out = {
         "messages": args.messages, "rounds": args.rounds, "connections": args.connections,
+        # Where the sender signed (both 0: on its event loop), as it reported it.
+        "signing_processes": next(iter(workers_used))[0],
+        "signing_threads": next(iter(workers_used))[1],
         "floor_us_per_msg": round(median("floor_us_per_msg"), 1),
         "floor_msgs_per_s": round(median("floor_msgs_per_s"), 1),
         "sender_us_per_msg": round(median("sender_us_per_msg"), 1),

@@ -88,6 +88,17 @@ def rsa_sign_us(key_sign: Callable[[bytes], bytes], count: int = 200) -> float:
     return cpu_us_per_call(lambda: key_sign(data), count)
 
 
+def children_peak_rss_mb(pid: int) -> float:
+    """The peak resident sets of a process's running children, added up."""
+    total = 0.0
+    for child in children_of(pid):
+        try:
+            total += peak_rss_mb(child)
+        except OSError:
+            continue
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -43,6 +43,7 @@ import asyncio
 import json
 import random
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -52,7 +53,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rig import cpu_us_per_call, rsa_sign_us, start_sink
+from rig import cpu_seconds, cpu_us_per_call, rsa_sign_us, start_sink
 
 from quiver.adaptive.change import ChangeRecorder
 from quiver.adaptive.engine import AdaptiveEngine
@@ -62,7 +63,8 @@ from quiver.devstack.moto_server import start_moto
 from quiver.devstack.processes import free_port
 from quiver.devstack.samples import render
 from quiver.dkim import DkimSigner, SignerSet, generate_private_key
-from quiver.dkim.pool import SigningPool
+from quiver.dkim.pool import Signing, signing_for
+from quiver.dkim.processes import ProcessSigningPool
 from quiver.envelope import Envelope, encode
 from quiver.policy import parse_policy
 from quiver.returnpath import ReturnPaths, rotated
@@ -194,9 +196,15 @@ def moto_table(endpoint: str) -> Any:
     return ddb
 
 
-def cpu() -> float:
-    # Every thread of this process, at the clock's full resolution (os.times ticks at 10 ms).
-    return time.process_time()
+def cpu(signing: Signing | None = None) -> float:
+    """Every thread of this process, at the clock's full resolution (os.times ticks at
+    10 ms), and the signing worker processes: those running, and those reaped."""
+    total = time.process_time()
+    if isinstance(signing, ProcessSigningPool):
+        total += sum(cpu_seconds(pid) for pid in signing.pids)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += reaped.ru_utime + reaped.ru_stime
+    return total
 
 
 async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
@@ -220,10 +228,12 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     engine = AdaptiveEngine(policy=scheduler.policy, recorder=ChangeRecorder(None),
                             static_max=scheduler.static_rate, apply_rate=scheduler.adapt)
     scheduler.observe = engine.observe
-    # As the sender runs it: private-key operations on delivery.signing_threads threads.
-    threads = policy.delivery.signing_threads if args.signing_threads is None else (
-        args.signing_threads)
-    signing = SigningPool(threads) if threads else None
+    # As the sender runs it: private-key operations where delivery.signing_processes
+    # and delivery.signing_threads say, unless the command line says otherwise.
+    processes, threads = policy.delivery.signing_processes, policy.delivery.signing_threads
+    if args.signing_processes is not None or args.signing_threads is not None:
+        processes, threads = args.signing_processes or 0, args.signing_threads or 0
+    signing = signing_for(processes=processes, threads=threads)
     store: ReturnPathStore | None = None
     if args.return_path == "dynamo":
         store = DynamoReturnPaths(moto_table(args.moto_endpoint), "finals")
@@ -253,11 +263,11 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
             prepared = bodies(count, f"r{number}", args.recipients,
                               own_unsubscribe=not args.unsubscribe)
             target = sender.stats.completed + count
-            cpu0, wall0 = cpu(), time.monotonic()
+            cpu0, wall0 = cpu(signing), time.monotonic()
             queue.load(prepared, f"r{number}")
             while sender.stats.completed < target and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
-            cpu1, wall1 = cpu(), time.monotonic()
+            cpu1, wall1 = cpu(signing), time.monotonic()
             if sender.stats.completed < target:
                 raise RuntimeError(f"run {number}: {sender.stats} after {args.timeout} s")
             if number == 0:
@@ -275,7 +285,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
         stop.set()
         await asyncio.wait_for(task, 30)
         if signing is not None:
-            signing.close()
+            await signing.aclose()
 
     def median(key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 1)
@@ -292,6 +302,7 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
         "sender_cpu_us_per_msg_without_rsa": round(total - rsa_us, 1),
         "sender_cpu_us_per_msg_without_dkim": round(total - dkim_us, 1),
         "msgs_per_s": median("msgs_per_s"),
+        "signing_processes": processes,
         "signing_threads": threads,
         "collector": args.collector,
         "event_batches_sent": events.resent,
@@ -304,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=5000, help="per run (default 5,000)")
     p.add_argument("--runs", type=int, default=5, help="runs; medians (default 5)")
     p.add_argument("--timeout", type=float, default=600, help="for all runs together")
+    p.add_argument("--signing-processes", type=int, default=None,
+                   help="DKIM signing worker processes (default: the policy's, 1)")
     p.add_argument("--signing-threads", type=int, default=None,
-                   help="DKIM signing threads (default: the policy's, 1; 0 = on the loop)")
+                   help="DKIM signing threads instead (default 0; with "
+                        "--signing-processes 0 too, signing on the loop)")
     p.add_argument("--recipients", type=int, default=1, help="per message (default 1)")
     p.add_argument("--return-path", nargs="?", const="memory", choices=["memory", "dynamo"],
                    help="signed VERP: a MAIL FROM and a transaction per recipient, the "
@@ -320,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:
         p.error("--messages and --runs must be >= 1, --recipients 1-100")
+    if (args.signing_processes or 0) and (args.signing_threads or 0):
+        p.error("--signing-processes or --signing-threads, not both")
     try:
         import uvloop
     except ImportError:  # the sender runs on uvloop when it is installed; so does this

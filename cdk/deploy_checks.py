@@ -64,9 +64,10 @@ MEMORY_MIB_PER_VCPU = 2048
 
 
 def task_vcpus(policy: Policy) -> int:
-    """vCPUs for a sender task: one for the event loop, one per DKIM signing thread
-    (`delivery.signing_threads`), rounded up to a Fargate size."""
-    wanted = 1 + policy.delivery.signing_threads
+    """vCPUs for a sender task: one for the event loop, one per DKIM signing process
+    or thread (`delivery.signing_processes`, `delivery.signing_threads`), rounded up
+    to a Fargate size."""
+    wanted = 1 + policy.delivery.signing_processes + policy.delivery.signing_threads
     for size in FARGATE_VCPUS:
         if size >= wanted:
             return size

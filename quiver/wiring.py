@@ -18,7 +18,7 @@ from quiver.bounce import default_classifier
 from quiver.controls.active import ActiveControls, hold_reason
 from quiver.controls.poller import ControlPoller
 from quiver.dkim import signers_from_policy
-from quiver.dkim.pool import SigningPool
+from quiver.dkim.pool import signing_for
 from quiver.policy import Policy
 from quiver.policy.handle import PolicyHandle
 from quiver.policy.reload import PolicySource, PolicyWatcher
@@ -180,8 +180,8 @@ def build_sender(
     else:
         log.warning("no suppression table (QUIVER_SUPPRESSION_TABLE): recipients are not "
                     "checked against the suppression list")
-    threads = policy.delivery.signing_threads
-    signing = SigningPool(threads) if threads else None
+    signing = signing_for(processes=policy.delivery.signing_processes,
+                          threads=policy.delivery.signing_threads)
     handler = MessageHandler(
         signing=signing,
         finalized=finals.finalized if finals is not None else None,

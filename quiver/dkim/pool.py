@@ -10,6 +10,11 @@ end each operation.
 
 Results come back in batches: a finishing worker wakes the loop only if no
 wake-up is pending already, so under load many signatures cost one wake-up.
+
+Taking the GIL back after each signature is not free, though: beside the busy
+loop it cost the sender more CPU than the thread saved, so the sender signs in
+worker processes by default (quiver.dkim.processes); `signing_for` picks what
+policy says.
 """
 
 from __future__ import annotations
@@ -18,9 +23,26 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+from quiver.dkim.processes import ProcessSigningPool
+from quiver.dkim.signer import DkimSigner
 
 _Job = tuple[Callable[[bytes], bytes], bytes, asyncio.Future[bytes], asyncio.AbstractEventLoop]
 _Result = tuple[asyncio.Future[bytes], bytes | None, BaseException | None]
+
+
+class Signing(Protocol):
+    """Where the sender's private-key operations run: threads (SigningPool) or worker
+    processes (quiver.dkim.processes.ProcessSigningPool)."""
+
+    async def sign(self, signer: DkimSigner, data: bytes) -> bytes:
+        """`signer.key_sign(data)`, off the event loop."""
+        ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class SigningPool:
@@ -49,6 +71,9 @@ class SigningPool:
         future: asyncio.Future[bytes] = loop.create_future()
         self._jobs.put((operation, data, future, loop))
         return await future
+
+    async def sign(self, signer: DkimSigner, data: bytes) -> bytes:
+        return await self.run(signer.key_sign, data)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -91,3 +116,11 @@ class SigningPool:
     async def aclose(self) -> None:
         """`close`, as the sender's shutdown hooks call it."""
         self.close()
+
+
+def signing_for(*, processes: int, threads: int) -> Signing | None:
+    """Where policy says the private-key operations run (delivery.signing_processes,
+    delivery.signing_threads); None: on the event loop."""
+    if processes:
+        return ProcessSigningPool(processes)
+    return SigningPool(threads) if threads else None

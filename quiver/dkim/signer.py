@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 
 from quiver.dkim.canon import relaxed_body, relaxed_header, relaxed_value, split_message
@@ -167,11 +167,14 @@ class DkimSigner:
 
     def key_sign(self, data: bytes) -> bytes:
         """The private-key operation over the prepared data (RSA releases the GIL in it)."""
-        key = self._key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            # RFC 8463 3: Ed25519 (PureEdDSA) signs the SHA-256 hash of the data.
-            return key.sign(hashlib.sha256(data).digest())
-        return key.sign(data, _PKCS1, _SHA256)
+        return private_key_sign(self._key, data)
+
+    def key_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM, for a signing worker process
+        (quiver.dkim.worker) to load; it never leaves the host."""
+        return self._key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
 
     @staticmethod
     def finish(unsigned: Unsigned, signature: bytes) -> bytes:
@@ -221,6 +224,14 @@ class DkimSigner:
         if len(self._layouts) < MAX_LAYOUTS:
             self._layouts[key] = layout
         return layout
+
+
+def private_key_sign(key: PrivateKey, data: bytes) -> bytes:
+    """`b=`'s signature over the prepared data: RSASSA-PKCS1-v1_5 with SHA-256, or
+    Ed25519 over the data's SHA-256 (RFC 8463 3: PureEdDSA signs the hash)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(hashlib.sha256(data).digest())
+    return key.sign(data, _PKCS1, _SHA256)
 
 
 def _fold(tags: list[list[str]]) -> list[str]:

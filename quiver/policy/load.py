@@ -586,7 +586,8 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
     c.keys(
         t,
         {"ehlo", "port", "verify_tls", "tls_ca_file", "allow_networks", "connect_timeout",
-         "command_timeout", "routes", "signing_threads", "pipeline_next"},
+         "command_timeout", "routes", "signing_processes", "signing_threads",
+         "pipeline_next"},
         "delivery",
     )
     d = Delivery()
@@ -601,6 +602,14 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
             c.error(f"delivery.routes.{domain}", "expected 'host' or 'host:port'")
             continue
         routes.append((domain.lower(), target))
+    threads = c.get(t, "signing_threads", "delivery", _thread_count, d.signing_threads)
+    # A policy written before signing_processes existed says signing_threads alone,
+    # and keeps its threads; one that says neither gets the default process.
+    processes = c.get(t, "signing_processes", "delivery", _thread_count,
+                      0 if "signing_threads" in t else d.signing_processes)
+    if processes and threads:
+        c.error("delivery.signing_processes",
+                "set signing_processes or signing_threads, not both (0 for the other)")
     return Delivery(
         ehlo=c.get(t, "ehlo", "delivery", _hostname, d.ehlo),
         port=port,
@@ -610,8 +619,8 @@ def _delivery(c: _Checker, t: dict[str, Any]) -> Delivery:
         connect_timeout=c.get(t, "connect_timeout", "delivery", parse_duration, d.connect_timeout),
         command_timeout=c.get(t, "command_timeout", "delivery", parse_duration, d.command_timeout),
         routes=tuple(routes),
-        signing_threads=c.get(t, "signing_threads", "delivery", _thread_count,
-                              d.signing_threads),
+        signing_processes=processes,
+        signing_threads=threads,
         pipeline_next=c.get(t, "pipeline_next", "delivery", _boolean, d.pipeline_next),
     )
 

@@ -141,10 +141,13 @@ class Delivery:
     command_timeout: float = 300.0
     # Static routes: domain → "host[:port]", skipping MX lookup (smarthosts, test rigs).
     routes: tuple[tuple[str, str], ...] = ()
-    # Threads for DKIM private-key operations, beside the event loop (the RSA code
-    # releases the GIL). One lets a 2-vCPU task sign on its second core; more help
-    # only with more vCPUs. 0 signs on the event loop thread, stalling its I/O.
-    signing_threads: int = 1
+    # Worker processes for DKIM private-key operations, beside the event loop: one
+    # lets a 2-vCPU task sign on its second core; more help only with more vCPUs.
+    signing_processes: int = 1
+    # Threads instead (the RSA code releases the GIL), when signing_processes is 0:
+    # each signature then takes the GIL back from the busy loop, which costs more
+    # CPU than a process does. Both 0: signing on the event loop, stalling its I/O.
+    signing_threads: int = 0
     # Over PIPELINING, write the next queued message's MAIL, RCPT and DATA behind the
     # current body (RFC 2920 3.1): one round trip per message instead of two. Off is
     # for receivers that mishandle commands arriving right behind the end of data.

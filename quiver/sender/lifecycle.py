@@ -50,7 +50,7 @@ from quiver.controls.active import HOLD_STATUS, ActiveControls, hold_reason, hol
 from quiver.controls.model import Control
 from quiver.delivery import MESSAGE_LABELS, NO_LABELS, Attempt, Labels, Transport
 from quiver.dkim import DkimError, SignerSet
-from quiver.dkim.pool import SigningPool
+from quiver.dkim.pool import Signing
 from quiver.envelope import Envelope, EnvelopeError, LastReply
 from quiver.events import (
     FINAL_EVENTS,
@@ -180,7 +180,7 @@ class MessageHandler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         finalized: Callable[[str], Awaitable[set[str]]] | None = None,
-        signing: SigningPool | None = None,
+        signing: Signing | None = None,
         max_receives: int = 0,
         return_paths: ReturnPaths | None = None,
         return_path_store: ReturnPathStore | None = None,
@@ -587,12 +587,11 @@ class MessageHandler:
             # The common case, awaited directly: no task and no gather of its own.
             (signer,) = signers
             unsigned = signer.prepare(raw)
-            return signer.finish(unsigned, await self._signing.run(signer.key_sign,
-                                                                   unsigned.data))
+            return signer.finish(unsigned, await self._signing.sign(signer, unsigned.data))
         prepared = [(signer, signer.prepare(raw)) for signer in signers]
-        # The key operations of one message run side by side on the signing threads.
+        # The key operations of one message run side by side on the signing workers.
         signatures = await asyncio.gather(*(
-            self._signing.run(signer.key_sign, unsigned.data) for signer, unsigned in prepared))
+            self._signing.sign(signer, unsigned.data) for signer, unsigned in prepared))
         return b"".join(signer.finish(unsigned, signature)
                         for (signer, unsigned), signature in zip(prepared, signatures, strict=True))
 

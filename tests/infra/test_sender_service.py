@@ -43,16 +43,17 @@ def test_stop_timeout_follows_the_policy(
     assert container(template)["StopTimeout"] == 75
 
 
-def test_a_task_has_a_vcpu_for_the_loop_and_one_per_signing_thread(
+@pytest.mark.parametrize("line", ["signing_processes = 2", "signing_threads = 2"])
+def test_a_task_has_a_vcpu_for_the_loop_and_one_per_signing_worker(
     service: dict[str, Any], policy: Policy, policy_variant: Callable[..., Path],
-    tmp_path: Path,
+    tmp_path: Path, line: str,
 ) -> None:
     from aws_cdk.assertions import Template
 
     _, task = only(service, "AWS::ECS::TaskDefinition")
-    assert policy.delivery.signing_threads == 1
+    assert (policy.delivery.signing_processes, policy.delivery.signing_threads) == (1, 0)
     assert (task["Cpu"], task["Memory"]) == ("2048", "4096")
-    path = policy_variant(("signing_threads = 1", "signing_threads = 2"))
+    path = policy_variant(("signing_processes = 1", line))
     template = Template.from_stack(build(path, tmp_path / "out").service).to_json()
     _, task = only(template, "AWS::ECS::TaskDefinition")
     assert (task["Cpu"], task["Memory"]) == ("4096", "8192")  # 3 rounded up to a Fargate size

@@ -141,12 +141,13 @@ def test_round_trips_bench_counts_one_round_trip_per_message_with_pipeline_next(
 def test_python_floor_bench_sets_the_floor_beside_the_sender() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH.parent / "python_floor.py"), "--messages", "200",
-         "--rounds", "1", "--connections", "2", "--json"],
+         "--rounds", "1", "--connections", "2", "--signing-threads", "0", "--json"],
         capture_output=True, text=True, timeout=200, check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     data = json.loads(done.stdout.strip().splitlines()[-1])
     assert data["rounds"] == 1 and len(data["per_round"]) == 1
+    assert data["signing_threads"] == 0  # as the sender reported it ran
     # Both sides delivered all 200 (each raises otherwise) and were measured.
     assert data["floor_us_per_msg"] > 0 and data["sender_us_per_msg"] > 0
     assert data["rsa_sign_us"] > 0 and data["floor_msgs_per_s"] > 0

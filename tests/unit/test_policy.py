@@ -38,14 +38,36 @@ def test_defaults() -> None:
     assert [p.retry.delay(n) for n in (1, 2, 3, 7, 8)] == [300, 600, 1200, 14400, 14400]
     assert p.intake.drain_deadline == 100 and p.delivery.port == 25
     assert p.frontend(p.sources["s1"]) is None
-    assert p.delivery.signing_threads == 1
+    assert p.delivery.signing_processes == 1 and p.delivery.signing_threads == 0
     assert p.delivery.pipeline_next is True
 
 
+@pytest.mark.parametrize("key", ["signing_processes", "signing_threads"])
 @pytest.mark.parametrize("value", ["-1", "17", "true", '"2"', "1.5"])
-def test_signing_threads_must_be_a_small_whole_number(value: str) -> None:
-    with pytest.raises(PolicyError, match=r"delivery\.signing_threads"):
-        parse_policy(MINIMAL + f"\n[delivery]\nsigning_threads = {value}\n")
+def test_signing_workers_must_be_a_small_whole_number(key: str, value: str) -> None:
+    with pytest.raises(PolicyError, match=rf"delivery\.{key}"):
+        parse_policy(MINIMAL + f"\n[delivery]\n{key} = {value}\n")
+
+
+@pytest.mark.parametrize(("lines", "processes", "threads"), [
+    ("", 1, 0),  # the default: one worker process
+    ("signing_threads = 2", 0, 2),  # written before processes existed: keeps its threads
+    ("signing_threads = 0", 0, 0),  # on the event loop, as it said
+    ("signing_processes = 3", 3, 0),
+    ("signing_processes = 0\nsigning_threads = 2", 0, 2),
+    ("signing_processes = 2\nsigning_threads = 0", 2, 0),
+    ("signing_processes = 0", 0, 0),
+])
+def test_signing_runs_in_processes_unless_the_policy_names_threads(
+        lines: str, processes: int, threads: int) -> None:
+    d = parse_policy(MINIMAL + f"\n[delivery]\n{lines}\n").delivery
+    assert (d.signing_processes, d.signing_threads) == (processes, threads)
+
+
+def test_signing_processes_and_threads_are_not_both_used() -> None:
+    with pytest.raises(PolicyError, match=r"delivery\.signing_processes: set "
+                                          r"signing_processes or signing_threads, not both"):
+        parse_policy(MINIMAL + "\n[delivery]\nsigning_processes = 1\nsigning_threads = 1\n")
 
 
 @pytest.mark.parametrize("value", ["1", '"no"', "0"])

@@ -227,6 +227,8 @@ def policies(draw: st.DrawFn) -> tuple[dict[str, Any], list[Field]]:
         delivery["connect_timeout"] = draw(duration(1, 300))
     if draw(st.booleans()):
         delivery["signing_threads"] = draw(st.integers(0, 16))
+    elif draw(st.booleans()):
+        delivery["signing_processes"] = draw(st.integers(0, 16))
     if draw(st.booleans()):
         delivery["pipeline_next"] = draw(st.booleans())
     routes = {d: draw(HOSTNAME) for d in draw(st.lists(HOSTNAME, max_size=2, unique=True))}
@@ -240,6 +242,7 @@ def policies(draw: st.DrawFn) -> tuple[dict[str, Any], list[Field]]:
     field("delivery", "ehlo", bad=("bad host",))
     field("delivery", "connect_timeout", bad=("-1s", "forever"))
     field("delivery", "signing_threads", bad=(-1, 17, 1.5, True))
+    field("delivery", "signing_processes", bad=(-1, 17, 1.5, True))
     field("delivery", "pipeline_next", bad=(1, "no"))
 
     intake: dict[str, Any] = {}

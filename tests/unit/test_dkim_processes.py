@@ -1,0 +1,275 @@
+"""DKIM private-key operations in worker processes: the same signatures as on the loop,
+and no message waits on a worker that died, hangs up or talks nonsense."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import quiver.dkim.processes as processes
+from quiver.dkim import DkimError, DkimSigner, generate_private_key
+from quiver.dkim.processes import ProcessSigningPool
+from quiver.dkim.worker import (
+    FAILED,
+    FORGET,
+    HEADER,
+    KEY,
+    KEY_ID,
+    MAX_FRAME,
+    SIGN,
+    SIGNED,
+    FrameError,
+    Worker,
+    frame,
+    frames,
+)
+
+
+def signer(algorithm: str = "rsa-sha256", selector: str = "s1") -> DkimSigner:
+    return DkimSigner.from_pem(domain="example.com", selector=selector, algorithm=algorithm,
+                               pem=generate_private_key(algorithm))
+
+
+RSA = signer()
+ED = signer("ed25519-sha256", "e1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def python(code: str) -> list[str]:
+    """A stand-in worker: a Python process running `code`."""
+    return [sys.executable, "-c", code]
+
+
+SILENT = python("import sys; sys.stdin.buffer.read()")  # reads everything, answers nothing
+EXITS = python("import sys; sys.exit(3)")
+
+
+def test_workers_sign_exactly_as_the_loop_would() -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(2)
+        data = [b"signed header fields %d" % i for i in range(60)]
+        got = await asyncio.gather(*(pool.sign(s, d) for d in data for s in (RSA, ED)))
+        # RSASSA-PKCS1-v1_5 and Ed25519 are deterministic: equal bytes, not just valid.
+        assert got == [s.key_sign(d) for d in data for s in (RSA, ED)]
+        assert pool.started == 2 and len(pool.pids) == 2 and pool.signed_on_loop == 0
+        workers = [w.process for w in pool._workers]
+        await pool.aclose()
+        assert pool.pids == [] and all(p.returncode == 0 for p in workers)
+        with pytest.raises(RuntimeError, match="closed"):
+            await pool.sign(RSA, b"late")
+
+    asyncio.run(main())
+
+
+def test_jobs_of_a_worker_that_dies_are_signed_on_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1, command=SILENT)
+        jobs = [asyncio.ensure_future(pool.sign(RSA, b"m%d" % i)) for i in range(5)]
+        await asyncio.sleep(0)  # the jobs are written to the worker, which never answers
+        assert len(pool.pids) == 1 and not any(j.done() for j in jobs)
+        os.kill(pool.pids[0], signal.SIGKILL)
+        got = await asyncio.gather(*jobs)
+        assert got == [RSA.key_sign(b"m%d" % i) for i in range(5)]
+        assert pool.signed_on_loop == 5 and pool.pids == []
+        await pool.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="quiver.dkim.processes"):
+        asyncio.run(main())
+    assert "5 signatures made on the event loop" in caplog.text
+
+
+def test_a_worker_that_cannot_run_is_retried_after_a_growing_pause() -> None:
+    async def main() -> None:
+        clock = Clock()
+        pool = ProcessSigningPool(1, clock=clock, command=EXITS)
+        assert await pool.sign(RSA, b"a") == RSA.key_sign(b"a")
+        assert pool.started == 1 and pool.signed_on_loop == 1
+        # It ended without answering anything: the next start waits 2 s, not 1.
+        clock.now += 1.5
+        assert await pool.sign(RSA, b"b") == RSA.key_sign(b"b")
+        assert pool.started == 1 and pool.signed_on_loop == 2
+        clock.now += 0.5
+        assert await pool.sign(RSA, b"c") == RSA.key_sign(b"c")
+        assert pool.started == 2
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("answer", [
+    frame(SIGNED, 999, b"x" * 256),  # a job it was not given
+    HEADER.pack(SIGNED, 1, MAX_FRAME + 1),  # a frame longer than any answer
+    frame(KEY, 1, b""),  # a kind no worker sends
+])
+def test_a_worker_that_breaks_the_protocol_is_dropped(answer: bytes) -> None:
+    code = ("import os, sys; sys.stdin.buffer.raw.read(1); "
+            f"os.write(1, {answer!r}); sys.stdin.buffer.read()")
+
+    async def main() -> None:
+        pool = ProcessSigningPool(1, command=python(code))
+        assert await pool.sign(ED, b"data") == ED.key_sign(b"data")
+        assert pool.signed_on_loop == 1 and pool.pids == []
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_closing_lets_the_workers_answer_what_they_were_sent() -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1)
+        jobs = [asyncio.ensure_future(pool.sign(RSA, b"j%d" % i)) for i in range(20)]
+        await asyncio.sleep(0)
+        await pool.aclose()
+        assert [j.result() for j in jobs] == [RSA.key_sign(b"j%d" % i) for i in range(20)]
+        assert pool.signed_on_loop == 0
+
+    asyncio.run(main())
+
+
+def test_a_worker_that_does_not_end_is_killed() -> None:
+    async def main() -> None:
+        ignores_eof = python("import sys, time; sys.stdin.buffer.read(); time.sleep(600)")
+        pool = ProcessSigningPool(1, command=ignores_eof)
+        job = asyncio.ensure_future(pool.sign(RSA, b"x"))
+        await asyncio.sleep(0)
+        process = pool._workers[0].process
+        await pool.aclose(timeout=0.2)
+        assert job.result() == RSA.key_sign(b"x")  # signed on the loop when it was killed
+        assert process.returncode == -signal.SIGKILL
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_job_does_not_disturb_the_others() -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1)
+        first = asyncio.ensure_future(pool.sign(RSA, b"cancelled"))
+        second = asyncio.ensure_future(pool.sign(RSA, b"kept"))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await second == RSA.key_sign(b"kept")
+        assert pool.signed_on_loop == 0
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_keys_start_over_past_the_cache_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes, "MAX_KEYS", 2)
+    signers = [RSA, ED, signer("ed25519-sha256", "e2")]
+
+    async def main() -> None:
+        pool = ProcessSigningPool(1)
+        for _ in range(2):
+            for s in signers:
+                assert await pool.sign(s, b"d") == s.key_sign(b"d")
+        assert pool.signed_on_loop == 0
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_pool_serves_one_event_loop() -> None:
+    pool = ProcessSigningPool(1)
+
+    async def once() -> bytes:
+        return await pool.sign(ED, b"d")
+
+    asyncio.run(once())
+    (worker,) = [w.process for w in pool._workers]
+    with pytest.raises(RuntimeError, match="the event loop it started on"):
+        asyncio.run(once())
+    pool.close()  # with its loop gone: the worker is ended and reaped here
+    assert pool.pids == [] and worker.returncode == 0
+
+
+# -- the worker's side, in this process ----------------------------------------------
+
+
+def key_frame(key_id: int, s: DkimSigner) -> bytes:
+    return frame(KEY, key_id, s.algorithm.encode() + b"\n" + s.key_pem())
+
+
+def answer(worker: Worker, data: bytes) -> list[tuple[int, int, bytes]]:
+    replies = b"".join(worker.answer(*f) for f in frames(bytearray(data)))
+    return frames(bytearray(replies))
+
+
+def test_the_worker_reports_each_failure_to_its_job() -> None:
+    worker = Worker()
+    got = answer(worker, b"".join([
+        frame(SIGN, 1, KEY_ID.pack(7) + b"d"),  # no such key
+        frame(KEY, 8, b"rsa-sha256\nnot a key"),
+        frame(SIGN, 2, KEY_ID.pack(8) + b"d"),
+        key_frame(9, ED),
+        frame(SIGN, 3, KEY_ID.pack(9) + b"d"),
+        frame(FORGET, 0),
+        frame(SIGN, 4, KEY_ID.pack(9) + b"d"),
+    ]))
+    assert [(kind, job) for kind, job, _ in got] == [
+        (FAILED, 1), (FAILED, 2), (SIGNED, 3), (FAILED, 4)]
+    assert got[0][2] == b"no key 7 was sent"
+    assert got[1][2].startswith(b"the key did not load: not a PEM private key")
+    assert got[2][2] == ED.key_sign(b"d")
+    with pytest.raises(FrameError, match="unexpected frame kind 2"):
+        worker.answer(SIGN, 5, b"ab")  # too short to name a key
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([KEY, SIGN, FORGET, SIGNED]),
+                          st.integers(0, 2**32 - 1), st.binary(max_size=300)), max_size=8),
+       st.lists(st.integers(1, 64), max_size=10))
+def test_frames_come_back_whole_however_the_bytes_are_cut(
+        sent: list[tuple[int, int, bytes]], cuts: list[int]) -> None:
+    data = b"".join(frame(*f) for f in sent)
+    buffer, got, at = bytearray(), [], 0
+    for size in [*cuts, len(data)]:
+        buffer += data[at:at + size]
+        at += size
+        got.extend(frames(buffer))
+    assert got == sent and not buffer
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_are_frames_or_a_frame_error(data: bytes) -> None:
+    buffer = bytearray(data)
+    try:
+        for kind, number, payload in frames(buffer):
+            assert 0 <= kind < 256 and 0 <= number < 2**32 and len(payload) <= MAX_FRAME
+    except FrameError as exc:
+        assert "at most" in str(exc)
+    else:
+        assert len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(
+            buffer)[2]
+
+
+def test_a_failed_answer_is_a_dkim_error_to_its_message() -> None:
+    """A FAILED answer is a DkimError to the message, as a key that cannot sign would be
+    inline (the message is refused with the reason, the sender goes on)."""
+    code = ("import os, sys; sys.path.insert(0, " + repr(processes._ROOT) + "); "
+            "from quiver.dkim.worker import frame, FAILED; sys.stdin.buffer.raw.read(1); "
+            "os.write(1, frame(FAILED, 1, b'RuntimeError: boom')); sys.stdin.buffer.read()")
+
+    async def main() -> None:
+        pool = ProcessSigningPool(1, command=python(code))
+        with pytest.raises(DkimError, match="signing worker: RuntimeError: boom"):
+            await pool.sign(RSA, b"d")
+        await pool.aclose()
+
+    asyncio.run(main())

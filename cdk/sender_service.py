@@ -102,7 +102,7 @@ class SenderService(Construct):
         if min_tasks < 2:
             raise ValueError("min_tasks must be at least 2: one task per AZ survives an AZ loss")
         self.stop_timeout = Duration.seconds(stop_timeout_seconds(policy))
-        # One vCPU for the event loop and one per signing thread, unless given.
+        # One vCPU for the event loop and one per signing worker, unless given.
         vcpus = task_vcpus(policy)
         cpu = cpu or 1024 * vcpus
         memory_mib = memory_mib or MEMORY_MIB_PER_VCPU * vcpus

@@ -182,6 +182,11 @@ def build_sender(
                     "checked against the suppression list")
     signing = signing_for(processes=policy.delivery.signing_processes,
                           threads=policy.delivery.signing_threads)
+    if policy.delivery.signing_threads:
+        # Policies written before signing_processes said signing_threads = 1.
+        log.warning("delivery.signing_threads = %d: signing on threads costs more CPU per "
+                    "message than signing_processes = %d (and signing_threads = 0)",
+                    policy.delivery.signing_threads, policy.delivery.signing_threads)
     handler = MessageHandler(
         signing=signing,
         finalized=finals.finalized if finals is not None else None,

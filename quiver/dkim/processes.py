@@ -3,16 +3,17 @@
 Why processes: an RSA-2048 signature on a thread releases the GIL and must take
 it back from the busy event loop, and that handoff cost the sender more CPU than
 the thread saved: on the 2-core development machine (`bench/sender_cpu.py`, the
-same code alternating, three rounds) a signing thread cost 1,593-1,787 µs of CPU
-per message against 1,297-1,515 signing on the loop, while a worker process
-cost 1,360-1,498 (its CPU counted) and delivered the most: about 955 messages a
-second against 800 on a thread and 530 on the loop.
+three ways alternating, three rounds) a signing thread cost a median 1,545 µs of
+CPU per message, signing on the loop 1,289, a worker process 1,449 (its CPU
+counted), and the worker delivered the most: 1,116 messages a second against 862
+on a thread and 559 on the loop (README, Benchmarks).
 
 The event loop writes each job to a worker's stdin as a frame, never blocking (a
 full pipe keeps the rest until the worker reads it), and reads the signatures
-back when the worker's stdout is readable. A worker that dies, or says something
-outside the protocol, is killed and its unanswered jobs are signed on the event
-loop: no message waits on a worker that is gone. The next job starts a new worker
+back when the worker's stdout is readable. A worker that dies, fails a job, says
+something outside the protocol, or leaves a job unanswered for STALL_AFTER
+seconds is killed and its unanswered jobs are signed on the event loop: no
+message waits on a worker that is gone or stuck. The next job starts a new worker
 after a pause that doubles while new workers die without answering anything (1 s
 to a minute), so a worker that cannot start costs a log line per pause, and until
 one runs the loop signs.
@@ -34,25 +35,42 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple, cast
 
-from quiver.dkim.errors import DkimError
 from quiver.dkim.signer import DkimSigner
-from quiver.dkim.worker import FAILED, FORGET, KEY, KEY_ID, SIGN, SIGNED, FrameError, frame, frames
+from quiver.dkim.worker import (
+    FAILED,
+    FORGET,
+    KEY,
+    KEY_ID,
+    MAX_FRAME,
+    SIGN,
+    SIGNED,
+    FrameError,
+    frame,
+    frames,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_KEYS = 256
 FIRST_PAUSE = 1.0
 MAX_PAUSE = 60.0
+# A signature takes about a millisecond: a worker that has left a job unanswered
+# this long is stopped (SIGSTOP, a frozen cgroup, a deadlock) and is replaced.
+STALL_AFTER = 30.0
 _READ = 1 << 16
-# The package's parent directory, so that `-m quiver.dkim.worker` finds this very
-# code whether quiver is installed or run from a checkout.
+# The package's parent directory: the worker finds quiver where it is installed,
+# and else (run from a checkout) here. Appended to its path, after the standard
+# library; `-P` keeps the working directory off it (the image's is /tmp).
 _ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER = ("import sys; sys.path.append(sys.argv[1]); from quiver.dkim.worker import main; "
+           "sys.exit(main())")
 
 
 class _Job(NamedTuple):
     future: asyncio.Future[bytes]
     signer: DkimSigner
     data: bytes
+    sent_at: float
 
 
 class _Worker:
@@ -73,6 +91,7 @@ class _Worker:
         self.answered = 0
         self.input_closed = False
         self.lost = False
+        self.watch: asyncio.TimerHandle | None = None  # the stall check, while jobs wait
 
 
 class ProcessSigningPool:
@@ -80,13 +99,14 @@ class ProcessSigningPool:
 
     def __init__(
         self, processes: int, *, clock: Callable[[], float] = time.monotonic,
-        command: Sequence[str] | None = None,
+        command: Sequence[str] | None = None, stall_after: float = STALL_AFTER,
     ) -> None:
         if processes < 1:
             raise ValueError("a signing pool needs at least one process")
         self._size = processes
         self._clock = clock
-        self._command = list(command or (sys.executable, "-m", "quiver.dkim.worker"))
+        self._stall_after = stall_after
+        self._command = list(command or (sys.executable, "-P", "-c", _WORKER, _ROOT))
         self._workers: list[_Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._key_ids: dict[DkimSigner, int] = {}
@@ -114,11 +134,16 @@ class ProcessSigningPool:
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError("a signing pool serves the event loop it started on")
+        if len(data) + KEY_ID.size > MAX_FRAME:
+            # Signed header fields this large are a hostile message's: not worth a
+            # worker's protocol error (and its replacement).
+            return self._on_loop(signer, data)
+        # The key first: making room for it may write to the workers, and may find
+        # one gone.
+        key_id = self._key_id(signer)
         worker = self._worker()
         if worker is None:
-            self.signed_on_loop += 1
-            return signer.key_sign(data)
-        key_id = self._key_id(signer)
+            return self._on_loop(signer, data)
         key = b""
         if key_id not in worker.keys:
             worker.keys.add(key_id)
@@ -127,9 +152,15 @@ class ProcessSigningPool:
         future: asyncio.Future[bytes] = loop.create_future()
         # Held before it is written: if the write finds the worker gone, the job is
         # among those `_lost` signs here.
-        worker.jobs[job_id] = _Job(future, signer, data)
+        worker.jobs[job_id] = _Job(future, signer, data, self._clock())
         self._send(worker, key + frame(SIGN, job_id, KEY_ID.pack(key_id) + data))
+        if worker.watch is None and not worker.lost:
+            worker.watch = loop.call_later(self._stall_after, self._check_stall, worker)
         return await future
+
+    def _on_loop(self, signer: DkimSigner, data: bytes) -> bytes:
+        self.signed_on_loop += 1
+        return signer.key_sign(data)
 
     def close(self) -> None:
         """Stop taking jobs; each worker ends once it has answered what it was sent
@@ -141,6 +172,8 @@ class ProcessSigningPool:
             # awaits their jobs any more either; the loop that did is gone.)
             for worker in self._workers:
                 worker.lost = True
+                if not loop.is_closed():
+                    self._unwatch(loop, worker)
                 for stream in (worker.stdin, worker.stdout):
                     stream.close()
                 try:
@@ -153,11 +186,12 @@ class ProcessSigningPool:
         for worker in list(self._workers):
             self._close_input(worker)
 
-    async def aclose(self, timeout: float = 10.0) -> None:
+    async def aclose(self, timeout: float = 2.0) -> None:
         """`close`, then wait (at most `timeout`) for the workers to end; kill the rest."""
         self.close()
         if self._workers:
-            self._ended = asyncio.get_running_loop().create_future()
+            if self._ended is None or self._ended.done():
+                self._ended = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._ended), timeout)
             except TimeoutError:
@@ -181,12 +215,12 @@ class ProcessSigningPool:
         return min(self._workers, key=lambda w: len(w.jobs))
 
     def _start(self) -> bool:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         try:
             process = subprocess.Popen(
-                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                close_fds=True)
+                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                # Its own session: a Ctrl-C at a terminal reaches the sender, which
+                # drains (still signing), not the worker. It ends when stdin closes.
+                start_new_session=True)
         except OSError as exc:
             log.error("cannot start a DKIM signing worker (%s): signing on the event loop",
                       exc)
@@ -196,6 +230,7 @@ class ProcessSigningPool:
         self._loop.add_reader(worker.read_fd, self._readable, worker)
         self._workers.append(worker)
         self.started += 1
+        log.info("DKIM signing worker %d started", process.pid)
         return True
 
     def _key_id(self, signer: DkimSigner) -> int:
@@ -205,7 +240,7 @@ class ProcessSigningPool:
         if len(self._key_ids) >= MAX_KEYS:
             # Many more key rings than a sender ever holds at once: start over.
             self._key_ids.clear()
-            for worker in self._workers:
+            for worker in list(self._workers):  # a failed write drops the worker
                 worker.keys.clear()
                 self._send(worker, frame(FORGET, 0))
         self._next_key = key_id = (self._next_key + 1) & 0xFFFFFFFF
@@ -269,22 +304,48 @@ class ProcessSigningPool:
                     self._lost(worker, f"sent frame kind {kind} for job {job_id}, "
                                        "not the answer to a job it holds")
                     return
+                if kind == FAILED:
+                    # A signature over any bytes cannot fail for the message's sake:
+                    # the worker and this pool disagree (about a key), or the worker
+                    # is unwell. A new worker, and this job signed here.
+                    self._lost(worker, "failed a job: "
+                                       + payload.decode("utf-8", "replace")[:300])
+                    return
                 del worker.jobs[job_id]
                 worker.answered += 1
                 self._pause = FIRST_PAUSE  # workers start and work
-                if job.future.done():
-                    continue  # its message was cancelled meanwhile
-                if kind == SIGNED:
+                if not job.future.done():  # else its message was cancelled meanwhile
                     job.future.set_result(payload)
-                else:
-                    job.future.set_exception(DkimError(
-                        f"signing worker: {payload.decode('utf-8', 'replace')}"))
+
+    def _check_stall(self, worker: _Worker) -> None:
+        """Replace `worker` if its oldest unanswered job has waited too long."""
+        worker.watch = None
+        if worker.lost or not worker.jobs:
+            return  # the next job watches again
+        oldest = next(iter(worker.jobs.values())).sent_at  # answered jobs leave the dict
+        waited = self._clock() - oldest
+        if waited >= self._stall_after:
+            self._lost(worker, f"left a job unanswered for {waited:.1f} s")
+            return
+        assert self._loop is not None
+        worker.watch = self._loop.call_later(self._stall_after - waited, self._check_stall,
+                                             worker)
 
     def _close_input(self, worker: _Worker) -> None:
         if worker.input_closed or worker.unwritten:
             return  # closed once what waits has been written (_writable)
         worker.input_closed = True
         worker.stdin.close()
+
+    @staticmethod
+    def _unwatch(loop: asyncio.AbstractEventLoop, worker: _Worker) -> None:
+        """Take `worker`'s pipes and timer off the loop (before its pipes are closed)."""
+        if worker.watch is not None:
+            worker.watch.cancel()
+            worker.watch = None
+        loop.remove_reader(worker.read_fd)
+        if worker.unwritten:
+            loop.remove_writer(worker.write_fd)
 
     def _lost(self, worker: _Worker, why: str) -> None:
         """End `worker` for good; sign its unanswered jobs here."""
@@ -294,30 +355,35 @@ class ProcessSigningPool:
         self._workers.remove(worker)
         loop = self._loop
         assert loop is not None
-        loop.remove_reader(worker.read_fd)
-        if worker.unwritten:
-            loop.remove_writer(worker.write_fd)
+        self._unwatch(loop, worker)
         for stream in (worker.stdin, worker.stdout):
             stream.close()
-        if worker.process.poll() is None:
-            worker.process.kill()
-        # Reaped off the loop: a killed process may take a moment to be gone.
-        reaped = loop.run_in_executor(None, worker.process.wait)
-        self._gone.add(reaped)
-        reaped.add_done_callback(self._gone.discard)
-        if not self._workers and self._ended is not None and not self._ended.done():
-            self._ended.set_result(None)
+        code = worker.process.poll()
         pending = [job for job in worker.jobs.values() if not job.future.done()]
         worker.jobs.clear()
         if not (self._closed and worker.input_closed and not pending):
             if not worker.answered:
                 self._pause = min(self._pause * 2, MAX_PAUSE)
-            log.warning("DKIM signing worker %d %s (exit %s): %d signatures made on the "
-                        "event loop", worker.process.pid, why, worker.process.poll(),
-                        len(pending))
+            log.warning("DKIM signing worker %d %s (%s): %d signatures made on the event loop",
+                        worker.process.pid, why,
+                        "running, killed" if code is None else f"exit {code}", len(pending))
+        # On the loop, one after another: a worker's end is rare, and the jobs it
+        # held (at most the messages in flight) are signed at once, not lost.
         for job in pending:
             self.signed_on_loop += 1
             try:
                 job.future.set_result(job.signer.key_sign(job.data))
             except Exception as exc:  # the message's own error, as signing inline would
                 job.future.set_exception(exc)
+        if code is None:
+            worker.process.kill()
+        try:
+            # Reaped off the loop: a killed process may take a moment to be gone.
+            reaped = loop.run_in_executor(None, worker.process.wait)
+        except RuntimeError:  # the executor is shut down: Popen reaps it when collected
+            pass
+        else:
+            self._gone.add(reaped)
+            reaped.add_done_callback(self._gone.discard)
+        if not self._workers and self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)

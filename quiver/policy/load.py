@@ -45,8 +45,8 @@ from quiver.routing.safety import IPNetwork, forbidden_overlaps
 from quiver.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
-# More signing threads than this only contend for the GIL (and for cores a task
-# does not have).
+# More signing workers than this (processes or threads) only contend for cores a task
+# does not have (and threads for the GIL too).
 MAX_THREADS = 16
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -157,3 +157,19 @@ def test_python_floor_bench_sets_the_floor_beside_the_sender() -> None:
         one["floor_us_per_msg"] / one["rsa_sign_us"], abs=0.01)
     assert data["sender_without_rsa_per_floor"] == pytest.approx(
         one["sender_us_without_rsa"] / one["floor_us_per_msg"], abs=0.01)
+
+
+def test_rsa_beside_bench_measures_each_setting_against_alone() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "rsa_beside.py"), "--signatures", "10",
+         "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["alone_vs_alone"] == 1.0 and data["rounds"] == 1
+    for key in ("python_thread", "C_thread_without_the_GIL", "python_process"):
+        # One round: its ratio is its figure over that round's "alone" (both rounded).
+        assert data[f"{key}_us"] > 0
+        assert data[f"{key}_vs_alone"] == pytest.approx(
+            data[f"{key}_us"] / data["alone_us"], rel=0.01)

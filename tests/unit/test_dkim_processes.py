@@ -8,13 +8,15 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import quiver.dkim.processes as processes
-from quiver.dkim import DkimError, DkimSigner, generate_private_key
+from quiver.dkim import DkimSigner, generate_private_key
 from quiver.dkim.processes import ProcessSigningPool
 from quiver.dkim.worker import (
     FAILED,
@@ -56,9 +58,32 @@ def python(code: str) -> list[str]:
 
 SILENT = python("import sys; sys.stdin.buffer.read()")  # reads everything, answers nothing
 EXITS = python("import sys; sys.exit(3)")
+DEAF = python("import time; time.sleep(600)")  # reads nothing at all
 
 
-def test_workers_sign_exactly_as_the_loop_would() -> None:
+def event_loops() -> list[Callable[[Coroutine[Any, Any, None]], None]]:
+    """asyncio's loop, and uvloop's (the sender's) where it is installed."""
+    runners: list[Callable[[Coroutine[Any, Any, None]], None]] = [asyncio.run]
+    try:
+        import uvloop
+    except ImportError:
+        return runners
+    return [*runners, uvloop.run]
+
+
+def run(main: Coroutine[Any, Any, None],
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run) -> None:
+    """`main` on `runner`'s loop; a regression that hangs fails here, not at the
+    suite's timeout."""
+    async def bounded() -> None:
+        await asyncio.wait_for(main, 60)
+
+    runner(bounded())
+
+
+@pytest.mark.parametrize("runner", event_loops())
+def test_workers_sign_exactly_as_the_loop_would(
+        runner: Callable[[Coroutine[Any, Any, None]], None]) -> None:
     async def main() -> None:
         pool = ProcessSigningPool(2)
         data = [b"signed header fields %d" % i for i in range(60)]
@@ -72,7 +97,31 @@ def test_workers_sign_exactly_as_the_loop_would() -> None:
         with pytest.raises(RuntimeError, match="closed"):
             await pool.sign(RSA, b"late")
 
-    asyncio.run(main())
+    run(main(), runner)
+
+
+@pytest.mark.parametrize("runner", event_loops())
+def test_jobs_larger_than_the_pipe_are_written_as_it_drains(
+        runner: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1)
+        data = [bytes([i]) * (1 << 20) for i in range(3)]  # 1 MiB each; a pipe holds 64 KiB
+        got = await asyncio.gather(*(pool.sign(ED, d) for d in data))
+        assert got == [ED.key_sign(d) for d in data] and pool.signed_on_loop == 0
+        await pool.aclose()
+
+    run(main(), runner)
+
+
+def test_data_beyond_a_frame_is_signed_on_the_loop() -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1)
+        data = b"h" * MAX_FRAME
+        assert await pool.sign(RSA, data) == RSA.key_sign(data)
+        assert pool.signed_on_loop == 1 and pool.started == 0  # no worker was bothered
+        await pool.aclose()
+
+    run(main())
 
 
 def test_jobs_of_a_worker_that_dies_are_signed_on_the_loop(
@@ -89,7 +138,7 @@ def test_jobs_of_a_worker_that_dies_are_signed_on_the_loop(
         await pool.aclose()
 
     with caplog.at_level(logging.WARNING, logger="quiver.dkim.processes"):
-        asyncio.run(main())
+        run(main())
     assert "5 signatures made on the event loop" in caplog.text
 
 
@@ -108,7 +157,7 @@ def test_a_worker_that_cannot_run_is_retried_after_a_growing_pause() -> None:
         assert pool.started == 2
         await pool.aclose()
 
-    asyncio.run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("answer", [
@@ -126,7 +175,7 @@ def test_a_worker_that_breaks_the_protocol_is_dropped(answer: bytes) -> None:
         assert pool.signed_on_loop == 1 and pool.pids == []
         await pool.aclose()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_closing_lets_the_workers_answer_what_they_were_sent() -> None:
@@ -134,11 +183,11 @@ def test_closing_lets_the_workers_answer_what_they_were_sent() -> None:
         pool = ProcessSigningPool(1)
         jobs = [asyncio.ensure_future(pool.sign(RSA, b"j%d" % i)) for i in range(20)]
         await asyncio.sleep(0)
-        await pool.aclose()
+        await pool.aclose(timeout=50)  # however slow the machine: the answers come first
         assert [j.result() for j in jobs] == [RSA.key_sign(b"j%d" % i) for i in range(20)]
         assert pool.signed_on_loop == 0
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_worker_that_does_not_end_is_killed() -> None:
@@ -152,7 +201,7 @@ def test_a_worker_that_does_not_end_is_killed() -> None:
         assert job.result() == RSA.key_sign(b"x")  # signed on the loop when it was killed
         assert process.returncode == -signal.SIGKILL
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_cancelled_job_does_not_disturb_the_others() -> None:
@@ -166,7 +215,7 @@ def test_a_cancelled_job_does_not_disturb_the_others() -> None:
         assert pool.signed_on_loop == 0
         await pool.aclose()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_keys_start_over_past_the_cache_bound(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +230,7 @@ def test_keys_start_over_past_the_cache_bound(monkeypatch: pytest.MonkeyPatch) -
         assert pool.signed_on_loop == 0
         await pool.aclose()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_pool_serves_one_event_loop() -> None:
@@ -259,17 +308,67 @@ def test_any_bytes_are_frames_or_a_frame_error(data: bytes) -> None:
             buffer)[2]
 
 
-def test_a_failed_answer_is_a_dkim_error_to_its_message() -> None:
-    """A FAILED answer is a DkimError to the message, as a key that cannot sign would be
-    inline (the message is refused with the reason, the sender goes on)."""
-    code = ("import os, sys; sys.path.insert(0, " + repr(processes._ROOT) + "); "
+def test_a_failed_answer_replaces_the_worker_and_the_job_is_signed_on_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A signature over any bytes cannot fail for the message's sake: a FAILED answer
+    means the worker is unwell, never that the message is refused."""
+    code = ("import os, sys; sys.path.append(" + repr(processes._ROOT) + "); "
             "from quiver.dkim.worker import frame, FAILED; sys.stdin.buffer.raw.read(1); "
             "os.write(1, frame(FAILED, 1, b'RuntimeError: boom')); sys.stdin.buffer.read()")
 
     async def main() -> None:
         pool = ProcessSigningPool(1, command=python(code))
-        with pytest.raises(DkimError, match="signing worker: RuntimeError: boom"):
-            await pool.sign(RSA, b"d")
+        assert await pool.sign(RSA, b"d") == RSA.key_sign(b"d")
+        assert pool.signed_on_loop == 1 and pool.pids == []
         await pool.aclose()
 
-    asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="quiver.dkim.processes"):
+        run(main())
+    assert "failed a job: RuntimeError: boom" in caplog.text
+
+
+def test_a_worker_that_leaves_a_job_unanswered_is_replaced(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        # SILENT never answers: however long the check takes to come, the job waited
+        # longer than this.
+        pool = ProcessSigningPool(1, command=SILENT, stall_after=0.05)
+        assert await pool.sign(RSA, b"d") == RSA.key_sign(b"d")
+        assert pool.signed_on_loop == 1 and pool.pids == []
+        await pool.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="quiver.dkim.processes"):
+        run(main())
+    assert "left a job unanswered for" in caplog.text and "running, killed" in caplog.text
+
+
+def test_making_room_for_a_key_finds_a_dead_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is emptied (a FORGET to each worker) while a worker has died unseen:
+    the write fails, and the job goes to a new worker, not to the dead one."""
+    monkeypatch.setattr(processes, "MAX_KEYS", 1)
+
+    async def main() -> None:
+        clock = Clock()
+        pool = ProcessSigningPool(1, clock=clock)
+        assert await pool.sign(RSA, b"a") == RSA.key_sign(b"a")
+        process = pool._workers[0].process
+        process.kill()
+        process.wait()  # dead, and the loop has not yet read its end
+        clock.now += 1  # the next worker is due (the first one answered: 1 s pause)
+        assert await pool.sign(ED, b"b") == ED.key_sign(b"b")
+        assert pool.started == 2 and pool.signed_on_loop == 0
+        await pool.aclose()
+
+    run(main())
+
+
+def test_jobs_still_unwritten_at_close_are_signed_on_the_loop() -> None:
+    async def main() -> None:
+        pool = ProcessSigningPool(1, command=DEAF)
+        job = asyncio.ensure_future(pool.sign(ED, b"x" * (256 << 10)))  # past a full pipe
+        await asyncio.sleep(0)
+        assert pool._workers[0].unwritten  # the worker reads nothing
+        await pool.aclose(timeout=0.1)
+        assert job.result() == ED.key_sign(b"x" * (256 << 10)) and pool.signed_on_loop == 1
+
+    run(main())

@@ -371,8 +371,10 @@ class Bench:
 
     def _start_sender(self) -> None:
         host, port = self.dns.address
+        # Any free port for its status endpoint: 8080, the default, may be another
+        # sender's on this machine (a test suite runs several at once).
         command = [sys.executable, "-m", "quiver", "sender", "--config", str(self.policy_path),
-                   "--nameserver", f"{host}:{port}", *self.sender_args]
+                   "--nameserver", f"{host}:{port}", "--status-port", "0", *self.sender_args]
         if self.s.profile:
             spy = pyspy.available()
             if spy is None:

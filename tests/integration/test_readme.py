@@ -203,10 +203,15 @@ def test_local_without_a_sender_with_records_and_a_policy_fragment(tmp_path: Pat
         assert sender_argv[-4:] == ["--config", str(root / "policy.toml"),
                                     "--nameserver", stack_env["QUIVER_NAMESERVERS"]]
 
+        # The command as printed, its status endpoint on any free port: the default,
+        # 8080, may be held by another test's sender running beside this one.
+        sender_env = {**env, "QUIVER_STATUS_PORT": "0"}
+
         def start_sender(n: int) -> subprocess.Popen[bytes]:
             with (tmp_path / "logs" / f"sender-{n}.log").open("wb") as log:
-                process = subprocess.Popen(sender_argv, cwd=tmp_path, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                process = subprocess.Popen(sender_argv, cwd=tmp_path, env=sender_env,
+                                           stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL)
             senders.append(process)
             return process
 

@@ -55,7 +55,9 @@ import pyspy
 from postfix_peer import PostfixPeer, PostfixUnavailable, RelayRun, unavailable_reason
 from rig import (
     SmtpSink,
+    add_signing_options,
     binary,
+    check_signing_options,
     children_of,
     children_peak_rss_mb,
     cpu_seconds,
@@ -926,11 +928,7 @@ def parse_args(argv: list[str] | None) -> Settings:
                    help="smtp-source sessions and Postfix's destination concurrency")
     p.add_argument("--moto", choices=("lean", "plain"), default="lean",
                    help="lean: moto with its hot spots removed (bench/lean_moto.py)")
-    p.add_argument("--signing-processes", type=int, default=None,
-                   help="the sender's delivery.signing_processes (default: the policy's, 1)")
-    p.add_argument("--signing-threads", type=int, default=None,
-                   help="the sender's delivery.signing_threads instead (0, and no "
-                        "--signing-processes: it signs on the event loop)")
+    add_signing_options(p)
     p.add_argument("--profile", action="store_true",
                    help="run the sender under py-spy; print where its CPU goes")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
@@ -938,11 +936,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     a = p.parse_args(argv)
     if a.messages < 1 or a.runs < 1 or a.latency_rate <= 0 or a.depth < 10:
         p.error("--messages and --runs must be ≥ 1, --depth ≥ 10, --latency-rate > 0")
-    for count in (a.signing_processes, a.signing_threads):
-        if count is not None and not 0 <= count <= 16:
-            p.error("--signing-processes and --signing-threads must be 0-16")
-    if a.signing_processes and a.signing_threads:
-        p.error("--signing-processes or --signing-threads, not both")
+    check_signing_options(p, a)
     return Settings(
         messages=a.messages, runs=a.runs, receivers=a.receivers, connections=a.connections,
         inflight=a.inflight, depth=a.depth, latency_messages=a.latency_messages,

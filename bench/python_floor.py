@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import sender_cpu
-from rig import rsa_sign_us, start_sink
+from rig import add_signing_options, check_signing_options, rsa_sign_us, start_sink
 
 from quiver.devstack.processes import free_port
 from quiver.dkim import DkimSigner, generate_private_key
@@ -180,20 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of floor then sender; medians (default 3)")
     p.add_argument("--connections", type=int, default=8, help="the floor's (default 8)")
-    p.add_argument("--signing-processes", type=int, default=None,
-                   help="the sender's signing worker processes (default: the policy's, 1)")
-    p.add_argument("--signing-threads", type=int, default=None,
-                   help="the sender's signing threads instead; with 0 (and no "
-                        "--signing-processes) it signs on the event loop, as the floor does")
+    add_signing_options(p)
     p.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     args = p.parse_args(argv)
     if args.messages < 100 or args.rounds < 1 or not 1 <= args.connections <= 64:
         p.error("--messages >= 100, --rounds >= 1, --connections 1-64")
-    for count in (args.signing_processes, args.signing_threads):
-        if count is not None and not 0 <= count <= 16:
-            p.error("--signing-processes and --signing-threads must be 0-16")
-    if args.signing_processes and args.signing_threads:
-        p.error("--signing-processes or --signing-threads, not both")
+    check_signing_options(p, args)
     try:
         import uvloop
         run: Callable[[Any], Any] = uvloop.run

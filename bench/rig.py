@@ -6,6 +6,7 @@ Everything here reads /proc directly (no psutil) and talks only to loopback.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -86,6 +87,25 @@ def rsa_sign_us(key_sign: Callable[[bytes], bytes], count: int = 200) -> float:
     now: the floor under the sender's CPU per message, which signs each message once."""
     data = b"x" * 400  # about what a relaxed header block hashes
     return cpu_us_per_call(lambda: key_sign(data), count)
+
+
+def add_signing_options(p: argparse.ArgumentParser) -> None:
+    """--signing-processes and --signing-threads: where the sender under test signs
+    (neither given: where its policy says, one worker process)."""
+    p.add_argument("--signing-processes", type=int, default=None,
+                   help="the sender's DKIM signing worker processes (default: the policy's, 1)")
+    p.add_argument("--signing-threads", type=int, default=None,
+                   help="signing threads instead; 0 (and no --signing-processes): the sender "
+                        "signs on its event loop")
+
+
+def check_signing_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The policy's bounds for the two options, and not both at once."""
+    for count in (args.signing_processes, args.signing_threads):
+        if count is not None and not 0 <= count <= 16:
+            p.error("--signing-processes and --signing-threads must be 0-16")
+    if args.signing_processes and args.signing_threads:
+        p.error("--signing-processes or --signing-threads, not both")
 
 
 def children_peak_rss_mb(pid: int) -> float:

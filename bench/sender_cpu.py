@@ -53,7 +53,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rig import cpu_seconds, cpu_us_per_call, rsa_sign_us, start_sink
+from rig import (
+    add_signing_options,
+    check_signing_options,
+    cpu_seconds,
+    cpu_us_per_call,
+    rsa_sign_us,
+    start_sink,
+)
 
 from quiver.adaptive.change import ChangeRecorder
 from quiver.adaptive.engine import AdaptiveEngine
@@ -315,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=5000, help="per run (default 5,000)")
     p.add_argument("--runs", type=int, default=5, help="runs; medians (default 5)")
     p.add_argument("--timeout", type=float, default=600, help="for all runs together")
-    p.add_argument("--signing-processes", type=int, default=None,
-                   help="DKIM signing worker processes (default: the policy's, 1)")
-    p.add_argument("--signing-threads", type=int, default=None,
-                   help="DKIM signing threads instead (default 0; with "
-                        "--signing-processes 0 too, signing on the loop)")
+    add_signing_options(p)
     p.add_argument("--recipients", type=int, default=1, help="per message (default 1)")
     p.add_argument("--return-path", nargs="?", const="memory", choices=["memory", "dynamo"],
                    help="signed VERP: a MAIL FROM and a transaction per recipient, the "
@@ -334,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.messages < 1 or args.runs < 1 or not 1 <= args.recipients <= 100:
         p.error("--messages and --runs must be >= 1, --recipients 1-100")
-    if (args.signing_processes or 0) and (args.signing_threads or 0):
-        p.error("--signing-processes or --signing-threads, not both")
+    check_signing_options(p, args)
     try:
         import uvloop
     except ImportError:  # the sender runs on uvloop when it is installed; so does this

@@ -42,6 +42,7 @@ from quiver.dkim.worker import (
     KEY,
     KEY_ID,
     MAX_FRAME,
+    READ_SIZE,
     SIGN,
     SIGNED,
     FrameError,
@@ -57,7 +58,6 @@ MAX_PAUSE = 60.0
 # A signature takes about a millisecond: a worker that has left a job unanswered
 # this long is stopped (SIGSTOP, a frozen cgroup, a deadlock) and is replaced.
 STALL_AFTER = 30.0
-_READ = 1 << 16
 # The package's parent directory: the worker finds quiver where it is installed,
 # and else (run from a checkout) here. Appended to its path, after the standard
 # library; `-P` keeps the working directory off it (the image's is /tmp).
@@ -283,7 +283,7 @@ class ProcessSigningPool:
     def _readable(self, worker: _Worker) -> None:
         while True:
             try:
-                chunk = os.read(worker.read_fd, _READ)
+                chunk = os.read(worker.read_fd, READ_SIZE)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -370,9 +370,8 @@ class ProcessSigningPool:
         # On the loop, one after another: a worker's end is rare, and the jobs it
         # held (at most the messages in flight) are signed at once, not lost.
         for job in pending:
-            self.signed_on_loop += 1
             try:
-                job.future.set_result(job.signer.key_sign(job.data))
+                job.future.set_result(self._on_loop(job.signer, job.data))
             except Exception as exc:  # the message's own error, as signing inline would
                 job.future.set_exception(exc)
         if code is None:

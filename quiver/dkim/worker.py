@@ -1,6 +1,6 @@
 """A DKIM signing worker process: private-key operations for the sender, over pipes.
 
-The sender (quiver.dkim.processes) starts it as `python -m quiver.dkim.worker` and
+The sender (quiver.dkim.processes) starts it (Python with `-P`, calling `main`) and
 talks to it in frames on its stdin and stdout. A worker process instead of a
 thread because a thread costs the sender more than its signatures: each signature
 releases the GIL and takes it back from the busy event loop, and on the
@@ -16,9 +16,9 @@ Frames are a header `>BII` (kind, number, length) and `length` bytes:
                      FAILED  number = job id, payload = why, UTF-8
 
 A key that does not load fails the jobs that name it, not the worker. The worker
-ignores SIGINT and SIGTERM (a Ctrl-C in a terminal reaches the whole process
-group, and the sender drains after it, still signing): it ends when its stdin
-closes, which is also what happens when the sender dies.
+runs in a session of its own and ignores SIGINT and SIGTERM besides (the sender
+drains after either, still signing): it ends when its stdin closes, which is also
+what happens when the sender dies.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ SIGNED, FAILED = 10, 11
 # The most a frame may carry: a key's PEM, or the data a signature covers (the
 # signed header fields; the pool signs anything larger on the event loop).
 MAX_FRAME = 4 << 20
-_READ = 1 << 16
+# Read at most this much at a time, at either end of the pipes.
+READ_SIZE = 1 << 16
 
 
 class FrameError(Exception):
@@ -109,7 +110,7 @@ def serve(read_fd: int, write_fd: int) -> int:
     """Answer frames until the input ends; 0 then, 2 on a protocol error."""
     worker = Worker()
     buffer = bytearray()
-    while chunk := os.read(read_fd, _READ):
+    while chunk := os.read(read_fd, READ_SIZE):
         buffer += chunk
         try:
             for f in frames(buffer):

@@ -20,7 +20,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
 KEYS = ("sender_cpu_us_per_msg", "quiver_msgs_per_s", "postfix_msgs_per_s", "ratio_vs_postfix",
         "latency_p50_ms", "latency_p99_ms", "peak_rss_mb", "moto_cpu_share",
         "postfix_cpu_us_per_msg", "per_run", "runs", "cpu_ratio_vs_postfix",
-        "overhead_per_rsa_sign", "per_run_ratios", "per_run_rsa_sign_us")
+        "overhead_per_rsa_sign", "per_run_ratios", "per_run_rsa_sign_us", "rsa_path")
 MESSAGES = 200
 LATENCY_MESSAGES = 10
 
@@ -70,6 +70,7 @@ def test_e2e_bench_prints_one_json_line_of_sane_figures_and_cleans_up() -> None:
 
     assert data["sender_cpu_us_per_msg"] > 0
     assert data["rsa_sign_us"] > 0 and data["sender_cpu_us_per_msg_without_rsa"] is not None
+    assert data["rsa_path"] in ("avx512ifma", "generic")
     # One run: the median of the per-run ratio is that run's, from its own figures.
     run = data["per_run"]["quiver"][0]
     (rsa,) = data["per_run_rsa_sign_us"]

@@ -87,6 +87,9 @@ async def test_throttling_is_retried_and_the_request_is_signed(serve) -> None:
         "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/us-east-1/dynamodb/aws4_request" in headers["authorization"]
     assert json.loads(body) == {"RequestItems": {"t": {"Keys": []}}}
+    # The retry rode the same kept-alive connection.
+    assert lean.connections_opened == 1
+    assert len(scripted.writers) == 1
 
 
 async def test_a_client_error_is_raised_at_once(serve) -> None:

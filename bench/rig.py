@@ -94,7 +94,7 @@ def rsa_sign_us(key_sign: Callable[[bytes], bytes], count: int = 200) -> float:
 # nothing from it. OPENSSL_ia32cap's second word masks leaf 7 ("~" clears bits), so
 # OPENSSL_ia32cap=":~0x200000" makes such a host sign as one without it.
 _IFMA_BIT = 1 << 21
-NO_IFMA = ":~0x200000"
+NO_IFMA = f":~{_IFMA_BIT:#x}"
 
 
 def rsa_path(cpuinfo: str | None = None, ia32cap: str | None = None) -> str:
@@ -116,7 +116,9 @@ def rsa_path(cpuinfo: str | None = None, ia32cap: str | None = None) -> str:
             bits = int(leaf7.lstrip("~"), 0)
         except ValueError:
             return "avx512ifma"  # unreadable here: the CPU's flag decides
-        if (bits & _IFMA_BIT) == (_IFMA_BIT if inverted else 0):
+        has_bit = bool(bits & _IFMA_BIT)
+        # "~" clears the bits it names; a plain word is the capabilities themselves.
+        if has_bit == inverted:
             return "generic"
     return "avx512ifma"
 

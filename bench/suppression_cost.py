@@ -13,7 +13,7 @@ Three figures, each the CPU of this process (every thread) per message:
   benchmarks' (bench/lean_moto.py): its connections are kept alive, as
   DynamoDB's are, so a lookup is not charged a TCP connection that production's
   kept pool does not make (moto as shipped closes every connection, which put
-  about 0.2 ms of CPU per lookup on the lean client); the run prints how many
+  about 0.3 ms of CPU per lookup on the lean client); the run prints how many
   connections each client opened.
 And `cache_bytes_per_entry`: memory of the cache per cached answer (tracemalloc).
 Prints figures, never fails on time.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from typing import Any
 
 from quiver.addresses import AddressError, normalize_address
 from quiver.smtp.reply import Response
+from quiver.speedups import b64decode_strict, loads
 
 VERSION = 1
 MAX_RECIPIENTS = 100
@@ -127,7 +129,7 @@ def decode(body: str | bytes) -> Envelope:
         except UnicodeDecodeError:
             raise EnvelopeError("body", "not UTF-8") from None
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise EnvelopeError("body", f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -253,7 +255,7 @@ def _body(data: dict[str, Any]) -> tuple[bytes | None, str | None]:
             raise EnvelopeError("raw", f"larger than {MAX_BODY_BYTES} bytes; use raw_s3")
         try:
             # strict_mode: only the alphabet, correct padding, nothing after it.
-            return binascii.a2b_base64(value, strict_mode=True), None
+            return b64decode_strict(value), None
         except (binascii.Error, ValueError):
             raise EnvelopeError("raw", "not valid base64") from None
     value = data["raw_s3"]
@@ -286,6 +288,10 @@ def _meta(value: Any) -> dict[str, Any]:
     for key, item in value.items():
         if item is not None and not isinstance(item, str | int | float | bool):
             raise EnvelopeError(f"meta.{key}", "values must be strings, numbers, booleans or null")
+        if isinstance(item, float) and not math.isfinite(item):
+            # json reads NaN and Infinity, but they are not JSON (RFC 8259 6): copied
+            # onto events, they would make lines no reader of the contract accepts.
+            raise EnvelopeError(f"meta.{key}", "numbers must be finite (NaN, Infinity: not JSON)")
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     if size > MAX_META_BYTES:
         raise EnvelopeError("meta", f"{size} bytes encoded; at most {MAX_META_BYTES}")

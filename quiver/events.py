@@ -21,6 +21,7 @@ from typing import Any, Literal, TypedDict, Unpack, get_args
 
 from quiver.envelope import Envelope, Readable
 from quiver.smtp.reply import Response
+from quiver.speedups import b64encode_text, json_line
 
 VERSION = 1
 EventType = Literal[
@@ -159,8 +160,6 @@ EVENT_FIELDS: tuple[str, ...] = (*CommonFields.__annotations__, *EventFields.__a
 _REQUIRED: tuple[str, ...] = tuple(CommonFields.__annotations__)
 # A record as read back (unpacked, exported): the same schema.
 Record = EventRecord
-# One encoder for every line: json.dumps with options builds a new one per call.
-_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class EventBatchError(ValueError):
@@ -259,9 +258,8 @@ def pack_batches(
     lines: list[bytes] = []
     size = 0
     start = 0
-    encode = _LINE_ENCODER.encode
     for record in records:
-        line = encode(record).encode() + b"\n"
+        line = json_line(record)
         # Compressed size is unknown until compressed; bound the raw size by a
         # conservative ratio, then check the real body and split if it is still big.
         if lines and (size + len(line) > MAX_BATCH_BODY * 3 or len(lines) >= MAX_BATCH_RECORDS):
@@ -282,7 +280,7 @@ def _batch_id(base: str | None, start: int, count: int) -> str:
 
 def _encode_split(lines: list[bytes], start: int, base: str | None) -> Iterator[tuple[str, str]]:
     batch_id = _batch_id(base, start, len(lines))
-    payload = base64.b64encode(gzip.compress(b"".join(lines), compresslevel=5)).decode("ascii")
+    payload = b64encode_text(gzip.compress(b"".join(lines), compresslevel=5))
     head: dict[str, object] = {"format": BATCH_FORMAT, "batch": batch_id, "count": len(lines)}
     if base is not None:
         # Optional, so a reader that predates it ignores it: where the export looks for

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import re
 
-_FROM = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-                         re.IGNORECASE | re.MULTILINE)
+# A field's value after its name: the rest of its line and its continuation lines.
+_VALUE = re.compile(rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 _ANGLE = re.compile(rb"<([^<>]*)>")
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 # RFC 5322 2.1.1 and RFC 5321 4.5.3.1.6: at most 998 octets before each CRLF.
@@ -74,9 +73,35 @@ def header_block(raw: bytes) -> bytes:
     return raw
 
 
+def _field(head: bytes, name: bytes) -> re.Match[bytes] | None:
+    """The first field `name` (lower case) of the header section `head`, its value
+    as group 1: a line that starts with the name in any case, then optional blanks
+    and a colon.
+
+    A regex with ^ in MULTILINE mode tries every octet of the section, and the
+    DKIM-Signature field alone is 500 of them; here a lower-cased copy is searched
+    at C speed for the name at a line's start (after LF, as MULTILINE's ^ reads
+    it), and the regex runs only where the name is.
+    """
+    lower = head.lower()
+    needle = b"\n" + name
+    at = 0
+    if not lower.startswith(name):
+        at = lower.find(needle) + 1  # 0: not found
+        if not at:
+            return None
+    while True:
+        match = _VALUE.match(head, at + len(name))
+        if match:
+            return match
+        at = lower.find(needle, at) + 1  # not this line ("From-Sender:"): the next
+        if not at:
+            return None
+
+
 def from_domain(raw: bytes) -> str | None:
     """Domain of the (first) From header's address, lower-case, or None."""
-    match = _FROM.search(header_block(raw))
+    match = _field(header_block(raw), b"from")
     if not match:
         return None
     value = match.group(1)
@@ -91,7 +116,7 @@ def from_domain(raw: bytes) -> str | None:
 
 def message_id(raw: bytes) -> str | None:
     """The (first) Message-ID header's value, unfolded and trimmed, or None."""
-    match = _MESSAGE_ID.search(header_block(raw))
+    match = _field(header_block(raw), b"message-id")
     if not match:
         return None
     value = _FOLD.sub(b" ", match.group(1)).strip()

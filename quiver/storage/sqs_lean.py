@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from quiver.speedups import loads
 from quiver.storage.base import (
     COPY_ATTRIBUTE,
     DEAD_LETTER_ATTRIBUTE,
@@ -112,7 +113,7 @@ class BatchFailure:
 
 def _load_json(action: str, body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise StorageError(f"{action}: unreadable response: {exc}") from None
     if not isinstance(data, dict):

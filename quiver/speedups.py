@@ -10,7 +10,8 @@ The answers are the standard library's in every case, so nothing a caller sees
 depends on which code ran: orjson is strict RFC 8259 and refuses what `json`
 accepts beyond it (NaN, lone surrogates, non-string keys), and each refusal is
 handed to `json`, which gives its own result or error (as is a document where
-orjson read an integer past 64 bits as a float, which `json` keeps exact); a
+orjson read an integer past 64 bits as a float, which `json` keeps exact, and one
+nested deeper than 400 levels, where `json` may run out of stack); a
 base64 text is taken from pybase64 only when it is the canonical encoding of what
 came out, otherwise `binascii`'s strict mode decides.
 """
@@ -33,6 +34,9 @@ except ImportError:  # pragma: no cover - as above
 
 # orjson reads integers from -2**63 to 2**64 - 1 exactly; past them, as floats.
 _ROUNDED = float(2**63)
+# Documents nested deeper than this are read by `json`, whose limit depends on the
+# caller's stack depth.
+_DEEP = 400
 # The events' line format: compact, UTF-8 as is (not \u-escaped).
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -57,22 +61,27 @@ if orjson is not None:
             value = _orjson_loads(data)
         except ValueError:  # orjson.JSONDecodeError is one
             return json.loads(data)
-        return json.loads(data) if _may_be_rounded(value) else value
+        return json.loads(data) if _may_differ(value) else value
 
-    def _may_be_rounded(value: Any) -> bool:
-        """Whether `value` holds a float that may stand for an integer literal past
-        64 bits: orjson reads one as a float, `json` as the exact int. (A float
-        literal of that size is read again too, to the same value.)"""
-        stack = [value]
+    def _may_differ(value: Any) -> bool:
+        """Whether `json` might read the document otherwise: a float that may stand
+        for an integer literal past 64 bits (orjson reads one as a float, `json` as
+        the exact int; a float literal that size is read again, to the same value),
+        or nesting deeper than _DEEP (`json` refuses nesting near the recursion
+        limit, from about 990 levels at the top of the stack; orjson at 1,024)."""
+        if type(value) is not dict and type(value) is not list:
+            return type(value) is float and abs(value) >= _ROUNDED and value.is_integer()
+        stack = [(value, 0)]
         while stack:
-            item = stack.pop()
-            kind = type(item)
-            if kind is dict:
-                stack.extend(item.values())
-            elif kind is list:
-                stack.extend(item)
-            elif kind is float and abs(item) >= _ROUNDED and item.is_integer():
+            item, depth = stack.pop()
+            if depth >= _DEEP:
                 return True
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    stack.append((child, depth + 1))
+                elif kind is float and abs(child) >= _ROUNDED and child.is_integer():
+                    return True
         return False
 
     def json_line(record: Any) -> bytes:

@@ -149,13 +149,19 @@ class DkimSigner:
                 f"message has {froms} From header fields; RFC 5322 3.6 allows one"
             )
         hashed: list[bytes] = []
+        counts: list[int] = []
         for name in self._names:
+            values = found.get(name)
+            if values is None:
+                counts.append(0)
+                continue
+            counts.append(len(values))
             # RFC 6376 5.4.2: the n-th listing of a name signs its n-th instance
             # counted from the bottom.
-            for value in reversed(found.get(name, ())):
+            for value in reversed(values):
                 hashed.append(relaxed_header(name, value))
         stamp = str(timestamp)
-        layout = self._layout(tuple(len(found.get(n, ())) for n in self._names), len(stamp))
+        layout = self._layout(tuple(counts), len(stamp))
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
         # The signature covers its own header field with b= empty, in relaxed form
         # and without the final CRLF (RFC 6376 3.7).

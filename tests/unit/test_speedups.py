@@ -66,6 +66,8 @@ def test_loads_accepts_and_refuses_as_json_does(text: str) -> None:
 @pytest.mark.parametrize("text", [
     '{"meta": {"n": NaN}}', '{"a": 1e400}', '{"big": 123456789012345678901234567890}',
     '"\\ud800"', '{"a": 1, "a": 2}', '\ufeff{}', '[' * 3000 + ']' * 3000,
+    '[' * 1000 + ']' * 1000, '{"a":' * 995 + '1' + '}' * 995, '[' * 400 + ']' * 400,
+    '-9223372036854775809', '1e19', '"text"', '2.5',
 ])
 def test_loads_takes_jsons_side_where_orjson_refuses(text: str) -> None:
     want = _std_or_error(text)

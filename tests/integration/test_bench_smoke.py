@@ -121,6 +121,7 @@ def test_sender_cpu_bench_prints_its_figures(threads: int, adaptive: str) -> Non
     assert data["adaptive"] == adaptive
     assert data["sender_cpu_us_per_msg"] > 0 and data["rsa_sign_us"] > 0
     assert data["msgs_per_s"] > 0 and data["event_batches_sent"] > 0
+    assert data["rsa_path"] in ("avx512ifma", "generic")
 
 
 def test_round_trips_bench_counts_one_round_trip_per_message_with_pipeline_next() -> None:
@@ -152,6 +153,7 @@ def test_python_floor_bench_sets_the_floor_beside_the_sender() -> None:
     # Both sides delivered all 200 (each raises otherwise) and were measured.
     assert data["floor_us_per_msg"] > 0 and data["sender_us_per_msg"] > 0
     assert data["rsa_sign_us"] > 0 and data["floor_msgs_per_s"] > 0
+    assert data["rsa_path"] in ("avx512ifma", "generic")
     # A ratio is its round's two figures (printed rounded to 0.1 µs) divided.
     one = data["per_round"][0]
     assert data["floor_per_rsa_sign"] == pytest.approx(

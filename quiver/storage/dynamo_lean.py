@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from quiver.speedups import loads
 from quiver.storage.base import StorageError
 from quiver.storage.sigv4 import SigV4Signer, amz_date
 from quiver.storage.sqs_lean import RETRYABLE_CODES, HttpPool, SqsError, parse_error
@@ -122,7 +123,7 @@ class LeanDynamoClient:
                 continue
             if response.status == 200:
                 try:
-                    data = json.loads(response.body)
+                    data = loads(response.body)
                 except (ValueError, RecursionError) as exc:
                     raise StorageError(f"{action}: answer is not JSON: {exc}") from None
                 if not isinstance(data, dict):

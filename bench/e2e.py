@@ -700,6 +700,8 @@ def summary(o: Outcome) -> dict[str, Any]:
         # CPU against run i's Postfix CPU and the signature timed right after run i).
         "cpu_ratio_vs_postfix": _r(_median(ratios["cpu_ratio_vs_postfix"]), 3),
         "overhead_per_rsa_sign": _r(_median(ratios["overhead_per_rsa_sign"]), 3),
+        # What both ratios together leave the sender besides its signature, µs/msg.
+        "sender_without_rsa_budget_us": _r(_median(run_budgets(o))),
         "quiver_msgs_per_s": _r(quiver_rate),
         "postfix_msgs_per_s": _r(postfix_rate),
         "ratio_vs_postfix": _r(quiver_rate / postfix_rate, 3)
@@ -783,6 +785,28 @@ def run_ratios(o: Outcome) -> dict[str, list[float]]:
     return {"cpu_ratio_vs_postfix": vs_postfix, "overhead_per_rsa_sign": per_rsa}
 
 
+def without_rsa_budget(rsa_us: float, postfix_us: float) -> float:
+    """The most CPU µs per message the sender may spend besides its signature for both
+    issue 16 ratios to hold: (S - R) / R ≤ 0.6 and S / P ≤ 0.5 give S - R ≤ 0.6 R and
+    S - R ≤ 0.5 P - R. The signature's cost moves the two bounds apart: a cheap one
+    (OpenSSL's AVX-512 IFMA path) tightens the first, a dear one the second; the
+    widest budget, 0.1875 P, is where R = 0.3125 P."""
+    return min(0.6 * rsa_us, 0.5 * postfix_us - rsa_us)
+
+
+def run_budgets(o: Outcome) -> list[float]:
+    """`without_rsa_budget` per complete run, from that run's signature and the Postfix
+    run that followed it (as run_ratios pairs them)."""
+    out: list[float] = []
+    for i, q in enumerate(o.quiver):
+        if (q.complete and i < len(o.postfix) and o.postfix[i].complete
+                and o.postfix[i].postfix_cpu_s > 0 and i < len(o.rsa_sign_us)
+                and o.rsa_sign_us[i] > 0):
+            p = o.postfix[i]
+            out.append(without_rsa_budget(o.rsa_sign_us[i], p.postfix_cpu_s / p.messages * 1e6))
+    return out
+
+
 def _run_row(run: QuiverRun | RelayRun) -> dict[str, Any]:
     row = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(run).items()}
     row["msgs_per_s"] = _r(run.msgs_per_s)
@@ -859,6 +883,8 @@ def table(data: dict[str, Any], out: Any) -> None:
     w(f"  targets (median of per-run ratios): cpu_ratio_vs_postfix "
       f"{f(data['cpu_ratio_vs_postfix'], '{:.3f}')} (≤ 0.5), overhead_per_rsa_sign "
       f"{f(data['overhead_per_rsa_sign'], '{:.3f}')} (≤ 0.6)\n")
+    w(f"  both targets leave the sender {f(data['sender_without_rsa_budget_us'])} µs/msg "
+      f"besides its signature (min of 0.6 x RSA and 0.5 x Postfix - RSA)\n")
     w(f"  messages per CPU-second of the contender alone: quiver sender "
       f"{f(data['sender_msgs_per_cpu_s'])}, postfix {f(data['postfix_msgs_per_cpu_s'])}\n\n")
     w("  CPU µs per message beside the contenders:\n")

@@ -15,6 +15,15 @@ fi
 # What the tests run besides those: `ip` (iproute2) proves a refused PROXY header could
 # not have leaked off loopback; `unshare` (util-linux) runs `cdk synth` without network.
 apt_packages+=(iproute2 util-linux)
+# bench/compiled.py (and its smoke test) compiles the sender's modules with mypyc: a C
+# compiler and the headers of the Python the venv is made from.
+apt_packages+=(gcc)
+py=${PYTHON:-python3}
+if ! "$py" -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
+    >/dev/null 2>&1; then
+  apt_packages+=(python3-dev)
+fi
 # apt-get update runs at most once per setup, and only when something is installed.
 apt_updated=0
 apt_update_once() {
@@ -40,7 +49,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-py=${PYTHON:-python3}
 "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
   echo "!! Python >= 3.11 is required (found $("$py" --version))" >&2; exit 1; }
 if [ ! -x .venv/bin/python ]; then

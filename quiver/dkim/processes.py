@@ -356,9 +356,12 @@ class ProcessSigningPool:
         loop = self._loop
         assert loop is not None
         self._unwatch(loop, worker)
+        # Its state before its pipes close: a worker blocked reading its input exits
+        # on the EOF that closing them sends, and would then read as one that exited
+        # on its own (a stalled worker reported "exit 0" instead of "running, killed").
+        code = worker.process.poll()
         for stream in (worker.stdin, worker.stdout):
             stream.close()
-        code = worker.process.poll()
         pending = [job for job in worker.jobs.values() if not job.future.done()]
         worker.jobs.clear()
         if not (self._closed and worker.input_closed and not pending):

@@ -342,6 +342,42 @@ def test_a_worker_that_leaves_a_job_unanswered_is_replaced(
     assert "left a job unanswered for" in caplog.text and "running, killed" in caplog.text
 
 
+class _ExitsOnClose:
+    """A worker's stdin whose close() returns only once the worker has exited on the
+    EOF: the fastest a worker blocked reading can end, made certain."""
+
+    def __init__(self, worker: Any) -> None:
+        self._stream = worker.stdin
+        self._process = worker.process
+
+    def close(self) -> None:
+        self._stream.close()
+        self._process.wait(timeout=60)
+
+
+def test_a_stalled_worker_reads_as_running_however_soon_it_ends_on_its_pipes_closing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Its state is read before its pipes close: closing them ends a worker blocked on
+    its input, which must not then pass for one that exited on its own ("exit 0")."""
+    async def main() -> None:
+        pool = ProcessSigningPool(1, command=SILENT, stall_after=0.05)
+        job = asyncio.ensure_future(pool.sign(RSA, b"d"))
+        for _ in range(100):  # the task starts its worker at its first step
+            if pool._workers:
+                break
+            await asyncio.sleep(0)
+        worker = pool._workers[0]
+        worker.stdin = _ExitsOnClose(worker)
+        assert await job == RSA.key_sign(b"d")
+        assert pool.signed_on_loop == 1 and worker.process.returncode is not None
+        await pool.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="quiver.dkim.processes"):
+        run(main())
+    assert "left a job unanswered for" in caplog.text and "running, killed" in caplog.text
+    assert "exit 0" not in caplog.text
+
+
 def test_making_room_for_a_key_finds_a_dead_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache is emptied (a FORGET to each worker) while a worker has died unseen:
     the write fails, and the job goes to a new worker, not to the dead one."""

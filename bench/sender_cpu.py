@@ -312,8 +312,9 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, Any]:
         "dkim_sign_us": dkim_us,
         "sender_cpu_us_per_msg_without_rsa": round(total - rsa_us, 1),
         "sender_cpu_us_per_msg_without_dkim": round(total - dkim_us, 1),
-        # Measured, not a difference of two noisy medians: the event loop's process
-        # (the signing workers' CPU, their signatures and their IPC, left out).
+        # Measured, not a difference of two noisy medians: the event loop's process,
+        # the signing worker processes' CPU left out (with --signing-threads or inline
+        # signing, the signatures are this process's and count here).
         "main_process_cpu_us_per_msg": median("main_us_per_msg"),
         "msgs_per_s": median("msgs_per_s"),
         "signing_processes": processes,

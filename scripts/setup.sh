@@ -19,10 +19,11 @@ apt_packages+=(iproute2 util-linux)
 # compiler and the headers of the Python the venv is made from.
 apt_packages+=(gcc)
 py=${PYTHON:-python3}
-if ! "$py" -c 'import os, sys, sysconfig
-sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' \
-    >/dev/null 2>&1; then
-  apt_packages+=(python3-dev)
+has_headers='import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)'
+if ! "$py" -c "$has_headers" >/dev/null 2>&1; then
+  # Debian's headers for this very version (python3-dev is the default python3's only).
+  apt_packages+=("python$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev")
 fi
 # apt-get update runs at most once per setup, and only when something is installed.
 apt_updated=0
@@ -138,9 +139,10 @@ fi
 # Every tool the test suite runs. Where one is missing the tests that need it skip;
 # a run that must prove everything (QUIVER_REQUIRE_ALL=1, as .ci/run sets) stops here.
 missing_tools=()
-for tool in haproxy dnsmasq smtp-sink ip unshare; do
+for tool in haproxy dnsmasq smtp-sink ip unshare gcc; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing_tools+=("$tool")
 done
+.venv/bin/python -c "$has_headers" >/dev/null 2>&1 || missing_tools+=("Python.h (python3-dev)")
 if [ "${QUIVER_WITH_CDK:-0}" = 1 ]; then
   command -v node >/dev/null 2>&1 || missing_tools+=(node)
   [ -x node_modules/.bin/cdk ] || missing_tools+=(node_modules/.bin/cdk)

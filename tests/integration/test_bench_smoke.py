@@ -146,6 +146,7 @@ def python_headers() -> bool:
 @pytest.mark.skipif(not installed("smtp-sink"), reason="smtp-sink is not installed (postfix)")
 @pytest.mark.skipif(not (installed("gcc") and python_headers()),
                     reason="no C compiler or Python headers for mypyc (scripts/setup.sh)")
+@pytest.mark.timeout(660)  # a cold mypy check and a C build first: beyond the suite's 300 s
 def test_compiled_bench_runs_the_sender_on_the_compiled_copy() -> None:
     data = bench_json("compiled.py", "--modules", "quiver/dkim/canon.py", "--messages", "200",
                       "--runs", "1", "--rounds", "1", "--json", timeout=600)

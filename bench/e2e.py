@@ -766,22 +766,32 @@ def summary(o: Outcome) -> dict[str, Any]:
     return out
 
 
-def run_ratios(o: Outcome) -> dict[str, list[float]]:
-    """Per complete run: sender CPU / Postfix CPU per message (the Postfix run that
-    followed it), and (sender CPU - one RSA signature) / one RSA signature, with the
-    signature timed right after that run, so both sides of each ratio saw the same
+def run_pairs(o: Outcome) -> Iterator[tuple[float, float | None, float | None]]:
+    """Per complete run: (sender CPU µs per message, the CPU µs per message of the
+    Postfix run that followed it, one RSA signature's µs timed right after it), None
+    where that run is missing or unmeasured, so both sides of a ratio saw the same
     machine."""
-    vs_postfix: list[float] = []
-    per_rsa: list[float] = []
     for i, q in enumerate(o.quiver):
         if not q.complete:
             continue
-        sender_us = q.sender_cpu_s / q.messages * 1e6
+        postfix_us = None
         if i < len(o.postfix) and o.postfix[i].complete and o.postfix[i].postfix_cpu_s > 0:
             p = o.postfix[i]
-            vs_postfix.append(sender_us / (p.postfix_cpu_s / p.messages * 1e6))
-        if i < len(o.rsa_sign_us) and o.rsa_sign_us[i] > 0:
-            per_rsa.append((sender_us - o.rsa_sign_us[i]) / o.rsa_sign_us[i])
+            postfix_us = p.postfix_cpu_s / p.messages * 1e6
+        rsa_us = o.rsa_sign_us[i] if i < len(o.rsa_sign_us) and o.rsa_sign_us[i] > 0 else None
+        yield q.sender_cpu_s / q.messages * 1e6, postfix_us, rsa_us
+
+
+def run_ratios(o: Outcome) -> dict[str, list[float]]:
+    """Per complete run (run_pairs): sender CPU / Postfix CPU per message, and (sender
+    CPU - one RSA signature) / one RSA signature."""
+    vs_postfix: list[float] = []
+    per_rsa: list[float] = []
+    for sender_us, postfix_us, rsa_us in run_pairs(o):
+        if postfix_us is not None:
+            vs_postfix.append(sender_us / postfix_us)
+        if rsa_us is not None:
+            per_rsa.append((sender_us - rsa_us) / rsa_us)
     return {"cpu_ratio_vs_postfix": vs_postfix, "overhead_per_rsa_sign": per_rsa}
 
 
@@ -795,16 +805,10 @@ def without_rsa_budget(rsa_us: float, postfix_us: float) -> float:
 
 
 def run_budgets(o: Outcome) -> list[float]:
-    """`without_rsa_budget` per complete run, from that run's signature and the Postfix
-    run that followed it (as run_ratios pairs them)."""
-    out: list[float] = []
-    for i, q in enumerate(o.quiver):
-        if (q.complete and i < len(o.postfix) and o.postfix[i].complete
-                and o.postfix[i].postfix_cpu_s > 0 and i < len(o.rsa_sign_us)
-                and o.rsa_sign_us[i] > 0):
-            p = o.postfix[i]
-            out.append(without_rsa_budget(o.rsa_sign_us[i], p.postfix_cpu_s / p.messages * 1e6))
-    return out
+    """`without_rsa_budget` per complete run with both its Postfix run and its
+    signature (run_pairs)."""
+    return [without_rsa_budget(rsa_us, postfix_us) for _, postfix_us, rsa_us in run_pairs(o)
+            if postfix_us is not None and rsa_us is not None]
 
 
 def _run_row(run: QuiverRun | RelayRun) -> dict[str, Any]:
